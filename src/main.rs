@@ -1,0 +1,2 @@
+//! The `qfota-serve` binary: parses the command line and calls the library.
+fn main() {}

@@ -1,0 +1,326 @@
+//! Module families ("profiles"): the single source of truth for how a
+//! Quectel module family treats `AT+QFOTADL`.
+//!
+//! The server's package validation (SPEC §6) and the simulator (SPEC §2–§5)
+//! both read this table; nothing else in the crate hard-codes a family's
+//! limit, URC word or result code. Each row cites the vendor document it
+//! comes from (`shared/seeds/…`).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// How a family reports a failed download (the `<ftp_err>` / `<http_err>` of
+/// `FTPEND` / `HTTPEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadCodes {
+    /// Every FTP failure is `601`, every HTTP(S) failure `701`
+    /// (seeds 000, 002, 003, 004).
+    Generic,
+    /// Detailed codes 601–630 (FTP) and 701–730 (HTTP), seed
+    /// `001_2f648264def3e0b1.txt` tables 2 and 3.
+    Detailed,
+}
+
+/// A module family's FOTA behaviour, as data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// Profile name as used on the command line (`ec2x`, `ec200`, …).
+    pub name: &'static str,
+    /// Model names this profile covers, in upper case, without suffixes such
+    /// as `-GL` or `-EA` (matching is by prefix, see [`Profile::for_model`]).
+    pub models: &'static [&'static str],
+    /// Vendor document this row was read from (file name in `shared/seeds/`).
+    pub seed: &'static str,
+    /// Maximum length of the whole `<url>` argument, in bytes.
+    pub url_max: usize,
+    /// Maximum length, in bytes, of each of `<username>`, `<password>`,
+    /// `<serverURL>` and `<file_path>`; `None` where the seed states none.
+    pub field_max: Option<usize>,
+    /// FTP `<file_path>` must name a file in the server's root folder
+    /// (`ec200`: "Currently only root path is supported", seed 001).
+    pub ftp_root_only: bool,
+    /// Package file extensions the family accepts, lower case, without dot.
+    pub extensions: &'static [&'static str],
+    /// Whether packages are checked as zip archives before upgrading
+    /// (`ec200` also takes raw `.bin` images; SPEC §5).
+    pub zip_required: bool,
+    /// How download failures are reported.
+    pub download_codes: DownloadCodes,
+    /// Whether `AT+QFOTADL` takes `<upgrade_mode>`, `<download_URC_max>` and
+    /// `<update_URC_max>` after the URL (`ec200`, seed 001 §3.2.1).
+    pub optional_params: bool,
+    /// Whether the module reboots between `FTPEND/HTTPEND,0` and `START`
+    /// (for `ec200` this is `upgrade_mode` 0 only; see
+    /// [`Profile::reboots_before_upgrade`]).
+    pub reboot_before_upgrade: bool,
+    /// Upgrade `<err>` codes other than 0 the family can report (SPEC §4).
+    pub upgrade_codes: &'static [u16],
+    /// Largest package the family accepts, in bytes; a larger one ends
+    /// `END,550` (`eg06xk` only). The seed gives the code, not the figure:
+    /// the value is our choice (SPEC §5).
+    pub package_max: Option<u64>,
+    /// Upgrade attempts before the module gives up and boots the old
+    /// firmware (seeds 000 and 004: five).
+    pub max_attempts: u8,
+    /// Prefix of a local package path (`AT+QFOTADL="/data/ufs/…"`) and its
+    /// maximum length in bytes; `None` where packages come over UART.
+    pub local_prefix: Option<(&'static str, usize)>,
+}
+
+const UPGRADE_RETRY: [u16; 18] = [
+    520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 540, 541, 542, 543, 544, 545, 546,
+];
+
+/// Upgrade codes shared by every family but `ec200` (SPEC §4): 502, 504,
+/// 505, 510, 511, 520–530, 540–546.
+const COMMON_UPGRADE_CODES: [u16; 23] = {
+    let mut out = [0u16; 23];
+    let head = [502, 504, 505, 510, 511];
+    let mut i = 0;
+    while i < head.len() {
+        out[i] = head[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < UPGRADE_RETRY.len() {
+        out[head.len() + j] = UPGRADE_RETRY[j];
+        j += 1;
+    }
+    out
+};
+
+/// `eg06xk` adds 513 (signature) and 550 (package too large), seed 000.
+const EG06XK_UPGRADE_CODES: [u16; 25] = {
+    let mut out = [0u16; 25];
+    let mut i = 0;
+    while i < COMMON_UPGRADE_CODES.len() {
+        out[i] = COMMON_UPGRADE_CODES[i];
+        i += 1;
+    }
+    out[23] = 513;
+    out[24] = 550;
+    out
+};
+
+/// The profile table, in the order SPEC §2 lists it.
+pub static PROFILES: [Profile; 5] = [
+    Profile {
+        name: "ec2x",
+        models: &["EC25", "EC21", "EC20", "EG91", "EG95", "EM05"],
+        seed: "004_88405b99851b7db5.txt",
+        url_max: 255,
+        field_max: Some(50),
+        ftp_root_only: false,
+        extensions: &["zip"],
+        zip_required: true,
+        download_codes: DownloadCodes::Generic,
+        optional_params: false,
+        reboot_before_upgrade: true,
+        upgrade_codes: &COMMON_UPGRADE_CODES,
+        package_max: None,
+        max_attempts: 5,
+        local_prefix: Some(("/data/ufs/", 90)),
+    },
+    Profile {
+        name: "ep06",
+        models: &["EP06", "EG06", "EM06"],
+        seed: "003_ac1d7f519ffa6f58.txt",
+        url_max: 255,
+        field_max: Some(50),
+        ftp_root_only: false,
+        extensions: &["zip"],
+        zip_required: true,
+        download_codes: DownloadCodes::Generic,
+        optional_params: false,
+        reboot_before_upgrade: true,
+        upgrade_codes: &COMMON_UPGRADE_CODES,
+        package_max: None,
+        max_attempts: 5,
+        local_prefix: Some(("/data/ufs/", 90)),
+    },
+    Profile {
+        name: "ec200",
+        models: &["EC200T", "EC200S", "EG912Y"],
+        seed: "001_2f648264def3e0b1.txt",
+        url_max: 255,
+        field_max: Some(50),
+        ftp_root_only: true,
+        extensions: &["zip", "bin"],
+        zip_required: false,
+        download_codes: DownloadCodes::Detailed,
+        optional_params: true,
+        reboot_before_upgrade: false,
+        upgrade_codes: &[504, 506],
+        package_max: None,
+        max_attempts: 5,
+        local_prefix: None,
+    },
+    Profile {
+        name: "eg06xk-dfota",
+        models: &["EG065K", "EG060K", "EM120K", "EG120K", "EM060K"],
+        seed: "002_1ebd9d344d8c6b8a.txt",
+        url_max: 100,
+        field_max: Some(50),
+        ftp_root_only: false,
+        extensions: &["zip"],
+        zip_required: true,
+        download_codes: DownloadCodes::Generic,
+        optional_params: false,
+        reboot_before_upgrade: true,
+        upgrade_codes: &COMMON_UPGRADE_CODES,
+        package_max: None,
+        max_attempts: 5,
+        local_prefix: Some(("/usrdata/cache/ufs/", 100)),
+    },
+    Profile {
+        name: "eg06xk",
+        models: &["EG060K", "EG120K", "EM120K", "EM060K", "EM061K"],
+        seed: "000_318699ddba19ea03.txt",
+        url_max: 512,
+        field_max: None,
+        ftp_root_only: false,
+        extensions: &["zip"],
+        zip_required: true,
+        download_codes: DownloadCodes::Generic,
+        optional_params: false,
+        reboot_before_upgrade: true,
+        upgrade_codes: &EG06XK_UPGRADE_CODES,
+        package_max: Some(512 * 1024 * 1024),
+        max_attempts: 5,
+        local_prefix: Some(("/cache/ufs/", 512)),
+    },
+];
+
+/// Error for an unknown profile or model name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    /// No profile has this name.
+    #[error("unknown profile {0:?} (known: ec2x, ep06, ec200, eg06xk-dfota, eg06xk)")]
+    UnknownProfile(String),
+    /// No profile lists this model.
+    #[error("unknown module model {0:?}")]
+    UnknownModel(String),
+}
+
+impl Profile {
+    /// Every profile, in table order.
+    pub fn all() -> &'static [Profile] {
+        &PROFILES
+    }
+
+    /// The profile called `name` (case-insensitive).
+    ///
+    /// # Errors
+    /// [`ProfileError::UnknownProfile`] when no row has that name.
+    pub fn by_name(name: &str) -> Result<&'static Profile, ProfileError> {
+        PROFILES
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| ProfileError::UnknownProfile(name.to_string()))
+    }
+
+    /// The profile for a model name such as `EC25`, `EC200S-CN` or
+    /// `EM120K-GL`. Where a model sits in two rows the newer document
+    /// (`eg06xk`, seed 000) wins, as SPEC §2 says.
+    ///
+    /// # Errors
+    /// [`ProfileError::UnknownModel`] when no row lists the model.
+    pub fn for_model(model: &str) -> Result<&'static Profile, ProfileError> {
+        let upper = model.trim().to_ascii_uppercase();
+        let base = upper.split('-').next().unwrap_or("");
+        // Rows later in the table are newer documents; search from the end.
+        PROFILES
+            .iter()
+            .rev()
+            .find(|p| p.models.iter().any(|m| base.starts_with(m)))
+            .ok_or_else(|| ProfileError::UnknownModel(model.to_string()))
+    }
+
+    /// Whether the module reboots between a successful download and
+    /// `START`. `upgrade_mode` is `ec200`'s optional parameter (0 = reboot
+    /// first, 1 = upgrade at once, default 1; seed 001 §3.2.1).
+    pub fn reboots_before_upgrade(&self, upgrade_mode: Option<u8>) -> bool {
+        if self.optional_params {
+            upgrade_mode.unwrap_or(1) == 0
+        } else {
+            self.reboot_before_upgrade
+        }
+    }
+
+    /// Whether `ext` (lower case, no dot) is a package extension this family
+    /// takes.
+    pub fn accepts_extension(&self, ext: &str) -> bool {
+        self.extensions.iter().any(|e| e.eq_ignore_ascii_case(ext))
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl FromStr for &'static Profile {
+    type Err = ProfileError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Profile::by_name(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_map_to_profiles() {
+        for (model, profile) in [
+            ("EC25", "ec2x"),
+            ("ec21", "ec2x"),
+            ("EC20", "ec2x"),
+            ("EG91", "ec2x"),
+            ("EG95", "ec2x"),
+            ("EM05", "ec2x"),
+            ("EP06", "ep06"),
+            ("EG06", "ep06"),
+            ("EM06", "ep06"),
+            ("EC200T", "ec200"),
+            ("EC200S-CN", "ec200"),
+            ("EG912Y", "ec200"),
+            ("EG065K-NA", "eg06xk-dfota"),
+            ("EG060K", "eg06xk"),
+            ("EG120K", "eg06xk"),
+            ("EM120K-GL", "eg06xk"),
+            ("EM060K", "eg06xk"),
+            ("EM061K-GL", "eg06xk"),
+        ] {
+            assert_eq!(Profile::for_model(model).unwrap().name, profile, "{model}");
+        }
+        assert!(Profile::for_model("BG96").is_err());
+    }
+
+    #[test]
+    fn url_limits_follow_the_seeds() {
+        let limit = |n| Profile::by_name(n).unwrap().url_max;
+        assert_eq!(limit("ec2x"), 255);
+        assert_eq!(limit("ec200"), 255);
+        assert_eq!(limit("eg06xk-dfota"), 100);
+        assert_eq!(limit("eg06xk"), 512);
+        assert!(Profile::by_name("nope").is_err());
+    }
+
+    #[test]
+    fn ec200_reboots_only_in_upgrade_mode_0() {
+        let ec200 = Profile::by_name("ec200").unwrap();
+        assert!(!ec200.reboots_before_upgrade(None));
+        assert!(ec200.reboots_before_upgrade(Some(0)));
+        assert!(Profile::by_name("ec2x").unwrap().reboots_before_upgrade(None));
+    }
+
+    #[test]
+    fn eg06xk_has_signature_and_size_codes() {
+        let p = Profile::by_name("eg06xk").unwrap();
+        assert!(p.upgrade_codes.contains(&513) && p.upgrade_codes.contains(&550));
+        assert!(!Profile::by_name("ec2x").unwrap().upgrade_codes.contains(&513));
+    }
+}
