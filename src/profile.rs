@@ -65,6 +65,14 @@ pub struct Profile {
     /// Prefix of a local package path (`AT+QFOTADL="/data/ufs/…"`) and its
     /// maximum length in bytes; `None` where packages come over UART.
     pub local_prefix: Option<(&'static str, usize)>,
+    /// Whether an upgrade interrupted by a power loss continues after power
+    /// returns, without counting as a failed attempt. Seed
+    /// `000_318699ddba19ea03.txt` §4.1 NOTE says it does ("the upgrade can
+    /// also continue after the module is restarted"), and SPEC §4 applies
+    /// that to every family whose seed is silent; seed
+    /// `001_2f648264def3e0b1.txt` §5 says for `ec200` that the upgrade "will be
+    /// failed and cannot be restored", so there it is `false`.
+    pub power_cut_resumes: bool,
 }
 
 const UPGRADE_RETRY: [u16; 18] = [
@@ -120,6 +128,7 @@ pub static PROFILES: [Profile; 5] = [
         package_max: None,
         max_attempts: 5,
         local_prefix: Some(("/data/ufs/", 90)),
+        power_cut_resumes: true,
     },
     Profile {
         name: "ep06",
@@ -137,6 +146,7 @@ pub static PROFILES: [Profile; 5] = [
         package_max: None,
         max_attempts: 5,
         local_prefix: Some(("/data/ufs/", 90)),
+        power_cut_resumes: true,
     },
     Profile {
         name: "ec200",
@@ -154,6 +164,7 @@ pub static PROFILES: [Profile; 5] = [
         package_max: None,
         max_attempts: 5,
         local_prefix: None,
+        power_cut_resumes: false,
     },
     Profile {
         name: "eg06xk-dfota",
@@ -171,6 +182,7 @@ pub static PROFILES: [Profile; 5] = [
         package_max: None,
         max_attempts: 5,
         local_prefix: Some(("/usrdata/cache/ufs/", 100)),
+        power_cut_resumes: true,
     },
     Profile {
         name: "eg06xk",
@@ -188,6 +200,7 @@ pub static PROFILES: [Profile; 5] = [
         package_max: Some(512 * 1024 * 1024),
         max_attempts: 5,
         local_prefix: Some(("/cache/ufs/", 512)),
+        power_cut_resumes: true,
     },
 ];
 
@@ -314,13 +327,29 @@ mod tests {
         let ec200 = Profile::by_name("ec200").unwrap();
         assert!(!ec200.reboots_before_upgrade(None));
         assert!(ec200.reboots_before_upgrade(Some(0)));
-        assert!(Profile::by_name("ec2x").unwrap().reboots_before_upgrade(None));
+        assert!(
+            Profile::by_name("ec2x")
+                .unwrap()
+                .reboots_before_upgrade(None)
+        );
     }
 
     #[test]
     fn eg06xk_has_signature_and_size_codes() {
         let p = Profile::by_name("eg06xk").unwrap();
         assert!(p.upgrade_codes.contains(&513) && p.upgrade_codes.contains(&550));
-        assert!(!Profile::by_name("ec2x").unwrap().upgrade_codes.contains(&513));
+        assert!(
+            !Profile::by_name("ec2x")
+                .unwrap()
+                .upgrade_codes
+                .contains(&513)
+        );
+    }
+
+    #[test]
+    fn only_ec200_loses_the_upgrade_on_power_cut() {
+        for p in Profile::all() {
+            assert_eq!(p.power_cut_resumes, p.name != "ec200", "{}", p.name);
+        }
     }
 }
