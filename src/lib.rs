@@ -7,4 +7,7 @@
 //! - [`profile`]: the module families (`ec2x`, `ec200`, …) as data. The
 //!   single source of truth for URL limits, URC words and result codes; both
 //!   validation and the simulator read it.
+//! - [`sim`]: the module simulator — `AT+QFOTADL` parsing, the FTP/HTTP(S)
+//!   downloader, package checks and the upgrade with its URCs and retries.
 pub mod profile;
+pub mod sim;

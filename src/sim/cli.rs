@@ -1,0 +1,301 @@
+//! `qfota-serve simulate`: send one `AT+QFOTADL` to a simulated module and
+//! print the AT transcript (or JSON lines), exiting 0 on `END,0`, 1 on
+//! `ERROR` or any failure code, 2 on usage errors.
+//!
+//! Raw flags ([`SimulateArgs`]) become a checked [`SimulateConfig`] once,
+//! through `TryFrom`; [`run`] then only executes.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::profile::{Profile, ProfileError};
+use crate::sim::command::{FotaUrl, FotadlArgs};
+use crate::sim::fault::Fault;
+use crate::sim::module::{ConfigError, DEFAULT_TIME_SCALE, Module};
+use crate::sim::transcript::{RunSummary, TimedEvent};
+
+/// Exit status for a usage error (as clap uses).
+const USAGE: u8 = 2;
+
+/// Simulate a module's FOTA download and upgrade (`AT+QFOTADL`).
+///
+/// Prints the AT transcript as on the wire, without `\r\n` framing: the
+/// command, `OK` or `ERROR`, each `+QIND: "FOTA",…` URC and each `RDY`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Package URL: ftp://[user[:password]@]host[:port]/file,
+    /// http(s)://host[:port]/path.
+    #[arg(env = "QFOTA_URL")]
+    pub url: String,
+    /// Module model (EC25, EC200T, EM060K, …); selects the profile.
+    #[arg(long, env = "QFOTA_MODEL", conflicts_with = "profile")]
+    pub model: Option<String>,
+    /// Profile: ec2x (default), ep06, ec200, eg06xk-dfota, eg06xk.
+    #[arg(long, env = "QFOTA_PROFILE")]
+    pub profile: Option<String>,
+    /// The module's current firmware version; a package named
+    /// <x>-<from>-to-<to>.zip whose <from> differs ends END,510.
+    #[arg(long = "version", env = "QFOTA_VERSION", value_name = "V")]
+    pub module_version: Option<String>,
+    /// Free space in the module's file system, bytes; a larger package ends
+    /// END,511.
+    #[arg(long, env = "QFOTA_FREE_SPACE", value_name = "BYTES")]
+    pub free_space: Option<u64>,
+    /// ec200 <upgrade_mode>: 0 reboot before upgrading, 1 upgrade at once.
+    #[arg(long, env = "QFOTA_UPGRADE_MODE", value_name = "N")]
+    pub upgrade_mode: Option<u32>,
+    /// ec200 <download_URC_max>: 0 or 5-100 DOWNLOADING lines.
+    #[arg(long, env = "QFOTA_DOWNLOAD_URC_MAX", value_name = "N")]
+    pub download_urc_max: Option<u32>,
+    /// ec200 <update_URC_max>: 0 or 5-100 UPDATING lines.
+    #[arg(long, env = "QFOTA_UPDATE_URC_MAX", value_name = "N")]
+    pub update_urc_max: Option<u32>,
+    /// Module-side fault, repeatable: network-down, dns-fail,
+    /// power-cut=<percent>, upgrade-error=<code>[x<N>], signature (eg06xk),
+    /// md5 (ec200).
+    #[arg(
+        long = "fault",
+        env = "QFOTA_FAULT",
+        value_delimiter = ',',
+        value_name = "F"
+    )]
+    pub faults: Vec<Fault>,
+    /// No-progress timeout for the download, seconds.
+    #[arg(
+        long,
+        env = "QFOTA_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_name = "N"
+    )]
+    pub timeout_secs: u64,
+    /// Multiplier for the module's own delays (1.0: reboot ~20 s, upgrade
+    /// ~2 min).
+    #[arg(long, env = "QFOTA_TIME_SCALE", default_value_t = DEFAULT_TIME_SCALE, value_name = "X")]
+    pub time_scale: f64,
+    /// Verify HTTPS certificates against this CA (PEM); without it they are
+    /// not verified, like a module without a CA.
+    #[arg(long, env = "QFOTA_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Print one JSON object per line ({"t_ms","line"}), then {"summary"}.
+    #[arg(long, env = "QFOTA_JSON")]
+    pub json: bool,
+}
+
+/// A usage error: the run cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// Unknown `--model` or `--profile`.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// A module setting the simulator refuses (fault, time scale, CA, …).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `dns-fail` with an IP-literal URL would change nothing.
+    #[error("fault dns-fail needs a host name in the URL, not an IP address")]
+    DnsFaultWithIp,
+}
+
+/// Checked settings of one `simulate` run.
+#[derive(Debug)]
+pub struct SimulateConfig {
+    /// The module.
+    pub module: Module,
+    /// The command to send.
+    pub command: FotadlArgs,
+    /// Print JSON lines instead of the transcript.
+    pub json: bool,
+}
+
+impl TryFrom<SimulateArgs> for SimulateConfig {
+    type Error = UsageError;
+
+    fn try_from(args: SimulateArgs) -> Result<SimulateConfig, UsageError> {
+        let profile: &'static Profile = match (&args.model, &args.profile) {
+            (Some(model), _) => Profile::for_model(model)?,
+            (None, Some(name)) => Profile::by_name(name)?,
+            (None, None) => Profile::by_name("ec2x")?,
+        };
+        if args.faults.contains(&Fault::DnsFail) {
+            let ip_url = FotaUrl::parse(&args.url, profile)
+                .is_ok_and(|url| url.host.parse::<IpAddr>().is_ok());
+            if ip_url {
+                return Err(UsageError::DnsFaultWithIp);
+            }
+        }
+        let mut builder = Module::builder(profile)
+            .faults(args.faults)
+            .time_scale(args.time_scale)
+            .timeout(Duration::from_secs(args.timeout_secs));
+        if let Some(version) = args.module_version {
+            builder = builder.version(version);
+        }
+        if let Some(bytes) = args.free_space {
+            builder = builder.free_space(bytes);
+        }
+        if let Some(ca) = args.ca {
+            builder = builder.ca_file(ca);
+        }
+        Ok(SimulateConfig {
+            module: builder.build()?,
+            command: FotadlArgs {
+                url: args.url,
+                upgrade_mode: args.upgrade_mode,
+                download_urc_max: args.download_urc_max,
+                update_urc_max: args.update_urc_max,
+            },
+            json: args.json,
+        })
+    }
+}
+
+/// Runs `qfota-serve simulate`: prints each line as the module prints it,
+/// and returns exit status 0 (`END,0`), 1 (`ERROR` or a failure code) or 2
+/// (usage error, message on stderr).
+pub async fn run(args: SimulateArgs) -> ExitCode {
+    let config = match SimulateConfig::try_from(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("qfota-serve simulate: {e:#}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let summary = execute(&config).await;
+    if summary.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn execute(config: &SimulateConfig) -> RunSummary {
+    let mut run = config.module.fotadl(&config.command.to_at_args());
+    let mut out = std::io::stdout();
+    // Output errors (a closed pipe) must not stop the module mid-upgrade.
+    let mut print = |at: Duration, line: &str| {
+        let _ = if config.json {
+            let ms = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
+            writeln!(out, "{}", serde_json::json!({ "t_ms": ms, "line": line }))
+        } else {
+            writeln!(out, "{line}")
+        };
+        let _ = out.flush();
+    };
+    print(Duration::ZERO, run.command_line());
+    let mut events = Vec::new();
+    while let Some(event) = run.next().await {
+        let at = run.started().elapsed();
+        if let Some(line) = event.line() {
+            print(at, &line);
+        }
+        events.push(TimedEvent { at, event });
+    }
+    let summary = run.summarize(&events);
+    if config.json {
+        let _ = writeln!(out, "{}", serde_json::json!({ "summary": &summary }));
+        let _ = out.flush();
+    } else {
+        eprintln!(
+            "simulate: profile {}, download {}, upgrade {:?}, version {} -> {}",
+            summary.profile,
+            summary
+                .download_code
+                .map_or_else(|| "-".to_string(), |c| c.to_string()),
+            summary.upgrade_codes,
+            summary.version_before.as_deref().unwrap_or("?"),
+            summary.version.as_deref().unwrap_or("?"),
+        );
+        for note in &summary.notes {
+            eprintln!("simulate: {note}");
+        }
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<SimulateArgs, clap::Error> {
+        let mut full = vec!["simulate"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).map(|c| c.args)
+    }
+
+    #[test]
+    fn flags_parse() {
+        let args = parse(&[
+            "ftp://h/p.bin",
+            "--model",
+            "EC200T",
+            "--version",
+            "v1",
+            "--upgrade-mode",
+            "0",
+            "--download-urc-max",
+            "50",
+            "--fault",
+            "md5",
+            "--fault",
+            "network-down",
+            "--time-scale",
+            "0",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(args.faults, vec![Fault::Md5, Fault::NetworkDown]);
+        let config = SimulateConfig::try_from(args).unwrap();
+        assert_eq!(config.module.profile().name, "ec200");
+        assert_eq!(config.module.version().as_deref(), Some("v1"));
+        assert_eq!(config.command.to_at_args(), r#""ftp://h/p.bin",0,50"#);
+        assert!(config.json);
+    }
+
+    #[test]
+    fn default_profile_is_ec2x() {
+        let config = SimulateConfig::try_from(parse(&["ftp://h/p.zip"]).unwrap()).unwrap();
+        assert_eq!(config.module.profile().name, "ec2x");
+        assert!(!config.json);
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(parse(&["u", "--model", "EC25", "--profile", "ec2x"]).is_err());
+        assert!(parse(&["u", "--fault", "nope"]).is_err());
+        for argv in [
+            &["ftp://h/p.zip", "--profile", "nope"][..],
+            &["ftp://h/p.zip", "--model", "BG96"],
+            &["ftp://h/p.zip", "--fault", "md5"],
+            &[
+                "ftp://h/p.zip",
+                "--profile",
+                "ec200",
+                "--fault",
+                "power-cut=50",
+            ],
+            &["ftp://h/p.zip", "--time-scale=-1"],
+            &["ftp://h/p.zip", "--timeout-secs", "0"],
+            &["ftp://127.0.0.1/p.zip", "--fault", "dns-fail"],
+        ] {
+            let args = parse(argv).unwrap();
+            assert!(SimulateConfig::try_from(args).is_err(), "{argv:?}");
+        }
+        assert!(
+            SimulateConfig::try_from(
+                parse(&["ftp://localhost/p.zip", "--fault", "dns-fail"]).unwrap()
+            )
+            .is_ok()
+        );
+    }
+}

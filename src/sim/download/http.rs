@@ -1,0 +1,167 @@
+//! HTTP(S) download as a module does it (seeds 000–004 §3, `<HTTP_URL>`):
+//! one `GET` over HTTP/1.1, redirects not followed, the body length must
+//! match `Content-Length`. HTTPS goes through the module's TLS client
+//! ([`super::tls`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST, USER_AGENT};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::rt::{Read, Write};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{DownloadError, Progress, millis, package_buffer};
+use crate::sim::command::{FotaUrl, Scheme};
+
+/// `User-Agent` the simulator sends, so server logs can tell it from a
+/// module.
+const AGENT: &str = concat!("qfota-serve-simulate/", env!("CARGO_PKG_VERSION"));
+
+/// Fetches `url` over the connected socket `tcp`.
+pub(super) async fn fetch(
+    tcp: TcpStream,
+    url: &FotaUrl,
+    timeout: Duration,
+    tls: Arc<rustls::ClientConfig>,
+    progress: &mut Progress<'_>,
+) -> Result<Vec<u8>, DownloadError> {
+    match url.scheme {
+        Scheme::Https => {
+            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                .map_err(|e| DownloadError::Tls(format!("server name {:?}: {e}", url.host)))?;
+            let handshake = TlsConnector::from(tls).connect(name, tcp);
+            let stream = match tokio::time::timeout(timeout, handshake).await {
+                Err(_) => {
+                    return Err(DownloadError::NoAnswer {
+                        waiting_for: "the TLS handshake",
+                        timeout_ms: millis(timeout),
+                    });
+                }
+                Ok(Err(e)) => return Err(DownloadError::Tls(e.to_string())),
+                Ok(Ok(stream)) => stream,
+            };
+            get(TokioIo::new(stream), url, timeout, progress).await
+        }
+        Scheme::Http | Scheme::Ftp => get(TokioIo::new(tcp), url, timeout, progress).await,
+    }
+}
+
+/// Aborts the HTTP connection task when the download ends either way.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn get<I>(
+    io: I,
+    url: &FotaUrl,
+    timeout: Duration,
+    progress: &mut Progress<'_>,
+) -> Result<Vec<u8>, DownloadError>
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| cause(e, 0, None))?;
+    let _connection = AbortOnDrop(tokio::spawn(async move {
+        // Its errors surface through the request and body futures.
+        let _ = connection.await;
+    }));
+    let request = Request::get(url.path.as_str())
+        .header(HOST, url.authority())
+        .header(USER_AGENT, AGENT)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| DownloadError::Other(format!("cannot send {:?}: {e}", url.path)))?;
+    let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
+        Err(_) => {
+            return Err(DownloadError::NoAnswer {
+                waiting_for: "the response headers",
+                timeout_ms: millis(timeout),
+            });
+        }
+        Ok(result) => result.map_err(|e| cause(e, 0, None))?,
+    };
+    if response.status() != StatusCode::OK {
+        return Err(DownloadError::HttpStatus(response.status().as_u16()));
+    }
+    let expected = match response.headers().get(CONTENT_LENGTH) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| DownloadError::Other(format!("bad Content-Length {value:?}")))?,
+        ),
+    };
+    progress.expect(expected);
+    let mut package = package_buffer(expected);
+    let mut body = response.into_body();
+    loop {
+        let frame = match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => {
+                return Err(DownloadError::Stalled {
+                    received: progress.received(),
+                    timeout_ms: millis(timeout),
+                });
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(cause(e, progress.received(), expected)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            package.extend_from_slice(&data);
+            progress.advance(data.len()).await;
+        }
+    }
+    let received = progress.received();
+    if let Some(expected) = expected.filter(|e| *e != received) {
+        return Err(DownloadError::Truncated {
+            received,
+            expected: Some(expected),
+        });
+    }
+    progress.complete();
+    Ok(package)
+}
+
+/// The cause behind a hyper error after `received` bytes of the body.
+fn cause(error: hyper::Error, received: u64, expected: Option<u64>) -> DownloadError {
+    let closed = error.is_incomplete_message()
+        || error.is_closed()
+        || error.is_canceled()
+        || io_kind(&error).is_some_and(|k| {
+            matches!(
+                k,
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        });
+    if closed {
+        DownloadError::Truncated { received, expected }
+    } else {
+        DownloadError::Other(format!("HTTP: {error}"))
+    }
+}
+
+fn io_kind(error: &hyper::Error) -> Option<std::io::ErrorKind> {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = e.source();
+    }
+    None
+}

@@ -1,0 +1,270 @@
+//! What the simulated module decides from a downloaded package before it
+//! upgrades (SPEC §5): zip and CRC, the version named in the file name,
+//! size against the family's limit and the free space, and the injected
+//! check faults. The first failing check gives the attempt's `<err>`.
+
+use std::io::{Cursor, Read};
+
+use crate::profile::Profile;
+use crate::sim::fault::{FaultPlan, MD5_CODE, SIGNATURE_CODE};
+use crate::sim::version::VersionChange;
+
+/// `<err>` "package format wrong", and `ec200`'s only "upgrade failed"
+/// (SPEC §4); also what a family reports for a check whose own code it
+/// does not have.
+pub const FORMAT_CODE: u16 = 504;
+/// `<err>` "package does not match the module's source firmware".
+pub const VERSION_CODE: u16 = 510;
+/// `<err>` "not enough space in the file system".
+pub const SPACE_CODE: u16 = 511;
+/// `<err>` "package too large" (`eg06xk`, seed 000).
+pub const TOO_LARGE_CODE: u16 = 550;
+
+/// Why a package is not a good zip.
+#[derive(Debug, thiserror::Error)]
+pub enum ZipCheckError {
+    /// The archive itself does not open (no central directory, …).
+    #[error("not a zip archive: {0}")]
+    NotZip(#[source] zip::result::ZipError),
+    /// An entry cannot be opened (unsupported method, encryption, …).
+    #[error("entry {index} does not open: {source}")]
+    Entry {
+        /// Entry index in the central directory.
+        index: usize,
+        /// The zip error.
+        #[source]
+        source: zip::result::ZipError,
+    },
+    /// An entry's data does not read through or fails its CRC-32.
+    #[error("entry {name:?} is damaged: {source}")]
+    Damaged {
+        /// Entry name.
+        name: String,
+        /// The read error (zip reports a CRC mismatch as `InvalidData`).
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens `bytes` as a zip and reads every entry through, so each entry's
+/// CRC-32 is checked. Returns the number of entries.
+///
+/// # Errors
+/// The first [`ZipCheckError`].
+pub fn check_zip(bytes: &[u8]) -> Result<usize, ZipCheckError> {
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(ZipCheckError::NotZip)?;
+    let mut sink = [0u8; 16 * 1024];
+    for index in 0..archive.len() {
+        let mut entry = archive
+            .by_index(index)
+            .map_err(|source| ZipCheckError::Entry { index, source })?;
+        let name = entry.name().to_string();
+        loop {
+            match entry.read(&mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(ZipCheckError::Damaged { name, source }),
+            }
+        }
+    }
+    Ok(archive.len())
+}
+
+/// What the module knows when it checks a package.
+pub(crate) struct PackageFacts<'a> {
+    /// Family.
+    pub profile: &'static Profile,
+    /// The package.
+    pub bytes: &'a [u8],
+    /// Its file name (for the version rule).
+    pub file_name: &'a str,
+    /// The module's firmware version, if set.
+    pub version: Option<&'a str>,
+    /// Free space in the module's file system, bytes; `None` = unlimited.
+    pub free_space: Option<u64>,
+}
+
+/// The code a family reports for `code`: itself when the family has it
+/// (`profile.upgrade_codes`), else [`FORMAT_CODE`], the generic failure
+/// every family has (on `ec200`, 504 is "FOTA upgrade failed", seed 001
+/// table 5).
+pub fn family_code(profile: &Profile, code: u16) -> u16 {
+    if profile.upgrade_codes.contains(&code) {
+        code
+    } else {
+        FORMAT_CODE
+    }
+}
+
+/// Runs the package checks of SPEC §5 in order — zip and CRC (families with
+/// `zip_required`), signature and MD5 faults, version, `package_max`, free
+/// space — and returns the first failure as (`<err>`, reason).
+pub(crate) fn check(facts: &PackageFacts<'_>, faults: &FaultPlan) -> Option<(u16, String)> {
+    let profile = facts.profile;
+    if profile.zip_required {
+        if let Err(e) = check_zip(facts.bytes) {
+            return Some((FORMAT_CODE, e.to_string()));
+        }
+    }
+    if faults.signature {
+        return Some((SIGNATURE_CODE, "fault signature".to_string()));
+    }
+    if faults.md5 {
+        return Some((MD5_CODE, "fault md5".to_string()));
+    }
+    if let (Some(current), Some(change)) = (
+        facts.version,
+        VersionChange::from_file_name(facts.file_name),
+    ) {
+        if !change.applies_to(current) {
+            return Some((
+                family_code(profile, VERSION_CODE),
+                format!(
+                    "package is for {} but the module runs {current}",
+                    change.from
+                ),
+            ));
+        }
+    }
+    let size = facts.bytes.len() as u64;
+    if let Some(max) = profile.package_max.filter(|max| size > *max) {
+        return Some((
+            family_code(profile, TOO_LARGE_CODE),
+            format!("package is {size} bytes, over the family's {max}"),
+        ));
+    }
+    if let Some(free) = facts.free_space.filter(|free| size > *free) {
+        return Some((
+            family_code(profile, SPACE_CODE),
+            format!("package is {size} bytes, {free} bytes free"),
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::sim::fault::Fault;
+
+    /// A small valid zip with two entries.
+    pub(crate) fn sample_zip() -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        let mut zip = zip::ZipWriter::new(&mut out);
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("version.txt", stored).unwrap();
+        zip.write_all(b"v13\n").unwrap();
+        let deflated = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        zip.start_file("system.diff", deflated).unwrap();
+        zip.write_all(&[7u8; 4096]).unwrap();
+        zip.finish().unwrap();
+        out.into_inner()
+    }
+
+    fn facts<'a>(profile: &str, bytes: &'a [u8], version: Option<&'a str>) -> PackageFacts<'a> {
+        PackageFacts {
+            profile: Profile::by_name(profile).unwrap(),
+            bytes,
+            file_name: "update-v12-to-v13.zip",
+            version,
+            free_space: None,
+        }
+    }
+
+    #[test]
+    fn a_good_zip_passes() {
+        let zip = sample_zip();
+        assert_eq!(check_zip(&zip).unwrap(), 2);
+        assert_eq!(
+            check(&facts("ec2x", &zip, Some("v12")), &FaultPlan::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn not_a_zip_is_504() {
+        let junk = b"this is not a zip".to_vec();
+        assert!(matches!(check_zip(&junk), Err(ZipCheckError::NotZip(_))));
+        let got = check(&facts("eg06xk", &junk, None), &FaultPlan::default());
+        assert_eq!(got.map(|(c, _)| c), Some(504));
+        // ec200 takes raw images (SPEC §5): no zip check there.
+        assert_eq!(
+            check(&facts("ec200", &junk, None), &FaultPlan::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_flipped_byte_fails_the_crc() {
+        let mut zip = sample_zip();
+        // "v13\n" is stored uncompressed; damage it in place.
+        let at = zip.windows(4).position(|w| w == b"v13\n").unwrap();
+        zip[at] = b'x';
+        assert!(matches!(
+            check_zip(&zip),
+            Err(ZipCheckError::Damaged { .. })
+        ));
+    }
+
+    #[test]
+    fn a_truncated_zip_is_refused() {
+        let zip = sample_zip();
+        assert!(check_zip(&zip[..zip.len() / 2]).is_err());
+        assert!(check_zip(&[]).is_err());
+    }
+
+    #[test]
+    fn version_mismatch_is_510_except_on_ec200() {
+        let zip = sample_zip();
+        let plan = FaultPlan::default();
+        assert_eq!(
+            check(&facts("ec2x", &zip, Some("v11")), &plan).map(|c| c.0),
+            Some(510)
+        );
+        assert_eq!(check(&facts("ec2x", &zip, None), &plan), None);
+        assert_eq!(
+            check(&facts("ec200", &zip, Some("v11")), &plan).map(|c| c.0),
+            Some(504)
+        );
+    }
+
+    #[test]
+    fn size_limits_give_511_and_550() {
+        let zip = sample_zip();
+        let plan = FaultPlan::default();
+        let mut f = facts("ec2x", &zip, None);
+        f.free_space = Some(zip.len() as u64 - 1);
+        assert_eq!(check(&f, &plan).map(|c| c.0), Some(511));
+        f.free_space = Some(zip.len() as u64);
+        assert_eq!(check(&f, &plan), None);
+        // Over package_max: use a profile copy with a tiny limit.
+        let mut small: Profile = Profile::by_name("eg06xk").unwrap().clone();
+        small.package_max = Some(10);
+        let small: &'static Profile = Box::leak(Box::new(small));
+        let f = PackageFacts {
+            profile: small,
+            ..facts("eg06xk", &zip, None)
+        };
+        assert_eq!(check(&f, &plan).map(|c| c.0), Some(550));
+    }
+
+    #[test]
+    fn check_faults_give_their_codes() {
+        let zip = sample_zip();
+        let sig = FaultPlan::new(&[Fault::Signature], 5);
+        assert_eq!(
+            check(&facts("eg06xk", &zip, None), &sig).map(|c| c.0),
+            Some(513)
+        );
+        let md5 = FaultPlan::new(&[Fault::Md5], 5);
+        assert_eq!(
+            check(&facts("ec200", &zip, None), &md5).map(|c| c.0),
+            Some(506)
+        );
+    }
+}
