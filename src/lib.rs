@@ -8,3 +8,7 @@
 //!   single source of truth for URL limits, URC words and result codes; both
 //!   validation and the simulator read it.
 pub mod profile;
+pub mod catalog;
+pub mod dlog;
+pub mod serve;
+pub mod cli;
