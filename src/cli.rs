@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::catalog::{Catalog, Package};
 use crate::catalog::validate::{Advertised, FtpCredentials};
+use crate::catalog::{Catalog, Package};
 use crate::profile::Profile;
 use crate::serve::{Server, ServerBuilder, default_public_host};
 
@@ -61,7 +61,12 @@ pub struct ServeArgs {
     #[arg(long, env = "QFOTA_HTTPS", value_name = "PORT")]
     pub https: Option<u16>,
     /// Address to listen on.
-    #[arg(long, env = "QFOTA_BIND", default_value = "0.0.0.0", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "QFOTA_BIND",
+        default_value = "0.0.0.0",
+        value_name = "ADDR"
+    )]
     pub bind: IpAddr,
     /// Address modules use to reach this server: PASV replies and printed
     /// URLs [default: the bind address if concrete, else the first
@@ -82,20 +87,40 @@ pub struct ServeArgs {
     #[arg(long, env = "QFOTA_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Where the generated RSA certificate is kept (made once, reused).
-    #[arg(long, env = "QFOTA_CERTS_DIR", default_value = "certs", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "QFOTA_CERTS_DIR",
+        default_value = "certs",
+        value_name = "DIR"
+    )]
     pub certs_dir: PathBuf,
     /// The download log: one JSON object per line, appended.
-    #[arg(long, env = "QFOTA_LOG", default_value = "downloads.jsonl", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "QFOTA_LOG",
+        default_value = "downloads.jsonl",
+        value_name = "FILE"
+    )]
     pub log: PathBuf,
     /// Serve packages that fail validation (for testing module error paths).
     #[arg(long, env = "QFOTA_ALLOW_INVALID")]
     pub allow_invalid: bool,
     /// Seconds in-flight downloads may finish after Ctrl-C / SIGTERM.
-    #[arg(long, env = "QFOTA_GRACE_SECS", default_value_t = 10, value_name = "SECS")]
+    #[arg(
+        long,
+        env = "QFOTA_GRACE_SECS",
+        default_value_t = 10,
+        value_name = "SECS"
+    )]
     pub grace_secs: u64,
     /// Seconds a write to a client may make no progress before the
     /// download is aborted.
-    #[arg(long, env = "QFOTA_STALL_TIMEOUT_SECS", default_value_t = 120, value_name = "SECS")]
+    #[arg(
+        long,
+        env = "QFOTA_STALL_TIMEOUT_SECS",
+        default_value_t = 120,
+        value_name = "SECS"
+    )]
     pub stall_timeout_secs: u64,
 }
 
@@ -257,13 +282,19 @@ pub fn banner(server: &Server, log: &std::path::Path) -> String {
 }
 
 fn package_summary(p: &Package) -> String {
-    let fits: Vec<&str> = p.profiles.iter().filter(|v| v.fits).map(|v| v.profile).collect();
-    let mut out = format!(
-        "{}  {} bytes  sha256 {}\n",
-        p.path, p.size, p.sha256
-    );
+    let fits: Vec<&str> = p
+        .profiles
+        .iter()
+        .filter(|v| v.fits)
+        .map(|v| v.profile)
+        .collect();
+    let mut out = format!("{}  {} bytes  sha256 {}\n", p.path, p.size, p.sha256);
     if p.is_valid() {
-        let fits = if fits.is_empty() { "none".to_string() } else { fits.join(" ") };
+        let fits = if fits.is_empty() {
+            "none".to_string()
+        } else {
+            fits.join(" ")
+        };
         let _ = writeln!(out, "  valid; fits: {fits}");
     } else {
         let _ = writeln!(out, "  INVALID, not served: {}", p.problems.join("; "));
@@ -289,7 +320,12 @@ pub fn check_report(packages: &[Arc<Package>], required: &[&'static Profile]) ->
                 (false, true) => "FAIL",
                 (false, false) => "--  ",
             };
-            let _ = writeln!(out, "    {mark} {:<13} {}", v.profile, v.problems.join("; "));
+            let _ = writeln!(
+                out,
+                "    {mark} {:<13} {}",
+                v.profile,
+                v.problems.join("; ")
+            );
             ok &= v.fits || !required_here;
         }
     }
@@ -323,10 +359,12 @@ mod tests {
     fn serve_needs_a_protocol_and_a_dir() {
         assert!(Cli::try_parse_from(["qfota-serve", "pk"]).is_err());
         assert!(Cli::try_parse_from(["qfota-serve", "--ftp", "21"]).is_err());
-        let cli = Cli::try_parse_from(["qfota-serve", "--ftp", "21", "--user", "a:b", "pk"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["qfota-serve", "--ftp", "21", "--user", "a:b", "pk"]).unwrap();
         assert_eq!(cli.serve.ftp, Some(21));
         assert_eq!(cli.serve.users.len(), 1);
-        let cli = Cli::try_parse_from(["qfota-serve", "check", "pk", "--profile", "ec200"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["qfota-serve", "check", "pk", "--profile", "ec200"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Check(_))));
         assert!(Cli::try_parse_from(["qfota-serve", "check", "pk", "--profile", "nope"]).is_err());
     }

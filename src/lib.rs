@@ -7,8 +7,8 @@
 //! - [`profile`]: the module families (`ec2x`, `ec200`, …) as data. The
 //!   single source of truth for URL limits, URC words and result codes; both
 //!   validation and the simulator read it.
-pub mod profile;
 pub mod catalog;
-pub mod dlog;
-pub mod serve;
 pub mod cli;
+pub mod dlog;
+pub mod profile;
+pub mod serve;

@@ -56,11 +56,18 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read {}", args.dir.display()))?;
     let (report, ok) = cli::check_report(&packages, &args.profiles);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&packages.iter().map(|p| p.as_ref()).collect::<Vec<_>>())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&packages.iter().map(|p| p.as_ref()).collect::<Vec<_>>())?
+        );
     } else {
         print!("{report}");
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

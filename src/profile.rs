@@ -314,13 +314,22 @@ mod tests {
         let ec200 = Profile::by_name("ec200").unwrap();
         assert!(!ec200.reboots_before_upgrade(None));
         assert!(ec200.reboots_before_upgrade(Some(0)));
-        assert!(Profile::by_name("ec2x").unwrap().reboots_before_upgrade(None));
+        assert!(
+            Profile::by_name("ec2x")
+                .unwrap()
+                .reboots_before_upgrade(None)
+        );
     }
 
     #[test]
     fn eg06xk_has_signature_and_size_codes() {
         let p = Profile::by_name("eg06xk").unwrap();
         assert!(p.upgrade_codes.contains(&513) && p.upgrade_codes.contains(&550));
-        assert!(!Profile::by_name("ec2x").unwrap().upgrade_codes.contains(&513));
+        assert!(
+            !Profile::by_name("ec2x")
+                .unwrap()
+                .upgrade_codes
+                .contains(&513)
+        );
     }
 }

@@ -408,7 +408,9 @@ mod tests {
         std::fs::write(dir.path().join(".hidden.zip"), b"x").unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret.zip"), dir.path().join("s.zip"))
             .unwrap();
-        let cat = FsCatalog::open(dir.path(), Advertised::default()).await.unwrap();
+        let cat = FsCatalog::open(dir.path(), Advertised::default())
+            .await
+            .unwrap();
         match cat.lookup("Jun/a.zip") {
             Lookup::Package(p) => {
                 assert!(!p.is_valid());
@@ -426,7 +428,9 @@ mod tests {
     #[tokio::test]
     async fn rescan_picks_up_new_and_removed_files() {
         let dir = tempfile::tempdir().unwrap();
-        let cat = FsCatalog::open(dir.path(), Advertised::default()).await.unwrap();
+        let cat = FsCatalog::open(dir.path(), Advertised::default())
+            .await
+            .unwrap();
         assert!(cat.packages().is_empty());
         std::fs::write(dir.path().join("b.bin"), b"image").unwrap();
         cat.rescan().await.unwrap();

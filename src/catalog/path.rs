@@ -82,7 +82,10 @@ mod tests {
 
     #[test]
     fn plain_paths_become_keys() {
-        assert_eq!(http("/update-v12-to-v13.zip").unwrap(), "update-v12-to-v13.zip");
+        assert_eq!(
+            http("/update-v12-to-v13.zip").unwrap(),
+            "update-v12-to-v13.zip"
+        );
         assert_eq!(http("/Jun//./a.zip").unwrap(), "Jun/a.zip");
         assert_eq!(http("/").unwrap(), "");
         assert_eq!(http("/a%20b.zip").unwrap(), "a b.zip");

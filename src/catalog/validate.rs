@@ -167,7 +167,10 @@ impl Advertised {
     /// `https://host:port/<rel_path>`, or `None` when HTTPS is off.
     pub fn https_url(&self, rel_path: &str) -> Option<String> {
         let port = self.https?;
-        Some(format!("https://{}:{port}/{rel_path}", url_host(&self.host)))
+        Some(format!(
+            "https://{}:{port}/{rel_path}",
+            url_host(&self.host)
+        ))
     }
 
     /// Every enabled URL of the package, FTP first.
@@ -325,10 +328,7 @@ mod tests {
             check_zip(Cursor::new(b"hello".to_vec())),
             Err(ZipError::Unreadable(_))
         ));
-        assert_eq!(
-            check_zip(Cursor::new(zip_bytes(&[]))),
-            Err(ZipError::Empty)
-        );
+        assert_eq!(check_zip(Cursor::new(zip_bytes(&[]))), Err(ZipError::Empty));
     }
 
     #[test]
@@ -384,7 +384,7 @@ mod tests {
         assert!(profile_verdict(ec200, "fw.bin", &a).fits);
         assert!(!profile_verdict(ec2x, "fw.bin", &a).fits);
         // 100-byte URL limit of eg06xk-dfota (seed 002).
-        let long = format!("{}.zip", "a".repeat(60));
+        let long = format!("{}.zip", "a".repeat(80));
         let v = profile_verdict(dfota, &long, &a);
         assert!(!v.fits);
         assert!(v.problems.iter().any(|p| p.contains("100-byte")));

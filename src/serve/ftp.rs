@@ -30,9 +30,7 @@ use libunftp::options::PassiveHost;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
-use unftp_core::auth::{
-    AuthenticationError, Authenticator, Credentials, DefaultUser, Principal,
-};
+use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, DefaultUser, Principal};
 use unftp_core::storage::{self, ErrorKind, Fileinfo, StorageBackend};
 use unftp_sbe_fs::Filesystem;
 
@@ -200,8 +198,16 @@ impl Authenticator for SessionAuthenticator {
         } else {
             "unknown user"
         };
-        self.session
-            .record(&attempt, "", None, 0, 0, 530, Outcome::AuthFailed, reason.into());
+        self.session.record(
+            &attempt,
+            "",
+            None,
+            0,
+            0,
+            530,
+            Outcome::AuthFailed,
+            reason.into(),
+        );
         if reason == "unknown user" {
             Err(AuthenticationError::BadUser)
         } else {
@@ -359,12 +365,25 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         P: AsRef<Path> + Send + Debug,
     {
         let attempt = Attempt::start();
-        let raw = path.as_ref().to_string_lossy().trim_start_matches('/').to_string();
+        let raw = path
+            .as_ref()
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string();
         let session = &self.session;
         let key = match Self::key(path.as_ref()) {
             Ok(k) => k,
             Err(err) => {
-                session.record(&attempt, &raw, None, start_pos, 0, 550, Outcome::Refused, err.to_string());
+                session.record(
+                    &attempt,
+                    &raw,
+                    None,
+                    start_pos,
+                    0,
+                    550,
+                    Outcome::Refused,
+                    err.to_string(),
+                );
                 return Err(storage::Error::from(ErrorKind::PermissionDenied));
             }
         };
@@ -375,7 +394,16 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                 reason,
                 package,
             } => {
-                session.record(&attempt, &key, package.as_deref(), start_pos, 0, 550, outcome, reason);
+                session.record(
+                    &attempt,
+                    &key,
+                    package.as_deref(),
+                    start_pos,
+                    0,
+                    550,
+                    outcome,
+                    reason,
+                );
                 return Err(not_available());
             }
         };
@@ -388,16 +416,35 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                 0,
                 551,
                 Outcome::Refused,
-                format!("REST offset {start_pos} is beyond the end ({} bytes)", package.size),
+                format!(
+                    "REST offset {start_pos} is beyond the end ({} bytes)",
+                    package.size
+                ),
             );
             return Err(storage::Error::from(ErrorKind::PageTypeUnknown));
         }
         let mut reader = match session.shared.catalog.open(&package, start_pos).await {
             Ok(r) => r,
             Err(err) => {
-                let status = if matches!(err, OpenError::Changed) { 450 } else { 451 };
-                session.record(&attempt, &key, Some(&package), start_pos, 0, status, Outcome::Refused, err.to_string());
-                return Err(storage::Error::new(ErrorKind::TransientFileNotAvailable, err));
+                let status = if matches!(err, OpenError::Changed) {
+                    450
+                } else {
+                    451
+                };
+                session.record(
+                    &attempt,
+                    &key,
+                    Some(&package),
+                    start_pos,
+                    0,
+                    status,
+                    Outcome::Refused,
+                    err.to_string(),
+                );
+                return Err(storage::Error::new(
+                    ErrorKind::TransientFileNotAvailable,
+                    err,
+                ));
             }
         };
         // Held for the whole transfer so shutdown waits for it.
@@ -434,7 +481,8 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         }
         let expected = package.size - start_pos;
         if tracker.sent != expected {
-            let reason = format!("package shorter than its validated size ({expected} bytes expected)");
+            let reason =
+                format!("package shorter than its validated size ({expected} bytes expected)");
             tracker.finish(451, Outcome::Aborted, reason);
             return Err(storage::Error::from(ErrorKind::LocalError));
         }
@@ -443,7 +491,10 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         Ok(sent)
     }
 
-    async fn put<P: AsRef<Path> + Send + Debug, R: tokio::io::AsyncRead + Send + Sync + Unpin + 'static>(
+    async fn put<
+        P: AsRef<Path> + Send + Debug,
+        R: tokio::io::AsyncRead + Send + Sync + Unpin + 'static,
+    >(
         &self,
         _user: &DefaultUser,
         _input: R,
@@ -453,11 +504,19 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         Err(self.refuse_write("STOR/APPE", path.as_ref()))
     }
 
-    async fn del<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> storage::Result<()> {
+    async fn del<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        path: P,
+    ) -> storage::Result<()> {
         Err(self.refuse_write("DELE", path.as_ref()))
     }
 
-    async fn mkd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> storage::Result<()> {
+    async fn mkd<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        path: P,
+    ) -> storage::Result<()> {
         Err(self.refuse_write("MKD", path.as_ref()))
     }
 
@@ -470,14 +529,26 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         Err(self.refuse_write("RNFR/RNTO", from.as_ref()))
     }
 
-    async fn rmd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> storage::Result<()> {
+    async fn rmd<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        path: P,
+    ) -> storage::Result<()> {
         Err(self.refuse_write("RMD", path.as_ref()))
     }
 
-    async fn cwd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> storage::Result<()> {
+    async fn cwd<P: AsRef<Path> + Send + Debug>(
+        &self,
+        _user: &DefaultUser,
+        path: P,
+    ) -> storage::Result<()> {
         match Self::key(path.as_ref()) {
-            Ok(key) if matches!(self.session.shared.catalog.lookup(&key), Lookup::Directory) => Ok(()),
-            _ => Err(storage::Error::from(ErrorKind::PermanentDirectoryNotAvailable)),
+            Ok(key) if matches!(self.session.shared.catalog.lookup(&key), Lookup::Directory) => {
+                Ok(())
+            }
+            _ => Err(storage::Error::from(
+                ErrorKind::PermanentDirectoryNotAvailable,
+            )),
         }
     }
 }
@@ -485,9 +556,9 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
 fn write_failure(err: &io::Error) -> String {
     match err.kind() {
         io::ErrorKind::TimedOut => "write stalled: the client stopped reading".into(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
-            "client closed the data connection".into()
-        }
+        io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => "client closed the data connection".into(),
         _ => format!("data connection write failed: {err}"),
     }
 }

@@ -120,7 +120,10 @@ pub(crate) async fn run(
         .await
         .is_err()
     {
-        tracing::warn!(protocol = protocol.as_str(), "grace period over; closing remaining connections");
+        tracing::warn!(
+            protocol = protocol.as_str(),
+            "grace period over; closing remaining connections"
+        );
     }
 }
 
@@ -164,7 +167,14 @@ struct Pending {
 }
 
 impl Conn {
-    fn record(&self, p: &Pending, status: StatusCode, bytes: u64, outcome: Outcome, reason: String) {
+    fn record(
+        &self,
+        p: &Pending,
+        status: StatusCode,
+        bytes: u64,
+        outcome: Outcome,
+        reason: String,
+    ) {
         self.shared.log.emit(DownloadRecord {
             ts: p.attempt.ts(),
             duration_ms: p.attempt.elapsed_ms(),
@@ -221,7 +231,12 @@ impl Conn {
         let key = match path::percent_decode(&raw_path).and_then(|d| path::normalize(&d)) {
             Ok(k) => k,
             Err(err) => {
-                return self.refuse(&pending, StatusCode::BAD_REQUEST, Outcome::Refused, err.to_string());
+                return self.refuse(
+                    &pending,
+                    StatusCode::BAD_REQUEST,
+                    Outcome::Refused,
+                    err.to_string(),
+                );
             }
         };
         match key.as_str() {
@@ -248,7 +263,13 @@ impl Conn {
         };
         let honour_range = match range::evaluate_preconditions(req.headers(), &validators) {
             Precondition::NotModified => {
-                self.record(&pending, StatusCode::NOT_MODIFIED, 0, Outcome::Complete, "not modified".into());
+                self.record(
+                    &pending,
+                    StatusCode::NOT_MODIFIED,
+                    0,
+                    Outcome::Complete,
+                    "not modified".into(),
+                );
                 let mut resp = empty_response(StatusCode::NOT_MODIFIED);
                 set_validators(resp.headers_mut(), &package);
                 return resp;
@@ -329,7 +350,10 @@ impl Conn {
         let h = resp.headers_mut();
         h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
         h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type(&package.path)));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(content_type(&package.path)),
+        );
         h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         set_validators(h, &package);
         if status == StatusCode::PARTIAL_CONTENT
@@ -343,7 +367,6 @@ impl Conn {
         }
         resp
     }
-
 }
 
 fn set_validators(h: &mut http::HeaderMap, package: &Package) {
@@ -476,7 +499,8 @@ impl PackageBody {
             };
             (self.status, Outcome::Aborted, reason)
         };
-        f.conn.record(&f.pending, status, self.sent, outcome, reason);
+        f.conn
+            .record(&f.pending, status, self.sent, outcome, reason);
     }
 }
 
@@ -534,7 +558,10 @@ mod tests {
 
     #[test]
     fn escapes_html() {
-        assert_eq!(html_escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            html_escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 
     #[test]

@@ -249,21 +249,22 @@ impl ServerBuilder {
         if self.ftp.is_none() && self.http.is_none() && self.https.is_none() {
             return Err(ServeError::NoProtocol);
         }
-        let bind = |protocol: &'static str, port: Option<u16>| {
-            let addr = SocketAddr::new(self.bind, port.unwrap_or(0));
-            async move {
-                match port {
-                    None => Ok(None),
-                    Some(_) => TcpListener::bind(addr).await.map(Some).map_err(|source| {
-                        ServeError::Bind {
-                            protocol,
-                            addr,
-                            source,
-                        }
-                    }),
+        let bind =
+            |protocol: &'static str, port: Option<u16>| {
+                let addr = SocketAddr::new(self.bind, port.unwrap_or(0));
+                async move {
+                    match port {
+                        None => Ok(None),
+                        Some(_) => TcpListener::bind(addr).await.map(Some).map_err(|source| {
+                            ServeError::Bind {
+                                protocol,
+                                addr,
+                                source,
+                            }
+                        }),
+                    }
                 }
-            }
-        };
+            };
         let ftp_listener = bind("ftp", self.ftp).await?;
         let http_listener = bind("http", self.http).await?;
         let https_listener = bind("https", self.https).await?;
@@ -312,7 +313,9 @@ impl ServerBuilder {
                         hosts: vec![public_host.clone()],
                     },
                 };
-                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(&source)?))
+                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                    &source,
+                )?))
             }
         };
 
@@ -349,7 +352,12 @@ impl ServerBuilder {
             tasks.push(tokio::spawn(ftp::run(listener, Arc::clone(&shared), opts)));
         }
         if let Some(listener) = http_listener {
-            tasks.push(tokio::spawn(http::run(listener, None, Arc::clone(&shared), timeouts)));
+            tasks.push(tokio::spawn(http::run(
+                listener,
+                None,
+                Arc::clone(&shared),
+                timeouts,
+            )));
         }
         if let Some(listener) = https_listener {
             tasks.push(tokio::spawn(http::run(

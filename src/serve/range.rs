@@ -40,7 +40,11 @@ pub fn parse_range(value: &str, len: u64) -> RangeDecision {
     if !unit.trim().eq_ignore_ascii_case("bytes") {
         return RangeDecision::Full;
     }
-    let specs: Vec<&str> = set.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let specs: Vec<&str> = set
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if specs.len() != 1 {
         return RangeDecision::Full;
     }
@@ -118,7 +122,11 @@ pub enum Precondition {
 /// `If-Modified-Since` and `If-Range` in the order of RFC 9110 §13.2.2 for
 /// a GET or HEAD.
 pub fn evaluate_preconditions(headers: &HeaderMap, v: &Validators<'_>) -> Precondition {
-    let text = |name| headers.get(name).and_then(|h: &http::HeaderValue| h.to_str().ok());
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|h: &http::HeaderValue| h.to_str().ok())
+    };
     let modified = truncate_to_secs(v.last_modified);
 
     if let Some(if_match) = text(IF_MATCH) {
@@ -197,12 +205,42 @@ mod tests {
     #[test]
     fn single_ranges() {
         use RangeDecision::*;
-        assert_eq!(parse_range("bytes=0-99", 1000), Partial { start: 0, end: 99 });
-        assert_eq!(parse_range("bytes=100-199", 1000), Partial { start: 100, end: 199 });
-        assert_eq!(parse_range("bytes=900-", 1000), Partial { start: 900, end: 999 });
-        assert_eq!(parse_range("bytes=-100", 1000), Partial { start: 900, end: 999 });
-        assert_eq!(parse_range("bytes=-5000", 1000), Partial { start: 0, end: 999 });
-        assert_eq!(parse_range("bytes=990-5000", 1000), Partial { start: 990, end: 999 });
+        assert_eq!(
+            parse_range("bytes=0-99", 1000),
+            Partial { start: 0, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=100-199", 1000),
+            Partial {
+                start: 100,
+                end: 199
+            }
+        );
+        assert_eq!(
+            parse_range("bytes=900-", 1000),
+            Partial {
+                start: 900,
+                end: 999
+            }
+        );
+        assert_eq!(
+            parse_range("bytes=-100", 1000),
+            Partial {
+                start: 900,
+                end: 999
+            }
+        );
+        assert_eq!(
+            parse_range("bytes=-5000", 1000),
+            Partial { start: 0, end: 999 }
+        );
+        assert_eq!(
+            parse_range("bytes=990-5000", 1000),
+            Partial {
+                start: 990,
+                end: 999
+            }
+        );
         assert_eq!(parse_range("BYTES = 1-1", 10), Partial { start: 1, end: 1 });
     }
 
@@ -261,25 +299,40 @@ mod tests {
         let v = validators();
         let eval = |pairs: &[(http::HeaderName, &str)]| evaluate_preconditions(&headers(pairs), &v);
         assert_eq!(eval(&[(IF_NONE_MATCH, ETAG)]), Precondition::NotModified);
-        assert_eq!(eval(&[(IF_NONE_MATCH, "W/\"abc\"")]), Precondition::NotModified);
+        assert_eq!(
+            eval(&[(IF_NONE_MATCH, "W/\"abc\"")]),
+            Precondition::NotModified
+        );
         assert_eq!(eval(&[(IF_NONE_MATCH, "*")]), Precondition::NotModified);
         assert_eq!(
             eval(&[(IF_NONE_MATCH, "\"other\"")]),
             Precondition::Proceed { honour_range: true }
         );
-        assert_eq!(eval(&[(IF_MODIFIED_SINCE, &date(1_700_000_000))]), Precondition::NotModified);
+        assert_eq!(
+            eval(&[(IF_MODIFIED_SINCE, &date(1_700_000_000))]),
+            Precondition::NotModified
+        );
         assert_eq!(
             eval(&[(IF_MODIFIED_SINCE, &date(1_699_999_999))]),
             Precondition::Proceed { honour_range: true }
         );
         // If-None-Match takes precedence over If-Modified-Since (§13.1.3).
         assert_eq!(
-            eval(&[(IF_NONE_MATCH, "\"other\""), (IF_MODIFIED_SINCE, &date(1_800_000_000))]),
+            eval(&[
+                (IF_NONE_MATCH, "\"other\""),
+                (IF_MODIFIED_SINCE, &date(1_800_000_000))
+            ]),
             Precondition::Proceed { honour_range: true }
         );
         assert_eq!(eval(&[(IF_MATCH, "\"other\"")]), Precondition::Failed);
         assert_eq!(eval(&[(IF_MATCH, "W/\"abc\"")]), Precondition::Failed);
-        assert_eq!(eval(&[(IF_UNMODIFIED_SINCE, &date(1_600_000_000))]), Precondition::Failed);
-        assert_eq!(eval(&[(IF_MODIFIED_SINCE, "garbage")]), Precondition::Proceed { honour_range: true });
+        assert_eq!(
+            eval(&[(IF_UNMODIFIED_SINCE, &date(1_600_000_000))]),
+            Precondition::Failed
+        );
+        assert_eq!(
+            eval(&[(IF_MODIFIED_SINCE, "garbage")]),
+            Precondition::Proceed { honour_range: true }
+        );
     }
 }

@@ -136,7 +136,9 @@ mod tests {
             let mut total = 0;
             while total < 256 {
                 tokio::time::sleep(Duration::from_secs(20)).await;
-                total += tokio::io::AsyncReadExt::read(&mut b, &mut buf).await.unwrap();
+                total += tokio::io::AsyncReadExt::read(&mut b, &mut buf)
+                    .await
+                    .unwrap();
             }
             total
         });

@@ -171,7 +171,10 @@ mod tests {
         let oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
         assert!(der.secret_der().windows(oid.len()).any(|w| w == oid));
         server_config(&src).unwrap();
-        assert_eq!(std::fs::read(dir.path().join(GENERATED_CERT)).unwrap(), cert1);
+        assert_eq!(
+            std::fs::read(dir.path().join(GENERATED_CERT)).unwrap(),
+            cert1
+        );
     }
 
     #[test]
