@@ -204,3 +204,76 @@ pub async fn python(script: &str, args: &[&str]) -> Output {
     all.extend_from_slice(args);
     run("python3", &all).await
 }
+
+/// A temporary folder holding what [`Fixture::start`] serves (`packages/`
+/// plus [`BIG`]), for tests that add files before the server starts.
+pub fn package_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("packages").as_path(), dir.path());
+    std::fs::write(dir.path().join(BIG), big_zip()).unwrap();
+    dir
+}
+
+impl Fixture {
+    /// Like [`Fixture::start_in`] over [`package_dir`], but with no FTP
+    /// account, so FTP accepts any user name and password.
+    pub async fn start_anonymous(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Fixture {
+        let dir = package_dir();
+        let certs = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join(".downloads.jsonl");
+        let builder = Server::builder()
+            .packages(dir.path())
+            .ftp(0)
+            .http(0)
+            .https(0)
+            .passive_ports(40000..=40999)
+            .certs_dir(certs.path())
+            .log_file(&log_path)
+            .grace_period(Duration::from_secs(2));
+        let server = tokio::time::timeout(DEADLINE, configure(builder).start())
+            .await
+            .expect("server start timed out")
+            .expect("server start");
+        Fixture { server, dir, certs, log_path }
+    }
+
+    /// Polls until at least `n` records match, or panics at the deadline.
+    pub async fn wait_records(
+        &self,
+        what: &str,
+        n: usize,
+        pred: impl Fn(&DownloadRecord) -> bool,
+    ) -> Vec<DownloadRecord> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let found: Vec<_> = self.server.downloads().into_iter().filter(|r| pred(r)).collect();
+            if found.len() >= n {
+                return found;
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("fewer than {n} records {what}; have {:#?}", self.server.downloads());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, or panics after `within`.
+pub async fn wait_until(what: &str, within: Duration, cond: impl Fn() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > within {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes `bytes` to `dir/name` the way an operator's copy should land:
+/// into a hidden temporary file first (never served), then renamed, so a
+/// scan never sees a half-written package.
+pub fn copy_in(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.part"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
