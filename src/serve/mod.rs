@@ -7,6 +7,7 @@
 //! [`Server`] handle that reports bound addresses, ready-made module URLs
 //! and the download records, and shuts everything down (also on drop).
 
+pub mod fault;
 pub mod ftp;
 pub mod http;
 pub mod range;
