@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::catalog::validate::{Advertised, FtpCredentials};
 use crate::catalog::{Catalog, Package};
 use crate::profile::Profile;
+use crate::serve::fault::FaultRule;
 use crate::serve::{Server, ServerBuilder, default_public_host};
 
 /// `qfota-serve`: host firmware packages for Quectel FOTA over FTP, HTTP
@@ -105,6 +106,24 @@ pub struct ServeArgs {
     /// Serve packages that fail validation (for testing module error paths).
     #[arg(long, env = "QFOTA_ALLOW_INVALID")]
     pub allow_invalid: bool,
+    /// Server fault rule, repeatable: an action (refuse-login, not-found,
+    /// status=CODE, ftp-reply=CODE,command=CMD, drop-after=BYTES|PCT%,
+    /// stall-after=BYTES, slow=BYTES_PER_S, corrupt=OFFSET) and matchers
+    /// (path=GLOB, protocol=, peer=IP|CIDR, user=, times=N, rate=P).
+    #[arg(
+        long = "fault",
+        env = "QFOTA_FAULT",
+        value_name = "RULE",
+        value_delimiter = ';'
+    )]
+    pub faults: Vec<FaultRule>,
+    /// TOML file of fault rules (`seed = N`, `rules = ["…"]`), re-read when
+    /// it changes.
+    #[arg(long = "faults", env = "QFOTA_FAULTS", value_name = "FILE")]
+    pub fault_file: Option<PathBuf>,
+    /// Seed of the generator behind `rate=` (repeatable runs).
+    #[arg(long, env = "QFOTA_FAULT_SEED", default_value_t = 0, value_name = "N")]
+    pub fault_seed: u64,
     /// Seconds in-flight downloads may finish after Ctrl-C / SIGTERM.
     #[arg(
         long,
@@ -202,6 +221,13 @@ impl ServeArgs {
         if let Some(h) = &self.public_host {
             b = b.public_host(h.clone());
         }
+        for rule in &self.faults {
+            b = b.fault(rule.clone());
+        }
+        b = b.fault_seed(self.fault_seed);
+        if let Some(f) = &self.fault_file {
+            b = b.fault_file(f.clone());
+        }
         if let Some(p) = self.ftp {
             b = b.ftp(p);
         }
@@ -266,6 +292,9 @@ pub fn banner(server: &Server, log: &std::path::Path) -> String {
     }
     let _ = writeln!(out, "  public host {}", server.advertised().host);
     let _ = writeln!(out, "  download log {}", log.display());
+    for rule in server.faults() {
+        let _ = writeln!(out, "  fault rule {rule}");
+    }
     for problem in server.advertised().credential_problems() {
         let _ = writeln!(out, "  warning: {problem}");
     }
@@ -367,5 +396,25 @@ mod tests {
             Cli::try_parse_from(["qfota-serve", "check", "pk", "--profile", "ec200"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Check(_))));
         assert!(Cli::try_parse_from(["qfota-serve", "check", "pk", "--profile", "nope"]).is_err());
+        let cli = Cli::try_parse_from([
+            "qfota-serve",
+            "--http",
+            "0",
+            "--fault",
+            "drop-after=50%,path=/big-*.zip",
+            "pk",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.faults.len(), 1);
+        let err = Cli::try_parse_from([
+            "qfota-serve",
+            "--http",
+            "0",
+            "--fault",
+            "drop-after=x",
+            "pk",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("drop-after=x"), "{err}");
     }
 }

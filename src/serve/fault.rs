@@ -39,22 +39,25 @@ use tokio_util::sync::CancellationToken;
 use crate::dlog::Protocol;
 
 /// FTP commands whose reply `ftp-reply` can replace, with the codes
-/// possible for each (what libunftp's hooks can return; `CONNECT` is the
-/// greeting, written before libunftp sees the connection).
+/// possible for each: what libunftp's hooks can return. `CONNECT` is the
+/// greeting, written before libunftp sees the connection (any 4xx/5xx).
+/// `SIZE` also answers `MDTM` (both read file metadata), `LIST` also
+/// `NLST` and `MLSD`, and `PASV` and `EPSV` share the passive-port hook, so
+/// a rule naming either covers both.
 pub const FTP_REPLY_SUPPORT: &[(&str, &[u16])] = &[
     ("CONNECT", &[]),
     ("USER", &[530]),
     ("PASS", &[530]),
     ("PASV", &[425]),
     ("EPSV", &[425]),
-    ("RETR", &[426, 450, 451, 452, 502, 550, 551, 552, 553]),
-    ("SIZE", &[426, 450, 451, 452, 502, 550, 551, 552, 553]),
-    ("MDTM", &[426, 450, 451, 452, 502, 550, 551, 552, 553]),
-    ("CWD", &[426, 450, 451, 452, 502, 550, 551, 552, 553]),
-    ("LIST", &[426, 450, 451, 452, 502, 550, 551, 552, 553]),
-    ("NLST", &[426, 450, 451, 452, 502, 550, 551, 552, 553]),
-    ("MLSD", &[426, 450, 451, 452, 502, 550, 551, 552, 553]),
+    ("RETR", STORAGE_CODES),
+    ("SIZE", STORAGE_CODES),
+    ("CWD", STORAGE_CODES),
+    ("LIST", STORAGE_CODES),
 ];
+
+/// Replies a storage back-end error can carry (unftp-core `ErrorKind`).
+const STORAGE_CODES: &[u16] = &[426, 450, 451, 452, 502, 550, 551, 552, 553];
 
 /// A byte count, absolute or a percentage of the package size.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -34,9 +34,10 @@ use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, DefaultU
 use unftp_core::storage::{self, ErrorKind, Fileinfo, StorageBackend};
 use unftp_sbe_fs::Filesystem;
 
+use super::fault::{Action, Applied, AttemptInfo, FaultedReader};
 use super::stall::StallGuard;
 use super::{Access, Shared};
-use crate::catalog::{Lookup, OpenError, Package, path};
+use crate::catalog::{Lookup, OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, DownloadRecord, Outcome, Protocol};
 
 /// FTP listener settings.
@@ -63,6 +64,50 @@ pub struct FtpSession {
 }
 
 impl FtpSession {
+    /// The first `ftp-reply` rule for a command accepted by `command`
+    /// (and, for commands with one, the catalog key `path`).
+    fn fault(&self, path: Option<&str>, command: impl Fn(&str) -> bool) -> Option<Applied> {
+        self.select_fault(
+            path,
+            |a| matches!(a, Action::FtpReply { command: c, .. } if command(c)),
+        )
+    }
+
+    fn select_fault(&self, path: Option<&str>, fits: impl Fn(&Action) -> bool) -> Option<Applied> {
+        if self.shared.faults.is_empty() {
+            return None;
+        }
+        let user = self.user();
+        let info = AttemptInfo {
+            protocol: Protocol::Ftp,
+            peer: self.peer.ip(),
+            user: user.as_deref(),
+            path,
+        };
+        self.shared.faults.select(&info, fits)
+    }
+
+    /// Records a reply replaced by a fault rule and returns the storage
+    /// error libunftp turns into that reply.
+    fn fault_reply(&self, applied: &Applied, command: &str, path: &str) -> storage::Error {
+        let code = match applied.action {
+            Action::FtpReply { code, .. } => code,
+            _ => 550,
+        };
+        self.record(
+            &Attempt::start(),
+            path,
+            None,
+            0,
+            0,
+            code,
+            Outcome::Refused,
+            format!("fault: reply {code} to {command}"),
+            Some(&applied.name),
+        );
+        storage::Error::from(error_kind_for(code))
+    }
+
     fn user(&self) -> Option<String> {
         self.user.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -78,6 +123,7 @@ impl FtpSession {
         status: u16,
         outcome: Outcome,
         reason: String,
+        fault: Option<&str>,
     ) {
         self.shared.log.emit(DownloadRecord {
             ts: attempt.ts(),
@@ -93,7 +139,7 @@ impl FtpSession {
             status,
             outcome,
             reason,
-            fault: None,
+            fault: fault.map(str::to_string),
         });
     }
 }
@@ -131,6 +177,10 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
             user: Mutex::new(None),
             shared: Arc::clone(&shared),
         });
+        if let Some(fault) = session.fault(None, |cmd| cmd == "CONNECT") {
+            tracker.spawn(refuse_connection(tcp, Arc::clone(&session), fault));
+            continue;
+        }
         let storage_session = Arc::clone(&session);
         let root = shared.root.clone();
         let stall = opts.stall;
@@ -146,6 +196,9 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
         .passive_ports(opts.passive_ports.clone())
         .passive_host(passive_host.clone())
         .idle_session_timeout(opts.idle_timeout_secs)
+        .binder(FaultBinder {
+            session: Arc::clone(&session),
+        })
         .build();
         let server = match server {
             Ok(s) => s,
@@ -164,6 +217,87 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
     tracker.close();
 }
 
+/// Answers a connection with a fault rule's reply instead of the greeting,
+/// then closes it.
+async fn refuse_connection(
+    mut tcp: tokio::net::TcpStream,
+    session: Arc<FtpSession>,
+    fault: Applied,
+) {
+    let code = match fault.action {
+        Action::FtpReply { code, .. } => code,
+        _ => 421,
+    };
+    session.record(
+        &Attempt::start(),
+        "",
+        None,
+        0,
+        0,
+        code,
+        Outcome::Refused,
+        format!("fault: reply {code} to the connection"),
+        Some(&fault.name),
+    );
+    let line = format!("{code} Service not available (fault injected)\r\n");
+    let _ = tcp.write_all(line.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+/// The libunftp storage error kind whose reply carries `code`
+/// (`unftp_core::storage::ErrorKind`'s display strings).
+fn error_kind_for(code: u16) -> ErrorKind {
+    match code {
+        426 => ErrorKind::ConnectionClosed,
+        450 => ErrorKind::TransientFileNotAvailable,
+        451 => ErrorKind::LocalError,
+        452 => ErrorKind::InsufficientStorageSpaceError,
+        502 => ErrorKind::CommandNotImplemented,
+        551 => ErrorKind::PageTypeUnknown,
+        552 => ErrorKind::ExceededStorageAllocationError,
+        553 => ErrorKind::FileNameNotAllowedError,
+        _ => ErrorKind::PermanentFileNotAvailable,
+    }
+}
+
+/// Binds passive data ports like libunftp's default (a random port of the
+/// range, a few tries), unless an `ftp-reply` rule for `PASV`/`EPSV`
+/// matches, in which case binding fails and libunftp answers 425. The
+/// binder cannot tell PASV from EPSV, so a rule naming either covers both.
+#[derive(Debug)]
+struct FaultBinder {
+    session: Arc<FtpSession>,
+}
+
+#[async_trait]
+impl libunftp::options::Binder for FaultBinder {
+    async fn bind(
+        &mut self,
+        local_addr: IpAddr,
+        passive_ports: RangeInclusive<u16>,
+    ) -> io::Result<tokio::net::TcpSocket> {
+        if let Some(fault) = self.session.fault(None, |c| c == "PASV" || c == "EPSV") {
+            let _ = self.session.fault_reply(&fault, "PASV/EPSV", "");
+            return Err(io::Error::other("fault: passive port refused"));
+        }
+        let span = u32::from(passive_ports.end() - passive_ports.start()) + 1;
+        let mut last = io::Error::new(io::ErrorKind::AddrInUse, "no free passive port");
+        for _ in 0..16 {
+            let port = *passive_ports.start() as u32 + rand::random::<u32>() % span;
+            let socket = match local_addr {
+                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.set_reuseaddr(true)?;
+            match socket.bind(SocketAddr::new(local_addr, port as u16)) {
+                Ok(()) => return Ok(socket),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
 /// Checks `USER`/`PASS` against the configured accounts and records failed
 /// logins with the peer address.
 #[derive(Debug)]
@@ -180,13 +314,31 @@ impl Authenticator for SessionAuthenticator {
         creds: &Credentials,
     ) -> Result<Principal, AuthenticationError> {
         let attempt = Attempt::start();
+        *self.session.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(username.to_string());
+        let fault = self.session.select_fault(None, |a| {
+            matches!(a, Action::RefuseLogin)
+                || matches!(a, Action::FtpReply { command, .. } if command == "USER" || command == "PASS")
+        });
+        if let Some(fault) = fault {
+            self.session.record(
+                &attempt,
+                "",
+                None,
+                0,
+                0,
+                530,
+                Outcome::AuthFailed,
+                "fault: login refused".into(),
+                Some(&fault.name),
+            );
+            return Err(AuthenticationError::BadPassword);
+        }
         let password = creds.password.as_deref().unwrap_or("");
         let accepted = self.users.is_empty()
             || self
                 .users
                 .iter()
                 .any(|(u, p)| u == username && constant_time_eq(p.as_bytes(), password.as_bytes()));
-        *self.session.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(username.to_string());
         if accepted {
             tracing::debug!(peer = %self.session.peer, user = username, "FTP login");
             return Ok(Principal {
@@ -207,6 +359,7 @@ impl Authenticator for SessionAuthenticator {
             530,
             Outcome::AuthFailed,
             reason.into(),
+            None,
         );
         if reason == "unknown user" {
             Err(AuthenticationError::BadUser)
@@ -279,6 +432,7 @@ impl CatalogStorage {
             550,
             Outcome::Refused,
             format!("{command} refused: the server is read-only"),
+            None,
         );
         storage::Error::from(ErrorKind::PermissionDenied)
     }
@@ -302,7 +456,13 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         path: P,
     ) -> storage::Result<Self::Metadata> {
         match Self::key(path.as_ref()) {
-            Ok(key) if self.visible(&key) => self.inner()?.metadata(user, path).await,
+            Ok(key) if self.visible(&key) => {
+                // SIZE and MDTM (and RNFR, MLST) all come here.
+                if let Some(f) = self.session.fault(Some(&key), |c| c == "SIZE") {
+                    return Err(self.session.fault_reply(&f, "SIZE", &key));
+                }
+                self.inner()?.metadata(user, path).await
+            }
             _ => Err(not_available()),
         }
     }
@@ -318,6 +478,10 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         let dir = Self::key(path.as_ref()).map_err(|_| not_available())?;
         if !matches!(self.session.shared.catalog.lookup(&dir), Lookup::Directory) {
             return Err(not_available());
+        }
+        // LIST, NLST and MLSD all come here.
+        if let Some(f) = self.session.fault(Some(&dir), |c| c == "LIST") {
+            return Err(self.session.fault_reply(&f, "LIST", &dir));
         }
         let entries = self.inner()?.list(user, path).await?;
         Ok(entries
@@ -383,6 +547,7 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                     550,
                     Outcome::Refused,
                     err.to_string(),
+                    None,
                 );
                 return Err(storage::Error::from(ErrorKind::PermissionDenied));
             }
@@ -403,6 +568,7 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                     550,
                     outcome,
                     reason,
+                    None,
                 );
                 return Err(not_available());
             }
@@ -420,11 +586,57 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                     "REST offset {start_pos} is beyond the end ({} bytes)",
                     package.size
                 ),
+                None,
             );
             return Err(storage::Error::from(ErrorKind::PageTypeUnknown));
         }
-        let mut reader = match session.shared.catalog.open(&package, start_pos).await {
-            Ok(r) => r,
+        let fault = session.select_fault(Some(&key), |a| {
+            matches!(a, Action::NotFound)
+                || matches!(a, Action::FtpReply { command, .. } if command == "RETR")
+                || a.is_data()
+        });
+        let fault_name = fault.as_ref().map(|f| f.name.clone());
+        let data_fault = match fault {
+            Some(Applied {
+                action: Action::NotFound,
+                name,
+            }) => {
+                session.record(
+                    &attempt,
+                    &key,
+                    Some(&package),
+                    start_pos,
+                    0,
+                    550,
+                    Outcome::NotFound,
+                    "fault: not-found".into(),
+                    Some(&name),
+                );
+                return Err(not_available());
+            }
+            Some(
+                f @ Applied {
+                    action: Action::FtpReply { .. },
+                    ..
+                },
+            ) => {
+                return Err(session.fault_reply(&f, "RETR", &key));
+            }
+            Some(f) => Some(f.action),
+            None => None,
+        };
+        let mut reader: PackageReader = match session.shared.catalog.open(&package, start_pos).await
+        {
+            Ok(r) => match data_fault {
+                Some(action) => Box::new(FaultedReader::new(
+                    r,
+                    action,
+                    start_pos,
+                    package.size,
+                    session.shared.shutdown.clone(),
+                )),
+                None => r,
+            },
             Err(err) => {
                 let status = if matches!(err, OpenError::Changed) {
                     450
@@ -440,6 +652,7 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                     status,
                     Outcome::Refused,
                     err.to_string(),
+                    None,
                 );
                 return Err(storage::Error::new(
                     ErrorKind::TransientFileNotAvailable,
@@ -458,6 +671,7 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
             start_pos,
             sent: 0,
             done: false,
+            fault: fault_name,
         };
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -465,7 +679,12 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(err) => {
-                    tracker.finish(451, Outcome::Aborted, format!("read error: {err}"));
+                    let reason = if tracker.fault.is_some() {
+                        err.to_string()
+                    } else {
+                        format!("read error: {err}")
+                    };
+                    tracker.finish(451, Outcome::Aborted, reason);
                     return Err(storage::Error::new(ErrorKind::LocalError, err));
                 }
             };
@@ -544,7 +763,10 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
     ) -> storage::Result<()> {
         match Self::key(path.as_ref()) {
             Ok(key) if matches!(self.session.shared.catalog.lookup(&key), Lookup::Directory) => {
-                Ok(())
+                match self.session.fault(Some(&key), |c| c == "CWD") {
+                    Some(f) => Err(self.session.fault_reply(&f, "CWD", &key)),
+                    None => Ok(()),
+                }
             }
             _ => Err(storage::Error::from(
                 ErrorKind::PermanentDirectoryNotAvailable,
@@ -573,6 +795,7 @@ struct RetrRecord<'a> {
     start_pos: u64,
     sent: u64,
     done: bool,
+    fault: Option<String>,
 }
 
 impl RetrRecord<'_> {
@@ -589,6 +812,7 @@ impl RetrRecord<'_> {
             status,
             outcome,
             reason,
+            self.fault.as_deref(),
         );
     }
 }

@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::header::{
-    ACCEPT_RANGES, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE,
-    RETRY_AFTER, SERVER,
+    ACCEPT_RANGES, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED,
+    LOCATION, RANGE, RETRY_AFTER, SERVER,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -34,10 +34,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::io::ReaderStream;
 use tokio_util::task::TaskTracker;
 
+use super::fault::{Action, AttemptInfo, FaultedReader};
 use super::range::{self, Precondition, RangeDecision, Validators};
 use super::stall::StallGuard;
 use super::{Access, Shared};
-use crate::catalog::{OpenError, Package, path};
+use crate::catalog::{OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, DownloadRecord, Outcome, Protocol};
 
 /// Timeouts of an HTTP(S) listener.
@@ -164,6 +165,8 @@ struct Pending {
     path: String,
     package: Option<Arc<Package>>,
     range_start: u64,
+    /// The fault rule applied to this attempt, if any.
+    fault: Option<String>,
 }
 
 impl Conn {
@@ -189,7 +192,7 @@ impl Conn {
             status: status.as_u16(),
             outcome,
             reason,
-            fault: None,
+            fault: p.fault.clone(),
         });
     }
 
@@ -218,6 +221,7 @@ impl Conn {
             path: raw_path.trim_start_matches('/').to_string(),
             package: None,
             range_start: 0,
+            fault: None,
         };
         let is_head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !is_head {
@@ -257,6 +261,42 @@ impl Conn {
             }
         };
         pending.package = Some(Arc::clone(&package));
+        let info = AttemptInfo {
+            protocol: self.protocol,
+            peer: self.peer.ip(),
+            user: None,
+            path: Some(&key),
+        };
+        let fault = self.shared.faults.select(&info, |a| {
+            matches!(a, Action::NotFound | Action::Status(_)) || (a.is_data() && !is_head)
+        });
+        pending.fault = fault.as_ref().map(|f| f.name.clone());
+        let data_fault = match fault.map(|f| f.action) {
+            Some(Action::NotFound) => {
+                return self.refuse(
+                    &pending,
+                    StatusCode::NOT_FOUND,
+                    Outcome::NotFound,
+                    "fault: not-found".into(),
+                );
+            }
+            Some(Action::Status(code)) => {
+                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let mut resp = self.refuse(
+                    &pending,
+                    status,
+                    Outcome::Refused,
+                    format!("fault: status {code}"),
+                );
+                if status.is_redirection()
+                    && let Ok(v) = HeaderValue::from_str(&format!("/{key}?redirected=1"))
+                {
+                    resp.headers_mut().insert(LOCATION, v);
+                }
+                return resp;
+            }
+            other => other,
+        };
         let validators = Validators {
             etag: &package.etag(),
             last_modified: package.modified,
@@ -313,7 +353,16 @@ impl Conn {
             Either::Left(Full::new(Bytes::new()))
         } else {
             let reader = match self.shared.catalog.open(&package, start).await {
-                Ok(r) => r,
+                Ok(r) => match data_fault {
+                    Some(action) => Box::new(FaultedReader::new(
+                        r,
+                        action,
+                        start,
+                        package.size,
+                        self.shared.shutdown.clone(),
+                    )) as PackageReader,
+                    None => r,
+                },
                 Err(err @ OpenError::Changed) => {
                     let mut resp = self.refuse(
                         &pending,
@@ -473,7 +522,7 @@ struct Finish {
 /// the last byte, or because the client went away, a write stalled, or the
 /// server shut down — it records how many bytes were handed over.
 pub(crate) struct PackageBody {
-    stream: ReaderStream<tokio::io::Take<crate::catalog::PackageReader>>,
+    stream: ReaderStream<tokio::io::Take<PackageReader>>,
     expected: u64,
     sent: u64,
     status: StatusCode,
@@ -489,7 +538,11 @@ impl PackageBody {
             (self.status, Outcome::Complete, "sent".to_string())
         } else {
             let reason = if let Some(err) = error {
-                format!("read error: {err}")
+                if f.pending.fault.is_some() {
+                    err.to_string()
+                } else {
+                    format!("read error: {err}")
+                }
             } else if f.conn.stalled.load(Ordering::Relaxed) {
                 "write stalled: the client stopped reading".to_string()
             } else if f.conn.shared.shutdown.is_cancelled() {

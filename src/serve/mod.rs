@@ -8,6 +8,7 @@
 //! and the download records, and shuts everything down (also on drop).
 
 pub mod fault;
+mod fault_file;
 pub mod ftp;
 pub mod http;
 pub mod range;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::validate::{Advertised, FtpCredentials};
 use crate::catalog::{Catalog, FsCatalog, Lookup, Package};
 use crate::dlog::{DownloadLog, DownloadRecord, Outcome};
+use fault::{FaultRule, FaultSet};
 use tls::TlsSource;
 
 /// State every front-end shares.
@@ -41,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// One token per package transfer in flight; shutdown waits for them.
     pub(crate) transfers: TaskTracker,
+    /// Fault rules, replaceable at run time.
+    pub(crate) faults: Arc<FaultSet>,
 }
 
 /// Whether a catalog key may be served, and if not, what to log.
@@ -115,6 +119,14 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The fault file cannot be read or holds a malformed rule.
+    #[error("fault file {path}: {problem}")]
+    Faults {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// HTTPS identity could not be loaded or generated.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -141,6 +153,9 @@ pub struct ServerBuilder {
     stall: Duration,
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
+    faults: Vec<FaultRule>,
+    fault_seed: u64,
+    fault_file: Option<PathBuf>,
 }
 
 impl Default for ServerBuilder {
@@ -162,6 +177,9 @@ impl Default for ServerBuilder {
             stall: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(30),
+            faults: Vec::new(),
+            fault_seed: 0,
+            fault_file: None,
         }
     }
 }
@@ -238,6 +256,24 @@ impl ServerBuilder {
     /// transfer is aborted.
     pub fn stall_timeout(mut self, stall: Duration) -> Self {
         self.stall = stall;
+        self
+    }
+
+    /// Adds a fault rule (see [`fault`]); rules apply in the order added.
+    pub fn fault(mut self, rule: FaultRule) -> Self {
+        self.faults.push(rule);
+        self
+    }
+    /// Seed of the generator behind `rate=` matchers (repeatable runs).
+    pub fn fault_seed(mut self, seed: u64) -> Self {
+        self.fault_seed = seed;
+        self
+    }
+    /// A TOML fault file (see [`fault::parse_fault_file`]), read at start
+    /// and re-read whenever it changes; its rules come after those added
+    /// with [`ServerBuilder::fault`].
+    pub fn fault_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.fault_file = Some(path.into());
         self
     }
 
@@ -320,6 +356,23 @@ impl ServerBuilder {
             }
         };
 
+        let mut seed = self.fault_seed;
+        let mut file_rules = Vec::new();
+        let mut file_stamp = None;
+        if let Some(path) = &self.fault_file {
+            let (rules, file_seed, stamp) =
+                fault_file::read(path).map_err(|problem| ServeError::Faults {
+                    path: path.clone(),
+                    problem,
+                })?;
+            file_rules = rules;
+            seed = file_seed.unwrap_or(seed);
+            file_stamp = stamp;
+        }
+        let faults = Arc::new(FaultSet::new(
+            self.faults.iter().cloned().chain(file_rules).collect(),
+            seed,
+        ));
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
@@ -328,6 +381,7 @@ impl ServerBuilder {
             allow_invalid: self.allow_invalid,
             shutdown: shutdown.clone(),
             transfers: TaskTracker::new(),
+            faults: Arc::clone(&faults),
         });
         let addr_of = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let addrs = Addrs {
@@ -342,6 +396,15 @@ impl ServerBuilder {
             grace: self.grace,
         };
         let mut tasks = vec![tokio::spawn(Arc::clone(&catalog).watch(shutdown.clone()))];
+        if let Some(path) = self.fault_file.clone() {
+            tasks.push(tokio::spawn(fault_file::watch(
+                path,
+                file_stamp,
+                self.faults.clone(),
+                Arc::clone(&faults),
+                shutdown.clone(),
+            )));
+        }
         if let Some(listener) = ftp_listener {
             let opts = ftp::FtpOptions {
                 users: self.users.clone(),
@@ -450,6 +513,17 @@ impl Server {
     /// awaits the next one.
     pub fn subscribe(&self) -> broadcast::Receiver<DownloadRecord> {
         self.shared.log.subscribe()
+    }
+
+    /// The fault rules in force.
+    pub fn faults(&self) -> Vec<FaultRule> {
+        self.shared.faults.rules()
+    }
+
+    /// Replaces the fault rules for attempts from now on (their `times`
+    /// counters start again).
+    pub fn set_faults(&self, rules: Vec<FaultRule>) {
+        self.shared.faults.set(rules);
     }
 
     /// Stops accepting, lets in-flight downloads run for the grace period,
