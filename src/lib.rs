@@ -9,5 +9,9 @@
 //!   validation and the simulator read it.
 //! - [`sim`]: the module simulator — `AT+QFOTADL` parsing, the FTP/HTTP(S)
 //!   downloader, package checks and the upgrade with its URCs and retries.
+pub mod catalog;
+pub mod cli;
+pub mod dlog;
 pub mod profile;
+pub mod serve;
 pub mod sim;

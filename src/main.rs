@@ -1,24 +1,118 @@
-//! The `qfota-serve` binary: parses the command line and calls the library.
+//! The `qfota-serve` binary: parses the command line, sets up logging and
+//! calls into the library. Exit codes: 0 success, 1 failure (a failed
+//! check, a server that cannot start), 2 usage errors (from clap).
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use qfota_serve::cli::{self, CheckArgs, Cli, Command, ServeArgs};
+use qfota_serve::serve::check_packages;
 
-/// Host firmware packages for Quectel FOTA and simulate the module.
+fn main() -> ExitCode {
+    // `simulate` is dispatched here until it joins `cli::Command`.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "simulate")
+    {
+        return simulate();
+    }
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("qfota-serve: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Check(args)) => check(args).await,
+            None => serve(cli.serve).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("qfota-serve: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QFOTA_LOG_LEVEL")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn")),
+        )
+        .init();
+}
+
+/// `qfota-serve simulate …`: the module simulator (`qfota_serve::sim::cli`).
 #[derive(Debug, Parser)]
 #[command(name = "qfota-serve")]
-enum Cli {
+enum SimulateCli {
     /// Simulate a module's FOTA download and upgrade (AT+QFOTADL).
     Simulate(qfota_serve::sim::cli::SimulateArgs),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse() {
-        Cli::Simulate(args) => qfota_serve::sim::cli::run(args).await,
+fn simulate() -> ExitCode {
+    let SimulateCli::Simulate(args) = SimulateCli::parse();
+    init_logging();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(qfota_serve::sim::cli::run(args)),
+        Err(err) => {
+            eprintln!("qfota-serve: cannot start the runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let server = args.to_builder().start().await.context("cannot start")?;
+    print!("{}", cli::banner(&server, &args.log));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let packages = check_packages(&args.dir, args.advertised())
+        .await
+        .with_context(|| format!("cannot read {}", args.dir.display()))?;
+    let (report, ok) = cli::check_report(&packages, &args.profiles);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&packages.iter().map(|p| p.as_ref()).collect::<Vec<_>>())?
+        );
+    } else {
+        print!("{report}");
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
     }
 }

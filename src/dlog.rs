@@ -1,0 +1,321 @@
+//! The download log: one [`DownloadRecord`] per download attempt, over any
+//! protocol, fanned out to every sink.
+//!
+//! The record stream is the product's answer to "why did the module say
+//! 601/701?". The FTP and HTTP front-ends build records; [`DownloadLog`]
+//! writes each one as a JSON line to the `--log` file (flushed per record),
+//! as a `tracing` event on stderr, to an in-memory ring the test-fixture API
+//! reads, and to a broadcast channel any further sink (metrics, a remote
+//! collector) can subscribe to.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// Transport the attempt came over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// FTP (RFC 959), control and passive data connections.
+    Ftp,
+    /// Plain HTTP/1.1.
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+}
+
+impl Protocol {
+    /// The lower-case name used in the log (`ftp`, `http`, `https`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Ftp => "ftp",
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+        }
+    }
+}
+
+/// How a download attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every byte asked for was handed to the connection (or a `304` /
+    /// `HEAD` answered).
+    Complete,
+    /// The transfer started and stopped part-way: the client went away, a
+    /// write stalled past the timeout, or the server shut down.
+    Aborted,
+    /// No package at that path.
+    NotFound,
+    /// The package exists but failed validation and `--allow-invalid` is off.
+    InvalidPackage,
+    /// FTP login refused.
+    AuthFailed,
+    /// The request was refused: a path escaping the package folder, a write
+    /// command, an unsupported method, an unsatisfiable range.
+    Refused,
+}
+
+impl Outcome {
+    /// The snake-case name used in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::Aborted => "aborted",
+            Outcome::NotFound => "not_found",
+            Outcome::InvalidPackage => "invalid_package",
+            Outcome::AuthFailed => "auth_failed",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// One download attempt, as written to the log (one JSON object per line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownloadRecord {
+    /// When the attempt started (RFC 3339, UTC, milliseconds).
+    #[serde(with = "rfc3339_ms")]
+    pub ts: DateTime<Utc>,
+    /// Time from the start of the attempt to its end, in milliseconds.
+    pub duration_ms: u64,
+    /// Transport.
+    pub protocol: Protocol,
+    /// Client address, `ip:port` of the control (FTP) or HTTP connection.
+    pub peer: SocketAddr,
+    /// FTP user name; `None` over HTTP(S).
+    pub user: Option<String>,
+    /// Path as requested, relative to the package folder where it resolved
+    /// (`Jun/update-v12-to-v13.zip`), else as the client sent it.
+    pub path: String,
+    /// Package size in bytes, when the path named a package.
+    pub size: Option<u64>,
+    /// Package SHA-256 (lower-case hex), when the path named a package.
+    pub sha256: Option<String>,
+    /// First byte offset asked for (FTP `REST`, HTTP `Range`), 0 otherwise.
+    pub range_start: u64,
+    /// Bytes of package data written to the connection.
+    pub bytes_sent: u64,
+    /// HTTP status, or FTP reply code (226 done, 426 aborted, 530, 550…).
+    pub status: u16,
+    /// How the attempt ended.
+    pub outcome: Outcome,
+    /// Why, in words (`"client closed the connection"`, `"zip entry
+    /// system.diff: CRC mismatch"`).
+    pub reason: String,
+    /// Name of the server fault rule that hit this attempt, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+}
+
+mod rfc3339_ms {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&ts.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The start of an attempt: captures the wall-clock start time and a
+/// monotonic clock so the record's `ts` and `duration_ms` are both right.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    ts: DateTime<Utc>,
+    started: Instant,
+}
+
+impl Attempt {
+    /// Starts the clock now.
+    pub fn start() -> Self {
+        Attempt {
+            ts: Utc::now(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Wall-clock start of the attempt.
+    pub fn ts(&self) -> DateTime<Utc> {
+        self.ts
+    }
+
+    /// Milliseconds since [`Attempt::start`].
+    pub fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// How many records [`DownloadLog::recent`] keeps in memory.
+pub const RECENT_CAPACITY: usize = 4096;
+
+/// Fan-out of download records to the log file, `tracing`, an in-memory
+/// ring of the last [`RECENT_CAPACITY`] records and a broadcast channel.
+/// Cheap to clone; clones share the sinks.
+#[derive(Debug, Clone)]
+pub struct DownloadLog {
+    inner: Arc<LogInner>,
+}
+
+#[derive(Debug)]
+struct LogInner {
+    file: Option<Mutex<File>>,
+    recent: Mutex<VecDeque<DownloadRecord>>,
+    tx: broadcast::Sender<DownloadRecord>,
+}
+
+impl DownloadLog {
+    /// A log that appends JSON lines to `path` (created if missing).
+    ///
+    /// # Errors
+    /// The file cannot be opened for appending.
+    pub fn to_file(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self::with_file(Some(file)))
+    }
+
+    /// A log with no file sink (records still go to `tracing`, the ring and
+    /// subscribers).
+    pub fn in_memory() -> Self {
+        Self::with_file(None)
+    }
+
+    fn with_file(file: Option<File>) -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        DownloadLog {
+            inner: Arc::new(LogInner {
+                file: file.map(Mutex::new),
+                recent: Mutex::new(VecDeque::new()),
+                tx,
+            }),
+        }
+    }
+
+    /// Emits one record to every sink. A failing file write is reported
+    /// through `tracing` and does not stop serving.
+    pub fn emit(&self, record: DownloadRecord) {
+        tracing::info!(
+            target: "qfota_serve::download",
+            protocol = record.protocol.as_str(),
+            peer = %record.peer,
+            user = record.user.as_deref().unwrap_or("-"),
+            path = %record.path,
+            status = record.status,
+            outcome = record.outcome.as_str(),
+            range_start = record.range_start,
+            bytes_sent = record.bytes_sent,
+            size = record.size.unwrap_or(0),
+            duration_ms = record.duration_ms,
+            fault = record.fault.as_deref().unwrap_or("-"),
+            reason = %record.reason,
+            "download"
+        );
+        if let Some(file) = &self.inner.file {
+            match serde_json::to_string(&record) {
+                Ok(mut line) => {
+                    line.push('\n');
+                    let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+                    // One write per record keeps lines whole; File is
+                    // unbuffered, so the record is on disk when this returns.
+                    if let Err(err) = file.write_all(line.as_bytes()) {
+                        tracing::error!(error = %err, "cannot write download log");
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, "cannot encode download record"),
+            }
+        }
+        {
+            let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == RECENT_CAPACITY {
+                recent.pop_front();
+            }
+            recent.push_back(record.clone());
+        }
+        // No subscriber is fine: the send error only says nobody listens.
+        let _ = self.inner.tx.send(record);
+    }
+
+    /// The last records emitted (at most [`RECENT_CAPACITY`]), oldest first.
+    pub fn recent(&self) -> Vec<DownloadRecord> {
+        let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().cloned().collect()
+    }
+
+    /// A receiver of every record emitted from now on. A receiver that
+    /// falls more than 1,024 records behind gets `RecvError::Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<DownloadRecord> {
+        self.inner.tx.subscribe()
+    }
+}
+
+/// Formats a timestamp the way the log does (RFC 3339, UTC, milliseconds).
+pub fn format_ts(ts: &DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DownloadRecord {
+        DownloadRecord {
+            ts: DateTime::parse_from_rfc3339("2026-06-01T12:00:00.123Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            duration_ms: 42,
+            protocol: Protocol::Ftp,
+            peer: "192.0.2.7:40512".parse().unwrap(),
+            user: Some("test".into()),
+            path: "Jun/update-v12-to-v13.zip".into(),
+            size: Some(100),
+            sha256: Some("ab".repeat(32)),
+            range_start: 0,
+            bytes_sent: 50,
+            status: 426,
+            outcome: Outcome::Aborted,
+            reason: "client closed the data connection".into(),
+            fault: None,
+        }
+    }
+
+    #[test]
+    fn record_round_trips_as_json_with_the_documented_field_names() {
+        let rec = sample();
+        let line = serde_json::to_string(&rec).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ts"], "2026-06-01T12:00:00.123Z");
+        assert_eq!(v["protocol"], "ftp");
+        assert_eq!(v["outcome"], "aborted");
+        assert_eq!(v["peer"], "192.0.2.7:40512");
+        assert!(v.get("fault").is_none());
+        let back: DownloadRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn file_sink_appends_one_line_per_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let log = DownloadLog::to_file(&path).unwrap();
+        let mut rx = log.subscribe();
+        log.emit(sample());
+        log.emit(sample());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert_eq!(log.recent().len(), 2);
+        assert_eq!(rx.try_recv().unwrap().status, 426);
+    }
+}

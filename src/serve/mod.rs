@@ -1,0 +1,581 @@
+//! The server: FTP, HTTP and HTTPS listeners over one catalog and one
+//! download log, with one shutdown source fanned out to all of them.
+//!
+//! [`Server::builder`] binds the listeners (port 0 = any free port), opens
+//! the [`FsCatalog`] with the URLs modules will be given, starts the
+//! catalog watcher and the front-ends ([`http`], [`ftp`]), and returns a
+//! [`Server`] handle that reports bound addresses, ready-made module URLs
+//! and the download records, and shuts everything down (also on drop).
+
+pub mod fault;
+mod fault_file;
+pub mod ftp;
+pub mod http;
+pub mod range;
+pub mod stall;
+pub mod tls;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::validate::{Advertised, FtpCredentials};
+use crate::catalog::{Catalog, FsCatalog, Lookup, Package};
+use crate::dlog::{DownloadLog, DownloadRecord, Outcome};
+use fault::{FaultRule, FaultSet};
+use tls::TlsSource;
+
+/// State every front-end shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) catalog: Arc<dyn Catalog>,
+    pub(crate) root: PathBuf,
+    pub(crate) log: DownloadLog,
+    pub(crate) allow_invalid: bool,
+    pub(crate) shutdown: CancellationToken,
+    /// One token per package transfer in flight; shutdown waits for them.
+    pub(crate) transfers: TaskTracker,
+    /// Fault rules, replaceable at run time.
+    pub(crate) faults: Arc<FaultSet>,
+}
+
+/// Whether a catalog key may be served, and if not, what to log.
+#[derive(Debug)]
+pub(crate) enum Access {
+    Serve(Arc<Package>),
+    Refuse {
+        outcome: Outcome,
+        reason: String,
+        package: Option<Arc<Package>>,
+    },
+}
+
+impl Shared {
+    /// The one place that decides what is served (both protocols).
+    pub(crate) fn resolve(&self, key: &str) -> Access {
+        match self.catalog.lookup(key) {
+            Lookup::Package(p) if p.is_valid() || self.allow_invalid => Access::Serve(p),
+            Lookup::Package(p) => Access::Refuse {
+                outcome: Outcome::InvalidPackage,
+                reason: format!("invalid package: {}", p.problems.join("; ")),
+                package: Some(p),
+            },
+            Lookup::Directory => Access::Refuse {
+                outcome: Outcome::NotFound,
+                reason: "is a folder, not a package".into(),
+                package: None,
+            },
+            Lookup::Excluded(why) => Access::Refuse {
+                outcome: Outcome::Refused,
+                reason: format!("not served: {why}"),
+                package: None,
+            },
+            Lookup::Missing => Access::Refuse {
+                outcome: Outcome::NotFound,
+                reason: "no such package".into(),
+                package: None,
+            },
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// No protocol enabled.
+    #[error("enable at least one of FTP, HTTP, HTTPS")]
+    NoProtocol,
+    /// A listener could not be bound.
+    #[error("cannot listen for {protocol} on {addr}: {source}")]
+    Bind {
+        /// `ftp`, `http` or `https`.
+        protocol: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The package folder cannot be read.
+    #[error("cannot read package folder {path}: {source}")]
+    Packages {
+        /// The folder.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The download log cannot be opened.
+    #[error("cannot open download log {path}: {source}")]
+    Log {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The fault file cannot be read or holds a malformed rule.
+    #[error("fault file {path}: {problem}")]
+    Faults {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// HTTPS identity could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Configures and starts a [`Server`]. Defaults: bind 127.0.0.1, no
+/// protocol, passive ports 50000–50100, anonymous FTP, log in memory only,
+/// certs folder `certs`, grace period 10 s, stall timeout 120 s.
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    packages: PathBuf,
+    bind: IpAddr,
+    public_host: Option<String>,
+    ftp: Option<u16>,
+    http: Option<u16>,
+    https: Option<u16>,
+    users: Vec<(String, String)>,
+    passive_ports: RangeInclusive<u16>,
+    tls_files: Option<(PathBuf, PathBuf)>,
+    certs_dir: PathBuf,
+    log_file: Option<PathBuf>,
+    allow_invalid: bool,
+    grace: Duration,
+    stall: Duration,
+    header_read_timeout: Duration,
+    tls_handshake_timeout: Duration,
+    faults: Vec<FaultRule>,
+    fault_seed: u64,
+    fault_file: Option<PathBuf>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            packages: PathBuf::from("packages"),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            public_host: None,
+            ftp: None,
+            http: None,
+            https: None,
+            users: Vec::new(),
+            passive_ports: 50000..=50100,
+            tls_files: None,
+            certs_dir: PathBuf::from("certs"),
+            log_file: None,
+            allow_invalid: false,
+            grace: Duration::from_secs(10),
+            stall: Duration::from_secs(120),
+            header_read_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(30),
+            faults: Vec::new(),
+            fault_seed: 0,
+            fault_file: None,
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// The package folder to serve.
+    pub fn packages(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.packages = dir.into();
+        self
+    }
+    /// Address to listen on (all three protocols).
+    pub fn bind(mut self, addr: IpAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+    /// Host put in `PASV` replies and module URLs. Default: the bind
+    /// address if concrete, else the first non-loopback IPv4 address.
+    pub fn public_host(mut self, host: impl Into<String>) -> Self {
+        self.public_host = Some(host.into());
+        self
+    }
+    /// Enables FTP on `port` (0 = any free port).
+    pub fn ftp(mut self, port: u16) -> Self {
+        self.ftp = Some(port);
+        self
+    }
+    /// Enables HTTP on `port` (0 = any free port).
+    pub fn http(mut self, port: u16) -> Self {
+        self.http = Some(port);
+        self
+    }
+    /// Enables HTTPS on `port` (0 = any free port).
+    pub fn https(mut self, port: u16) -> Self {
+        self.https = Some(port);
+        self
+    }
+    /// Adds an FTP account; the first one goes into printed FTP URLs.
+    /// Without any, FTP accepts every login.
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.users.push((name.into(), password.into()));
+        self
+    }
+    /// Ports offered in `PASV`/`EPSV` replies.
+    pub fn passive_ports(mut self, range: RangeInclusive<u16>) -> Self {
+        self.passive_ports = range;
+        self
+    }
+    /// HTTPS certificate chain and key (PEM) instead of a generated one.
+    pub fn tls_files(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_files = Some((cert.into(), key.into()));
+        self
+    }
+    /// Where the generated certificate is kept.
+    pub fn certs_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.certs_dir = dir.into();
+        self
+    }
+    /// Appends download records as JSON lines to this file.
+    pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log_file = Some(path.into());
+        self
+    }
+    /// Serves packages that fail validation (to test module error paths).
+    pub fn allow_invalid(mut self, yes: bool) -> Self {
+        self.allow_invalid = yes;
+        self
+    }
+    /// How long in-flight downloads may finish after shutdown starts.
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+    /// Longest a write to a client may make no progress before the
+    /// transfer is aborted.
+    pub fn stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
+    }
+
+    /// Adds a fault rule (see [`fault`]); rules apply in the order added.
+    pub fn fault(mut self, rule: FaultRule) -> Self {
+        self.faults.push(rule);
+        self
+    }
+    /// Seed of the generator behind `rate=` matchers (repeatable runs).
+    pub fn fault_seed(mut self, seed: u64) -> Self {
+        self.fault_seed = seed;
+        self
+    }
+    /// A TOML fault file (see [`fault::parse_fault_file`]), read at start
+    /// and re-read whenever it changes; its rules come after those added
+    /// with [`ServerBuilder::fault`].
+    pub fn fault_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.fault_file = Some(path.into());
+        self
+    }
+
+    /// Binds the listeners, scans the packages and starts serving.
+    ///
+    /// # Errors
+    /// [`ServeError`]: no protocol, a port in use, an unreadable package
+    /// folder or log file, or a TLS identity that cannot be loaded/made.
+    pub async fn start(self) -> Result<Server, ServeError> {
+        if self.ftp.is_none() && self.http.is_none() && self.https.is_none() {
+            return Err(ServeError::NoProtocol);
+        }
+        let bind =
+            |protocol: &'static str, port: Option<u16>| {
+                let addr = SocketAddr::new(self.bind, port.unwrap_or(0));
+                async move {
+                    match port {
+                        None => Ok(None),
+                        Some(_) => TcpListener::bind(addr).await.map(Some).map_err(|source| {
+                            ServeError::Bind {
+                                protocol,
+                                addr,
+                                source,
+                            }
+                        }),
+                    }
+                }
+            };
+        let ftp_listener = bind("ftp", self.ftp).await?;
+        let http_listener = bind("http", self.http).await?;
+        let https_listener = bind("https", self.https).await?;
+        let port_of = |l: &Option<TcpListener>| {
+            l.as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.port())
+        };
+        let public_host = self
+            .public_host
+            .clone()
+            .unwrap_or_else(|| default_public_host(self.bind));
+        let advertised = Advertised {
+            host: public_host.clone(),
+            ftp: port_of(&ftp_listener),
+            http: port_of(&http_listener),
+            https: port_of(&https_listener),
+            ftp_credentials: self.users.first().map(|(u, p)| FtpCredentials {
+                user: u.clone(),
+                password: p.clone(),
+            }),
+        };
+        let catalog = FsCatalog::open(&self.packages, advertised.clone())
+            .await
+            .map_err(|source| ServeError::Packages {
+                path: self.packages.clone(),
+                source,
+            })?;
+        let log = match &self.log_file {
+            Some(path) => DownloadLog::to_file(path).map_err(|source| ServeError::Log {
+                path: path.clone(),
+                source,
+            })?,
+            None => DownloadLog::in_memory(),
+        };
+        let tls_acceptor = match &https_listener {
+            None => None,
+            Some(_) => {
+                let source = match &self.tls_files {
+                    Some((cert, key)) => TlsSource::Files {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    },
+                    None => TlsSource::Generated {
+                        dir: self.certs_dir.clone(),
+                        hosts: vec![public_host.clone()],
+                    },
+                };
+                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                    &source,
+                )?))
+            }
+        };
+
+        let mut seed = self.fault_seed;
+        let mut file_rules = Vec::new();
+        let mut file_stamp = None;
+        if let Some(path) = &self.fault_file {
+            let (rules, file_seed, stamp) =
+                fault_file::read(path).map_err(|problem| ServeError::Faults {
+                    path: path.clone(),
+                    problem,
+                })?;
+            file_rules = rules;
+            seed = file_seed.unwrap_or(seed);
+            file_stamp = stamp;
+        }
+        let faults = Arc::new(FaultSet::new(
+            self.faults.iter().cloned().chain(file_rules).collect(),
+            seed,
+        ));
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
+            root: catalog.root().to_path_buf(),
+            log: log.clone(),
+            allow_invalid: self.allow_invalid,
+            shutdown: shutdown.clone(),
+            transfers: TaskTracker::new(),
+            faults: Arc::clone(&faults),
+        });
+        let addr_of = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let addrs = Addrs {
+            ftp: addr_of(&ftp_listener),
+            http: addr_of(&http_listener),
+            https: addr_of(&https_listener),
+        };
+        let timeouts = http::HttpTimeouts {
+            header_read: self.header_read_timeout,
+            tls_handshake: self.tls_handshake_timeout,
+            stall: self.stall,
+            grace: self.grace,
+        };
+        let mut tasks = vec![tokio::spawn(Arc::clone(&catalog).watch(shutdown.clone()))];
+        if let Some(path) = self.fault_file.clone() {
+            tasks.push(tokio::spawn(fault_file::watch(
+                path,
+                file_stamp,
+                self.faults.clone(),
+                Arc::clone(&faults),
+                shutdown.clone(),
+            )));
+        }
+        if let Some(listener) = ftp_listener {
+            let opts = ftp::FtpOptions {
+                users: self.users.clone(),
+                passive_ports: self.passive_ports.clone(),
+                passive_host: public_host.clone(),
+                idle_timeout_secs: 600,
+                stall: self.stall,
+            };
+            tasks.push(tokio::spawn(ftp::run(listener, Arc::clone(&shared), opts)));
+        }
+        if let Some(listener) = http_listener {
+            tasks.push(tokio::spawn(http::run(
+                listener,
+                None,
+                Arc::clone(&shared),
+                timeouts,
+            )));
+        }
+        if let Some(listener) = https_listener {
+            tasks.push(tokio::spawn(http::run(
+                listener,
+                tls_acceptor,
+                Arc::clone(&shared),
+                timeouts,
+            )));
+        }
+        Ok(Server {
+            addrs,
+            advertised,
+            catalog,
+            shared,
+            tasks,
+            grace: self.grace,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    ftp: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+}
+
+/// A running server. Dropping it starts shutdown; [`Server::shutdown`]
+/// also waits for in-flight downloads (up to the grace period).
+#[derive(Debug)]
+pub struct Server {
+    addrs: Addrs,
+    advertised: Advertised,
+    catalog: Arc<FsCatalog>,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl Server {
+    /// A builder with the defaults of [`ServerBuilder`].
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// Bound FTP control address, if FTP is on.
+    pub fn ftp_addr(&self) -> Option<SocketAddr> {
+        self.addrs.ftp
+    }
+    /// Bound HTTP address, if HTTP is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.addrs.http
+    }
+    /// Bound HTTPS address, if HTTPS is on.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.addrs.https
+    }
+
+    /// The host, ports and FTP credentials modules are given.
+    pub fn advertised(&self) -> &Advertised {
+        &self.advertised
+    }
+
+    /// `ftp://user:pass@host:port/<rel_path>` as a module would be sent it;
+    /// `None` when FTP is off.
+    pub fn ftp_url(&self, rel_path: &str) -> Option<String> {
+        self.advertised.ftp_url(rel_path.trim_start_matches('/'))
+    }
+    /// `http://host:port/<rel_path>`; `None` when HTTP is off.
+    pub fn http_url(&self, rel_path: &str) -> Option<String> {
+        self.advertised.http_url(rel_path.trim_start_matches('/'))
+    }
+    /// `https://host:port/<rel_path>`; `None` when HTTPS is off.
+    pub fn https_url(&self, rel_path: &str) -> Option<String> {
+        self.advertised.https_url(rel_path.trim_start_matches('/'))
+    }
+
+    /// The catalog being served.
+    pub fn catalog(&self) -> &Arc<FsCatalog> {
+        &self.catalog
+    }
+
+    /// The download records so far (the most recent 4,096), oldest first.
+    pub fn downloads(&self) -> Vec<DownloadRecord> {
+        self.shared.log.recent()
+    }
+
+    /// A receiver of every download record from now on: `recv().await`
+    /// awaits the next one.
+    pub fn subscribe(&self) -> broadcast::Receiver<DownloadRecord> {
+        self.shared.log.subscribe()
+    }
+
+    /// The fault rules in force.
+    pub fn faults(&self) -> Vec<FaultRule> {
+        self.shared.faults.rules()
+    }
+
+    /// Replaces the fault rules for attempts from now on (their `times`
+    /// counters start again).
+    pub fn set_faults(&self, rules: Vec<FaultRule>) {
+        self.shared.faults.set(rules);
+    }
+
+    /// Stops accepting, lets in-flight downloads run for the grace period,
+    /// then returns. Connections still open after it are closed when the
+    /// runtime ends.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        self.shared.transfers.close();
+        let tasks = std::mem::take(&mut self.tasks);
+        let transfers = self.shared.transfers.clone();
+        let wait = async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+            transfers.wait().await;
+        };
+        if tokio::time::timeout(self.grace, wait).await.is_err() {
+            tracing::warn!("shutdown grace period over with downloads still running");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+/// The bind address when it is concrete, else the first non-loopback IPv4
+/// address of the machine, else `127.0.0.1`.
+pub fn default_public_host(bind: IpAddr) -> String {
+    if !bind.is_unspecified() {
+        return bind.to_string();
+    }
+    if_addrs::get_if_addrs()
+        .ok()
+        .and_then(|ifs| {
+            ifs.into_iter()
+                .map(|i| i.ip())
+                .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        })
+        .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string())
+}
+
+/// Reads `dir` once and validates every package against `advertised`,
+/// without serving (`qfota-serve check`).
+///
+/// # Errors
+/// The folder cannot be read.
+pub async fn check_packages(
+    dir: &Path,
+    advertised: Advertised,
+) -> std::io::Result<Vec<Arc<Package>>> {
+    Ok(FsCatalog::open(dir, advertised).await?.packages())
+}

@@ -1,0 +1,338 @@
+//! HTTP `Range` and conditional request handling (RFC 9110 §13, §14).
+//!
+//! Hand-written because resuming a firmware download must never splice two
+//! versions of a package: `If-Range` is honoured with the strong comparison
+//! (§13.1.5), and a stale validator yields the whole new file. Pure
+//! functions over header values, so every rule is unit-tested.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use http::header::{
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+};
+
+/// What to send for a `Range` header, given the representation length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeDecision {
+    /// No (usable) range: 200 with the whole body. Also chosen for several
+    /// ranges (§14.2 allows ignoring them; a module never sends them) and for
+    /// a syntactically invalid header (§14.2: "MAY ignore").
+    Full,
+    /// One satisfiable range: 206, bytes `start..=end`.
+    Partial {
+        /// First byte offset.
+        start: u64,
+        /// Last byte offset, inclusive.
+        end: u64,
+    },
+    /// 416 with `Content-Range: bytes */<len>` (§15.5.17).
+    Unsatisfiable,
+}
+
+/// Parses one `Range` header value against a body of `len` bytes
+/// (RFC 9110 §14.1.2 byte-range syntax: `N-M`, `N-`, `-N`).
+pub fn parse_range(value: &str, len: u64) -> RangeDecision {
+    let value = value.trim();
+    let Some((unit, set)) = value.split_once('=') else {
+        return RangeDecision::Full;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return RangeDecision::Full;
+    }
+    let specs: Vec<&str> = set
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if specs.len() != 1 {
+        return RangeDecision::Full;
+    }
+    let Some((first, last)) = specs[0].split_once('-') else {
+        return RangeDecision::Full;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match (first.is_empty(), last.is_empty()) {
+        // Suffix range: the last N bytes.
+        (true, false) => {
+            let Some(n) = digits(last).then(|| last.parse::<u64>().ok()).flatten() else {
+                return RangeDecision::Full;
+            };
+            if n == 0 || len == 0 {
+                return RangeDecision::Unsatisfiable;
+            }
+            RangeDecision::Partial {
+                start: len.saturating_sub(n),
+                end: len - 1,
+            }
+        }
+        (false, _) => {
+            let Some(start) = digits(first).then(|| first.parse::<u64>().ok()).flatten() else {
+                return RangeDecision::Full;
+            };
+            let end = if last.is_empty() {
+                None
+            } else {
+                match digits(last).then(|| last.parse::<u64>().ok()).flatten() {
+                    Some(e) if e >= start => Some(e),
+                    // A last-pos below first-pos, or garbage, is invalid
+                    // syntax: ignore the header.
+                    _ => return RangeDecision::Full,
+                }
+            };
+            if start >= len {
+                return RangeDecision::Unsatisfiable;
+            }
+            RangeDecision::Partial {
+                start,
+                end: end.map_or(len - 1, |e| e.min(len - 1)),
+            }
+        }
+        (true, true) => RangeDecision::Full,
+    }
+}
+
+/// The validators of the selected representation.
+#[derive(Debug, Clone)]
+pub struct Validators<'a> {
+    /// Strong entity tag, quoted (`"…"`).
+    pub etag: &'a str,
+    /// Last modification time (compared at one-second resolution, as HTTP
+    /// dates carry).
+    pub last_modified: SystemTime,
+}
+
+/// The result of evaluating the preconditions of a GET/HEAD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Serve normally; `honour_range` says whether a `Range` header may be
+    /// applied (false when `If-Range` did not match).
+    Proceed {
+        /// Apply the `Range` header (if any).
+        honour_range: bool,
+    },
+    /// 304 Not Modified (§15.4.5).
+    NotModified,
+    /// 412 Precondition Failed (§15.5.13).
+    Failed,
+}
+
+/// Evaluates `If-Match`, `If-Unmodified-Since`, `If-None-Match`,
+/// `If-Modified-Since` and `If-Range` in the order of RFC 9110 §13.2.2 for
+/// a GET or HEAD.
+pub fn evaluate_preconditions(headers: &HeaderMap, v: &Validators<'_>) -> Precondition {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|h: &http::HeaderValue| h.to_str().ok())
+    };
+    let modified = truncate_to_secs(v.last_modified);
+
+    if let Some(if_match) = text(IF_MATCH) {
+        if !etag_list_matches(if_match, v.etag, true) {
+            return Precondition::Failed;
+        }
+    } else if let Some(date) = text(IF_UNMODIFIED_SINCE).and_then(parse_date)
+        && modified > date
+    {
+        return Precondition::Failed;
+    }
+
+    if let Some(if_none_match) = text(IF_NONE_MATCH) {
+        if etag_list_matches(if_none_match, v.etag, false) {
+            return Precondition::NotModified;
+        }
+    } else if let Some(date) = text(IF_MODIFIED_SINCE).and_then(parse_date)
+        && modified <= date
+    {
+        return Precondition::NotModified;
+    }
+
+    let honour_range = match text(IF_RANGE) {
+        None => true,
+        Some(if_range) => if_range_matches(if_range, v.etag, modified),
+    };
+    // Without a Range header If-Range means nothing (§13.1.5).
+    let honour_range = honour_range || headers.get(RANGE).is_none();
+    Precondition::Proceed { honour_range }
+}
+
+/// `If-Range` (§13.1.5): an entity tag must match strongly; a date must
+/// equal the Last-Modified exactly. A weak tag never matches.
+fn if_range_matches(value: &str, etag: &str, modified: SystemTime) -> bool {
+    let value = value.trim();
+    if value.starts_with('"') || value.starts_with("W/") {
+        !value.starts_with("W/") && value == etag
+    } else {
+        parse_date(value) == Some(modified)
+    }
+}
+
+/// Whether a comma-separated entity-tag list (or `*`) matches `etag`.
+/// `strong` selects the strong comparison (§8.8.3.2); otherwise weak.
+fn etag_list_matches(list: &str, etag: &str, strong: bool) -> bool {
+    let list = list.trim();
+    if list == "*" {
+        return true;
+    }
+    list.split(',').map(str::trim).any(|candidate| {
+        if let Some(weak) = candidate.strip_prefix("W/") {
+            !strong && weak == etag
+        } else {
+            candidate == etag
+        }
+    })
+}
+
+fn parse_date(s: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(s.trim()).ok()
+}
+
+/// Drops sub-second precision so comparisons match what HTTP dates carry.
+pub fn truncate_to_secs(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => UNIX_EPOCH + Duration::from_secs(d.as_secs()),
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn single_ranges() {
+        use RangeDecision::*;
+        assert_eq!(
+            parse_range("bytes=0-99", 1000),
+            Partial { start: 0, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=100-199", 1000),
+            Partial {
+                start: 100,
+                end: 199
+            }
+        );
+        assert_eq!(
+            parse_range("bytes=900-", 1000),
+            Partial {
+                start: 900,
+                end: 999
+            }
+        );
+        assert_eq!(
+            parse_range("bytes=-100", 1000),
+            Partial {
+                start: 900,
+                end: 999
+            }
+        );
+        assert_eq!(
+            parse_range("bytes=-5000", 1000),
+            Partial { start: 0, end: 999 }
+        );
+        assert_eq!(
+            parse_range("bytes=990-5000", 1000),
+            Partial {
+                start: 990,
+                end: 999
+            }
+        );
+        assert_eq!(parse_range("BYTES = 1-1", 10), Partial { start: 1, end: 1 });
+    }
+
+    #[test]
+    fn unsatisfiable_and_ignored_ranges() {
+        use RangeDecision::*;
+        assert_eq!(parse_range("bytes=1000-", 1000), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 1000), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Full);
+        assert_eq!(parse_range("bytes=5-1", 1000), Full);
+        assert_eq!(parse_range("items=0-1", 1000), Full);
+        assert_eq!(parse_range("bytes=abc", 1000), Full);
+        assert_eq!(parse_range("bytes=-", 1000), Full);
+        assert_eq!(parse_range("bytes=+1-2", 1000), Full);
+        assert_eq!(parse_range("bytes=99999999999999999999999-", 1000), Full);
+    }
+
+    fn headers(pairs: &[(http::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const ETAG: &str = "\"abc\"";
+
+    fn validators() -> Validators<'static> {
+        Validators {
+            etag: ETAG,
+            last_modified: UNIX_EPOCH + Duration::from_millis(1_700_000_000_500),
+        }
+    }
+
+    fn date(secs: u64) -> String {
+        httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn if_range_strong_etag_and_exact_date() {
+        let v = validators();
+        let proceed = |honour_range| Precondition::Proceed { honour_range };
+        let with = |value: &str| {
+            evaluate_preconditions(&headers(&[(RANGE, "bytes=0-1"), (IF_RANGE, value)]), &v)
+        };
+        assert_eq!(with(ETAG), proceed(true));
+        assert_eq!(with("\"stale\""), proceed(false));
+        assert_eq!(with("W/\"abc\""), proceed(false));
+        assert_eq!(with(&date(1_700_000_000)), proceed(true));
+        assert_eq!(with(&date(1_600_000_000)), proceed(false));
+    }
+
+    #[test]
+    fn not_modified_and_failed() {
+        let v = validators();
+        let eval = |pairs: &[(http::HeaderName, &str)]| evaluate_preconditions(&headers(pairs), &v);
+        assert_eq!(eval(&[(IF_NONE_MATCH, ETAG)]), Precondition::NotModified);
+        assert_eq!(
+            eval(&[(IF_NONE_MATCH, "W/\"abc\"")]),
+            Precondition::NotModified
+        );
+        assert_eq!(eval(&[(IF_NONE_MATCH, "*")]), Precondition::NotModified);
+        assert_eq!(
+            eval(&[(IF_NONE_MATCH, "\"other\"")]),
+            Precondition::Proceed { honour_range: true }
+        );
+        assert_eq!(
+            eval(&[(IF_MODIFIED_SINCE, &date(1_700_000_000))]),
+            Precondition::NotModified
+        );
+        assert_eq!(
+            eval(&[(IF_MODIFIED_SINCE, &date(1_699_999_999))]),
+            Precondition::Proceed { honour_range: true }
+        );
+        // If-None-Match takes precedence over If-Modified-Since (§13.1.3).
+        assert_eq!(
+            eval(&[
+                (IF_NONE_MATCH, "\"other\""),
+                (IF_MODIFIED_SINCE, &date(1_800_000_000))
+            ]),
+            Precondition::Proceed { honour_range: true }
+        );
+        assert_eq!(eval(&[(IF_MATCH, "\"other\"")]), Precondition::Failed);
+        assert_eq!(eval(&[(IF_MATCH, "W/\"abc\"")]), Precondition::Failed);
+        assert_eq!(
+            eval(&[(IF_UNMODIFIED_SINCE, &date(1_600_000_000))]),
+            Precondition::Failed
+        );
+        assert_eq!(
+            eval(&[(IF_MODIFIED_SINCE, "garbage")]),
+            Precondition::Proceed { honour_range: true }
+        );
+    }
+}

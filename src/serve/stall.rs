@@ -1,0 +1,149 @@
+//! Write-stall detection for a connection.
+//!
+//! A module on a dying cellular link, or a client that stops reading, leaves
+//! a write pending forever; neither hyper nor libunftp time that out.
+//! [`StallGuard`] fails a write that makes no progress for the stall timeout,
+//! so the transfer ends, the slot is freed and the download record says
+//! `"write stalled"` instead of hanging.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// Wraps a stream; a write or flush pending longer than the timeout fails
+/// with `TimedOut` and sets the shared stalled flag.
+#[derive(Debug)]
+pub struct StallGuard<S> {
+    inner: S,
+    timeout: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+    stalled: Arc<AtomicBool>,
+}
+
+impl<S> StallGuard<S> {
+    /// Guards `inner`; `timeout` is the longest a write may make no progress.
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        StallGuard {
+            inner,
+            timeout,
+            deadline: None,
+            stalled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A flag that turns true once a write has stalled past the timeout.
+    pub fn stalled_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stalled)
+    }
+
+    fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Ready(r) => {
+                self.deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let deadline = self
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    self.deadline = None;
+                    self.stalled.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("write stalled for {} s", timeout.as_secs()),
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, poll)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_nobody_reads_fails_after_the_timeout() {
+        // A duplex pipe with a 16-byte buffer whose reader never reads.
+        let (a, _b) = tokio::io::duplex(16);
+        let mut guard = StallGuard::new(a, Duration::from_secs(30));
+        let flag = guard.stalled_flag();
+        let err = guard.write_all(&[0u8; 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(flag.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_resets_the_deadline() {
+        let (a, mut b) = tokio::io::duplex(16);
+        let mut guard = StallGuard::new(a, Duration::from_secs(30));
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let mut total = 0;
+            while total < 256 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                total += tokio::io::AsyncReadExt::read(&mut b, &mut buf)
+                    .await
+                    .unwrap();
+            }
+            total
+        });
+        guard.write_all(&[1u8; 256]).await.unwrap();
+        assert!(reader.await.unwrap() >= 256);
+        assert!(!guard.stalled_flag().load(Ordering::Relaxed));
+    }
+}

@@ -1,0 +1,189 @@
+//! TLS for the HTTPS listener: certificate loading or one-time generation,
+//! and a rustls configuration modules can speak.
+//!
+//! Modules offer TLS 1.0–1.2 and only ECDHE-RSA suites (SPEC §7), so the
+//! generated certificate is **RSA 2048** (rcgen's default ECDSA key would
+//! fail every real module) and TLS 1.2 stays enabled beside 1.3. One crypto
+//! provider, aws-lc-rs, is chosen explicitly for every rustls object in the
+//! crate (it is also the one rcgen needs for RSA key generation).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// File name of the generated certificate inside the certs folder.
+pub const GENERATED_CERT: &str = "qfota-serve.crt";
+/// File name of the generated private key inside the certs folder.
+pub const GENERATED_KEY: &str = "qfota-serve.key";
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {detail}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Certificate generation failed.
+    #[error("cannot generate a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// The generated files could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// rustls refused the certificate/key pair.
+    #[error("certificate and key do not form a usable TLS identity: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The crypto provider every rustls object in the crate uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Where the HTTPS identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// `--tls-cert` and `--tls-key` PEM files.
+    Files {
+        /// Certificate chain, PEM.
+        cert: PathBuf,
+        /// Private key (PKCS#8, PKCS#1 or SEC1), PEM.
+        key: PathBuf,
+    },
+    /// Generate an RSA 2048 self-signed certificate in this folder once and
+    /// reuse it on later starts.
+    Generated {
+        /// The certs folder (`--certs-dir`).
+        dir: PathBuf,
+        /// Extra subject alternative names (the public host); `localhost`
+        /// and `127.0.0.1` are always included.
+        hosts: Vec<String>,
+    },
+}
+
+/// Loads or generates the identity and returns a rustls server config with
+/// TLS 1.2 and 1.3 and ALPN `http/1.1`.
+///
+/// # Errors
+/// [`TlsError`] when PEM files are unreadable, generation fails, or the pair
+/// is rejected by rustls.
+pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsError> {
+    let (cert, key) = match source {
+        TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
+        TlsSource::Generated { dir, hosts } => ensure_generated(dir, hosts)?,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem_err(&cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(pem_err(&cert, "no certificate in file".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(&key).map_err(|e| pem_err(&key, e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn pem_err(path: &Path, detail: String) -> TlsError {
+    TlsError::Pem {
+        path: path.to_path_buf(),
+        detail,
+    }
+}
+
+/// Returns the generated certificate and key paths in `dir`, creating them
+/// (RSA 2048, SHA-256, SANs `localhost`, `127.0.0.1`, `::1` and `hosts`)
+/// when either is missing.
+///
+/// # Errors
+/// [`TlsError::Generate`] or [`TlsError::Write`].
+pub fn ensure_generated(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
+    let cert_path = dir.join(GENERATED_CERT);
+    let key_path = dir.join(GENERATED_KEY);
+    if cert_path.is_file() && key_path.is_file() {
+        tracing::info!(cert = %cert_path.display(), "reusing generated TLS certificate");
+        return Ok((cert_path, key_path));
+    }
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    for h in hosts {
+        if !h.is_empty() && !names.contains(h) {
+            names.push(h.clone());
+        }
+    }
+    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(names.clone())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "qfota-serve");
+    let cert = params.self_signed(&key_pair)?;
+    std::fs::write(&key_path, key_pair.serialize_pem()).map_err(write_err(&key_path))?;
+    restrict_permissions(&key_path);
+    std::fs::write(&cert_path, cert.pem()).map_err(write_err(&cert_path))?;
+    tracing::info!(cert = %cert_path.display(), sans = ?names, "generated RSA 2048 self-signed TLS certificate");
+    Ok((cert_path, key_path))
+}
+
+/// The private key is readable by its owner only; failure to restrict is
+/// logged, not fatal (some filesystems have no modes).
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(err) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), error = %err, "cannot restrict key permissions");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_identity_is_rsa_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = TlsSource::Generated {
+            dir: dir.path().to_path_buf(),
+            hosts: vec!["192.0.2.2".into()],
+        };
+        server_config(&src).unwrap();
+        let key = std::fs::read_to_string(dir.path().join(GENERATED_KEY)).unwrap();
+        let cert1 = std::fs::read(dir.path().join(GENERATED_CERT)).unwrap();
+        // PKCS#8 RSA keys carry the rsaEncryption OID 1.2.840.113549.1.1.1.
+        let der = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let oid = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+        assert!(der.secret_der().windows(oid.len()).any(|w| w == oid));
+        server_config(&src).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join(GENERATED_CERT)).unwrap(),
+            cert1
+        );
+    }
+
+    #[test]
+    fn missing_pem_is_a_clear_error() {
+        let err = server_config(&TlsSource::Files {
+            cert: "/nonexistent/c.pem".into(),
+            key: "/nonexistent/k.pem".into(),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/c.pem"), "{err}");
+    }
+}

@@ -1,0 +1,191 @@
+//! The binary as a user runs it: `check` exit codes, flag errors, and the
+//! serve job on the shipped sample packages fetched by wget, lftp and curl,
+//! then stopped with SIGTERM.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use common::{DEADLINE, run, sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qfota-serve");
+
+fn packages() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packages")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[tokio::test]
+async fn check_passes_on_the_sample_packages() {
+    let out = run(BIN, &["check", &packages(), "--public-host", "192.0.2.2"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("update-v12-to-v13.zip"), "{text}");
+    assert!(text.contains("check passed"), "{text}");
+}
+
+#[tokio::test]
+async fn check_fails_when_a_named_profile_is_misfit() {
+    // Jun/… is in a sub-folder: ec200 downloads over FTP from the root only.
+    let out = run(BIN, &["check", &packages(), "--profile", "ec200"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("root folder"));
+    let out = run(BIN, &["check", &packages(), "--profile", "ec2x"]).await;
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn check_fails_on_a_broken_zip_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad-v1-to-v2.zip"), common::broken_zip()).unwrap();
+    let d = dir.path().to_string_lossy().into_owned();
+    let out = run(BIN, &["check", &d]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("INVALID"));
+    let out = run(BIN, &["check", &d, "--json"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["path"], "bad-v1-to-v2.zip");
+    assert!(
+        v[0]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("system.diff")
+    );
+}
+
+#[tokio::test]
+async fn bad_flags_exit_2_with_a_message() {
+    for args in [
+        vec!["--ftp", "notaport", "x"],
+        vec!["x"],
+        vec!["--http", "80"],
+        vec!["--http", "80", "--user", "nocolon", "x"],
+        vec!["--http", "80", "--passive-ports", "9-1", "x"],
+        vec!["--https", "443", "--tls-cert", "c.pem", "x"],
+        vec!["check", "x", "--profile", "bg96"],
+    ] {
+        let out = run(BIN, &args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_package_folder_is_a_clear_start_up_error() {
+    let out = run(
+        BIN,
+        &[
+            "--http",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "/nonexistent/packages",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/packages"));
+}
+
+/// The README's main job, on loopback and free ports: real wget, lftp and
+/// curl fetch both sample packages byte-identical; SIGTERM exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_job_with_wget_lftp_and_curl() {
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("downloads.jsonl");
+    let certs = work.path().join("certs");
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "--ftp",
+            "0",
+            "--http",
+            "0",
+            "--https",
+            "0",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args(["--user", "test:test", "--passive-ports", "41000-41999"])
+        .arg("--log")
+        .arg(&log)
+        .arg("--certs-dir")
+        .arg(&certs)
+        .arg(packages())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut urls = Vec::new();
+    let banner = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.trim().strip_prefix("AT+QFOTADL=\"") {
+                urls.push(url.trim_end_matches('"').to_string());
+                if urls.len() == 6 {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, banner)
+        .await
+        .expect("banner");
+    assert_eq!(urls.len(), 6, "{urls:?}");
+    for url in &urls {
+        let rel = url.splitn(4, '/').nth(3).unwrap();
+        let want = sha256(&std::fs::read(Path::new(&packages()).join(rel)).unwrap());
+        let out_file = work.path().join("got.zip");
+        let out = out_file.to_string_lossy().into_owned();
+        let _ = std::fs::remove_file(&out_file);
+        let status = if url.starts_with("ftp://") {
+            // lftp: open the URL's folder, get the file into `out`.
+            let (dir, file) = url.rsplit_once('/').unwrap();
+            let script = format!(
+                "set net:max-retries 1; set net:timeout 10; open {dir}/; get {file} -o {out}; bye"
+            );
+            run("lftp", &["-c", &script]).await.status
+        } else if url.starts_with("https://") {
+            run("wget", &["-q", "--no-check-certificate", "-O", &out, url])
+                .await
+                .status
+        } else {
+            run("wget", &["-q", "-O", &out, url]).await.status
+        };
+        assert!(status.success(), "{url}");
+        assert_eq!(sha256(&std::fs::read(&out_file).unwrap()), want, "{url}");
+        let out = run("curl", &["-sSfk", "-o", &out, url]).await;
+        assert!(
+            out.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            sha256(&std::fs::read(&out_file).unwrap()),
+            want,
+            "curl {url}"
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let complete = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["outcome"] == "complete" && v["bytes_sent"] == v["size"])
+        .count();
+    assert!(complete >= 12, "{text}");
+
+    let pid = child.id().unwrap().to_string();
+    assert!(run("kill", &["-TERM", &pid]).await.status.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    // The generated certificate was kept for the next start.
+    assert!(certs.join("qfota-serve.crt").is_file());
+}
