@@ -30,37 +30,37 @@ const USAGE: u8 = 2;
 pub struct SimulateArgs {
     /// Package URL: ftp://[user[:password]@]host[:port]/file,
     /// http(s)://host[:port]/path.
-    #[arg(env = "QFOTA_URL")]
+    #[arg(env = "QFOTA_SIM_URL")]
     pub url: String,
     /// Module model (EC25, EC200T, EM060K, …); selects the profile.
-    #[arg(long, env = "QFOTA_MODEL", conflicts_with = "profile")]
+    #[arg(long, env = "QFOTA_SIM_MODEL", conflicts_with = "profile")]
     pub model: Option<String>,
     /// Profile: ec2x (default), ep06, ec200, eg06xk-dfota, eg06xk.
-    #[arg(long, env = "QFOTA_PROFILE")]
+    #[arg(long, env = "QFOTA_SIM_PROFILE")]
     pub profile: Option<String>,
     /// The module's current firmware version; a package named
     /// <x>-<from>-to-<to>.zip whose <from> differs ends END,510.
-    #[arg(long = "version", env = "QFOTA_VERSION", value_name = "V")]
+    #[arg(long = "version", env = "QFOTA_SIM_VERSION", value_name = "V")]
     pub module_version: Option<String>,
     /// Free space in the module's file system, bytes; a larger package ends
     /// END,511.
-    #[arg(long, env = "QFOTA_FREE_SPACE", value_name = "BYTES")]
+    #[arg(long, env = "QFOTA_SIM_FREE_SPACE", value_name = "BYTES")]
     pub free_space: Option<u64>,
     /// ec200 <upgrade_mode>: 0 reboot before upgrading, 1 upgrade at once.
-    #[arg(long, env = "QFOTA_UPGRADE_MODE", value_name = "N")]
+    #[arg(long, env = "QFOTA_SIM_UPGRADE_MODE", value_name = "N")]
     pub upgrade_mode: Option<u32>,
     /// ec200 <download_URC_max>: 0 or 5-100 DOWNLOADING lines.
-    #[arg(long, env = "QFOTA_DOWNLOAD_URC_MAX", value_name = "N")]
+    #[arg(long, env = "QFOTA_SIM_DOWNLOAD_URC_MAX", value_name = "N")]
     pub download_urc_max: Option<u32>,
     /// ec200 <update_URC_max>: 0 or 5-100 UPDATING lines.
-    #[arg(long, env = "QFOTA_UPDATE_URC_MAX", value_name = "N")]
+    #[arg(long, env = "QFOTA_SIM_UPDATE_URC_MAX", value_name = "N")]
     pub update_urc_max: Option<u32>,
     /// Module-side fault, repeatable: network-down, dns-fail,
     /// power-cut=<percent>, upgrade-error=<code>[x<N>], signature (eg06xk),
     /// md5 (ec200).
     #[arg(
         long = "fault",
-        env = "QFOTA_FAULT",
+        env = "QFOTA_SIM_FAULT",
         value_delimiter = ',',
         value_name = "F"
     )]
@@ -68,21 +68,21 @@ pub struct SimulateArgs {
     /// No-progress timeout for the download, seconds.
     #[arg(
         long,
-        env = "QFOTA_TIMEOUT_SECS",
+        env = "QFOTA_SIM_TIMEOUT_SECS",
         default_value_t = 60,
         value_name = "N"
     )]
     pub timeout_secs: u64,
     /// Multiplier for the module's own delays (1.0: reboot ~20 s, upgrade
     /// ~2 min).
-    #[arg(long, env = "QFOTA_TIME_SCALE", default_value_t = DEFAULT_TIME_SCALE, value_name = "X")]
+    #[arg(long, env = "QFOTA_SIM_TIME_SCALE", default_value_t = DEFAULT_TIME_SCALE, value_name = "X")]
     pub time_scale: f64,
     /// Verify HTTPS certificates against this CA (PEM); without it they are
     /// not verified, like a module without a CA.
-    #[arg(long, env = "QFOTA_CA", value_name = "PEM")]
+    #[arg(long, env = "QFOTA_SIM_CA", value_name = "PEM")]
     pub ca: Option<PathBuf>,
     /// Print one JSON object per line ({"t_ms","line"}), then {"summary"}.
-    #[arg(long, env = "QFOTA_JSON")]
+    #[arg(long, env = "QFOTA_SIM_JSON")]
     pub json: bool,
 }
 
