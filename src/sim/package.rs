@@ -102,10 +102,10 @@ pub fn family_code(profile: &Profile, code: u16) -> u16 {
 /// space — and returns the first failure as (`<err>`, reason).
 pub(crate) fn check(facts: &PackageFacts<'_>, faults: &FaultPlan) -> Option<(u16, String)> {
     let profile = facts.profile;
-    if profile.zip_required {
-        if let Err(e) = check_zip(facts.bytes) {
-            return Some((FORMAT_CODE, e.to_string()));
-        }
+    if profile.zip_required
+        && let Err(e) = check_zip(facts.bytes)
+    {
+        return Some((FORMAT_CODE, e.to_string()));
     }
     if faults.signature {
         return Some((SIGNATURE_CODE, "fault signature".to_string()));
@@ -116,16 +116,15 @@ pub(crate) fn check(facts: &PackageFacts<'_>, faults: &FaultPlan) -> Option<(u16
     if let (Some(current), Some(change)) = (
         facts.version,
         VersionChange::from_file_name(facts.file_name),
-    ) {
-        if !change.applies_to(current) {
-            return Some((
-                family_code(profile, VERSION_CODE),
-                format!(
-                    "package is for {} but the module runs {current}",
-                    change.from
-                ),
-            ));
-        }
+    ) && !change.applies_to(current)
+    {
+        return Some((
+            family_code(profile, VERSION_CODE),
+            format!(
+                "package is for {} but the module runs {current}",
+                change.from
+            ),
+        ));
     }
     let size = facts.bytes.len() as u64;
     if let Some(max) = profile.package_max.filter(|max| size > *max) {
