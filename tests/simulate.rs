@@ -1,25 +1,31 @@
-//! End-to-end tests of the module simulator against real servers on
-//! 127.0.0.1:0, started inside each test: a hyper HTTP(S) server, a libunftp
-//! FTP server over a temporary folder, and a small scripted FTP server for
-//! the failures libunftp does not produce. Every await is bounded; nothing
-//! sleeps to wait.
+//! End-to-end tests of the module simulator against the real qfota-serve
+//! server (`qfota_serve::serve::Server`) on 127.0.0.1 port 0, its fault
+//! rules making it misbehave. A few failures the server cannot produce
+//! (TLS a module cannot speak, a silent or broken FTP/HTTP peer) come from
+//! small real servers started inside the test. Every await is bounded;
+//! nothing sleeps to wait.
 
 use std::future::Future;
 use std::time::Duration;
 
+use qfota_serve::dlog::{DownloadRecord, Outcome};
 use qfota_serve::profile::Profile;
+use qfota_serve::serve::Server;
+use qfota_serve::sim::download::cause::ftp_reply_code;
 use qfota_serve::sim::{Fault, FotadlArgs, Module, ModuleBuilder, Transcript};
 
-use fixtures::{FtpServer, HttpServer, Packages, Script, ScriptedFtp, TlsCert};
+use fixtures::{Real, Script, ScriptedFtp, Silent, TlsCert, TlsServer};
 
-/// Bound on any single run or server start.
+/// Bound on any single run, server start or wait.
 const LIMIT: Duration = Duration::from_secs(30);
 /// Module delays: a 20 s reboot takes 10 ms, the upgrade 60 ms.
 const SCALE: f64 = 0.0005;
 /// Download no-progress timeout in tests about stalls.
 const SHORT: Duration = Duration::from_millis(700);
 
+/// The sample package of `packages/` (also in `packages/Jun/`).
 const PKG: &str = "update-v12-to-v13.zip";
+/// Not a zip at all (served with `allow_invalid`).
 const BROKEN: &str = "broken-v12-to-v13.zip";
 
 const FAMILIES: [&str; 5] = ["ec2x", "ep06", "ec200", "eg06xk-dfota", "eg06xk"];
@@ -46,6 +52,11 @@ async fn run(module: &Module, args: FotadlArgs) -> Transcript {
 
 async fn fetch(module: &Module, url: &str) -> Transcript {
     run(module, FotadlArgs::new(url)).await
+}
+
+/// The `FTPEND`/`HTTPEND` code of one run.
+async fn code(module: &Module, url: &str) -> Option<u16> {
+    fetch(module, url).await.summary.download_code
 }
 
 fn q(rest: &str) -> String {
@@ -77,326 +88,334 @@ fn reboots_first(family: &str) -> bool {
     family != "ec200"
 }
 
-fn download_lines(t: &Transcript) -> Vec<String> {
-    t.lines().into_iter().skip(1).take(3).collect()
-}
-
-#[tokio::test]
-async fn success_over_ftp_for_every_family() {
-    let packages = Packages::new();
-    let ftp = within(FtpServer::start(packages.dir())).await;
-    let url = ftp.url("test:test@", PKG);
-    let runs = FAMILIES.map(|family| {
-        let url = url.clone();
-        async move {
-            let m = builder(family).version("v12").build().unwrap();
-            (family, fetch(&m, &url).await, m.version())
-        }
+/// Runs every family against `url` at once and checks each transcript.
+async fn every_family_succeeds(url: &str, ftp: bool) {
+    let runs = FAMILIES.map(|family| async move {
+        let m = builder(family).version("v12").build().unwrap();
+        (family, fetch(&m, url).await, m.version())
     });
     for (family, t, version) in futures_util::future::join_all(runs).await {
         assert_eq!(
             t.lines(),
-            success_lines(&url, true, reboots_first(family)),
-            "{family}"
+            success_lines(url, ftp, reboots_first(family)),
+            "{family}: {:?}",
+            t.summary.notes
         );
         assert!(t.summary.succeeded(), "{family}");
-        assert_eq!(t.summary.download_code, Some(0));
-        assert_eq!(t.summary.upgrade_codes, vec![0]);
+        assert_eq!(t.summary.upgrade_codes, vec![0], "{family}");
         assert_eq!(version.as_deref(), Some("v13"), "{family}");
     }
 }
 
+/// The server saw `n` complete downloads of the whole package.
+async fn served_completely(real: &Real, n: usize) {
+    let size = real.size(PKG);
+    let done = real
+        .wait_records(n, |r| r.outcome == Outcome::Complete)
+        .await;
+    for r in done {
+        assert_eq!((r.bytes_sent, r.size), (size, Some(size)), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn success_over_ftp_for_every_family() {
+    let real = Real::start(&[]).await;
+    every_family_succeeds(&real.server.ftp_url(PKG).unwrap(), true).await;
+    served_completely(&real, FAMILIES.len()).await;
+    real.stop().await;
+}
+
 #[tokio::test]
 async fn success_over_http_for_every_family() {
-    let packages = Packages::new();
-    let http = within(HttpServer::start(&packages, None)).await;
-    let url = http.url(PKG);
-    let runs = FAMILIES.map(|family| {
-        let url = url.clone();
-        async move { (family, fetch(&module(family), &url).await) }
-    });
-    for (family, t) in futures_util::future::join_all(runs).await {
-        assert_eq!(
-            t.lines(),
-            success_lines(&url, false, reboots_first(family)),
-            "{family}"
-        );
-    }
-    // One GET per module, nothing else.
-    assert_eq!(http.requests(), vec![format!("/{PKG}"); FAMILIES.len()]);
+    let real = Real::start(&[]).await;
+    every_family_succeeds(&real.server.http_url(PKG).unwrap(), false).await;
+    served_completely(&real, FAMILIES.len()).await;
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn success_over_https_for_every_family() {
-    let packages = Packages::new();
-    let cert = TlsCert::rsa();
-    let https = within(HttpServer::start(&packages, Some(cert.server_config(true)))).await;
-    let url = https.url(PKG);
+    let real = Real::start(&[]).await;
+    let url = real.server.https_url(PKG).unwrap();
     assert!(url.starts_with("https://"));
-    let runs = FAMILIES.map(|family| {
-        let url = url.clone();
-        async move { (family, fetch(&module(family), &url).await) }
-    });
-    for (family, t) in futures_util::future::join_all(runs).await {
-        assert_eq!(
-            t.lines(),
-            success_lines(&url, false, reboots_first(family)),
-            "{family}"
-        );
-    }
+    every_family_succeeds(&url, false).await;
+    served_completely(&real, FAMILIES.len()).await;
+    real.stop().await;
 }
 
 #[tokio::test]
-async fn https_verifies_only_when_given_a_ca() {
-    let packages = Packages::new();
-    let cert = TlsCert::rsa();
-    let https = within(HttpServer::start(&packages, Some(cert.server_config(true)))).await;
-    let url = https.url(PKG);
-    let trusting = builder("ec2x").ca_pem(cert.ca_pem()).build().unwrap();
-    assert!(fetch(&trusting, &url).await.summary.succeeded());
-    let other = TlsCert::rsa();
-    let distrusting = builder("ec200").ca_pem(other.ca_pem()).build().unwrap();
+async fn ftp_sub_folder_works_except_on_ec200() {
+    let real = Real::start(&[]).await;
+    let url = real.server.ftp_url(&format!("Jun/{PKG}")).unwrap();
+    assert!(fetch(&module("ec2x"), &url).await.summary.succeeded());
+    let t = fetch(&module("ec200"), &url).await;
+    assert_eq!(
+        t.lines(),
+        vec![format!("AT+QFOTADL=\"{url}\""), "ERROR".into()]
+    );
+    real.stop().await;
+}
+
+#[tokio::test]
+async fn https_verifies_the_server_only_when_given_a_ca() {
+    let real = Real::start(&[]).await;
+    let url = real.server.https_url(PKG).unwrap();
+    let trusting = builder("ec2x").ca_file(real.certificate()).build().unwrap();
+    let t = fetch(&trusting, &url).await;
+    assert!(t.summary.succeeded(), "{:?}", t.summary.notes);
+    let stranger = TlsCert::rsa();
+    let distrusting = builder("ec200").ca_pem(stranger.ca_pem()).build().unwrap();
     let t = fetch(&distrusting, &url).await;
-    assert_eq!(t.summary.download_code, Some(701), "{:?}", t.summary.notes);
+    assert_eq!(t.summary.download_code, Some(701));
     assert!(
         t.summary.notes.iter().any(|n| n.contains("TLS")),
         "{:?}",
         t.summary.notes
     );
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn https_fails_like_a_module_on_ecdsa_certificates_and_tls13_only() {
-    let packages = Packages::new();
-    let ecdsa = TlsCert::ecdsa();
-    let server = within(HttpServer::start(
-        &packages,
-        Some(ecdsa.server_config(true)),
-    ))
-    .await;
+    let ecdsa = within(TlsServer::start(TlsCert::ecdsa(), true)).await;
     for family in ["ec2x", "ec200"] {
-        let t = fetch(&module(family), &server.url(PKG)).await;
+        let t = fetch(&module(family), &ecdsa.url(PKG)).await;
         assert_eq!(t.summary.download_code, Some(701), "{family}");
         assert_eq!(t.lines().len(), 4, "no START after HTTPEND,701");
     }
-    let rsa = TlsCert::rsa();
-    let tls13 = within(HttpServer::start(&packages, Some(rsa.server_config(false)))).await;
-    let t = fetch(&module("ec200"), &tls13.url(PKG)).await;
-    assert_eq!(t.summary.download_code, Some(701));
+    let tls13 = within(TlsServer::start(TlsCert::rsa(), false)).await;
+    assert_eq!(code(&module("ec200"), &tls13.url(PKG)).await, Some(701));
+    // The same RSA server with TLS 1.2 on is fine: the failures above are
+    // the key type and the protocol version, not the fixture.
+    let tls12 = within(TlsServer::start(TlsCert::rsa(), true)).await;
+    assert_eq!(code(&module("ec200"), &tls12.url(PKG)).await, Some(0));
 }
 
 #[tokio::test]
 async fn wrong_ftp_password_is_625_on_ec200_and_601_elsewhere() {
-    let packages = Packages::new();
-    let ftp = within(FtpServer::start(packages.dir())).await;
-    let url = ftp.url("test:wrong@", PKG);
+    let real = Real::start(&[]).await;
+    let url = real
+        .server
+        .ftp_url(PKG)
+        .unwrap()
+        .replace("test:test@", "test:wrong@");
     let t = fetch(&module("ec200"), &url).await;
     assert_eq!(
-        download_lines(&t),
-        vec!["OK".to_string(), q("\"FTPSTART\""), q("\"FTPEND\",625")]
+        t.lines()[1..],
+        ["OK".to_string(), q("\"FTPSTART\""), q("\"FTPEND\",625")]
     );
-    assert_eq!(t.lines().len(), 4, "nothing after a failed download");
-    assert_eq!(
-        fetch(&module("ec2x"), &url).await.summary.download_code,
-        Some(601)
-    );
+    assert_eq!(code(&module("ec2x"), &url).await, Some(601));
+    real.wait_records(2, |r| r.outcome == Outcome::AuthFailed)
+        .await;
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn missing_file_is_627_over_ftp_and_723_over_http_on_ec200() {
-    let packages = Packages::new();
-    let ftp = within(FtpServer::start(packages.dir())).await;
-    let http = within(HttpServer::start(&packages, None)).await;
-    let ftp_url = ftp.url("test:test@", "missing.zip");
-    let http_url = http.url("missing.zip");
-    assert_eq!(
-        fetch(&module("ec200"), &ftp_url)
-            .await
-            .summary
-            .download_code,
-        Some(627)
-    );
-    assert_eq!(
-        fetch(&module("ep06"), &ftp_url).await.summary.download_code,
-        Some(601)
-    );
-    let t = fetch(&module("ec200"), &http_url).await;
-    assert_eq!(download_lines(&t)[2], q("\"HTTPEND\",723"));
-    assert_eq!(
-        fetch(&module("eg06xk"), &http_url)
-            .await
-            .summary
-            .download_code,
-        Some(701)
-    );
+    let real = Real::start(&[]).await;
+    let ftp = real.server.ftp_url("missing-v1-to-v2.zip").unwrap();
+    let http = real.server.http_url("missing-v1-to-v2.zip").unwrap();
+    assert_eq!(code(&module("ec200"), &ftp).await, Some(627));
+    assert_eq!(code(&module("ep06"), &ftp).await, Some(601));
+    let t = fetch(&module("ec200"), &http).await;
+    assert_eq!(t.lines()[3], q("\"HTTPEND\",723"));
+    assert_eq!(t.lines().len(), 4, "nothing after a failed download");
+    assert_eq!(code(&module("eg06xk"), &http).await, Some(701));
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn redirects_are_not_followed() {
-    let packages = Packages::new();
-    let http = within(HttpServer::start(&packages, None)).await;
-    let t = fetch(&module("ec200"), &http.url("redirect.zip")).await;
+    let real = Real::start(&["status=302,protocol=http"]).await;
+    let t = fetch(&module("ec200"), &real.server.http_url(PKG).unwrap()).await;
     assert_eq!(t.summary.download_code, Some(723));
-    assert_eq!(http.requests(), vec!["/redirect.zip".to_string()]);
+    let records = real.wait_records(1, |_| true).await;
+    assert_eq!(records[0].status, 302);
+    assert_eq!(
+        real.server.downloads().len(),
+        1,
+        "one GET, no second request"
+    );
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn closed_port_is_605_or_716_on_ec200_and_601_or_701_elsewhere() {
     let port = fixtures::closed_port().await;
-    let ftp_url = format!("ftp://test:test@127.0.0.1:{port}/{PKG}");
-    let http_url = format!("http://127.0.0.1:{port}/{PKG}");
-    assert_eq!(
-        fetch(&module("ec200"), &ftp_url)
-            .await
-            .summary
-            .download_code,
-        Some(605)
-    );
-    assert_eq!(
-        fetch(&module("ec200"), &http_url)
-            .await
-            .summary
-            .download_code,
-        Some(716)
-    );
-    assert_eq!(
-        fetch(&module("ec2x"), &ftp_url).await.summary.download_code,
-        Some(601)
-    );
-    assert_eq!(
-        fetch(&module("ec2x"), &http_url)
-            .await
-            .summary
-            .download_code,
-        Some(701)
-    );
+    let ftp = format!("ftp://test:test@127.0.0.1:{port}/{PKG}");
+    let http = format!("http://127.0.0.1:{port}/{PKG}");
+    assert_eq!(code(&module("ec200"), &ftp).await, Some(605));
+    assert_eq!(code(&module("ec200"), &http).await, Some(716));
+    assert_eq!(code(&module("ec2x"), &ftp).await, Some(601));
+    assert_eq!(code(&module("ec2x"), &http).await, Some(701));
 }
 
 #[tokio::test]
 async fn unknown_host_is_604_or_714_on_ec200() {
-    let ftp_url = format!("ftp://test:test@no-such-host.invalid/{PKG}");
-    let http_url = format!("https://no-such-host.invalid/{PKG}");
-    assert_eq!(
-        fetch(&module("ec200"), &ftp_url)
-            .await
-            .summary
-            .download_code,
-        Some(604)
-    );
-    assert_eq!(
-        fetch(&module("ec200"), &http_url)
-            .await
-            .summary
-            .download_code,
-        Some(714)
-    );
-    assert_eq!(
-        fetch(&module("eg06xk-dfota"), &ftp_url)
-            .await
-            .summary
-            .download_code,
-        Some(601)
-    );
+    let ftp = format!("ftp://test:test@no-such-host.invalid/{PKG}");
+    let https = format!("https://no-such-host.invalid/{PKG}");
+    assert_eq!(code(&module("ec200"), &ftp).await, Some(604));
+    assert_eq!(code(&module("ec200"), &https).await, Some(714));
+    assert_eq!(code(&module("eg06xk-dfota"), &ftp).await, Some(601));
+    assert_eq!(code(&module("ep06"), &https).await, Some(701));
 }
 
 #[tokio::test]
-async fn http_body_dropped_midway_is_719_on_ec200() {
-    let packages = Packages::new();
-    let http = within(HttpServer::start(&packages, None)).await;
-    let url = http.url("drop.zip");
+async fn dropped_http_body_is_719_on_ec200() {
+    let real = Real::start(&["drop-after=50%"]).await;
+    let url = real.server.http_url(PKG).unwrap();
     let t = fetch(&module("ec200"), &url).await;
     assert_eq!(t.summary.download_code, Some(719), "{:?}", t.summary.notes);
+    assert_eq!(code(&module("ec2x"), &url).await, Some(701));
+    real.stop().await;
+}
+
+#[tokio::test]
+async fn dropped_ftp_data_ends_with_the_servers_transfer_reply() {
+    let real = Real::start(&["drop-after=50%"]).await;
+    let url = real.server.ftp_url(PKG).unwrap();
+    let t = fetch(&module("ec200"), &url).await;
+    // The server closes the data connection early and says why in its
+    // transfer reply (logged as the record's status); ec200 reports that
+    // reply's code (SPEC §4), e.g. 451 → 618, 426 → 616.
+    let record = real
+        .wait_records(1, |r| r.outcome == Outcome::Aborted)
+        .await;
+    assert!(record[0].bytes_sent < real.size(PKG));
     assert_eq!(
-        fetch(&module("ec2x"), &url).await.summary.download_code,
-        Some(701)
+        t.summary.download_code,
+        Some(ftp_reply_code(record[0].status)),
+        "{:?} {:?}",
+        t.summary,
+        record[0]
     );
+    assert_ne!(t.summary.download_code, Some(601), "a mapped reply");
+    assert_eq!(code(&module("eg06xk"), &url).await, Some(601));
+    real.stop().await;
 }
 
 #[tokio::test]
-async fn http_stalls_are_722_in_the_body_and_728_before_headers() {
-    let packages = Packages::new();
-    let http = within(HttpServer::start(&packages, None)).await;
-    let m = builder("ec200").timeout(SHORT).build().unwrap();
-    let t = fetch(&m, &http.url("stall.zip")).await;
-    assert_eq!(t.summary.download_code, Some(722), "{:?}", t.summary.notes);
-    let t = fetch(&m, &http.url("no-headers.zip")).await;
-    assert_eq!(t.summary.download_code, Some(728), "{:?}", t.summary.notes);
-}
-
-#[tokio::test]
-async fn ftp_data_cut_short_is_607_and_stalled_data_609() {
-    let packages = Packages::new();
-    let body = packages.bytes(PKG);
-    let m = builder("ec200").timeout(SHORT).build().unwrap();
-    let short = within(ScriptedFtp::start(Script::TruncateData, body.clone())).await;
-    let t = fetch(&m, &short.url(PKG)).await;
+async fn ftp_data_cut_short_after_226_is_607() {
+    let body = Real::package_bytes();
+    let short = within(ScriptedFtp::start(Script::TruncateData, body)).await;
+    let t = fetch(&module("ec200"), &short.url(PKG)).await;
     assert_eq!(t.summary.download_code, Some(607), "{:?}", t.summary.notes);
-    let stall = within(ScriptedFtp::start(Script::StallData, body.clone())).await;
-    let t = fetch(&m, &stall.url(PKG)).await;
-    assert_eq!(t.summary.download_code, Some(609), "{:?}", t.summary.notes);
+}
+
+#[tokio::test]
+async fn stalls_are_609_over_ftp_and_722_over_http() {
+    let real = Real::start(&["stall-after=1000"]).await;
+    let m = builder("ec200").timeout(SHORT).build().unwrap();
+    let ftp = fetch(&m, &real.server.ftp_url(PKG).unwrap()).await;
+    assert_eq!(
+        ftp.summary.download_code,
+        Some(609),
+        "{:?}",
+        ftp.summary.notes
+    );
+    let http = fetch(&m, &real.server.http_url(PKG).unwrap()).await;
+    assert_eq!(
+        http.summary.download_code,
+        Some(722),
+        "{:?}",
+        http.summary.notes
+    );
     let generic = builder("ec2x").timeout(SHORT).build().unwrap();
     assert_eq!(
-        fetch(&generic, &stall.url(PKG)).await.summary.download_code,
+        code(&generic, &real.server.ftp_url(PKG).unwrap()).await,
         Some(601)
     );
+    real.stop().await;
 }
 
 #[tokio::test]
-async fn ftp_control_closed_is_606_and_a_421_greeting_614() {
-    let packages = Packages::new();
-    let body = packages.bytes(PKG);
-    let closing = within(ScriptedFtp::start(Script::CloseAtGreeting, body.clone())).await;
+async fn no_answer_is_609_over_ftp_and_728_over_http() {
+    let silent = within(Silent::start()).await;
+    let m = builder("ec200").timeout(SHORT).build().unwrap();
+    assert_eq!(code(&m, &silent.url("ftp", PKG)).await, Some(609));
+    assert_eq!(code(&m, &silent.url("http", PKG)).await, Some(728));
+}
+
+#[tokio::test]
+async fn ftp_replies_map_to_ec200_codes() {
+    let real = Real::start(&[
+        "ftp-reply=421,command=CONNECT,times=1",
+        "ftp-reply=425,command=PASV,times=1",
+        "ftp-reply=451,command=RETR,times=1",
+    ])
+    .await;
+    let url = real.server.ftp_url(PKG).unwrap();
+    let m = module("ec200");
+    // Rules apply in turn: each fits one moment of the session.
+    assert_eq!(code(&m, &url).await, Some(614), "421 greeting");
+    assert_eq!(code(&m, &url).await, Some(615), "425 to PASV");
+    assert_eq!(code(&m, &url).await, Some(618), "451 to RETR");
+    assert_eq!(code(&m, &url).await, Some(0));
+    real.stop().await;
+}
+
+#[tokio::test]
+async fn ftp_control_connection_closed_is_606() {
+    let closing = within(ScriptedFtp::start(Script::CloseAtGreeting, Vec::new())).await;
     let t = fetch(&module("ec200"), &closing.url(PKG)).await;
     assert_eq!(t.summary.download_code, Some(606), "{:?}", t.summary.notes);
-    let busy = within(ScriptedFtp::start(Script::Greeting421, body)).await;
-    let t = fetch(&module("ec200"), &busy.url(PKG)).await;
-    assert_eq!(t.summary.download_code, Some(614), "{:?}", t.summary.notes);
 }
 
 #[tokio::test]
 async fn broken_zip_fails_five_attempts_with_504() {
-    let packages = Packages::new();
-    let http = within(HttpServer::start(&packages, None)).await;
+    let real = Real::start(&[]).await;
     let m = builder("ec2x").version("v12").build().unwrap();
-    let t = fetch(&m, &http.url(BROKEN)).await;
+    let t = fetch(&m, &real.server.http_url(BROKEN).unwrap()).await;
     assert_eq!(t.summary.download_code, Some(0));
     assert_eq!(t.summary.upgrade_codes, vec![504; 5]);
-    // Boot after the download, after each of four failed attempts, and
+    // Boots after the download, after each of four failed attempts, and
     // into the old firmware at the end.
     assert_eq!(t.summary.boots, 6);
     let lines = t.lines();
-    let tail: Vec<&str> = lines[lines.len() - 3..]
-        .iter()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(tail, [q("\"START\"").as_str(), &q("\"END\",504"), "RDY"]);
+    assert_eq!(
+        lines[lines.len() - 3..],
+        [q("\"START\""), q("\"END\",504"), "RDY".to_string()]
+    );
     assert!(!lines.iter().any(|l| l.contains("UPDATING")));
     assert_eq!(m.version().as_deref(), Some("v12"), "old firmware kept");
+    real.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupted_byte_fails_the_crc_with_504() {
+    let real = Real::start(&["corrupt=100"]).await;
+    let m = module("eg06xk");
+    let t = fetch(&m, &real.server.ftp_url(PKG).unwrap()).await;
+    assert_eq!(t.summary.download_code, Some(0));
+    assert_eq!(
+        t.summary.upgrade_codes,
+        vec![504; 5],
+        "{:?}",
+        t.summary.notes
+    );
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn version_mismatch_is_510_and_free_space_511() {
-    let packages = Packages::new();
-    let ftp = within(FtpServer::start(packages.dir())).await;
-    let url = ftp.url("test:test@", PKG);
+    let real = Real::start(&[]).await;
+    let url = real.server.ftp_url(PKG).unwrap();
     let old = builder("ep06").version("v11").build().unwrap();
-    let t = fetch(&old, &url).await;
-    assert_eq!(t.summary.upgrade_codes, vec![510; 5]);
+    assert_eq!(fetch(&old, &url).await.summary.upgrade_codes, vec![510; 5]);
     assert_eq!(old.version().as_deref(), Some("v11"));
-    let full = builder("eg06xk").free_space(1000).build().unwrap();
+    let size = real.size(PKG);
+    let full = builder("eg06xk").free_space(size - 1).build().unwrap();
     assert_eq!(fetch(&full, &url).await.summary.upgrade_codes, vec![511; 5]);
-    let roomy = builder("eg06xk")
-        .free_space(packages.bytes(PKG).len() as u64)
-        .build()
-        .unwrap();
+    let roomy = builder("eg06xk").free_space(size).build().unwrap();
     assert_eq!(fetch(&roomy, &url).await.summary.upgrade_codes, vec![0]);
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn ec200_optional_parameters_shape_the_urcs() {
-    let packages = Packages::new();
-    let http = within(HttpServer::start(&packages, None)).await;
-    let url = http.url(PKG);
+    let real = Real::start(&[]).await;
+    let url = real.server.http_url(PKG).unwrap();
     let args = FotadlArgs {
         upgrade_mode: Some(1),
         download_urc_max: Some(50),
@@ -421,26 +440,27 @@ async fn ec200_optional_parameters_shape_the_urcs() {
     let args = FotadlArgs {
         upgrade_mode: Some(0),
         update_urc_max: Some(0),
-        ..FotadlArgs::new(url.clone())
+        ..FotadlArgs::new(real.server.ftp_url(PKG).unwrap())
     };
     let t = run(&module("ec200"), args).await;
-    let lines: Vec<String> = t.lines().into_iter().skip(4).collect();
     assert_eq!(
-        lines,
-        vec![
+        t.lines()[2..],
+        [
+            q("\"FTPSTART\""),
+            q("\"FTPEND\",0"),
             "RDY".to_string(),
             q("\"START\""),
             q("\"END\",0"),
-            "RDY".into()
+            "RDY".to_string()
         ]
     );
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn bad_commands_get_error_and_no_download() {
-    let packages = Packages::new();
-    let http = within(HttpServer::start(&packages, None)).await;
-    let url = http.url(PKG);
+    let real = Real::start(&[]).await;
+    let url = real.server.http_url(PKG).unwrap();
     let bad = [
         (
             "ec2x",
@@ -469,68 +489,44 @@ async fn bad_commands_get_error_and_no_download() {
             vec![format!("AT+QFOTADL={}", args.to_at_args()), "ERROR".into()]
         );
     }
-    assert!(http.requests().is_empty(), "no request after ERROR");
+    assert!(real.server.downloads().is_empty(), "no request after ERROR");
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn network_down_and_dns_fail_faults() {
-    let packages = Packages::new();
-    let ftp = within(FtpServer::start(packages.dir())).await;
-    let http = within(HttpServer::start(&packages, None)).await;
+    let real = Real::start(&[]).await;
+    let ftp = real.server.ftp_url(PKG).unwrap();
+    let http = real.server.http_url(PKG).unwrap();
     let down = builder("ec200").fault(Fault::NetworkDown).build().unwrap();
-    assert_eq!(
-        fetch(&down, &ftp.url("test:test@", PKG))
-            .await
-            .summary
-            .download_code,
-        Some(605)
-    );
-    assert_eq!(
-        fetch(&down, &http.url(PKG)).await.summary.download_code,
-        Some(707)
-    );
-    let generic_down = builder("ec2x").fault(Fault::NetworkDown).build().unwrap();
-    assert_eq!(
-        fetch(&generic_down, &http.url(PKG))
-            .await
-            .summary
-            .download_code,
-        Some(701)
-    );
-    assert!(
-        http.requests().is_empty(),
-        "a module without network sends nothing"
-    );
+    assert_eq!(code(&down, &ftp).await, Some(605));
+    assert_eq!(code(&down, &http).await, Some(707));
+    let generic = builder("ec2x").fault(Fault::NetworkDown).build().unwrap();
+    assert_eq!(code(&generic, &http).await, Some(701));
+    assert!(real.server.downloads().is_empty(), "no network, no request");
 
     // dns-fail needs a host name: localhost resolves to the loopback server.
-    let by_name = http.url(PKG).replace("127.0.0.1", "localhost");
-    assert!(fetch(&module("ec200"), &by_name).await.summary.succeeded());
+    let http_by_name = http.replace("127.0.0.1", "localhost");
+    assert_eq!(code(&module("ec200"), &http_by_name).await, Some(0));
     let no_dns = builder("ec200").fault(Fault::DnsFail).build().unwrap();
+    assert_eq!(code(&no_dns, &http_by_name).await, Some(714));
     assert_eq!(
-        fetch(&no_dns, &by_name).await.summary.download_code,
-        Some(714)
-    );
-    let ftp_by_name = ftp.url("test:test@", PKG).replace("127.0.0.1", "localhost");
-    assert_eq!(
-        fetch(&no_dns, &ftp_by_name).await.summary.download_code,
+        code(&no_dns, &ftp.replace("127.0.0.1", "localhost")).await,
         Some(604)
     );
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn power_cut_reboots_and_the_upgrade_still_ends_0() {
-    let packages = Packages::new();
-    let http = within(HttpServer::start(&packages, None)).await;
+    let real = Real::start(&[]).await;
     let m = builder("eg06xk")
+        .version("v12")
         .fault("power-cut=50".parse().unwrap())
         .build()
         .unwrap();
-    let t = fetch(&m, &http.url(PKG)).await;
-    assert_eq!(
-        t.summary.upgrade_codes,
-        vec![0],
-        "a power cut is not a failed attempt"
-    );
+    let t = fetch(&m, &real.server.http_url(PKG).unwrap()).await;
+    assert_eq!(t.summary.upgrade_codes, vec![0], "not a failed attempt");
     let lines = t.lines();
     let at = lines
         .iter()
@@ -542,13 +538,13 @@ async fn power_cut_reboots_and_the_upgrade_still_ends_0() {
     );
     assert_eq!(t.summary.boots, 3);
     assert_eq!(m.version().as_deref(), Some("v13"));
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn upgrade_error_faults_follow_the_retry_rule() {
-    let packages = Packages::new();
-    let http = within(HttpServer::start(&packages, None)).await;
-    let url = http.url(PKG);
+    let real = Real::start(&[]).await;
+    let url = real.server.http_url(PKG).unwrap();
     let twice = builder("ec2x")
         .version("v12")
         .fault("upgrade-error=520x2".parse().unwrap())
@@ -566,13 +562,13 @@ async fn upgrade_error_faults_follow_the_retry_rule() {
     assert_eq!(t.summary.upgrade_codes, vec![502; 5]);
     assert_eq!(always.version().as_deref(), Some("v12"));
     assert!(!t.summary.succeeded());
+    real.stop().await;
 }
 
 #[tokio::test]
 async fn signature_and_md5_faults_on_their_families() {
-    let packages = Packages::new();
-    let http = within(HttpServer::start(&packages, None)).await;
-    let url = http.url(PKG);
+    let real = Real::start(&[]).await;
+    let url = real.server.http_url(PKG).unwrap();
     let eg = builder("eg06xk").fault(Fault::Signature).build().unwrap();
     assert_eq!(fetch(&eg, &url).await.summary.upgrade_codes, vec![513; 5]);
     let ec200 = builder("ec200").fault(Fault::Md5).build().unwrap();
@@ -582,23 +578,22 @@ async fn signature_and_md5_faults_on_their_families() {
     );
     assert!(builder("ec2x").fault(Fault::Signature).build().is_err());
     assert!(builder("eg06xk").fault(Fault::Md5).build().is_err());
+    real.stop().await;
 }
 
-/// Real servers for the tests, each stopped when dropped.
+/// Servers for the tests, each stopped when dropped.
 mod fixtures {
-    use std::collections::HashMap;
     use std::convert::Infallible;
-    use std::io::Write;
     use std::net::SocketAddr;
-    use std::path::Path;
-    use std::sync::{Arc, Mutex};
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     use bytes::Bytes;
-    use futures_util::StreamExt;
-    use http::header::{CONTENT_LENGTH, LOCATION};
-    use http::{Request, Response, StatusCode};
-    use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-    use hyper::body::{Frame, Incoming};
+    use http::header::CONTENT_LENGTH;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -606,45 +601,96 @@ mod fixtures {
     use tokio::net::{TcpListener, TcpStream};
     use tokio::task::{JoinHandle, JoinSet};
     use tokio_rustls::TlsAcceptor;
-    use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, Principal};
 
-    use super::{BROKEN, PKG};
+    use super::{BROKEN, DownloadRecord, LIMIT, PKG, Server, within};
 
-    /// A temporary packages folder: a valid zip and a broken one.
-    pub struct Packages {
+    /// The real server over a temporary copy of `packages/` plus a broken
+    /// package, FTP/HTTP/HTTPS on port 0, user `test:test`.
+    pub struct Real {
+        pub server: Server,
         dir: tempfile::TempDir,
+        certs: tempfile::TempDir,
     }
 
-    impl Packages {
-        pub fn new() -> Packages {
+    impl Real {
+        /// The repository's sample package.
+        pub fn package_bytes() -> Vec<u8> {
+            std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("packages")
+                    .join(PKG),
+            )
+            .unwrap()
+        }
+
+        /// Starts the server with these fault rules.
+        pub async fn start(rules: &[&str]) -> Real {
             let dir = tempfile::tempdir().unwrap();
-            let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-            // Stored, so the package is as large as its content (200 kB).
-            let options = zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Stored);
-            zip.start_file("system.diff", options).unwrap();
-            zip.write_all(&vec![0x5a; 200_000]).unwrap();
-            zip.start_file("version.txt", options).unwrap();
-            zip.write_all(b"v13\n").unwrap();
-            let good = zip.finish().unwrap().into_inner();
-            std::fs::write(dir.path().join(PKG), &good).unwrap();
-            std::fs::write(dir.path().join(BROKEN), b"PK\x03\x04 but not really a zip").unwrap();
-            Packages { dir }
+            let certs = tempfile::tempdir().unwrap();
+            let package = Real::package_bytes();
+            std::fs::write(dir.path().join(PKG), &package).unwrap();
+            std::fs::create_dir(dir.path().join("Jun")).unwrap();
+            std::fs::write(dir.path().join("Jun").join(PKG), &package).unwrap();
+            std::fs::write(dir.path().join(BROKEN), b"PK\x03\x04 not really a zip").unwrap();
+            let mut builder = Server::builder()
+                .packages(dir.path())
+                .ftp(0)
+                .http(0)
+                .https(0)
+                .user("test", "test")
+                .allow_invalid(true)
+                .passive_ports(41000..=42999)
+                .certs_dir(certs.path())
+                .log_file(certs.path().join("downloads.jsonl"))
+                .grace_period(Duration::from_secs(1));
+            for rule in rules {
+                builder = builder.fault(rule.parse().unwrap());
+            }
+            let server = within(builder.start()).await.unwrap();
+            Real { server, dir, certs }
         }
 
-        pub fn dir(&self) -> &Path {
-            self.dir.path()
+        /// Size of a package in the folder, bytes.
+        pub fn size(&self, name: &str) -> u64 {
+            std::fs::metadata(self.dir.path().join(name)).unwrap().len()
         }
 
-        pub fn bytes(&self, name: &str) -> Bytes {
-            Bytes::from(std::fs::read(self.dir.path().join(name)).unwrap())
+        /// The server's generated HTTPS certificate (PEM file).
+        pub fn certificate(&self) -> PathBuf {
+            self.certs
+                .path()
+                .join(qfota_serve::serve::tls::GENERATED_CERT)
         }
 
-        fn all(&self) -> HashMap<String, Bytes> {
-            [PKG, BROKEN]
-                .into_iter()
-                .map(|n| (n.to_string(), self.bytes(n)))
-                .collect()
+        /// Polls the download log until `n` records match, or fails at the
+        /// limit.
+        pub async fn wait_records(
+            &self,
+            n: usize,
+            pred: impl Fn(&DownloadRecord) -> bool,
+        ) -> Vec<DownloadRecord> {
+            let start = tokio::time::Instant::now();
+            loop {
+                let found: Vec<_> = self
+                    .server
+                    .downloads()
+                    .into_iter()
+                    .filter(|r| pred(r))
+                    .collect();
+                if found.len() >= n {
+                    return found;
+                }
+                assert!(
+                    start.elapsed() < LIMIT,
+                    "wanted {n} records, have {:#?}",
+                    self.server.downloads()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        pub async fn stop(self) {
+            within(self.server.shutdown()).await;
         }
     }
 
@@ -663,125 +709,31 @@ mod fixtures {
         }
     }
 
-    type Body = BoxBody<Bytes, std::io::Error>;
-
-    /// HTTP or HTTPS server. Besides the packages it serves `redirect.zip`
-    /// (302), `drop.zip` (half the body, then the connection drops),
-    /// `stall.zip` (half the body, then nothing), `no-headers.zip` (never
-    /// answers) and 404 for anything else.
-    pub struct HttpServer {
+    /// Accepts connections and never says a word.
+    pub struct Silent {
         addr: SocketAddr,
-        tls: bool,
-        requests: Arc<Mutex<Vec<String>>>,
         _task: Task,
     }
 
-    impl HttpServer {
-        pub async fn start(packages: &Packages, tls: Option<rustls::ServerConfig>) -> HttpServer {
+    impl Silent {
+        pub async fn start() -> Silent {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let files = Arc::new(packages.all());
-            let requests = Arc::new(Mutex::new(Vec::new()));
-            let seen = Arc::clone(&requests);
-            let acceptor = tls.clone().map(|c| TlsAcceptor::from(Arc::new(c)));
             let task = tokio::spawn(async move {
-                let mut connections = JoinSet::new();
+                let mut held = Vec::new();
                 while let Ok((tcp, _)) = listener.accept().await {
-                    let files = Arc::clone(&files);
-                    let seen = Arc::clone(&seen);
-                    let acceptor = acceptor.clone();
-                    connections.spawn(async move {
-                        let service = service_fn(move |req| {
-                            respond(req, Arc::clone(&files), Arc::clone(&seen))
-                        });
-                        let http = hyper::server::conn::http1::Builder::new();
-                        match acceptor {
-                            Some(acceptor) => {
-                                if let Ok(stream) = acceptor.accept(tcp).await {
-                                    let _ =
-                                        http.serve_connection(TokioIo::new(stream), service).await;
-                                }
-                            }
-                            None => {
-                                let _ = http.serve_connection(TokioIo::new(tcp), service).await;
-                            }
-                        }
-                    });
+                    held.push(tcp);
                 }
             });
-            HttpServer {
+            Silent {
                 addr,
-                tls: tls.is_some(),
-                requests,
                 _task: Task(task),
             }
         }
 
-        pub fn url(&self, name: &str) -> String {
-            let scheme = if self.tls { "https" } else { "http" };
+        pub fn url(&self, scheme: &str, name: &str) -> String {
             format!("{scheme}://{}/{name}", self.addr)
         }
-
-        /// Request targets received so far.
-        pub fn requests(&self) -> Vec<String> {
-            self.requests.lock().unwrap().clone()
-        }
-    }
-
-    fn full(status: StatusCode, bytes: Bytes) -> Response<Body> {
-        Response::builder()
-            .status(status)
-            .header(CONTENT_LENGTH, bytes.len())
-            .body(Full::new(bytes).map_err(|never| match never {}).boxed())
-            .unwrap()
-    }
-
-    /// Headers announcing all of `bytes`, a body of the first half, then
-    /// `rest` (an error to drop the connection, or nothing ever).
-    fn half_then(
-        bytes: &Bytes,
-        rest: impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>>
-        + Send
-        + Sync
-        + 'static,
-    ) -> Response<Body> {
-        let half = bytes.slice(..bytes.len() / 2);
-        let body = futures_util::stream::iter([Ok(Frame::data(half))]).chain(rest);
-        Response::builder()
-            .header(CONTENT_LENGTH, bytes.len())
-            .body(BodyExt::boxed(StreamBody::new(body)))
-            .unwrap()
-    }
-
-    async fn respond(
-        req: Request<Incoming>,
-        files: Arc<HashMap<String, Bytes>>,
-        seen: Arc<Mutex<Vec<String>>>,
-    ) -> Result<Response<Body>, Infallible> {
-        let path = req.uri().path().to_string();
-        seen.lock().unwrap().push(path.clone());
-        let package = files[PKG].clone();
-        Ok(match path.trim_start_matches('/') {
-            "redirect.zip" => Response::builder()
-                .status(StatusCode::FOUND)
-                .header(LOCATION, format!("/{PKG}"))
-                .body(
-                    Full::new(Bytes::new())
-                        .map_err(|never| match never {})
-                        .boxed(),
-                )
-                .unwrap(),
-            "drop.zip" => half_then(
-                &package,
-                futures_util::stream::once(async { Err(std::io::Error::other("dropped")) }),
-            ),
-            "stall.zip" => half_then(&package, futures_util::stream::pending()),
-            "no-headers.zip" => std::future::pending().await,
-            name => match files.get(name) {
-                Some(bytes) => full(StatusCode::OK, bytes.clone()),
-                None => full(StatusCode::NOT_FOUND, Bytes::from_static(b"not found")),
-            },
-        })
     }
 
     /// A certificate for 127.0.0.1 and localhost, signed by its own CA.
@@ -825,7 +777,7 @@ mod fixtures {
         }
 
         /// Server config offering TLS 1.2 and 1.3, or 1.3 only.
-        pub fn server_config(&self, tls12: bool) -> rustls::ServerConfig {
+        fn server_config(&self, tls12: bool) -> rustls::ServerConfig {
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
                 &[&rustls::version::TLS12, &rustls::version::TLS13]
@@ -844,62 +796,53 @@ mod fixtures {
         }
     }
 
-    /// Accepts user `test`, password `test`.
-    #[derive(Debug)]
-    struct TestUser;
-
-    #[async_trait::async_trait]
-    impl Authenticator for TestUser {
-        async fn authenticate(
-            &self,
-            username: &str,
-            creds: &Credentials,
-        ) -> Result<Principal, AuthenticationError> {
-            if username == "test" && creds.password.as_deref() == Some("test") {
-                Ok(Principal {
-                    username: username.to_string(),
-                })
-            } else {
-                Err(AuthenticationError::BadPassword)
-            }
-        }
-    }
-
-    /// libunftp over the packages folder.
-    pub struct FtpServer {
+    /// An HTTPS server (hyper + rustls) serving the sample package, with a
+    /// TLS setup the real server would never use.
+    pub struct TlsServer {
         addr: SocketAddr,
         _task: Task,
     }
 
-    impl FtpServer {
-        pub async fn start(root: &Path) -> FtpServer {
+    impl TlsServer {
+        pub async fn start(cert: TlsCert, tls12: bool) -> TlsServer {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let root = root.to_path_buf();
+            let acceptor = TlsAcceptor::from(Arc::new(cert.server_config(tls12)));
+            let package = Bytes::from(Real::package_bytes());
             let task = tokio::spawn(async move {
-                let mut sessions = JoinSet::new();
+                let mut connections = JoinSet::new();
                 while let Ok((tcp, _)) = listener.accept().await {
-                    let root = root.clone();
-                    let server = libunftp::ServerBuilder::with_authenticator(
-                        Box::new(move || unftp_sbe_fs::Filesystem::new(root.clone()).unwrap()),
-                        Arc::new(TestUser),
-                    )
-                    .build()
-                    .unwrap();
-                    sessions.spawn(async move {
-                        let _ = server.service(tcp).await;
+                    let acceptor = acceptor.clone();
+                    let package = package.clone();
+                    connections.spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let service = service_fn(move |_req: Request<Incoming>| {
+                            let package = package.clone();
+                            async move {
+                                Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .header(CONTENT_LENGTH, package.len())
+                                        .body(Full::new(package))
+                                        .unwrap(),
+                                )
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), service)
+                            .await;
                     });
                 }
             });
-            FtpServer {
+            TlsServer {
                 addr,
                 _task: Task(task),
             }
         }
 
-        /// `ftp://<userinfo>127.0.0.1:<port>/<name>`.
-        pub fn url(&self, userinfo: &str, name: &str) -> String {
-            format!("ftp://{userinfo}{}/{name}", self.addr)
+        pub fn url(&self, name: &str) -> String {
+            format!("https://{}/{name}", self.addr)
         }
     }
 
@@ -908,12 +851,8 @@ mod fixtures {
     pub enum Script {
         /// Sends half the file, closes the data connection, replies 226.
         TruncateData,
-        /// Sends half the file, then nothing.
-        StallData,
         /// Closes the control connection before the greeting.
         CloseAtGreeting,
-        /// Greets with 421 and closes.
-        Greeting421,
     }
 
     /// A minimal FTP server that follows a [`Script`].
@@ -923,9 +862,10 @@ mod fixtures {
     }
 
     impl ScriptedFtp {
-        pub async fn start(script: Script, body: Bytes) -> ScriptedFtp {
+        pub async fn start(script: Script, body: Vec<u8>) -> ScriptedFtp {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
+            let body = Bytes::from(body);
             let task = tokio::spawn(async move {
                 let mut sessions = JoinSet::new();
                 while let Ok((tcp, _)) = listener.accept().await {
@@ -944,19 +884,13 @@ mod fixtures {
     }
 
     async fn session(tcp: TcpStream, script: Script, body: Bytes) {
-        let (read, mut write) = tcp.into_split();
-        match script {
-            Script::CloseAtGreeting => return,
-            Script::Greeting421 => {
-                let _ = write.write_all(b"421 Too many users\r\n").await;
-                return;
-            }
-            Script::TruncateData | Script::StallData => {}
+        if script == Script::CloseAtGreeting {
+            return;
         }
+        let (read, mut write) = tcp.into_split();
         let _ = write.write_all(b"220 scripted\r\n").await;
         let mut lines = BufReader::new(read).lines();
         let mut data: Option<TcpListener> = None;
-        let mut held = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
             let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
             let reply = match verb.as_str() {
@@ -981,17 +915,8 @@ mod fixtures {
                         return;
                     };
                     let _ = conn.write_all(&body[..body.len() / 2]).await;
-                    match script {
-                        Script::TruncateData => {
-                            drop(conn);
-                            "226 transfer complete".to_string()
-                        }
-                        _ => {
-                            held.push(conn);
-                            std::future::pending::<()>().await;
-                            return;
-                        }
-                    }
+                    drop(conn);
+                    "226 transfer complete".to_string()
                 }
                 "QUIT" => {
                     let _ = write.write_all(b"221 bye\r\n").await;
