@@ -242,7 +242,7 @@ async fn redirects_are_not_followed() {
 
 #[tokio::test]
 async fn closed_port_is_605_or_716_on_ec200_and_601_or_701_elsewhere() {
-    let port = fixtures::closed_port().await;
+    let port = within(fixtures::closed_port()).await;
     let ftp = format!("ftp://test:test@127.0.0.1:{port}/{PKG}");
     let http = format!("http://127.0.0.1:{port}/{PKG}");
     assert_eq!(code(&module("ec200"), &ftp).await, Some(605));

@@ -610,6 +610,13 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
+    /// Bounds a test's await (virtual time where the clock is paused).
+    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(3600), f)
+            .await
+            .expect("finished in time")
+    }
+
     fn module(profile: &str) -> Module {
         Module::builder(Profile::by_name(profile).unwrap())
             .build()
@@ -620,7 +627,7 @@ mod tests {
     async fn a_bad_command_gets_error_and_nothing_else() {
         let m = module("eg06xk-dfota");
         let url = format!("\"http://h/{}\"", "a".repeat(100));
-        let t = m.fotadl(&url).transcript().await;
+        let t = bounded(m.fotadl(&url).transcript()).await;
         assert_eq!(
             t.lines(),
             vec![format!("AT+QFOTADL={url}"), "ERROR".to_string()]
@@ -638,14 +645,14 @@ mod tests {
             .build()
             .unwrap();
         let mut run = m.fotadl(r#""ftp://127.0.0.1/p.zip""#);
-        let first = run.next().await;
+        let first = bounded(run.next()).await;
         assert_eq!(first, Some(Event::Response(AtResult::Ok)));
         assert!(run.started().elapsed() <= Duration::from_millis(300));
         assert!(m.is_busy());
         // A second command while busy is refused.
-        let second = m.fotadl(r#""ftp://127.0.0.1/p.zip""#).transcript().await;
+        let second = bounded(m.fotadl(r#""ftp://127.0.0.1/p.zip""#).transcript()).await;
         assert_eq!(second.summary.response, Some(AtResult::Error));
-        let rest: Vec<Event> = run.collect().await;
+        let rest: Vec<Event> = bounded(run.collect()).await;
         assert_eq!(
             rest,
             vec![Event::Urc(Urc::FtpStart), Event::Urc(Urc::FtpEnd(601))]
@@ -659,9 +666,9 @@ mod tests {
             .fault(Fault::NetworkDown)
             .build()
             .unwrap();
-        let ftp = m.fotadl(r#""ftp://127.0.0.1/p.bin""#).transcript().await;
+        let ftp = bounded(m.fotadl(r#""ftp://127.0.0.1/p.bin""#).transcript()).await;
         assert_eq!(ftp.summary.download_code, Some(605));
-        let http = m.fotadl(r#""http://127.0.0.1/p.bin""#).transcript().await;
+        let http = bounded(m.fotadl(r#""http://127.0.0.1/p.bin""#).transcript()).await;
         assert_eq!(http.summary.download_code, Some(707));
         assert!(
             http.summary

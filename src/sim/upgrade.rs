@@ -146,24 +146,33 @@ mod tests {
     use super::*;
     use crate::sim::fault::Fault;
 
+    /// Bounds a test's await (virtual time where the clock is paused).
+    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(3600), f)
+            .await
+            .expect("finished in time")
+    }
+
     async fn run(profile: &str, check: Option<u16>, lines: u8, faults: &[&str]) -> Vec<Event> {
         let profile = Profile::by_name(profile).unwrap();
         let faults: Vec<Fault> = faults.iter().map(|f| f.parse().unwrap()).collect();
         let mut plan = FaultPlan::new(&faults, profile.max_attempts);
         let (emit, mut rx) = Emitter::channel();
-        Upgrade {
-            profile,
-            check,
-            updating_lines: lines,
-            faults: &mut plan,
-            clock: Clock::new(1.0),
-            emit: &emit,
-        }
-        .run()
+        bounded(
+            Upgrade {
+                profile,
+                check,
+                updating_lines: lines,
+                faults: &mut plan,
+                clock: Clock::new(1.0),
+                emit: &emit,
+            }
+            .run(),
+        )
         .await;
         drop(emit);
         let mut out = Vec::new();
-        while let Some(e) = rx.recv().await {
+        while let Ok(e) = rx.try_recv() {
             out.push(e);
         }
         out

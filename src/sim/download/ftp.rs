@@ -54,7 +54,7 @@ pub(super) async fn fetch(
     .await?;
     step(timeout, "TYPE I", ftp.transfer_type(FileType::Binary)).await?;
     let size = step(timeout, "SIZE", ftp.size(&url.path)).await? as u64;
-    progress.expect(Some(size));
+    progress.expect(Some(size))?;
     let mut data = step(timeout, "PASV/RETR", ftp.retr_as_stream(&url.path)).await?;
 
     let mut package = package_buffer(Some(size));
@@ -77,7 +77,7 @@ pub(super) async fn fetch(
             Ok(Ok(n)) => n,
         };
         package.extend_from_slice(&chunk[..n]);
-        progress.advance(n).await;
+        progress.advance(n).await?;
     }
     // The completion reply (226, or 426/451 when the server aborted).
     step(timeout, "the transfer reply", data.finish()).await?;

@@ -103,7 +103,7 @@ where
                 .ok_or_else(|| DownloadError::Other(format!("bad Content-Length {value:?}")))?,
         ),
     };
-    progress.expect(expected);
+    progress.expect(expected)?;
     let mut package = package_buffer(expected);
     let mut body = response.into_body();
     loop {
@@ -120,7 +120,7 @@ where
         };
         if let Ok(data) = frame.into_data() {
             package.extend_from_slice(&data);
-            progress.advance(data.len()).await;
+            progress.advance(data.len()).await?;
         }
     }
     let received = progress.received();

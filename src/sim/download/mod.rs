@@ -29,6 +29,12 @@ use crate::sim::urc::Urc;
 /// `Content-Length` cannot make the simulator allocate it all at once.
 const MAX_PREALLOCATION: u64 = 64 * 1024 * 1024;
 
+/// Largest package the simulator downloads, in bytes (1 GiB, twice the
+/// largest family limit, `eg06xk`'s 512 MiB). Packages are held in memory,
+/// so a server announcing or sending more fails the download ("anything
+/// else": 601 / 701) instead of exhausting the host.
+pub const MAX_PACKAGE: u64 = 1024 * 1024 * 1024;
+
 /// Everything one download needs.
 pub(crate) struct Download<'a> {
     /// The package URL.
@@ -129,6 +135,12 @@ async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, D
     Err(last)
 }
 
+fn too_large(bytes: u64) -> DownloadError {
+    DownloadError::Other(format!(
+        "package of {bytes} bytes is over the simulator's {MAX_PACKAGE}-byte limit"
+    ))
+}
+
 /// A receive buffer for a package of `expected` bytes.
 fn package_buffer(expected: Option<u64>) -> Vec<u8> {
     let reserve = expected.unwrap_or(0).min(MAX_PREALLOCATION);
@@ -163,8 +175,15 @@ impl<'a> Progress<'a> {
     }
 
     /// Sets the announced package size, when the server gives one.
-    fn expect(&mut self, total: Option<u64>) {
+    ///
+    /// # Errors
+    /// A size over [`MAX_PACKAGE`].
+    fn expect(&mut self, total: Option<u64>) -> Result<(), DownloadError> {
+        if let Some(total) = total.filter(|t| *t > MAX_PACKAGE) {
+            return Err(too_large(total));
+        }
         self.total = total;
+        Ok(())
     }
 
     /// Bytes received so far.
@@ -174,17 +193,28 @@ impl<'a> Progress<'a> {
 
     /// Records `n` more bytes, prints the progress lines now due, and
     /// sleeps as long as the throttle asks.
-    async fn advance(&mut self, n: usize) {
+    ///
+    /// # Errors
+    /// More than [`MAX_PACKAGE`] bytes in all.
+    async fn advance(&mut self, n: usize) -> Result<(), DownloadError> {
         self.received = self.received.saturating_add(n as u64);
+        if self.received > MAX_PACKAGE {
+            return Err(too_large(self.received));
+        }
         if let Some(total) = self.total.filter(|t| *t > 0) {
             let done = u128::from(self.received.min(total));
             let due = done * u128::from(self.lines) / u128::from(total);
             self.print_up_to(u8::try_from(due).unwrap_or(self.lines));
         }
         if let Some(rate) = self.rate {
-            let due = Duration::from_secs_f64(self.received as f64 / rate as f64);
-            tokio::time::sleep_until(self.started + due).await;
+            let due = Duration::try_from_secs_f64(self.received as f64 / rate as f64)
+                .ok()
+                .and_then(|d| self.started.checked_add(d));
+            if let Some(due) = due {
+                tokio::time::sleep_until(due).await;
+            }
         }
+        Ok(())
     }
 
     /// Prints the remaining progress lines once the whole package is in
@@ -206,6 +236,13 @@ mod tests {
     use super::*;
     use crate::sim::urc::Event;
 
+    /// Bounds a test's await (virtual time where the clock is paused).
+    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(3600), f)
+            .await
+            .expect("finished in time")
+    }
+
     fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
         let mut out = Vec::new();
         while let Ok(e) = rx.try_recv() {
@@ -218,14 +255,14 @@ mod tests {
     async fn downloading_lines_follow_the_received_fraction() {
         let (emit, mut rx) = Emitter::channel();
         let mut p = Progress::new(50, None, &emit);
-        p.expect(Some(1000));
-        p.advance(500).await;
+        p.expect(Some(1000)).unwrap();
+        bounded(p.advance(500)).await.unwrap();
         let half = drain(&mut rx);
         assert_eq!(half.len(), 25, "half the bytes, half the lines");
         assert_eq!(half.last(), Some(&Event::Urc(Urc::Downloading(25))));
-        p.advance(499).await;
+        bounded(p.advance(499)).await.unwrap();
         assert_eq!(drain(&mut rx).len(), 24);
-        p.advance(1).await;
+        bounded(p.advance(1)).await.unwrap();
         p.complete();
         assert_eq!(drain(&mut rx), vec![Event::Urc(Urc::Downloading(50))]);
     }
@@ -234,7 +271,7 @@ mod tests {
     async fn unknown_size_prints_every_line_at_the_end() {
         let (emit, mut rx) = Emitter::channel();
         let mut p = Progress::new(5, None, &emit);
-        p.advance(10).await;
+        bounded(p.advance(10)).await.unwrap();
         assert!(drain(&mut rx).is_empty());
         p.complete();
         let lines: Vec<Event> = (1..=5).map(|k| Event::Urc(Urc::Downloading(k))).collect();
@@ -245,8 +282,8 @@ mod tests {
     async fn no_lines_when_disabled() {
         let (emit, mut rx) = Emitter::channel();
         let mut p = Progress::new(0, None, &emit);
-        p.expect(Some(10));
-        p.advance(10).await;
+        p.expect(Some(10)).unwrap();
+        bounded(p.advance(10)).await.unwrap();
         p.complete();
         assert!(drain(&mut rx).is_empty());
     }
@@ -256,20 +293,33 @@ mod tests {
         let (emit, _rx) = Emitter::channel();
         let mut p = Progress::new(0, Some(1000), &emit);
         let start = Instant::now();
-        p.advance(3000).await;
+        bounded(p.advance(3000)).await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn dns_fail_spares_ip_literals() {
-        let addrs = resolve("127.0.0.1", 21, true, Duration::from_secs(1))
+        let addrs = bounded(resolve("127.0.0.1", 21, true, Duration::from_secs(1)))
             .await
             .unwrap();
         assert_eq!(addrs, vec!["127.0.0.1:21".parse().unwrap()]);
-        let err = resolve("localhost", 21, true, Duration::from_secs(1))
+        let err = bounded(resolve("localhost", 21, true, Duration::from_secs(1)))
             .await
             .unwrap_err();
         assert!(matches!(err, DownloadError::Dns { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn packages_over_the_limit_fail_the_download() {
+        let (emit, _rx) = Emitter::channel();
+        let mut p = Progress::new(0, None, &emit);
+        assert!(p.expect(Some(MAX_PACKAGE + 1)).is_err());
+        assert!(p.expect(None).is_ok());
+        p.received = MAX_PACKAGE;
+        assert!(matches!(
+            bounded(p.advance(1)).await,
+            Err(DownloadError::Other(_))
+        ));
     }
 
     #[test]

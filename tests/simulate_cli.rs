@@ -1,0 +1,200 @@
+//! `qfota-serve simulate` as a program: transcript on stdout, `--json`
+//! lines, `QFOTA_SIM_*` environment variables and exit statuses (0 on
+//! `END,0`, 1 on `ERROR` or a failure code, 2 on usage errors), against the
+//! real server on 127.0.0.1 port 0.
+
+use std::process::Output;
+use std::time::Duration;
+
+use qfota_serve::serve::Server;
+
+/// Bound on the server start and on every program run.
+const LIMIT: Duration = Duration::from_secs(60);
+/// The sample package of `packages/`.
+const PKG: &str = "update-v12-to-v13.zip";
+
+struct Real {
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Real {
+    let dir = tempfile::tempdir().unwrap();
+    let package = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packages")
+        .join(PKG);
+    std::fs::copy(package, dir.path().join(PKG)).unwrap();
+    let server = Server::builder()
+        .packages(dir.path())
+        .ftp(0)
+        .http(0)
+        .user("test", "test")
+        .passive_ports(43000..=43999)
+        .grace_period(Duration::from_secs(1));
+    let server = tokio::time::timeout(LIMIT, server.start())
+        .await
+        .expect("server started in time")
+        .expect("server start");
+    Real { server, _dir: dir }
+}
+
+/// Runs `qfota-serve simulate <args>` with `env` added, at a small time
+/// scale unless the test sets one.
+async fn simulate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_qfota-serve"));
+    cmd.arg("simulate")
+        .args(args)
+        .env("QFOTA_SIM_TIME_SCALE", "0.0005")
+        .env_remove("QFOTA_SIM_JSON")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::time::timeout(LIMIT, cmd.output())
+        .await
+        .expect("simulate finished in time")
+        .expect("simulate ran")
+}
+
+fn stdout_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn q(rest: &str) -> String {
+    format!("+QIND: \"FOTA\",{rest}")
+}
+
+#[tokio::test]
+async fn prints_the_transcript_and_exits_0_on_end_0() {
+    let real = start().await;
+    let url = real.server.ftp_url(PKG).unwrap();
+    let out = simulate(&[&url, "--model", "EC25", "--version", "v12"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut want = vec![
+        format!("AT+QFOTADL=\"{url}\""),
+        "OK".to_string(),
+        q("\"FTPSTART\""),
+        q("\"FTPEND\",0"),
+        "RDY".to_string(),
+        q("\"START\""),
+    ];
+    want.extend((1..=100).map(|p| q(&format!("\"UPDATING\",{p}"))));
+    want.push(q("\"END\",0"));
+    want.push("RDY".to_string());
+    assert_eq!(stdout_lines(&out), want);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("v12 -> v13"), "{stderr}");
+    tokio::time::timeout(LIMIT, real.server.shutdown())
+        .await
+        .expect("server stopped in time");
+}
+
+#[tokio::test]
+async fn json_lines_end_with_a_summary() {
+    let real = start().await;
+    let url = real.server.http_url(PKG).unwrap();
+    let out = simulate(&[&url, "--json", "--version", "v12"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let objects: Vec<serde_json::Value> = stdout_lines(&out)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let (summary, lines) = objects.split_last().unwrap();
+    assert_eq!(lines[0]["line"], format!("AT+QFOTADL=\"{url}\""));
+    assert_eq!(lines[1]["line"], "OK");
+    let times: Vec<u64> = lines.iter().map(|o| o["t_ms"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let summary = &summary["summary"];
+    assert_eq!(summary["profile"], "ec2x", "default profile");
+    assert_eq!(summary["download_code"], 0);
+    assert_eq!(summary["upgrade_codes"], serde_json::json!([0]));
+    assert_eq!(summary["version"], "v13");
+    tokio::time::timeout(LIMIT, real.server.shutdown())
+        .await
+        .expect("server stopped in time");
+}
+
+#[tokio::test]
+async fn environment_variables_set_every_flag() {
+    let real = start().await;
+    let url = real.server.http_url(PKG).unwrap();
+    let out = simulate(
+        &[],
+        &[
+            ("QFOTA_SIM_URL", url.as_str()),
+            ("QFOTA_SIM_PROFILE", "ec200"),
+            ("QFOTA_SIM_UPGRADE_MODE", "0"),
+            ("QFOTA_SIM_DOWNLOAD_URC_MAX", "5"),
+            ("QFOTA_SIM_UPDATE_URC_MAX", "5"),
+            ("QFOTA_SIM_FAULT", "md5"),
+            ("QFOTA_SIM_TIMEOUT_SECS", "5"),
+            ("QFOTA_SIM_JSON", "true"),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "md5 fails every attempt");
+    let lines = stdout_lines(&out);
+    assert!(
+        lines[0].contains(&format!("AT+QFOTADL=\\\"{url}\\\",0,5,5")),
+        "{}",
+        lines[0]
+    );
+    let summary: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(summary["summary"]["profile"], "ec200");
+    assert_eq!(
+        summary["summary"]["upgrade_codes"],
+        serde_json::json!([506, 506, 506, 506, 506])
+    );
+    let downloading = lines.iter().filter(|l| l.contains("DOWNLOADING")).count();
+    assert_eq!(downloading, 5);
+    tokio::time::timeout(LIMIT, real.server.shutdown())
+        .await
+        .expect("server stopped in time");
+}
+
+#[tokio::test]
+async fn error_and_failure_codes_exit_1() {
+    let real = start().await;
+    let missing = real.server.http_url("missing-v1-to-v2.zip").unwrap();
+    let out = simulate(&[&missing], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_lines(&out).last().unwrap(), &q("\"HTTPEND\",701"));
+
+    let url = real.server.ftp_url(PKG).unwrap();
+    let out = simulate(&[&url, "--upgrade-mode", "1"], &[]).await;
+    assert_eq!(out.status.code(), Some(1), "ec2x takes no parameters");
+    assert_eq!(
+        stdout_lines(&out),
+        vec![format!("AT+QFOTADL=\"{url}\",1"), "ERROR".to_string()]
+    );
+    tokio::time::timeout(LIMIT, real.server.shutdown())
+        .await
+        .expect("server stopped in time");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    for args in [
+        &["ftp://h/p.zip", "--fault", "signature"][..],
+        &["ftp://h/p.zip", "--profile", "nope"],
+        &["ftp://h/p.zip", "--model", "EC25", "--profile", "ec2x"],
+        &[
+            "ftp://h/p.zip",
+            "--profile",
+            "ec200",
+            "--fault",
+            "power-cut=50",
+        ],
+        &["ftp://127.0.0.1/p.zip", "--fault", "dns-fail"],
+        &["ftp://h/p.zip", "--fault", "bogus"],
+        &["ftp://h/p.zip", "--ca", "/nonexistent/ca.pem"],
+    ] {
+        let out = simulate(args, &[]).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert!(!out.stderr.is_empty(), "{args:?}: a message on stderr");
+    }
+}
