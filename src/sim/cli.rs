@@ -28,9 +28,12 @@ const USAGE: u8 = 2;
 /// command, `OK` or `ERROR`, each `+QIND: "FOTA",…` URC and each `RDY`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
-    /// Package URL: ftp://[user[:password]@]host[:port]/file,
-    /// http(s)://host[:port]/path.
-    #[arg(env = "QFOTA_SIM_URL")]
+    /// Package URL: `ftp://[user[:password]@]host[:port]/file` or
+    /// `http(s)://host[:port]/path`.
+    #[arg(
+        env = "QFOTA_SIM_URL",
+        help = "Package URL: ftp://[user[:password]@]host[:port]/file, http(s)://host[:port]/path"
+    )]
     pub url: String,
     /// Module model (EC25, EC200T, EM060K, …); selects the profile.
     #[arg(long, env = "QFOTA_SIM_MODEL", conflicts_with = "profile")]
@@ -39,8 +42,14 @@ pub struct SimulateArgs {
     #[arg(long, env = "QFOTA_SIM_PROFILE")]
     pub profile: Option<String>,
     /// The module's current firmware version; a package named
-    /// <x>-<from>-to-<to>.zip whose <from> differs ends END,510.
-    #[arg(long = "version", env = "QFOTA_SIM_VERSION", value_name = "V")]
+    /// `<x>-<from>-to-<to>.zip` whose `<from>` differs ends `END,510`.
+    #[arg(
+        long = "version",
+        env = "QFOTA_SIM_VERSION",
+        value_name = "V",
+        help = "The module's current firmware version; a package named \
+                <x>-<from>-to-<to>.zip whose <from> differs ends END,510"
+    )]
     pub module_version: Option<String>,
     /// Free space in the module's file system, bytes; a larger package ends
     /// END,511.
@@ -55,14 +64,17 @@ pub struct SimulateArgs {
     /// ec200 <update_URC_max>: 0 or 5-100 UPDATING lines.
     #[arg(long, env = "QFOTA_SIM_UPDATE_URC_MAX", value_name = "N")]
     pub update_urc_max: Option<u32>,
-    /// Module-side fault, repeatable: network-down, dns-fail,
-    /// power-cut=<percent>, upgrade-error=<code>[x<N>], signature (eg06xk),
-    /// md5 (ec200).
+    /// Module-side fault, repeatable (comma-separated in the environment):
+    /// `network-down`, `dns-fail`, `power-cut=<percent>`,
+    /// `upgrade-error=<code>[x<N>]`, `signature` (eg06xk), `md5` (ec200).
     #[arg(
         long = "fault",
         env = "QFOTA_SIM_FAULT",
         value_delimiter = ',',
-        value_name = "F"
+        value_name = "F",
+        help = "Module-side fault, repeatable (comma-separated in the environment): \
+                network-down, dns-fail, power-cut=<percent>, upgrade-error=<code>[x<N>], \
+                signature (eg06xk), md5 (ec200)"
     )]
     pub faults: Vec<Fault>,
     /// No-progress timeout for the download, seconds.
@@ -260,6 +272,36 @@ mod tests {
         assert_eq!(config.module.version().as_deref(), Some("v1"));
         assert_eq!(config.command.to_at_args(), r#""ftp://h/p.bin",0,50"#);
         assert!(config.json);
+    }
+
+    /// The binary's top-level command has `--version`; `simulate --version
+    /// <V>` must still mean the module's version.
+    #[derive(Debug, Parser)]
+    #[command(name = "qfota-serve", version)]
+    struct Wired {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Simulate(SimulateArgs),
+    }
+
+    #[test]
+    fn wires_as_a_subcommand_beside_a_version_flag() {
+        use clap::CommandFactory;
+        Wired::command().debug_assert();
+        let wired = Wired::try_parse_from([
+            "qfota-serve",
+            "simulate",
+            "ftp://h/p.zip",
+            "--version",
+            "v12",
+        ])
+        .unwrap();
+        let Sub::Simulate(args) = wired.command;
+        assert_eq!(args.module_version.as_deref(), Some("v12"));
     }
 
     #[test]

@@ -15,11 +15,10 @@ use crate::profile::Profile;
 pub const DEFAULT_UPGRADE_MODE: u8 = 1;
 /// `<download_URC_max>` when not given: 0, no `DOWNLOADING` URCs (seed 001).
 pub const DEFAULT_DOWNLOAD_URC_MAX: u8 = 0;
-/// `<update_URC_max>` when not given: 100 (seed 001).
+/// `<update_URC_max>` when not given: 100 (seed 001); also the `UPDATING`
+/// lines of families without the parameter, 1..=100 (SPEC §3, the seeds'
+/// examples).
 pub const DEFAULT_UPDATE_URC_MAX: u8 = 100;
-/// `UPDATING` lines on families without `<update_URC_max>`: 1..=100
-/// (SPEC §3, the seeds' examples).
-pub const UPDATING_LINES: u8 = 100;
 /// User name sent when the FTP URL has none.
 pub const ANONYMOUS: &str = "anonymous";
 

@@ -1,5 +1,5 @@
 //! The simulated module's downloader: fetch the package named by a checked
-//! [`FotaUrl`] over FTP ([`ftp`]) or HTTP(S) ([`http`]), as a module does,
+//! [`FotaUrl`] over FTP (`ftp.rs`) or HTTP(S) (`http.rs`), as a module does,
 //! and say why it failed ([`DownloadError`], mapped to `FTPEND`/`HTTPEND`
 //! codes by [`cause`]).
 //!
