@@ -700,6 +700,11 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         }
         let expected = package.size - start_pos;
         if tracker.sent != expected {
+            if tracker.fault.is_some() {
+                let reason = format!("fault: data connection closed after {} bytes", tracker.sent);
+                tracker.finish(426, Outcome::Aborted, reason);
+                return Err(storage::Error::from(ErrorKind::ConnectionClosed));
+            }
             let reason =
                 format!("package shorter than its validated size ({expected} bytes expected)");
             tracker.finish(451, Outcome::Aborted, reason);
