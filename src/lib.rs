@@ -10,5 +10,6 @@
 pub mod catalog;
 pub mod cli;
 pub mod dlog;
+pub mod modem;
 pub mod profile;
 pub mod serve;
