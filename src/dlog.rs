@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -116,7 +116,7 @@ pub struct DownloadRecord {
 }
 
 mod rfc3339_ms {
-    use chrono::{DateTime, SecondsFormat, Utc};
+    use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -143,7 +143,8 @@ impl Attempt {
     /// Starts the clock now.
     pub fn start() -> Self {
         Attempt {
-            ts: Utc::now(),
+            // Millisecond precision, as the log writes it.
+            ts: Utc::now().trunc_subsecs(3),
             started: Instant::now(),
         }
     }
