@@ -116,7 +116,7 @@ pub struct DownloadRecord {
 }
 
 mod rfc3339_ms {
-    use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+    use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {

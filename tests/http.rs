@@ -1222,3 +1222,34 @@ async fn garbage_request_gets_400_or_a_close_and_serving_goes_on() {
     assert_eq!(reply.status, 200);
     assert!(reply.body == file);
 }
+
+/// A client that sends half a request line and then nothing is cut off
+/// after the header read timeout (slowloris guard), and others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::start(|b| b.header_read_timeout(std::time::Duration::from_millis(500))).await;
+    let addr = fx.server.http_addr().unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /update-v12-to-v13.zip HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(common::DEADLINE, slow.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(read.is_ok(), "connection still open");
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    let out = common::run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &fx.http_url("update-v12-to-v13.zip"),
+        ],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+}
