@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -143,7 +143,8 @@ impl Attempt {
     /// Starts the clock now.
     pub fn start() -> Self {
         Attempt {
-            ts: Utc::now(),
+            // Millisecond precision, as the log writes it.
+            ts: Utc::now().trunc_subsecs(3),
             started: Instant::now(),
         }
     }

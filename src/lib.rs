@@ -12,6 +12,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod dlog;
+pub mod modem;
 pub mod profile;
 pub mod serve;
 pub mod sim;

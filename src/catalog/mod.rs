@@ -42,6 +42,11 @@ pub struct Package {
     /// Last modification time of the content.
     #[serde(skip)]
     pub modified: SystemTime,
+    /// Identity of the validated content on disk: inode and status-change
+    /// time, which a same-size rewrite that restores the old mtime
+    /// (`touch -r`, `rsync -t`) still changes.
+    #[serde(skip)]
+    pub stamp: FileStamp,
     /// Zip check result: the summary, or why the zip is broken; `None` for a
     /// `.bin` image (no zip check, SPEC §5).
     pub zip: Option<Result<ZipSummary, String>>,
@@ -66,6 +71,27 @@ impl Package {
     /// The verdict for one profile, if computed.
     pub fn verdict(&self, profile: &str) -> Option<&ProfileVerdict> {
         self.profiles.iter().find(|v| v.profile == profile)
+    }
+}
+
+/// Inode and ctime (seconds, nanoseconds) of a file: what changes whenever
+/// its content or name does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileStamp {
+    ino: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl FileStamp {
+    /// The stamp of `meta`.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            ino: meta.ino(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+        }
     }
 }
 
@@ -279,6 +305,7 @@ impl FsCatalog {
                 if let Some(old) = previous.packages.get(&key)
                     && old.size == meta.len()
                     && old.modified == modified
+                    && old.stamp == FileStamp::of(&meta)
                     && old.fs_path == target
                 {
                     snap.packages.insert(key, Arc::clone(old));
@@ -346,6 +373,7 @@ pub fn validate_file(key: &str, fs_path: &Path, adv: &Advertised) -> io::Result<
         size: meta.len(),
         sha256,
         modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        stamp: FileStamp::of(&meta),
         zip,
         problems,
         profiles,
@@ -384,6 +412,7 @@ impl Catalog for FsCatalog {
         let meta = file.metadata().await?;
         if meta.len() != package.size
             || meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) != package.modified
+            || FileStamp::of(&meta) != package.stamp
         {
             return Err(OpenError::Changed);
         }
@@ -443,5 +472,34 @@ mod tests {
         std::fs::remove_file(dir.path().join("b.bin")).unwrap();
         cat.rescan().await.unwrap();
         assert!(matches!(cat.lookup("b.bin"), Lookup::Missing));
+    }
+
+    // A same-size rewrite that restores the old mtime must still be
+    // re-validated, or the old ETag and SHA-256 would be served.
+    #[tokio::test]
+    async fn same_size_rewrite_with_restored_mtime_is_revalidated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        std::fs::write(&path, b"version-1").unwrap();
+        let cat = FsCatalog::open(dir.path(), Advertised::default())
+            .await
+            .unwrap();
+        let Lookup::Package(old) = cat.lookup("a.bin") else {
+            panic!()
+        };
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, b"version-2").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(matches!(cat.open(&old, 0).await, Err(OpenError::Changed)));
+        cat.rescan().await.unwrap();
+        let Lookup::Package(new) = cat.lookup("a.bin") else {
+            panic!()
+        };
+        assert_ne!(new.sha256, old.sha256);
     }
 }

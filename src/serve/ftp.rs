@@ -314,7 +314,9 @@ impl Authenticator for SessionAuthenticator {
         creds: &Credentials,
     ) -> Result<Principal, AuthenticationError> {
         let attempt = Attempt::start();
-        *self.session.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(username.to_string());
+        // Kept for the records; a hostile client may send a huge name.
+        let logged: String = username.chars().take(256).collect();
+        *self.session.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(logged);
         let fault = self.session.select_fault(None, |a| {
             matches!(a, Action::RefuseLogin)
                 || matches!(a, Action::FtpReply { command, .. } if command == "USER" || command == "PASS")
@@ -700,6 +702,11 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         }
         let expected = package.size - start_pos;
         if tracker.sent != expected {
+            if tracker.fault.is_some() {
+                let reason = format!("fault: data connection closed after {} bytes", tracker.sent);
+                tracker.finish(426, Outcome::Aborted, reason);
+                return Err(storage::Error::from(ErrorKind::ConnectionClosed));
+            }
             let reason =
                 format!("package shorter than its validated size ({expected} bytes expected)");
             tracker.finish(451, Outcome::Aborted, reason);

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use super::fault::{Action, AttemptInfo, FaultedReader};
 use super::range::{self, Precondition, RangeDecision, Validators};
-use super::stall::StallGuard;
+use super::stall::{FlushSignal, StallGuard};
 use super::{Access, Shared};
 use crate::catalog::{OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, DownloadRecord, Outcome, Protocol};
@@ -95,6 +95,7 @@ pub(crate) async fn run(
             peer,
             protocol,
             stalled: guard.stalled_flag(),
+            flushes: guard.flush_signal(),
         });
         let tls = tls.clone();
         let watcher = graceful.watcher();
@@ -156,6 +157,7 @@ struct Conn {
     peer: SocketAddr,
     protocol: Protocol,
     stalled: Arc<AtomicBool>,
+    flushes: Arc<FlushSignal>,
 }
 
 /// What the record of an attempt will say, built up as the request is
@@ -388,6 +390,7 @@ impl Conn {
                 expected: len,
                 sent: 0,
                 status,
+                draining: None,
                 finish: Some(Finish {
                     conn: Arc::clone(self),
                     pending,
@@ -527,6 +530,8 @@ pub(crate) struct PackageBody {
     sent: u64,
     status: StatusCode,
     finish: Option<Finish>,
+    /// Set when the body must end short: the flush count to wait past.
+    draining: Option<u64>,
 }
 
 impl PackageBody {
@@ -577,10 +582,32 @@ impl Body for PackageBody {
             }
             Poll::Ready(None) => {
                 if self.sent < self.expected {
-                    let err = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "package shorter than its validated size",
-                    );
+                    // Ending short makes hyper close the connection and drop
+                    // whatever it still buffers; wait for one more completed
+                    // flush so the client gets exactly `sent` bytes.
+                    let Some((flushes, faulted)) = self
+                        .finish
+                        .as_ref()
+                        .map(|f| (Arc::clone(&f.conn.flushes), f.pending.fault.is_some()))
+                    else {
+                        return Poll::Ready(None);
+                    };
+                    let since = *self.draining.get_or_insert(flushes.count());
+                    flushes.register(cx);
+                    if flushes.count() <= since {
+                        return Poll::Pending;
+                    }
+                    let err = if faulted {
+                        io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            format!("fault: connection closed after {} bytes", self.sent),
+                        )
+                    } else {
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "package shorter than its validated size",
+                        )
+                    };
                     self.finish(Some(&err));
                     return Poll::Ready(Some(Err(err)));
                 }

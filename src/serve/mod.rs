@@ -277,6 +277,17 @@ impl ServerBuilder {
         self
     }
 
+    /// Longest time to receive an HTTP request's headers (default 30 s).
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+    /// Longest time for a TLS handshake (default 30 s).
+    pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.tls_handshake_timeout = timeout;
+        self
+    }
+
     /// Binds the listeners, scans the packages and starts serving.
     ///
     /// # Errors

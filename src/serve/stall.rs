@@ -5,16 +5,45 @@
 //! [`StallGuard`] fails a write that makes no progress for the stall timeout,
 //! so the transfer ends, the slot is freed and the download record says
 //! `"write stalled"` instead of hanging.
+//!
+//! It also counts completed flushes ([`FlushSignal`]): a response body that
+//! must end short (the `drop-after` fault) waits for hyper to flush what it
+//! holds before ending, so the client receives exactly the bytes promised.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+/// Counts completed flushes of a connection and wakes one waiter on each.
+#[derive(Debug, Default)]
+pub struct FlushSignal {
+    count: AtomicU64,
+    waker: AtomicWaker,
+}
+
+impl FlushSignal {
+    /// Flushes completed so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Wakes `cx` on the next completed flush.
+    pub fn register(&self, cx: &Context<'_>) {
+        self.waker.register(cx.waker());
+    }
+
+    fn flushed(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.waker.wake();
+    }
+}
 
 /// Wraps a stream; a write or flush pending longer than the timeout fails
 /// with `TimedOut` and sets the shared stalled flag.
@@ -24,6 +53,7 @@ pub struct StallGuard<S> {
     timeout: Duration,
     deadline: Option<Pin<Box<Sleep>>>,
     stalled: Arc<AtomicBool>,
+    flushes: Arc<FlushSignal>,
 }
 
 impl<S> StallGuard<S> {
@@ -34,7 +64,13 @@ impl<S> StallGuard<S> {
             timeout,
             deadline: None,
             stalled: Arc::new(AtomicBool::new(false)),
+            flushes: Arc::default(),
         }
+    }
+
+    /// The connection's flush counter.
+    pub fn flush_signal(&self) -> Arc<FlushSignal> {
+        Arc::clone(&self.flushes)
     }
 
     /// A flag that turns true once a write has stalled past the timeout.
@@ -89,6 +125,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = poll {
+            self.flushes.flushed();
+        }
         self.check(cx, poll)
     }
 

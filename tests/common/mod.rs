@@ -209,7 +209,12 @@ pub async fn python(script: &str, args: &[&str]) -> Output {
 /// plus [`BIG`]), for tests that add files before the server starts.
 pub fn package_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("packages").as_path(), dir.path());
+    copy_dir(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packages")
+            .as_path(),
+        dir.path(),
+    );
     std::fs::write(dir.path().join(BIG), big_zip()).unwrap();
     dir
 }
@@ -217,7 +222,9 @@ pub fn package_dir() -> tempfile::TempDir {
 impl Fixture {
     /// Like [`Fixture::start_in`] over [`package_dir`], but with no FTP
     /// account, so FTP accepts any user name and password.
-    pub async fn start_anonymous(configure: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Fixture {
+    pub async fn start_anonymous(
+        configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+    ) -> Fixture {
         let dir = package_dir();
         let certs = tempfile::tempdir().unwrap();
         let log_path = dir.path().join(".downloads.jsonl");
@@ -234,7 +241,12 @@ impl Fixture {
             .await
             .expect("server start timed out")
             .expect("server start");
-        Fixture { server, dir, certs, log_path }
+        Fixture {
+            server,
+            dir,
+            certs,
+            log_path,
+        }
     }
 
     /// Polls until at least `n` records match, or panics at the deadline.
@@ -246,12 +258,20 @@ impl Fixture {
     ) -> Vec<DownloadRecord> {
         let start = tokio::time::Instant::now();
         loop {
-            let found: Vec<_> = self.server.downloads().into_iter().filter(|r| pred(r)).collect();
+            let found: Vec<_> = self
+                .server
+                .downloads()
+                .into_iter()
+                .filter(|r| pred(r))
+                .collect();
             if found.len() >= n {
                 return found;
             }
             if start.elapsed() > DEADLINE {
-                panic!("fewer than {n} records {what}; have {:#?}", self.server.downloads());
+                panic!(
+                    "fewer than {n} records {what}; have {:#?}",
+                    self.server.downloads()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -1,0 +1,290 @@
+//! Server fault rules seen from real clients (curl, Python's ftplib): each
+//! action changes what goes over the wire, and the download record names
+//! the rule in `fault`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BIG, DEADLINE, Fixture, python, run, sha256};
+use qfota_serve::dlog::Outcome;
+use qfota_serve::serve::fault::FaultRule;
+
+const PKG: &str = "update-v12-to-v13.zip";
+
+fn rule(s: &str) -> FaultRule {
+    s.parse().unwrap()
+}
+
+async fn with_faults(rules: &[&str]) -> Fixture {
+    let rules: Vec<FaultRule> = rules.iter().map(|r| rule(r)).collect();
+    Fixture::start(move |b| rules.into_iter().fold(b.fault_seed(7), |b, r| b.fault(r))).await
+}
+
+/// `curl -sS -o FILE -w '%{http_code}' URL` → (exit code, status, body).
+async fn curl(url: &str, extra: &[&str]) -> (i32, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    let f = file.to_string_lossy().into_owned();
+    let mut args = vec!["-sS", "-k", "-o", &f, "-w", "%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = run("curl", &args).await;
+    let body = std::fs::read(&file).unwrap_or_default();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        body,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_after_percent_closes_mid_body_and_is_logged() {
+    let fx = with_faults(&["drop-after=50%,path=/big-*.zip"]).await;
+    let size = fx.package_bytes(BIG).len() as u64;
+    let (code, status, body) = curl(&fx.http_url(BIG), &[]).await;
+    assert_eq!(status, "200");
+    assert_eq!(code, 18, "curl: transfer closed with outstanding read data");
+    assert_eq!(body.len() as u64, size / 2);
+    let rec = fx
+        .wait_record("aborted by the drop fault", |r| {
+            r.outcome == Outcome::Aborted
+        })
+        .await;
+    assert_eq!(rec.fault.as_deref(), Some("drop-after=50%,path=/big-*.zip"));
+    assert_eq!(rec.bytes_sent, size / 2);
+    // The rule's path matcher leaves other packages alone.
+    let (code, _, body) = curl(&fx.http_url(PKG), &[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(sha256(&body), sha256(&fx.package_bytes(PKG)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_after_over_ftp_cuts_the_data_connection() {
+    let fx = with_faults(&["drop-after=100000,protocol=ftp"]).await;
+    let (code, _, body) = curl(&fx.ftp_url(BIG), &[]).await;
+    assert_ne!(code, 0);
+    assert_eq!(body.len(), 100_000);
+    let rec = fx
+        .wait_record("ftp drop", |r| r.outcome == Outcome::Aborted)
+        .await;
+    assert_eq!(rec.bytes_sent, 100_000);
+    assert_eq!(rec.fault.as_deref(), Some("drop-after=100000,protocol=ftp"));
+    // HTTP is not matched.
+    let (code, _, _) = curl(&fx.http_url(BIG), &[]).await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_times_hits_only_the_first_attempts() {
+    let fx = with_faults(&["status=503,protocol=http,times=2"]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(curl(&fx.http_url(PKG), &[]).await.1);
+    }
+    assert_eq!(statuses, ["503", "503", "200"]);
+    let faulted = fx
+        .server
+        .downloads()
+        .iter()
+        .filter(|r| r.fault.is_some())
+        .count();
+    assert_eq!(faulted, 2);
+    // HTTPS is another protocol: untouched.
+    assert_eq!(curl(&fx.https_url(PKG), &[]).await.1, "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_status_carries_a_location() {
+    let fx = with_faults(&["status=302"]).await;
+    let out = run(
+        "curl",
+        &["-sS", "-D", "-", "-o", "/dev/null", &fx.http_url(PKG)],
+    )
+    .await;
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 302"), "{head}");
+    assert!(head.contains("location: /update-v12-to-v13.zip"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_found_over_both_protocols() {
+    let fx = with_faults(&["not-found,path=/update-*.zip"]).await;
+    assert_eq!(curl(&fx.http_url(PKG), &[]).await.1, "404");
+    // libunftp answers RETR with 150 before the storage back-end runs, so
+    // the 550 comes after an empty data connection (curl says "partial").
+    let (code, _, body) = curl(&fx.ftp_url(PKG), &[]).await;
+    assert_ne!(code, 0);
+    assert!(body.is_empty());
+    let recs = fx.server.downloads();
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r.outcome == Outcome::NotFound && r.fault.is_some())
+            .count(),
+        2,
+        "{recs:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_login_answers_530() {
+    let fx = with_faults(&["refuse-login,user=test"]).await;
+    let (code, _, _) = curl(&fx.ftp_url(PKG), &[]).await;
+    assert_eq!(code, 67, "curl: login denied");
+    let rec = fx
+        .wait_record("refused login", |r| r.outcome == Outcome::AuthFailed)
+        .await;
+    assert_eq!(rec.status, 530);
+    assert_eq!(rec.fault.as_deref(), Some("refuse-login,user=test"));
+}
+
+const PASV_TWICE: &str = r#"
+import ftplib, sys
+ftp = ftplib.FTP()
+ftp.connect("127.0.0.1", int(sys.argv[1]), timeout=20)
+ftp.login("test", "test")
+try:
+    ftp.sendcmd("PASV")
+    print("first ok")
+except ftplib.error_temp as e:
+    print("first", str(e)[:3])
+data = bytearray()
+ftp.retrbinary("RETR update-v12-to-v13.zip", data.extend)
+print("second", len(data))
+ftp.quit()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftp_reply_on_pasv_once() {
+    let fx = with_faults(&["ftp-reply=425,command=PASV,times=1"]).await;
+    let out = python(PASV_TWICE, &[&fx.ftp_port().to_string()]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = fx.package_bytes(PKG).len();
+    assert_eq!(text, format!("first 425\nsecond {size}\n"));
+    let rec = fx.wait_record("425", |r| r.status == 425).await;
+    assert_eq!(
+        rec.fault.as_deref(),
+        Some("ftp-reply=425,command=PASV,times=1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftp_reply_on_connect_and_on_retr() {
+    let fx = with_faults(&[
+        "ftp-reply=421,command=CONNECT,times=1",
+        "ftp-reply=451,command=RETR",
+    ])
+    .await;
+    let (code, _, _) = curl(&fx.ftp_url(PKG), &[]).await;
+    assert_ne!(code, 0, "421 greeting refuses the session");
+    let (code, _, body) = curl(&fx.ftp_url(PKG), &[]).await;
+    assert_ne!(code, 0, "451 on RETR");
+    assert!(body.is_empty());
+    let statuses: Vec<u16> = fx.server.downloads().iter().map(|r| r.status).collect();
+    assert!(
+        statuses.contains(&421) && statuses.contains(&451),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_flips_exactly_one_byte() {
+    let fx = with_faults(&["corrupt=100"]).await;
+    let want = fx.package_bytes(PKG);
+    for url in [fx.http_url(PKG), fx.ftp_url(PKG)] {
+        let (code, _, got) = curl(&url, &[]).await;
+        assert_eq!(code, 0, "{url}");
+        assert_eq!(got.len(), want.len());
+        let diffs: Vec<usize> = (0..got.len()).filter(|i| got[*i] != want[*i]).collect();
+        assert_eq!(diffs, [100], "{url}");
+    }
+    // A range that starts after the offset is untouched.
+    let (_, status, got) = curl(&fx.http_url(PKG), &["-r", "200-299"]).await;
+    assert_eq!(status, "206");
+    assert_eq!(got, want[200..300]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_after_keeps_the_connection_silent() {
+    let fx = with_faults(&["stall-after=1000"]).await;
+    let (code, status, body) = curl(&fx.http_url(BIG), &["--max-time", "2"]).await;
+    assert_eq!((code, status.as_str()), (28, "200"), "curl timed out");
+    assert_eq!(body.len(), 1000);
+    let rec = fx
+        .wait_record("stalled", |r| r.outcome == Outcome::Aborted)
+        .await;
+    assert_eq!(rec.bytes_sent, 1000);
+    assert_eq!(rec.fault.as_deref(), Some("stall-after=1000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_still_delivers_every_byte() {
+    let fx = with_faults(&["slow=100000"]).await;
+    let (code, _, body) = curl(&fx.http_url(PKG), &[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(sha256(&body), sha256(&fx.package_bytes(PKG)));
+    let rec = fx
+        .wait_record("slow", |r| r.outcome == Outcome::Complete)
+        .await;
+    assert_eq!(rec.fault.as_deref(), Some("slow=100000"));
+}
+
+async fn rate_pattern(seed: u64) -> Vec<String> {
+    let fx = Fixture::start(move |b| b.fault_seed(seed).fault(rule("status=503,rate=0.5"))).await;
+    let mut out = Vec::new();
+    for _ in 0..16 {
+        out.push(curl(&fx.http_url(PKG), &[]).await.1);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_is_random_but_repeatable_with_a_seed() {
+    let a = rate_pattern(11).await;
+    assert!(
+        a.iter().any(|s| s == "503") && a.iter().any(|s| s == "200"),
+        "{a:?}"
+    );
+    assert_eq!(a, rate_pattern(11).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_change_at_run_time_and_from_a_watched_file() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "rules = [\"status=503\"]\n").unwrap();
+    let path = file.path().to_path_buf();
+    let fx = Fixture::start(move |b| b.fault_file(path)).await;
+    assert_eq!(curl(&fx.http_url(PKG), &[]).await.1, "503");
+    std::fs::write(file.path(), "rules = [\"status=410\"]\n").unwrap();
+    let start = tokio::time::Instant::now();
+    loop {
+        if curl(&fx.http_url(PKG), &[]).await.1 == "410" {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "file change not picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fx.server.set_faults(vec![]);
+    assert_eq!(curl(&fx.http_url(PKG), &[]).await.1, "200");
+    assert!(fx.server.faults().is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_fault_file_is_a_start_up_error() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "rules = [\"explode=1\"]\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = qfota_serve::serve::Server::builder()
+        .packages(dir.path())
+        .http(0)
+        .fault_file(file.path())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("explode"), "{err}");
+}

@@ -1,0 +1,1255 @@
+//! End-to-end tests of the HTTP and HTTPS front-ends: the real server on
+//! 127.0.0.1 port 0 (see `common::Fixture`) driven by `curl`,
+//! `openssl s_client` / `openssl x509`, and raw TCP sockets where a client
+//! would normalise or refuse to send the request (path traversal, garbage,
+//! a download dropped part-way).
+
+mod common;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{BIG, DEADLINE, Fixture};
+use qfota_serve::catalog::{Catalog, Lookup};
+use qfota_serve::dlog::{DownloadRecord, Outcome, Protocol};
+use qfota_serve::serve::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// The sample package at the folder root.
+const PKG: &str = "update-v12-to-v13.zip";
+/// The sample package in a sub-folder.
+const JUN_PKG: &str = "Jun/update-v12-to-v13.zip";
+/// The catalog promises a change is served within 2 s (1 s scan interval);
+/// half a second of slack for a loaded test machine.
+const PICKUP: Duration = Duration::from_millis(2500);
+
+/// One HTTP response as a client saw it.
+#[derive(Debug, Default)]
+struct Reply {
+    status: u16,
+    /// Header names as sent, in order.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the framing modules rely on: an exact `Content-Length` that
+    /// matches `expected`, and never chunked encoding.
+    fn assert_length(&self, expected: u64) {
+        assert_eq!(
+            self.header("content-length"),
+            Some(expected.to_string().as_str()),
+            "Content-Length in {self:#?}"
+        );
+        assert!(
+            self.header("transfer-encoding").is_none(),
+            "Transfer-Encoding in {:?}",
+            self.headers
+        );
+    }
+}
+
+/// Parses one header block (status line and fields).
+fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
+    let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+/// What a `curl` run produced.
+#[derive(Debug)]
+struct CurlRun {
+    reply: Reply,
+    /// `-w` output (the body goes to a file).
+    stdout: String,
+    /// `-v` trace, error messages.
+    stderr: String,
+    exit: Option<i32>,
+}
+
+/// Runs `curl -sS -D <headers> -o <body> <args…>`; the reply is the last
+/// header block (after any `100 Continue`) and the body file. With `-I` the
+/// body file holds the headers again, not a body.
+async fn curl(args: &[&str]) -> CurlRun {
+    let tmp = tempfile::tempdir().unwrap();
+    let head_path = tmp.path().join("headers");
+    let body_path = tmp.path().join("body");
+    let mut all = vec![
+        "-sS",
+        "-D",
+        head_path.to_str().unwrap(),
+        "-o",
+        body_path.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let out = common::run("curl", &all).await;
+    let head = std::fs::read_to_string(&head_path).unwrap_or_default();
+    let reply = match head
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .last()
+    {
+        Some(block) => {
+            let (status, headers) = parse_head(block);
+            Reply {
+                status,
+                headers,
+                body: std::fs::read(&body_path).unwrap_or_default(),
+            }
+        }
+        None => Reply::default(),
+    };
+    CurlRun {
+        reply,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit: out.status.code(),
+    }
+}
+
+/// `curl` that must succeed (exit 0); returns the reply.
+async fn curl_ok(args: &[&str]) -> Reply {
+    let run = curl(args).await;
+    assert_eq!(run.exit, Some(0), "curl {args:?} failed: {}", run.stderr);
+    run.reply
+}
+
+/// Sends `request` as-is on a new connection and reads until the server
+/// closes it (a reset after the reply keeps what arrived).
+async fn raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    tokio::time::timeout(DEADLINE, async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request).await.expect("send request");
+        let mut buf = Vec::new();
+        let _ = stream.read_to_end(&mut buf).await;
+        buf
+    })
+    .await
+    .expect("raw request timed out")
+}
+
+fn parse_raw(bytes: &[u8]) -> Reply {
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header block in {:?}", String::from_utf8_lossy(bytes)));
+    let (status, headers) = parse_head(&String::from_utf8_lossy(&bytes[..split]));
+    Reply {
+        status,
+        headers,
+        body: bytes[split + 4..].to_vec(),
+    }
+}
+
+/// `<method> <target> HTTP/1.1` with the target byte-for-byte as given (no
+/// client-side normalisation), `Connection: close`.
+async fn raw_request(addr: SocketAddr, method: &str, target: &str) -> Reply {
+    let request =
+        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    parse_raw(&raw(addr, request.as_bytes()).await)
+}
+
+fn http_addr(fx: &Fixture) -> SocketAddr {
+    fx.server.http_addr().unwrap()
+}
+
+/// Calls `probe` until it yields a value, failing after `limit`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = tokio::time::timeout(DEADLINE, probe())
+            .await
+            .unwrap_or_else(|_| panic!("probe for {what} timed out"))
+        {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The record emitted after the first `seen` ones (waits for it).
+async fn record_after(fx: &Fixture, seen: usize) -> DownloadRecord {
+    eventually("a new download record", DEADLINE, || async {
+        fx.server.downloads().get(seen).cloned()
+    })
+    .await
+}
+
+/// Polls `GET rel` until it gives `status`; returns that reply. Fails
+/// after [`PICKUP`].
+async fn poll_until_status(fx: &Fixture, rel: &str, status: u16) -> Reply {
+    let url = fx.http_url(rel);
+    eventually(&format!("GET {rel} → {status}"), PICKUP, || async {
+        let reply = curl_ok(&[&url]).await;
+        (reply.status == status).then_some(reply)
+    })
+    .await
+}
+
+/// Last-Modified as the server must send it: the file's mtime as an HTTP
+/// date.
+fn last_modified_of(fx: &Fixture, rel: &str) -> String {
+    let mtime = std::fs::metadata(fx.dir.path().join(rel))
+        .unwrap()
+        .modified()
+        .unwrap();
+    httpdate::fmt_http_date(mtime)
+}
+
+fn quoted_sha(bytes: &[u8]) -> String {
+    format!("\"{}\"", common::sha256(bytes))
+}
+
+// ---------------------------------------------------------------------------
+// GET and HEAD
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_sends_length_type_validators_and_the_exact_bytes() {
+    let fx = Fixture::start(|b| b).await;
+    for rel in [PKG, JUN_PKG] {
+        let file = fx.package_bytes(rel);
+        let reply = curl_ok(&[&fx.http_url(rel)]).await;
+        assert_eq!(reply.status, 200, "{rel}");
+        reply.assert_length(file.len() as u64);
+        assert_eq!(reply.header("content-type"), Some("application/zip"));
+        assert_eq!(reply.header("accept-ranges"), Some("bytes"));
+        assert_eq!(reply.header("etag"), Some(quoted_sha(&file).as_str()));
+        assert_eq!(
+            reply.header("last-modified"),
+            Some(last_modified_of(&fx, rel).as_str())
+        );
+        assert_eq!(
+            common::sha256(&reply.body),
+            common::sha256(&file),
+            "{rel} body differs"
+        );
+
+        let rec = fx
+            .wait_record(&format!("complete GET of {rel}"), |r| {
+                r.path == rel && r.outcome == Outcome::Complete && r.bytes_sent > 0
+            })
+            .await;
+        assert_eq!(rec.status, 200);
+        assert_eq!(rec.bytes_sent, file.len() as u64);
+        assert_eq!(rec.size, Some(file.len() as u64));
+    }
+    // A query string does not change what is served.
+    let file = fx.package_bytes(PKG);
+    let reply = curl_ok(&[&fx.http_url(&format!("{PKG}?token=abc"))]).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_get_has_a_content_length_and_the_exact_bytes() {
+    let fx = Fixture::start(|b| b).await;
+    let file = fx.package_bytes(JUN_PKG);
+    let request = format!("GET /{JUN_PKG} HTTP/1.0\r\n\r\n");
+    let reply = parse_raw(&raw(http_addr(&fx), request.as_bytes()).await);
+    assert_eq!(reply.status, 200);
+    reply.assert_length(file.len() as u64);
+    assert!(reply.body == file, "HTTP/1.0 body differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_sends_the_get_headers_and_no_body() {
+    let fx = Fixture::start(|b| b).await;
+    for rel in [PKG, JUN_PKG] {
+        let file = fx.package_bytes(rel);
+        let reply = curl_ok(&["-I", &fx.http_url(rel)]).await;
+        assert_eq!(reply.status, 200, "{rel}");
+        reply.assert_length(file.len() as u64);
+        assert_eq!(reply.header("content-type"), Some("application/zip"));
+        assert_eq!(reply.header("accept-ranges"), Some("bytes"));
+        assert_eq!(reply.header("etag"), Some(quoted_sha(&file).as_str()));
+        assert_eq!(
+            reply.header("last-modified"),
+            Some(last_modified_of(&fx, rel).as_str())
+        );
+
+        // curl hides whether bytes followed the headers; a raw socket does not.
+        let raw = raw_request(http_addr(&fx), "HEAD", &format!("/{rel}")).await;
+        assert_eq!(raw.status, 200);
+        raw.assert_length(file.len() as u64);
+        assert!(
+            raw.body.is_empty(),
+            "HEAD sent {} body bytes",
+            raw.body.len()
+        );
+
+        let rec = fx
+            .wait_record(&format!("HEAD of {rel}"), |r| {
+                r.path == rel && r.reason == "HEAD"
+            })
+            .await;
+        assert_eq!(
+            (rec.status, rec.bytes_sent, rec.outcome),
+            (200, 0, Outcome::Complete)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Range and conditionals
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_ranges_send_206_with_content_range_and_the_exact_bytes() {
+    let fx = Fixture::start(|b| b).await;
+    let url = fx.http_url(PKG);
+    let file = fx.package_bytes(PKG);
+    let len = file.len();
+    // (Range header value, first byte, last byte inclusive)
+    let cases = [
+        ("bytes=0-99", 0, 99),
+        ("bytes=1000-1999", 1000, 1999),
+        ("bytes=-100", len - 100, len - 1),
+        ("bytes=100-", 100, len - 1),
+        // A last byte past the end is clipped to the end (RFC 9110 §14.1.1).
+        (
+            &format!("bytes={}-{}", len - 10, len + 500),
+            len - 10,
+            len - 1,
+        ),
+    ];
+    for (range, first, last) in cases {
+        let reply = curl_ok(&["-H", &format!("Range: {range}"), &url]).await;
+        assert_eq!(reply.status, 206, "{range}");
+        assert_eq!(
+            reply.header("content-range"),
+            Some(format!("bytes {first}-{last}/{len}").as_str()),
+            "{range}"
+        );
+        reply.assert_length((last - first + 1) as u64);
+        assert_eq!(reply.header("etag"), Some(quoted_sha(&file).as_str()));
+        assert!(reply.body == file[first..=last], "{range}: wrong bytes");
+    }
+    // curl's own -r option sends the same header.
+    let reply = curl_ok(&["-r", "0-99", &url]).await;
+    assert_eq!(reply.status, 206);
+    assert!(reply.body == file[..100]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsatisfiable_range_is_416_with_the_length() {
+    let fx = Fixture::start(|b| b).await;
+    let len = fx.package_bytes(PKG).len();
+    let reply = curl_ok(&["-H", &format!("Range: bytes={len}-"), &fx.http_url(PKG)]).await;
+    assert_eq!(reply.status, 416);
+    assert_eq!(
+        reply.header("content-range"),
+        Some(format!("bytes */{len}").as_str())
+    );
+    reply.assert_length(reply.body.len() as u64);
+    let rec = fx.wait_record("416", |r| r.status == 416).await;
+    assert_eq!(rec.outcome, Outcome::Refused);
+    assert_eq!(rec.bytes_sent, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_ranges_get_the_whole_file() {
+    let fx = Fixture::start(|b| b).await;
+    let file = fx.package_bytes(PKG);
+    let reply = curl_ok(&["-H", "Range: bytes=0-1,5-6", &fx.http_url(PKG)]).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.header("content-range").is_none());
+    reply.assert_length(file.len() as u64);
+    assert!(reply.body == file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_range_resumes_only_the_same_version() {
+    let fx = Fixture::start(|b| b).await;
+    let url = fx.http_url(PKG);
+    let file = fx.package_bytes(PKG);
+    let etag = quoted_sha(&file);
+    let last_modified = last_modified_of(&fx, PKG);
+    let stale_etag = format!("\"{}\"", common::sha256(b"the previous version"));
+    let weak_etag = format!("W/{etag}");
+    let stale_date = "Sat, 01 Jan 2000 00:00:00 GMT";
+    for (if_range, resumes) in [
+        (etag.as_str(), true),
+        (stale_etag.as_str(), false),
+        // If-Range needs the strong comparison (RFC 9110 §13.1.5).
+        (weak_etag.as_str(), false),
+        (last_modified.as_str(), true),
+        (stale_date, false),
+    ] {
+        let reply = curl_ok(&[
+            "-H",
+            "Range: bytes=100-",
+            "-H",
+            &format!("If-Range: {if_range}"),
+            &url,
+        ])
+        .await;
+        if resumes {
+            assert_eq!(reply.status, 206, "If-Range: {if_range}");
+            assert_eq!(
+                reply.header("content-range"),
+                Some(format!("bytes 100-{}/{}", file.len() - 1, file.len()).as_str())
+            );
+            assert!(
+                reply.body == file[100..],
+                "If-Range: {if_range}: wrong bytes"
+            );
+        } else {
+            assert_eq!(reply.status, 200, "If-Range: {if_range}");
+            assert!(reply.header("content-range").is_none());
+            reply.assert_length(file.len() as u64);
+            assert!(
+                reply.body == file,
+                "If-Range: {if_range}: not the whole file"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_get_is_304_when_the_client_has_it() {
+    let fx = Fixture::start(|b| b).await;
+    let url = fx.http_url(PKG);
+    let file = fx.package_bytes(PKG);
+    let etag = quoted_sha(&file);
+    let last_modified = last_modified_of(&fx, PKG);
+
+    for header in [
+        format!("If-None-Match: {etag}"),
+        format!("If-None-Match: \"0000\", {etag}"),
+        "If-None-Match: *".to_string(),
+        format!("If-Modified-Since: {last_modified}"),
+    ] {
+        let reply = curl_ok(&["-H", &header, &url]).await;
+        assert_eq!(reply.status, 304, "{header}");
+        assert!(reply.body.is_empty(), "{header}: 304 with a body");
+        assert!(reply.header("transfer-encoding").is_none());
+        assert_eq!(reply.header("etag"), Some(etag.as_str()));
+    }
+    let rec = fx.wait_record("304", |r| r.status == 304).await;
+    assert_eq!((rec.outcome, rec.bytes_sent), (Outcome::Complete, 0));
+    // The same headers with values the client cannot have: the whole file.
+    for header in [
+        "If-None-Match: \"0000\"".to_string(),
+        "If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT".to_string(),
+    ] {
+        let reply = curl_ok(&["-H", &header, &url]).await;
+        assert_eq!(reply.status, 200, "{header}");
+        assert!(reply.body == file, "{header}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors and listings
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_path_is_404_with_a_not_found_record() {
+    let fx = Fixture::start(|b| b).await;
+    let reply = curl_ok(&[&fx.http_url("no-such-v1-to-v2.zip")]).await;
+    assert_eq!(reply.status, 404);
+    reply.assert_length(reply.body.len() as u64);
+    let rec = fx
+        .wait_record("404", |r| r.path == "no-such-v1-to-v2.zip")
+        .await;
+    assert_eq!((rec.status, rec.outcome), (404, Outcome::NotFound));
+    assert_eq!((rec.size, rec.bytes_sent), (None, 0));
+    let line = fx
+        .log_lines()
+        .into_iter()
+        .find(|l| l["path"] == "no-such-v1-to-v2.zip")
+        .expect("404 logged to the file");
+    assert_eq!(line["outcome"], "not_found");
+    assert_eq!(line["status"], 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_methods_are_405_with_allow_and_a_refused_record() {
+    let fx = Fixture::start(|b| b).await;
+    let url = fx.http_url(PKG);
+    let file = fx.package_bytes(PKG);
+    for method in ["POST", "PUT", "DELETE"] {
+        let seen = fx.server.downloads().len();
+        let reply = curl_ok(&["-X", method, "--data-binary", "new firmware", &url]).await;
+        assert_eq!(reply.status, 405, "{method}");
+        reply.assert_length(reply.body.len() as u64);
+        let allow = reply
+            .header("allow")
+            .unwrap_or_else(|| panic!("{method}: no Allow"));
+        assert!(
+            allow.contains("GET") && allow.contains("HEAD"),
+            "Allow: {allow}"
+        );
+        let rec = record_after(&fx, seen).await;
+        assert_eq!(
+            (rec.status, rec.outcome),
+            (405, Outcome::Refused),
+            "{method}"
+        );
+        assert!(
+            rec.reason.contains(method),
+            "{method}: reason {:?}",
+            rec.reason
+        );
+    }
+    assert!(
+        fx.package_bytes(PKG) == file,
+        "a write method changed the package"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_html_lists_names_and_sha256() {
+    let fx = Fixture::start(|b| b).await;
+    let reply = curl_ok(&[&fx.http_url("")]).await;
+    assert_eq!(reply.status, 200);
+    reply.assert_length(reply.body.len() as u64);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/html")),
+        "{:?}",
+        reply.header("content-type")
+    );
+    let html = String::from_utf8(reply.body).unwrap();
+    for rel in [PKG, JUN_PKG, BIG] {
+        assert!(
+            html.contains(&format!("href=\"/{rel}\"")),
+            "no link to {rel} in {html}"
+        );
+        let sha = common::sha256(&fx.package_bytes(rel));
+        assert!(html.contains(&sha), "no SHA-256 of {rel} in {html}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_json_lists_path_size_and_sha256() {
+    let fx = Fixture::start(|b| b).await;
+    let reply = curl_ok(&[&fx.http_url("packages.json")]).await;
+    assert_eq!(reply.status, 200);
+    reply.assert_length(reply.body.len() as u64);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let list: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let list = list.as_array().expect("a JSON array");
+    let mut paths: Vec<&str> = list.iter().map(|p| p["path"].as_str().unwrap()).collect();
+    paths.sort_unstable();
+    let mut expected = vec![PKG, JUN_PKG, BIG];
+    expected.sort_unstable();
+    assert_eq!(paths, expected);
+    for entry in list {
+        let rel = entry["path"].as_str().unwrap();
+        let bytes = fx.package_bytes(rel);
+        assert_eq!(entry["size"], bytes.len() as u64, "{rel}");
+        assert_eq!(entry["sha256"], common::sha256(&bytes), "{rel}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_tls12_ecdhe_rsa_aes128_gcm_downloads_byte_identical() {
+    let fx = Fixture::start(|b| b).await;
+    let file = fx.package_bytes(JUN_PKG);
+    let run = curl(&[
+        "-v",
+        "-k",
+        "--tls-max",
+        "1.2",
+        "--ciphers",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        &fx.https_url(JUN_PKG),
+    ])
+    .await;
+    assert_eq!(run.exit, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("TLSv1.2 / ECDHE-RSA-AES128-GCM-SHA256"),
+        "not the module's suite: {}",
+        run.stderr
+    );
+    assert_eq!(run.reply.status, 200);
+    run.reply.assert_length(file.len() as u64);
+    assert_eq!(common::sha256(&run.reply.body), common::sha256(&file));
+    let rec = fx
+        .wait_record("HTTPS GET", |r| {
+            r.protocol == Protocol::Https && r.path == JUN_PKG
+        })
+        .await;
+    assert_eq!((rec.status, rec.outcome), (200, Outcome::Complete));
+    assert_eq!(rec.bytes_sent, file.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_tls13_works() {
+    let fx = Fixture::start(|b| b).await;
+    let file = fx.package_bytes(PKG);
+    let run = curl(&["-v", "-k", "--tlsv1.3", &fx.https_url(PKG)]).await;
+    assert_eq!(run.exit, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("SSL connection using TLSv1.3"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.reply.status, 200);
+    assert!(run.reply.body == file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_s_client_tls12_handshake_with_rsa_2048() {
+    let fx = Fixture::start(|b| b).await;
+    let connect = fx.server.https_addr().unwrap().to_string();
+    let cert = fx
+        .certs
+        .path()
+        .join(qfota_serve::serve::tls::GENERATED_CERT);
+    // stdin is closed, so s_client quits right after the handshake.
+    let out = common::run(
+        "openssl",
+        &[
+            "s_client",
+            "-connect",
+            &connect,
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "-CAfile",
+            cert.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Cipher is ECDHE-RSA-AES128-GCM-SHA256"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Server public key is 2048 bit"), "{text}");
+    assert!(text.contains("Protocol  : TLSv1.2"), "{text}");
+    // The served certificate is the one in the certs folder.
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_cert_is_rsa_with_local_sans_and_reused_by_a_second_server() {
+    let fx = Fixture::start(|b| b).await;
+    let cert_path = fx
+        .certs
+        .path()
+        .join(qfota_serve::serve::tls::GENERATED_CERT);
+    let key_path = fx.certs.path().join(qfota_serve::serve::tls::GENERATED_KEY);
+    let out = common::run(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            cert_path.to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rsaEncryption"), "{text}");
+    assert!(text.contains("Public-Key: (2048 bit)"), "{text}");
+    assert!(text.contains("DNS:localhost"), "{text}");
+    assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+
+    let cert_before = std::fs::read(&cert_path).unwrap();
+    let key_before = std::fs::read(&key_path).unwrap();
+    let second = tokio::time::timeout(
+        DEADLINE,
+        Server::builder()
+            .packages(fx.dir.path())
+            .https(0)
+            .certs_dir(fx.certs.path())
+            .start(),
+    )
+    .await
+    .expect("second server start timed out")
+    .expect("second server starts");
+    assert!(
+        std::fs::read(&cert_path).unwrap() == cert_before,
+        "certificate regenerated"
+    );
+    assert!(
+        std::fs::read(&key_path).unwrap() == key_before,
+        "key regenerated"
+    );
+
+    // Both servers present that certificate: curl verifies them against it.
+    let file = fx.package_bytes(PKG);
+    for url in [fx.https_url(PKG), second.https_url(PKG).unwrap()] {
+        let reply = curl_ok(&["--cacert", cert_path.to_str().unwrap(), &url]).await;
+        assert_eq!(reply.status, 200, "{url}");
+        assert!(reply.body == file, "{url}");
+    }
+    tokio::time::timeout(DEADLINE, second.shutdown())
+        .await
+        .expect("second server shutdown timed out");
+}
+
+// ---------------------------------------------------------------------------
+// The download log
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_get_is_logged_with_every_field() {
+    let fx = Fixture::start(|b| b).await;
+    let file = fx.package_bytes(PKG);
+    let size = file.len() as u64;
+    let started = chrono::Utc::now();
+    let run = curl(&[
+        "-H",
+        "Range: bytes=100-",
+        "-w",
+        "%{local_port}",
+        &fx.http_url(PKG),
+    ])
+    .await;
+    assert_eq!(run.exit, Some(0), "{}", run.stderr);
+    assert_eq!(run.reply.status, 206);
+    let peer = format!("127.0.0.1:{}", run.stdout.trim());
+
+    let rec = fx
+        .wait_record("range GET", |r| r.path == PKG && r.range_start == 100)
+        .await;
+    assert_eq!(rec.protocol, Protocol::Http);
+    assert_eq!(rec.peer.to_string(), peer);
+    assert_eq!(rec.user, None);
+    assert_eq!(rec.size, Some(size));
+    assert_eq!(rec.sha256.as_deref(), Some(common::sha256(&file).as_str()));
+    assert_eq!(rec.bytes_sent, size - 100);
+    assert_eq!((rec.status, rec.outcome), (206, Outcome::Complete));
+    assert!(!rec.reason.is_empty());
+    let slack = chrono::Duration::seconds(5);
+    assert!(
+        rec.ts >= started - slack && rec.ts <= chrono::Utc::now() + slack,
+        "ts {}",
+        rec.ts
+    );
+
+    let line = fx
+        .log_lines()
+        .into_iter()
+        .find(|l| l["path"] == PKG && l["range_start"] == 100)
+        .expect("the record is a line in the log file");
+    let ts = line["ts"].as_str().expect("ts is a string");
+    let parsed = chrono::DateTime::parse_from_rfc3339(ts).expect("ts is RFC 3339");
+    assert!(
+        (parsed.with_timezone(&chrono::Utc) - rec.ts)
+            .num_milliseconds()
+            .abs()
+            <= 1,
+        "{ts}"
+    );
+    assert!(line["duration_ms"].is_u64(), "{line}");
+    assert_eq!(line["protocol"], "http");
+    assert_eq!(line["peer"], peer.as_str());
+    assert!(
+        line.get("user").is_some_and(|u| u.is_null()),
+        "user must be null: {line}"
+    );
+    assert_eq!(line["path"], PKG);
+    assert_eq!(line["size"], size);
+    assert_eq!(line["sha256"], common::sha256(&file));
+    assert_eq!(line["range_start"], 100);
+    assert_eq!(line["bytes_sent"], size - 100);
+    assert_eq!(line["status"], 206);
+    assert_eq!(line["outcome"], "complete");
+    assert!(
+        line["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_dropped_part_way_is_logged_as_aborted() {
+    let fx = Fixture::start(|b| b).await;
+    let size = fx.package_bytes(BIG).len() as u64;
+    tokio::time::timeout(DEADLINE, async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small, fixed receive window keeps the server from handing the
+        // whole package to the kernel before the client goes away.
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut stream = socket.connect(http_addr(&fx)).await.expect("connect");
+        let request = format!("GET /{BIG} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 16 * 1024];
+        while got < 256 * 1024 {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "server closed after {got} bytes");
+            got += n;
+        }
+        // Dropping the stream with unread data resets the connection.
+    })
+    .await
+    .expect("partial read timed out");
+
+    let rec = fx
+        .wait_record("aborted download", |r| {
+            r.path == BIG && r.outcome == Outcome::Aborted
+        })
+        .await;
+    assert!(
+        0 < rec.bytes_sent && rec.bytes_sent < size,
+        "bytes_sent {} of {size}",
+        rec.bytes_sent
+    );
+    assert_eq!(rec.status, 200);
+    assert!(
+        rec.reason.contains("client closed"),
+        "reason {:?}",
+        rec.reason
+    );
+    let line = fx
+        .log_lines()
+        .into_iter()
+        .find(|l| l["path"] == BIG && l["outcome"] == "aborted")
+        .expect("aborted record in the log file");
+    assert_eq!(line["bytes_sent"], rec.bytes_sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_https_client_that_gives_up_is_logged_as_aborted() {
+    let fx = Fixture::start(|b| b).await;
+    let size = fx.package_bytes(BIG).len() as u64;
+    let run = curl(&[
+        "-k",
+        "--limit-rate",
+        "200k",
+        "--max-time",
+        "2",
+        &fx.https_url(BIG),
+    ])
+    .await;
+    assert_eq!(
+        run.exit,
+        Some(28),
+        "curl should time out part-way: {}",
+        run.stderr
+    );
+    let rec = fx
+        .wait_record("aborted HTTPS download", |r| {
+            r.path == BIG && r.outcome == Outcome::Aborted
+        })
+        .await;
+    assert_eq!(rec.protocol, Protocol::Https);
+    assert!(
+        0 < rec.bytes_sent && rec.bytes_sent < size,
+        "bytes_sent {} of {size}",
+        rec.bytes_sent
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_stops_reading_is_aborted_as_stalled() {
+    let fx = Fixture::start(|b| b.stall_timeout(Duration::from_secs(1))).await;
+    let size = fx.package_bytes(BIG).len() as u64;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stream = tokio::time::timeout(DEADLINE, socket.connect(http_addr(&fx)))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let request = format!("GET /{BIG} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    tokio::time::timeout(DEADLINE, stream.write_all(request.as_bytes()))
+        .await
+        .expect("send timed out")
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+        .await
+        .expect("first bytes timed out")
+        .unwrap();
+    assert!(n > 0);
+    // Keep the connection open without reading: a module whose link died.
+    let rec = fx
+        .wait_record("stalled download", |r| {
+            r.path == BIG && r.outcome == Outcome::Aborted
+        })
+        .await;
+    assert!(rec.reason.contains("stalled"), "reason {:?}", rec.reason);
+    assert!(
+        rec.bytes_sent < size,
+        "bytes_sent {} of {size}",
+        rec.bytes_sent
+    );
+    drop(stream);
+}
+
+// ---------------------------------------------------------------------------
+// Paths that try to leave the package folder
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_is_refused() {
+    let fx = Fixture::start(|b| b).await;
+    let passwd = std::fs::read("/etc/passwd").unwrap_or_default();
+    for target in [
+        "/../etc/passwd",
+        "/../../../../../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/%2E%2E/%2E%2E/etc/passwd",
+        "/Jun/..%2f..%2fetc%2fpasswd",
+        "/Jun/../../update-v12-to-v13.zip",
+        "/..\\..\\etc\\passwd",
+        "/..%5c..%5cetc%5cpasswd",
+        "/Jun%5c..%5c..%5cetc%5cpasswd",
+        "//etc/passwd",
+        "/%2fetc%2fpasswd",
+        "http://127.0.0.1/../etc/passwd",
+        "/update-v12-to-v13.zip%00.txt",
+    ] {
+        let seen = fx.server.downloads().len();
+        let reply = raw_request(http_addr(&fx), "GET", target).await;
+        assert!(
+            matches!(reply.status, 400 | 404),
+            "{target}: status {}",
+            reply.status
+        );
+        assert!(
+            passwd.is_empty() || !reply.body.windows(passwd.len()).any(|w| w == passwd),
+            "{target}: served /etc/passwd"
+        );
+        assert!(
+            !String::from_utf8_lossy(&reply.body).contains("root:"),
+            "{target}"
+        );
+        let rec = record_after(&fx, seen).await;
+        assert!(
+            matches!(rec.outcome, Outcome::Refused | Outcome::NotFound),
+            "{target}: {rec:?}"
+        );
+        assert_eq!(rec.bytes_sent, 0, "{target}");
+    }
+    // The same paths through curl, told not to squash the dots.
+    for path in ["/../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd"] {
+        let url = format!("http://{}{path}", http_addr(&fx));
+        let reply = curl_ok(&["--path-as-is", &url]).await;
+        assert!(
+            matches!(reply.status, 400 | 404),
+            "{path}: {}",
+            reply.status
+        );
+    }
+    assert!(
+        fx.server
+            .downloads()
+            .iter()
+            .all(|r| r.outcome != Outcome::Complete),
+        "a traversal completed: {:#?}",
+        fx.server.downloads()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_leaving_the_folder_are_refused() {
+    let fx = Fixture::start(|b| b).await;
+    let outside = tempfile::tempdir().unwrap();
+    // A valid package, so only the symlink rule can keep it from being served.
+    let secret = common::zip_with(&[("system.diff", b"outside the package folder")]);
+    std::fs::write(outside.path().join("secret-v1-to-v2.zip"), &secret).unwrap();
+    let links: [(&str, &Path); 3] = [
+        (
+            "leak-v1-to-v2.zip",
+            &outside.path().join("secret-v1-to-v2.zip"),
+        ),
+        ("Jun/passwd-v1-to-v2.zip", Path::new("/etc/passwd")),
+        ("outside", outside.path()),
+    ];
+    for (name, target) in &links {
+        std::os::unix::fs::symlink(target, fx.dir.path().join(name)).unwrap();
+    }
+    eventually("the scan to exclude the symlinks", PICKUP, || async {
+        links
+            .iter()
+            .all(|(name, _)| matches!(fx.server.catalog().lookup(name), Lookup::Excluded(_)))
+            .then_some(())
+    })
+    .await;
+
+    // Control: a symlink that stays inside the folder is served.
+    std::os::unix::fs::symlink(
+        fx.dir.path().join(PKG),
+        fx.dir.path().join("alias-v12-to-v13.zip"),
+    )
+    .unwrap();
+    let alias = poll_until_status(&fx, "alias-v12-to-v13.zip", 200).await;
+    assert!(alias.body == fx.package_bytes(PKG));
+
+    for rel in [
+        "leak-v1-to-v2.zip",
+        "Jun/passwd-v1-to-v2.zip",
+        "outside/secret-v1-to-v2.zip",
+    ] {
+        let seen = fx.server.downloads().len();
+        let reply = curl_ok(&["--path-as-is", &fx.http_url(rel)]).await;
+        assert!(
+            matches!(reply.status, 400 | 404),
+            "{rel}: status {}",
+            reply.status
+        );
+        assert!(
+            reply.body != secret && !String::from_utf8_lossy(&reply.body).contains("root:"),
+            "{rel}"
+        );
+        let rec = record_after(&fx, seen).await;
+        assert_eq!(rec.outcome, Outcome::Refused, "{rel}: {rec:?}");
+        assert!(
+            rec.reason.contains("symlink"),
+            "{rel}: reason {:?}",
+            rec.reason
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_files_such_as_the_log_are_not_served() {
+    let fx = Fixture::start(|b| b).await;
+    // The fixture keeps its download log inside the package folder.
+    let hidden = fx
+        .log_path
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(hidden.starts_with('.'));
+    let seen = fx.server.downloads().len();
+    let reply = curl_ok(&[&fx.http_url(&hidden)]).await;
+    assert_eq!(reply.status, 404);
+    assert!(!String::from_utf8_lossy(&reply.body).contains("\"outcome\""));
+    // Refused once a scan has seen the file, not found before that.
+    let rec = record_after(&fx, seen).await;
+    assert!(
+        matches!(rec.outcome, Outcome::Refused | Outcome::NotFound),
+        "{rec:?}"
+    );
+    // A hidden package is skipped even though it is a valid zip.
+    let bytes = common::zip_with(&[("system.diff", b"hidden")]);
+    std::fs::write(fx.dir.path().join(".hidden-v1-to-v2.zip"), &bytes).unwrap();
+    eventually("the scan to exclude the hidden package", PICKUP, || async {
+        matches!(
+            fx.server.catalog().lookup(".hidden-v1-to-v2.zip"),
+            Lookup::Excluded(_)
+        )
+        .then_some(())
+    })
+    .await;
+    let seen = fx.server.downloads().len();
+    let reply = curl_ok(&[&fx.http_url(".hidden-v1-to-v2.zip")]).await;
+    assert_eq!(reply.status, 404);
+    let rec = record_after(&fx, seen).await;
+    assert_eq!(rec.outcome, Outcome::Refused, "{rec:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Packages that change while the server runs
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_packages_copied_in_are_refused_with_the_problem() {
+    let fx = Fixture::start(|b| b).await;
+    let broken = common::broken_zip();
+    let notes = b"release notes: v1 to v2, not a zip at all\n".to_vec();
+    std::fs::write(fx.dir.path().join("broken-v1-to-v2.zip"), &broken).unwrap();
+    std::fs::write(fx.dir.path().join("notes-v1-to-v2.zip"), &notes).unwrap();
+
+    for (rel, bytes, problem) in [
+        ("broken-v1-to-v2.zip", &broken, "zip entry system.diff"),
+        ("notes-v1-to-v2.zip", &notes, "not a readable zip"),
+    ] {
+        let rec = eventually(&format!("{rel} refused as invalid"), PICKUP, || async {
+            let reply = curl_ok(&[&fx.http_url(rel)]).await;
+            assert_eq!(reply.status, 404, "{rel} served while invalid");
+            fx.server
+                .downloads()
+                .into_iter()
+                .find(|r| r.path == rel && r.outcome == Outcome::InvalidPackage)
+        })
+        .await;
+        assert_eq!(rec.status, 404);
+        assert_eq!(rec.bytes_sent, 0);
+        assert!(
+            rec.reason.contains(problem),
+            "{rel}: reason {:?}",
+            rec.reason
+        );
+        assert_eq!(rec.size, Some(bytes.len() as u64));
+        assert_eq!(rec.sha256.as_deref(), Some(common::sha256(bytes).as_str()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_invalid_serves_invalid_packages_byte_identical() {
+    let fx = Fixture::start(|b| b.allow_invalid(true)).await;
+    let broken = common::broken_zip();
+    let notes = b"release notes: v1 to v2, not a zip at all\n".to_vec();
+    std::fs::write(fx.dir.path().join("broken-v1-to-v2.zip"), &broken).unwrap();
+    std::fs::write(fx.dir.path().join("notes-v1-to-v2.zip"), &notes).unwrap();
+    for (rel, bytes) in [
+        ("broken-v1-to-v2.zip", &broken),
+        ("notes-v1-to-v2.zip", &notes),
+    ] {
+        let reply = poll_until_status(&fx, rel, 200).await;
+        reply.assert_length(bytes.len() as u64);
+        assert!(reply.body == *bytes, "{rel} not byte-identical");
+        let rec = fx
+            .wait_record(&format!("served {rel}"), |r| {
+                r.path == rel && r.status == 200
+            })
+            .await;
+        assert_eq!(rec.outcome, Outcome::Complete);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_package_copied_in_is_served_within_two_seconds() {
+    let fx = Fixture::start(|b| b).await;
+    let rel = "Jun/update-v13-to-v14.zip";
+    let bytes = common::zip_with(&[("system.diff", &common::noise(100_000, 3))]);
+    assert_eq!(curl_ok(&[&fx.http_url(rel)]).await.status, 404);
+    std::fs::write(fx.dir.path().join(rel), &bytes).unwrap();
+    let reply = poll_until_status(&fx, rel, 200).await;
+    reply.assert_length(bytes.len() as u64);
+    assert!(reply.body == bytes);
+    assert_eq!(reply.header("etag"), Some(quoted_sha(&bytes).as_str()));
+}
+
+/// A module resuming with the old version's ETag must never get a range
+/// of the new version spliced onto its partial file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_package_is_never_spliced_into_a_resume() {
+    let fx = Fixture::start(|b| b).await;
+    let url = fx.http_url(PKG);
+    let old_etag = quoted_sha(&fx.package_bytes(PKG));
+    let new = common::zip_with(&[("system.diff", &common::noise(20_000, 11))]);
+    // Replace atomically, as a careful operator would.
+    let staged = fx.dir.path().join(".staged.zip");
+    std::fs::write(&staged, &new).unwrap();
+    std::fs::rename(&staged, fx.dir.path().join(PKG)).unwrap();
+
+    let resume = [
+        "-H",
+        "Range: bytes=100-",
+        "-H",
+        &format!("If-Range: {old_etag}"),
+        &url,
+    ];
+    // Before the next scan the server knows the file changed under it.
+    let reply = curl_ok(&resume).await;
+    match reply.status {
+        503 => assert!(reply.header("retry-after").is_some(), "{reply:?}"),
+        200 => assert!(reply.body == new),
+        other => panic!("resume across a replacement gave {other}"),
+    }
+    let reply = poll_until_status(&fx, PKG, 200).await;
+    assert!(reply.body == new);
+    assert_eq!(reply.header("etag"), Some(quoted_sha(&new).as_str()));
+    let reply = curl_ok(&resume).await;
+    assert_eq!(
+        reply.status, 200,
+        "old ETag must not resume the new version"
+    );
+    assert!(reply.body == new);
+}
+
+// ---------------------------------------------------------------------------
+// Robustness
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_request_gets_400_or_a_close_and_serving_goes_on() {
+    let fx = Fixture::start(|b| b).await;
+    let garbage: [&[u8]; 3] = [
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n",
+        b"\x00\x01\x02\x03\xff\xfe\r\n\r\n",
+        b"GET\r\n\r\n",
+    ];
+    for bytes in garbage {
+        let reply = raw(http_addr(&fx), bytes).await;
+        assert!(
+            reply.is_empty() || reply.starts_with(b"HTTP/1.1 400"),
+            "{bytes:?} → {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    // TLS garbage on the HTTPS port: the handshake fails, the server lives.
+    let reply = raw(fx.server.https_addr().unwrap(), b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(
+        !reply.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+
+    let file = fx.package_bytes(PKG);
+    let reply = curl_ok(&[&fx.http_url(PKG)]).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == file);
+    let reply = curl_ok(&["-k", &fx.https_url(PKG)]).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == file);
+}
+
+/// A client that sends half a request line and then nothing is cut off
+/// after the header read timeout (slowloris guard), and others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::start(|b| b.header_read_timeout(std::time::Duration::from_millis(500))).await;
+    let addr = fx.server.http_addr().unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /update-v12-to-v13.zip HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(common::DEADLINE, slow.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(read.is_ok(), "connection still open");
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    let out = common::run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &fx.http_url("update-v12-to-v13.zip"),
+        ],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+}
