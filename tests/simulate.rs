@@ -1,6 +1,7 @@
 //! End-to-end tests of the module simulator against the real qfota-serve
-//! server (`qfota_serve::serve::Server`) on 127.0.0.1 port 0, its fault
-//! rules making it misbehave. A few failures the server cannot produce
+//! server (`qfota_serve::serve::Server`, through the shared
+//! `tests/common` fixture) on 127.0.0.1 port 0, its fault rules making it
+//! misbehave. A few failures the server cannot produce
 //! (TLS a module cannot speak, a silent or broken FTP/HTTP peer) come from
 //! small real servers started inside the test. Every await is bounded;
 //! nothing sleeps to wait.
@@ -8,16 +9,19 @@
 use std::future::Future;
 use std::time::Duration;
 
-use qfota_serve::dlog::{DownloadRecord, Outcome};
+mod common;
+
+use common::Fixture;
+use qfota_serve::dlog::Outcome;
 use qfota_serve::profile::Profile;
-use qfota_serve::serve::Server;
+use qfota_serve::serve::tls::GENERATED_CERT;
 use qfota_serve::sim::download::cause::ftp_reply_code;
 use qfota_serve::sim::{Fault, FotadlArgs, Module, ModuleBuilder, Transcript};
 
-use fixtures::{Real, Script, ScriptedFtp, Silent, TlsCert, TlsServer};
+use fixtures::{Script, ScriptedFtp, Silent, TlsCert, TlsServer};
 
 /// Bound on any single run, server start or wait.
-const LIMIT: Duration = Duration::from_secs(30);
+const LIMIT: Duration = common::DEADLINE;
 /// Module delays: a 20 s reboot takes 10 ms, the upgrade 60 ms.
 const SCALE: f64 = 0.0005;
 /// Download no-progress timeout in tests about stalls.
@@ -107,11 +111,44 @@ async fn every_family_succeeds(url: &str, ftp: bool) {
     }
 }
 
+/// The real server over `packages/` plus a [`BROKEN`] package, with these
+/// fault rules; it serves invalid packages too.
+async fn real(rules: &[&str]) -> Fixture {
+    let dir = common::package_dir();
+    common::copy_in(dir.path(), BROKEN, b"PK\x03\x04 not really a zip");
+    let rules: Vec<_> = rules.iter().map(|r| r.parse().unwrap()).collect();
+    Fixture::start_in(dir, |b| {
+        rules
+            .into_iter()
+            .fold(b.allow_invalid(true), |b, rule| b.fault(rule))
+    })
+    .await
+}
+
+async fn stop(real: Fixture) {
+    within(real.server.shutdown()).await;
+}
+
+/// Size of a package the fixture serves, bytes.
+fn size(real: &Fixture, name: &str) -> u64 {
+    real.package_bytes(name).len() as u64
+}
+
+/// The repository's sample package.
+fn sample_package() -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packages")
+            .join(PKG),
+    )
+    .unwrap()
+}
+
 /// The server saw `n` complete downloads of the whole package.
-async fn served_completely(real: &Real, n: usize) {
-    let size = real.size(PKG);
+async fn served_completely(real: &Fixture, n: usize) {
+    let size = size(real, PKG);
     let done = real
-        .wait_records(n, |r| r.outcome == Outcome::Complete)
+        .wait_records("complete", n, |r| r.outcome == Outcome::Complete)
         .await;
     for r in done {
         assert_eq!((r.bytes_sent, r.size), (size, Some(size)), "{r:?}");
@@ -120,33 +157,33 @@ async fn served_completely(real: &Real, n: usize) {
 
 #[tokio::test]
 async fn success_over_ftp_for_every_family() {
-    let real = Real::start(&[]).await;
-    every_family_succeeds(&real.server.ftp_url(PKG).unwrap(), true).await;
+    let real = real(&[]).await;
+    every_family_succeeds(&real.ftp_url(PKG), true).await;
     served_completely(&real, FAMILIES.len()).await;
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn success_over_http_for_every_family() {
-    let real = Real::start(&[]).await;
-    every_family_succeeds(&real.server.http_url(PKG).unwrap(), false).await;
+    let real = real(&[]).await;
+    every_family_succeeds(&real.http_url(PKG), false).await;
     served_completely(&real, FAMILIES.len()).await;
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn success_over_https_for_every_family() {
-    let real = Real::start(&[]).await;
-    let url = real.server.https_url(PKG).unwrap();
+    let real = real(&[]).await;
+    let url = real.https_url(PKG);
     assert!(url.starts_with("https://"));
     every_family_succeeds(&url, false).await;
     served_completely(&real, FAMILIES.len()).await;
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn ftp_sub_folder_works_except_on_ec200() {
-    let real = Real::start(&[]).await;
+    let real = real(&[]).await;
     let url = real.server.ftp_url(&format!("Jun/{PKG}")).unwrap();
     assert!(fetch(&module("ec2x"), &url).await.summary.succeeded());
     let t = fetch(&module("ec200"), &url).await;
@@ -154,14 +191,17 @@ async fn ftp_sub_folder_works_except_on_ec200() {
         t.lines(),
         vec![format!("AT+QFOTADL=\"{url}\""), "ERROR".into()]
     );
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn https_verifies_the_server_only_when_given_a_ca() {
-    let real = Real::start(&[]).await;
-    let url = real.server.https_url(PKG).unwrap();
-    let trusting = builder("ec2x").ca_file(real.certificate()).build().unwrap();
+    let real = real(&[]).await;
+    let url = real.https_url(PKG);
+    let trusting = builder("ec2x")
+        .ca_file(real.certs.path().join(GENERATED_CERT))
+        .build()
+        .unwrap();
     let t = fetch(&trusting, &url).await;
     assert!(t.summary.succeeded(), "{:?}", t.summary.notes);
     let stranger = TlsCert::rsa();
@@ -173,7 +213,7 @@ async fn https_verifies_the_server_only_when_given_a_ca() {
         "{:?}",
         t.summary.notes
     );
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
@@ -194,7 +234,7 @@ async fn https_fails_like_a_module_on_ecdsa_certificates_and_tls13_only() {
 
 #[tokio::test]
 async fn wrong_ftp_password_is_625_on_ec200_and_601_elsewhere() {
-    let real = Real::start(&[]).await;
+    let real = real(&[]).await;
     let url = real
         .server
         .ftp_url(PKG)
@@ -206,38 +246,38 @@ async fn wrong_ftp_password_is_625_on_ec200_and_601_elsewhere() {
         ["OK".to_string(), q("\"FTPSTART\""), q("\"FTPEND\",625")]
     );
     assert_eq!(code(&module("ec2x"), &url).await, Some(601));
-    real.wait_records(2, |r| r.outcome == Outcome::AuthFailed)
+    real.wait_records("auth failed", 2, |r| r.outcome == Outcome::AuthFailed)
         .await;
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn missing_file_is_627_over_ftp_and_723_over_http_on_ec200() {
-    let real = Real::start(&[]).await;
-    let ftp = real.server.ftp_url("missing-v1-to-v2.zip").unwrap();
-    let http = real.server.http_url("missing-v1-to-v2.zip").unwrap();
+    let real = real(&[]).await;
+    let ftp = real.ftp_url("missing-v1-to-v2.zip");
+    let http = real.http_url("missing-v1-to-v2.zip");
     assert_eq!(code(&module("ec200"), &ftp).await, Some(627));
     assert_eq!(code(&module("ep06"), &ftp).await, Some(601));
     let t = fetch(&module("ec200"), &http).await;
     assert_eq!(t.lines()[3], q("\"HTTPEND\",723"));
     assert_eq!(t.lines().len(), 4, "nothing after a failed download");
     assert_eq!(code(&module("eg06xk"), &http).await, Some(701));
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn redirects_are_not_followed() {
-    let real = Real::start(&["status=302,protocol=http"]).await;
-    let t = fetch(&module("ec200"), &real.server.http_url(PKG).unwrap()).await;
+    let real = real(&["status=302,protocol=http"]).await;
+    let t = fetch(&module("ec200"), &real.http_url(PKG)).await;
     assert_eq!(t.summary.download_code, Some(723));
-    let records = real.wait_records(1, |_| true).await;
+    let records = real.wait_records("any", 1, |_| true).await;
     assert_eq!(records[0].status, 302);
     assert_eq!(
         real.server.downloads().len(),
         1,
         "one GET, no second request"
     );
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
@@ -263,26 +303,26 @@ async fn unknown_host_is_604_or_714_on_ec200() {
 
 #[tokio::test]
 async fn dropped_http_body_is_719_on_ec200() {
-    let real = Real::start(&["drop-after=50%"]).await;
-    let url = real.server.http_url(PKG).unwrap();
+    let real = real(&["drop-after=50%"]).await;
+    let url = real.http_url(PKG);
     let t = fetch(&module("ec200"), &url).await;
     assert_eq!(t.summary.download_code, Some(719), "{:?}", t.summary.notes);
     assert_eq!(code(&module("ec2x"), &url).await, Some(701));
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn dropped_ftp_data_ends_with_the_servers_transfer_reply() {
-    let real = Real::start(&["drop-after=50%"]).await;
-    let url = real.server.ftp_url(PKG).unwrap();
+    let real = real(&["drop-after=50%"]).await;
+    let url = real.ftp_url(PKG);
     let t = fetch(&module("ec200"), &url).await;
     // The server closes the data connection early and says why in its
     // transfer reply (logged as the record's status); ec200 reports that
     // reply's code (SPEC §4), e.g. 451 → 618, 426 → 616.
     let record = real
-        .wait_records(1, |r| r.outcome == Outcome::Aborted)
+        .wait_records("aborted", 1, |r| r.outcome == Outcome::Aborted)
         .await;
-    assert!(record[0].bytes_sent < real.size(PKG));
+    assert!(record[0].bytes_sent < size(&real, PKG));
     assert_eq!(
         t.summary.download_code,
         Some(ftp_reply_code(record[0].status)),
@@ -292,12 +332,12 @@ async fn dropped_ftp_data_ends_with_the_servers_transfer_reply() {
     );
     assert_ne!(t.summary.download_code, Some(601), "a mapped reply");
     assert_eq!(code(&module("eg06xk"), &url).await, Some(601));
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn ftp_data_cut_short_after_226_is_607() {
-    let body = Real::package_bytes();
+    let body = sample_package();
     let short = within(ScriptedFtp::start(Script::TruncateData, body)).await;
     let t = fetch(&module("ec200"), &short.url(PKG)).await;
     assert_eq!(t.summary.download_code, Some(607), "{:?}", t.summary.notes);
@@ -305,16 +345,16 @@ async fn ftp_data_cut_short_after_226_is_607() {
 
 #[tokio::test]
 async fn stalls_are_609_over_ftp_and_722_over_http() {
-    let real = Real::start(&["stall-after=1000"]).await;
+    let real = real(&["stall-after=1000"]).await;
     let m = builder("ec200").timeout(SHORT).build().unwrap();
-    let ftp = fetch(&m, &real.server.ftp_url(PKG).unwrap()).await;
+    let ftp = fetch(&m, &real.ftp_url(PKG)).await;
     assert_eq!(
         ftp.summary.download_code,
         Some(609),
         "{:?}",
         ftp.summary.notes
     );
-    let http = fetch(&m, &real.server.http_url(PKG).unwrap()).await;
+    let http = fetch(&m, &real.http_url(PKG)).await;
     assert_eq!(
         http.summary.download_code,
         Some(722),
@@ -322,11 +362,8 @@ async fn stalls_are_609_over_ftp_and_722_over_http() {
         http.summary.notes
     );
     let generic = builder("ec2x").timeout(SHORT).build().unwrap();
-    assert_eq!(
-        code(&generic, &real.server.ftp_url(PKG).unwrap()).await,
-        Some(601)
-    );
-    real.stop().await;
+    assert_eq!(code(&generic, &real.ftp_url(PKG)).await, Some(601));
+    stop(real).await;
 }
 
 #[tokio::test]
@@ -339,20 +376,20 @@ async fn no_answer_is_609_over_ftp_and_728_over_http() {
 
 #[tokio::test]
 async fn ftp_replies_map_to_ec200_codes() {
-    let real = Real::start(&[
+    let real = real(&[
         "ftp-reply=421,command=CONNECT,times=1",
         "ftp-reply=425,command=PASV,times=1",
         "ftp-reply=451,command=RETR,times=1",
     ])
     .await;
-    let url = real.server.ftp_url(PKG).unwrap();
+    let url = real.ftp_url(PKG);
     let m = module("ec200");
     // Rules apply in turn: each fits one moment of the session.
     assert_eq!(code(&m, &url).await, Some(614), "421 greeting");
     assert_eq!(code(&m, &url).await, Some(615), "425 to PASV");
     assert_eq!(code(&m, &url).await, Some(618), "451 to RETR");
     assert_eq!(code(&m, &url).await, Some(0));
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
@@ -364,9 +401,9 @@ async fn ftp_control_connection_closed_is_606() {
 
 #[tokio::test]
 async fn broken_zip_fails_five_attempts_with_504() {
-    let real = Real::start(&[]).await;
+    let real = real(&[]).await;
     let m = builder("ec2x").version("v12").build().unwrap();
-    let t = fetch(&m, &real.server.http_url(BROKEN).unwrap()).await;
+    let t = fetch(&m, &real.http_url(BROKEN)).await;
     assert_eq!(t.summary.download_code, Some(0));
     assert_eq!(t.summary.upgrade_codes, vec![504; 5]);
     // Boots after the download, after each of four failed attempts, and
@@ -379,14 +416,14 @@ async fn broken_zip_fails_five_attempts_with_504() {
     );
     assert!(!lines.iter().any(|l| l.contains("UPDATING")));
     assert_eq!(m.version().as_deref(), Some("v12"), "old firmware kept");
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn a_corrupted_byte_fails_the_crc_with_504() {
-    let real = Real::start(&["corrupt=100"]).await;
+    let real = real(&["corrupt=100"]).await;
     let m = module("eg06xk");
-    let t = fetch(&m, &real.server.ftp_url(PKG).unwrap()).await;
+    let t = fetch(&m, &real.ftp_url(PKG)).await;
     assert_eq!(t.summary.download_code, Some(0));
     assert_eq!(
         t.summary.upgrade_codes,
@@ -394,28 +431,28 @@ async fn a_corrupted_byte_fails_the_crc_with_504() {
         "{:?}",
         t.summary.notes
     );
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn version_mismatch_is_510_and_free_space_511() {
-    let real = Real::start(&[]).await;
-    let url = real.server.ftp_url(PKG).unwrap();
+    let real = real(&[]).await;
+    let url = real.ftp_url(PKG);
     let old = builder("ep06").version("v11").build().unwrap();
     assert_eq!(fetch(&old, &url).await.summary.upgrade_codes, vec![510; 5]);
     assert_eq!(old.version().as_deref(), Some("v11"));
-    let size = real.size(PKG);
+    let size = size(&real, PKG);
     let full = builder("eg06xk").free_space(size - 1).build().unwrap();
     assert_eq!(fetch(&full, &url).await.summary.upgrade_codes, vec![511; 5]);
     let roomy = builder("eg06xk").free_space(size).build().unwrap();
     assert_eq!(fetch(&roomy, &url).await.summary.upgrade_codes, vec![0]);
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn ec200_optional_parameters_shape_the_urcs() {
-    let real = Real::start(&[]).await;
-    let url = real.server.http_url(PKG).unwrap();
+    let real = real(&[]).await;
+    let url = real.http_url(PKG);
     let args = FotadlArgs {
         upgrade_mode: Some(1),
         download_urc_max: Some(50),
@@ -440,7 +477,7 @@ async fn ec200_optional_parameters_shape_the_urcs() {
     let args = FotadlArgs {
         upgrade_mode: Some(0),
         update_urc_max: Some(0),
-        ..FotadlArgs::new(real.server.ftp_url(PKG).unwrap())
+        ..FotadlArgs::new(real.ftp_url(PKG))
     };
     let t = run(&module("ec200"), args).await;
     assert_eq!(
@@ -454,13 +491,13 @@ async fn ec200_optional_parameters_shape_the_urcs() {
             "RDY".to_string()
         ]
     );
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn bad_commands_get_error_and_no_download() {
-    let real = Real::start(&[]).await;
-    let url = real.server.http_url(PKG).unwrap();
+    let real = real(&[]).await;
+    let url = real.http_url(PKG);
     let bad = [
         (
             "ec2x",
@@ -490,14 +527,14 @@ async fn bad_commands_get_error_and_no_download() {
         );
     }
     assert!(real.server.downloads().is_empty(), "no request after ERROR");
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn network_down_and_dns_fail_faults() {
-    let real = Real::start(&[]).await;
-    let ftp = real.server.ftp_url(PKG).unwrap();
-    let http = real.server.http_url(PKG).unwrap();
+    let real = real(&[]).await;
+    let ftp = real.ftp_url(PKG);
+    let http = real.http_url(PKG);
     let down = builder("ec200").fault(Fault::NetworkDown).build().unwrap();
     assert_eq!(code(&down, &ftp).await, Some(605));
     assert_eq!(code(&down, &http).await, Some(707));
@@ -514,18 +551,18 @@ async fn network_down_and_dns_fail_faults() {
         code(&no_dns, &ftp.replace("127.0.0.1", "localhost")).await,
         Some(604)
     );
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn power_cut_reboots_and_the_upgrade_still_ends_0() {
-    let real = Real::start(&[]).await;
+    let real = real(&[]).await;
     let m = builder("eg06xk")
         .version("v12")
         .fault("power-cut=50".parse().unwrap())
         .build()
         .unwrap();
-    let t = fetch(&m, &real.server.http_url(PKG).unwrap()).await;
+    let t = fetch(&m, &real.http_url(PKG)).await;
     assert_eq!(t.summary.upgrade_codes, vec![0], "not a failed attempt");
     let lines = t.lines();
     let at = lines
@@ -538,13 +575,13 @@ async fn power_cut_reboots_and_the_upgrade_still_ends_0() {
     );
     assert_eq!(t.summary.boots, 3);
     assert_eq!(m.version().as_deref(), Some("v13"));
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn upgrade_error_faults_follow_the_retry_rule() {
-    let real = Real::start(&[]).await;
-    let url = real.server.http_url(PKG).unwrap();
+    let real = real(&[]).await;
+    let url = real.http_url(PKG);
     let twice = builder("ec2x")
         .version("v12")
         .fault("upgrade-error=520x2".parse().unwrap())
@@ -562,13 +599,13 @@ async fn upgrade_error_faults_follow_the_retry_rule() {
     assert_eq!(t.summary.upgrade_codes, vec![502; 5]);
     assert_eq!(always.version().as_deref(), Some("v12"));
     assert!(!t.summary.succeeded());
-    real.stop().await;
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn signature_and_md5_faults_on_their_families() {
-    let real = Real::start(&[]).await;
-    let url = real.server.http_url(PKG).unwrap();
+    let real = real(&[]).await;
+    let url = real.http_url(PKG);
     let eg = builder("eg06xk").fault(Fault::Signature).build().unwrap();
     assert_eq!(fetch(&eg, &url).await.summary.upgrade_codes, vec![513; 5]);
     let ec200 = builder("ec200").fault(Fault::Md5).build().unwrap();
@@ -578,16 +615,14 @@ async fn signature_and_md5_faults_on_their_families() {
     );
     assert!(builder("ec2x").fault(Fault::Signature).build().is_err());
     assert!(builder("eg06xk").fault(Fault::Md5).build().is_err());
-    real.stop().await;
+    stop(real).await;
 }
 
 /// Servers for the tests, each stopped when dropped.
 mod fixtures {
     use std::convert::Infallible;
     use std::net::SocketAddr;
-    use std::path::{Path, PathBuf};
     use std::sync::Arc;
-    use std::time::Duration;
 
     use bytes::Bytes;
     use http::header::CONTENT_LENGTH;
@@ -602,97 +637,7 @@ mod fixtures {
     use tokio::task::{JoinHandle, JoinSet};
     use tokio_rustls::TlsAcceptor;
 
-    use super::{BROKEN, DownloadRecord, LIMIT, PKG, Server, within};
-
-    /// The real server over a temporary copy of `packages/` plus a broken
-    /// package, FTP/HTTP/HTTPS on port 0, user `test:test`.
-    pub struct Real {
-        pub server: Server,
-        dir: tempfile::TempDir,
-        certs: tempfile::TempDir,
-    }
-
-    impl Real {
-        /// The repository's sample package.
-        pub fn package_bytes() -> Vec<u8> {
-            std::fs::read(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("packages")
-                    .join(PKG),
-            )
-            .unwrap()
-        }
-
-        /// Starts the server with these fault rules.
-        pub async fn start(rules: &[&str]) -> Real {
-            let dir = tempfile::tempdir().unwrap();
-            let certs = tempfile::tempdir().unwrap();
-            let package = Real::package_bytes();
-            std::fs::write(dir.path().join(PKG), &package).unwrap();
-            std::fs::create_dir(dir.path().join("Jun")).unwrap();
-            std::fs::write(dir.path().join("Jun").join(PKG), &package).unwrap();
-            std::fs::write(dir.path().join(BROKEN), b"PK\x03\x04 not really a zip").unwrap();
-            let mut builder = Server::builder()
-                .packages(dir.path())
-                .ftp(0)
-                .http(0)
-                .https(0)
-                .user("test", "test")
-                .allow_invalid(true)
-                .passive_ports(41000..=42999)
-                .certs_dir(certs.path())
-                .log_file(certs.path().join("downloads.jsonl"))
-                .grace_period(Duration::from_secs(1));
-            for rule in rules {
-                builder = builder.fault(rule.parse().unwrap());
-            }
-            let server = within(builder.start()).await.unwrap();
-            Real { server, dir, certs }
-        }
-
-        /// Size of a package in the folder, bytes.
-        pub fn size(&self, name: &str) -> u64 {
-            std::fs::metadata(self.dir.path().join(name)).unwrap().len()
-        }
-
-        /// The server's generated HTTPS certificate (PEM file).
-        pub fn certificate(&self) -> PathBuf {
-            self.certs
-                .path()
-                .join(qfota_serve::serve::tls::GENERATED_CERT)
-        }
-
-        /// Polls the download log until `n` records match, or fails at the
-        /// limit.
-        pub async fn wait_records(
-            &self,
-            n: usize,
-            pred: impl Fn(&DownloadRecord) -> bool,
-        ) -> Vec<DownloadRecord> {
-            let start = tokio::time::Instant::now();
-            loop {
-                let found: Vec<_> = self
-                    .server
-                    .downloads()
-                    .into_iter()
-                    .filter(|r| pred(r))
-                    .collect();
-                if found.len() >= n {
-                    return found;
-                }
-                assert!(
-                    start.elapsed() < LIMIT,
-                    "wanted {n} records, have {:#?}",
-                    self.server.downloads()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-
-        pub async fn stop(self) {
-            within(self.server.shutdown()).await;
-        }
-    }
+    use super::sample_package;
 
     /// A port nothing listens on (bound, then released).
     pub async fn closed_port() -> u16 {
@@ -808,7 +753,7 @@ mod fixtures {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let acceptor = TlsAcceptor::from(Arc::new(cert.server_config(tls12)));
-            let package = Bytes::from(Real::package_bytes());
+            let package = Bytes::from(sample_package());
             let task = tokio::spawn(async move {
                 let mut connections = JoinSet::new();
                 while let Ok((tcp, _)) = listener.accept().await {

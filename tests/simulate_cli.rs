@@ -1,41 +1,28 @@
 //! `qfota-serve simulate` as a program: transcript on stdout, `--json`
 //! lines, `QFOTA_SIM_*` environment variables and exit statuses (0 on
 //! `END,0`, 1 on `ERROR` or a failure code, 2 on usage errors), against the
-//! real server on 127.0.0.1 port 0.
+//! real server on 127.0.0.1 port 0 (the shared `tests/common` fixture).
+
+mod common;
 
 use std::process::Output;
 use std::time::Duration;
 
-use qfota_serve::serve::Server;
+use common::Fixture;
 
-/// Bound on the server start and on every program run.
-const LIMIT: Duration = Duration::from_secs(60);
+/// Bound on every program run.
+const LIMIT: Duration = common::DEADLINE;
 /// The sample package of `packages/`.
 const PKG: &str = "update-v12-to-v13.zip";
 
-struct Real {
-    server: Server,
-    _dir: tempfile::TempDir,
+async fn start() -> Fixture {
+    Fixture::start(|b| b).await
 }
 
-async fn start() -> Real {
-    let dir = tempfile::tempdir().unwrap();
-    let package = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("packages")
-        .join(PKG);
-    std::fs::copy(package, dir.path().join(PKG)).unwrap();
-    let server = Server::builder()
-        .packages(dir.path())
-        .ftp(0)
-        .http(0)
-        .user("test", "test")
-        .passive_ports(43000..=43999)
-        .grace_period(Duration::from_secs(1));
-    let server = tokio::time::timeout(LIMIT, server.start())
+async fn stop(real: Fixture) {
+    tokio::time::timeout(LIMIT, real.server.shutdown())
         .await
-        .expect("server started in time")
-        .expect("server start");
-    Real { server, _dir: dir }
+        .expect("server stopped in time");
 }
 
 /// Runs `qfota-serve simulate <args>` with `env` added, at a small time
@@ -70,7 +57,7 @@ fn q(rest: &str) -> String {
 #[tokio::test]
 async fn prints_the_transcript_and_exits_0_on_end_0() {
     let real = start().await;
-    let url = real.server.ftp_url(PKG).unwrap();
+    let url = real.ftp_url(PKG);
     let out = simulate(&[&url, "--model", "EC25", "--version", "v12"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let mut want = vec![
@@ -87,15 +74,13 @@ async fn prints_the_transcript_and_exits_0_on_end_0() {
     assert_eq!(stdout_lines(&out), want);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("v12 -> v13"), "{stderr}");
-    tokio::time::timeout(LIMIT, real.server.shutdown())
-        .await
-        .expect("server stopped in time");
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn json_lines_end_with_a_summary() {
     let real = start().await;
-    let url = real.server.http_url(PKG).unwrap();
+    let url = real.http_url(PKG);
     let out = simulate(&[&url, "--json", "--version", "v12"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let objects: Vec<serde_json::Value> = stdout_lines(&out)
@@ -112,15 +97,13 @@ async fn json_lines_end_with_a_summary() {
     assert_eq!(summary["download_code"], 0);
     assert_eq!(summary["upgrade_codes"], serde_json::json!([0]));
     assert_eq!(summary["version"], "v13");
-    tokio::time::timeout(LIMIT, real.server.shutdown())
-        .await
-        .expect("server stopped in time");
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn environment_variables_set_every_flag() {
     let real = start().await;
-    let url = real.server.http_url(PKG).unwrap();
+    let url = real.http_url(PKG);
     let out = simulate(
         &[],
         &[
@@ -150,29 +133,25 @@ async fn environment_variables_set_every_flag() {
     );
     let downloading = lines.iter().filter(|l| l.contains("DOWNLOADING")).count();
     assert_eq!(downloading, 5);
-    tokio::time::timeout(LIMIT, real.server.shutdown())
-        .await
-        .expect("server stopped in time");
+    stop(real).await;
 }
 
 #[tokio::test]
 async fn error_and_failure_codes_exit_1() {
     let real = start().await;
-    let missing = real.server.http_url("missing-v1-to-v2.zip").unwrap();
+    let missing = real.http_url("missing-v1-to-v2.zip");
     let out = simulate(&[&missing], &[]).await;
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stdout_lines(&out).last().unwrap(), &q("\"HTTPEND\",701"));
 
-    let url = real.server.ftp_url(PKG).unwrap();
+    let url = real.ftp_url(PKG);
     let out = simulate(&[&url, "--upgrade-mode", "1"], &[]).await;
     assert_eq!(out.status.code(), Some(1), "ec2x takes no parameters");
     assert_eq!(
         stdout_lines(&out),
         vec![format!("AT+QFOTADL=\"{url}\",1"), "ERROR".to_string()]
     );
-    tokio::time::timeout(LIMIT, real.server.shutdown())
-        .await
-        .expect("server stopped in time");
+    stop(real).await;
 }
 
 #[tokio::test]
