@@ -43,6 +43,9 @@ pub enum Command {
     /// Validate the packages in a folder and print the report; exit 1 when
     /// any is invalid or misfits a profile named with --profile.
     Check(CheckArgs),
+    /// Simulate a module's FOTA download and upgrade (`AT+QFOTADL`) against
+    /// a server, printing the AT transcript; exit 0 on `END,0`.
+    Simulate(crate::sim::cli::SimulateArgs),
 }
 
 /// `qfota-serve [OPTIONS] <DIR>`.

@@ -10,13 +10,6 @@ use qfota_serve::cli::{self, CheckArgs, Cli, Command, ServeArgs};
 use qfota_serve::serve::check_packages;
 
 fn main() -> ExitCode {
-    // `simulate` is dispatched here until it joins `cli::Command`.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|arg| arg == "simulate")
-    {
-        return simulate();
-    }
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -29,6 +22,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Some(Command::Check(args)) => check(args).await,
+            Some(Command::Simulate(args)) => Ok(qfota_serve::sim::cli::run(args).await),
             None => serve(cli.serve).await,
         }
     });
@@ -50,26 +44,6 @@ fn init_logging() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn")),
         )
         .init();
-}
-
-/// `qfota-serve simulate …`: the module simulator (`qfota_serve::sim::cli`).
-#[derive(Debug, Parser)]
-#[command(name = "qfota-serve")]
-enum SimulateCli {
-    /// Simulate a module's FOTA download and upgrade (AT+QFOTADL).
-    Simulate(qfota_serve::sim::cli::SimulateArgs),
-}
-
-fn simulate() -> ExitCode {
-    let SimulateCli::Simulate(args) = SimulateCli::parse();
-    init_logging();
-    match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(qfota_serve::sim::cli::run(args)),
-        Err(err) => {
-            eprintln!("qfota-serve: cannot start the runtime: {err}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

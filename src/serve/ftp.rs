@@ -703,9 +703,14 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         let expected = package.size - start_pos;
         if tracker.sent != expected {
             if tracker.fault.is_some() {
-                let reason = format!("fault: data connection closed after {} bytes", tracker.sent);
-                tracker.finish(426, Outcome::Aborted, reason);
-                return Err(storage::Error::from(ErrorKind::ConnectionClosed));
+                // `drop-after`: the data connection closes early while the
+                // control connection reports success, as when a middlebox
+                // cuts the transfer — the client sees fewer bytes than SIZE.
+                let sent = tracker.sent;
+                let reason =
+                    format!("fault: data connection closed after {sent} bytes (reply 226)");
+                tracker.finish(226, Outcome::Aborted, reason);
+                return Ok(sent);
             }
             let reason =
                 format!("package shorter than its validated size ({expected} bytes expected)");

@@ -3,7 +3,9 @@
 //! size against the family's limit and the free space, and the injected
 //! check faults. The first failing check gives the attempt's `<err>`.
 
-use std::io::{Cursor, Read};
+use std::io::Cursor;
+
+use crate::catalog::validate::{self, ZipError};
 
 use crate::profile::Profile;
 use crate::sim::fault::{FaultPlan, MD5_CODE, SIGNATURE_CODE};
@@ -20,55 +22,14 @@ pub const SPACE_CODE: u16 = 511;
 /// `<err>` "package too large" (`eg06xk`, seed 000).
 pub const TOO_LARGE_CODE: u16 = 550;
 
-/// Why a package is not a good zip.
-#[derive(Debug, thiserror::Error)]
-pub enum ZipCheckError {
-    /// The archive itself does not open (no central directory, …).
-    #[error("not a zip archive: {0}")]
-    NotZip(#[source] zip::result::ZipError),
-    /// An entry cannot be opened (unsupported method, encryption, …).
-    #[error("entry {index} does not open: {source}")]
-    Entry {
-        /// Entry index in the central directory.
-        index: usize,
-        /// The zip error.
-        #[source]
-        source: zip::result::ZipError,
-    },
-    /// An entry's data does not read through or fails its CRC-32.
-    #[error("entry {name:?} is damaged: {source}")]
-    Damaged {
-        /// Entry name.
-        name: String,
-        /// The read error (zip reports a CRC mismatch as `InvalidData`).
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Opens `bytes` as a zip and reads every entry through, so each entry's
-/// CRC-32 is checked. Returns the number of entries.
+/// Zip and CRC check of a downloaded package: the same check the server's
+/// catalog runs ([`crate::catalog::validate::check_zip`]), over bytes in
+/// memory. Returns the number of entries.
 ///
 /// # Errors
-/// The first [`ZipCheckError`].
-pub fn check_zip(bytes: &[u8]) -> Result<usize, ZipCheckError> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(ZipCheckError::NotZip)?;
-    let mut sink = [0u8; 16 * 1024];
-    for index in 0..archive.len() {
-        let mut entry = archive
-            .by_index(index)
-            .map_err(|source| ZipCheckError::Entry { index, source })?;
-        let name = entry.name().to_string();
-        loop {
-            match entry.read(&mut sink) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(ZipCheckError::Damaged { name, source }),
-            }
-        }
-    }
-    Ok(archive.len())
+/// The first [`ZipError`].
+pub fn check_zip(bytes: &[u8]) -> Result<usize, ZipError> {
+    validate::check_zip(Cursor::new(bytes)).map(|summary| summary.entries)
 }
 
 /// What the module knows when it checks a package.
@@ -188,7 +149,7 @@ pub(crate) mod tests {
     #[test]
     fn not_a_zip_is_504() {
         let junk = b"this is not a zip".to_vec();
-        assert!(matches!(check_zip(&junk), Err(ZipCheckError::NotZip(_))));
+        assert!(matches!(check_zip(&junk), Err(ZipError::Unreadable(_))));
         let got = check(&facts("eg06xk", &junk, None), &FaultPlan::default());
         assert_eq!(got.map(|(c, _)| c), Some(504));
         // ec200 takes raw images (SPEC §5): no zip check there.
@@ -204,10 +165,7 @@ pub(crate) mod tests {
         // "v13\n" is stored uncompressed; damage it in place.
         let at = zip.windows(4).position(|w| w == b"v13\n").unwrap();
         zip[at] = b'x';
-        assert!(matches!(
-            check_zip(&zip),
-            Err(ZipCheckError::Damaged { .. })
-        ));
+        assert!(matches!(check_zip(&zip), Err(ZipError::BadEntry { .. })));
     }
 
     #[test]
