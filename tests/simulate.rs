@@ -15,7 +15,6 @@ use common::Fixture;
 use qfota_serve::dlog::Outcome;
 use qfota_serve::profile::Profile;
 use qfota_serve::serve::tls::GENERATED_CERT;
-use qfota_serve::sim::download::cause::ftp_reply_code;
 use qfota_serve::sim::{Fault, FotadlArgs, Module, ModuleBuilder, Transcript};
 
 use fixtures::{Script, ScriptedFtp, Silent, TlsCert, TlsServer};
