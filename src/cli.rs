@@ -46,6 +46,9 @@ pub enum Command {
     /// Simulate a module's FOTA download and upgrade (`AT+QFOTADL`) against
     /// a server, printing the AT transcript; exit 0 on `END,0`.
     Simulate(crate::sim::cli::SimulateArgs),
+    /// Run many simulated modules against one URL and print the outcome
+    /// per final code, download-time percentiles and bytes received.
+    Fleet(crate::sim::fleet::FleetArgs),
 }
 
 /// `qfota-serve [OPTIONS] <DIR>`.

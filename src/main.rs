@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Check(args)) => check(args).await,
             Some(Command::Simulate(args)) => Ok(qfota_serve::sim::cli::run(args).await),
+            Some(Command::Fleet(args)) => Ok(qfota_serve::sim::fleet::run(args).await),
             None => serve(cli.serve).await,
         }
     });

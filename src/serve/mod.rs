@@ -526,6 +526,34 @@ impl Server {
         self.shared.log.subscribe()
     }
 
+    /// The first download record matching `pred`, already emitted or
+    /// emitted within `timeout`; `None` when none comes in time.
+    pub async fn wait_download(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&DownloadRecord) -> bool,
+    ) -> Option<DownloadRecord> {
+        // Subscribe before looking back, so nothing falls in between.
+        let mut rx = self.subscribe();
+        let wait = async {
+            loop {
+                if let Some(r) = self.downloads().into_iter().find(|r| pred(r)) {
+                    return Some(r);
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok(r) if pred(&r) => return Some(r),
+                        Ok(_) => {}
+                        // Fell behind: look at the ring again.
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
     /// The fault rules in force.
     pub fn faults(&self) -> Vec<FaultRule> {
         self.shared.faults.rules()

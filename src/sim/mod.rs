@@ -25,6 +25,7 @@ pub mod cli;
 pub mod command;
 pub mod download;
 pub mod fault;
+pub mod fleet;
 pub mod module;
 pub mod package;
 pub mod transcript;

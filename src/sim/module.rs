@@ -10,6 +10,7 @@
 
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -351,6 +352,7 @@ impl Module {
         let version_before = self.version();
         let parsed = FotadlCommand::parse(at_args, config.profile);
         let notes = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(AtomicU64::new(0));
         let busy = {
             let mut state = lock(&self.state);
             let was = state.busy;
@@ -367,6 +369,7 @@ impl Module {
                     command,
                     emit,
                     notes: Arc::clone(&notes),
+                    received: Arc::clone(&received),
                 };
                 tokio::spawn(run.execute())
             }
@@ -392,6 +395,7 @@ impl Module {
             version_before,
             state: Arc::clone(&self.state),
             notes,
+            received,
         }
     }
 }
@@ -412,6 +416,7 @@ struct Run {
     command: FotadlCommand,
     emit: Emitter,
     notes: Arc<Mutex<Vec<String>>>,
+    received: Arc<AtomicU64>,
 }
 
 impl Run {
@@ -442,6 +447,7 @@ impl Run {
             tls: Arc::clone(&config.tls),
             downloading_lines: params.downloading_lines(),
             emit: &self.emit,
+            received: Arc::clone(&self.received),
         })
         .await;
         let end = |code| {
@@ -547,6 +553,7 @@ pub struct FotaRun {
     version_before: Option<String>,
     state: Arc<Mutex<State>>,
     notes: Arc<Mutex<Vec<String>>>,
+    received: Arc<AtomicU64>,
 }
 
 impl FotaRun {
@@ -563,13 +570,15 @@ impl FotaRun {
     /// Sums up `events` (this run's, as received) with the module's version
     /// now and the simulator's notes on causes.
     pub fn summarize(&self, events: &[TimedEvent]) -> RunSummary {
-        RunSummary::from_events(
+        let mut summary = RunSummary::from_events(
             self.profile,
             events,
             self.version_before.clone(),
             lock(&self.state).version.clone(),
             lock(&self.notes).clone(),
-        )
+        );
+        summary.bytes_received = self.received.load(Ordering::Relaxed);
+        summary
     }
 
     /// Waits for the whole run and returns it, each event stamped with its

@@ -60,6 +60,8 @@ pub struct RunSummary {
     pub version: Option<String>,
     /// What the simulator knows about the causes (not printed by a module).
     pub notes: Vec<String>,
+    /// Package bytes the download received (also when it failed part-way).
+    pub bytes_received: u64,
 }
 
 impl RunSummary {
@@ -80,6 +82,7 @@ impl RunSummary {
             version_before,
             version,
             notes,
+            bytes_received: 0,
         };
         for TimedEvent { event, .. } in events {
             match event {

@@ -13,6 +13,7 @@ pub(crate) mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -53,6 +54,8 @@ pub(crate) struct Download<'a> {
     pub downloading_lines: u8,
     /// Where URCs go.
     pub emit: &'a Emitter,
+    /// Bytes received so far, readable while the download runs.
+    pub received: Arc<AtomicU64>,
 }
 
 /// Downloads the package; returns its bytes, exactly as many as the server
@@ -65,6 +68,7 @@ pub(crate) async fn download(job: Download<'_>) -> Result<Vec<u8>, DownloadError
         return Err(DownloadError::NetworkDown);
     }
     let mut progress = Progress::new(job.downloading_lines, job.rate, job.emit);
+    progress.counter = Some(Arc::clone(&job.received));
     let addrs = resolve(&job.url.host, job.url.port, job.dns_fail, job.timeout).await?;
     let tcp = connect(&addrs, job.timeout).await?;
     match job.url.scheme {
@@ -159,6 +163,8 @@ pub(crate) struct Progress<'a> {
     started: Instant,
     rate: Option<u64>,
     emit: &'a Emitter,
+    /// Mirror of `received` for observers outside the download.
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl<'a> Progress<'a> {
@@ -171,6 +177,7 @@ impl<'a> Progress<'a> {
             started: Instant::now(),
             rate: rate.filter(|r| *r > 0),
             emit,
+            counter: None,
         }
     }
 
@@ -198,6 +205,9 @@ impl<'a> Progress<'a> {
     /// More than [`MAX_PACKAGE`] bytes in all.
     async fn advance(&mut self, n: usize) -> Result<(), DownloadError> {
         self.received = self.received.saturating_add(n as u64);
+        if let Some(counter) = &self.counter {
+            counter.store(self.received, Ordering::Relaxed);
+        }
         if self.received > MAX_PACKAGE {
             return Err(too_large(self.received));
         }

@@ -1,0 +1,92 @@
+//! Fleet runs against the real server, and the fixture example run as a
+//! user would run it.
+
+mod common;
+
+use common::{Fixture, run};
+use qfota_serve::profile::Profile;
+use qfota_serve::serve::fault::FaultRule;
+use qfota_serve::sim::fleet::{FleetConfig, run_fleet};
+
+const PKG: &str = "update-v12-to-v13.zip";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_200_with_a_random_drop_fault_reports_0_and_701() {
+    let fault: FaultRule = "drop-after=50%,rate=0.5".parse().unwrap();
+    let fx = Fixture::start(move |b| b.fault_seed(3).fault(fault)).await;
+    let profile = Profile::for_model("EC25").unwrap();
+    let report = run_fleet(&FleetConfig::new(fx.http_url(PKG), profile, 200))
+        .await
+        .unwrap();
+    let (ok, failed) = (report.count("0"), report.count("701"));
+    assert!(ok > 0 && failed > 0, "{report:?}");
+    assert_eq!(ok + failed, 200, "{report:?}");
+    assert!(report.p50_ms <= report.p95_ms && report.p95_ms <= report.max_ms);
+    // Every module received at least half the package; the full ones more.
+    let size = fx.package_bytes(PKG).len() as u64;
+    assert!(report.bytes >= 200 * (size / 2), "{report:?}");
+    // The server logged one attempt per module.
+    let logged = fx.server.downloads().len();
+    assert_eq!(logged, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_command_prints_json_and_exits_0() {
+    let fx = Fixture::start(|b| b).await;
+    let out = run(
+        env!("CARGO_BIN_EXE_qfota-serve"),
+        &[
+            "fleet",
+            &fx.ftp_url(PKG),
+            "--modules",
+            "12",
+            "--concurrency",
+            "4",
+            "--model",
+            "EC200T",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["modules"], 12);
+    assert_eq!(v["codes"]["0"], 12);
+    let size = fx.package_bytes(PKG).len() as u64;
+    assert_eq!(v["bytes"], 12 * size);
+    for key in ["p50_ms", "p95_ms", "max_ms"] {
+        assert!(v[key].is_u64(), "{key}: {v}");
+    }
+    let out = run(
+        env!("CARGO_BIN_EXE_qfota-serve"),
+        &["fleet", &fx.ftp_url(PKG), "--modules", "0"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `examples/fixture.rs` (built by `cargo test`) runs to the end, exit 0.
+#[tokio::test]
+async fn the_fixture_example_runs_end_to_end() {
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|debug| debug.join("examples").join("fixture"))
+        .unwrap();
+    assert!(example.is_file(), "{} not built", example.display());
+    let out = run(example.to_str().unwrap(), &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("all checks passed"), "{text}");
+}
