@@ -288,3 +288,77 @@ async fn a_bad_fault_file_is_a_start_up_error() {
         .unwrap_err();
     assert!(err.to_string().contains("explode"), "{err}");
 }
+
+/// What a simulated module reports for each server fault, by the SPEC §4
+/// cause → code table: `ec200`'s detailed code and 601/701 on an EC25.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_server_fault_gives_the_documented_module_code() {
+    use qfota_serve::profile::Profile;
+    use qfota_serve::sim::Module;
+
+    // (rule, over FTP?, ec200 code, EC25 code)
+    let table: &[(&str, bool, u16, u16)] = &[
+        ("ftp-reply=425,command=PASV", true, 615, 601),
+        ("refuse-login", true, 625, 601),
+        ("not-found", true, 627, 601),
+        ("drop-after=50%", true, 607, 601),
+        ("stall-after=1000", true, 609, 601),
+        ("drop-after=50%", false, 719, 701),
+        ("status=503", false, 723, 701),
+        ("status=302", false, 723, 701),
+        ("not-found", false, 723, 701),
+        ("stall-after=1000", false, 722, 701),
+    ];
+    for &(text, ftp, ec200, generic) in table {
+        // A short server stall timeout ends `stall-after` transfers (and
+        // writes their records) soon after the modules give up.
+        let rule: FaultRule = text.parse().unwrap();
+        let fx = Fixture::start(move |b| b.fault(rule).stall_timeout(Duration::from_secs(2))).await;
+        let url = if ftp {
+            fx.ftp_url(PKG)
+        } else {
+            fx.http_url(PKG)
+        };
+        for (model, want) in [("EC200T", ec200), ("EC25", generic)] {
+            let module = Module::builder(Profile::for_model(model).unwrap())
+                .timeout(Duration::from_secs(1))
+                .build()
+                .unwrap();
+            let run =
+                tokio::time::timeout(DEADLINE, module.fotadl(&format!("\"{url}\"")).transcript())
+                    .await
+                    .expect("run finished");
+            assert_eq!(
+                run.summary.download_code,
+                Some(want),
+                "{text} over {} on {model}: {:?}",
+                if ftp { "FTP" } else { "HTTP" },
+                run.summary
+            );
+        }
+        let hit = fx
+            .wait_record("a faulted attempt", |r| r.fault.as_deref() == Some(text))
+            .await;
+        assert_eq!(
+            hit.protocol.as_str(),
+            if ftp { "ftp" } else { "http" },
+            "{text}"
+        );
+    }
+}
+
+/// `times=1`: the first module fails, the next one gets the package.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_matcher_fails_only_the_first_module() {
+    use qfota_serve::profile::Profile;
+    use qfota_serve::sim::Module;
+    let fx = with_faults(&["status=503,times=1"]).await;
+    let module = Module::builder(Profile::for_model("EC200T").unwrap())
+        .build()
+        .unwrap();
+    let args = format!("\"{}\"", fx.http_url(PKG));
+    let first = module.fotadl(&args).transcript().await;
+    assert_eq!(first.summary.download_code, Some(723));
+    let second = module.fotadl(&args).transcript().await;
+    assert!(second.summary.succeeded(), "{:?}", second.summary);
+}

@@ -518,16 +518,22 @@ pub struct FaultedReader<R> {
     /// When throttling: start instant and the offset it started at.
     started: Option<(tokio::time::Instant, u64)>,
     scratch: Vec<u8>,
+    /// How long a `stall-after` transfer stays silent before it ends.
+    stall_limit: Duration,
+    cancelled: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
 }
 
 impl<R> FaultedReader<R> {
-    /// Wraps `inner`, positioned at package byte `offset` of `size`.
+    /// Wraps `inner`, positioned at package byte `offset` of `size`. A
+    /// `stall-after` transfer ends with `TimedOut` after `stall_limit` (the
+    /// server's stall timeout) or at shutdown.
     pub fn new(
         inner: R,
         action: Action,
         offset: u64,
         size: u64,
         shutdown: CancellationToken,
+        stall_limit: Duration,
     ) -> Self {
         FaultedReader {
             inner,
@@ -538,6 +544,8 @@ impl<R> FaultedReader<R> {
             sleep: None,
             started: None,
             scratch: Vec::new(),
+            stall_limit,
+            cancelled: None,
         }
     }
 }
@@ -562,16 +570,29 @@ impl<R: AsyncRead + Unpin> AsyncRead for FaultedReader<R> {
             }
             Action::StallAfter(at) => {
                 if this.pos >= *at {
-                    // Stay silent; wake only for shutdown.
-                    let cancelled = this.shutdown.cancelled();
-                    tokio::pin!(cancelled);
-                    return match cancelled.poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    // Stay silent until the stall limit (the server's own
+                    // stall timeout) or shutdown, whichever comes first.
+                    let limit = this.stall_limit;
+                    let timer = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("fault: stalled for {} s, transfer ended", limit.as_secs()),
+                        )));
+                    }
+                    let token = this.shutdown.clone();
+                    let shutdown = this
+                        .cancelled
+                        .get_or_insert_with(|| Box::pin(token.cancelled_owned()));
+                    if shutdown.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::Interrupted,
                             "fault: stalled transfer ended by shutdown",
-                        ))),
-                        Poll::Pending => Poll::Pending,
-                    };
+                        )));
+                    }
+                    return Poll::Pending;
                 }
                 Some(at - this.pos)
             }
@@ -767,7 +788,14 @@ mod tests {
     async fn read_all(action: Action, offset: u64) -> io::Result<Vec<u8>> {
         let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
         let inner = std::io::Cursor::new(data[offset as usize..].to_vec());
-        let mut r = FaultedReader::new(inner, action, offset, 1000, CancellationToken::new());
+        let mut r = FaultedReader::new(
+            inner,
+            action,
+            offset,
+            1000,
+            CancellationToken::new(),
+            Duration::from_secs(120),
+        );
         let mut out = Vec::new();
         r.read_to_end(&mut out).await.map(|_| out)
     }
@@ -780,6 +808,7 @@ mod tests {
             0,
             1000,
             CancellationToken::new(),
+            Duration::from_secs(120),
         );
         let mut out = Vec::new();
         r.read_to_end(&mut out).await.unwrap();
@@ -800,11 +829,13 @@ mod tests {
             took >= Duration::from_secs(9) && took <= Duration::from_secs(11),
             "{took:?}"
         );
-        let stalled = tokio::time::timeout(
-            Duration::from_secs(3600),
-            read_all(Action::StallAfter(10), 0),
-        )
-        .await;
-        assert!(stalled.is_err(), "a stalled body never ends by itself");
+        let start = tokio::time::Instant::now();
+        let err = read_all(Action::StallAfter(10), 0).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(120),
+            "ends at the stall limit"
+        );
     }
 }

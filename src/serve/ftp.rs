@@ -636,6 +636,7 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                     start_pos,
                     package.size,
                     session.shared.shutdown.clone(),
+                    self.stall,
                 )),
                 None => r,
             },

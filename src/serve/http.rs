@@ -362,6 +362,7 @@ impl Conn {
                         start,
                         package.size,
                         self.shared.shutdown.clone(),
+                        self.shared.stall_timeout,
                     )) as PackageReader,
                     None => r,
                 },

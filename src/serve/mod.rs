@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) transfers: TaskTracker,
     /// Fault rules, replaceable at run time.
     pub(crate) faults: Arc<FaultSet>,
+    /// Longest a transfer may make no progress (also ends `stall-after`).
+    pub(crate) stall_timeout: Duration,
 }
 
 /// Whether a catalog key may be served, and if not, what to log.
@@ -393,6 +395,7 @@ impl ServerBuilder {
             shutdown: shutdown.clone(),
             transfers: TaskTracker::new(),
             faults: Arc::clone(&faults),
+            stall_timeout: self.stall,
         });
         let addr_of = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let addrs = Addrs {
