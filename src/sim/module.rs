@@ -461,7 +461,7 @@ impl Run {
             Ok(package) => package,
             Err(error) => {
                 let code = error.code(url.scheme, profile.download_codes);
-                tracing::info!(
+                tracing::debug!(
                     profile = profile.name,
                     url = %url.text,
                     code,
@@ -473,7 +473,7 @@ impl Run {
                 return;
             }
         };
-        tracing::info!(
+        tracing::debug!(
             profile = profile.name,
             url = %url.text,
             bytes = package.len(),
