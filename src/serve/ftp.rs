@@ -160,18 +160,7 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
     };
     let tracker = TaskTracker::new();
     let shutdown = shared.shutdown.clone();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(err) => {
-                    tracing::warn!(error = %err, "FTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = super::accept(&listener, &shutdown, "ftp").await {
         let session = Arc::new(FtpSession {
             peer,
             user: Mutex::new(None),

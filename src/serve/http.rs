@@ -75,19 +75,7 @@ pub(crate) async fn run(
     let graceful = GracefulShutdown::new();
     let tracker = TaskTracker::new();
     let shutdown = shared.shutdown.clone();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(err) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %err, protocol = protocol.as_str(), "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = super::accept(&listener, &shutdown, protocol.as_str()).await {
         let _ = tcp.set_nodelay(true);
         let guard = StallGuard::new(tcp, timeouts.stall);
         let conn = Arc::new(Conn {

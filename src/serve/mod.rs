@@ -49,6 +49,29 @@ pub(crate) struct Shared {
     pub(crate) stall_timeout: Duration,
 }
 
+/// The next connection on `listener`, or `None` once shutdown starts.
+/// Accept errors (EMFILE and friends) are logged and retried after a short
+/// back-off instead of spinning. The one place every listener accepts, so
+/// connection limits belong here.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    protocol: &'static str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(err) => {
+                    tracing::warn!(error = %err, protocol, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Whether a catalog key may be served, and if not, what to log.
 #[derive(Debug)]
 pub(crate) enum Access {
