@@ -1253,3 +1253,26 @@ async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
     .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
 }
+
+/// A folder path answers with that folder's listing (lftp and browsers
+/// "cd" over HTTP); nothing is logged as a download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_lists_its_packages() {
+    let fx = Fixture::start(|b| b).await;
+    let out = common::run(
+        "curl",
+        &["-sS", "-w", "\n%{http_code}", &fx.http_url("Jun/")],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n200"), "{text}");
+    assert!(
+        text.contains("href=\"/Jun/update-v12-to-v13.zip\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains(common::BIG),
+        "root packages are not listed: {text}"
+    );
+    assert!(fx.server.downloads().is_empty());
+}

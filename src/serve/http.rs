@@ -38,7 +38,7 @@ use super::fault::{Action, AttemptInfo, FaultedReader};
 use super::range::{self, Precondition, RangeDecision, Validators};
 use super::stall::{FlushSignal, StallGuard};
 use super::{Access, Shared};
-use crate::catalog::{OpenError, Package, PackageReader, path};
+use crate::catalog::{Lookup, OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, DownloadRecord, Outcome, Protocol};
 
 /// Timeouts of an HTTP(S) listener.
@@ -234,9 +234,14 @@ impl Conn {
             }
         };
         match key.as_str() {
-            "" => return index_html(&self.shared),
+            "" => return index_html(&self.shared, ""),
             "packages.json" => return index_json(&self.shared),
             _ => {}
+        }
+        // A folder answers with its listing, so clients that "cd" over
+        // HTTP (lftp, browsers) find the packages in it.
+        if matches!(self.shared.catalog.lookup(&key), Lookup::Directory) {
+            return index_html(&self.shared, &key);
         }
         pending.path = key.clone();
         let package = match self.shared.resolve(&key) {
@@ -460,9 +465,18 @@ fn index_json(shared: &Shared) -> Response<ResponseBody> {
     }
 }
 
-fn index_html(shared: &Shared) -> Response<ResponseBody> {
+/// HTML table of the packages under `folder` (every package for the root).
+fn index_html(shared: &Shared, folder: &str) -> Response<ResponseBody> {
     let mut rows = String::new();
+    let prefix = if folder.is_empty() {
+        String::new()
+    } else {
+        format!("{folder}/")
+    };
     for p in shared.catalog.packages() {
+        if !p.path.starts_with(&prefix) {
+            continue;
+        }
         let status = if p.is_valid() {
             "valid".to_string()
         } else {
@@ -482,9 +496,10 @@ fn index_html(shared: &Shared) -> Response<ResponseBody> {
     }
     let html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>qfota-serve packages</title></head>\n\
-         <body><h1>Firmware packages</h1>\n<table border=\"1\" cellpadding=\"4\">\n\
+         <body><h1>Firmware packages in /{}</h1>\n<table border=\"1\" cellpadding=\"4\">\n\
          <tr><th>name</th><th>size (bytes)</th><th>SHA-256</th><th>validity</th></tr>\n{rows}</table>\n\
-         <p><a href=\"/packages.json\">packages.json</a></p></body></html>\n"
+         <p><a href=\"/packages.json\">packages.json</a></p></body></html>\n",
+        html_escape(folder)
     );
     body_response(StatusCode::OK, "text/html; charset=utf-8", html)
 }
