@@ -1276,3 +1276,64 @@ async fn a_folder_lists_its_packages() {
     );
     assert!(fx.server.downloads().is_empty());
 }
+
+/// Shutdown stops accepting but lets a download in flight finish within
+/// the grace period; the record says `complete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_an_in_flight_download_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PKG: &str = "update-v12-to-v13.zip";
+    // ~7 KB at 7 kB/s: about a second in flight.
+    let slow: qfota_serve::serve::fault::FaultRule = "slow=7000".parse().unwrap();
+    let fx = Fixture::start(move |b| {
+        b.fault(slow)
+            .grace_period(std::time::Duration::from_secs(20))
+    })
+    .await;
+    let want = fx.package_bytes(PKG);
+    let addr = fx.server.http_addr().unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET /{PKG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The response has started once the first bytes are here.
+    let mut got = vec![0u8; 64];
+    let n = tokio::time::timeout(common::DEADLINE, tcp.read(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got.truncate(n);
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    let Fixture {
+        server,
+        dir: _dir,
+        log_path,
+        ..
+    } = fx;
+    let reader = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest).await.map(|_| rest)
+    });
+    tokio::time::timeout(common::DEADLINE, server.shutdown())
+        .await
+        .expect("shutdown within the grace period");
+    // New connections are refused once shutdown has begun.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    got.extend(
+        tokio::time::timeout(common::DEADLINE, reader)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+    );
+    let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(common::sha256(&got[body_at..]), common::sha256(&want));
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"outcome\":\"complete\"") && l.contains(PKG)),
+        "{log}"
+    );
+}
