@@ -3,10 +3,23 @@
 //!
 //! The modem holds the master side; the host opens the slave (`/dev/pts/N`)
 //! through the link. Closing the master is how a reboot looks from the
-//! host: its reads fail (EIO) as when USB re-enumerates, and a new PTY then
-//! appears behind the same link. Whether a host has the port open is seen
-//! on the master: reads fail with EIO while no slave descriptor is open.
-//! All of this goes through `nix`'s safe wrappers; no `unsafe` is needed.
+//! host: its reads fail (EIO or end of file) as when USB re-enumerates, and
+//! a new PTY then appears behind the same link. Whether a host has the port
+//! open is seen on the master: reads fail with EIO while no slave
+//! descriptor is open, and would block while one is.
+//!
+//! # Why the master is polled, not registered with the reactor
+//!
+//! A hang-up (no slave open) is a level condition the kernel reports as
+//! `EPOLLHUP`, and Tokio keeps a registration's "read closed" state for
+//! ever once seen (it is final for sockets). A PTY's hang-up is not final:
+//! the next host to open the slave clears it. Registered with Tokio, a
+//! master whose slave was once closed is "readable" for ever, and a read
+//! loop spins at full CPU while a silent host holds the port. So the master
+//! is non-blocking and polled: every [`DATA_POLL`] while a host is
+//! attached, every [`NO_HOST_POLL`] while none is. An AT port carries a few
+//! hundred bytes a second; the cost is a few dozen system calls a second.
+//! Everything goes through `nix`'s safe wrappers: no `unsafe`.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
@@ -17,25 +30,37 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
-use nix::sys::termios::{self, SetArg};
-use tokio::io::unix::AsyncFd;
+use nix::sys::termios::{self, FlushArg, SetArg};
+use tokio::time::Instant;
 
-/// How often the master is polled while no host has the port open.
-const NO_HOST_POLL: Duration = Duration::from_millis(50);
+/// How often the master is polled for input while a host has it open:
+/// 10 ms, the worst added latency of a command.
+pub const DATA_POLL: Duration = Duration::from_millis(10);
+/// How often the master is polled while no host has the port open: 50 ms.
+pub const NO_HOST_POLL: Duration = Duration::from_millis(50);
+/// A host that holds the port open and writes nothing is reported
+/// ([`PortRead::Idle`]) after this long: 100 ms.
+pub const IDLE_REPORT: Duration = Duration::from_millis(100);
+/// How often a write that found the host's buffer full is retried: 5 ms.
+const WRITE_POLL: Duration = Duration::from_millis(5);
 
 /// What a read from the port found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PortRead {
-    /// This many bytes from the host.
+    /// This many bytes from the host (a host has the port open).
     Data(usize),
+    /// A host has the port open and wrote nothing (for [`IDLE_REPORT`],
+    /// from [`Pty::read`]; right now, from [`Pty::try_read`]).
+    Idle,
     /// No host has the port open (all slave descriptors closed).
     NoHost,
 }
 
-/// The master side of one pseudo-terminal.
+/// The master side of one pseudo-terminal; dropping it closes the port
+/// (the host's reads fail).
 #[derive(Debug)]
 pub struct Pty {
-    master: AsyncFd<PtyMaster>,
+    master: PtyMaster,
     slave: PathBuf,
 }
 
@@ -51,12 +76,13 @@ impl Pty {
         unlockpt(&master)?;
         let slave = PathBuf::from(ptsname_r(&master)?);
         // Configure the line discipline once through a short-lived slave
-        // descriptor; the settings stay with the PTY.
+        // descriptor; the settings stay with the PTY while the master is
+        // open.
         {
             let fd = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .custom_flags(libc_o_noctty())
+                .custom_flags(OFlag::O_NOCTTY.bits())
                 .open(&slave)?;
             let mut t = termios::tcgetattr(fd.as_fd())?;
             termios::cfmakeraw(&mut t);
@@ -64,10 +90,7 @@ impl Pty {
         }
         let flags = OFlag::from_bits_truncate(fcntl(&master, FcntlArg::F_GETFL)?);
         fcntl(&master, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-        Ok(Pty {
-            master: register(master)?,
-            slave,
-        })
+        Ok(Pty { master, slave })
     }
 
     /// The slave device the host opens (`/dev/pts/N`).
@@ -75,64 +98,98 @@ impl Pty {
         &self.slave
     }
 
-    /// Reads what the host wrote, or reports that no host has the port
-    /// open (after a short pause, so callers can loop on it).
+    /// One non-blocking read: [`PortRead::Data`], [`PortRead::Idle`] (a
+    /// host has the port open, nothing to read now) or
+    /// [`PortRead::NoHost`].
     ///
     /// # Errors
-    /// An I/O error other than EIO.
+    /// An I/O error other than EIO (which means "no host").
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<PortRead> {
+        match (&self.master).read(buf) {
+            // A master reads 0 only when no slave is open on some kernels.
+            Ok(0) => Ok(PortRead::NoHost),
+            Ok(n) => Ok(PortRead::Data(n)),
+            Err(e) if e.raw_os_error() == Some(Errno::EIO as i32) => Ok(PortRead::NoHost),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(PortRead::Idle)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads what the host wrote; or reports, after [`IDLE_REPORT`], that a
+    /// host holds the port open but wrote nothing; or, after a pause of
+    /// [`NO_HOST_POLL`], that no host has the port open. Callers loop on
+    /// it. Cancel-safe: no byte is read and then lost.
+    ///
+    /// # Errors
+    /// An I/O error other than EIO (which means "no host").
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<PortRead> {
+        let start = Instant::now();
         loop {
-            let mut guard = match tokio::time::timeout(NO_HOST_POLL, self.master.readable()).await {
-                Ok(g) => g?,
-                Err(_) => continue,
-            };
-            match guard.try_io(|inner| inner.get_ref().read(buf)) {
-                Ok(Ok(0)) => return Ok(PortRead::NoHost),
-                Ok(Ok(n)) => return Ok(PortRead::Data(n)),
-                Ok(Err(e)) if e.raw_os_error() == Some(Errno::EIO as i32) => {
-                    // Hang-up is level-triggered: pause instead of spinning.
-                    guard.clear_ready();
+            match self.try_read(buf)? {
+                PortRead::NoHost => {
                     tokio::time::sleep(NO_HOST_POLL).await;
                     return Ok(PortRead::NoHost);
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
+                PortRead::Idle if start.elapsed() < IDLE_REPORT => {
+                    tokio::time::sleep(DATA_POLL).await;
+                }
+                got => return Ok(got),
             }
         }
     }
 
-    /// Writes all of `data` to the host.
+    /// Writes all of `data` to the host, waiting while its buffer is full.
+    ///
+    /// With no host attached the kernel keeps the bytes for whoever opens
+    /// the port next; callers write only while a host is attached and call
+    /// [`discard_unread`](Self::discard_unread) when it leaves.
     ///
     /// # Errors
-    /// EIO when no host has the port open; other I/O errors.
+    /// I/O errors of the master (not a full buffer).
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let mut guard = self.master.writable().await?;
-            match guard.try_io(|inner| inner.get_ref().write(data)) {
-                Ok(Ok(n)) => data = &data[n..],
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
+            match (&self.master).write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    tokio::time::sleep(WRITE_POLL).await;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())
     }
-}
 
-/// Registers the master with tokio's reactor.
-///
-/// The crate's only `unsafe`: `AsyncFd::register` requires that the file
-/// descriptor stays open for as long as it is registered. `PtyMaster` owns
-/// the descriptor and the returned `AsyncFd` owns the `PtyMaster`, so the
-/// descriptor is closed only when the `AsyncFd` is dropped, which
-/// deregisters it first.
-#[allow(unsafe_code)]
-fn register(master: PtyMaster) -> io::Result<AsyncFd<PtyMaster>> {
-    // SAFETY: see above — the fd is owned by the value being registered.
-    unsafe { AsyncFd::register(master) }.map_err(|e| e.into_parts().1)
-}
-
-fn libc_o_noctty() -> i32 {
-    OFlag::O_NOCTTY.bits()
+    /// Drops what the modem wrote and no host read, so that the next host
+    /// to open the port does not get stale lines (a USB port nobody has
+    /// open keeps nothing).
+    ///
+    /// # Errors
+    /// The flush fails (it should not on a PTY master).
+    pub fn discard_unread(&self) -> io::Result<()> {
+        // Written bytes sit first in the slave's flip buffer (flushed from
+        // the master side), then move to its line discipline (flushed from
+        // the slave side, through a descriptor opened for just this).
+        termios::tcflush(&self.master, FlushArg::TCOFLUSH)?;
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags((OFlag::O_NOCTTY | OFlag::O_NONBLOCK).bits())
+            .open(&self.slave)?;
+        termios::tcflush(slave.as_fd(), FlushArg::TCIFLUSH)?;
+        Ok(())
+    }
 }
 
 /// A symlink kept pointing at the current PTY; removed on drop.
@@ -142,7 +199,7 @@ pub struct PtyLink {
 }
 
 impl PtyLink {
-    /// Creates (or takes over) `link`.
+    /// Manages `link` (nothing is created until [`point_to`](Self::point_to)).
     pub fn new(link: impl Into<PathBuf>) -> Self {
         PtyLink { link: link.into() }
     }
@@ -153,11 +210,35 @@ impl PtyLink {
     }
 
     /// Points the link at `target`, atomically (a temporary link renamed
-    /// over the old one), so a host never sees it missing.
+    /// over the old one), so a host never sees it half-made.
     ///
     /// # Errors
     /// The link's folder is not writable, or `link` is a real file.
     pub fn point_to(&self, target: &Path) -> io::Result<()> {
+        self.refuse_real_file()?;
+        let mut tmp = self.link.clone().into_os_string();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp)?;
+        std::fs::rename(&tmp, &self.link)
+    }
+
+    /// Removes the link (the port is gone, as `/dev/ttyUSB2` is while a
+    /// module reboots); [`point_to`](Self::point_to) makes it again. A
+    /// missing link is not an error.
+    ///
+    /// # Errors
+    /// `link` is a real file, or cannot be removed.
+    pub fn remove(&self) -> io::Result<()> {
+        self.refuse_real_file()?;
+        match std::fs::remove_file(&self.link) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn refuse_real_file(&self) -> io::Result<()> {
         if let Ok(meta) = std::fs::symlink_metadata(&self.link)
             && !meta.file_type().is_symlink()
         {
@@ -166,12 +247,7 @@ impl PtyLink {
                 format!("{} exists and is not a symlink", self.link.display()),
             ));
         }
-        let mut tmp = self.link.clone().into_os_string();
-        tmp.push(format!(".{}.tmp", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(target, &tmp)?;
-        std::fs::rename(&tmp, &self.link)
+        Ok(())
     }
 }
 
@@ -187,33 +263,100 @@ impl Drop for PtyLink {
 mod tests {
     use super::*;
 
+    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("finished in time")
+    }
+
+    fn cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
     #[tokio::test]
     async fn host_side_sees_raw_bytes_and_eio_after_close() {
         let pty = Pty::open().unwrap();
         let mut buf = [0u8; 64];
-        assert_eq!(pty.read(&mut buf).await.unwrap(), PortRead::NoHost);
+        assert_eq!(bounded(pty.read(&mut buf)).await.unwrap(), PortRead::NoHost);
+        assert_eq!(bounded(pty.read(&mut buf)).await.unwrap(), PortRead::NoHost);
         let mut host = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(pty.slave_path())
             .unwrap();
+        assert_eq!(bounded(pty.read(&mut buf)).await.unwrap(), PortRead::Idle);
         host.write_all(b"AT\r").unwrap();
-        let n = match pty.read(&mut buf).await.unwrap() {
+        let n = match bounded(pty.read(&mut buf)).await.unwrap() {
             PortRead::Data(n) => n,
             other => panic!("{other:?}"),
         };
         assert_eq!(&buf[..n], b"AT\r", "raw: no CR translation");
-        pty.write_all(b"\r\nOK\r\n").await.unwrap();
+        bounded(pty.write_all(b"\r\nOK\r\n")).await.unwrap();
         let mut got = [0u8; 6];
         host.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"\r\nOK\r\n", "raw: no echo, no NL translation");
         drop(host);
-        assert_eq!(pty.read(&mut buf).await.unwrap(), PortRead::NoHost);
+        assert_eq!(bounded(pty.read(&mut buf)).await.unwrap(), PortRead::NoHost);
         // The host reopens, then the modem "reboots": reads fail.
         let mut host = std::fs::File::open(pty.slave_path()).unwrap();
         drop(pty);
         let err = host.read(&mut buf);
         assert!(matches!(err, Ok(0)) || err.is_err(), "{err:?}");
+    }
+
+    /// Regression: registered with Tokio, a master whose slave had once
+    /// closed stayed "readable" for ever and `read` spun at full CPU while
+    /// a silent host held the port.
+    #[tokio::test]
+    async fn a_silent_host_costs_no_cpu() {
+        let pty = Pty::open().unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(bounded(pty.read(&mut buf)).await.unwrap(), PortRead::NoHost);
+        let _host = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(pty.slave_path())
+            .unwrap();
+        let before = cpu_ticks();
+        let wall = std::time::Instant::now();
+        while wall.elapsed() < Duration::from_millis(500) {
+            assert_eq!(bounded(pty.read(&mut buf)).await.unwrap(), PortRead::Idle);
+        }
+        // Clock ticks are 10 ms: a spinning loop would burn ~50.
+        let spent = cpu_ticks() - before;
+        assert!(spent < 20, "{spent} ticks of CPU in 500 ms");
+    }
+
+    /// Regression: a flush from the master side alone missed bytes the
+    /// kernel had already moved into the slave's line discipline.
+    #[tokio::test]
+    async fn unread_lines_are_not_left_for_the_next_host() {
+        let pty = Pty::open().unwrap();
+        bounded(pty.write_all(b"\r\nstale\r\n")).await.unwrap();
+        pty.discard_unread().unwrap();
+        bounded(pty.write_all(b"\r\nstale again\r\n"))
+            .await
+            .unwrap();
+        // Not a wait for a condition: gives the kernel's work queue time to
+        // move the bytes on, the case that broke.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        pty.discard_unread().unwrap();
+        let mut host = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(pty.slave_path())
+            .unwrap();
+        bounded(pty.write_all(b"fresh")).await.unwrap();
+        let mut got = [0u8; 5];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"fresh");
     }
 
     #[test]
@@ -232,6 +375,10 @@ mod tests {
                 std::fs::read_link(&link_path).unwrap(),
                 Path::new("/dev/zero")
             );
+            link.remove().unwrap();
+            assert!(std::fs::symlink_metadata(&link_path).is_err());
+            link.remove().unwrap();
+            link.point_to(Path::new("/dev/null")).unwrap();
         }
         assert!(std::fs::symlink_metadata(&link_path).is_err());
         std::fs::write(&link_path, b"x").unwrap();
@@ -240,5 +387,7 @@ mod tests {
                 .point_to(Path::new("/dev/null"))
                 .is_err()
         );
+        assert!(PtyLink::new(&link_path).remove().is_err());
+        assert!(link_path.exists(), "a real file is never removed");
     }
 }
