@@ -318,6 +318,12 @@ impl Module {
         self.config.profile
     }
 
+    /// The module-side faults it was built with (the virtual modem answers
+    /// `AT+CREG?` from `network-down`).
+    pub fn faults(&self) -> &[Fault] {
+        &self.config.faults
+    }
+
     /// The firmware version now: the configured one, the package's `<to>`
     /// after `END,0`, or `None` when unset or unknown (a package whose name
     /// states no version).
