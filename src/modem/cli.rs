@@ -1,0 +1,418 @@
+//! `qfota-serve modem`: the virtual modem on a pseudo-terminal and/or TCP,
+//! until Ctrl-C or SIGTERM (exit 0). Usage errors exit 2, a port that
+//! cannot be opened exits 1.
+//!
+//! Raw flags ([`ModemArgs`], environment `QFOTA_MODEM_*`) become a checked
+//! [`ModemConfig`] once, through `TryFrom`; [`run`] then only executes.
+//!
+//! What it prints on stdout, one line each, flushed, for scripts to read:
+//!
+//! ```text
+//! modem EC25 (profile ec2x), revision v12, IMEI 867675040000011
+//! pty /tmp/qfota-modem -> /dev/pts/5
+//! tcp 127.0.0.1:40123
+//! down (module rebooting)
+//! pty /tmp/qfota-modem -> /dev/pts/6
+//! up (boot 1)
+//! ```
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::modem::{DEFAULT_IMEI, DEFAULT_LINK, DEFAULT_REBOOT, DEFAULT_URC_HOLD, Modem, Status};
+use crate::profile::{Profile, ProfileError};
+use crate::sim::Fault;
+use crate::sim::module::{ConfigError, DEFAULT_TIME_SCALE, Module};
+
+/// Exit status for a usage error (as clap uses).
+const USAGE: u8 = 2;
+
+/// Run a virtual modem: the simulated module behind an AT port on a
+/// pseudo-terminal (`--pty`) and/or TCP (`--tcp`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("port").required(true).multiple(true).args(["pty", "tcp"])
+))]
+pub struct ModemArgs {
+    /// Offer the AT port on a pseudo-terminal and keep a symlink at LINK
+    /// pointing at it [default LINK: /tmp/qfota-modem].
+    #[arg(
+        long,
+        env = "QFOTA_MODEM_PTY",
+        value_name = "LINK",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_LINK
+    )]
+    pub pty: Option<PathBuf>,
+    /// Offer the AT port on TCP, one host at a time (port 0: any free
+    /// port, printed).
+    #[arg(long, env = "QFOTA_MODEM_TCP", value_name = "ADDR:PORT")]
+    pub tcp: Option<SocketAddr>,
+    /// Module model (EC25, EC200T, EM060K, …); selects the profile and is
+    /// what ATI and AT+CGMM show.
+    #[arg(long, env = "QFOTA_MODEM_MODEL", conflicts_with = "profile")]
+    pub model: Option<String>,
+    /// Profile: ec2x (default), ep06, ec200, eg06xk-dfota, eg06xk.
+    #[arg(long, env = "QFOTA_MODEM_PROFILE")]
+    pub profile: Option<String>,
+    /// The module's firmware version (`ATI`, `AT+QGMR`); a package named
+    /// `<x>-<from>-to-<to>.zip` whose `<from>` differs ends `END,510`.
+    #[arg(
+        long = "version",
+        env = "QFOTA_MODEM_VERSION",
+        value_name = "V",
+        help = "The module's firmware version (ATI, AT+QGMR); a package named \
+                <x>-<from>-to-<to>.zip whose <from> differs ends END,510"
+    )]
+    pub module_version: Option<String>,
+    /// IMEI shown by AT+GSN, 15 digits.
+    #[arg(long, env = "QFOTA_MODEM_IMEI", value_name = "N", default_value = DEFAULT_IMEI)]
+    pub imei: String,
+    /// Milliseconds the port is away during a reboot, after the PTY's
+    /// 0.5 s linger (at least the module's own reboot, 20 s x time scale).
+    #[arg(
+        long,
+        env = "QFOTA_MODEM_REBOOT_MS",
+        value_name = "N",
+        default_value_t = DEFAULT_REBOOT.as_millis() as u64
+    )]
+    pub reboot_ms: u64,
+    /// Module-side fault, repeatable (comma-separated in the environment):
+    /// `network-down`, `dns-fail`, `power-cut=<percent>`,
+    /// `upgrade-error=<code>[x<N>]`, `signature` (eg06xk), `md5` (ec200).
+    #[arg(
+        long = "fault",
+        env = "QFOTA_MODEM_FAULT",
+        value_delimiter = ',',
+        value_name = "F",
+        help = "Module-side fault, repeatable (comma-separated in the environment): \
+                network-down, dns-fail, power-cut=<percent>, upgrade-error=<code>[x<N>], \
+                signature (eg06xk), md5 (ec200)"
+    )]
+    pub faults: Vec<Fault>,
+    /// Multiplier for the module's own delays (1.0: reboot ~20 s, upgrade
+    /// ~2 min).
+    #[arg(long, env = "QFOTA_MODEM_TIME_SCALE", default_value_t = DEFAULT_TIME_SCALE, value_name = "X")]
+    pub time_scale: f64,
+    /// Milliseconds URCs wait for a host to open the port before they are
+    /// dropped.
+    #[arg(
+        long,
+        env = "QFOTA_MODEM_URC_HOLD_MS",
+        value_name = "N",
+        default_value_t = DEFAULT_URC_HOLD.as_millis() as u64
+    )]
+    pub urc_hold_ms: u64,
+    /// No-progress timeout for downloads, seconds.
+    #[arg(
+        long,
+        env = "QFOTA_MODEM_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_name = "N"
+    )]
+    pub timeout_secs: u64,
+    /// Free space in the module's file system, bytes; a larger package ends
+    /// END,511.
+    #[arg(long, env = "QFOTA_MODEM_FREE_SPACE", value_name = "BYTES")]
+    pub free_space: Option<u64>,
+    /// Verify HTTPS certificates against this CA (PEM); without it they are
+    /// not verified, like a module without a CA.
+    #[arg(long, env = "QFOTA_MODEM_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+}
+
+/// A usage error: the modem cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// Unknown `--model` or `--profile`.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// A module setting the simulator refuses (fault, time scale, CA, …).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The IMEI is not 15 digits.
+    #[error("--imei {0:?} must be 15 decimal digits")]
+    Imei(String),
+    /// The model name is empty.
+    #[error("--model must not be empty")]
+    Model,
+}
+
+/// Checked settings of `qfota-serve modem`.
+#[derive(Debug)]
+pub struct ModemConfig {
+    /// The simulated module.
+    pub module: Module,
+    /// What `ATI`/`AT+CGMM` show.
+    pub model: String,
+    /// What `AT+GSN` shows.
+    pub imei: String,
+    /// The PTY link, if a PTY is wanted.
+    pub pty: Option<PathBuf>,
+    /// The TCP address to listen on, if TCP is wanted.
+    pub tcp: Option<SocketAddr>,
+    /// Reboot time (at least).
+    pub reboot: Duration,
+    /// How long URCs wait for a host.
+    pub urc_hold: Duration,
+}
+
+impl TryFrom<ModemArgs> for ModemConfig {
+    type Error = UsageError;
+
+    fn try_from(args: ModemArgs) -> Result<ModemConfig, UsageError> {
+        let profile: &'static Profile = match (&args.model, &args.profile) {
+            (Some(model), _) => Profile::for_model(model)?,
+            (None, Some(name)) => Profile::by_name(name)?,
+            (None, None) => Profile::by_name("ec2x")?,
+        };
+        let model = match args.model {
+            Some(m) if m.trim().is_empty() => return Err(UsageError::Model),
+            Some(m) => m.trim().to_ascii_uppercase(),
+            None => profile.models.first().unwrap_or(&"EC25").to_string(),
+        };
+        if args.imei.len() != 15 || !args.imei.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(UsageError::Imei(args.imei));
+        }
+        let mut builder = Module::builder(profile)
+            .faults(args.faults)
+            .time_scale(args.time_scale)
+            .timeout(Duration::from_secs(args.timeout_secs));
+        if let Some(version) = args.module_version {
+            builder = builder.version(version);
+        }
+        if let Some(bytes) = args.free_space {
+            builder = builder.free_space(bytes);
+        }
+        if let Some(ca) = args.ca {
+            builder = builder.ca_file(ca);
+        }
+        Ok(ModemConfig {
+            module: builder.build()?,
+            model,
+            imei: args.imei,
+            pty: args.pty,
+            tcp: args.tcp,
+            reboot: Duration::from_millis(args.reboot_ms),
+            urc_hold: Duration::from_millis(args.urc_hold_ms),
+        })
+    }
+}
+
+/// Runs `qfota-serve modem` until Ctrl-C or SIGTERM: exit 0 then, 2 on a
+/// usage error, 1 when a port cannot be opened (message on stderr).
+pub async fn run(args: ModemArgs) -> ExitCode {
+    let config = match ModemConfig::try_from(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("qfota-serve modem: {e:#}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let modem = match start(&config).await {
+        Ok(modem) => modem,
+        Err(e) => {
+            eprintln!("qfota-serve modem: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    let module = modem.module();
+    let _ = writeln!(
+        out,
+        "modem {} (profile {}), revision {}, IMEI {}",
+        modem.model(),
+        module.profile().name,
+        module.version().as_deref().unwrap_or("unknown"),
+        modem.imei()
+    );
+    let mut status = modem.watch();
+    let mut last = status.borrow_and_update().clone();
+    print_pty(&mut out, &modem, &last);
+    if let Some(addr) = modem.tcp_addr() {
+        let _ = writeln!(out, "tcp {addr}");
+    }
+    let _ = out.flush();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now = status.borrow_and_update().clone();
+                if last.powered && !now.powered {
+                    let _ = writeln!(out, "down (module rebooting)");
+                }
+                if now.pty != last.pty {
+                    print_pty(&mut out, &modem, &now);
+                }
+                if now.boots != last.boots && now.powered {
+                    let _ = writeln!(out, "up (boot {})", now.boots);
+                }
+                let _ = out.flush();
+                last = now;
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    modem.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn print_pty(out: &mut impl Write, modem: &Modem, status: &Status) {
+    if let (Some(link), Some(device)) = (modem.pty_link(), &status.pty) {
+        let _ = writeln!(out, "pty {} -> {}", link.display(), device.display());
+    }
+}
+
+async fn start(config: &ModemConfig) -> anyhow::Result<Modem> {
+    use anyhow::Context;
+    let mut builder = Modem::builder(config.module.clone())
+        .model(config.model.clone())
+        .imei(config.imei.clone())
+        .reboot_time(config.reboot)
+        .urc_hold(config.urc_hold);
+    if let Some(link) = &config.pty {
+        builder = builder.pty(link.clone());
+    }
+    if let Some(addr) = config.tcp {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        builder = builder.tcp(listener);
+    }
+    Ok(builder.start()?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    #[command(name = "qfota-serve", version)]
+    struct Wired {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Modem(ModemArgs),
+    }
+
+    fn parse(argv: &[&str]) -> Result<ModemArgs, clap::Error> {
+        let mut full = vec!["qfota-serve", "modem"];
+        full.extend_from_slice(argv);
+        Wired::try_parse_from(full).map(|w| {
+            let Sub::Modem(args) = w.command;
+            args
+        })
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Wired::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_beside_a_top_level_version() {
+        let args = parse(&[
+            "--pty",
+            "--tcp",
+            "127.0.0.1:0",
+            "--model",
+            "ec200t",
+            "--version",
+            "v12",
+            "--imei",
+            "490154203237518",
+            "--reboot-ms",
+            "50",
+            "--fault",
+            "md5",
+            "--fault",
+            "network-down",
+            "--time-scale",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.pty.as_deref(),
+            Some(std::path::Path::new(DEFAULT_LINK))
+        );
+        assert_eq!(args.faults, vec![Fault::Md5, Fault::NetworkDown]);
+        let config = ModemConfig::try_from(args).unwrap();
+        assert_eq!(config.module.profile().name, "ec200");
+        assert_eq!(config.model, "EC200T");
+        assert_eq!(config.module.version().as_deref(), Some("v12"));
+        assert_eq!(config.reboot, Duration::from_millis(50));
+        assert_eq!(config.tcp, Some("127.0.0.1:0".parse().unwrap()));
+    }
+
+    #[test]
+    fn defaults() {
+        let config = ModemConfig::try_from(parse(&["--pty", "/x/m"]).unwrap()).unwrap();
+        assert_eq!(config.pty, Some(PathBuf::from("/x/m")));
+        assert_eq!(config.tcp, None);
+        assert_eq!(config.model, "EC25");
+        assert_eq!(config.imei, DEFAULT_IMEI);
+        assert_eq!(config.reboot, DEFAULT_REBOOT);
+        assert_eq!(config.urc_hold, DEFAULT_URC_HOLD);
+        assert_eq!(config.module.version(), None);
+        let config =
+            ModemConfig::try_from(parse(&["--tcp", "127.0.0.1:1", "--profile", "eg06xk"]).unwrap())
+                .unwrap();
+        assert_eq!(config.model, "EG060K");
+    }
+
+    #[test]
+    fn usage_errors() {
+        for argv in [
+            &[][..],
+            &["--model", "EC25"],
+            &["--pty", "/x", "--model", "EC25", "--profile", "ec2x"],
+            &["--tcp", "nowhere"],
+            &["--pty", "/x", "--fault", "nope"],
+            &["--pty", "/x", "--reboot-ms", "-1"],
+        ] {
+            assert!(parse(argv).is_err(), "{argv:?}");
+        }
+        for argv in [
+            &["--pty", "/x", "--profile", "nope"][..],
+            &["--pty", "/x", "--model", "BG96"],
+            &["--pty", "/x", "--fault", "md5"],
+            &["--pty", "/x", "--imei", "12345"],
+            &["--pty", "/x", "--imei", "86767504000001x"],
+            &["--pty", "/x", "--model", " "],
+            &["--pty", "/x", "--time-scale=-1"],
+            &["--pty", "/x", "--timeout-secs", "0"],
+        ] {
+            let args = parse(argv).unwrap();
+            assert!(ModemConfig::try_from(args).is_err(), "{argv:?}");
+        }
+    }
+}
