@@ -49,6 +49,9 @@ pub enum Command {
     /// Run many simulated modules against one URL and print the outcome
     /// per final code, download-time percentiles and bytes received.
     Fleet(crate::sim::fleet::FleetArgs),
+    /// Run a virtual modem: the simulated module behind an AT port on a
+    /// pseudo-terminal and/or TCP, until Ctrl-C.
+    Modem(crate::modem::cli::ModemArgs),
 }
 
 /// `qfota-serve [OPTIONS] <DIR>`.

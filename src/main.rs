@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             Some(Command::Check(args)) => check(args).await,
             Some(Command::Simulate(args)) => Ok(qfota_serve::sim::cli::run(args).await),
             Some(Command::Fleet(args)) => Ok(qfota_serve::sim::fleet::run(args).await),
+            Some(Command::Modem(args)) => Ok(qfota_serve::modem::cli::run(args).await),
             None => serve(cli.serve).await,
         }
     });
