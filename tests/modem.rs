@@ -1,0 +1,771 @@
+//! End-to-end tests of the virtual modem (`qfota_serve::modem`): a modem
+//! on 127.0.0.1 port 0 in-process, driven over TCP the way host software
+//! drives a module's AT port, against the real server of `tests/common`;
+//! the PTY port in-process and through the `qfota-serve modem` binary with
+//! the pyserial host of `tests/modem_host.py`. Every await is bounded, waits
+//! poll with a deadline, links live in temporary folders.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod common;
+
+use common::{BIG, DEADLINE, Fixture};
+use qfota_serve::dlog::Outcome;
+use qfota_serve::modem::{Modem, ModemBuilder, Status};
+use qfota_serve::profile::Profile;
+use qfota_serve::sim::{Fault, Module};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Module delays: a 20 s reboot takes 40 ms, the upgrade 240 ms.
+const SCALE: f64 = 0.002;
+/// The port is away this long per reboot.
+const REBOOT: Duration = Duration::from_millis(100);
+/// The sample package (`packages/`), v12 → v13.
+const PKG: &str = "update-v12-to-v13.zip";
+
+async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+fn module(profile: &str, faults: &[Fault]) -> Module {
+    Module::builder(Profile::by_name(profile).unwrap())
+        .version("v12")
+        .time_scale(SCALE)
+        .timeout(Duration::from_secs(10))
+        .faults(faults.iter().copied())
+        .build()
+        .unwrap()
+}
+
+async fn tcp_modem(module: Module, configure: impl FnOnce(ModemBuilder) -> ModemBuilder) -> Modem {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    configure(Modem::builder(module).tcp(listener).reboot_time(REBOOT))
+        .start()
+        .unwrap()
+}
+
+/// Shuts the modem down (bounded).
+async fn stop(modem: Modem) {
+    within("modem shutdown", modem.shutdown()).await;
+}
+
+/// Waits (bounded) until the modem's status satisfies `cond`.
+async fn wait_status(modem: &Modem, what: &str, cond: impl Fn(&Status) -> bool) -> Status {
+    let mut rx = modem.watch();
+    within(what, rx.wait_for(|s| cond(s)))
+        .await
+        .unwrap()
+        .clone()
+}
+
+fn q(rest: &str) -> String {
+    format!("\r\n+QIND: \"FOTA\",{rest}\r\n")
+}
+
+/// A host on the modem's TCP port.
+struct Host {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Host {
+    async fn connect(modem: &Modem) -> Host {
+        let addr = modem.tcp_addr().unwrap();
+        let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+        Host {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects once the module is up again after a reboot: connections
+    /// made while it is down are closed at once; the first that brings
+    /// bytes is the new port.
+    async fn reconnect(modem: &Modem) -> Host {
+        let addr = modem.tcp_addr().unwrap();
+        within("reconnect after reboot", async {
+            loop {
+                if let Ok(mut stream) = TcpStream::connect(addr).await {
+                    let mut first = [0u8; 256];
+                    match stream.read(&mut first).await {
+                        Ok(n) if n > 0 => {
+                            return Host {
+                                stream,
+                                buf: first[..n].to_vec(),
+                            };
+                        }
+                        _ => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        within("write", self.stream.write_all(bytes.as_ref()))
+            .await
+            .unwrap();
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 4096];
+        let n = within("read", self.stream.read(&mut chunk))
+            .await
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Reads exactly `want.len()` bytes and compares them.
+    async fn expect(&mut self, want: impl AsRef<[u8]>) {
+        let want = want.as_ref();
+        while self.buf.len() < want.len() {
+            if self.fill().await == 0 {
+                break;
+            }
+        }
+        let n = want.len().min(self.buf.len());
+        let got: Vec<u8> = self.buf.drain(..n).collect();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "host read"
+        );
+    }
+
+    /// Reads until the connection ends; returns what came.
+    async fn until_closed(&mut self) -> String {
+        while self.fill().await > 0 {}
+        String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned()
+    }
+
+    /// Sends `cmd` + CR and expects exactly `answer` (echo included).
+    async fn at(&mut self, cmd: &str, answer: &str) {
+        self.send(format!("{cmd}\r")).await;
+        self.expect(answer).await;
+    }
+
+    /// Like [`Host::at`] (echo off) while a download prints `DOWNLOADING`
+    /// URCs: whole URCs may come before the answer, never inside it.
+    async fn at_amid_urcs(&mut self, cmd: &str, answer: &str) {
+        self.send(format!("{cmd}\r")).await;
+        loop {
+            let text = String::from_utf8_lossy(&self.buf).into_owned();
+            if let Some(at) = text.find(answer) {
+                let before = &text[..at];
+                let urc = |k: &str| k.starts_with("+QIND: \"FOTA\",\"DOWNLOADING\",");
+                assert!(
+                    before.is_empty()
+                        || before.len() >= 4
+                            && before.starts_with("\r\n")
+                            && before.ends_with("\r\n")
+                            && before[2..before.len() - 2].split("\r\n\r\n").all(urc),
+                    "{cmd}: {text:?}"
+                );
+                self.buf.drain(..at + answer.len());
+                return;
+            }
+            assert!(self.fill().await > 0, "{cmd}: closed after {text:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_command_answers_exactly_with_echo_on_and_off() {
+    let modem = tcp_modem(module("ec2x", &[]), |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("AT", "AT\r\r\nOK\r\n").await;
+    host.at("at", "at\r\r\nOK\r\n").await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    host.at("AT", "\r\nOK\r\n").await;
+    for (cmd, answer) in [
+        ("ATI", "\r\nQuectel\r\nEC25\r\nRevision: v12\r\n\r\nOK\r\n"),
+        ("AT+GMR", "\r\nv12\r\n\r\nOK\r\n"),
+        ("AT+QGMR", "\r\nv12\r\n\r\nOK\r\n"),
+        ("AT+CGMI", "\r\nQuectel\r\n\r\nOK\r\n"),
+        ("AT+CGMM", "\r\nEC25\r\n\r\nOK\r\n"),
+        ("AT+GSN", "\r\n867675040000011\r\n\r\nOK\r\n"),
+        ("AT+CGSN", "\r\n867675040000011\r\n\r\nOK\r\n"),
+        ("AT+CPIN?", "\r\n+CPIN: READY\r\n\r\nOK\r\n"),
+        ("AT+CREG?", "\r\n+CREG: 0,1\r\n\r\nOK\r\n"),
+        ("AT+CGREG?", "\r\n+CGREG: 0,1\r\n\r\nOK\r\n"),
+        ("AT+CEREG?", "\r\n+CEREG: 0,1\r\n\r\nOK\r\n"),
+        ("AT+CSQ", "\r\n+CSQ: 24,99\r\n\r\nOK\r\n"),
+        ("AT+COPS?", "\r\n+COPS: 0,0,\"qfota-sim\",7\r\n\r\nOK\r\n"),
+        ("AT+CGACT?", "\r\n+CGACT: 1,1\r\n\r\nOK\r\n"),
+        ("AT+QIACT?", "\r\n+QIACT: 1,1,1,\"10.64.0.1\"\r\n\r\nOK\r\n"),
+        ("AT+QICSGP=1,1,\"internet\",\"\",\"\",1", "\r\nOK\r\n"),
+        (
+            "AT+QICSGP=1",
+            "\r\n+QICSGP: 1,\"internet\",\"\",\"\",1\r\n\r\nOK\r\n",
+        ),
+        ("AT+QFOTA=\"fota/cid\",1", "\r\nERROR\r\n"),
+        ("AT+CFUN?", "\r\n+CFUN: 1\r\n\r\nOK\r\n"),
+        ("AT+CFUN=1", "\r\nOK\r\n"),
+        ("AT+QFOTADL=?", "\r\nOK\r\n"),
+        ("AT+FOO", "\r\nERROR\r\n"),
+        ("AT+CSQ?", "\r\nERROR\r\n"),
+        ("AT+QFOTADL=\"gopher://h/p.zip\"", "\r\nERROR\r\n"),
+    ] {
+        host.at(cmd, answer).await;
+    }
+    host.at("ATE1", "\r\nOK\r\n").await;
+    host.at("AT+CGMM", "AT+CGMM\r\r\nEC25\r\n\r\nOK\r\n").await;
+    // A lone LF ends a line too; CRLF counts once; empty lines get nothing.
+    host.send("\r\r\nAT\n").await;
+    host.expect("\r\rAT\r\r\nOK\r\n").await;
+    stop(modem).await;
+}
+
+#[tokio::test]
+async fn family_and_faults_change_the_answers() {
+    let ec200 = tcp_modem(module("ec200", &[]), |b| {
+        b.model("EC200T").imei("490154203237518")
+    })
+    .await;
+    let mut host = Host::connect(&ec200).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    for (cmd, answer) in [
+        ("AT+CGMM", "\r\nEC200T\r\n\r\nOK\r\n"),
+        ("AT+GSN", "\r\n490154203237518\r\n\r\nOK\r\n"),
+        (
+            "AT+QFOTADL=?",
+            "\r\n+QFOTADL: <url>,(0,1),(0,5-100),(0,5-100)\r\n\r\nOK\r\n",
+        ),
+        ("AT+QFOTA=\"fota/cid\",2", "\r\nOK\r\n"),
+        (
+            "AT+QFOTA=\"fota/cid\"",
+            "\r\n+QFOTA: \"fota/cid\",2\r\n\r\nOK\r\n",
+        ),
+    ] {
+        host.at(cmd, answer).await;
+    }
+    stop(ec200).await;
+
+    let down = tcp_modem(module("ec2x", &[Fault::NetworkDown]), |b| b).await;
+    let mut host = Host::connect(&down).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    for (cmd, answer) in [
+        ("AT+CREG?", "\r\n+CREG: 0,2\r\n\r\nOK\r\n"),
+        ("AT+CEREG?", "\r\n+CEREG: 0,2\r\n\r\nOK\r\n"),
+        ("AT+CSQ", "\r\n+CSQ: 99,99\r\n\r\nOK\r\n"),
+        ("AT+CGACT?", "\r\n+CGACT: 1,0\r\n\r\nOK\r\n"),
+        ("AT+QIACT=1", "\r\nERROR\r\n"),
+    ] {
+        host.at(cmd, answer).await;
+    }
+    stop(down).await;
+}
+
+#[tokio::test]
+async fn garbage_is_error_or_ignored_and_the_modem_still_answers() {
+    let modem = tcp_modem(module("ec2x", &[]), |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    // Echo on: junk is echoed as typed, then refused.
+    host.send(b"\xff\xfe\x80junk\r").await;
+    host.expect(b"\xff\xfe\x80junk\r\r\nERROR\r\n").await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    // NUL and other control bytes are dropped from the line.
+    host.send(b"A\0T\x01\x02+C\0GMI\r").await;
+    host.expect("\r\nQuectel\r\n\r\nOK\r\n").await;
+    host.send(b"\0\0\0\0\r").await;
+    host.expect("").await;
+    // A 64 KiB line without a terminator, then its end.
+    host.send(vec![b'A'; 64 * 1024]).await;
+    host.send("\r").await;
+    host.expect("\r\nERROR\r\n").await;
+    // Half a command: an unterminated URL.
+    host.send("AT+QFOTADL=\"").await;
+    host.send("\r").await;
+    host.expect("\r\nERROR\r\n").await;
+    host.send("AT+QFOTADL=\"ftp://127.0.0.1/").await;
+    host.send("AT\r").await;
+    host.expect("\r\nERROR\r\n").await;
+    // Binary noise of every byte value, in odd chunks.
+    let noise: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    for chunk in noise.chunks(97) {
+        host.send(chunk).await;
+    }
+    host.send("\rAT\r").await;
+    host.expect("").await;
+    let rest = {
+        let mut got = String::new();
+        while !got.ends_with("\r\nOK\r\n") {
+            host.fill().await;
+            got = String::from_utf8_lossy(&host.buf).into_owned();
+        }
+        host.buf.clear();
+        got
+    };
+    assert!(rest.contains("ERROR"), "{rest:?}");
+    host.at("AT", "\r\nOK\r\n").await;
+    // A host that leaves half a command behind and reconnects at once:
+    // the new connection is taken (not "busy") and starts clean; echo is
+    // the port's setting, still off.
+    host.send("AT+QFOTADL=\"ftp://").await;
+    drop(host);
+    let mut host = Host::connect(&modem).await;
+    host.at("AT", "\r\nOK\r\n").await;
+    assert_eq!(modem.status().boots, 0, "nothing rebooted the modem");
+    stop(modem).await;
+}
+
+#[tokio::test]
+async fn a_second_tcp_host_is_refused_while_one_is_attached() {
+    let modem = tcp_modem(module("ec2x", &[]), |b| b).await;
+    let mut first = Host::connect(&modem).await;
+    first.at("AT", "AT\r\r\nOK\r\n").await;
+    let mut second = Host::connect(&modem).await;
+    assert_eq!(second.until_closed().await, "\r\n+CME ERROR: port busy\r\n");
+    first
+        .at("AT+CGMI", "AT+CGMI\r\r\nQuectel\r\n\r\nOK\r\n")
+        .await;
+    drop(first);
+    // Once the first host has gone, the port takes a new one.
+    let addr = modem.tcp_addr().unwrap();
+    let mut third = within("third host", async {
+        loop {
+            let mut host = Host::connect(&modem).await;
+            host.send("AT\r").await;
+            host.fill().await;
+            if host.buf.starts_with(b"AT\r") {
+                return host;
+            }
+            assert!(
+                host.buf.is_empty() || host.buf.starts_with(b"\r\n+CME ERROR: port busy"),
+                "{addr}: {:?}",
+                String::from_utf8_lossy(&host.buf)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    third.expect("AT\r\r\nOK\r\n").await;
+    stop(modem).await;
+}
+
+#[tokio::test]
+async fn ftp_fota_on_ec25_reboots_the_port_and_shows_the_new_version() {
+    let fx = Fixture::start(|b| b).await;
+    let url = fx.ftp_url(PKG);
+    let modem = tcp_modem(module("ec2x", &[]), |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("AT+QGMR", "AT+QGMR\r\r\nv12\r\n\r\nOK\r\n").await;
+    let cmd = format!("AT+QFOTADL=\"{url}\"");
+    host.at(&cmd, &format!("{cmd}\r\r\nOK\r\n")).await;
+    // The download, then the module reboots: the connection closes.
+    assert_eq!(
+        host.until_closed().await,
+        q("\"FTPSTART\"") + &q("\"FTPEND\",0")
+    );
+    // Recovery mode: RDY was held for the host, then the upgrade's URCs;
+    // a command typed now gets no echo and no answer.
+    let mut host = Host::reconnect(&modem).await;
+    host.expect("\r\nRDY\r\n").await;
+    host.send("AT\r").await;
+    let mut want = q("\"START\"");
+    for p in 1..=100 {
+        want += &q(&format!("\"UPDATING\",{p}"));
+    }
+    want += &q("\"END\",0");
+    assert_eq!(host.until_closed().await, want);
+    // Normal boot with the new firmware.
+    let mut host = Host::reconnect(&modem).await;
+    host.expect("\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n")
+        .await;
+    host.at("AT+QGMR", "AT+QGMR\r\r\nv13\r\n\r\nOK\r\n").await;
+    host.at(
+        "ATI",
+        "ATI\r\r\nQuectel\r\nEC25\r\nRevision: v13\r\n\r\nOK\r\n",
+    )
+    .await;
+    let status = modem.status();
+    assert_eq!(
+        (status.boots, status.powered, status.upgrading),
+        (2, true, false)
+    );
+    let record = within(
+        "download record",
+        fx.server.wait_download(DEADLINE, |r| {
+            r.path == PKG && r.outcome == Outcome::Complete
+        }),
+    )
+    .await;
+    assert!(record.is_some());
+    stop(modem).await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_ftpend_601_and_the_port_stays_up() {
+    let fx = Fixture::start(|b| b).await;
+    let url = fx.ftp_url(PKG).replace("test:test@", "test:wrong@");
+    let modem = tcp_modem(module("ec2x", &[]), |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    host.at(&format!("AT+QFOTADL=\"{url}\""), "\r\nOK\r\n")
+        .await;
+    host.expect(q("\"FTPSTART\"") + &q("\"FTPEND\",601")).await;
+    host.at("AT", "\r\nOK\r\n").await;
+    host.at("AT+QGMR", "\r\nv12\r\n\r\nOK\r\n").await;
+    assert_eq!(modem.status().boots, 0);
+    // Nothing else was said after FTPEND: the next bytes are the answer.
+    host.at("AT+CGMI", "\r\nQuectel\r\n\r\nOK\r\n").await;
+    stop(modem).await;
+}
+
+#[tokio::test]
+async fn commands_work_during_a_download_and_a_second_fotadl_is_error() {
+    // 8 MiB at 1 MB/s: the download runs for seconds.
+    let fx = Fixture::start(|b| b.fault("slow=1000000,path=/big-*.zip".parse().unwrap())).await;
+    let url = fx.ftp_url(BIG);
+    let modem = tcp_modem(module("ec200", &[]), |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    // Two commands in one write: the second waits for the first's OK. Five
+    // DOWNLOADING lines (ec200, seed 001) show the transfer under way.
+    host.send(format!("AT+QFOTADL=\"{url}\",1,5\rAT+QFOTADL=\"{url}\"\r"))
+        .await;
+    host.expect("\r\nOK\r\n\r\nERROR\r\n").await;
+    host.expect(q("\"FTPSTART\"") + &q("\"DOWNLOADING\",1"))
+        .await;
+    // Answers during the download are whole; URCs fall between them.
+    host.at_amid_urcs("AT+QGMR", "\r\nv12\r\n\r\nOK\r\n").await;
+    host.at_amid_urcs(&format!("AT+QFOTADL=\"{url}\""), "\r\nERROR\r\n")
+        .await;
+    // A reboot ends the download: no FTPEND, the port goes away.
+    host.at_amid_urcs("AT+CFUN=1,1", "\r\nOK\r\n").await;
+    let rest = host.until_closed().await;
+    assert!(!rest.contains("FTPEND"), "{rest:?}");
+    let aborted = within(
+        "the server sees the download end",
+        fx.server
+            .wait_download(DEADLINE, |r| r.path == BIG && r.outcome == Outcome::Aborted),
+    )
+    .await;
+    assert!(aborted.is_some(), "{:#?}", fx.server.downloads());
+    let mut host = Host::reconnect(&modem).await;
+    host.expect("\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n")
+        .await;
+    // Echo is back on after the boot, and the module is free again; ec200
+    // tells a refused login apart (625, seed 001 table 2).
+    host.at("AT", "AT\r\r\nOK\r\n").await;
+    let wrong = fx.ftp_url(PKG).replace("test:test@", "test:wrong@");
+    let cmd = format!("AT+QFOTADL=\"{wrong}\"");
+    host.at(&cmd, &format!("{cmd}\r\r\nOK\r\n")).await;
+    host.expect(q("\"FTPSTART\"") + &q("\"FTPEND\",625")).await;
+    assert_eq!(modem.status().boots, 1);
+    stop(modem).await;
+}
+
+#[tokio::test]
+async fn the_upgrade_goes_on_when_the_host_leaves_and_unheard_urcs_are_dropped() {
+    let fx = Fixture::start(|b| b).await;
+    let url = fx.ftp_url(PKG);
+    let modem = tcp_modem(module("ec2x", &[]), |b| b.urc_hold(Duration::ZERO)).await;
+    let mut host = Host::connect(&modem).await;
+    let cmd = format!("AT+QFOTADL=\"{url}\"");
+    host.at(&cmd, &format!("{cmd}\r\r\nOK\r\n")).await;
+    drop(host);
+    let status = wait_status(&modem, "two reboots", |s| s.boots == 2 && s.powered).await;
+    assert!(!status.upgrading);
+    assert_eq!(modem.module().version().as_deref(), Some("v13"));
+    // Nothing was held for a host that never came back in time.
+    let mut host = Host::connect(&modem).await;
+    host.at("AT", "AT\r\r\nOK\r\n").await;
+    host.at("AT+QGMR", "AT+QGMR\r\r\nv13\r\n\r\nOK\r\n").await;
+    stop(modem).await;
+}
+
+/// Opens the PTY link like host code would, retrying until it exists.
+async fn open_link(link: &Path) -> std::fs::File {
+    within("the PTY link", async {
+        loop {
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(link)
+            {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Reads from a host-side PTY descriptor on a blocking thread until
+/// `needle` arrives (or the port fails); returns everything read and
+/// whether the port ended.
+async fn pty_read_until(file: &std::fs::File, needle: &'static str) -> (String, bool) {
+    let mut file = file.try_clone().unwrap();
+    within(
+        "PTY read",
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 1024];
+            loop {
+                match file.read(&mut chunk) {
+                    Ok(0) | Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+                if !needle.is_empty() && String::from_utf8_lossy(&got).contains(needle) {
+                    return (String::from_utf8_lossy(&got).into_owned(), false);
+                }
+            }
+        }),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reboot_replaces_the_pty_behind_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("modem");
+    // The port is away for 0.5 s (linger) + 1 s: ample time to see it gone.
+    let modem = Modem::builder(module("ec2x", &[]))
+        .pty(&link)
+        .reboot_time(Duration::from_secs(1))
+        .start()
+        .unwrap();
+    let first: PathBuf = modem.status().pty.unwrap();
+    assert_eq!(std::fs::read_link(&link).unwrap(), first);
+    let port = open_link(&link).await;
+    use std::io::Write;
+    (&port).write_all(b"ATI\r").unwrap();
+    let (got, _) = pty_read_until(&port, "OK\r\n").await;
+    assert_eq!(
+        got,
+        "ATI\r\r\nQuectel\r\nEC25\r\nRevision: v12\r\n\r\nOK\r\n"
+    );
+    (&port).write_all(b"AT+CFUN=1,1\r").unwrap();
+    // The answer comes, then the port fails (EIO / end of file) ...
+    let (got, ended) = pty_read_until(&port, "").await;
+    assert!(ended);
+    assert_eq!(got, "AT+CFUN=1,1\r\r\nOK\r\n");
+    drop(port);
+    // ... the link is gone while the module is down ...
+    wait_status(&modem, "down", |s| !s.powered).await;
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "link removed while down"
+    );
+    // ... and a new PTY appears behind it, greeting the host that opens it.
+    let status = wait_status(&modem, "up again", |s| s.powered && s.boots == 1).await;
+    let second = status.pty.unwrap();
+    assert_eq!(std::fs::read_link(&link).unwrap(), second);
+    let port = open_link(&link).await;
+    let (got, _) = pty_read_until(&port, "+CPIN: READY\r\n").await;
+    assert_eq!(got, "\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n");
+    (&port).write_all(b"AT\r").unwrap();
+    let (got, _) = pty_read_until(&port, "OK\r\n").await;
+    assert_eq!(got, "AT\r\r\nOK\r\n");
+    stop(modem).await;
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "link removed at shutdown"
+    );
+}
+
+/// `qfota-serve modem …` as a child process whose stdout lines are
+/// collected as they come.
+struct ModemProcess {
+    child: tokio::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ModemProcess {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> ModemProcess {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qfota-serve"))
+            .arg("modem")
+            .args(args)
+            .envs(env.iter().copied())
+            .env("QFOTA_LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = Arc::clone(&lines);
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        ModemProcess { child, lines }
+    }
+
+    /// The first stdout line starting with `prefix` (polled, bounded).
+    async fn line(&self, prefix: &str) -> String {
+        within(&format!("a line {prefix:?}"), async {
+            loop {
+                if let Some(l) = self
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.starts_with(prefix))
+                {
+                    return l.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    /// SIGTERM, then the exit status (bounded).
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap().to_string();
+        let kill = within(
+            "kill",
+            tokio::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status(),
+        )
+        .await
+        .unwrap();
+        assert!(kill.success());
+        within("modem exit", self.child.wait()).await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_host_updates_through_the_pty_link_and_survives_the_reboots() {
+    let fx = Fixture::start(|b| b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("modem");
+    let link_arg = link.to_str().unwrap();
+    let modem = ModemProcess::spawn(
+        &["--pty", link_arg, "--reboot-ms", "100"],
+        &[
+            ("QFOTA_MODEM_VERSION", "v12"),
+            ("QFOTA_MODEM_TIME_SCALE", "0.002"),
+        ],
+    );
+    let pty = modem.line("pty ").await;
+    assert!(
+        pty.starts_with(&format!("pty {link_arg} -> /dev/pts/")),
+        "{pty}"
+    );
+    assert!(modem.line("modem ").await.contains("revision v12"));
+
+    let url = fx.ftp_url(PKG);
+    let bad = url.replace("test:test@", "test:wrong@");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/modem_host.py");
+    let host = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(["--port", link_arg, "--url", &url, "--bad-url", &bad])
+        .args(["--expect-version", "v13", "--deadline", "50"])
+        .kill_on_drop(true)
+        .output();
+    let host = tokio::time::timeout(Duration::from_secs(60), host)
+        .await
+        .expect("the host script finished in time")
+        .expect("python3 runs");
+    let transcript = String::from_utf8_lossy(&host.stdout);
+    assert!(
+        host.status.success(),
+        "host script failed:\n{transcript}\n{}",
+        String::from_utf8_lossy(&host.stderr)
+    );
+    let lines: Vec<&str> = transcript.lines().collect();
+    let at = |line: &str| {
+        lines
+            .iter()
+            .position(|l| *l == line)
+            .unwrap_or_else(|| panic!("no {line:?} in\n{transcript}"))
+    };
+    // The order a real module gives, as the host saw it.
+    let order = [
+        at("<< Revision: v12"),
+        at("<< +CREG: 0,1"),
+        at("<< +QIND: \"FOTA\",\"FTPEND\",601"),
+        at("== failed download reported FTPEND,601; no reboot"),
+        at("<< +QIND: \"FOTA\",\"FTPEND\",0"),
+        at("== port gone (module rebooting)"),
+        at("<< RDY"),
+        at("<< +QIND: \"FOTA\",\"START\""),
+        at("<< +QIND: \"FOTA\",\"UPDATING\",100"),
+        at("<< +QIND: \"FOTA\",\"END\",0"),
+        at("<< v13"),
+        at("== PASS: v12 -> v13"),
+    ];
+    assert!(order.is_sorted(), "out of order: {order:?}\n{transcript}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("== opened")).count(),
+        3,
+        "opened, reopened after each reboot:\n{transcript}"
+    );
+    // The binary said where the new ports were, and leaves no link behind.
+    modem.line("up (boot 2)").await;
+    let status = modem.terminate().await;
+    assert!(status.success(), "{status}");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "link removed on SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_prints_the_bound_tcp_port_and_exits_0_on_sigterm() {
+    let modem = ModemProcess::spawn(&["--tcp", "127.0.0.1:0", "--model", "eg060k"], &[]);
+    let line = modem.line("tcp ").await;
+    let addr: std::net::SocketAddr = line["tcp ".len()..].parse().unwrap();
+    assert_ne!(addr.port(), 0);
+    let mut stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+    within("write", stream.write_all(b"AT+CGMM\r"))
+        .await
+        .unwrap();
+    let want = "AT+CGMM\r\r\nEG060K\r\n\r\nOK\r\n";
+    let mut got = vec![0u8; want.len()];
+    within("read", stream.read_exact(&mut got)).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    assert!(modem.line("modem ").await.contains("(profile eg06xk)"));
+    assert!(modem.terminate().await.success());
+}
+
+#[tokio::test]
+async fn bad_command_lines_exit_2() {
+    for args in [
+        &["modem"][..],
+        &["modem", "--pty", "/nonexistent/x", "--profile", "nope"],
+        &["modem", "--tcp", "127.0.0.1:0", "--imei", "12"],
+        &["modem", "--tcp", "127.0.0.1:0", "--fault", "md5"],
+    ] {
+        let out = within(
+            "modem usage error",
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_qfota-serve"))
+                .args(args)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    // A link that cannot be made is not a usage error.
+    let out = within(
+        "modem start error",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_qfota-serve"))
+            .args(["modem", "--pty", "/nonexistent/dir/modem"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir/modem"));
+}
