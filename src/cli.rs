@@ -181,6 +181,23 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
+/// Resolves on Ctrl-C or SIGTERM: the one shutdown source of every
+/// long-running command (serve, modem).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
 /// Parses `NAME:PASSWORD` (the password may contain `:`).
 ///
 /// # Errors

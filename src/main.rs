@@ -51,7 +51,7 @@ fn init_logging() {
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let server = args.to_builder().start().await.context("cannot start")?;
     print!("{}", cli::banner(&server, &args.log));
-    shutdown_signal().await;
+    cli::shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -75,20 +75,4 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }

@@ -249,6 +249,23 @@ impl Profile {
             .ok_or_else(|| ProfileError::UnknownModel(model.to_string()))
     }
 
+    /// The profile a command line asks for: `--model` wins, then
+    /// `--profile`, else `ec2x` (the default of `simulate`, `fleet` and
+    /// `modem`).
+    ///
+    /// # Errors
+    /// [`ProfileError`] for an unknown model or profile name.
+    pub fn select(
+        model: Option<&str>,
+        profile: Option<&str>,
+    ) -> Result<&'static Profile, ProfileError> {
+        match (model, profile) {
+            (Some(model), _) => Profile::for_model(model),
+            (None, Some(name)) => Profile::by_name(name),
+            (None, None) => Profile::by_name("ec2x"),
+        }
+    }
+
     /// Whether the module reboots between a successful download and
     /// `START`. `upgrade_mode` is `ec200`'s optional parameter (0 = reboot
     /// first, 1 = upgrade at once, default 1; seed 001 §3.2.1).
@@ -310,6 +327,20 @@ mod tests {
             assert_eq!(Profile::for_model(model).unwrap().name, profile, "{model}");
         }
         assert!(Profile::for_model("BG96").is_err());
+    }
+
+    #[test]
+    fn command_line_selection_prefers_the_model() {
+        assert_eq!(
+            Profile::select(Some("EC200T"), Some("ec2x")).unwrap().name,
+            "ec200"
+        );
+        assert_eq!(
+            Profile::select(None, Some("eg06xk")).unwrap().name,
+            "eg06xk"
+        );
+        assert_eq!(Profile::select(None, None).unwrap().name, "ec2x");
+        assert!(Profile::select(Some("BG96"), None).is_err());
     }
 
     #[test]

@@ -164,11 +164,7 @@ impl TryFrom<ModemArgs> for ModemConfig {
     type Error = UsageError;
 
     fn try_from(args: ModemArgs) -> Result<ModemConfig, UsageError> {
-        let profile: &'static Profile = match (&args.model, &args.profile) {
-            (Some(model), _) => Profile::for_model(model)?,
-            (None, Some(name)) => Profile::by_name(name)?,
-            (None, None) => Profile::by_name("ec2x")?,
-        };
+        let profile = Profile::select(args.model.as_deref(), args.profile.as_deref())?;
         let model = match args.model {
             Some(m) if m.trim().is_empty() => return Err(UsageError::Model),
             Some(m) => m.trim().to_ascii_uppercase(),
@@ -236,7 +232,7 @@ pub async fn run(args: ModemArgs) -> ExitCode {
         let _ = writeln!(out, "tcp {addr}");
     }
     let _ = out.flush();
-    let signal = shutdown_signal();
+    let signal = crate::cli::shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
@@ -288,22 +284,6 @@ async fn start(config: &ModemConfig) -> anyhow::Result<Modem> {
         builder = builder.tcp(listener);
     }
     Ok(builder.start()?)
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -127,11 +127,7 @@ impl TryFrom<SimulateArgs> for SimulateConfig {
     type Error = UsageError;
 
     fn try_from(args: SimulateArgs) -> Result<SimulateConfig, UsageError> {
-        let profile: &'static Profile = match (&args.model, &args.profile) {
-            (Some(model), _) => Profile::for_model(model)?,
-            (None, Some(name)) => Profile::by_name(name)?,
-            (None, None) => Profile::by_name("ec2x")?,
-        };
+        let profile = Profile::select(args.model.as_deref(), args.profile.as_deref())?;
         if args.faults.contains(&Fault::DnsFail) {
             let ip_url = FotaUrl::parse(&args.url, profile)
                 .is_ok_and(|url| url.host.parse::<IpAddr>().is_ok());

@@ -158,11 +158,7 @@ impl TryFrom<FleetArgs> for FleetConfig {
     type Error = FleetError;
 
     fn try_from(args: FleetArgs) -> Result<Self, FleetError> {
-        let profile = match (&args.model, &args.profile) {
-            (Some(model), _) => Profile::for_model(model)?,
-            (None, Some(name)) => Profile::by_name(name)?,
-            (None, None) => Profile::by_name("ec2x")?,
-        };
+        let profile = Profile::select(args.model.as_deref(), args.profile.as_deref())?;
         if args.modules == 0 || args.concurrency == Some(0) {
             return Err(FleetError::Empty);
         }
