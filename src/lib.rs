@@ -7,8 +7,27 @@
 //! - [`profile`]: the module families (`ec2x`, `ec200`, …) as data. The
 //!   single source of truth for URL limits, URC words and result codes; both
 //!   validation and the simulator read it.
+//! - [`catalog`]: the package folder behind a small [`catalog::Catalog`]
+//!   interface — scanned and re-scanned, each file validated once per change
+//!   (zip CRCs, SHA-256, names, per-profile URL verdicts). Request paths
+//!   become catalog keys in [`catalog::path`].
+//! - [`serve`]: the listeners. [`serve::Server::builder`] binds FTP
+//!   ([`serve::ftp`], libunftp), HTTP and HTTPS ([`serve::http`], hyper +
+//!   rustls); both ask the catalog what to serve, apply [`serve::fault`]
+//!   rules, and emit one [`dlog::DownloadRecord`] per attempt.
+//! - [`dlog`]: the download log — records fanned out to the JSON-lines file,
+//!   `tracing`, an in-memory ring and subscribers.
 //! - [`sim`]: the module simulator — `AT+QFOTADL` parsing, the FTP/HTTP(S)
-//!   downloader, package checks and the upgrade with its URCs and retries.
+//!   downloader, package checks and the upgrade with its URCs and retries;
+//!   [`sim::fleet`] runs many modules at once.
+//! - [`modem`]: a simulated module behind an AT port (pseudo-terminal or
+//!   TCP), rebooting where the family reboots.
+//! - [`cli`]: command-line definitions and printed reports; `main.rs` only
+//!   dispatches.
+//!
+//! Data flow when serving: client → listener → [`catalog::path`] key →
+//! [`catalog::Catalog::lookup`] → fault rules → bytes from
+//! [`catalog::Catalog::open`] → record → [`dlog::DownloadLog`] sinks.
 pub mod catalog;
 pub mod cli;
 pub mod dlog;
