@@ -245,7 +245,13 @@ impl Profile {
         PROFILES
             .iter()
             .rev()
-            .find(|p| p.models.iter().any(|m| base.starts_with(m)))
+            .find(|p| {
+                p.models.iter().any(|m| {
+                    // `EC25EFA` is an EC25, but `EC200U` is not an `EC20`.
+                    base.strip_prefix(m)
+                        .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+                })
+            })
             .ok_or_else(|| ProfileError::UnknownModel(model.to_string()))
     }
 
@@ -327,6 +333,8 @@ mod tests {
             assert_eq!(Profile::for_model(model).unwrap().name, profile, "{model}");
         }
         assert!(Profile::for_model("BG96").is_err());
+        assert!(Profile::for_model("EC200U").is_err(), "not an EC20");
+        assert_eq!(Profile::for_model("EC25EFA").unwrap().name, "ec2x");
     }
 
     #[test]

@@ -192,8 +192,9 @@ impl FsCatalog {
         &self.advertised
     }
 
-    /// Re-scans the folder, re-validating only files whose size or
-    /// modification time changed, and logs additions, changes and removals.
+    /// Re-scans the folder, re-validating only files whose size,
+    /// modification time, inode, ctime or symlink target changed, and logs
+    /// additions, changes and removals.
     ///
     /// # Errors
     /// The folder itself can no longer be read.
@@ -311,12 +312,21 @@ impl FsCatalog {
                     snap.packages.insert(key, Arc::clone(old));
                     continue;
                 }
-                match validate_file(&key, &target, &self.advertised) {
-                    Ok(pkg) => {
+                // One hostile file must not stop the scan: a panic inside
+                // the zip reader excludes that file only.
+                let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    validate_file(&key, &target, &self.advertised)
+                }));
+                match checked {
+                    Ok(Ok(pkg)) => {
                         snap.packages.insert(key, Arc::new(pkg));
                     }
-                    Err(err) => {
+                    Ok(Err(err)) => {
                         tracing::warn!(path = %key, error = %err, "cannot read package");
+                    }
+                    Err(_) => {
+                        tracing::error!(path = %key, "package validation crashed; not served");
+                        snap.excluded.insert(key, "validation crashed".into());
                     }
                 }
             }

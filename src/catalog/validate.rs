@@ -186,7 +186,7 @@ impl Advertised {
     }
 
     /// Problems with the advertised FTP credentials (SPEC §6: ≤ 50 bytes,
-    /// free of `@ : / % "`). Empty when fine or anonymous.
+    /// free of `@ : / % "` and spaces). Empty when fine or anonymous.
     pub fn credential_problems(&self) -> Vec<String> {
         let Some(c) = &self.ftp_credentials else {
             return Vec::new();

@@ -5,8 +5,8 @@
 //! dropped. Lines are capped ([`MAX_LINE`]): the rest of an over-long line
 //! is discarded and the line answered `ERROR`. NUL and other control bytes
 //! inside a line are dropped, as a module's parser ignores them. Echo
-//! (`ATE1`) returns the bytes that were accepted into the line, terminator
-//! included, as they arrive.
+//! (`ATE1`) returns the bytes that were accepted into the line as they
+//! arrive, and the terminator as `\r` (a lone `\n` echoes as `\r`).
 
 /// Longest command line kept, in bytes (the longest `AT+QFOTADL` is
 /// `AT+QFOTADL="` + a 512-byte URL + three optional numbers).

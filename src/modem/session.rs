@@ -358,7 +358,9 @@ impl Session {
             Duration::ZERO
         };
         self.power = Power::Down {
-            boot_at: Instant::now() + linger + self.reboot,
+            boot_at: Instant::now()
+                .checked_add(linger.saturating_add(self.reboot))
+                .unwrap_or_else(far_future),
             next,
             module_reboot,
         };
@@ -621,4 +623,9 @@ impl Session {
             }
         }
     }
+}
+
+/// A boot time for a reboot delay too long to represent: a century ahead.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }

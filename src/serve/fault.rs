@@ -190,9 +190,9 @@ impl FromStr for FaultRule {
                 "not-found" => Some(Action::NotFound),
                 "status" => {
                     let code: u16 = num(&key, need(&key, value).map_err(err)?).map_err(err)?;
-                    if !(100..=599).contains(&code) || (200..300).contains(&code) {
+                    if !(300..=599).contains(&code) {
                         return Err(err(format!(
-                            "status must be a non-2xx HTTP status, got {code}"
+                            "status must be an HTTP status 300–599, got {code}"
                         )));
                     }
                     Some(Action::Status(code))
@@ -321,12 +321,7 @@ impl FromStr for FaultRule {
                     }
                 )));
             }
-            if m.path.is_some()
-                && !matches!(
-                    cmd.as_str(),
-                    "RETR" | "SIZE" | "MDTM" | "CWD" | "LIST" | "NLST" | "MLSD"
-                )
-            {
+            if m.path.is_some() && !matches!(cmd.as_str(), "RETR" | "SIZE" | "CWD" | "LIST") {
                 return Err(err(format!("{cmd} carries no path: drop the path matcher")));
             }
             *c = cmd;
@@ -445,7 +440,8 @@ impl FaultSet {
             let m = &rule.matchers;
             if !fits(&rule.action)
                 || m.protocol.is_some_and(|p| p != info.protocol)
-                || m.peer.is_some_and(|net| !net.contains(&info.peer))
+                // `::ffff:a.b.c.d` (IPv4 on a dual-stack socket) is a.b.c.d.
+                || m.peer.is_some_and(|net| !net.contains(&info.peer.to_canonical()))
                 || m.user.as_deref().is_some_and(|u| Some(u) != info.user)
                 || m.path
                     .as_ref()
@@ -699,7 +695,8 @@ mod tests {
             ("", "no action"),
             ("explode", "unknown action"),
             ("status", "needs a value"),
-            ("status=200", "non-2xx"),
+            ("status=200", "300–599"),
+            ("status=101", "300–599"),
             ("drop-after=150%", "0–100"),
             ("drop-after=abc", "number"),
             ("ftp-reply=425", "command="),
@@ -743,6 +740,13 @@ mod tests {
             set.select(&info(Protocol::Http, Some("a.zip")), any)
                 .is_none()
         );
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let set = FaultSet::new(vec![rule("not-found,peer=127.0.0.0/8")], 1);
+        let mapped = AttemptInfo {
+            peer: "::ffff:127.0.0.1".parse().unwrap(),
+            ..info(Protocol::Http, Some("a.zip"))
+        };
+        assert!(set.select(&mapped, any).is_some());
     }
 
     #[test]

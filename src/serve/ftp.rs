@@ -526,6 +526,21 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
             .trim_start_matches('/')
             .to_string();
         let session = &self.session;
+        if session.shared.shutdown.is_cancelled() {
+            let reason = "server shutting down: no new transfers".to_string();
+            session.record(
+                &attempt,
+                &raw,
+                None,
+                start_pos,
+                0,
+                450,
+                Outcome::Refused,
+                reason,
+                None,
+            );
+            return Err(storage::Error::from(ErrorKind::TransientFileNotAvailable));
+        }
         let key = match Self::key(path.as_ref()) {
             Ok(k) => k,
             Err(err) => {
@@ -581,13 +596,13 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
             );
             return Err(storage::Error::from(ErrorKind::PageTypeUnknown));
         }
+        // Rules that replace the reply apply now; rules that change the
+        // bytes once the package is open (below).
         let fault = session.select_fault(Some(&key), |a| {
             matches!(a, Action::NotFound)
                 || matches!(a, Action::FtpReply { command, .. } if command == "RETR")
-                || a.is_data()
         });
-        let fault_name = fault.as_ref().map(|f| f.name.clone());
-        let data_fault = match fault {
+        match fault {
             Some(Applied {
                 action: Action::NotFound,
                 name,
@@ -613,20 +628,23 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
             ) => {
                 return Err(session.fault_reply(&f, "RETR", &key));
             }
-            Some(f) => Some(f.action),
-            None => None,
-        };
+            _ => {}
+        }
+        let mut fault_name = None;
         let mut reader: PackageReader = match session.shared.catalog.open(&package, start_pos).await
         {
-            Ok(r) => match data_fault {
-                Some(action) => Box::new(FaultedReader::new(
-                    r,
-                    action,
-                    start_pos,
-                    package.size,
-                    session.shared.shutdown.clone(),
-                    self.stall,
-                )),
+            Ok(r) => match session.select_fault(Some(&key), Action::is_data) {
+                Some(applied) => {
+                    fault_name = Some(applied.name);
+                    Box::new(FaultedReader::new(
+                        r,
+                        applied.action,
+                        start_pos,
+                        package.size,
+                        session.shared.shutdown.clone(),
+                        self.stall,
+                    ))
+                }
                 None => r,
             },
             Err(err) => {

@@ -262,11 +262,15 @@ impl Conn {
             user: None,
             path: Some(&key),
         };
-        let fault = self.shared.faults.select(&info, |a| {
-            matches!(a, Action::NotFound | Action::Status(_)) || (a.is_data() && !is_head)
-        });
+        // Rules that replace the response apply now; rules that change the
+        // bytes only once a body is really sent (below), so a 304/416/503
+        // does not use up a rule's `times`.
+        let fault = self
+            .shared
+            .faults
+            .select(&info, |a| matches!(a, Action::NotFound | Action::Status(_)));
         pending.fault = fault.as_ref().map(|f| f.name.clone());
-        let data_fault = match fault.map(|f| f.action) {
+        match fault.map(|f| f.action) {
             Some(Action::NotFound) => {
                 return self.refuse(
                     &pending,
@@ -290,8 +294,8 @@ impl Conn {
                 }
                 return resp;
             }
-            other => other,
-        };
+            _ => {}
+        }
         let validators = Validators {
             etag: &package.etag(),
             last_modified: package.modified,
@@ -348,15 +352,18 @@ impl Conn {
             Either::Left(Full::new(Bytes::new()))
         } else {
             let reader = match self.shared.catalog.open(&package, start).await {
-                Ok(r) => match data_fault {
-                    Some(action) => Box::new(FaultedReader::new(
-                        r,
-                        action,
-                        start,
-                        package.size,
-                        self.shared.shutdown.clone(),
-                        self.shared.stall_timeout,
-                    )) as PackageReader,
+                Ok(r) => match self.shared.faults.select(&info, Action::is_data) {
+                    Some(applied) => {
+                        pending.fault = Some(applied.name);
+                        Box::new(FaultedReader::new(
+                            r,
+                            applied.action,
+                            start,
+                            package.size,
+                            self.shared.shutdown.clone(),
+                            self.shared.stall_timeout,
+                        )) as PackageReader
+                    }
                     None => r,
                 },
                 Err(err @ OpenError::Changed) => {

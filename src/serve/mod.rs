@@ -41,7 +41,8 @@ pub(crate) struct Shared {
     pub(crate) log: DownloadLog,
     pub(crate) allow_invalid: bool,
     pub(crate) shutdown: CancellationToken,
-    /// One token per package transfer in flight; shutdown waits for them.
+    /// One token per FTP transfer in flight; shutdown waits for them
+    /// (HTTP responses are waited for by hyper's graceful shutdown).
     pub(crate) transfers: TaskTracker,
     /// Fault rules, replaceable at run time.
     pub(crate) faults: Arc<FaultSet>,
@@ -118,6 +119,9 @@ pub enum ServeError {
     /// No protocol enabled.
     #[error("enable at least one of FTP, HTTP, HTTPS")]
     NoProtocol,
+    /// A setting that cannot work (empty passive range, empty host).
+    #[error("{0}")]
+    Config(String),
     /// A listener could not be bound.
     #[error("cannot listen for {protocol} on {addr}: {source}")]
     Bind {
@@ -295,8 +299,9 @@ impl ServerBuilder {
         self
     }
     /// A TOML fault file (see [`fault::parse_fault_file`]), read at start
-    /// and re-read whenever it changes; its rules come after those added
-    /// with [`ServerBuilder::fault`].
+    /// and its rules re-read whenever it changes (its `seed` is read at
+    /// start only); its rules come after those added with
+    /// [`ServerBuilder::fault`].
     pub fn fault_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.fault_file = Some(path.into());
         self
@@ -321,6 +326,20 @@ impl ServerBuilder {
     pub async fn start(self) -> Result<Server, ServeError> {
         if self.ftp.is_none() && self.http.is_none() && self.https.is_none() {
             return Err(ServeError::NoProtocol);
+        }
+        if self.passive_ports.is_empty() || *self.passive_ports.start() == 0 {
+            return Err(ServeError::Config(format!(
+                "passive ports {}-{}: need 1 <= first <= last",
+                self.passive_ports.start(),
+                self.passive_ports.end()
+            )));
+        }
+        if self
+            .public_host
+            .as_deref()
+            .is_some_and(|h| h.trim().is_empty())
+        {
+            return Err(ServeError::Config("the public host is empty".into()));
         }
         let bind =
             |protocol: &'static str, port: Option<u16>| {
@@ -643,4 +662,36 @@ pub async fn check_packages(
     advertised: Advertised,
 ) -> std::io::Result<Vec<Arc<Package>>> {
     Ok(FsCatalog::open(dir, advertised).await?.packages())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn settings_that_cannot_work_are_start_up_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad_range = Server::builder()
+            .packages(dir.path())
+            .http(0)
+            .passive_ports(60000..=50000)
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(bad_range, ServeError::Config(_)), "{bad_range}");
+        let empty_host = Server::builder()
+            .packages(dir.path())
+            .http(0)
+            .public_host(" ")
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(empty_host, ServeError::Config(_)), "{empty_host}");
+        let none = Server::builder()
+            .packages(dir.path())
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(none, ServeError::NoProtocol));
+    }
 }

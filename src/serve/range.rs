@@ -52,11 +52,15 @@ pub fn parse_range(value: &str, len: u64) -> RangeDecision {
         return RangeDecision::Full;
     };
     let (first, last) = (first.trim(), last.trim());
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    // A position too large for u64 is still a position (§14.1.2): saturate.
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
+    };
     match (first.is_empty(), last.is_empty()) {
         // Suffix range: the last N bytes.
         (true, false) => {
-            let Some(n) = digits(last).then(|| last.parse::<u64>().ok()).flatten() else {
+            let Some(n) = number(last) else {
                 return RangeDecision::Full;
             };
             if n == 0 || len == 0 {
@@ -68,13 +72,13 @@ pub fn parse_range(value: &str, len: u64) -> RangeDecision {
             }
         }
         (false, _) => {
-            let Some(start) = digits(first).then(|| first.parse::<u64>().ok()).flatten() else {
+            let Some(start) = number(first) else {
                 return RangeDecision::Full;
             };
             let end = if last.is_empty() {
                 None
             } else {
-                match digits(last).then(|| last.parse::<u64>().ok()).flatten() {
+                match number(last) {
                     Some(e) if e >= start => Some(e),
                     // A last-pos below first-pos, or garbage, is invalid
                     // syntax: ignore the header.
@@ -256,7 +260,14 @@ mod tests {
         assert_eq!(parse_range("bytes=abc", 1000), Full);
         assert_eq!(parse_range("bytes=-", 1000), Full);
         assert_eq!(parse_range("bytes=+1-2", 1000), Full);
-        assert_eq!(parse_range("bytes=99999999999999999999999-", 1000), Full);
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999-", 1000),
+            Unsatisfiable
+        );
+        assert_eq!(
+            parse_range("bytes=-99999999999999999999999", 1000),
+            Partial { start: 0, end: 999 }
+        );
     }
 
     fn headers(pairs: &[(http::HeaderName, &str)]) -> HeaderMap {

@@ -67,8 +67,8 @@ pub enum TlsSource {
     Generated {
         /// The certs folder (`--certs-dir`).
         dir: PathBuf,
-        /// Extra subject alternative names (the public host); `localhost`
-        /// and `127.0.0.1` are always included.
+        /// Extra subject alternative names (the public host); `localhost`,
+        /// `127.0.0.1` and `::1` are always included.
         hosts: Vec<String>,
     },
 }
@@ -136,20 +136,24 @@ pub fn ensure_generated(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBu
         .distinguished_name
         .push(rcgen::DnType::CommonName, "qfota-serve");
     let cert = params.self_signed(&key_pair)?;
-    std::fs::write(&key_path, key_pair.serialize_pem()).map_err(write_err(&key_path))?;
-    restrict_permissions(&key_path);
+    write_private(&key_path, key_pair.serialize_pem().as_bytes()).map_err(write_err(&key_path))?;
     std::fs::write(&cert_path, cert.pem()).map_err(write_err(&cert_path))?;
     tracing::info!(cert = %cert_path.display(), sans = ?names, "generated RSA 2048 self-signed TLS certificate");
     Ok((cert_path, key_path))
 }
 
-/// The private key is readable by its owner only; failure to restrict is
-/// logged, not fatal (some filesystems have no modes).
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Err(err) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %path.display(), error = %err, "cannot restrict key permissions");
-    }
+/// Writes a private key readable by its owner only, from the moment the
+/// file exists (mode 0600 at creation).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
 }
 
 #[cfg(test)]

@@ -96,7 +96,13 @@ pub enum FleetError {
     /// Zero modules or zero concurrency.
     #[error("--modules and --concurrency must be at least 1")]
     Empty,
+    /// More modules than one run holds (each is a task and a buffer).
+    #[error("--modules {0} is over the limit of {MAX_MODULES}")]
+    TooMany(usize),
 }
+
+/// Most modules one fleet run starts.
+pub const MAX_MODULES: usize = 100_000;
 
 /// Checked settings of a fleet run.
 #[derive(Debug)]
@@ -162,9 +168,12 @@ impl TryFrom<FleetArgs> for FleetConfig {
         if args.modules == 0 || args.concurrency == Some(0) {
             return Err(FleetError::Empty);
         }
+        if args.modules > MAX_MODULES {
+            return Err(FleetError::TooMany(args.modules));
+        }
         let mut config = FleetConfig::new(args.url, profile, args.modules).rate(args.rate);
         if let Some(c) = args.concurrency {
-            config.concurrency = c;
+            config.concurrency = c.min(args.modules);
         }
         config.deadline = Duration::from_secs(args.deadline_secs);
         config.version = args.module_version;
@@ -247,8 +256,13 @@ fn quantile(v: &[u64], q: f64) -> u64 {
 /// `TryFrom<FleetArgs>`).
 pub async fn run_fleet(config: &FleetConfig) -> Result<FleetReport, ConfigError> {
     let started = Instant::now();
-    let deadline = started + config.deadline;
-    let gate = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    // A deadline too far to represent means "no deadline" (a century).
+    let deadline = started
+        .checked_add(config.deadline)
+        .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
+    let gate = Arc::new(Semaphore::new(
+        config.concurrency.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let at_args = config.command.to_at_args();
     let mut set = JoinSet::new();
     for _ in 0..config.modules {
@@ -355,6 +369,28 @@ mod tests {
         assert_eq!(quantile(&v, 0.95), 95);
         assert_eq!(quantile(&[7], 0.95), 7);
         assert_eq!(quantile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn fleet_sizes_are_bounded() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: FleetArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["fleet", "http://127.0.0.1:1/a.zip"];
+            argv.extend_from_slice(extra);
+            FleetConfig::try_from(Wrap::parse_from(argv).args)
+        };
+        assert!(matches!(parse(&["--modules", "0"]), Err(FleetError::Empty)));
+        assert!(matches!(
+            parse(&["--modules", "100001"]),
+            Err(FleetError::TooMany(_))
+        ));
+        let c = parse(&["--modules", "3", "--concurrency", "18446744073709551615"]).unwrap();
+        assert_eq!(c.concurrency, 3);
     }
 
     #[tokio::test]

@@ -51,6 +51,9 @@ pub enum ConfigError {
     /// The no-progress timeout is zero.
     #[error("the download timeout must be more than zero")]
     Timeout,
+    /// The firmware version is empty or has control characters or `"`.
+    #[error("firmware version {0:?} must be non-empty printable text")]
+    Version(String),
     /// The CA file cannot be read.
     #[error("cannot read CA file {path}: {source}")]
     CaFile {
@@ -234,6 +237,12 @@ impl ModuleBuilder {
         }
         if self.timeout.is_zero() {
             return Err(ConfigError::Timeout);
+        }
+        if let Some(v) = &self.version
+            && (v.is_empty() || v.chars().any(|c| c.is_control() || c == '"'))
+        {
+            // It is printed inside AT responses (`ATI`, `AT+QGMR`).
+            return Err(ConfigError::Version(v.clone()));
         }
         let ca = match self.ca {
             None => None,
@@ -709,6 +718,11 @@ mod tests {
         assert!(matches!(
             Module::builder(ec200).timeout(Duration::ZERO).build(),
             Err(ConfigError::Timeout)
+        ));
+        // The version is printed inside AT responses: no line breaks.
+        assert!(matches!(
+            Module::builder(ec200).version("v1\r\nOK").build(),
+            Err(ConfigError::Version(_))
         ));
         assert!(matches!(
             Module::builder(ec200).ca_pem("no pem here").build(),

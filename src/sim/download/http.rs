@@ -1,6 +1,7 @@
 //! HTTP(S) download as a module does it (seeds 000–004 §3, `<HTTP_URL>`):
 //! one `GET` over HTTP/1.1, redirects not followed, the body length must
-//! match `Content-Length`. HTTPS goes through the module's TLS client
+//! match `Content-Length` when the server sends one (a body without it is
+//! taken as it comes, up to `MAX_PACKAGE`). HTTPS goes through the module's TLS client
 //! ([`super::tls`]).
 
 use std::sync::Arc;

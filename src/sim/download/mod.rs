@@ -58,8 +58,9 @@ pub(crate) struct Download<'a> {
     pub received: Arc<AtomicU64>,
 }
 
-/// Downloads the package; returns its bytes, exactly as many as the server
-/// announced.
+/// Downloads the package; returns its bytes — exactly as many as the server
+/// announced (FTP `SIZE`, HTTP `Content-Length`), or, over HTTP without a
+/// `Content-Length`, all the body sent.
 ///
 /// # Errors
 /// The [`DownloadError`] cause of the failure.
