@@ -674,7 +674,7 @@ mod tests {
         let bad_range = Server::builder()
             .packages(dir.path())
             .http(0)
-            .passive_ports(60000..=50000)
+            .passive_ports(RangeInclusive::new(60000, 50000))
             .start()
             .await
             .unwrap_err();
