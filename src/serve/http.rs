@@ -56,6 +56,9 @@ pub struct HttpTimeouts {
 
 type ResponseBody = Either<Full<Bytes>, PackageBody>;
 
+/// Bytes read from a package per body chunk.
+const BODY_CHUNK: usize = 32 * 1024;
+
 const SERVER_NAME: &str = concat!("qfota-serve/", env!("CARGO_PKG_VERSION"));
 
 /// Accepts connections on `listener` until `shutdown` fires, then lets
@@ -133,6 +136,13 @@ async fn serve_connection<S>(
     let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header_read)
+        // Bound what one connection holds in user space. With the default
+        // vectored writes hyper queues up to 16 body chunks per connection
+        // (about 1 MiB here) whenever the client reads slowly; a flat
+        // buffer caps it at `BODY_CHUNK` + headers. A fleet of modules on
+        // tens of kB/s each is mostly slow connections.
+        .writev(false)
+        .max_buf_size(2 * BODY_CHUNK)
         .serve_connection(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(http).await {
         tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -387,7 +397,7 @@ impl Conn {
                 }
             };
             Either::Right(PackageBody {
-                stream: ReaderStream::with_capacity(reader.take(len), 64 * 1024),
+                stream: ReaderStream::with_capacity(reader.take(len), BODY_CHUNK),
                 expected: len,
                 sent: 0,
                 status,
