@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::modem::{DEFAULT_IMEI, DEFAULT_LINK, DEFAULT_REBOOT, DEFAULT_URC_HOLD, Modem, Status};
 use crate::profile::{Profile, ProfileError};
 use crate::sim::Fault;
-use crate::sim::module::{ConfigError, DEFAULT_TIME_SCALE, Module};
+use crate::sim::module::{ConfigError, DEFAULT_TIME_SCALE, Module, ModuleSettings};
 
 /// Exit status for a usage error (as clap uses).
 const USAGE: u8 = 2;
@@ -173,21 +173,17 @@ impl TryFrom<ModemArgs> for ModemConfig {
         if args.imei.len() != 15 || !args.imei.bytes().all(|b| b.is_ascii_digit()) {
             return Err(UsageError::Imei(args.imei));
         }
-        let mut builder = Module::builder(profile)
-            .faults(args.faults)
-            .time_scale(args.time_scale)
-            .timeout(Duration::from_secs(args.timeout_secs));
-        if let Some(version) = args.module_version {
-            builder = builder.version(version);
-        }
-        if let Some(bytes) = args.free_space {
-            builder = builder.free_space(bytes);
-        }
-        if let Some(ca) = args.ca {
-            builder = builder.ca_file(ca);
-        }
+        let settings = ModuleSettings {
+            faults: args.faults,
+            time_scale: args.time_scale,
+            timeout: Duration::from_secs(args.timeout_secs),
+            version: args.module_version,
+            free_space: args.free_space,
+            ca: args.ca,
+            rate: None,
+        };
         Ok(ModemConfig {
-            module: builder.build()?,
+            module: settings.builder(profile).build()?,
             model,
             imei: args.imei,
             pty: args.pty,

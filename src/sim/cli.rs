@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use crate::profile::{Profile, ProfileError};
 use crate::sim::command::{FotaUrl, FotadlArgs};
 use crate::sim::fault::Fault;
-use crate::sim::module::{ConfigError, DEFAULT_TIME_SCALE, Module};
+use crate::sim::module::{ConfigError, DEFAULT_TIME_SCALE, Module, ModuleSettings};
 use crate::sim::transcript::{RunSummary, TimedEvent};
 
 /// Exit status for a usage error (as clap uses).
@@ -135,21 +135,17 @@ impl TryFrom<SimulateArgs> for SimulateConfig {
                 return Err(UsageError::DnsFaultWithIp);
             }
         }
-        let mut builder = Module::builder(profile)
-            .faults(args.faults)
-            .time_scale(args.time_scale)
-            .timeout(Duration::from_secs(args.timeout_secs));
-        if let Some(version) = args.module_version {
-            builder = builder.version(version);
-        }
-        if let Some(bytes) = args.free_space {
-            builder = builder.free_space(bytes);
-        }
-        if let Some(ca) = args.ca {
-            builder = builder.ca_file(ca);
-        }
+        let settings = ModuleSettings {
+            faults: args.faults,
+            time_scale: args.time_scale,
+            timeout: Duration::from_secs(args.timeout_secs),
+            version: args.module_version,
+            free_space: args.free_space,
+            ca: args.ca,
+            rate: None,
+        };
         Ok(SimulateConfig {
-            module: builder.build()?,
+            module: settings.builder(profile).build()?,
             command: FotadlArgs {
                 url: args.url,
                 upgrade_mode: args.upgrade_mode,

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::profile::{Profile, ProfileError};
 use crate::sim::command::FotadlArgs;
 use crate::sim::fault::Fault;
-use crate::sim::module::{ConfigError, DEFAULT_TIME_SCALE, Module, ModuleBuilder};
+use crate::sim::module::{ConfigError, DEFAULT_TIME_SCALE, Module, ModuleSettings};
 use crate::sim::transcript::Transcript;
 use crate::sim::urc::{AtResult, Event, Urc};
 
@@ -116,11 +116,7 @@ pub struct FleetConfig {
     /// Time limit for the whole run.
     pub deadline: Duration,
     profile: &'static Profile,
-    version: Option<String>,
-    rate: Option<u64>,
-    faults: Vec<Fault>,
-    timeout: Duration,
-    time_scale: f64,
+    settings: ModuleSettings,
 }
 
 impl FleetConfig {
@@ -133,30 +129,18 @@ impl FleetConfig {
             concurrency: modules.clamp(1, 256),
             deadline: Duration::from_secs(300),
             profile,
-            version: None,
-            rate: None,
-            faults: Vec::new(),
-            timeout: crate::sim::module::DEFAULT_TIMEOUT,
-            time_scale: DEFAULT_TIME_SCALE,
+            settings: ModuleSettings::default(),
         }
     }
 
     /// Per-module download throttle in bytes per second.
     pub fn rate(mut self, bytes_per_second: Option<u64>) -> Self {
-        self.rate = bytes_per_second;
+        self.settings.rate = bytes_per_second;
         self
     }
 
     fn module(&self) -> Result<Module, ConfigError> {
-        let mut b: ModuleBuilder = Module::builder(self.profile)
-            .faults(self.faults.clone())
-            .time_scale(self.time_scale)
-            .timeout(self.timeout)
-            .rate(self.rate);
-        if let Some(v) = &self.version {
-            b = b.version(v.clone());
-        }
-        b.build()
+        self.settings.builder(self.profile).build()
     }
 }
 
@@ -176,10 +160,10 @@ impl TryFrom<FleetArgs> for FleetConfig {
             config.concurrency = c.min(args.modules);
         }
         config.deadline = Duration::from_secs(args.deadline_secs);
-        config.version = args.module_version;
-        config.faults = args.faults;
-        config.timeout = Duration::from_secs(args.timeout_secs.max(1));
-        config.time_scale = args.time_scale;
+        config.settings.version = args.module_version;
+        config.settings.faults = args.faults;
+        config.settings.timeout = Duration::from_secs(args.timeout_secs.max(1));
+        config.settings.time_scale = args.time_scale;
         // Build one module now so a bad setting is a usage error.
         config.module()?;
         Ok(config)

@@ -36,6 +36,6 @@ pub mod version;
 pub use command::{FotaUrl, FotadlArgs, FotadlCommand};
 pub use download::DownloadError;
 pub use fault::Fault;
-pub use module::{ConfigError, FotaRun, Module, ModuleBuilder};
+pub use module::{ConfigError, FotaRun, Module, ModuleBuilder, ModuleSettings};
 pub use transcript::{RunSummary, TimedEvent, Transcript};
 pub use urc::{AtResult, Event, PowerOff, Urc};

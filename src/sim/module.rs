@@ -143,6 +143,62 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The module settings the command lines share (`simulate`, `modem`,
+/// `fleet`), turned into a [`ModuleBuilder`] in one place.
+#[derive(Debug, Clone)]
+pub struct ModuleSettings {
+    /// Module-side faults.
+    pub faults: Vec<Fault>,
+    /// Multiplier for the module's own delays.
+    pub time_scale: f64,
+    /// No-progress download timeout.
+    pub timeout: Duration,
+    /// Current firmware version (`None`: not version-checked).
+    pub version: Option<String>,
+    /// Free space in the module's file system, bytes (`None`: unlimited).
+    pub free_space: Option<u64>,
+    /// CA file (PEM) to verify HTTPS against (`None`: no verification).
+    pub ca: Option<std::path::PathBuf>,
+    /// Download throttle, bytes per second (`None`: unthrottled).
+    pub rate: Option<u64>,
+}
+
+impl Default for ModuleSettings {
+    fn default() -> Self {
+        ModuleSettings {
+            faults: Vec::new(),
+            time_scale: DEFAULT_TIME_SCALE,
+            timeout: DEFAULT_TIMEOUT,
+            version: None,
+            free_space: None,
+            ca: None,
+            rate: None,
+        }
+    }
+}
+
+impl ModuleSettings {
+    /// A builder for a `profile` module with these settings; checked by
+    /// [`ModuleBuilder::build`].
+    pub fn builder(&self, profile: &'static Profile) -> ModuleBuilder {
+        let mut b = Module::builder(profile)
+            .faults(self.faults.clone())
+            .time_scale(self.time_scale)
+            .timeout(self.timeout)
+            .rate(self.rate);
+        if let Some(version) = &self.version {
+            b = b.version(version.clone());
+        }
+        if let Some(bytes) = self.free_space {
+            b = b.free_space(bytes);
+        }
+        if let Some(ca) = &self.ca {
+            b = b.ca_file(ca);
+        }
+        b
+    }
+}
+
 /// Builds a [`Module`]; every setting is checked once, in [`build`](Self::build).
 #[derive(Debug)]
 pub struct ModuleBuilder {
