@@ -7,10 +7,12 @@
 //! [`Server`] handle that reports bound addresses, ready-made module URLs
 //! and the download records, and shuts everything down (also on drop).
 
+pub mod delivery;
 pub mod fault;
 mod fault_file;
 pub mod ftp;
 pub mod http;
+pub mod peer;
 pub mod range;
 pub mod stall;
 pub mod tls;
