@@ -12,31 +12,10 @@
 use std::time::Duration;
 
 use crate::profile::Profile;
+use crate::sim::clock::{Clock, timing};
+use crate::sim::emit::Emitter;
 use crate::sim::fault::FaultPlan;
-use crate::sim::module::{Clock, Emitter};
 use crate::sim::urc::{Event, PowerOff, Urc};
-
-/// Realistic module timings (at time scale 1.0).
-pub(crate) mod timing {
-    use std::time::Duration;
-
-    /// From the command to `OK`/`ERROR` (seed 000: maximum response time
-    /// 300 ms).
-    pub const RESPONSE: Duration = Duration::from_millis(100);
-    /// From `OK` to `FTPSTART`/`HTTPSTART` (bringing the data call up).
-    pub const BEFORE_DOWNLOAD: Duration = Duration::from_secs(1);
-    /// From an `END`/`FTPEND` to the module going down for a reboot.
-    pub const BEFORE_REBOOT: Duration = Duration::from_secs(1);
-    /// A reboot, power-off to `RDY` (USB re-enumeration included).
-    pub const REBOOT: Duration = Duration::from_secs(20);
-    /// From `RDY` (or the download) to `START` (seed 000: the first URC
-    /// after a reboot within 90 s).
-    pub const BEFORE_START: Duration = Duration::from_secs(3);
-    /// The package check after `START`.
-    pub const CHECK: Duration = Duration::from_secs(2);
-    /// The whole `UPDATING` run, 0 → 100 %.
-    pub const UPDATING: Duration = Duration::from_secs(120);
-}
 
 /// `UPDATING` percentage at which an injected in-flight error ends an
 /// attempt (seed 000 §4.1 example: `UPDATING,20` then `END,<err>`).
@@ -145,13 +124,7 @@ impl Upgrade<'_> {
 mod tests {
     use super::*;
     use crate::sim::fault::Fault;
-
-    /// Bounds a test's await (virtual time where the clock is paused).
-    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(3600), f)
-            .await
-            .expect("finished in time")
-    }
+    use crate::sim::testing::{bounded, drain};
 
     async fn run(profile: &str, check: Option<u16>, lines: u8, faults: &[&str]) -> Vec<Event> {
         let profile = Profile::by_name(profile).unwrap();
@@ -170,12 +143,7 @@ mod tests {
             .run(),
         )
         .await;
-        drop(emit);
-        let mut out = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            out.push(e);
-        }
-        out
+        drain(&mut rx)
     }
 
     fn updating(range: std::ops::RangeInclusive<u8>) -> Vec<Event> {
