@@ -7,7 +7,7 @@
 //!    [`Profile`](crate::profile::Profile): a bad URL or parameter is
 //!    `ERROR`, nothing more.
 //! 2. [`module`] is the front door: [`Module::fotadl`] accepts the command
-//!    (or refuses it while a run is in progress) and spawns a [`run`],
+//!    (or refuses it while a run is in progress) and spawns a `run`,
 //!    which goes phase by phase: `OK`, then [`download`] fetches the
 //!    package over FTP (suppaftp) or HTTP(S) (hyper + a module-like rustls
 //!    client) and maps any failure cause to the family's
@@ -18,7 +18,7 @@
 //!    ([`fault`] injects module-side faults); the run reboots the module
 //!    into normal mode with its new version.
 //! 4. Everything the module does is an [`Event`] ([`urc`]) sent through
-//!    the run's [`emit`]ter onto its stream; [`transcript`] sums a run up,
+//!    the run's emitter (`emit`) onto its stream; [`transcript`] sums a run up,
 //!    [`cli`] prints it for `qfota-serve simulate`, [`fleet`] runs many
 //!    modules at once.
 //!
@@ -27,11 +27,11 @@
 //! Arrows point down; no file imports one that imports it back:
 //!
 //! - top: [`module`] (builder, `Module`, the `FotaRun` stream);
-//! - [`run`] (the phases), over [`state`] (configuration, version, busy
+//! - `run` (the phases), over `state` (configuration, version, busy
 //!   flag and notes a module shares with its runs);
 //! - [`download`] and [`upgrade`], the steps a run drives;
-//! - bottom: [`clock`] (module time: realistic timings × the time scale),
-//!   [`emit`] (the event channel), [`command`], [`fault`], [`urc`],
+//! - bottom: `clock` (module time: realistic timings × the time scale),
+//!   `emit` (the event channel), [`command`], [`fault`], [`urc`],
 //!   [`package`], [`version`].
 //!
 //! Module delays follow a realistic timeline scaled by a time scale; network

@@ -4,10 +4,10 @@
 //! command, the download, the reboots and the upgrade unfold.
 //!
 //! [`Module::fotadl`] accepts or refuses the command and spawns the run
-//! ([`crate::sim::run`], one function per phase) as a Tokio task feeding an
+//! (`crate::sim::run`, one function per phase) as a Tokio task feeding an
 //! unbounded channel, wrapped as a [`futures_util::Stream`] ([`FotaRun`]);
 //! dropping the run stops the task. A module is cheap to clone (shared
-//! state, [`crate::sim::state`]), and many can run at once, each with its
+//! state, `crate::sim::state`), and many can run at once, each with its
 //! own download rate ([`ModuleBuilder::rate`]).
 //!
 //! This is the top of the simulator's core: it imports the parts below it

@@ -9,10 +9,10 @@
 //! reported, as seed 000 §4.1 shows (`UPDATING,20`, `END,<err>`, restart,
 //! `START`, `UPDATING,20`, `UPDATING,30`, …).
 //!
-//! [`Upgrade::run`] is the attempt loop; each attempt (`attempt`) and its
+//! `Upgrade::run` is the attempt loop; each attempt (`attempt`) and its
 //! `UPDATING` steps (`update`) are their own functions. The run
-//! ([`crate::sim::run`]) drives it; it waits on the [`Clock`] and sends
-//! through the [`Emitter`], both below it.
+//! (`crate::sim::run`) drives it; it waits on the `Clock` and sends
+//! through the `Emitter`, both below it.
 
 use std::time::Duration;
 

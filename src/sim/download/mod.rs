@@ -4,10 +4,10 @@
 //! codes by [`cause`]).
 //!
 //! Arrows point down: this file resolves, connects and hands the socket to
-//! `ftp.rs` or `http.rs` (HTTPS through [`tls`]); those count bytes and
+//! `ftp.rs` or `http.rs` (HTTPS through `tls`); those count bytes and
 //! print `DOWNLOADING` through `progress.rs` and fail with [`cause`]'s
 //! [`DownloadError`]. None of them imports this file; the run's
-//! [`Emitter`] comes from [`crate::sim::emit`], below the whole simulator.
+//! `Emitter` comes from `crate::sim::emit`, below the whole simulator.
 //!
 //! Network time is real time (the simulator's time scale does not apply);
 //! every wait is bounded by the no-progress timeout.
