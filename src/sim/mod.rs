@@ -26,13 +26,16 @@
 //!
 //! Arrows point down; no file imports one that imports it back:
 //!
-//! - top: [`module`] (builder, `Module`, the `FotaRun` stream);
+//! - top: [`cli`] and [`fleet`], the command lines, over [`module`]
+//!   (settings, builder, `Module`, the `FotaRun` stream);
 //! - `run` (the phases), over `state` (configuration, version, busy
 //!   flag and notes a module shares with its runs);
 //! - [`download`] and [`upgrade`], the steps a run drives;
 //! - bottom: `clock` (module time: realistic timings × the time scale),
 //!   `emit` (the event channel), [`command`], [`fault`], [`urc`],
-//!   [`package`], [`version`].
+//!   [`package`], [`version`], [`transcript`].
+//!
+//! `testing` holds the unit tests' shared helpers.
 //!
 //! Module delays follow a realistic timeline scaled by a time scale; network
 //! transfers run in real time.

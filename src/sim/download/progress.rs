@@ -161,25 +161,34 @@ mod tests {
         assert_eq!(drain(&mut rx), vec![Event::Urc(Urc::Downloading(50))]);
     }
 
+    /// The events of a `lines`-line progress announced as `total` bytes:
+    /// after `received` bytes, then after the download completes.
+    async fn lines_then_complete(
+        lines: u8,
+        total: Option<u64>,
+        received: usize,
+    ) -> (Vec<Event>, Vec<Event>) {
+        let (emit, mut rx) = Emitter::channel();
+        let mut p = Progress::new(lines, None, &emit);
+        p.expect(total).unwrap();
+        bounded(p.advance(received)).await.unwrap();
+        let before = drain(&mut rx);
+        p.complete();
+        (before, drain(&mut rx))
+    }
+
     #[tokio::test]
     async fn unknown_size_prints_every_line_at_the_end() {
-        let (emit, mut rx) = Emitter::channel();
-        let mut p = Progress::new(5, None, &emit);
-        bounded(p.advance(10)).await.unwrap();
-        assert!(drain(&mut rx).is_empty());
-        p.complete();
+        let (before, after) = lines_then_complete(5, None, 10).await;
+        assert!(before.is_empty());
         let lines: Vec<Event> = (1..=5).map(|k| Event::Urc(Urc::Downloading(k))).collect();
-        assert_eq!(drain(&mut rx), lines);
+        assert_eq!(after, lines);
     }
 
     #[tokio::test]
     async fn no_lines_when_disabled() {
-        let (emit, mut rx) = Emitter::channel();
-        let mut p = Progress::new(0, None, &emit);
-        p.expect(Some(10)).unwrap();
-        bounded(p.advance(10)).await.unwrap();
-        p.complete();
-        assert!(drain(&mut rx).is_empty());
+        let (before, after) = lines_then_complete(0, Some(10), 10).await;
+        assert!(before.is_empty() && after.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
