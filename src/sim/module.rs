@@ -567,6 +567,21 @@ mod tests {
     }
 
     #[test]
+    fn accept_checks_the_command_first_then_claims_the_module() {
+        let m = module("ec2x");
+        let (_, busy) = m.accept(r#""ftp://h/p.zip""#).expect("accepted");
+        assert!(m.is_busy());
+        // A bad command is refused for what is wrong with it, busy or not.
+        let bad = m.accept(r#""gopher://h/p.zip""#).unwrap_err();
+        assert!(!bad.contains("in progress"), "{bad}");
+        let second = m.accept(r#""ftp://h/p.zip""#).unwrap_err();
+        assert!(second.contains("in progress"), "{second}");
+        drop(busy);
+        assert!(!m.is_busy());
+        assert!(m.accept(r#""ftp://h/p.zip""#).is_ok());
+    }
+
+    #[test]
     fn test_command_follows_the_family() {
         assert_eq!(module("ec2x").test_command(), vec!["OK"]);
         assert_eq!(module("ec200").test_command().len(), 2);
