@@ -1,17 +1,21 @@
-//! The simulated module: configuration ([`ModuleBuilder`]), state (firmware
-//! version, busy), and `AT+QFOTADL` runs ([`Module::fotadl`]) that stream
-//! [`Event`]s as the command, the download, the reboots and the upgrade
-//! unfold.
+//! The simulated module, the simulator's front door: configuration
+//! ([`ModuleSettings`], [`ModuleBuilder`]), state (firmware version, busy),
+//! and `AT+QFOTADL` runs ([`Module::fotadl`]) that stream [`Event`]s as the
+//! command, the download, the reboots and the upgrade unfold.
 //!
-//! Each run is a Tokio task feeding an unbounded channel, wrapped as a
-//! [`futures_util::Stream`] ([`FotaRun`]); dropping the run stops the task.
-//! A module is cheap to clone (shared state), and many can run at once,
-//! each with its own download rate ([`ModuleBuilder::rate`]).
+//! [`Module::fotadl`] accepts or refuses the command and spawns the run
+//! (`crate::sim::run`, one function per phase) as a Tokio task feeding an
+//! unbounded channel, wrapped as a [`futures_util::Stream`] ([`FotaRun`]);
+//! dropping the run stops the task. A module is cheap to clone (shared
+//! state, `crate::sim::state`), and many can run at once, each with its
+//! own download rate ([`ModuleBuilder::rate`]).
+//!
+//! This is the top of the simulator's core: it imports the parts below it
+//! and none of them imports this file.
 
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,14 +26,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::profile::Profile;
+use crate::sim::clock::Clock;
 use crate::sim::command::{FotadlCommand, test_command_response};
-use crate::sim::download::{self, Download, tls};
-use crate::sim::fault::{Fault, FaultError, FaultPlan};
-use crate::sim::package::{self, PackageFacts};
+use crate::sim::download::tls;
+use crate::sim::emit::Emitter;
+use crate::sim::fault::{Fault, FaultError};
+use crate::sim::run::{self, Run};
+use crate::sim::state::{BusyGuard, Config, RunLog, State, lock};
 use crate::sim::transcript::{RunSummary, TimedEvent, Transcript};
-use crate::sim::upgrade::{self, Upgrade, timing};
-use crate::sim::urc::{AtResult, Event, PowerOff, Urc};
-use crate::sim::version::VersionChange;
+use crate::sim::urc::{AtResult, Event};
 
 /// Default no-progress timeout for downloads: 60 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -66,81 +71,6 @@ pub enum ConfigError {
     /// The CA PEM holds no certificate, or one that does not parse.
     #[error("bad CA certificates: {0}")]
     CaPem(String),
-}
-
-/// Scaled time: realistic durations times the time scale, on Tokio's clock
-/// (so tests can pause it).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
-    scale: f64,
-}
-
-impl Clock {
-    /// A clock running `scale` × realistic durations; `scale` must be
-    /// finite and non-negative (checked by [`ModuleBuilder::build`]).
-    pub(crate) fn new(scale: f64) -> Clock {
-        Clock { scale }
-    }
-
-    /// Sleeps `realistic × scale`.
-    pub(crate) async fn pause(&self, realistic: Duration) {
-        let scaled = Duration::try_from_secs_f64(realistic.as_secs_f64() * self.scale)
-            .unwrap_or(Duration::ZERO);
-        if !scaled.is_zero() {
-            tokio::time::sleep(scaled).await;
-        }
-    }
-}
-
-/// Sends a run's events; a closed channel (the run was dropped) is ignored,
-/// the task is being aborted anyway.
-#[derive(Debug, Clone)]
-pub(crate) struct Emitter {
-    tx: mpsc::UnboundedSender<Event>,
-}
-
-impl Emitter {
-    /// A new emitter and the receiving end.
-    pub(crate) fn channel() -> (Emitter, mpsc::UnboundedReceiver<Event>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Emitter { tx }, rx)
-    }
-
-    /// Sends one event.
-    pub(crate) fn send(&self, event: Event) {
-        let _ = self.tx.send(event);
-    }
-
-    /// Sends one URC.
-    pub(crate) fn urc(&self, urc: Urc) {
-        self.send(Event::Urc(urc));
-    }
-}
-
-/// Fixed configuration of a module.
-#[derive(Debug)]
-struct Config {
-    profile: &'static Profile,
-    free_space: Option<u64>,
-    faults: Vec<Fault>,
-    clock: Clock,
-    timeout: Duration,
-    tls: Arc<rustls::ClientConfig>,
-    rate: Option<u64>,
-}
-
-/// What changes as the module runs.
-#[derive(Debug, Default)]
-struct State {
-    /// Firmware version; `None` = not set or unknown.
-    version: Option<String>,
-    /// A FOTA run is in progress.
-    busy: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere cannot leave this plain data inconsistent.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The module settings the command lines share (`simulate`, `modem`,
@@ -300,19 +230,7 @@ impl ModuleBuilder {
             // It is printed inside AT responses (`ATI`, `AT+QGMR`).
             return Err(ConfigError::Version(v.clone()));
         }
-        let ca = match self.ca {
-            None => None,
-            Some(pem) => {
-                let pem = pem?;
-                let certs = CertificateDer::pem_slice_iter(&pem)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| ConfigError::CaPem(e.to_string()))?;
-                if certs.is_empty() {
-                    return Err(ConfigError::CaPem("no certificate in the PEM".to_string()));
-                }
-                Some(certs)
-            }
-        };
+        let ca = self.ca.map(ca_certificates).transpose()?;
         let tls =
             tls::client_config(ca.as_deref()).map_err(|e| ConfigError::CaPem(e.to_string()))?;
         Ok(Module {
@@ -331,6 +249,23 @@ impl ModuleBuilder {
             })),
         })
     }
+}
+
+/// The CA certificates in `pem` (read from a file or given as text).
+///
+/// # Errors
+/// The read error of the file, PEM that does not parse, or no certificate.
+fn ca_certificates(
+    pem: Result<Vec<u8>, ConfigError>,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let pem = pem?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::CaPem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(ConfigError::CaPem("no certificate in the PEM".to_string()));
+    }
+    Ok(certs)
 }
 
 /// A simulated Quectel module of one family, answering `AT+QFOTADL`.
@@ -409,7 +344,7 @@ impl Module {
 
     /// Executes `AT+QFOTADL=<at_args>`, where `at_args` is the text after
     /// the `=` (`"<url>"[,<upgrade_mode>[,<download_URC_max>[,<update_URC_max>]]]`,
-    /// see [`crate::sim::FotadlArgs::to_at_args`]).
+    /// see [`crate::sim::command::FotadlArgs::to_at_args`]).
     ///
     /// Returns at once; the run proceeds in a Tokio task (so this must be
     /// called inside a Tokio runtime) and its events arrive on the returned
@@ -417,198 +352,43 @@ impl Module {
     /// URCs, power-offs and `RDY`s of SPEC §3. The stream ends when the
     /// module is back in normal mode. Dropping it stops the run.
     pub fn fotadl(&self, at_args: &str) -> FotaRun {
-        let config = Arc::clone(&self.config);
         let (emit, rx) = Emitter::channel();
-        let command_line = format!("AT+QFOTADL={at_args}");
+        let log = RunLog::default();
         let version_before = self.version();
-        let parsed = FotadlCommand::parse(at_args, config.profile);
-        let notes = Arc::new(Mutex::new(Vec::new()));
-        let received = Arc::new(AtomicU64::new(0));
-        let busy = {
-            let mut state = lock(&self.state);
-            let was = state.busy;
-            if parsed.is_ok() && !was {
-                state.busy = true;
-            }
-            was
-        };
-        let task = match parsed {
-            Ok(command) if !busy => {
-                let run = Run {
-                    config,
-                    state: BusyGuard(Arc::clone(&self.state)),
-                    command,
-                    emit,
-                    notes: Arc::clone(&notes),
-                    received: Arc::clone(&received),
-                };
+        let task = match self.accept(at_args) {
+            Ok((command, busy)) => {
+                let run = Run::new(Arc::clone(&self.config), busy, command, emit, log.clone());
                 tokio::spawn(run.execute())
             }
-            refused => {
-                let why = match refused {
-                    Ok(_) => "a FOTA run is already in progress".to_string(),
-                    Err(e) => e.to_string(),
-                };
-                lock(&notes).push(format!("ERROR: {why}"));
-                let clock = config.clock;
-                tokio::spawn(async move {
-                    clock.pause(timing::RESPONSE).await;
-                    emit.send(Event::Response(AtResult::Error));
-                })
+            Err(why) => {
+                log.note(format!("ERROR: {why}"));
+                let clock = self.config.clock;
+                tokio::spawn(async move { run::answer(clock, &emit, AtResult::Error).await })
             }
         };
         FotaRun {
-            command_line,
+            command_line: format!("AT+QFOTADL={at_args}"),
             rx,
             task,
             started: Instant::now(),
             profile: self.config.profile,
             version_before,
             state: Arc::clone(&self.state),
-            notes,
-            received,
+            log,
         }
     }
-}
 
-/// Clears the busy flag when a run ends, however it ends.
-struct BusyGuard(Arc<Mutex<State>>);
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        lock(&self.0).busy = false;
-    }
-}
-
-/// One accepted `AT+QFOTADL` run.
-struct Run {
-    config: Arc<Config>,
-    state: BusyGuard,
-    command: FotadlCommand,
-    emit: Emitter,
-    notes: Arc<Mutex<Vec<String>>>,
-    received: Arc<AtomicU64>,
-}
-
-impl Run {
-    fn note(&self, note: String) {
-        lock(&self.notes).push(note);
-    }
-
-    async fn execute(self) {
-        let config = Arc::clone(&self.config);
-        let profile = config.profile;
-        let clock = config.clock;
-        let url = &self.command.url;
-        let params = self.command.params;
-        let mut faults = FaultPlan::new(&config.faults, profile.max_attempts);
-
-        clock.pause(timing::RESPONSE).await;
-        self.emit.send(Event::Response(AtResult::Ok));
-        clock.pause(timing::BEFORE_DOWNLOAD).await;
-        let ftp = url.scheme.is_ftp();
-        self.emit
-            .urc(if ftp { Urc::FtpStart } else { Urc::HttpStart });
-        let result = download::download(Download {
-            url,
-            timeout: config.timeout,
-            rate: config.rate,
-            dns_fail: faults.dns_fail,
-            network_down: faults.network_down,
-            tls: Arc::clone(&config.tls),
-            downloading_lines: params.downloading_lines(),
-            emit: &self.emit,
-            received: Arc::clone(&self.received),
-        })
-        .await;
-        let end = |code| {
-            if ftp {
-                Urc::FtpEnd(code)
-            } else {
-                Urc::HttpEnd(code)
-            }
-        };
-        let package = match result {
-            Ok(package) => package,
-            Err(error) => {
-                let code = error.code(url.scheme, profile.download_codes);
-                tracing::debug!(
-                    profile = profile.name,
-                    url = %url.text,
-                    code,
-                    cause = %error,
-                    "simulated download failed"
-                );
-                self.note(format!("download: {error}"));
-                self.emit.urc(end(code));
-                return;
-            }
-        };
-        tracing::debug!(
-            profile = profile.name,
-            url = %url.text,
-            bytes = package.len(),
-            "simulated download finished"
-        );
-        self.emit.urc(end(0));
-
-        let file_name = url.file_name().to_string();
-        let version = lock(&self.state.0).version.clone();
-        let check = {
-            let facts_name = file_name.clone();
-            let free_space = config.free_space;
-            let plan = faults.clone();
-            // Reading every zip entry through is CPU work; keep it off the
-            // runtime's worker threads.
-            tokio::task::spawn_blocking(move || {
-                package::check(
-                    &PackageFacts {
-                        profile,
-                        bytes: &package,
-                        file_name: &facts_name,
-                        version: version.as_deref(),
-                        free_space,
-                    },
-                    &plan,
-                )
-            })
-            .await
-            .unwrap_or_else(|e| Some((package::FORMAT_CODE, format!("package check failed: {e}"))))
-        };
-        if let Some((code, why)) = &check {
-            self.note(format!("package check: END,{code}: {why}"));
-        }
-
-        if profile.reboots_before_upgrade(params.upgrade_mode) {
-            clock.pause(timing::BEFORE_REBOOT).await;
-            upgrade::reboot(clock, &self.emit, PowerOff::RebootToUpgrade).await;
-        }
-        let codes = Upgrade {
-            profile,
-            check: check.map(|(code, _)| code),
-            updating_lines: params.updating_lines(),
-            faults: &mut faults,
-            clock,
-            emit: &self.emit,
-        }
-        .run()
-        .await;
-        let upgraded = codes.last() == Some(&0);
-        if !upgraded {
-            self.note(format!(
-                "upgrade failed {} times; the module boots its old firmware",
-                codes.len()
-            ));
-        }
-
-        clock.pause(timing::BEFORE_REBOOT).await;
-        self.emit.send(Event::PowerOff(PowerOff::RebootToNormal));
-        if upgraded {
-            let new = VersionChange::from_file_name(&file_name).map(|v| v.to);
-            lock(&self.state.0).version = new;
-        }
-        clock.pause(timing::REBOOT).await;
-        self.emit.send(Event::Ready);
+    /// Parses `AT+QFOTADL=<at_args>` and claims the module for the run.
+    ///
+    /// # Errors
+    /// Why the module answers `ERROR`: the command's fault (checked first),
+    /// or a run already in progress.
+    fn accept(&self, at_args: &str) -> Result<(FotadlCommand, BusyGuard), String> {
+        let command =
+            FotadlCommand::parse(at_args, self.config.profile).map_err(|e| e.to_string())?;
+        let busy = BusyGuard::claim(&self.state)
+            .ok_or_else(|| "a FOTA run is already in progress".to_string())?;
+        Ok((command, busy))
     }
 }
 
@@ -623,8 +403,7 @@ pub struct FotaRun {
     profile: &'static Profile,
     version_before: Option<String>,
     state: Arc<Mutex<State>>,
-    notes: Arc<Mutex<Vec<String>>>,
-    received: Arc<AtomicU64>,
+    log: RunLog,
 }
 
 impl FotaRun {
@@ -646,9 +425,9 @@ impl FotaRun {
             events,
             self.version_before.clone(),
             lock(&self.state).version.clone(),
-            lock(&self.notes).clone(),
+            self.log.notes(),
         );
-        summary.bytes_received = self.received.load(Ordering::Relaxed);
+        summary.bytes_received = self.log.received();
         summary
     }
 
@@ -688,14 +467,9 @@ impl Drop for FotaRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::testing::bounded;
+    use crate::sim::urc::Urc;
     use futures_util::StreamExt;
-
-    /// Bounds a test's await (virtual time where the clock is paused).
-    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(3600), f)
-            .await
-            .expect("finished in time")
-    }
 
     fn module(profile: &str) -> Module {
         Module::builder(Profile::by_name(profile).unwrap())
@@ -790,6 +564,21 @@ mod tests {
                 .build(),
             Err(ConfigError::CaFile { .. })
         ));
+    }
+
+    #[test]
+    fn accept_checks_the_command_first_then_claims_the_module() {
+        let m = module("ec2x");
+        let (_, busy) = m.accept(r#""ftp://h/p.zip""#).expect("accepted");
+        assert!(m.is_busy());
+        // A bad command is refused for what is wrong with it, busy or not.
+        let bad = m.accept(r#""gopher://h/p.zip""#).unwrap_err();
+        assert!(!bad.contains("in progress"), "{bad}");
+        let second = m.accept(r#""ftp://h/p.zip""#).unwrap_err();
+        assert!(second.contains("in progress"), "{second}");
+        drop(busy);
+        assert!(!m.is_busy());
+        assert!(m.accept(r#""ftp://h/p.zip""#).is_ok());
     }
 
     #[test]

@@ -8,35 +8,19 @@
 //! After an error or a power cut, progress resumes at the last percentage
 //! reported, as seed 000 §4.1 shows (`UPDATING,20`, `END,<err>`, restart,
 //! `START`, `UPDATING,20`, `UPDATING,30`, …).
+//!
+//! `Upgrade::run` is the attempt loop; each attempt (`attempt`) and its
+//! `UPDATING` steps (`update`) are their own functions. The run
+//! (`crate::sim::run`) drives it; it waits on the `Clock` and sends
+//! through the `Emitter`, both below it.
 
 use std::time::Duration;
 
 use crate::profile::Profile;
+use crate::sim::clock::{Clock, timing};
+use crate::sim::emit::Emitter;
 use crate::sim::fault::FaultPlan;
-use crate::sim::module::{Clock, Emitter};
 use crate::sim::urc::{Event, PowerOff, Urc};
-
-/// Realistic module timings (at time scale 1.0).
-pub(crate) mod timing {
-    use std::time::Duration;
-
-    /// From the command to `OK`/`ERROR` (seed 000: maximum response time
-    /// 300 ms).
-    pub const RESPONSE: Duration = Duration::from_millis(100);
-    /// From `OK` to `FTPSTART`/`HTTPSTART` (bringing the data call up).
-    pub const BEFORE_DOWNLOAD: Duration = Duration::from_secs(1);
-    /// From an `END`/`FTPEND` to the module going down for a reboot.
-    pub const BEFORE_REBOOT: Duration = Duration::from_secs(1);
-    /// A reboot, power-off to `RDY` (USB re-enumeration included).
-    pub const REBOOT: Duration = Duration::from_secs(20);
-    /// From `RDY` (or the download) to `START` (seed 000: the first URC
-    /// after a reboot within 90 s).
-    pub const BEFORE_START: Duration = Duration::from_secs(3);
-    /// The package check after `START`.
-    pub const CHECK: Duration = Duration::from_secs(2);
-    /// The whole `UPDATING` run, 0 → 100 %.
-    pub const UPDATING: Duration = Duration::from_secs(120);
-}
 
 /// `UPDATING` percentage at which an injected in-flight error ends an
 /// attempt (seed 000 §4.1 example: `UPDATING,20` then `END,<err>`).
@@ -72,66 +56,59 @@ pub(crate) async fn reboot(clock: Clock, emit: &Emitter, why: PowerOff) {
     emit.send(Event::Ready);
 }
 
+/// Where `UPDATING` stands, across attempts and power cuts.
+struct Updating {
+    /// `UPDATING` steps per full run (100 when the lines are silent).
+    steps: u8,
+    /// No `UPDATING` lines are printed (`ec200` with 0 lines).
+    silent: bool,
+    /// Time per step.
+    step_time: Duration,
+    /// The step at which an injected in-flight error ends an attempt.
+    fail_step: u8,
+    /// Steps at which the power is cut, each used once.
+    power_cuts: Vec<u8>,
+    /// The step the next attempt starts at: the last one reported.
+    resume_at: u8,
+}
+
+impl Updating {
+    /// `lines` `UPDATING` lines per full run (0 = silent), with the power
+    /// cuts `faults` plans.
+    fn new(lines: u8, faults: &FaultPlan) -> Updating {
+        let silent = lines == 0;
+        let steps: u8 = if silent { 100 } else { lines };
+        Updating {
+            steps,
+            silent,
+            step_time: timing::UPDATING / u32::from(steps),
+            fail_step: u8::try_from((u16::from(steps) * FAIL_PERCENT).div_ceil(100).max(1))
+                .unwrap_or(steps),
+            power_cuts: faults.power_cut_steps(steps),
+            resume_at: 1,
+        }
+    }
+
+    /// Whether the power is cut at `step` (once per planned cut).
+    fn cut_at(&mut self, step: u8) -> bool {
+        let cut = self.power_cuts.iter().position(|s| *s == step);
+        cut.map(|i| self.power_cuts.remove(i)).is_some()
+    }
+}
+
 impl Upgrade<'_> {
     /// Runs the attempts; returns each attempt's `<err>`, ending at the
-    /// first 0 or after `max_attempts`.
-    pub(crate) async fn run(self) -> Vec<u16> {
-        let Upgrade {
-            profile,
-            check,
-            updating_lines,
-            faults,
-            clock,
-            emit,
-        } = self;
-        let silent = updating_lines == 0;
-        let steps: u8 = if silent { 100 } else { updating_lines };
-        let step_time = timing::UPDATING / u32::from(steps);
-        let fail_step =
-            u8::try_from((u16::from(steps) * FAIL_PERCENT).div_ceil(100).max(1)).unwrap_or(steps);
-        let mut power_cuts = faults.power_cut_steps(steps);
-        let mut resume_at: u8 = 1;
+    /// first 0 or after `max_attempts`. Every attempt after the first
+    /// follows a reboot.
+    pub(crate) async fn run(mut self) -> Vec<u16> {
+        let mut updating = Updating::new(self.updating_lines, self.faults);
         let mut codes = Vec::new();
-        for attempt in 1..=profile.max_attempts.max(1) {
+        for attempt in 1..=self.profile.max_attempts.max(1) {
             if attempt > 1 {
-                clock.pause(timing::BEFORE_REBOOT).await;
-                reboot(clock, emit, PowerOff::RebootToRetry).await;
+                self.clock.pause(timing::BEFORE_REBOOT).await;
+                reboot(self.clock, self.emit, PowerOff::RebootToRetry).await;
             }
-            clock.pause(timing::BEFORE_START).await;
-            emit.urc(Urc::Start);
-            clock.pause(timing::CHECK).await;
-            let injected = faults.next_upgrade_error();
-            let failure = check.or(injected);
-            let code = match failure {
-                Some(code) if CHECK_CODES.contains(&code) => code,
-                _ => {
-                    let mut step = resume_at;
-                    let mut code = 0;
-                    while step <= steps {
-                        clock.pause(step_time).await;
-                        if !silent {
-                            emit.urc(Urc::Updating(step));
-                        }
-                        resume_at = step;
-                        if let Some(i) = power_cuts.iter().position(|s| *s == step) {
-                            power_cuts.remove(i);
-                            reboot(clock, emit, PowerOff::PowerCut).await;
-                            clock.pause(timing::BEFORE_START).await;
-                            emit.urc(Urc::Start);
-                            // The interrupted step runs again.
-                            continue;
-                        }
-                        if let Some(err) = failure.filter(|_| step >= fail_step) {
-                            code = err;
-                            break;
-                        }
-                        step += 1;
-                    }
-                    code
-                }
-            };
-            clock.pause(step_time.min(Duration::from_secs(1))).await;
-            emit.urc(Urc::End(code));
+            let code = self.attempt(&mut updating).await;
             codes.push(code);
             if code == 0 {
                 break;
@@ -139,19 +116,63 @@ impl Upgrade<'_> {
         }
         codes
     }
+
+    /// One attempt: `START`, the package check, `UPDATING` unless the
+    /// check failed, `END,<err>`; returns the `<err>`.
+    async fn attempt(&mut self, updating: &mut Updating) -> u16 {
+        self.start().await;
+        self.clock.pause(timing::CHECK).await;
+        // Drawn on every attempt, so a planned error is used up even when
+        // the package check fails first.
+        let injected = self.faults.next_upgrade_error();
+        let failure = self.check.or(injected);
+        let code = match failure {
+            Some(code) if CHECK_CODES.contains(&code) => code,
+            _ => self.update(updating, failure).await,
+        };
+        let end_time = updating.step_time.min(Duration::from_secs(1));
+        self.clock.pause(end_time).await;
+        self.emit.urc(Urc::End(code));
+        code
+    }
+
+    /// The `UPDATING` steps from where the last attempt stopped. A power
+    /// cut reboots the module and repeats the step; `failure` ends the
+    /// attempt at [`FAIL_PERCENT`]. Returns the `<err>` (0: upgraded).
+    async fn update(&self, updating: &mut Updating, failure: Option<u16>) -> u16 {
+        let mut step = updating.resume_at;
+        while step <= updating.steps {
+            self.clock.pause(updating.step_time).await;
+            if !updating.silent {
+                self.emit.urc(Urc::Updating(step));
+            }
+            updating.resume_at = step;
+            if updating.cut_at(step) {
+                reboot(self.clock, self.emit, PowerOff::PowerCut).await;
+                // The interrupted step runs again.
+                self.start().await;
+                continue;
+            }
+            if let Some(err) = failure.filter(|_| step >= updating.fail_step) {
+                return err;
+            }
+            step += 1;
+        }
+        0
+    }
+
+    /// `START` after the module's start-up time.
+    async fn start(&self) {
+        self.clock.pause(timing::BEFORE_START).await;
+        self.emit.urc(Urc::Start);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sim::fault::Fault;
-
-    /// Bounds a test's await (virtual time where the clock is paused).
-    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(3600), f)
-            .await
-            .expect("finished in time")
-    }
+    use crate::sim::testing::{bounded, drain};
 
     async fn run(profile: &str, check: Option<u16>, lines: u8, faults: &[&str]) -> Vec<Event> {
         let profile = Profile::by_name(profile).unwrap();
@@ -170,16 +191,19 @@ mod tests {
             .run(),
         )
         .await;
-        drop(emit);
-        let mut out = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            out.push(e);
-        }
-        out
+        drain(&mut rx)
     }
 
     fn updating(range: std::ops::RangeInclusive<u8>) -> Vec<Event> {
         range.map(|p| Event::Urc(Urc::Updating(p))).collect()
+    }
+
+    /// A successful attempt with `lines` `UPDATING` lines.
+    fn success(lines: u8) -> Vec<Event> {
+        let mut want = vec![Event::Urc(Urc::Start)];
+        want.extend(updating(1..=lines));
+        want.push(Event::Urc(Urc::End(0)));
+        want
     }
 
     fn ends(events: &[Event]) -> Vec<u16> {
@@ -195,10 +219,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn success_prints_start_updating_1_to_100_end_0() {
         let events = run("ec2x", None, 100, &[]).await;
-        let mut want = vec![Event::Urc(Urc::Start)];
-        want.extend(updating(1..=100));
-        want.push(Event::Urc(Urc::End(0)));
-        assert_eq!(events, want);
+        assert_eq!(events, success(100));
     }
 
     #[tokio::test(start_paused = true)]
@@ -251,10 +272,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ec200_update_urc_max_sets_the_line_count() {
         let events = run("ec200", None, 5, &[]).await;
-        let mut want = vec![Event::Urc(Urc::Start)];
-        want.extend(updating(1..=5));
-        want.push(Event::Urc(Urc::End(0)));
-        assert_eq!(events, want);
+        assert_eq!(events, success(5));
         let silent = run("ec200", None, 0, &[]).await;
         assert_eq!(
             silent,

@@ -6,6 +6,8 @@
 //! detailed codes (seed `001_2f648264def3e0b1.txt` tables 2 and 3); every
 //! other family reports `601` (FTP) or `701` (HTTP) for all of them.
 
+use std::time::Duration;
+
 use crate::profile::DownloadCodes;
 use crate::sim::command::Scheme;
 
@@ -90,7 +92,30 @@ pub enum DownloadError {
     Other(String),
 }
 
+/// `d` in whole milliseconds, for messages (saturating).
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl DownloadError {
+    /// [`DownloadError::NoAnswer`]: nothing came back within `timeout`
+    /// while waiting for `waiting_for`.
+    pub(super) fn no_answer(waiting_for: &'static str, timeout: Duration) -> DownloadError {
+        DownloadError::NoAnswer {
+            waiting_for,
+            timeout_ms: millis(timeout),
+        }
+    }
+
+    /// [`DownloadError::Stalled`]: no data for `timeout` after `received`
+    /// bytes.
+    pub(super) fn stalled(received: u64, timeout: Duration) -> DownloadError {
+        DownloadError::Stalled {
+            received,
+            timeout_ms: millis(timeout),
+        }
+    }
+
     /// The code `FTPEND` / `HTTPEND` reports for this failure on a family
     /// whose download codes are `codes` (SPEC §4).
     pub fn code(&self, scheme: Scheme, codes: DownloadCodes) -> u16 {

@@ -15,7 +15,8 @@ use suppaftp::{FtpError, FtpResult};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::{DownloadError, Progress, millis, package_buffer};
+use super::cause::DownloadError;
+use super::progress::{Progress, package_buffer};
 use crate::sim::command::FotaUrl;
 
 /// Read size for the data connection, in bytes.
@@ -62,10 +63,7 @@ pub(super) async fn fetch(
     loop {
         let n = match tokio::time::timeout(timeout, data.read(&mut chunk)).await {
             Err(_) => {
-                return Err(DownloadError::Stalled {
-                    received: progress.received(),
-                    timeout_ms: millis(timeout),
-                });
+                return Err(DownloadError::stalled(progress.received(), timeout));
             }
             Ok(Err(_)) => {
                 return Err(DownloadError::Truncated {
@@ -106,10 +104,7 @@ async fn step<T>(
     exchange: impl Future<Output = FtpResult<T>>,
 ) -> Result<T, DownloadError> {
     match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => Err(DownloadError::NoAnswer {
-            waiting_for: command,
-            timeout_ms: millis(timeout),
-        }),
+        Err(_) => Err(DownloadError::no_answer(command, timeout)),
         Ok(result) => result.map_err(|e| cause(command, timeout, e)),
     }
 }
@@ -122,10 +117,7 @@ fn cause(command: &'static str, timeout: Duration, error: FtpError) -> DownloadE
             | ErrorKind::ConnectionReset
             | ErrorKind::ConnectionAborted
             | ErrorKind::BrokenPipe => DownloadError::ControlClosed,
-            ErrorKind::TimedOut => DownloadError::NoAnswer {
-                waiting_for: command,
-                timeout_ms: millis(timeout),
-            },
+            ErrorKind::TimedOut => DownloadError::no_answer(command, timeout),
             ErrorKind::ConnectionRefused
             | ErrorKind::HostUnreachable
             | ErrorKind::NetworkUnreachable => DownloadError::Connect {

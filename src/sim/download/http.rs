@@ -16,7 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{DownloadError, Progress, millis, package_buffer};
+use super::cause::DownloadError;
+use super::progress::{Progress, package_buffer};
 use crate::sim::command::{FotaUrl, Scheme};
 
 /// `User-Agent` the simulator sends, so server logs can tell it from a
@@ -38,10 +39,7 @@ pub(super) async fn fetch(
             let handshake = TlsConnector::from(tls).connect(name, tcp);
             let stream = match tokio::time::timeout(timeout, handshake).await {
                 Err(_) => {
-                    return Err(DownloadError::NoAnswer {
-                        waiting_for: "the TLS handshake",
-                        timeout_ms: millis(timeout),
-                    });
+                    return Err(DownloadError::no_answer("the TLS handshake", timeout));
                 }
                 Ok(Err(e)) => return Err(DownloadError::Tls(e.to_string())),
                 Ok(Ok(stream)) => stream,
@@ -84,10 +82,7 @@ where
         .map_err(|e| DownloadError::Other(format!("cannot send {:?}: {e}", url.path)))?;
     let response = match tokio::time::timeout(timeout, sender.send_request(request)).await {
         Err(_) => {
-            return Err(DownloadError::NoAnswer {
-                waiting_for: "the response headers",
-                timeout_ms: millis(timeout),
-            });
+            return Err(DownloadError::no_answer("the response headers", timeout));
         }
         Ok(result) => result.map_err(|e| cause(e, 0, None))?,
     };
@@ -110,10 +105,7 @@ where
     loop {
         let frame = match tokio::time::timeout(timeout, body.frame()).await {
             Err(_) => {
-                return Err(DownloadError::Stalled {
-                    received: progress.received(),
-                    timeout_ms: millis(timeout),
-                });
+                return Err(DownloadError::stalled(progress.received(), timeout));
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(cause(e, progress.received(), expected)),

@@ -3,38 +3,36 @@
 //! and say why it failed ([`DownloadError`], mapped to `FTPEND`/`HTTPEND`
 //! codes by [`cause`]).
 //!
+//! Arrows point down: this file resolves, connects and hands the socket to
+//! `ftp.rs` or `http.rs` (HTTPS through `tls`); those count bytes and
+//! print `DOWNLOADING` through `progress.rs` and fail with [`cause`]'s
+//! [`DownloadError`]. None of them imports this file; the run's
+//! `Emitter` comes from `crate::sim::emit`, below the whole simulator.
+//!
 //! Network time is real time (the simulator's time scale does not apply);
 //! every wait is bounded by the no-progress timeout.
 
 pub mod cause;
 mod ftp;
 mod http;
+mod progress;
 pub(crate) mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 pub use cause::DownloadError;
+pub use progress::MAX_PACKAGE;
+
+use cause::millis;
+use progress::Progress;
 
 use crate::sim::command::{FotaUrl, Scheme};
-use crate::sim::module::Emitter;
-use crate::sim::urc::Urc;
-
-/// Largest buffer reserved up front from an announced size; a larger
-/// package grows the buffer as bytes arrive, so a lying `SIZE` or
-/// `Content-Length` cannot make the simulator allocate it all at once.
-const MAX_PREALLOCATION: u64 = 64 * 1024 * 1024;
-
-/// Largest package the simulator downloads, in bytes (1 GiB, twice the
-/// largest family limit, `eg06xk`'s 512 MiB). Packages are held in memory,
-/// so a server announcing or sending more fails the download ("anything
-/// else": 601 / 701) instead of exhausting the host.
-pub const MAX_PACKAGE: u64 = 1024 * 1024 * 1024;
+use crate::sim::emit::Emitter;
 
 /// Everything one download needs.
 pub(crate) struct Download<'a> {
@@ -68,8 +66,8 @@ pub(crate) async fn download(job: Download<'_>) -> Result<Vec<u8>, DownloadError
     if job.network_down {
         return Err(DownloadError::NetworkDown);
     }
-    let mut progress = Progress::new(job.downloading_lines, job.rate, job.emit);
-    progress.counter = Some(Arc::clone(&job.received));
+    let mut progress = Progress::new(job.downloading_lines, job.rate, job.emit)
+        .count_into(Arc::clone(&job.received));
     let addrs = resolve(&job.url.host, job.url.port, job.dns_fail, job.timeout).await?;
     let tcp = connect(&addrs, job.timeout).await?;
     match job.url.scheme {
@@ -78,10 +76,6 @@ pub(crate) async fn download(job: Download<'_>) -> Result<Vec<u8>, DownloadError
             http::fetch(tcp, job.url, job.timeout, job.tls, &mut progress).await
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Resolves `host`; an IP literal needs no lookup (and so is not affected
@@ -129,184 +123,16 @@ async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, D
                     source,
                 }
             }
-            Err(_) => {
-                last = DownloadError::NoAnswer {
-                    waiting_for: "TCP connect",
-                    timeout_ms: millis(timeout),
-                }
-            }
+            Err(_) => last = DownloadError::no_answer("TCP connect", timeout),
         }
     }
     Err(last)
 }
 
-fn too_large(bytes: u64) -> DownloadError {
-    DownloadError::Other(format!(
-        "package of {bytes} bytes is over the simulator's {MAX_PACKAGE}-byte limit"
-    ))
-}
-
-/// A receive buffer for a package of `expected` bytes.
-fn package_buffer(expected: Option<u64>) -> Vec<u8> {
-    let reserve = expected.unwrap_or(0).min(MAX_PREALLOCATION);
-    Vec::with_capacity(usize::try_from(reserve).unwrap_or(0))
-}
-
-/// Counts received bytes, prints `DOWNLOADING,k` as the k-th of `lines`
-/// fractions of the package arrives (seed `001_2f648264def3e0b1.txt`
-/// §3.2.1: "the 25th URC means half of the downloading is completed"), and
-/// throttles to `rate` bytes/s.
-pub(crate) struct Progress<'a> {
-    lines: u8,
-    printed: u8,
-    total: Option<u64>,
-    received: u64,
-    started: Instant,
-    rate: Option<u64>,
-    emit: &'a Emitter,
-    /// Mirror of `received` for observers outside the download.
-    counter: Option<Arc<AtomicU64>>,
-}
-
-impl<'a> Progress<'a> {
-    fn new(lines: u8, rate: Option<u64>, emit: &'a Emitter) -> Progress<'a> {
-        Progress {
-            lines,
-            printed: 0,
-            total: None,
-            received: 0,
-            started: Instant::now(),
-            rate: rate.filter(|r| *r > 0),
-            emit,
-            counter: None,
-        }
-    }
-
-    /// Sets the announced package size, when the server gives one.
-    ///
-    /// # Errors
-    /// A size over [`MAX_PACKAGE`].
-    fn expect(&mut self, total: Option<u64>) -> Result<(), DownloadError> {
-        if let Some(total) = total.filter(|t| *t > MAX_PACKAGE) {
-            return Err(too_large(total));
-        }
-        self.total = total;
-        Ok(())
-    }
-
-    /// Bytes received so far.
-    fn received(&self) -> u64 {
-        self.received
-    }
-
-    /// Records `n` more bytes, prints the progress lines now due, and
-    /// sleeps as long as the throttle asks.
-    ///
-    /// # Errors
-    /// More than [`MAX_PACKAGE`] bytes in all.
-    async fn advance(&mut self, n: usize) -> Result<(), DownloadError> {
-        self.received = self.received.saturating_add(n as u64);
-        if let Some(counter) = &self.counter {
-            counter.store(self.received, Ordering::Relaxed);
-        }
-        if self.received > MAX_PACKAGE {
-            return Err(too_large(self.received));
-        }
-        if let Some(total) = self.total.filter(|t| *t > 0) {
-            let done = u128::from(self.received.min(total));
-            let due = done * u128::from(self.lines) / u128::from(total);
-            self.print_up_to(u8::try_from(due).unwrap_or(self.lines));
-        }
-        if let Some(rate) = self.rate {
-            let due = Duration::try_from_secs_f64(self.received as f64 / rate as f64)
-                .ok()
-                .and_then(|d| self.started.checked_add(d));
-            if let Some(due) = due {
-                tokio::time::sleep_until(due).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Prints the remaining progress lines once the whole package is in
-    /// (all of them when the size was unknown or zero).
-    fn complete(&mut self) {
-        self.print_up_to(self.lines);
-    }
-
-    fn print_up_to(&mut self, k: u8) {
-        while self.printed < k.min(self.lines) {
-            self.printed += 1;
-            self.emit.urc(Urc::Downloading(self.printed));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::urc::Event;
-
-    /// Bounds a test's await (virtual time where the clock is paused).
-    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(3600), f)
-            .await
-            .expect("finished in time")
-    }
-
-    fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
-        let mut out = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            out.push(e);
-        }
-        out
-    }
-
-    #[tokio::test]
-    async fn downloading_lines_follow_the_received_fraction() {
-        let (emit, mut rx) = Emitter::channel();
-        let mut p = Progress::new(50, None, &emit);
-        p.expect(Some(1000)).unwrap();
-        bounded(p.advance(500)).await.unwrap();
-        let half = drain(&mut rx);
-        assert_eq!(half.len(), 25, "half the bytes, half the lines");
-        assert_eq!(half.last(), Some(&Event::Urc(Urc::Downloading(25))));
-        bounded(p.advance(499)).await.unwrap();
-        assert_eq!(drain(&mut rx).len(), 24);
-        bounded(p.advance(1)).await.unwrap();
-        p.complete();
-        assert_eq!(drain(&mut rx), vec![Event::Urc(Urc::Downloading(50))]);
-    }
-
-    #[tokio::test]
-    async fn unknown_size_prints_every_line_at_the_end() {
-        let (emit, mut rx) = Emitter::channel();
-        let mut p = Progress::new(5, None, &emit);
-        bounded(p.advance(10)).await.unwrap();
-        assert!(drain(&mut rx).is_empty());
-        p.complete();
-        let lines: Vec<Event> = (1..=5).map(|k| Event::Urc(Urc::Downloading(k))).collect();
-        assert_eq!(drain(&mut rx), lines);
-    }
-
-    #[tokio::test]
-    async fn no_lines_when_disabled() {
-        let (emit, mut rx) = Emitter::channel();
-        let mut p = Progress::new(0, None, &emit);
-        p.expect(Some(10)).unwrap();
-        bounded(p.advance(10)).await.unwrap();
-        p.complete();
-        assert!(drain(&mut rx).is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn rate_throttles_the_download() {
-        let (emit, _rx) = Emitter::channel();
-        let mut p = Progress::new(0, Some(1000), &emit);
-        let start = Instant::now();
-        bounded(p.advance(3000)).await.unwrap();
-        assert_eq!(start.elapsed(), Duration::from_secs(3));
-    }
+    use crate::sim::testing::bounded;
 
     #[tokio::test(start_paused = true)]
     async fn dns_fail_spares_ip_literals() {
@@ -318,24 +144,5 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, DownloadError::Dns { .. }), "{err}");
-    }
-
-    #[tokio::test]
-    async fn packages_over_the_limit_fail_the_download() {
-        let (emit, _rx) = Emitter::channel();
-        let mut p = Progress::new(0, None, &emit);
-        assert!(p.expect(Some(MAX_PACKAGE + 1)).is_err());
-        assert!(p.expect(None).is_ok());
-        p.received = MAX_PACKAGE;
-        assert!(matches!(
-            bounded(p.advance(1)).await,
-            Err(DownloadError::Other(_))
-        ));
-    }
-
-    #[test]
-    fn announced_sizes_do_not_preallocate_without_bound() {
-        assert!(package_buffer(Some(u64::MAX)).capacity() <= MAX_PREALLOCATION as usize);
-        assert_eq!(package_buffer(None).capacity(), 0);
     }
 }

@@ -1,0 +1,221 @@
+//! Download progress as a module shows it: bytes counted against the
+//! announced size, `DOWNLOADING,k` lines as fractions of the package
+//! arrive, the optional throttle, and the simulator's package size limit
+//! ([`MAX_PACKAGE`]).
+//!
+//! The FTP and HTTP fetchers (`ftp.rs`, `http.rs`) feed it; it imports
+//! only the failure type ([`super::cause`]) and the run's [`Emitter`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::cause::DownloadError;
+use crate::sim::emit::Emitter;
+use crate::sim::urc::Urc;
+
+/// Largest buffer reserved up front from an announced size; a larger
+/// package grows the buffer as bytes arrive, so a lying `SIZE` or
+/// `Content-Length` cannot make the simulator allocate it all at once.
+const MAX_PREALLOCATION: u64 = 64 * 1024 * 1024;
+
+/// Largest package the simulator downloads, in bytes (1 GiB, twice the
+/// largest family limit, `eg06xk`'s 512 MiB). Packages are held in memory,
+/// so a server announcing or sending more fails the download ("anything
+/// else": 601 / 701) instead of exhausting the host.
+pub const MAX_PACKAGE: u64 = 1024 * 1024 * 1024;
+
+/// The failure of a package over [`MAX_PACKAGE`].
+fn too_large(bytes: u64) -> DownloadError {
+    DownloadError::Other(format!(
+        "package of {bytes} bytes is over the simulator's {MAX_PACKAGE}-byte limit"
+    ))
+}
+
+/// A receive buffer for a package of `expected` bytes.
+pub(super) fn package_buffer(expected: Option<u64>) -> Vec<u8> {
+    let reserve = expected.unwrap_or(0).min(MAX_PREALLOCATION);
+    Vec::with_capacity(usize::try_from(reserve).unwrap_or(0))
+}
+
+/// Counts received bytes, prints `DOWNLOADING,k` as the k-th of `lines`
+/// fractions of the package arrives (seed `001_2f648264def3e0b1.txt`
+/// §3.2.1: "the 25th URC means half of the downloading is completed"), and
+/// throttles to `rate` bytes/s.
+pub(super) struct Progress<'a> {
+    lines: u8,
+    printed: u8,
+    total: Option<u64>,
+    received: u64,
+    started: Instant,
+    rate: Option<u64>,
+    emit: &'a Emitter,
+    /// Mirror of `received` for observers outside the download.
+    counter: Option<Arc<AtomicU64>>,
+}
+
+impl<'a> Progress<'a> {
+    /// Progress towards `lines` `DOWNLOADING` lines, throttled to `rate`
+    /// bytes/s (`None` or 0: unthrottled).
+    pub(super) fn new(lines: u8, rate: Option<u64>, emit: &'a Emitter) -> Progress<'a> {
+        Progress {
+            lines,
+            printed: 0,
+            total: None,
+            received: 0,
+            started: Instant::now(),
+            rate: rate.filter(|r| *r > 0),
+            emit,
+            counter: None,
+        }
+    }
+
+    /// Mirrors the received byte count into `counter`, for observers
+    /// outside the download (the run's summary).
+    pub(super) fn count_into(mut self, counter: Arc<AtomicU64>) -> Progress<'a> {
+        self.counter = Some(counter);
+        self
+    }
+
+    /// Sets the announced package size, when the server gives one.
+    ///
+    /// # Errors
+    /// A size over [`MAX_PACKAGE`].
+    pub(super) fn expect(&mut self, total: Option<u64>) -> Result<(), DownloadError> {
+        if let Some(total) = total.filter(|t| *t > MAX_PACKAGE) {
+            return Err(too_large(total));
+        }
+        self.total = total;
+        Ok(())
+    }
+
+    /// Bytes received so far.
+    pub(super) fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Records `n` more bytes, prints the progress lines now due, and
+    /// sleeps as long as the throttle asks.
+    ///
+    /// # Errors
+    /// More than [`MAX_PACKAGE`] bytes in all.
+    pub(super) async fn advance(&mut self, n: usize) -> Result<(), DownloadError> {
+        self.received = self.received.saturating_add(n as u64);
+        if let Some(counter) = &self.counter {
+            counter.store(self.received, Ordering::Relaxed);
+        }
+        if self.received > MAX_PACKAGE {
+            return Err(too_large(self.received));
+        }
+        if let Some(total) = self.total.filter(|t| *t > 0) {
+            let done = u128::from(self.received.min(total));
+            let due = done * u128::from(self.lines) / u128::from(total);
+            self.print_up_to(u8::try_from(due).unwrap_or(self.lines));
+        }
+        if let Some(rate) = self.rate {
+            let due = Duration::try_from_secs_f64(self.received as f64 / rate as f64)
+                .ok()
+                .and_then(|d| self.started.checked_add(d));
+            if let Some(due) = due {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints the remaining progress lines once the whole package is in
+    /// (all of them when the size was unknown or zero).
+    pub(super) fn complete(&mut self) {
+        self.print_up_to(self.lines);
+    }
+
+    fn print_up_to(&mut self, k: u8) {
+        while self.printed < k.min(self.lines) {
+            self.printed += 1;
+            self.emit.urc(Urc::Downloading(self.printed));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::testing::{bounded, drain};
+    use crate::sim::urc::Event;
+
+    #[tokio::test]
+    async fn downloading_lines_follow_the_received_fraction() {
+        let (emit, mut rx) = Emitter::channel();
+        let mut p = Progress::new(50, None, &emit);
+        p.expect(Some(1000)).unwrap();
+        bounded(p.advance(500)).await.unwrap();
+        let half = drain(&mut rx);
+        assert_eq!(half.len(), 25, "half the bytes, half the lines");
+        assert_eq!(half.last(), Some(&Event::Urc(Urc::Downloading(25))));
+        bounded(p.advance(499)).await.unwrap();
+        assert_eq!(drain(&mut rx).len(), 24);
+        bounded(p.advance(1)).await.unwrap();
+        p.complete();
+        assert_eq!(drain(&mut rx), vec![Event::Urc(Urc::Downloading(50))]);
+    }
+
+    /// The events of a `lines`-line progress announced as `total` bytes:
+    /// after `received` bytes, then after the download completes.
+    async fn lines_then_complete(
+        lines: u8,
+        total: Option<u64>,
+        received: usize,
+    ) -> (Vec<Event>, Vec<Event>) {
+        let (emit, mut rx) = Emitter::channel();
+        let mut p = Progress::new(lines, None, &emit);
+        p.expect(total).unwrap();
+        bounded(p.advance(received)).await.unwrap();
+        let before = drain(&mut rx);
+        p.complete();
+        (before, drain(&mut rx))
+    }
+
+    #[tokio::test]
+    async fn unknown_size_prints_every_line_at_the_end() {
+        let (before, after) = lines_then_complete(5, None, 10).await;
+        assert!(before.is_empty());
+        let lines: Vec<Event> = (1..=5).map(|k| Event::Urc(Urc::Downloading(k))).collect();
+        assert_eq!(after, lines);
+    }
+
+    #[tokio::test]
+    async fn no_lines_when_disabled() {
+        let (before, after) = lines_then_complete(0, Some(10), 10).await;
+        assert!(before.is_empty() && after.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_throttles_the_download() {
+        let (emit, _rx) = Emitter::channel();
+        let mut p = Progress::new(0, Some(1000), &emit);
+        let start = Instant::now();
+        bounded(p.advance(3000)).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn packages_over_the_limit_fail_the_download() {
+        let (emit, _rx) = Emitter::channel();
+        let mut p = Progress::new(0, None, &emit);
+        assert!(p.expect(Some(MAX_PACKAGE + 1)).is_err());
+        assert!(p.expect(None).is_ok());
+        p.received = MAX_PACKAGE;
+        assert!(matches!(
+            bounded(p.advance(1)).await,
+            Err(DownloadError::Other(_))
+        ));
+    }
+
+    #[test]
+    fn announced_sizes_do_not_preallocate_without_bound() {
+        assert!(package_buffer(Some(u64::MAX)).capacity() <= MAX_PREALLOCATION as usize);
+        assert_eq!(package_buffer(None).capacity(), 0);
+    }
+}
