@@ -15,13 +15,12 @@
 //!    `END,<err>` with the five-attempt retry rule, reboots and power cuts
 //!    ([`fault`] injects module-side faults).
 //! 4. Everything the module does is an [`Event`] ([`urc`]) on the run's
-//!    stream; [`transcript`] sums a run up, [`cli`] prints it for
-//!    `qfota-serve simulate`.
+//!    stream; [`transcript`] sums a run up; `qfota-serve simulate`
+//!    (`src/cli/simulate.rs`) prints it.
 //!
 //! Module delays follow a realistic timeline scaled by a time scale; network
 //! transfers run in real time.
 
-pub mod cli;
 pub mod command;
 pub mod download;
 pub mod fault;
