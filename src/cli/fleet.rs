@@ -123,18 +123,14 @@ pub fn render(r: &FleetReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(clap::Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: FleetArgs,
-    }
+    use crate::cli::module_args::parse_subcommand;
 
     fn parse(extra: &[&str]) -> Result<FleetConfig, UsageError> {
-        let mut argv = vec!["fleet", "http://127.0.0.1:1/a.zip"];
+        let mut argv = vec!["http://127.0.0.1:1/a.zip"];
         argv.extend_from_slice(extra);
-        Wrap::parse_from(argv).args.into_config()
+        parse_subcommand::<FleetArgs>("fleet", &argv)
+            .unwrap()
+            .into_config()
     }
 
     #[test]

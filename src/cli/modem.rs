@@ -205,34 +205,11 @@ async fn start(config: &ModemConfig) -> anyhow::Result<Modem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::module_args::parse_subcommand;
     use crate::sim::fault::Fault;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    #[command(name = "qfota-serve", version)]
-    struct Wired {
-        #[command(subcommand)]
-        command: Sub,
-    }
-
-    #[derive(Debug, clap::Subcommand)]
-    enum Sub {
-        Modem(ModemArgs),
-    }
 
     fn parse(argv: &[&str]) -> Result<ModemArgs, clap::Error> {
-        let mut full = vec!["qfota-serve", "modem"];
-        full.extend_from_slice(argv);
-        Wired::try_parse_from(full).map(|w| {
-            let Sub::Modem(args) = w.command;
-            args
-        })
-    }
-
-    #[test]
-    fn clap_definition_is_consistent() {
-        use clap::CommandFactory;
-        Wired::command().debug_assert();
+        parse_subcommand("modem", argv)
     }
 
     #[test]

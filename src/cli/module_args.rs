@@ -188,3 +188,27 @@ pub fn usage_exit(command: &str, error: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("qfota-serve {command}: {error:#}");
     ExitCode::from(USAGE)
 }
+
+/// Test support: parses `qfota-serve <name> <argv…>` with `A` as the
+/// subcommand's flags, beside a top-level `--version` as in the binary (a
+/// subcommand's own `--version` must still mean the module's), after
+/// clap's consistency check of the whole definition.
+#[cfg(test)]
+pub(crate) fn parse_subcommand<A: clap::Args>(
+    name: &'static str,
+    argv: &[&str],
+) -> Result<A, clap::Error> {
+    let command = clap::Command::new("qfota-serve")
+        .version("0")
+        .subcommand_required(true)
+        .subcommand(A::augment_args(clap::Command::new(name)));
+    command.clone().debug_assert();
+    let full = ["qfota-serve", name]
+        .into_iter()
+        .chain(argv.iter().copied());
+    let matches = command.try_get_matches_from(full)?;
+    match matches.subcommand_matches(name) {
+        Some(sub) => A::from_arg_matches(sub),
+        None => Err(clap::Error::new(clap::error::ErrorKind::MissingSubcommand)),
+    }
+}

@@ -147,18 +147,10 @@ async fn execute(config: &SimulateConfig) -> RunSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: SimulateArgs,
-    }
+    use crate::cli::module_args::parse_subcommand;
 
     fn parse(argv: &[&str]) -> Result<SimulateArgs, clap::Error> {
-        let mut full = vec!["simulate"];
-        full.extend_from_slice(argv);
-        Cli::try_parse_from(full).map(|c| c.args)
+        parse_subcommand("simulate", argv)
     }
 
     #[test]
@@ -192,31 +184,9 @@ mod tests {
 
     /// The binary's top-level command has `--version`; `simulate --version
     /// <V>` must still mean the module's version.
-    #[derive(Debug, Parser)]
-    #[command(name = "qfota-serve", version)]
-    struct Wired {
-        #[command(subcommand)]
-        command: Sub,
-    }
-
-    #[derive(Debug, clap::Subcommand)]
-    enum Sub {
-        Simulate(SimulateArgs),
-    }
-
     #[test]
     fn wires_as_a_subcommand_beside_a_version_flag() {
-        use clap::CommandFactory;
-        Wired::command().debug_assert();
-        let wired = Wired::try_parse_from([
-            "qfota-serve",
-            "simulate",
-            "ftp://h/p.zip",
-            "--version",
-            "v12",
-        ])
-        .unwrap();
-        let Sub::Simulate(args) = wired.command;
+        let args = parse(&["ftp://h/p.zip", "--version", "v12"]).unwrap();
         assert_eq!(args.module.module_version.as_deref(), Some("v12"));
     }
 

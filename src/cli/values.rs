@@ -1,6 +1,6 @@
 //! Value parsers of the serving and checking flags (`--user`,
-//! `--passive-ports`, `--profile`), shared by [`super::serve`] and
-//! [`super::check`].
+//! `--passive-ports`, `--profile`), shared by the `serve` and `check`
+//! subcommands.
 
 use std::ops::RangeInclusive;
 

@@ -3,7 +3,7 @@
 //! settings, as a Quectel module answers on its AT port (SPEC §8).
 //!
 //! Everything here is pure: no I/O, no clock. The session
-//! ([`crate::modem::session`]) frames the answers, writes them, and carries
+//! (`session.rs`) frames the answers, writes them, and carries
 //! out the [`Outcome`]s that are more than an answer (echo, reboot,
 //! `AT+QFOTADL`).
 //!

@@ -12,7 +12,7 @@
 //!   the reboot time, open new ones and print `RDY`;
 //! - hosts opening and closing the ports.
 //!
-//! # Rules (documented in [`crate::modem`])
+//! # Rules (documented in the `modem` module, `mod.rs`)
 //!
 //! - *Reboot timing.* The port is away for the reboot time (after the PTY
 //!   has lingered, see [`port::PTY_LINGER`]), or until the simulated module
