@@ -2,8 +2,12 @@
 //! until Ctrl-C or SIGTERM (exit 0). Usage errors exit 2, a port that
 //! cannot be opened exits 1.
 //!
-//! Raw flags ([`ModemArgs`], environment `QFOTA_MODEM_*`) become a checked
-//! [`ModemConfig`] once, through `TryFrom`; [`run`] then only executes.
+//! Raw flags ([`ModemArgs`], environment `QFOTA_MODEM_*`; the module's
+//! options are the shared [`ModuleArgs`]) become a checked [`ModemConfig`]
+//! once, through `TryFrom`; [`run`] then starts a [`Modem`] from plain
+//! values and prints its status until the shutdown signal it is given
+//! resolves (`main.rs` passes Ctrl-C / SIGTERM). Moved here from
+//! `modem::cli`: the modem itself never sees clap or a signal.
 //!
 //! What it prints on stdout, one line each, flushed, for scripts to read:
 //!
@@ -118,8 +122,9 @@ impl TryFrom<ModemArgs> for ModemConfig {
     }
 }
 
-/// Runs `qfota-serve modem` until Ctrl-C or SIGTERM: exit 0 then, 2 on a
-/// usage error, 1 when a port cannot be opened (message on stderr).
+/// Runs `qfota-serve modem` until `shutdown` resolves (the binary passes
+/// Ctrl-C or SIGTERM): exit 0 then, 2 on a usage error, 1 when a port
+/// cannot be opened (message on stderr).
 pub async fn run(args: ModemArgs, shutdown: impl Future<Output = ()>) -> ExitCode {
     let config = match ModemConfig::try_from(args) {
         Ok(config) => config,

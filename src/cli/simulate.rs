@@ -2,8 +2,11 @@
 //! print the AT transcript (or JSON lines), exiting 0 on `END,0`, 1 on
 //! `ERROR` or any failure code, 2 on usage errors.
 //!
-//! Raw flags ([`SimulateArgs`]) become a checked [`SimulateConfig`] once,
-//! through `TryFrom`; [`run`] then only executes.
+//! Raw flags ([`SimulateArgs`], environment `QFOTA_SIM_*`; the module's
+//! options are the shared [`ModuleArgs`]) become a checked
+//! [`SimulateConfig`] once, through `TryFrom`; [`run`] then only executes
+//! and prints (the transcript on stdout, the summary on stderr). Moved here
+//! from `sim::cli`: the simulator itself never sees clap.
 
 use std::io::Write;
 use std::net::IpAddr;
