@@ -21,9 +21,13 @@
 //!   downloader, package checks and the upgrade with its URCs and retries;
 //!   [`sim::fleet`] runs many modules at once.
 //! - [`modem`]: a simulated module behind an AT port (pseudo-terminal or
-//!   TCP), rebooting where the family reboots.
-//! - [`cli`]: command-line definitions and printed reports; `main.rs` only
-//!   dispatches.
+//!   TCP), rebooting where the family reboots; configured with plain values
+//!   ([`modem::ModemBuilder`]) and stopped by whoever started it.
+//! - [`cli`]: the only part that knows clap — a file per subcommand, one
+//!   shared [`cli::module_args::ModuleArgs`] block for `simulate`, `fleet`
+//!   and `modem`; flags become plain checked configs once, at start-up, and
+//!   the printed reports live there. `main.rs` parses, sets up logging and
+//!   dispatches, passing the shutdown signal ([`cli::shutdown_signal`]) in.
 //!
 //! Data flow when serving: client → listener → [`catalog::path`] key →
 //! [`catalog::Catalog::lookup`] → fault rules → bytes from

@@ -1,13 +1,13 @@
 //! The `qfota-serve` binary: parses the command line, sets up logging and
-//! calls into the library. Exit codes: 0 success, 1 failure (a failed
-//! check, a server that cannot start), 2 usage errors (from clap).
+//! dispatches to the subcommand in [`qfota_serve::cli`], handing the
+//! long-running ones the shutdown signal. Exit codes: 0 success, 1 failure
+//! (a failed check, a server that cannot start), 2 usage errors (from
+//! clap, or a subcommand's own checks).
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
-use qfota_serve::cli::{self, CheckArgs, Cli, Command, ServeArgs};
-use qfota_serve::serve::check_packages;
+use qfota_serve::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,11 +21,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Some(Command::Check(args)) => check(args).await,
-            Some(Command::Simulate(args)) => Ok(qfota_serve::sim::cli::run(args).await),
-            Some(Command::Fleet(args)) => Ok(qfota_serve::sim::fleet::run(args).await),
-            Some(Command::Modem(args)) => Ok(qfota_serve::modem::cli::run(args).await),
-            None => serve(cli.serve).await,
+            Some(Command::Check(args)) => cli::check::run(args).await,
+            Some(Command::Simulate(args)) => Ok(cli::simulate::run(args).await),
+            Some(Command::Fleet(args)) => Ok(cli::fleet::run(args).await),
+            Some(Command::Modem(args)) => Ok(cli::modem::run(args, cli::shutdown_signal()).await),
+            None => cli::serve::run(cli.serve, cli::shutdown_signal()).await,
         }
     });
     match result {
@@ -46,33 +46,4 @@ fn init_logging() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn")),
         )
         .init();
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let server = args.to_builder().start().await.context("cannot start")?;
-    print!("{}", cli::banner(&server, &args.log));
-    cli::shutdown_signal().await;
-    tracing::info!("shutting down");
-    server.shutdown().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let packages = check_packages(&args.dir, args.advertised())
-        .await
-        .with_context(|| format!("cannot read {}", args.dir.display()))?;
-    let (report, ok) = cli::check_report(&packages, &args.profiles);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&packages.iter().map(|p| p.as_ref()).collect::<Vec<_>>())?
-        );
-    } else {
-        print!("{report}");
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }

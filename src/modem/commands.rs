@@ -3,7 +3,7 @@
 //! settings, as a Quectel module answers on its AT port (SPEC §8).
 //!
 //! Everything here is pure: no I/O, no clock. The session
-//! ([`crate::modem::session`]) frames the answers, writes them, and carries
+//! (`session.rs`) frames the answers, writes them, and carries
 //! out the [`Outcome`]s that are more than an answer (echo, reboot,
 //! `AT+QFOTADL`).
 //!
@@ -845,30 +845,6 @@ mod tests {
             .unwrap();
         let s = &mut Settings::default();
         assert_eq!(wire(&m, s, "AT+QGMR"), "\r\nunknown\r\n\r\nOK\r\n");
-    }
-
-    /// The default IMEI carries a valid Luhn check digit (3GPP TS 23.003
-    /// §6.2.1), as host code may verify.
-    #[test]
-    fn default_imei_has_a_valid_check_digit() {
-        let digits: Vec<u32> = crate::modem::DEFAULT_IMEI
-            .bytes()
-            .map(|b| u32::from(b - b'0'))
-            .collect();
-        assert_eq!(digits.len(), 15);
-        let sum: u32 = digits
-            .iter()
-            .rev()
-            .enumerate()
-            .map(|(i, d)| {
-                if i % 2 == 1 {
-                    (d * 2) / 10 + (d * 2) % 10
-                } else {
-                    *d
-                }
-            })
-            .sum();
-        assert_eq!(sum % 10, 0);
     }
 
     #[test]

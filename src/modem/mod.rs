@@ -14,7 +14,12 @@
 //!   ports and every byte written, so a URC never lands inside a response.
 //!   `AT+QFOTADL` goes to [`Module::fotadl`]; the run's events become the
 //!   port's `OK`, URCs, reboots and `RDY`s.
-//! - [`cli`]: `qfota-serve modem`.
+//! - [`status`]: what the modem is doing ([`Status`]), below the session
+//!   that publishes it and the [`Modem`] handle that reports it.
+//!
+//! `qfota-serve modem` (flags, the printed status lines) lives in the
+//! command-line module, `src/cli/modem.rs`; it passes its shutdown signal
+//! in.
 //!
 //! # How the modem behaves, where the seeds leave it open
 //!
@@ -67,11 +72,13 @@
 //!   input can stop the modem.
 
 pub mod at;
-pub mod cli;
 pub mod commands;
 pub mod port;
 pub mod pty;
 pub mod session;
+pub mod status;
+
+pub use status::Status;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -122,22 +129,6 @@ pub enum ModemError {
     /// The TCP listener's address cannot be read.
     #[error("TCP listener: {0}")]
     Tcp(#[source] std::io::Error),
-}
-
-/// What the modem is doing, as [`Modem::status`] and [`Modem::watch`]
-/// report it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Status {
-    /// The module is up and its ports are there (false while it reboots
-    /// and after shutdown).
-    pub powered: bool,
-    /// Boots since the modem started (0 until the first reboot).
-    pub boots: u64,
-    /// The PTY's slave device (`/dev/pts/N`) while the module is up.
-    pub pty: Option<PathBuf>,
-    /// The module runs its upgrade (recovery image): URCs only, no
-    /// commands.
-    pub upgrading: bool,
 }
 
 /// Configures a [`Modem`]; checked once, in [`start`](Self::start).
@@ -365,5 +356,31 @@ impl Modem {
 impl Drop for Modem {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default IMEI carries a valid Luhn check digit (3GPP TS 23.003
+    /// §6.2.1), as host code may verify.
+    #[test]
+    fn default_imei_has_a_valid_check_digit() {
+        let digits: Vec<u32> = DEFAULT_IMEI.bytes().map(|b| u32::from(b - b'0')).collect();
+        assert_eq!(digits.len(), 15);
+        let sum: u32 = digits
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, d)| {
+                if i % 2 == 1 {
+                    (d * 2) / 10 + (d * 2) % 10
+                } else {
+                    *d
+                }
+            })
+            .sum();
+        assert_eq!(sum % 10, 0);
     }
 }

@@ -2,7 +2,7 @@
 //! connection) that moves bytes between the host and the session, and the
 //! TCP accept loop.
 //!
-//! The session ([`crate::modem::session`]) is the only writer: it hands
+//! The session (`session.rs`) is the only writer: it hands
 //! each task whole frames (a complete response, a URC, an echo) through a
 //! bounded queue, and the task writes them in order, one at a time, so a
 //! URC never lands inside a response. Input and attach/detach news come
@@ -85,6 +85,31 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
+    /// Spawns the port's task, `task(frames, cancel)`, fed by a bounded
+    /// queue of [`QUEUE`] frames.
+    fn spawn<F>(
+        id: ChannelId,
+        kind: PortKind,
+        attached: bool,
+        cancel: CancellationToken,
+        task: impl FnOnce(mpsc::Receiver<Bytes>, CancellationToken) -> F,
+    ) -> Channel
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (frames, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(task(rx, cancel.clone()));
+        Channel {
+            id,
+            kind,
+            attached,
+            framer: LineFramer::new(),
+            frames,
+            cancel,
+            task,
+        }
+    }
+
     /// Queues `bytes` for the host; dropped (with a log line) when the
     /// host has not read the last [`QUEUE`] frames.
     pub fn send(&self, bytes: Bytes) {
@@ -114,17 +139,10 @@ pub(crate) fn spawn_pty(
     events: mpsc::UnboundedSender<PortEvent>,
     cancel: CancellationToken,
 ) -> Channel {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let task = tokio::spawn(pty_task(id, pty, rx, events, cancel.clone()));
-    Channel {
-        id,
-        kind: PortKind::Pty,
-        attached: false,
-        framer: LineFramer::new(),
-        frames: tx,
-        cancel,
-        task,
-    }
+    // No host has a fresh PTY open yet.
+    Channel::spawn(id, PortKind::Pty, false, cancel, |frames, cancel| {
+        pty_task(id, pty, frames, events, cancel)
+    })
 }
 
 /// Writes one frame if a host is there to read it.
@@ -210,17 +228,9 @@ pub(crate) fn spawn_tcp(
     events: mpsc::UnboundedSender<PortEvent>,
     cancel: CancellationToken,
 ) -> Channel {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let task = tokio::spawn(tcp_task(id, stream, rx, events, cancel.clone()));
-    Channel {
-        id,
-        kind: PortKind::Tcp,
-        attached: true,
-        framer: LineFramer::new(),
-        frames: tx,
-        cancel,
-        task,
-    }
+    Channel::spawn(id, PortKind::Tcp, true, cancel, |frames, cancel| {
+        tcp_task(id, stream, frames, events, cancel)
+    })
 }
 
 async fn tcp_task(

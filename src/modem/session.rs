@@ -12,7 +12,7 @@
 //!   the reboot time, open new ones and print `RDY`;
 //! - hosts opening and closing the ports.
 //!
-//! # Rules (documented in [`crate::modem`])
+//! # Rules (documented in the `modem` module, `mod.rs`)
 //!
 //! - *Reboot timing.* The port is away for the reboot time (after the PTY
 //!   has lingered, see [`port::PTY_LINGER`]), or until the simulated module
@@ -40,11 +40,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::modem::Status;
 use crate::modem::at::{Input, frame};
 use crate::modem::commands::{self, Device, Outcome, Reply, Settings};
 use crate::modem::port::{self, Channel, ChannelId, PortEvent, PortKind};
 use crate::modem::pty::{Pty, PtyLink};
+use crate::modem::status::Status;
 use crate::sim::{Event, FotaRun, Module, PowerOff, Urc};
 
 /// Unsolicited chunks held for a host, at most; older ones are dropped.

@@ -18,15 +18,15 @@
 //!    ([`fault`] injects module-side faults); the run reboots the module
 //!    into normal mode with its new version.
 //! 4. Everything the module does is an [`Event`] ([`urc`]) sent through
-//!    the run's emitter (`emit`) onto its stream; [`transcript`] sums a run up,
-//!    [`cli`] prints it for `qfota-serve simulate`, [`fleet`] runs many
-//!    modules at once.
+//!    the run's emitter (`emit`) onto its stream; [`transcript`] sums a run up;
+//!    `qfota-serve simulate` (`src/cli/simulate.rs`) prints it; [`fleet`]
+//!    runs many modules at once.
 //!
 //! # Layers
 //!
 //! Arrows point down; no file imports one that imports it back:
 //!
-//! - top: [`cli`] and [`fleet`], the command lines, over [`module`]
+//! - top: [`fleet`] (many modules at once), over [`module`]
 //!   (settings, builder, `Module`, the `FotaRun` stream);
 //! - `run` (the phases), over `state` (configuration, version, busy
 //!   flag and notes a module shares with its runs);
@@ -40,7 +40,6 @@
 //! Module delays follow a realistic timeline scaled by a time scale; network
 //! transfers run in real time.
 
-pub mod cli;
 pub(crate) mod clock;
 pub mod command;
 pub mod download;

@@ -2,25 +2,24 @@
 //! print the AT transcript (or JSON lines), exiting 0 on `END,0`, 1 on
 //! `ERROR` or any failure code, 2 on usage errors.
 //!
-//! Raw flags ([`SimulateArgs`]) become a checked [`SimulateConfig`] once,
-//! through `TryFrom`; [`run`] then only executes.
+//! Raw flags ([`SimulateArgs`], environment `QFOTA_SIM_*`; the module's
+//! options are the shared [`ModuleArgs`]) become a checked
+//! [`SimulateConfig`] once, through `TryFrom`; [`run`] then only executes
+//! and prints (the transcript on stdout, the summary on stderr). Moved here
+//! from `sim::cli`: the simulator itself never sees clap.
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::profile::{Profile, ProfileError};
+use crate::cli::module_args::{ModuleArgs, SimEnv, UsageError, usage_exit};
 use crate::sim::command::{FotaUrl, FotadlArgs};
 use crate::sim::fault::Fault;
-use crate::sim::module::{ConfigError, DEFAULT_TIME_SCALE, Module, ModuleSettings};
+use crate::sim::module::Module;
 use crate::sim::transcript::{RunSummary, TimedEvent};
-
-/// Exit status for a usage error (as clap uses).
-const USAGE: u8 = 2;
 
 /// Simulate a module's FOTA download and upgrade (`AT+QFOTADL`).
 ///
@@ -35,26 +34,9 @@ pub struct SimulateArgs {
         help = "Package URL: ftp://[user[:password]@]host[:port]/file, http(s)://host[:port]/path"
     )]
     pub url: String,
-    /// Module model (EC25, EC200T, EM060K, …); selects the profile.
-    #[arg(long, env = "QFOTA_SIM_MODEL", conflicts_with = "profile")]
-    pub model: Option<String>,
-    /// Profile: ec2x (default), ep06, ec200, eg06xk-dfota, eg06xk.
-    #[arg(long, env = "QFOTA_SIM_PROFILE")]
-    pub profile: Option<String>,
-    /// The module's current firmware version; a package named
-    /// `<x>-<from>-to-<to>.zip` whose `<from>` differs ends `END,510`.
-    #[arg(
-        long = "version",
-        env = "QFOTA_SIM_VERSION",
-        value_name = "V",
-        help = "The module's current firmware version; a package named \
-                <x>-<from>-to-<to>.zip whose <from> differs ends END,510"
-    )]
-    pub module_version: Option<String>,
-    /// Free space in the module's file system, bytes; a larger package ends
-    /// END,511.
-    #[arg(long, env = "QFOTA_SIM_FREE_SPACE", value_name = "BYTES")]
-    pub free_space: Option<u64>,
+    /// The simulated module.
+    #[command(flatten)]
+    pub module: ModuleArgs<SimEnv>,
     /// ec200 <upgrade_mode>: 0 reboot before upgrading, 1 upgrade at once.
     #[arg(long, env = "QFOTA_SIM_UPGRADE_MODE", value_name = "N")]
     pub upgrade_mode: Option<u32>,
@@ -64,52 +46,9 @@ pub struct SimulateArgs {
     /// ec200 <update_URC_max>: 0 or 5-100 UPDATING lines.
     #[arg(long, env = "QFOTA_SIM_UPDATE_URC_MAX", value_name = "N")]
     pub update_urc_max: Option<u32>,
-    /// Module-side fault, repeatable (comma-separated in the environment):
-    /// `network-down`, `dns-fail`, `power-cut=<percent>`,
-    /// `upgrade-error=<code>[x<N>]`, `signature` (eg06xk), `md5` (ec200).
-    #[arg(
-        long = "fault",
-        env = "QFOTA_SIM_FAULT",
-        value_delimiter = ',',
-        value_name = "F",
-        help = "Module-side fault, repeatable (comma-separated in the environment): \
-                network-down, dns-fail, power-cut=<percent>, upgrade-error=<code>[x<N>], \
-                signature (eg06xk), md5 (ec200)"
-    )]
-    pub faults: Vec<Fault>,
-    /// No-progress timeout for the download, seconds.
-    #[arg(
-        long,
-        env = "QFOTA_SIM_TIMEOUT_SECS",
-        default_value_t = 60,
-        value_name = "N"
-    )]
-    pub timeout_secs: u64,
-    /// Multiplier for the module's own delays (1.0: reboot ~20 s, upgrade
-    /// ~2 min).
-    #[arg(long, env = "QFOTA_SIM_TIME_SCALE", default_value_t = DEFAULT_TIME_SCALE, value_name = "X")]
-    pub time_scale: f64,
-    /// Verify HTTPS certificates against this CA (PEM); without it they are
-    /// not verified, like a module without a CA.
-    #[arg(long, env = "QFOTA_SIM_CA", value_name = "PEM")]
-    pub ca: Option<PathBuf>,
     /// Print one JSON object per line ({"t_ms","line"}), then {"summary"}.
     #[arg(long, env = "QFOTA_SIM_JSON")]
     pub json: bool,
-}
-
-/// A usage error: the run cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum UsageError {
-    /// Unknown `--model` or `--profile`.
-    #[error(transparent)]
-    Profile(#[from] ProfileError),
-    /// A module setting the simulator refuses (fault, time scale, CA, …).
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// `dns-fail` with an IP-literal URL would change nothing.
-    #[error("fault dns-fail needs a host name in the URL, not an IP address")]
-    DnsFaultWithIp,
 }
 
 /// Checked settings of one `simulate` run.
@@ -127,25 +66,16 @@ impl TryFrom<SimulateArgs> for SimulateConfig {
     type Error = UsageError;
 
     fn try_from(args: SimulateArgs) -> Result<SimulateConfig, UsageError> {
-        let profile = Profile::select(args.model.as_deref(), args.profile.as_deref())?;
-        if args.faults.contains(&Fault::DnsFail) {
+        let profile = args.module.profile()?;
+        if args.module.faults.contains(&Fault::DnsFail) {
             let ip_url = FotaUrl::parse(&args.url, profile)
                 .is_ok_and(|url| url.host.parse::<IpAddr>().is_ok());
             if ip_url {
                 return Err(UsageError::DnsFaultWithIp);
             }
         }
-        let settings = ModuleSettings {
-            faults: args.faults,
-            time_scale: args.time_scale,
-            timeout: Duration::from_secs(args.timeout_secs),
-            version: args.module_version,
-            free_space: args.free_space,
-            ca: args.ca,
-            rate: None,
-        };
         Ok(SimulateConfig {
-            module: settings.builder(profile).build()?,
+            module: args.module.into_settings().builder(profile).build()?,
             command: FotadlArgs {
                 url: args.url,
                 upgrade_mode: args.upgrade_mode,
@@ -163,10 +93,7 @@ impl TryFrom<SimulateArgs> for SimulateConfig {
 pub async fn run(args: SimulateArgs) -> ExitCode {
     let config = match SimulateConfig::try_from(args) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("qfota-serve simulate: {e:#}");
-            return ExitCode::from(USAGE);
-        }
+        Err(e) => return usage_exit("simulate", &e),
     };
     let summary = execute(&config).await;
     if summary.succeeded() {
@@ -223,18 +150,10 @@ async fn execute(config: &SimulateConfig) -> RunSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: SimulateArgs,
-    }
+    use crate::cli::module_args::parse_subcommand;
 
     fn parse(argv: &[&str]) -> Result<SimulateArgs, clap::Error> {
-        let mut full = vec!["simulate"];
-        full.extend_from_slice(argv);
-        Cli::try_parse_from(full).map(|c| c.args)
+        parse_subcommand("simulate", argv)
     }
 
     #[test]
@@ -258,7 +177,7 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        assert_eq!(args.faults, vec![Fault::Md5, Fault::NetworkDown]);
+        assert_eq!(args.module.faults, vec![Fault::Md5, Fault::NetworkDown]);
         let config = SimulateConfig::try_from(args).unwrap();
         assert_eq!(config.module.profile().name, "ec200");
         assert_eq!(config.module.version().as_deref(), Some("v1"));
@@ -268,32 +187,10 @@ mod tests {
 
     /// The binary's top-level command has `--version`; `simulate --version
     /// <V>` must still mean the module's version.
-    #[derive(Debug, Parser)]
-    #[command(name = "qfota-serve", version)]
-    struct Wired {
-        #[command(subcommand)]
-        command: Sub,
-    }
-
-    #[derive(Debug, clap::Subcommand)]
-    enum Sub {
-        Simulate(SimulateArgs),
-    }
-
     #[test]
     fn wires_as_a_subcommand_beside_a_version_flag() {
-        use clap::CommandFactory;
-        Wired::command().debug_assert();
-        let wired = Wired::try_parse_from([
-            "qfota-serve",
-            "simulate",
-            "ftp://h/p.zip",
-            "--version",
-            "v12",
-        ])
-        .unwrap();
-        let Sub::Simulate(args) = wired.command;
-        assert_eq!(args.module_version.as_deref(), Some("v12"));
+        let args = parse(&["ftp://h/p.zip", "--version", "v12"]).unwrap();
+        assert_eq!(args.module.module_version.as_deref(), Some("v12"));
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! until Ctrl-C or SIGTERM (exit 0). Usage errors exit 2, a port that
 //! cannot be opened exits 1.
 //!
-//! Raw flags ([`ModemArgs`], environment `QFOTA_MODEM_*`) become a checked
-//! [`ModemConfig`] once, through `TryFrom`; [`run`] then only executes.
+//! Raw flags ([`ModemArgs`], environment `QFOTA_MODEM_*`; the module's
+//! options are the shared [`ModuleArgs`]) become a checked [`ModemConfig`]
+//! once, through `TryFrom`; [`run`] then starts a [`Modem`] from plain
+//! values and prints its status until the shutdown signal it is given
+//! resolves (`main.rs` passes Ctrl-C / SIGTERM). Moved here from
+//! `modem::cli`: the modem itself never sees clap or a signal.
 //!
 //! What it prints on stdout, one line each, flushed, for scripts to read:
 //!
@@ -22,13 +26,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::modem::{DEFAULT_IMEI, DEFAULT_LINK, DEFAULT_REBOOT, DEFAULT_URC_HOLD, Modem, Status};
-use crate::profile::{Profile, ProfileError};
-use crate::sim::Fault;
-use crate::sim::module::{ConfigError, DEFAULT_TIME_SCALE, Module, ModuleSettings};
-
-/// Exit status for a usage error (as clap uses).
-const USAGE: u8 = 2;
+use crate::cli::module_args::{ModemEnv, ModuleArgs, UsageError, usage_exit};
+use crate::modem::status::Status;
+use crate::modem::{DEFAULT_IMEI, DEFAULT_LINK, DEFAULT_REBOOT, DEFAULT_URC_HOLD, Modem};
+use crate::sim::module::Module;
 
 /// Run a virtual modem: the simulated module behind an AT port on a
 /// pseudo-terminal (`--pty`) and/or TCP (`--tcp`).
@@ -51,23 +52,9 @@ pub struct ModemArgs {
     /// port, printed).
     #[arg(long, env = "QFOTA_MODEM_TCP", value_name = "ADDR:PORT")]
     pub tcp: Option<SocketAddr>,
-    /// Module model (EC25, EC200T, EM060K, …); selects the profile and is
-    /// what ATI and AT+CGMM show.
-    #[arg(long, env = "QFOTA_MODEM_MODEL", conflicts_with = "profile")]
-    pub model: Option<String>,
-    /// Profile: ec2x (default), ep06, ec200, eg06xk-dfota, eg06xk.
-    #[arg(long, env = "QFOTA_MODEM_PROFILE")]
-    pub profile: Option<String>,
-    /// The module's firmware version (`ATI`, `AT+QGMR`); a package named
-    /// `<x>-<from>-to-<to>.zip` whose `<from>` differs ends `END,510`.
-    #[arg(
-        long = "version",
-        env = "QFOTA_MODEM_VERSION",
-        value_name = "V",
-        help = "The module's firmware version (ATI, AT+QGMR); a package named \
-                <x>-<from>-to-<to>.zip whose <from> differs ends END,510"
-    )]
-    pub module_version: Option<String>,
+    /// The simulated module.
+    #[command(flatten)]
+    pub module: ModuleArgs<ModemEnv>,
     /// IMEI shown by AT+GSN, 15 digits.
     #[arg(long, env = "QFOTA_MODEM_IMEI", value_name = "N", default_value = DEFAULT_IMEI)]
     pub imei: String,
@@ -80,23 +67,6 @@ pub struct ModemArgs {
         default_value_t = DEFAULT_REBOOT.as_millis() as u64
     )]
     pub reboot_ms: u64,
-    /// Module-side fault, repeatable (comma-separated in the environment):
-    /// `network-down`, `dns-fail`, `power-cut=<percent>`,
-    /// `upgrade-error=<code>[x<N>]`, `signature` (eg06xk), `md5` (ec200).
-    #[arg(
-        long = "fault",
-        env = "QFOTA_MODEM_FAULT",
-        value_delimiter = ',',
-        value_name = "F",
-        help = "Module-side fault, repeatable (comma-separated in the environment): \
-                network-down, dns-fail, power-cut=<percent>, upgrade-error=<code>[x<N>], \
-                signature (eg06xk), md5 (ec200)"
-    )]
-    pub faults: Vec<Fault>,
-    /// Multiplier for the module's own delays (1.0: reboot ~20 s, upgrade
-    /// ~2 min).
-    #[arg(long, env = "QFOTA_MODEM_TIME_SCALE", default_value_t = DEFAULT_TIME_SCALE, value_name = "X")]
-    pub time_scale: f64,
     /// Milliseconds URCs wait for a host to open the port before they are
     /// dropped.
     #[arg(
@@ -106,39 +76,6 @@ pub struct ModemArgs {
         default_value_t = DEFAULT_URC_HOLD.as_millis() as u64
     )]
     pub urc_hold_ms: u64,
-    /// No-progress timeout for downloads, seconds.
-    #[arg(
-        long,
-        env = "QFOTA_MODEM_TIMEOUT_SECS",
-        default_value_t = 60,
-        value_name = "N"
-    )]
-    pub timeout_secs: u64,
-    /// Free space in the module's file system, bytes; a larger package ends
-    /// END,511.
-    #[arg(long, env = "QFOTA_MODEM_FREE_SPACE", value_name = "BYTES")]
-    pub free_space: Option<u64>,
-    /// Verify HTTPS certificates against this CA (PEM); without it they are
-    /// not verified, like a module without a CA.
-    #[arg(long, env = "QFOTA_MODEM_CA", value_name = "PEM")]
-    pub ca: Option<PathBuf>,
-}
-
-/// A usage error: the modem cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum UsageError {
-    /// Unknown `--model` or `--profile`.
-    #[error(transparent)]
-    Profile(#[from] ProfileError),
-    /// A module setting the simulator refuses (fault, time scale, CA, …).
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The IMEI is not 15 digits.
-    #[error("--imei {0:?} must be 15 decimal digits")]
-    Imei(String),
-    /// The model name is empty.
-    #[error("--model must not be empty")]
-    Model,
 }
 
 /// Checked settings of `qfota-serve modem`.
@@ -163,9 +100,9 @@ pub struct ModemConfig {
 impl TryFrom<ModemArgs> for ModemConfig {
     type Error = UsageError;
 
-    fn try_from(args: ModemArgs) -> Result<ModemConfig, UsageError> {
-        let profile = Profile::select(args.model.as_deref(), args.profile.as_deref())?;
-        let model = match args.model {
+    fn try_from(mut args: ModemArgs) -> Result<ModemConfig, UsageError> {
+        let profile = args.module.profile()?;
+        let model = match args.module.model.take() {
             Some(m) if m.trim().is_empty() => return Err(UsageError::Model),
             Some(m) => m.trim().to_ascii_uppercase(),
             None => profile.models.first().unwrap_or(&"EC25").to_string(),
@@ -173,17 +110,8 @@ impl TryFrom<ModemArgs> for ModemConfig {
         if args.imei.len() != 15 || !args.imei.bytes().all(|b| b.is_ascii_digit()) {
             return Err(UsageError::Imei(args.imei));
         }
-        let settings = ModuleSettings {
-            faults: args.faults,
-            time_scale: args.time_scale,
-            timeout: Duration::from_secs(args.timeout_secs),
-            version: args.module_version,
-            free_space: args.free_space,
-            ca: args.ca,
-            rate: None,
-        };
         Ok(ModemConfig {
-            module: settings.builder(profile).build()?,
+            module: args.module.into_settings().builder(profile).build()?,
             model,
             imei: args.imei,
             pty: args.pty,
@@ -194,15 +122,13 @@ impl TryFrom<ModemArgs> for ModemConfig {
     }
 }
 
-/// Runs `qfota-serve modem` until Ctrl-C or SIGTERM: exit 0 then, 2 on a
-/// usage error, 1 when a port cannot be opened (message on stderr).
-pub async fn run(args: ModemArgs) -> ExitCode {
+/// Runs `qfota-serve modem` until `shutdown` resolves (the binary passes
+/// Ctrl-C or SIGTERM): exit 0 then, 2 on a usage error, 1 when a port
+/// cannot be opened (message on stderr).
+pub async fn run(args: ModemArgs, shutdown: impl Future<Output = ()>) -> ExitCode {
     let config = match ModemConfig::try_from(args) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("qfota-serve modem: {e:#}");
-            return ExitCode::from(USAGE);
-        }
+        Err(e) => return usage_exit("modem", &e),
     };
     let modem = match start(&config).await {
         Ok(modem) => modem,
@@ -228,11 +154,10 @@ pub async fn run(args: ModemArgs) -> ExitCode {
         let _ = writeln!(out, "tcp {addr}");
     }
     let _ = out.flush();
-    let signal = crate::cli::shutdown_signal();
-    tokio::pin!(signal);
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut signal => break,
+            _ = &mut shutdown => break,
             changed = status.changed() => {
                 if changed.is_err() {
                     break;
@@ -285,33 +210,11 @@ async fn start(config: &ModemConfig) -> anyhow::Result<Modem> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    #[command(name = "qfota-serve", version)]
-    struct Wired {
-        #[command(subcommand)]
-        command: Sub,
-    }
-
-    #[derive(Debug, clap::Subcommand)]
-    enum Sub {
-        Modem(ModemArgs),
-    }
+    use crate::cli::module_args::parse_subcommand;
+    use crate::sim::fault::Fault;
 
     fn parse(argv: &[&str]) -> Result<ModemArgs, clap::Error> {
-        let mut full = vec!["qfota-serve", "modem"];
-        full.extend_from_slice(argv);
-        Wired::try_parse_from(full).map(|w| {
-            let Sub::Modem(args) = w.command;
-            args
-        })
-    }
-
-    #[test]
-    fn clap_definition_is_consistent() {
-        use clap::CommandFactory;
-        Wired::command().debug_assert();
+        parse_subcommand("modem", argv)
     }
 
     #[test]
@@ -340,7 +243,7 @@ mod tests {
             args.pty.as_deref(),
             Some(std::path::Path::new(DEFAULT_LINK))
         );
-        assert_eq!(args.faults, vec![Fault::Md5, Fault::NetworkDown]);
+        assert_eq!(args.module.faults, vec![Fault::Md5, Fault::NetworkDown]);
         let config = ModemConfig::try_from(args).unwrap();
         assert_eq!(config.module.profile().name, "ec200");
         assert_eq!(config.model, "EC200T");

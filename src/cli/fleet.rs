@@ -1,0 +1,189 @@
+//! `qfota-serve fleet <URL> --modules N`: run many simulated modules
+//! against one URL ([`crate::sim::fleet`]) and print the report — modules
+//! per final code, p50/p95/max download time, bytes received — as text or
+//! one JSON object. Exit 0 when every module ran to its end (whatever its
+//! code), 1 when the deadline cut the run short, 2 on usage errors.
+//!
+//! Raw flags ([`FleetArgs`], environment `QFOTA_FLEET_*`) become a checked
+//! [`FleetConfig`] once, through [`FleetArgs::into_config`]; [`run`] then
+//! only executes.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::cli::module_args::{FleetEnv, ModuleArgs, UsageError, usage_exit};
+use crate::sim::fleet::{FleetConfig, FleetReport, MAX_MODULES, run_fleet};
+
+/// `qfota-serve fleet`: run N simulated modules against one URL.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetArgs {
+    /// Package URL every module is sent (`ftp://…`, `http(s)://…`).
+    #[arg(env = "QFOTA_FLEET_URL")]
+    pub url: String,
+    /// How many modules.
+    #[arg(long, env = "QFOTA_FLEET_MODULES", value_name = "N")]
+    pub modules: usize,
+    /// Most modules running at once [default: all, up to 256].
+    #[arg(long, env = "QFOTA_FLEET_CONCURRENCY", value_name = "C")]
+    pub concurrency: Option<usize>,
+    /// Every module (its `--version` is checked against the package name,
+    /// SPEC §5; a zero `--timeout-secs` counts as 1).
+    #[command(flatten)]
+    pub module: ModuleArgs<FleetEnv>,
+    /// Per-module download throttle, bytes per second (a cellular link:
+    /// tens of kB/s) [default: unthrottled].
+    #[arg(long, env = "QFOTA_FLEET_RATE", value_name = "BYTES_PER_S")]
+    pub rate: Option<u64>,
+    /// Stop waiting after this many seconds; modules not done by then are
+    /// counted as `unfinished`.
+    #[arg(
+        long,
+        env = "QFOTA_FLEET_DEADLINE_SECS",
+        default_value_t = 300,
+        value_name = "SECS"
+    )]
+    pub deadline_secs: u64,
+    /// Print the report as one JSON object.
+    #[arg(long, env = "QFOTA_FLEET_JSON")]
+    pub json: bool,
+}
+
+impl FleetArgs {
+    /// The fleet these flags describe, checked: at least one module and
+    /// one in flight, at most [`MAX_MODULES`], and a module that builds.
+    ///
+    /// # Errors
+    /// [`UsageError`] naming the flag at fault.
+    pub fn into_config(self) -> Result<FleetConfig, UsageError> {
+        let profile = self.module.profile()?;
+        if self.modules == 0 || self.concurrency == Some(0) {
+            return Err(UsageError::EmptyFleet);
+        }
+        if self.modules > MAX_MODULES {
+            return Err(UsageError::TooManyModules(self.modules));
+        }
+        let mut config = FleetConfig::new(self.url, profile, self.modules);
+        if let Some(c) = self.concurrency {
+            config.concurrency = c.min(self.modules);
+        }
+        config.deadline = Duration::from_secs(self.deadline_secs);
+        config.settings = self.module.into_settings();
+        config.settings.timeout = config.settings.timeout.max(Duration::from_secs(1));
+        config.settings.rate = self.rate;
+        // Build one module now so a bad setting is a usage error.
+        config.module()?;
+        Ok(config)
+    }
+}
+
+/// Runs `qfota-serve fleet`: prints the report and exits 0 when every
+/// module ran to its end (whatever its code), 1 when the deadline cut the
+/// run short, 2 on usage errors.
+pub async fn run(args: FleetArgs) -> ExitCode {
+    let json = args.json;
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => return usage_exit("fleet", &e),
+    };
+    let report = match run_fleet(&config).await {
+        Ok(r) => r,
+        Err(e) => return usage_exit("fleet", &e),
+    };
+    if json {
+        match serde_json::to_string(&report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("qfota-serve fleet: {e}"),
+        }
+    } else {
+        print!("{}", render(&report));
+    }
+    if report.count("unfinished") == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The report as text: a line for the run, one per final code, the
+/// download-time percentiles and the bytes received.
+pub fn render(r: &FleetReport) -> String {
+    let mut out = format!("{} modules in {} ms\n", r.modules, r.elapsed_ms);
+    for (code, n) in &r.codes {
+        let _ = writeln!(out, "  code {code:>10}: {n}");
+    }
+    let _ = write!(
+        out,
+        "download time p50 {} ms, p95 {} ms, max {} ms\nbytes received {}\n",
+        r.p50_ms, r.p95_ms, r.max_ms, r.bytes
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::module_args::parse_subcommand;
+
+    fn parse(extra: &[&str]) -> Result<FleetConfig, UsageError> {
+        let mut argv = vec!["http://127.0.0.1:1/a.zip"];
+        argv.extend_from_slice(extra);
+        parse_subcommand::<FleetArgs>("fleet", &argv)
+            .unwrap()
+            .into_config()
+    }
+
+    #[test]
+    fn fleet_sizes_are_bounded() {
+        assert!(matches!(
+            parse(&["--modules", "0"]),
+            Err(UsageError::EmptyFleet)
+        ));
+        assert!(matches!(
+            parse(&["--modules", "100001"]),
+            Err(UsageError::TooManyModules(_))
+        ));
+        let c = parse(&["--modules", "3", "--concurrency", "18446744073709551615"]).unwrap();
+        assert_eq!(c.concurrency, 3);
+    }
+
+    #[test]
+    fn module_flags_reach_every_module() {
+        let c = parse(&[
+            "--modules",
+            "2",
+            "--model",
+            "EC200T",
+            "--version",
+            "v12",
+            "--rate",
+            "5000",
+            "--timeout-secs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.profile.name, "ec200");
+        assert_eq!(c.settings.version.as_deref(), Some("v12"));
+        assert_eq!(c.settings.rate, Some(5000));
+        assert_eq!(c.settings.timeout, Duration::from_secs(1));
+        assert_eq!(c.module().unwrap().version().as_deref(), Some("v12"));
+    }
+
+    #[test]
+    fn the_report_reads_as_documented() {
+        let report = FleetReport {
+            modules: 50,
+            codes: [("0".to_string(), 49), ("701".to_string(), 1)].into(),
+            p50_ms: 160,
+            p95_ms: 161,
+            max_ms: 162,
+            bytes: 359_400,
+            elapsed_ms: 1965,
+        };
+        assert_eq!(
+            render(&report),
+            "50 modules in 1965 ms\n  code          0: 49\n  code        701: 1\n\
+             download time p50 160 ms, p95 161 ms, max 162 ms\nbytes received 359400\n"
+        );
+    }
+}

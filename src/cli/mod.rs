@@ -1,0 +1,164 @@
+//! The command line: one module for every subcommand, and the only place
+//! that knows clap. Each subcommand's raw flags become a plain, checked
+//! configuration once, at start-up (`TryFrom` / `into_config`), which the
+//! library takes; its printed output lives here too.
+//!
+//! # Parts
+//!
+//! - [`Cli`] and [`Command`] (this file): the whole command line, and
+//!   [`shutdown_signal`], the one shutdown source, which `main.rs` creates
+//!   and passes to the long-running commands.
+//! - [`serve`]: `qfota-serve [OPTIONS] <DIR>`, the default job; [`check`]:
+//!   `qfota-serve check <DIR>`; [`report`]: the texts both print (listener
+//!   banner, `AT+QFOTADL` lines, the check report); [`values`]: the value
+//!   parsers they share.
+//! - [`simulate`], [`fleet`], [`modem`]: the module-running subcommands,
+//!   each flattening the one [`module_args::ModuleArgs`] block (with its
+//!   own `QFOTA_SIM_*` / `QFOTA_FLEET_*` / `QFOTA_MODEM_*` variables).
+//!
+//! Arrows point down: this file imports the subcommand files, they import
+//! [`module_args`], [`report`] and [`values`], and none imports this file.
+//! Exit codes: 0 success, 1 failure, 2 usage errors.
+
+pub mod check;
+pub mod fleet;
+pub mod modem;
+pub mod module_args;
+pub mod report;
+pub mod serve;
+pub mod simulate;
+pub mod values;
+
+use clap::{Parser, Subcommand};
+
+use crate::cli::check::CheckArgs;
+use crate::cli::fleet::FleetArgs;
+use crate::cli::modem::ModemArgs;
+use crate::cli::serve::ServeArgs;
+use crate::cli::simulate::SimulateArgs;
+
+/// `qfota-serve`: host firmware packages for Quectel FOTA over FTP, HTTP
+/// and HTTPS, log every download attempt, and validate every package.
+#[derive(Debug, Parser)]
+#[command(
+    name = "qfota-serve",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    /// Another job than serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Serving options (the default job).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Jobs other than serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the packages in a folder and print the report; exit 1 when
+    /// any is invalid or misfits a profile named with --profile.
+    Check(CheckArgs),
+    /// Simulate a module's FOTA download and upgrade (`AT+QFOTADL`) against
+    /// a server, printing the AT transcript; exit 0 on `END,0`.
+    Simulate(SimulateArgs),
+    /// Run many simulated modules against one URL and print the outcome
+    /// per final code, download-time percentiles and bytes received.
+    Fleet(FleetArgs),
+    /// Run a virtual modem: the simulated module behind an AT port on a
+    /// pseudo-terminal and/or TCP, until Ctrl-C.
+    Modem(ModemArgs),
+}
+
+/// Resolves on Ctrl-C or SIGTERM: the one shutdown source of every
+/// long-running command (serve, modem).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_needs_a_protocol_and_a_dir() {
+        assert!(Cli::try_parse_from(["qfota-serve", "pk"]).is_err());
+        assert!(Cli::try_parse_from(["qfota-serve", "--ftp", "21"]).is_err());
+        let cli =
+            Cli::try_parse_from(["qfota-serve", "--ftp", "21", "--user", "a:b", "pk"]).unwrap();
+        assert_eq!(cli.serve.ftp, Some(21));
+        assert_eq!(cli.serve.users.len(), 1);
+        let cli =
+            Cli::try_parse_from(["qfota-serve", "check", "pk", "--profile", "ec200"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Check(_))));
+        assert!(Cli::try_parse_from(["qfota-serve", "check", "pk", "--profile", "nope"]).is_err());
+        let cli = Cli::try_parse_from([
+            "qfota-serve",
+            "--http",
+            "0",
+            "--fault",
+            "drop-after=50%,path=/big-*.zip",
+            "pk",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.faults.len(), 1);
+        let err = Cli::try_parse_from([
+            "qfota-serve",
+            "--http",
+            "0",
+            "--fault",
+            "drop-after=x",
+            "pk",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("drop-after=x"), "{err}");
+    }
+
+    /// The shared module options keep each subcommand's documented
+    /// variables: `QFOTA_SIM_*`, `QFOTA_FLEET_*`, `QFOTA_MODEM_*`.
+    #[test]
+    fn module_options_read_each_subcommands_own_environment() {
+        let cli = Cli::command();
+        for (sub, prefix) in [
+            ("simulate", "QFOTA_SIM_"),
+            ("fleet", "QFOTA_FLEET_"),
+            ("modem", "QFOTA_MODEM_"),
+        ] {
+            let cmd = cli.find_subcommand(sub).unwrap();
+            for (id, var) in [
+                ("model", "MODEL"),
+                ("profile", "PROFILE"),
+                ("module_version", "VERSION"),
+                ("faults", "FAULT"),
+                ("timeout_secs", "TIMEOUT_SECS"),
+                ("time_scale", "TIME_SCALE"),
+                ("free_space", "FREE_SPACE"),
+                ("ca", "CA"),
+            ] {
+                let arg = cmd.get_arguments().find(|a| a.get_id() == id);
+                let env = arg.and_then(|a| a.get_env()).unwrap();
+                assert_eq!(env, format!("{prefix}{var}").as_str(), "{sub} {id}");
+            }
+        }
+    }
+}
