@@ -161,8 +161,8 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
 
 /// Polls the catalog until `key` is known as something `accept` likes.
 async fn wait_catalog(fx: &Fixture, key: &str, accept: impl Fn(&Lookup) -> bool) {
-    common::wait_until(&format!("catalog to pick up {key}"), DEADLINE, || {
-        accept(&fx.server.catalog().lookup(key))
+    common::eventually(&format!("catalog to pick up {key}"), DEADLINE, || async {
+        accept(&fx.server.catalog().lookup(key)).then_some(())
     })
     .await;
 }
