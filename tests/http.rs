@@ -920,14 +920,7 @@ async fn path_traversal_is_refused() {
             reply.status
         );
     }
-    assert!(
-        fx.server
-            .downloads()
-            .iter()
-            .all(|r| r.outcome != Outcome::Complete),
-        "a traversal completed: {:#?}",
-        fx.server.downloads()
-    );
+    fx.assert_every_record("a traversal completed", |r| r.outcome != Outcome::Complete);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

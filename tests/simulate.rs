@@ -148,30 +148,36 @@ async fn served_completely(real: &Fixture, n: usize) {
     }
 }
 
-#[tokio::test]
-async fn success_over_ftp_for_every_family() {
+/// Every family succeeds at once against a fresh real server at the URL
+/// `url_of` gives for [`PKG`], which serves each one the whole package.
+async fn every_family_succeeds_on(url_of: fn(&Fixture, &str) -> String, ftp: bool) {
     let real = real(&[]).await;
-    every_family_succeeds(&real.ftp_url(PKG), true).await;
+    every_family_succeeds(&url_of(&real, PKG), ftp).await;
     served_completely(&real, FAMILIES.len()).await;
     stop(real).await;
+}
+
+#[tokio::test]
+async fn success_over_ftp_for_every_family() {
+    every_family_succeeds_on(Fixture::ftp_url, true).await;
 }
 
 #[tokio::test]
 async fn success_over_http_for_every_family() {
-    let real = real(&[]).await;
-    every_family_succeeds(&real.http_url(PKG), false).await;
-    served_completely(&real, FAMILIES.len()).await;
-    stop(real).await;
+    every_family_succeeds_on(Fixture::http_url, false).await;
 }
 
 #[tokio::test]
 async fn success_over_https_for_every_family() {
-    let real = real(&[]).await;
-    let url = real.https_url(PKG);
-    assert!(url.starts_with("https://"));
-    every_family_succeeds(&url, false).await;
-    served_completely(&real, FAMILIES.len()).await;
-    stop(real).await;
+    every_family_succeeds_on(
+        |real, rel| {
+            let url = real.https_url(rel);
+            assert!(url.starts_with("https://"));
+            url
+        },
+        false,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -198,6 +198,13 @@ impl Fixture {
         found
     }
 
+    /// Asserts that every record so far satisfies `pred`; the message
+    /// names `what` and lists them all.
+    pub fn assert_every_record(&self, what: &str, pred: impl Fn(&DownloadRecord) -> bool) {
+        let all = self.server.downloads();
+        assert!(all.iter().all(pred), "{what}: {all:#?}");
+    }
+
     /// The records emitted from now on, in order: take it before the
     /// request whose record a test wants.
     pub fn new_records(&self) -> NewRecords {
