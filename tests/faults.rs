@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BIG, DEADLINE, Fixture, python, run, sha256};
+use common::{BIG, DEADLINE, Fixture, bounded, eventually, python, run, sha256};
 use qfota_serve::dlog::Outcome;
 use qfota_serve::serve::fault::FaultRule;
 
@@ -84,12 +84,9 @@ async fn status_with_times_hits_only_the_first_attempts() {
     }
     assert_eq!(statuses, ["503", "503", "200"]);
     let faulted = fx
-        .server
-        .downloads()
-        .iter()
-        .filter(|r| r.fault.is_some())
-        .count();
-    assert_eq!(faulted, 2);
+        .wait_records("two faulted attempts", 2, |r| r.fault.is_some())
+        .await;
+    assert_eq!(faulted.len(), 2);
     // HTTPS is another protocol: untouched.
     assert_eq!(curl(&fx.https_url(PKG), &[]).await.1, "200");
 }
@@ -116,14 +113,12 @@ async fn not_found_over_both_protocols() {
     let (code, _, body) = curl(&fx.ftp_url(PKG), &[]).await;
     assert_ne!(code, 0);
     assert!(body.is_empty());
-    let recs = fx.server.downloads();
-    assert_eq!(
-        recs.iter()
-            .filter(|r| r.outcome == Outcome::NotFound && r.fault.is_some())
-            .count(),
-        2,
-        "{recs:#?}"
-    );
+    let recs = fx
+        .wait_records("two faulted not_found", 2, |r| {
+            r.outcome == Outcome::NotFound && r.fault.is_some()
+        })
+        .await;
+    assert_eq!(recs.len(), 2, "{recs:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,11 +180,9 @@ async fn ftp_reply_on_connect_and_on_retr() {
     let (code, _, body) = curl(&fx.ftp_url(PKG), &[]).await;
     assert_ne!(code, 0, "451 on RETR");
     assert!(body.is_empty());
-    let statuses: Vec<u16> = fx.server.downloads().iter().map(|r| r.status).collect();
-    assert!(
-        statuses.contains(&421) && statuses.contains(&451),
-        "{statuses:?}"
-    );
+    fx.wait_record("the 421 greeting", |r| r.status == 421)
+        .await;
+    fx.wait_record("the 451 to RETR", |r| r.status == 451).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,14 +254,10 @@ async fn faults_change_at_run_time_and_from_a_watched_file() {
     let fx = Fixture::start(move |b| b.fault_file(path)).await;
     assert_eq!(curl(&fx.http_url(PKG), &[]).await.1, "503");
     std::fs::write(file.path(), "rules = [\"status=410\"]\n").unwrap();
-    let start = tokio::time::Instant::now();
-    loop {
-        if curl(&fx.http_url(PKG), &[]).await.1 == "410" {
-            break;
-        }
-        assert!(start.elapsed() < DEADLINE, "file change not picked up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the fault file change", DEADLINE, || async {
+        (curl(&fx.http_url(PKG), &[]).await.1 == "410").then_some(())
+    })
+    .await;
     fx.server.set_faults(vec![]);
     assert_eq!(curl(&fx.http_url(PKG), &[]).await.1, "200");
     assert!(fx.server.faults().is_empty());
@@ -324,10 +313,11 @@ async fn each_server_fault_gives_the_documented_module_code() {
                 .timeout(Duration::from_secs(1))
                 .build()
                 .unwrap();
-            let run =
-                tokio::time::timeout(DEADLINE, module.fotadl(&format!("\"{url}\"")).transcript())
-                    .await
-                    .expect("run finished");
+            let run = bounded(
+                "a module run",
+                module.fotadl(&format!("\"{url}\"")).transcript(),
+            )
+            .await;
             assert_eq!(
                 run.summary.download_code,
                 Some(want),

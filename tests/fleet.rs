@@ -26,8 +26,8 @@ async fn a_fleet_of_200_with_a_random_drop_fault_reports_0_and_701() {
     let size = fx.package_bytes(PKG).len() as u64;
     assert!(report.bytes >= 200 * (size / 2), "{report:?}");
     // The server logged one attempt per module.
-    let logged = fx.server.downloads().len();
-    assert_eq!(logged, 200);
+    let logged = fx.wait_records("one per module", 200, |_| true).await;
+    assert_eq!(logged.len(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,18 @@ def lines(ftp, cmd):
 def sha(b):
     return hashlib.sha256(b).hexdigest()
 
+def start_retr(ftp, path):
+    """Starts a binary RETR of `path` on a passive data connection with a
+    small receive window (so the server cannot hand the kernel the whole
+    file at once): (the reply code to RETR, the data socket)."""
+    ftp.voidcmd('TYPE I')
+    _, port = ftplib.parse227(ftp.sendcmd('PASV'))
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    conn.settimeout(20)
+    conn.connect((HOST, port))
+    return ftp.sendcmd('RETR ' + path)[:3], conn
+
 def me(ftp):
     """This client's end of the control connection, as ip:port."""
     return '%s:%d' % ftp.sock.getsockname()[:2]
@@ -161,8 +173,8 @@ fn snapshot(root: &Path) -> BTreeMap<String, String> {
 
 /// Polls the catalog until `key` is known as something `accept` likes.
 async fn wait_catalog(fx: &Fixture, key: &str, accept: impl Fn(&Lookup) -> bool) {
-    common::wait_until(&format!("catalog to pick up {key}"), DEADLINE, || {
-        accept(&fx.server.catalog().lookup(key))
+    common::eventually(&format!("catalog to pick up {key}"), DEADLINE, || async {
+        accept(&fx.server.catalog().lookup(key)).then_some(())
     })
     .await;
 }
@@ -192,11 +204,7 @@ out({'welcome': welcome, 'login': login, 'pwd': ftp.pwd(), 'type': code(ftp.send
     assert_eq!(s(&v, "type"), "200");
     assert_eq!(s(&v, "quit"), "221");
     // A login is not a download attempt: nothing to log.
-    assert!(
-        fx.server.downloads().is_empty(),
-        "{:#?}",
-        fx.server.downloads()
-    );
+    fx.assert_every_record("nothing logged", |_| false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,14 +262,7 @@ out(res)
     let log = std::fs::read_to_string(&fx.log_path).unwrap();
     assert!(!log.contains("hunter2"), "{log}");
     // Nothing was served to a refused session.
-    assert!(
-        fx.server
-            .downloads()
-            .iter()
-            .all(|r| r.outcome == Outcome::AuthFailed),
-        "{:#?}",
-        fx.server.downloads()
-    );
+    fx.assert_every_record("only refused logins", |r| r.outcome == Outcome::AuthFailed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,14 +329,7 @@ out(res)
         })
         .await;
     assert_eq!(rec.user.as_deref(), Some("anonymous"));
-    assert!(
-        fx.server
-            .downloads()
-            .iter()
-            .all(|r| r.outcome != Outcome::AuthFailed),
-        "{:#?}",
-        fx.server.downloads()
-    );
+    fx.assert_every_record("no refused login", |r| r.outcome != Outcome::AuthFailed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -850,14 +844,8 @@ async fn aborted_download_is_logged_with_the_bytes_sent() {
         r#"
 res = {}
 def start(ftp):
-    """Opens a small-window data connection and starts RETR of the big package."""
-    ftp.voidcmd('TYPE I')
-    _, port = ftplib.parse227(ftp.sendcmd('PASV'))
-    conn = socket.socket()
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-    conn.settimeout(20)
-    conn.connect((HOST, port))
-    res[me(ftp) + ' retr'] = ftp.sendcmd('RETR ' + ARGS[0])[:3]
+    """Starts RETR of the big package and reads the first 256 KiB."""
+    res[me(ftp) + ' retr'], conn = start_retr(ftp, ARGS[0])
     got = 0
     while got < 256 * 1024:
         chunk = conn.recv(64 * 1024)
@@ -907,14 +895,7 @@ out(res)
     }
     assert!(s(&v, "kept final").starts_with('4'), "{v}");
     assert_eq!(s(&v, "kept noop"), "200", "{v}");
-    assert!(
-        fx.server
-            .downloads()
-            .iter()
-            .all(|r| r.outcome != Outcome::Complete),
-        "{:#?}",
-        fx.server.downloads()
-    );
+    fx.assert_every_record("no complete download", |r| r.outcome != Outcome::Complete);
     let lines = fx.log_lines();
     assert_eq!(
         lines.iter().filter(|l| l["outcome"] == "aborted").count(),
@@ -923,17 +904,12 @@ out(res)
     );
 }
 
-/// Python: opens a small-window data connection, starts `RETR ARGS[0]`,
+/// Python: starts `RETR ARGS[0]` on a small-window data connection,
 /// reads a little and then stops reading (both connections stay open).
 const START_THEN_STALL: &str = r#"
 ftp = connect()
-ftp.voidcmd('TYPE I')
-_, port = ftplib.parse227(ftp.sendcmd('PASV'))
-conn = socket.socket()
-conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-conn.settimeout(20)
-conn.connect((HOST, port))
-res = {'peer': me(ftp), 'retr': ftp.sendcmd('RETR ' + ARGS[0])[:3]}
+res = {'peer': me(ftp)}
+res['retr'], conn = start_retr(ftp, ARGS[0])
 res['got'] = len(conn.recv(1000))
 "#;
 

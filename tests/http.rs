@@ -6,18 +6,16 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{BIG, DEADLINE, Fixture};
+use common::{BIG, Fixture, bounded, eventually};
 use qfota_serve::catalog::{Catalog, Lookup};
-use qfota_serve::dlog::{DownloadRecord, Outcome, Protocol};
+use qfota_serve::dlog::{Outcome, Protocol};
 use qfota_serve::serve::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 /// The sample package at the folder root.
 const PKG: &str = "update-v12-to-v13.zip";
@@ -137,7 +135,7 @@ async fn curl_ok(args: &[&str]) -> Reply {
 /// Sends `request` as-is on a new connection and reads until the server
 /// closes it (a reset after the reply keeps what arrived).
 async fn raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    tokio::time::timeout(DEADLINE, async {
+    bounded("raw request", async {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         stream.write_all(request).await.expect("send request");
         let mut buf = Vec::new();
@@ -145,7 +143,6 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
         buf
     })
     .await
-    .expect("raw request timed out")
 }
 
 fn parse_raw(bytes: &[u8]) -> Reply {
@@ -173,33 +170,6 @@ fn http_addr(fx: &Fixture) -> SocketAddr {
     fx.server.http_addr().unwrap()
 }
 
-/// Calls `probe` until it yields a value, failing after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = tokio::time::timeout(DEADLINE, probe())
-            .await
-            .unwrap_or_else(|_| panic!("probe for {what} timed out"))
-        {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The record emitted after the first `seen` ones (waits for it).
-async fn record_after(fx: &Fixture, seen: usize) -> DownloadRecord {
-    eventually("a new download record", DEADLINE, || async {
-        fx.server.downloads().get(seen).cloned()
-    })
-    .await
-}
-
 /// Polls `GET rel` until it gives `status`; returns that reply. Fails
 /// after [`PICKUP`].
 async fn poll_until_status(fx: &Fixture, rel: &str, status: u16) -> Reply {
@@ -225,6 +195,21 @@ fn quoted_sha(bytes: &[u8]) -> String {
     format!("\"{}\"", common::sha256(bytes))
 }
 
+/// Asserts a 200 for the whole package `rel` with every header a module
+/// relies on: exact length, type, `Accept-Ranges`, ETag, Last-Modified.
+fn assert_package_headers(fx: &Fixture, rel: &str, reply: &Reply) {
+    let file = fx.package_bytes(rel);
+    assert_eq!(reply.status, 200, "{rel}");
+    reply.assert_length(file.len() as u64);
+    assert_eq!(reply.header("content-type"), Some("application/zip"));
+    assert_eq!(reply.header("accept-ranges"), Some("bytes"));
+    assert_eq!(reply.header("etag"), Some(quoted_sha(&file).as_str()));
+    assert_eq!(
+        reply.header("last-modified"),
+        Some(last_modified_of(fx, rel).as_str())
+    );
+}
+
 // ---------------------------------------------------------------------------
 // GET and HEAD
 // ---------------------------------------------------------------------------
@@ -235,15 +220,7 @@ async fn get_sends_length_type_validators_and_the_exact_bytes() {
     for rel in [PKG, JUN_PKG] {
         let file = fx.package_bytes(rel);
         let reply = curl_ok(&[&fx.http_url(rel)]).await;
-        assert_eq!(reply.status, 200, "{rel}");
-        reply.assert_length(file.len() as u64);
-        assert_eq!(reply.header("content-type"), Some("application/zip"));
-        assert_eq!(reply.header("accept-ranges"), Some("bytes"));
-        assert_eq!(reply.header("etag"), Some(quoted_sha(&file).as_str()));
-        assert_eq!(
-            reply.header("last-modified"),
-            Some(last_modified_of(&fx, rel).as_str())
-        );
+        assert_package_headers(&fx, rel, &reply);
         assert_eq!(
             common::sha256(&reply.body),
             common::sha256(&file),
@@ -283,15 +260,7 @@ async fn head_sends_the_get_headers_and_no_body() {
     for rel in [PKG, JUN_PKG] {
         let file = fx.package_bytes(rel);
         let reply = curl_ok(&["-I", &fx.http_url(rel)]).await;
-        assert_eq!(reply.status, 200, "{rel}");
-        reply.assert_length(file.len() as u64);
-        assert_eq!(reply.header("content-type"), Some("application/zip"));
-        assert_eq!(reply.header("accept-ranges"), Some("bytes"));
-        assert_eq!(reply.header("etag"), Some(quoted_sha(&file).as_str()));
-        assert_eq!(
-            reply.header("last-modified"),
-            Some(last_modified_of(&fx, rel).as_str())
-        );
+        assert_package_headers(&fx, rel, &reply);
 
         // curl hides whether bytes followed the headers; a raw socket does not.
         let raw = raw_request(http_addr(&fx), "HEAD", &format!("/{rel}")).await;
@@ -494,7 +463,7 @@ async fn write_methods_are_405_with_allow_and_a_refused_record() {
     let url = fx.http_url(PKG);
     let file = fx.package_bytes(PKG);
     for method in ["POST", "PUT", "DELETE"] {
-        let seen = fx.server.downloads().len();
+        let mut new = fx.new_records();
         let reply = curl_ok(&["-X", method, "--data-binary", "new firmware", &url]).await;
         assert_eq!(reply.status, 405, "{method}");
         reply.assert_length(reply.body.len() as u64);
@@ -505,7 +474,7 @@ async fn write_methods_are_405_with_allow_and_a_refused_record() {
             allow.contains("GET") && allow.contains("HEAD"),
             "Allow: {allow}"
         );
-        let rec = record_after(&fx, seen).await;
+        let rec = new.next().await;
         assert_eq!(
             (rec.status, rec.outcome),
             (405, Outcome::Refused),
@@ -624,10 +593,6 @@ async fn https_tls13_works() {
 async fn openssl_s_client_tls12_handshake_with_rsa_2048() {
     let fx = Fixture::start(|b| b).await;
     let connect = fx.server.https_addr().unwrap().to_string();
-    let cert = fx
-        .certs
-        .path()
-        .join(qfota_serve::serve::tls::GENERATED_CERT);
     // stdin is closed, so s_client quits right after the handshake.
     let out = common::run(
         "openssl",
@@ -639,7 +604,7 @@ async fn openssl_s_client_tls12_handshake_with_rsa_2048() {
             "-cipher",
             "ECDHE-RSA-AES128-GCM-SHA256",
             "-CAfile",
-            cert.to_str().unwrap(),
+            common::TEST_CERT,
         ],
     )
     .await;
@@ -651,13 +616,13 @@ async fn openssl_s_client_tls12_handshake_with_rsa_2048() {
     );
     assert!(text.contains("Server public key is 2048 bit"), "{text}");
     assert!(text.contains("Protocol  : TLSv1.2"), "{text}");
-    // The served certificate is the one in the certs folder.
+    // The served certificate is the one the fixture was given.
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_cert_is_rsa_with_local_sans_and_reused_by_a_second_server() {
-    let fx = Fixture::start(|b| b).await;
+    let fx = Fixture::start_generating_cert(|b| b).await;
     let cert_path = fx
         .certs
         .path()
@@ -687,8 +652,8 @@ async fn generated_cert_is_rsa_with_local_sans_and_reused_by_a_second_server() {
 
     let cert_before = std::fs::read(&cert_path).unwrap();
     let key_before = std::fs::read(&key_path).unwrap();
-    let second = tokio::time::timeout(
-        DEADLINE,
+    let second = bounded(
+        "second server start",
         Server::builder()
             .packages(fx.dir.path())
             .https(0)
@@ -696,7 +661,6 @@ async fn generated_cert_is_rsa_with_local_sans_and_reused_by_a_second_server() {
             .start(),
     )
     .await
-    .expect("second server start timed out")
     .expect("second server starts");
     assert!(
         std::fs::read(&cert_path).unwrap() == cert_before,
@@ -714,9 +678,7 @@ async fn generated_cert_is_rsa_with_local_sans_and_reused_by_a_second_server() {
         assert_eq!(reply.status, 200, "{url}");
         assert!(reply.body == file, "{url}");
     }
-    tokio::time::timeout(DEADLINE, second.shutdown())
-        .await
-        .expect("second server shutdown timed out");
+    bounded("second server shutdown", second.shutdown()).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -797,7 +759,7 @@ async fn a_range_get_is_logged_with_every_field() {
 async fn download_dropped_part_way_is_logged_as_aborted() {
     let fx = Fixture::start(|b| b).await;
     let size = fx.package_bytes(BIG).len() as u64;
-    tokio::time::timeout(DEADLINE, async {
+    bounded("partial read", async {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         // A small, fixed receive window keeps the server from handing the
         // whole package to the kernel before the client goes away.
@@ -814,8 +776,7 @@ async fn download_dropped_part_way_is_logged_as_aborted() {
         }
         // Dropping the stream with unread data resets the connection.
     })
-    .await
-    .expect("partial read timed out");
+    .await;
 
     let rec = fx
         .wait_record("aborted download", |r| {
@@ -879,20 +840,15 @@ async fn client_that_stops_reading_is_aborted_as_stalled() {
     let size = fx.package_bytes(BIG).len() as u64;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(64 * 1024).unwrap();
-    let mut stream = tokio::time::timeout(DEADLINE, socket.connect(http_addr(&fx)))
+    let mut stream = bounded("connect", socket.connect(http_addr(&fx)))
         .await
-        .expect("connect timed out")
         .expect("connect");
     let request = format!("GET /{BIG} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-    tokio::time::timeout(DEADLINE, stream.write_all(request.as_bytes()))
+    bounded("send", stream.write_all(request.as_bytes()))
         .await
-        .expect("send timed out")
         .unwrap();
     let mut buf = vec![0u8; 64 * 1024];
-    let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
-        .await
-        .expect("first bytes timed out")
-        .unwrap();
+    let n = bounded("first bytes", stream.read(&mut buf)).await.unwrap();
     assert!(n > 0);
     // Keep the connection open without reading: a module whose link died.
     let rec = fx
@@ -932,7 +888,7 @@ async fn path_traversal_is_refused() {
         "http://127.0.0.1/../etc/passwd",
         "/update-v12-to-v13.zip%00.txt",
     ] {
-        let seen = fx.server.downloads().len();
+        let mut new = fx.new_records();
         let reply = raw_request(http_addr(&fx), "GET", target).await;
         assert!(
             matches!(reply.status, 400 | 404),
@@ -947,7 +903,7 @@ async fn path_traversal_is_refused() {
             !String::from_utf8_lossy(&reply.body).contains("root:"),
             "{target}"
         );
-        let rec = record_after(&fx, seen).await;
+        let rec = new.next().await;
         assert!(
             matches!(rec.outcome, Outcome::Refused | Outcome::NotFound),
             "{target}: {rec:?}"
@@ -964,14 +920,7 @@ async fn path_traversal_is_refused() {
             reply.status
         );
     }
-    assert!(
-        fx.server
-            .downloads()
-            .iter()
-            .all(|r| r.outcome != Outcome::Complete),
-        "a traversal completed: {:#?}",
-        fx.server.downloads()
-    );
+    fx.assert_every_record("a traversal completed", |r| r.outcome != Outcome::Complete);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1014,7 +963,7 @@ async fn symlinks_leaving_the_folder_are_refused() {
         "Jun/passwd-v1-to-v2.zip",
         "outside/secret-v1-to-v2.zip",
     ] {
-        let seen = fx.server.downloads().len();
+        let mut new = fx.new_records();
         let reply = curl_ok(&["--path-as-is", &fx.http_url(rel)]).await;
         assert!(
             matches!(reply.status, 400 | 404),
@@ -1025,7 +974,7 @@ async fn symlinks_leaving_the_folder_are_refused() {
             reply.body != secret && !String::from_utf8_lossy(&reply.body).contains("root:"),
             "{rel}"
         );
-        let rec = record_after(&fx, seen).await;
+        let rec = new.next().await;
         assert_eq!(rec.outcome, Outcome::Refused, "{rel}: {rec:?}");
         assert!(
             rec.reason.contains("symlink"),
@@ -1047,12 +996,12 @@ async fn hidden_files_such_as_the_log_are_not_served() {
         .unwrap()
         .to_string();
     assert!(hidden.starts_with('.'));
-    let seen = fx.server.downloads().len();
+    let mut new = fx.new_records();
     let reply = curl_ok(&[&fx.http_url(&hidden)]).await;
     assert_eq!(reply.status, 404);
     assert!(!String::from_utf8_lossy(&reply.body).contains("\"outcome\""));
     // Refused once a scan has seen the file, not found before that.
-    let rec = record_after(&fx, seen).await;
+    let rec = new.next().await;
     assert!(
         matches!(rec.outcome, Outcome::Refused | Outcome::NotFound),
         "{rec:?}"
@@ -1068,10 +1017,10 @@ async fn hidden_files_such_as_the_log_are_not_served() {
         .then_some(())
     })
     .await;
-    let seen = fx.server.downloads().len();
+    let mut new = fx.new_records();
     let reply = curl_ok(&[&fx.http_url(".hidden-v1-to-v2.zip")]).await;
     assert_eq!(reply.status, 404);
-    let rec = record_after(&fx, seen).await;
+    let rec = new.next().await;
     assert_eq!(rec.outcome, Outcome::Refused, "{rec:?}");
 }
 
@@ -1239,19 +1188,8 @@ async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
     let text = String::from_utf8_lossy(&buf);
     assert!(read.is_ok(), "connection still open");
     assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
-    let out = common::run(
-        "curl",
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &fx.http_url("update-v12-to-v13.zip"),
-        ],
-    )
-    .await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let reply = curl_ok(&[&fx.http_url("update-v12-to-v13.zip")]).await;
+    assert_eq!(reply.status, 200);
 }
 
 /// A folder path answers with that folder's listing (lftp and browsers
@@ -1259,13 +1197,9 @@ async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_lists_its_packages() {
     let fx = Fixture::start(|b| b).await;
-    let out = common::run(
-        "curl",
-        &["-sS", "-w", "\n%{http_code}", &fx.http_url("Jun/")],
-    )
-    .await;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("\n200"), "{text}");
+    let reply = curl_ok(&[&fx.http_url("Jun/")]).await;
+    let text = String::from_utf8_lossy(&reply.body);
+    assert_eq!(reply.status, 200, "{text}");
     assert!(
         text.contains("href=\"/Jun/update-v12-to-v13.zip\""),
         "{text}"
@@ -1300,10 +1234,7 @@ async fn shutdown_lets_an_in_flight_download_finish() {
     .unwrap();
     // The response has started once the first bytes are here.
     let mut got = vec![0u8; 64];
-    let n = tokio::time::timeout(common::DEADLINE, tcp.read(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    let n = bounded("first bytes", tcp.read(&mut got)).await.unwrap();
     got.truncate(n);
     assert!(got.starts_with(b"HTTP/1.1 200"));
     let Fixture {
@@ -1316,15 +1247,12 @@ async fn shutdown_lets_an_in_flight_download_finish() {
         let mut rest = Vec::new();
         tcp.read_to_end(&mut rest).await.map(|_| rest)
     });
-    tokio::time::timeout(common::DEADLINE, server.shutdown())
-        .await
-        .expect("shutdown within the grace period");
+    bounded("shutdown within the grace period", server.shutdown()).await;
     // New connections are refused once shutdown has begun.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     got.extend(
-        tokio::time::timeout(common::DEADLINE, reader)
+        bounded("the rest of the response", reader)
             .await
-            .unwrap()
             .unwrap()
             .unwrap(),
     );

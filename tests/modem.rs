@@ -2,24 +2,25 @@
 //! on 127.0.0.1 port 0 in-process, driven over TCP the way host software
 //! drives a module's AT port, against the real server of `tests/common`;
 //! the PTY port in-process and through the `qfota-serve modem` binary with
-//! the pyserial host of `tests/modem_host.py`. Every await is bounded, waits
-//! poll with a deadline, links live in temporary folders.
+//! the pyserial host of `tests/modem_host.py`. Every await is bounded; waits
+//! are on events (status changes, stdout lines, download records) or, where
+//! there is none (a port coming back), poll with a deadline; links live in
+//! temporary folders.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
 
-use common::{BIG, DEADLINE, Fixture};
+use common::{BIG, DEADLINE, Fixture, bounded};
 use qfota_serve::dlog::Outcome;
 use qfota_serve::modem::{Modem, ModemBuilder, Status};
 use qfota_serve::profile::Profile;
 use qfota_serve::sim::{Fault, Module};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// Module delays: a 20 s reboot takes 40 ms, the upgrade 240 ms.
 const SCALE: f64 = 0.002;
@@ -27,12 +28,6 @@ const SCALE: f64 = 0.002;
 const REBOOT: Duration = Duration::from_millis(100);
 /// The sample package (`packages/`), v12 → v13.
 const PKG: &str = "update-v12-to-v13.zip";
-
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
 
 fn module(profile: &str, faults: &[Fault]) -> Module {
     Module::builder(Profile::by_name(profile).unwrap())
@@ -53,13 +48,13 @@ async fn tcp_modem(module: Module, configure: impl FnOnce(ModemBuilder) -> Modem
 
 /// Shuts the modem down (bounded).
 async fn stop(modem: Modem) {
-    within("modem shutdown", modem.shutdown()).await;
+    bounded("modem shutdown", modem.shutdown()).await;
 }
 
 /// Waits (bounded) until the modem's status satisfies `cond`.
 async fn wait_status(modem: &Modem, what: &str, cond: impl Fn(&Status) -> bool) -> Status {
     let mut rx = modem.watch();
-    within(what, rx.wait_for(|s| cond(s)))
+    bounded(what, rx.wait_for(|s| cond(s)))
         .await
         .unwrap()
         .clone()
@@ -78,7 +73,7 @@ struct Host {
 impl Host {
     async fn connect(modem: &Modem) -> Host {
         let addr = modem.tcp_addr().unwrap();
-        let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+        let stream = bounded("connect", TcpStream::connect(addr)).await.unwrap();
         Host {
             stream,
             buf: Vec::new(),
@@ -90,7 +85,7 @@ impl Host {
     /// bytes is the new port.
     async fn reconnect(modem: &Modem) -> Host {
         let addr = modem.tcp_addr().unwrap();
-        within("reconnect after reboot", async {
+        bounded("reconnect after reboot", async {
             loop {
                 if let Ok(mut stream) = TcpStream::connect(addr).await {
                     let mut first = [0u8; 256];
@@ -111,14 +106,14 @@ impl Host {
     }
 
     async fn send(&mut self, bytes: impl AsRef<[u8]>) {
-        within("write", self.stream.write_all(bytes.as_ref()))
+        bounded("write", self.stream.write_all(bytes.as_ref()))
             .await
             .unwrap();
     }
 
     async fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 4096];
-        let n = within("read", self.stream.read(&mut chunk))
+        let n = bounded("read", self.stream.read(&mut chunk))
             .await
             .unwrap_or(0);
         self.buf.extend_from_slice(&chunk[..n]);
@@ -332,7 +327,7 @@ async fn a_second_tcp_host_is_refused_while_one_is_attached() {
     drop(first);
     // Once the first host has gone, the port takes a new one.
     let addr = modem.tcp_addr().unwrap();
-    let mut third = within("third host", async {
+    let mut third = bounded("third host", async {
         loop {
             let mut host = Host::connect(&modem).await;
             host.send("AT\r").await;
@@ -393,7 +388,7 @@ async fn ftp_fota_on_ec25_reboots_the_port_and_shows_the_new_version() {
         (status.boots, status.powered, status.upgrading),
         (2, true, false)
     );
-    let record = within(
+    let record = bounded(
         "download record",
         fx.server.wait_download(DEADLINE, |r| {
             r.path == PKG && r.outcome == Outcome::Complete
@@ -445,7 +440,7 @@ async fn commands_work_during_a_download_and_a_second_fotadl_is_error() {
     host.at_amid_urcs("AT+CFUN=1,1", "\r\nOK\r\n").await;
     let rest = host.until_closed().await;
     assert!(!rest.contains("FTPEND"), "{rest:?}");
-    let aborted = within(
+    let aborted = bounded(
         "the server sees the download end",
         fx.server
             .wait_download(DEADLINE, |r| r.path == BIG && r.outcome == Outcome::Aborted),
@@ -487,7 +482,7 @@ async fn the_upgrade_goes_on_when_the_host_leaves_and_unheard_urcs_are_dropped()
 
 /// Opens the PTY link like host code would, retrying until it exists.
 async fn open_link(link: &Path) -> std::fs::File {
-    within("the PTY link", async {
+    bounded("the PTY link", async {
         loop {
             if let Ok(f) = std::fs::OpenOptions::new()
                 .read(true)
@@ -507,7 +502,7 @@ async fn open_link(link: &Path) -> std::fs::File {
 /// whether the port ended.
 async fn pty_read_until(file: &std::fs::File, needle: &'static str) -> (String, bool) {
     let mut file = file.try_clone().unwrap();
-    within(
+    bounded(
         "PTY read",
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
@@ -581,7 +576,8 @@ async fn a_reboot_replaces_the_pty_behind_the_link() {
 /// collected as they come.
 struct ModemProcess {
     child: tokio::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    /// Every stdout line so far; changes wake [`ModemProcess::line`].
+    lines: watch::Receiver<Vec<String>>,
 }
 
 impl ModemProcess {
@@ -595,41 +591,34 @@ impl ModemProcess {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (sink, lines) = watch::channel(Vec::new());
         let stdout = child.stdout.take().unwrap();
-        let sink = Arc::clone(&lines);
         tokio::spawn(async move {
             let mut reader = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = reader.next_line().await {
-                sink.lock().unwrap().push(line);
+                sink.send_modify(|all| all.push(line));
             }
         });
         ModemProcess { child, lines }
     }
 
-    /// The first stdout line starting with `prefix` (polled, bounded).
+    /// The first stdout line starting with `prefix` (waits for it,
+    /// bounded).
     async fn line(&self, prefix: &str) -> String {
-        within(&format!("a line {prefix:?}"), async {
-            loop {
-                if let Some(l) = self
-                    .lines
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|l| l.starts_with(prefix))
-                {
-                    return l.clone();
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
+        let mut lines = self.lines.clone();
+        let all = bounded(
+            &format!("a line {prefix:?}"),
+            lines.wait_for(|all| all.iter().any(|l| l.starts_with(prefix))),
+        )
         .await
+        .unwrap_or_else(|_| panic!("stdout ended without a line {prefix:?}"));
+        all.iter().find(|l| l.starts_with(prefix)).unwrap().clone()
     }
 
     /// SIGTERM, then the exit status (bounded).
     async fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().unwrap().to_string();
-        let kill = within(
+        let kill = bounded(
             "kill",
             tokio::process::Command::new("kill")
                 .args(["-TERM", &pid])
@@ -638,7 +627,7 @@ impl ModemProcess {
         .await
         .unwrap();
         assert!(kill.success());
-        within("modem exit", self.child.wait()).await.unwrap()
+        bounded("modem exit", self.child.wait()).await.unwrap()
     }
 }
 
@@ -725,13 +714,13 @@ async fn the_binary_prints_the_bound_tcp_port_and_exits_0_on_sigterm() {
     let line = modem.line("tcp ").await;
     let addr: std::net::SocketAddr = line["tcp ".len()..].parse().unwrap();
     assert_ne!(addr.port(), 0);
-    let mut stream = within("connect", TcpStream::connect(addr)).await.unwrap();
-    within("write", stream.write_all(b"AT+CGMM\r"))
+    let mut stream = bounded("connect", TcpStream::connect(addr)).await.unwrap();
+    bounded("write", stream.write_all(b"AT+CGMM\r"))
         .await
         .unwrap();
     let want = "AT+CGMM\r\r\nEG060K\r\n\r\nOK\r\n";
     let mut got = vec![0u8; want.len()];
-    within("read", stream.read_exact(&mut got)).await.unwrap();
+    bounded("read", stream.read_exact(&mut got)).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&got), want);
     assert!(modem.line("modem ").await.contains("(profile eg06xk)"));
     assert!(modem.terminate().await.success());
@@ -745,7 +734,7 @@ async fn bad_command_lines_exit_2() {
         &["modem", "--tcp", "127.0.0.1:0", "--imei", "12"],
         &["modem", "--tcp", "127.0.0.1:0", "--fault", "md5"],
     ] {
-        let out = within(
+        let out = bounded(
             "modem usage error",
             tokio::process::Command::new(env!("CARGO_BIN_EXE_qfota-serve"))
                 .args(args)
@@ -757,7 +746,7 @@ async fn bad_command_lines_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
     // A link that cannot be made is not a usage error.
-    let out = within(
+    let out = bounded(
         "modem start error",
         tokio::process::Command::new(env!("CARGO_BIN_EXE_qfota-serve"))
             .args(["modem", "--pty", "/nonexistent/dir/modem"])

@@ -6,21 +6,17 @@
 //! small real servers started inside the test. Every await is bounded;
 //! nothing sleeps to wait.
 
-use std::future::Future;
 use std::time::Duration;
 
 mod common;
 
-use common::Fixture;
+use common::{Fixture, bounded};
 use qfota_serve::dlog::Outcome;
 use qfota_serve::profile::Profile;
-use qfota_serve::serve::tls::GENERATED_CERT;
 use qfota_serve::sim::{Fault, FotadlArgs, Module, ModuleBuilder, Transcript};
 
 use fixtures::{Script, ScriptedFtp, Silent, TlsCert, TlsServer};
 
-/// Bound on any single run, server start or wait.
-const LIMIT: Duration = common::DEADLINE;
 /// Module delays: a 20 s reboot takes 10 ms, the upgrade 60 ms.
 const SCALE: f64 = 0.0005;
 /// Download no-progress timeout in tests about stalls.
@@ -33,12 +29,6 @@ const BROKEN: &str = "broken-v12-to-v13.zip";
 
 const FAMILIES: [&str; 5] = ["ec2x", "ep06", "ec200", "eg06xk-dfota", "eg06xk"];
 
-async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .expect("finished within the limit")
-}
-
 fn builder(profile: &str) -> ModuleBuilder {
     Module::builder(Profile::by_name(profile).unwrap())
         .time_scale(SCALE)
@@ -50,7 +40,11 @@ fn module(profile: &str) -> Module {
 }
 
 async fn run(module: &Module, args: FotadlArgs) -> Transcript {
-    within(module.fotadl(&args.to_at_args()).transcript()).await
+    bounded(
+        "a module run",
+        module.fotadl(&args.to_at_args()).transcript(),
+    )
+    .await
 }
 
 async fn fetch(module: &Module, url: &str) -> Transcript {
@@ -125,7 +119,7 @@ async fn real(rules: &[&str]) -> Fixture {
 }
 
 async fn stop(real: Fixture) {
-    within(real.server.shutdown()).await;
+    bounded("server shutdown", real.server.shutdown()).await;
 }
 
 /// Size of a package the fixture serves, bytes.
@@ -154,30 +148,36 @@ async fn served_completely(real: &Fixture, n: usize) {
     }
 }
 
-#[tokio::test]
-async fn success_over_ftp_for_every_family() {
+/// Every family succeeds at once against a fresh real server at the URL
+/// `url_of` gives for [`PKG`], which serves each one the whole package.
+async fn every_family_succeeds_on(url_of: fn(&Fixture, &str) -> String, ftp: bool) {
     let real = real(&[]).await;
-    every_family_succeeds(&real.ftp_url(PKG), true).await;
+    every_family_succeeds(&url_of(&real, PKG), ftp).await;
     served_completely(&real, FAMILIES.len()).await;
     stop(real).await;
+}
+
+#[tokio::test]
+async fn success_over_ftp_for_every_family() {
+    every_family_succeeds_on(Fixture::ftp_url, true).await;
 }
 
 #[tokio::test]
 async fn success_over_http_for_every_family() {
-    let real = real(&[]).await;
-    every_family_succeeds(&real.http_url(PKG), false).await;
-    served_completely(&real, FAMILIES.len()).await;
-    stop(real).await;
+    every_family_succeeds_on(Fixture::http_url, false).await;
 }
 
 #[tokio::test]
 async fn success_over_https_for_every_family() {
-    let real = real(&[]).await;
-    let url = real.https_url(PKG);
-    assert!(url.starts_with("https://"));
-    every_family_succeeds(&url, false).await;
-    served_completely(&real, FAMILIES.len()).await;
-    stop(real).await;
+    every_family_succeeds_on(
+        |real, rel| {
+            let url = real.https_url(rel);
+            assert!(url.starts_with("https://"));
+            url
+        },
+        false,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -197,13 +197,11 @@ async fn ftp_sub_folder_works_except_on_ec200() {
 async fn https_verifies_the_server_only_when_given_a_ca() {
     let real = real(&[]).await;
     let url = real.https_url(PKG);
-    let trusting = builder("ec2x")
-        .ca_file(real.certs.path().join(GENERATED_CERT))
-        .build()
-        .unwrap();
+    let trusting = builder("ec2x").ca_file(common::TEST_CERT).build().unwrap();
     let t = fetch(&trusting, &url).await;
     assert!(t.summary.succeeded(), "{:?}", t.summary.notes);
-    let stranger = TlsCert::rsa();
+    // Any CA that did not sign the server's certificate.
+    let stranger = TlsCert::ecdsa();
     let distrusting = builder("ec200").ca_pem(stranger.ca_pem()).build().unwrap();
     let t = fetch(&distrusting, &url).await;
     assert_eq!(t.summary.download_code, Some(701));
@@ -217,17 +215,17 @@ async fn https_verifies_the_server_only_when_given_a_ca() {
 
 #[tokio::test]
 async fn https_fails_like_a_module_on_ecdsa_certificates_and_tls13_only() {
-    let ecdsa = within(TlsServer::start(TlsCert::ecdsa(), true)).await;
+    let ecdsa = bounded("TLS server", TlsServer::start(TlsCert::ecdsa(), true)).await;
     for family in ["ec2x", "ec200"] {
         let t = fetch(&module(family), &ecdsa.url(PKG)).await;
         assert_eq!(t.summary.download_code, Some(701), "{family}");
         assert_eq!(t.lines().len(), 4, "no START after HTTPEND,701");
     }
-    let tls13 = within(TlsServer::start(TlsCert::rsa(), false)).await;
+    let tls13 = bounded("TLS server", TlsServer::start(TlsCert::rsa(), false)).await;
     assert_eq!(code(&module("ec200"), &tls13.url(PKG)).await, Some(701));
     // The same RSA server with TLS 1.2 on is fine: the failures above are
     // the key type and the protocol version, not the fixture.
-    let tls12 = within(TlsServer::start(TlsCert::rsa(), true)).await;
+    let tls12 = bounded("TLS server", TlsServer::start(TlsCert::rsa(), true)).await;
     assert_eq!(code(&module("ec200"), &tls12.url(PKG)).await, Some(0));
 }
 
@@ -281,7 +279,7 @@ async fn redirects_are_not_followed() {
 
 #[tokio::test]
 async fn closed_port_is_605_or_716_on_ec200_and_601_or_701_elsewhere() {
-    let port = within(fixtures::closed_port()).await;
+    let port = bounded("a closed port", fixtures::closed_port()).await;
     let ftp = format!("ftp://test:test@127.0.0.1:{port}/{PKG}");
     let http = format!("http://127.0.0.1:{port}/{PKG}");
     assert_eq!(code(&module("ec200"), &ftp).await, Some(605));
@@ -330,7 +328,7 @@ async fn dropped_ftp_data_is_607_on_ec200() {
 #[tokio::test]
 async fn ftp_data_cut_short_after_226_is_607() {
     let body = sample_package();
-    let short = within(ScriptedFtp::start(Script::TruncateData, body)).await;
+    let short = bounded("FTP server", ScriptedFtp::start(Script::TruncateData, body)).await;
     let t = fetch(&module("ec200"), &short.url(PKG)).await;
     assert_eq!(t.summary.download_code, Some(607), "{:?}", t.summary.notes);
 }
@@ -360,7 +358,7 @@ async fn stalls_are_609_over_ftp_and_722_over_http() {
 
 #[tokio::test]
 async fn no_answer_is_609_over_ftp_and_728_over_http() {
-    let silent = within(Silent::start()).await;
+    let silent = bounded("silent server", Silent::start()).await;
     let m = builder("ec200").timeout(SHORT).build().unwrap();
     assert_eq!(code(&m, &silent.url("ftp", PKG)).await, Some(609));
     assert_eq!(code(&m, &silent.url("http", PKG)).await, Some(728));
@@ -386,7 +384,11 @@ async fn ftp_replies_map_to_ec200_codes() {
 
 #[tokio::test]
 async fn ftp_control_connection_closed_is_606() {
-    let closing = within(ScriptedFtp::start(Script::CloseAtGreeting, Vec::new())).await;
+    let closing = bounded(
+        "FTP server",
+        ScriptedFtp::start(Script::CloseAtGreeting, Vec::new()),
+    )
+    .await;
     let t = fetch(&module("ec200"), &closing.url(PKG)).await;
     assert_eq!(t.summary.download_code, Some(606), "{:?}", t.summary.notes);
 }
@@ -623,6 +625,7 @@ mod fixtures {
     use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
+    use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::{TcpListener, TcpStream};
@@ -673,25 +676,31 @@ mod fixtures {
         }
     }
 
-    /// A certificate for 127.0.0.1 and localhost, signed by its own CA.
+    /// A certificate for 127.0.0.1 and localhost, and the CA that vouches
+    /// for it.
     pub struct TlsCert {
         ca_pem: String,
         chain: Vec<CertificateDer<'static>>,
-        key: Vec<u8>,
+        key: PrivateKeyDer<'static>,
     }
 
     impl TlsCert {
-        /// RSA, as modules need (SPEC §7).
+        /// RSA, as modules need (SPEC §7): the shipped test certificate of
+        /// `tests/fixtures/` (self-signed, so its own CA), which spares the
+        /// tests an RSA key generation.
         pub fn rsa() -> TlsCert {
-            TlsCert::new(&rcgen::PKCS_RSA_SHA256)
+            let pem = std::fs::read_to_string(crate::common::TEST_CERT).unwrap();
+            TlsCert {
+                chain: vec![CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()],
+                ca_pem: pem,
+                key: PrivateKeyDer::from_pem_file(crate::common::TEST_KEY).unwrap(),
+            }
         }
 
-        /// ECDSA P-256 (rcgen's default), which modules cannot use.
+        /// ECDSA P-256 (rcgen's default), which modules cannot use; signed
+        /// by a CA of its own, made afresh (ECDSA keys are cheap).
         pub fn ecdsa() -> TlsCert {
-            TlsCert::new(&rcgen::PKCS_ECDSA_P256_SHA256)
-        }
-
-        fn new(alg: &'static rcgen::SignatureAlgorithm) -> TlsCert {
+            let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
             let ca_key = rcgen::KeyPair::generate_for(alg).unwrap();
             let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
             ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -705,7 +714,7 @@ mod fixtures {
             TlsCert {
                 ca_pem: ca.pem(),
                 chain: vec![leaf.der().clone()],
-                key: key.serialize_der(),
+                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             }
         }
 
@@ -725,10 +734,7 @@ mod fixtures {
                 .with_protocol_versions(versions)
                 .unwrap()
                 .with_no_client_auth()
-                .with_single_cert(
-                    self.chain.clone(),
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone())),
-                )
+                .with_single_cert(self.chain.clone(), self.key.clone_key())
                 .unwrap()
         }
     }
