@@ -8,7 +8,6 @@
 //! and the download records, and shuts everything down (also on drop).
 
 pub mod fault;
-mod fault_file;
 pub mod ftp;
 pub mod http;
 pub mod range;
@@ -416,7 +415,7 @@ impl ServerBuilder {
         let mut file_stamp = None;
         if let Some(path) = &self.fault_file {
             let (rules, file_seed, stamp) =
-                fault_file::read(path).map_err(|problem| ServeError::Faults {
+                fault::file::read(path).map_err(|problem| ServeError::Faults {
                     path: path.clone(),
                     problem,
                 })?;
@@ -453,7 +452,7 @@ impl ServerBuilder {
         };
         let mut tasks = vec![tokio::spawn(Arc::clone(&catalog).watch(shutdown.clone()))];
         if let Some(path) = self.fault_file.clone() {
-            tasks.push(tokio::spawn(fault_file::watch(
+            tasks.push(tokio::spawn(fault::file::watch(
                 path,
                 file_stamp,
                 self.faults.clone(),
