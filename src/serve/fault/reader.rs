@@ -3,6 +3,7 @@
 //! for FTP `RETR` and an HTTP body.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +59,109 @@ impl<R> FaultedReader<R> {
     }
 }
 
+impl<R: AsyncRead + Unpin> FaultedReader<R> {
+    /// How many bytes may go out before the fault point (`None`: no
+    /// limit), or what to answer right now instead of reading.
+    fn limit(&mut self, cx: &mut Context<'_>) -> ControlFlow<Poll<io::Result<()>>, Option<u64>> {
+        match &self.action {
+            Action::DropAfter(a) => {
+                let at = a.of(self.size);
+                if self.pos >= at {
+                    // End of stream: the front-end closes the connection
+                    // short of the promised length.
+                    return ControlFlow::Break(Poll::Ready(Ok(())));
+                }
+                ControlFlow::Continue(Some(at - self.pos))
+            }
+            Action::StallAfter(at) if self.pos >= *at => ControlFlow::Break(self.poll_stalled(cx)),
+            Action::StallAfter(at) => ControlFlow::Continue(Some(at - self.pos)),
+            Action::Slow(rate) => {
+                if let Some(sleep) = self.sleep.as_mut() {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return ControlFlow::Break(Poll::Pending);
+                    }
+                    self.sleep = None;
+                }
+                // Send at most a tenth of a second's worth per read.
+                ControlFlow::Continue(Some((rate / 10).max(1)))
+            }
+            _ => ControlFlow::Continue(None),
+        }
+    }
+
+    /// Past the `stall-after` point: stay silent until the stall limit (the
+    /// server's own stall timeout) or shutdown, whichever comes first.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let limit = self.stall_limit;
+        let timer = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("fault: stalled for {} s, transfer ended", limit.as_secs()),
+            )));
+        }
+        let token = self.shutdown.clone();
+        let shutdown = self
+            .cancelled
+            .get_or_insert_with(|| Box::pin(token.cancelled_owned()));
+        if shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "fault: stalled transfer ended by shutdown",
+            )));
+        }
+        Poll::Pending
+    }
+
+    /// Reads into `buf`, at most `limit` bytes when given.
+    fn read_at_most(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        limit: Option<u64>,
+    ) -> Poll<io::Result<()>> {
+        match limit {
+            Some(limit) if (limit as usize) < buf.remaining() => {
+                // Read through a scratch buffer (a narrowed ReadBuf would
+                // need `unsafe` to hand bytes back).
+                let FaultedReader { inner, scratch, .. } = self;
+                scratch.resize(limit as usize, 0);
+                let mut small = ReadBuf::new(scratch);
+                let poll = Pin::new(inner).poll_read(cx, &mut small);
+                buf.put_slice(small.filled());
+                poll
+            }
+            _ => Pin::new(&mut self.inner).poll_read(cx, buf),
+        }
+    }
+
+    /// After new bytes were read (`buf.filled()[before..]`): flips
+    /// the `corrupt` byte if it is among them, schedules the next `slow`
+    /// read, and advances the position.
+    fn after_read(&mut self, buf: &mut ReadBuf<'_>, before: usize) {
+        let n = (buf.filled().len() - before) as u64;
+        if let Action::Corrupt(at) = self.action
+            && at >= self.pos
+            && at < self.pos + n
+        {
+            let idx = before + (at - self.pos) as usize;
+            buf.filled_mut()[idx] ^= 0xff;
+        }
+        if let Action::Slow(rate) = self.action {
+            let (t0, p0) = *self
+                .started
+                .get_or_insert((tokio::time::Instant::now(), self.pos));
+            let due = t0 + Duration::from_secs_f64((self.pos + n - p0) as f64 / rate as f64);
+            if due > tokio::time::Instant::now() {
+                self.sleep = Some(Box::pin(tokio::time::sleep_until(due)));
+            }
+        }
+        self.pos += n;
+    }
+}
+
 impl<R: AsyncRead + Unpin> AsyncRead for FaultedReader<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -65,90 +169,14 @@ impl<R: AsyncRead + Unpin> AsyncRead for FaultedReader<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        // How many bytes may go out before the fault point.
-        let limit = match &this.action {
-            Action::DropAfter(a) => {
-                let at = a.of(this.size);
-                if this.pos >= at {
-                    // End of stream: the front-end closes the connection
-                    // short of the promised length.
-                    return Poll::Ready(Ok(()));
-                }
-                Some(at - this.pos)
-            }
-            Action::StallAfter(at) => {
-                if this.pos >= *at {
-                    // Stay silent until the stall limit (the server's own
-                    // stall timeout) or shutdown, whichever comes first.
-                    let limit = this.stall_limit;
-                    let timer = this
-                        .sleep
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                    if timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("fault: stalled for {} s, transfer ended", limit.as_secs()),
-                        )));
-                    }
-                    let token = this.shutdown.clone();
-                    let shutdown = this
-                        .cancelled
-                        .get_or_insert_with(|| Box::pin(token.cancelled_owned()));
-                    if shutdown.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::Interrupted,
-                            "fault: stalled transfer ended by shutdown",
-                        )));
-                    }
-                    return Poll::Pending;
-                }
-                Some(at - this.pos)
-            }
-            Action::Slow(rate) => {
-                if let Some(sleep) = this.sleep.as_mut() {
-                    if sleep.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    this.sleep = None;
-                }
-                // Send at most a tenth of a second's worth per read.
-                Some((rate / 10).max(1))
-            }
-            _ => None,
+        let limit = match this.limit(cx) {
+            ControlFlow::Break(now) => return now,
+            ControlFlow::Continue(limit) => limit,
         };
         let before = buf.filled().len();
-        let poll = match limit {
-            Some(limit) if (limit as usize) < buf.remaining() => {
-                // Read at most `limit` bytes through a scratch buffer (a
-                // narrowed ReadBuf would need `unsafe` to hand bytes back).
-                let FaultedReader { inner, scratch, .. } = this;
-                scratch.resize(limit as usize, 0);
-                let mut small = ReadBuf::new(scratch);
-                let poll = Pin::new(inner).poll_read(cx, &mut small);
-                buf.put_slice(small.filled());
-                poll
-            }
-            _ => Pin::new(&mut this.inner).poll_read(cx, buf),
-        };
+        let poll = this.read_at_most(cx, buf, limit);
         if let Poll::Ready(Ok(())) = poll {
-            let n = (buf.filled().len() - before) as u64;
-            if let Action::Corrupt(at) = this.action
-                && at >= this.pos
-                && at < this.pos + n
-            {
-                let idx = before + (at - this.pos) as usize;
-                buf.filled_mut()[idx] ^= 0xff;
-            }
-            if let Action::Slow(rate) = this.action {
-                let (t0, p0) = *this
-                    .started
-                    .get_or_insert((tokio::time::Instant::now(), this.pos));
-                let due = t0 + Duration::from_secs_f64((this.pos + n - p0) as f64 / rate as f64);
-                if due > tokio::time::Instant::now() {
-                    this.sleep = Some(Box::pin(tokio::time::sleep_until(due)));
-                }
-            }
-            this.pos += n;
+            this.after_read(buf, before);
         }
         poll
     }
