@@ -8,11 +8,11 @@
 //! body type records how many bytes were handed to the connection and
 //! whether it finished.
 //!
-//! A request reads as its steps (`Conn::serve`): [`route`] (method, path
+//! A request reads as its steps (`Conn::serve`): `route` (method, path
 //! decoding, listings) → `authorize` (the catalog and `--allow-invalid`,
 //! via `Shared::resolve`) → `response_fault` (rules that replace the
-//! response) → [`select_span`] (preconditions, `Range`) → `open_body` (the
-//! reader, with any byte-stream fault) → [`package_response`]. One
+//! response) → `select_span` (preconditions, `Range`) → `open_body` (the
+//! reader, with any byte-stream fault) → `package_response`. One
 //! [`Attempt`] gathers what the record says; a step that ends the request
 //! early returns an `Answer`, which is recorded and sent.
 
