@@ -131,21 +131,51 @@ mod rfc3339_ms {
     }
 }
 
-/// The start of an attempt: captures the wall-clock start time and a
-/// monotonic clock so the record's `ts` and `duration_ms` are both right.
-#[derive(Debug, Clone, Copy)]
+/// Everything a download record needs, filled in as the attempt goes.
+///
+/// A front-end starts one when a request (HTTP) or command (FTP) begins,
+/// sets the fields it learns on the way (the resolved path, the package,
+/// the range, the bytes written, the fault applied) and turns it into a
+/// [`DownloadRecord`] with [`Attempt::record`] when the attempt ends. The
+/// wall-clock start and a monotonic clock are both kept so the record's `ts`
+/// and `duration_ms` are right even if the system clock jumps.
+#[derive(Debug, Clone)]
 pub struct Attempt {
     ts: DateTime<Utc>,
     started: Instant,
+    /// Transport.
+    pub protocol: Protocol,
+    /// Client `ip:port`.
+    pub peer: SocketAddr,
+    /// FTP user, `None` over HTTP(S).
+    pub user: Option<String>,
+    /// Path as requested / resolved.
+    pub path: String,
+    /// Package size (bytes) and SHA-256, once the path named a package.
+    pub package: Option<(u64, String)>,
+    /// First byte offset asked for (REST / Range).
+    pub range_start: u64,
+    /// Body bytes written so far.
+    pub bytes_sent: u64,
+    /// Fault rule applied, if any.
+    pub fault: Option<String>,
 }
 
 impl Attempt {
     /// Starts the clock now.
-    pub fn start() -> Self {
+    pub fn start(protocol: Protocol, peer: SocketAddr, path: impl Into<String>) -> Self {
         Attempt {
             // Millisecond precision, as the log writes it.
             ts: Utc::now().trunc_subsecs(3),
             started: Instant::now(),
+            protocol,
+            peer,
+            user: None,
+            path: path.into(),
+            package: None,
+            range_start: 0,
+            bytes_sent: 0,
+            fault: None,
         }
     }
 
@@ -157,6 +187,32 @@ impl Attempt {
     /// Milliseconds since [`Attempt::start`].
     pub fn elapsed_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The record for this attempt ending now with `status` (HTTP status or
+    /// FTP reply code), `outcome` and `reason` (in words).
+    pub fn record(
+        &self,
+        status: u16,
+        outcome: Outcome,
+        reason: impl Into<String>,
+    ) -> DownloadRecord {
+        DownloadRecord {
+            ts: self.ts,
+            duration_ms: self.elapsed_ms(),
+            protocol: self.protocol,
+            peer: self.peer,
+            user: self.user.clone(),
+            path: self.path.clone(),
+            size: self.package.as_ref().map(|(size, _)| *size),
+            sha256: self.package.as_ref().map(|(_, sha)| sha.clone()),
+            range_start: self.range_start,
+            bytes_sent: self.bytes_sent,
+            status,
+            outcome,
+            reason: reason.into(),
+            fault: self.fault.clone(),
+        }
     }
 }
 
@@ -304,6 +360,32 @@ mod tests {
         assert!(v.get("fault").is_none());
         let back: DownloadRecord = serde_json::from_str(&line).unwrap();
         assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn an_attempt_becomes_a_record_with_what_it_gathered() {
+        let mut attempt = Attempt::start(
+            Protocol::Ftp,
+            "192.0.2.7:40512".parse().unwrap(),
+            "Jun/update-v12-to-v13.zip",
+        );
+        attempt.user = Some("test".into());
+        attempt.package = Some((100, "ab".repeat(32)));
+        attempt.bytes_sent = 50;
+        let rec = attempt.record(426, Outcome::Aborted, "client closed the data connection");
+        assert_eq!(
+            rec,
+            DownloadRecord {
+                ts: attempt.ts(),
+                duration_ms: rec.duration_ms,
+                ..sample()
+            }
+        );
+        assert_eq!(
+            rec.ts.timestamp_subsec_nanos() % 1_000_000,
+            0,
+            "ms precision"
+        );
     }
 
     #[test]

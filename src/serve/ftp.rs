@@ -95,7 +95,7 @@ impl FtpSession {
             _ => 550,
         };
         self.record(
-            &Attempt::start(),
+            &Attempt::start(Protocol::Ftp, self.peer, ""),
             path,
             None,
             0,
@@ -218,7 +218,7 @@ async fn refuse_connection(
         _ => 421,
     };
     session.record(
-        &Attempt::start(),
+        &Attempt::start(Protocol::Ftp, session.peer, ""),
         "",
         None,
         0,
@@ -302,7 +302,7 @@ impl Authenticator for SessionAuthenticator {
         username: &str,
         creds: &Credentials,
     ) -> Result<Principal, AuthenticationError> {
-        let attempt = Attempt::start();
+        let attempt = Attempt::start(Protocol::Ftp, self.session.peer, "");
         // Kept for the records; a hostile client may send a huge name.
         let logged: String = username.chars().take(256).collect();
         *self.session.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(logged);
@@ -413,7 +413,7 @@ impl CatalogStorage {
     }
 
     fn refuse_write(&self, command: &str, path: &Path) -> storage::Error {
-        let attempt = Attempt::start();
+        let attempt = Attempt::start(Protocol::Ftp, self.session.peer, "");
         self.session.record(
             &attempt,
             &path.to_string_lossy(),
@@ -519,7 +519,7 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         W: AsyncWrite + Unpin + Sync + Send,
         P: AsRef<Path> + Send + Debug,
     {
-        let attempt = Attempt::start();
+        let attempt = Attempt::start(Protocol::Ftp, self.session.peer, "");
         let raw = path
             .as_ref()
             .to_string_lossy()

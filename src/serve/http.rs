@@ -7,6 +7,14 @@
 //! JSON. Every attempt on a package path becomes one download record; the
 //! body type records how many bytes were handed to the connection and
 //! whether it finished.
+//!
+//! A request reads as its steps (`Conn::serve`): `route` (method, path
+//! decoding, listings) → `authorize` (the catalog and `--allow-invalid`,
+//! via `Shared::resolve`) → `response_fault` (rules that replace the
+//! response) → `select_span` (preconditions, `Range`) → `open_body` (the
+//! reader, with any byte-stream fault) → `package_response`. One
+//! [`Attempt`] gathers what the record says; a step that ends the request
+//! early returns an `Answer`, which is recorded and sent.
 
 use std::convert::Infallible;
 use std::io;
@@ -20,10 +28,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::header::{
-    ACCEPT_RANGES, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED,
-    LOCATION, RANGE, RETRY_AFTER, SERVER,
+    ACCEPT_RANGES, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderName,
+    LAST_MODIFIED, LOCATION, RANGE, RETRY_AFTER, SERVER,
 };
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -39,7 +47,7 @@ use super::range::{self, Precondition, RangeDecision, Validators};
 use super::stall::{FlushSignal, StallGuard};
 use super::{Access, Shared};
 use crate::catalog::{Lookup, OpenError, Package, PackageReader, path};
-use crate::dlog::{Attempt, DownloadRecord, Outcome, Protocol};
+use crate::dlog::{Attempt, Outcome, Protocol};
 
 /// Timeouts of an HTTP(S) listener.
 #[derive(Debug, Clone, Copy)]
@@ -158,287 +166,365 @@ struct Conn {
     flushes: Arc<FlushSignal>,
 }
 
-/// What the record of an attempt will say, built up as the request is
-/// handled.
-struct Pending {
-    attempt: Attempt,
-    path: String,
-    package: Option<Arc<Package>>,
-    range_start: u64,
-    /// The fault rule applied to this attempt, if any.
-    fault: Option<String>,
-}
-
 impl Conn {
-    fn record(
-        &self,
-        p: &Pending,
-        status: StatusCode,
-        bytes: u64,
-        outcome: Outcome,
-        reason: String,
-    ) {
-        self.shared.log.emit(DownloadRecord {
-            ts: p.attempt.ts(),
-            duration_ms: p.attempt.elapsed_ms(),
-            protocol: self.protocol,
-            peer: self.peer,
-            user: None,
-            path: p.path.clone(),
-            size: p.package.as_ref().map(|pkg| pkg.size),
-            sha256: p.package.as_ref().map(|pkg| pkg.sha256.clone()),
-            range_start: p.range_start,
-            bytes_sent: bytes,
-            status: status.as_u16(),
-            outcome,
-            reason,
-            fault: p.fault.clone(),
-        });
-    }
-
-    /// Answers without a body and records the attempt.
-    fn refuse(
-        &self,
-        p: &Pending,
-        status: StatusCode,
-        outcome: Outcome,
-        reason: String,
-    ) -> Response<ResponseBody> {
-        self.record(p, status, 0, outcome, reason.clone());
-        let mut resp = text_response(status, format!("{reason}\n"));
-        if status == StatusCode::METHOD_NOT_ALLOWED {
-            resp.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        }
-        resp
-    }
-
+    /// Answers one request; every attempt on a package path is recorded
+    /// once (now for an answer without a body, when the body ends
+    /// otherwise).
     async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
-        let attempt = Attempt::start();
-        let raw_path = req.uri().path().to_string();
-        let mut pending = Pending {
-            attempt,
-            path: raw_path.trim_start_matches('/').to_string(),
-            package: None,
-            range_start: 0,
-            fault: None,
-        };
-        let is_head = req.method() == Method::HEAD;
-        if req.method() != Method::GET && !is_head {
-            return self.refuse(
-                &pending,
-                StatusCode::METHOD_NOT_ALLOWED,
-                Outcome::Refused,
-                format!("method {} not allowed", req.method()),
-            );
-        }
-        let key = match path::percent_decode(&raw_path).and_then(|d| path::normalize(&d)) {
-            Ok(k) => k,
-            Err(err) => {
-                return self.refuse(
-                    &pending,
-                    StatusCode::BAD_REQUEST,
-                    Outcome::Refused,
-                    err.to_string(),
-                );
+        let path = req.uri().path().trim_start_matches('/');
+        let mut attempt = Attempt::start(self.protocol, self.peer, path);
+        match self.serve(&req, &mut attempt).await {
+            Ok(resp) => resp,
+            Err(answer) => {
+                let reason = answer.reason.clone();
+                self.shared.log.emit(attempt.record(
+                    answer.status.as_u16(),
+                    answer.outcome,
+                    reason,
+                ));
+                answer.into_response()
             }
-        };
-        match key.as_str() {
-            "" => return index_html(&self.shared, ""),
-            "packages.json" => return index_json(&self.shared),
-            _ => {}
         }
+    }
+
+    /// The request's steps: route → resolve and authorize → faults that
+    /// replace the response → preconditions and Range → send. An `Err` is
+    /// the answer to record and send instead.
+    async fn serve(
+        self: &Arc<Self>,
+        req: &Request<Incoming>,
+        attempt: &mut Attempt,
+    ) -> Result<Response<ResponseBody>, Answer> {
+        let key = match route(req.method(), req.uri().path())? {
+            Route::Index => return Ok(index_html(&self.shared, "")),
+            Route::Json => return Ok(index_json(&self.shared)),
+            Route::Key(key) => key,
+        };
         // A folder answers with its listing, so clients that "cd" over
         // HTTP (lftp, browsers) find the packages in it.
         if matches!(self.shared.catalog.lookup(&key), Lookup::Directory) {
-            return index_html(&self.shared, &key);
+            return Ok(index_html(&self.shared, &key));
         }
-        pending.path = key.clone();
-        let package = match self.shared.resolve(&key) {
-            Access::Serve(pkg) => pkg,
+        attempt.path = key;
+        let package = self.authorize(attempt)?;
+        self.response_fault(attempt)?;
+        let validators = Validators {
+            etag: &package.etag(),
+            last_modified: package.modified,
+        };
+        let span = select_span(req.headers(), &validators, package.size)?;
+        attempt.range_start = span.start;
+        let body = if req.method() == Method::HEAD {
+            self.shared
+                .log
+                .emit(attempt.record(span.status.as_u16(), Outcome::Complete, "HEAD"));
+            Either::Left(Full::new(Bytes::new()))
+        } else {
+            let reader = self.open_body(&package, span.start, attempt).await?;
+            Either::Right(self.package_body(reader, &span, attempt.clone()))
+        };
+        Ok(package_response(body, &span, &package, &validators))
+    }
+
+    /// Resolves the attempt's path to a package that may be served (see
+    /// [`Shared::resolve`]); a refusal is a 404.
+    fn authorize(&self, attempt: &mut Attempt) -> Result<Arc<Package>, Answer> {
+        let facts = |p: &Package| (p.size, p.sha256.clone());
+        match self.shared.resolve(&attempt.path) {
+            Access::Serve(package) => {
+                attempt.package = Some(facts(&package));
+                Ok(package)
+            }
             Access::Refuse {
                 outcome,
                 reason,
                 package,
             } => {
-                pending.package = package;
-                return self.refuse(&pending, StatusCode::NOT_FOUND, outcome, reason);
+                attempt.package = package.as_deref().map(facts);
+                Err(Answer::new(StatusCode::NOT_FOUND, outcome, reason))
             }
-        };
-        pending.package = Some(Arc::clone(&package));
-        let info = AttemptInfo {
+        }
+    }
+
+    /// The attempt as fault rules see it.
+    fn fault_info<'a>(&self, attempt: &'a Attempt) -> AttemptInfo<'a> {
+        AttemptInfo {
             protocol: self.protocol,
             peer: self.peer.ip(),
             user: None,
-            path: Some(&key),
+            path: Some(&attempt.path),
+        }
+    }
+
+    /// Applies a rule that replaces the response (`not-found`, `status=`).
+    /// Rules that change the bytes wait until a body is really sent
+    /// ([`Conn::open_body`]), so a 304/416/503 does not use up a rule's
+    /// `times`.
+    fn response_fault(&self, attempt: &mut Attempt) -> Result<(), Answer> {
+        let fault = self.shared.faults.select(&self.fault_info(attempt), |a| {
+            matches!(a, Action::NotFound | Action::Status(_))
+        });
+        attempt.fault = fault.as_ref().map(|f| f.name.clone());
+        match fault.map(|f| f.action) {
+            Some(Action::NotFound) => Err(Answer::new(
+                StatusCode::NOT_FOUND,
+                Outcome::NotFound,
+                "fault: not-found",
+            )),
+            Some(Action::Status(code)) => Err(status_fault(code, &attempt.path)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens the package at `start` and applies a rule that changes the
+    /// bytes, if one matches. A package changed since it was validated is
+    /// a 503 to retry shortly; any other open error a 500.
+    async fn open_body(
+        &self,
+        package: &Package,
+        start: u64,
+        attempt: &mut Attempt,
+    ) -> Result<PackageReader, Answer> {
+        let reader = match self.shared.catalog.open(package, start).await {
+            Ok(reader) => reader,
+            Err(err @ OpenError::Changed) => {
+                let answer = Answer::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Outcome::Refused,
+                    err.to_string(),
+                );
+                return Err(answer.header(RETRY_AFTER, "2"));
+            }
+            Err(err) => {
+                return Err(Answer::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Outcome::Refused,
+                    err.to_string(),
+                ));
+            }
         };
-        // Rules that replace the response apply now; rules that change the
-        // bytes only once a body is really sent (below), so a 304/416/503
-        // does not use up a rule's `times`.
-        let fault = self
+        let Some(applied) = self
             .shared
             .faults
-            .select(&info, |a| matches!(a, Action::NotFound | Action::Status(_)));
-        pending.fault = fault.as_ref().map(|f| f.name.clone());
-        match fault.map(|f| f.action) {
-            Some(Action::NotFound) => {
-                return self.refuse(
-                    &pending,
-                    StatusCode::NOT_FOUND,
-                    Outcome::NotFound,
-                    "fault: not-found".into(),
-                );
-            }
-            Some(Action::Status(code)) => {
-                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                let mut resp = self.refuse(
-                    &pending,
-                    status,
-                    Outcome::Refused,
-                    format!("fault: status {code}"),
-                );
-                if status.is_redirection()
-                    && let Ok(v) = HeaderValue::from_str(&format!("/{key}?redirected=1"))
-                {
-                    resp.headers_mut().insert(LOCATION, v);
-                }
-                return resp;
-            }
-            _ => {}
-        }
-        let validators = Validators {
-            etag: &package.etag(),
-            last_modified: package.modified,
+            .select(&self.fault_info(attempt), Action::is_data)
+        else {
+            return Ok(reader);
         };
-        let honour_range = match range::evaluate_preconditions(req.headers(), &validators) {
-            Precondition::NotModified => {
-                self.record(
-                    &pending,
-                    StatusCode::NOT_MODIFIED,
-                    0,
-                    Outcome::Complete,
-                    "not modified".into(),
-                );
-                let mut resp = empty_response(StatusCode::NOT_MODIFIED);
-                set_validators(resp.headers_mut(), &package);
-                return resp;
-            }
-            Precondition::Failed => {
-                return self.refuse(
-                    &pending,
-                    StatusCode::PRECONDITION_FAILED,
-                    Outcome::Refused,
-                    "precondition failed".into(),
-                );
-            }
-            Precondition::Proceed { honour_range } => honour_range,
-        };
-        let decision = match req.headers().get(RANGE).and_then(|v| v.to_str().ok()) {
-            Some(value) if honour_range => range::parse_range(value, package.size),
-            _ => RangeDecision::Full,
-        };
-        let (status, start, len) = match decision {
-            RangeDecision::Full => (StatusCode::OK, 0, package.size),
-            RangeDecision::Partial { start, end } => {
-                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
-            }
-            RangeDecision::Unsatisfiable => {
-                let mut resp = self.refuse(
-                    &pending,
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    Outcome::Refused,
-                    "range not satisfiable".into(),
-                );
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", package.size)) {
-                    resp.headers_mut().insert(CONTENT_RANGE, v);
-                }
-                return resp;
-            }
-        };
-        pending.range_start = start;
+        attempt.fault = Some(applied.name);
+        Ok(Box::new(FaultedReader::new(
+            reader,
+            applied.action,
+            start,
+            package.size,
+            self.shared.shutdown.clone(),
+            self.shared.stall_timeout,
+        )))
+    }
 
-        let body = if is_head {
-            self.record(&pending, status, 0, Outcome::Complete, "HEAD".into());
-            Either::Left(Full::new(Bytes::new()))
-        } else {
-            let reader = match self.shared.catalog.open(&package, start).await {
-                Ok(r) => match self.shared.faults.select(&info, Action::is_data) {
-                    Some(applied) => {
-                        pending.fault = Some(applied.name);
-                        Box::new(FaultedReader::new(
-                            r,
-                            applied.action,
-                            start,
-                            package.size,
-                            self.shared.shutdown.clone(),
-                            self.shared.stall_timeout,
-                        )) as PackageReader
-                    }
-                    None => r,
-                },
-                Err(err @ OpenError::Changed) => {
-                    let mut resp = self.refuse(
-                        &pending,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Outcome::Refused,
-                        err.to_string(),
-                    );
-                    resp.headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from_static("2"));
-                    return resp;
-                }
-                Err(err) => {
-                    return self.refuse(
-                        &pending,
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        Outcome::Refused,
-                        err.to_string(),
-                    );
-                }
-            };
-            Either::Right(PackageBody {
-                stream: ReaderStream::with_capacity(reader.take(len), BODY_CHUNK),
-                expected: len,
-                sent: 0,
-                status,
-                draining: None,
-                finish: Some(Finish {
-                    conn: Arc::clone(self),
-                    pending,
-                }),
-            })
-        };
-        let mut resp = Response::new(body);
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
-        h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(content_type(&package.path)),
+    /// The body of `span` read from `reader`; it records `attempt` when it
+    /// ends.
+    fn package_body(
+        self: &Arc<Self>,
+        reader: PackageReader,
+        span: &Span,
+        attempt: Attempt,
+    ) -> PackageBody {
+        PackageBody {
+            stream: ReaderStream::with_capacity(reader.take(span.len), BODY_CHUNK),
+            expected: span.len,
+            sent: 0,
+            status: span.status,
+            draining: None,
+            finish: Some(Finish {
+                conn: Arc::clone(self),
+                attempt,
+            }),
+        }
+    }
+}
+
+/// Where a request goes, by method and path.
+#[derive(Debug, PartialEq)]
+enum Route {
+    /// `/`: the HTML listing of every package.
+    Index,
+    /// `/packages.json`.
+    Json,
+    /// Anything else: a catalog key (a package or a folder).
+    Key(String),
+}
+
+/// Routes a request: only `GET` and `HEAD` (else 405 with `Allow`), and a
+/// path that percent-decodes and normalizes to a catalog key (else 400).
+fn route(method: &Method, raw_path: &str) -> Result<Route, Answer> {
+    if method != Method::GET && method != Method::HEAD {
+        let answer = Answer::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Outcome::Refused,
+            format!("method {method} not allowed"),
         );
-        h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        set_validators(h, &package);
-        if status == StatusCode::PARTIAL_CONTENT
-            && let Ok(v) = HeaderValue::from_str(&format!(
-                "bytes {start}-{}/{}",
-                start + len - 1,
-                package.size
-            ))
-        {
+        return Err(answer.header(ALLOW, "GET, HEAD"));
+    }
+    let key = path::percent_decode(raw_path)
+        .and_then(|d| path::normalize(&d))
+        .map_err(|err| Answer::new(StatusCode::BAD_REQUEST, Outcome::Refused, err.to_string()))?;
+    Ok(match key.as_str() {
+        "" => Route::Index,
+        "packages.json" => Route::Json,
+        _ => Route::Key(key),
+    })
+}
+
+/// The answer to a `status=<code>` rule; a 3xx points back at the package
+/// with a `Location`, so a client that follows it gets the package.
+fn status_fault(code: u16, key: &str) -> Answer {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let answer = Answer::new(status, Outcome::Refused, format!("fault: status {code}"));
+    if status.is_redirection() {
+        answer.header(LOCATION, &format!("/{key}?redirected=1"))
+    } else {
+        answer
+    }
+}
+
+/// The part of a package a request gets: the status (200 or 206), the
+/// first byte and the length in bytes.
+#[derive(Debug, PartialEq)]
+struct Span {
+    status: StatusCode,
+    start: u64,
+    len: u64,
+}
+
+/// Evaluates the preconditions (304, 412) and the `Range` header (206,
+/// 416) of [`super::range`] against a package of `size` bytes.
+fn select_span(
+    headers: &HeaderMap,
+    validators: &Validators<'_>,
+    size: u64,
+) -> Result<Span, Answer> {
+    let honour_range = match range::evaluate_preconditions(headers, validators) {
+        Precondition::NotModified => {
+            let mut answer =
+                Answer::new(StatusCode::NOT_MODIFIED, Outcome::Complete, "not modified");
+            answer.headers = validator_headers(validators);
+            return Err(answer);
+        }
+        Precondition::Failed => {
+            return Err(Answer::new(
+                StatusCode::PRECONDITION_FAILED,
+                Outcome::Refused,
+                "precondition failed",
+            ));
+        }
+        Precondition::Proceed { honour_range } => honour_range,
+    };
+    let decision = match headers.get(RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value) if honour_range => range::parse_range(value, size),
+        _ => RangeDecision::Full,
+    };
+    match decision {
+        RangeDecision::Full => Ok(Span {
+            status: StatusCode::OK,
+            start: 0,
+            len: size,
+        }),
+        RangeDecision::Partial { start, end } => Ok(Span {
+            status: StatusCode::PARTIAL_CONTENT,
+            start,
+            len: end - start + 1,
+        }),
+        RangeDecision::Unsatisfiable => {
+            let answer = Answer::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Outcome::Refused,
+                "range not satisfiable",
+            );
+            Err(answer.header(CONTENT_RANGE, &format!("bytes */{size}")))
+        }
+    }
+}
+
+/// The response carrying `body` (the package part of `span`, or nothing for
+/// `HEAD`): `Content-Length` always (never chunked: modules check it),
+/// `Content-Range` for a 206, the validators.
+fn package_response(
+    body: ResponseBody,
+    span: &Span,
+    package: &Package,
+    validators: &Validators<'_>,
+) -> Response<ResponseBody> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = span.status;
+    let h = resp.headers_mut();
+    h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(span.len));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(content_type(&package.path)),
+    );
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.extend(validator_headers(validators));
+    if span.status == StatusCode::PARTIAL_CONTENT {
+        let last = span.start + span.len - 1;
+        let value = format!("bytes {}-{last}/{}", span.start, package.size);
+        if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(CONTENT_RANGE, v);
         }
+    }
+    resp
+}
+
+/// An answer without a package body (a refusal, a fault's reply, a 304),
+/// with what its record says.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    outcome: Outcome,
+    /// For the record and, but for a 304, the text body.
+    reason: String,
+    /// Headers beyond `Server`, `Content-Type` and `Content-Length`.
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Answer {
+    fn new(status: StatusCode, outcome: Outcome, reason: impl Into<String>) -> Self {
+        Answer {
+            status,
+            outcome,
+            reason: reason.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a header; a value that is no valid header is left out.
+    fn header(mut self, name: HeaderName, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    /// The reason as a text body, except for a 304, which has none
+    /// (RFC 9110 §15.4.5).
+    fn into_response(self) -> Response<ResponseBody> {
+        let mut resp = if self.status == StatusCode::NOT_MODIFIED {
+            empty_response(self.status)
+        } else {
+            text_response(self.status, format!("{}\n", self.reason))
+        };
+        resp.headers_mut().extend(self.headers);
         resp
     }
 }
 
-fn set_validators(h: &mut http::HeaderMap, package: &Package) {
-    if let Ok(v) = HeaderValue::from_str(&package.etag()) {
-        h.insert(ETAG, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(package.modified)) {
-        h.insert(LAST_MODIFIED, v);
-    }
+/// `ETag` and `Last-Modified`, for a 200/206 and a 304 alike.
+fn validator_headers(v: &Validators<'_>) -> Vec<(HeaderName, HeaderValue)> {
+    let date = httpdate::fmt_http_date(v.last_modified);
+    [(ETAG, v.etag), (LAST_MODIFIED, date.as_str())]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, HeaderValue::from_str(value).ok()?)))
+        .collect()
 }
 
 /// `application/octet-stream` for `.bin` images, `application/zip` otherwise.
@@ -539,7 +625,7 @@ fn html_escape(s: &str) -> String {
 /// Emits the download record when the body is finished or dropped.
 struct Finish {
     conn: Arc<Conn>,
-    pending: Pending,
+    attempt: Attempt,
 }
 
 /// A package body of exactly `expected` bytes. When hyper drops it — after
@@ -556,30 +642,71 @@ pub(crate) struct PackageBody {
 }
 
 impl PackageBody {
+    /// Records the attempt, once: complete when every byte went out without
+    /// an error, else aborted with why.
     fn finish(&mut self, error: Option<&io::Error>) {
-        let Some(f) = self.finish.take() else {
+        let Some(mut f) = self.finish.take() else {
             return;
         };
-        let (status, outcome, reason) = if self.sent == self.expected && error.is_none() {
-            (self.status, Outcome::Complete, "sent".to_string())
+        f.attempt.bytes_sent = self.sent;
+        let (outcome, reason) = if self.sent == self.expected && error.is_none() {
+            (Outcome::Complete, "sent".to_string())
         } else {
-            let reason = if let Some(err) = error {
-                if f.pending.fault.is_some() {
-                    err.to_string()
-                } else {
-                    format!("read error: {err}")
-                }
-            } else if f.conn.stalled.load(Ordering::Relaxed) {
-                "write stalled: the client stopped reading".to_string()
-            } else if f.conn.shared.shutdown.is_cancelled() {
-                "server shutting down".to_string()
-            } else {
-                "client closed the connection".to_string()
-            };
-            (self.status, Outcome::Aborted, reason)
+            (Outcome::Aborted, abort_reason(&f, error))
         };
-        f.conn
-            .record(&f.pending, status, self.sent, outcome, reason);
+        let record = f.attempt.record(self.status.as_u16(), outcome, reason);
+        f.conn.shared.log.emit(record);
+    }
+
+    /// The body ended `sent` bytes short of `expected` (a `drop-after`
+    /// fault, or a package shorter than validated). Ending short makes
+    /// hyper close the connection and drop whatever it still buffers; so
+    /// wait for one more completed flush, then end with an error, and the
+    /// client gets exactly `sent` bytes.
+    fn end_short(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let Some((flushes, faulted)) = self
+            .finish
+            .as_ref()
+            .map(|f| (Arc::clone(&f.conn.flushes), f.attempt.fault.is_some()))
+        else {
+            return Poll::Ready(None);
+        };
+        let since = *self.draining.get_or_insert(flushes.count());
+        flushes.register(cx);
+        if flushes.count() <= since {
+            return Poll::Pending;
+        }
+        let err = if faulted {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("fault: connection closed after {} bytes", self.sent),
+            )
+        } else {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "package shorter than its validated size",
+            )
+        };
+        self.finish(Some(&err));
+        Poll::Ready(Some(Err(err)))
+    }
+}
+
+/// Why a body ended early: the read error (a fault's own words), else what
+/// the connection knows (a stalled write, shutdown), else the client left.
+fn abort_reason(f: &Finish, error: Option<&io::Error>) -> String {
+    if let Some(err) = error {
+        if f.attempt.fault.is_some() {
+            err.to_string()
+        } else {
+            format!("read error: {err}")
+        }
+    } else if f.conn.stalled.load(Ordering::Relaxed) {
+        "write stalled: the client stopped reading".to_string()
+    } else if f.conn.shared.shutdown.is_cancelled() {
+        "server shutting down".to_string()
+    } else {
+        "client closed the connection".to_string()
     }
 }
 
@@ -601,37 +728,8 @@ impl Body for PackageBody {
                 self.finish(Some(&err));
                 Poll::Ready(Some(Err(err)))
             }
+            Poll::Ready(None) if self.sent < self.expected => self.end_short(cx),
             Poll::Ready(None) => {
-                if self.sent < self.expected {
-                    // Ending short makes hyper close the connection and drop
-                    // whatever it still buffers; wait for one more completed
-                    // flush so the client gets exactly `sent` bytes.
-                    let Some((flushes, faulted)) = self
-                        .finish
-                        .as_ref()
-                        .map(|f| (Arc::clone(&f.conn.flushes), f.pending.fault.is_some()))
-                    else {
-                        return Poll::Ready(None);
-                    };
-                    let since = *self.draining.get_or_insert(flushes.count());
-                    flushes.register(cx);
-                    if flushes.count() <= since {
-                        return Poll::Pending;
-                    }
-                    let err = if faulted {
-                        io::Error::new(
-                            io::ErrorKind::ConnectionAborted,
-                            format!("fault: connection closed after {} bytes", self.sent),
-                        )
-                    } else {
-                        io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "package shorter than its validated size",
-                        )
-                    };
-                    self.finish(Some(&err));
-                    return Poll::Ready(Some(Err(err)));
-                }
                 self.finish(None);
                 Poll::Ready(None)
             }
@@ -663,6 +761,73 @@ mod tests {
             html_escape("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
+    }
+
+    #[test]
+    fn routes_by_method_and_decoded_path() {
+        assert_eq!(route(&Method::GET, "/").unwrap(), Route::Index);
+        assert_eq!(route(&Method::HEAD, "/packages.json").unwrap(), Route::Json);
+        assert_eq!(
+            route(&Method::GET, "/Jun/a%20b.zip").unwrap(),
+            Route::Key("Jun/a b.zip".into())
+        );
+        let post = route(&Method::POST, "/a.zip").unwrap_err();
+        assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(header(&post, ALLOW), "GET, HEAD");
+        let escape = route(&Method::GET, "/../etc/passwd").unwrap_err();
+        assert_eq!(escape.status, StatusCode::BAD_REQUEST);
+        assert_eq!(escape.outcome, Outcome::Refused);
+    }
+
+    /// The value of `name` in an answer's extra headers.
+    fn header(answer: &Answer, name: HeaderName) -> &str {
+        let found = answer.headers.iter().find(|(n, _)| *n == name);
+        found.map_or("", |(_, v)| v.to_str().unwrap())
+    }
+
+    fn span(headers: &[(HeaderName, &str)], size: u64) -> Result<Span, Answer> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        let validators = Validators {
+            etag: "\"abc\"",
+            last_modified: std::time::SystemTime::UNIX_EPOCH,
+        };
+        select_span(&map, &validators, size)
+    }
+
+    #[test]
+    fn spans_follow_preconditions_and_range() {
+        let full = span(&[], 100).unwrap();
+        assert_eq!(
+            (full.status, full.start, full.len),
+            (StatusCode::OK, 0, 100)
+        );
+        let part = span(&[(RANGE, "bytes=10-19")], 100).unwrap();
+        assert_eq!(
+            (part.status, part.start, part.len),
+            (StatusCode::PARTIAL_CONTENT, 10, 10)
+        );
+        let past = span(&[(RANGE, "bytes=200-")], 100).unwrap_err();
+        assert_eq!(past.status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(header(&past, CONTENT_RANGE), "bytes */100");
+        let same = span(&[(http::header::IF_NONE_MATCH, "\"abc\"")], 100).unwrap_err();
+        assert_eq!(
+            (same.status, same.outcome),
+            (StatusCode::NOT_MODIFIED, Outcome::Complete)
+        );
+        assert_eq!(header(&same, ETAG), "\"abc\"");
+        let changed = span(&[(http::header::IF_MATCH, "\"other\"")], 100).unwrap_err();
+        assert_eq!(changed.status, StatusCode::PRECONDITION_FAILED);
+    }
+
+    #[test]
+    fn a_redirect_fault_points_back_at_the_package() {
+        let moved = status_fault(302, "Jun/a.zip");
+        assert_eq!(header(&moved, LOCATION), "/Jun/a.zip?redirected=1");
+        assert_eq!(moved.reason, "fault: status 302");
+        assert!(status_fault(503, "a.zip").headers.is_empty());
     }
 
     #[test]

@@ -9,7 +9,6 @@
 
 pub mod delivery;
 pub mod fault;
-mod fault_file;
 pub mod ftp;
 pub mod http;
 pub mod peer;
@@ -34,6 +33,7 @@ use crate::catalog::{Catalog, FsCatalog, Lookup, Package};
 use crate::dlog::{DownloadLog, DownloadRecord, Outcome};
 use fault::{FaultRule, FaultSet};
 use tls::TlsSource;
+use tokio_rustls::TlsAcceptor;
 
 /// State every front-end shares.
 #[derive(Debug)]
@@ -320,12 +320,62 @@ impl ServerBuilder {
         self
     }
 
-    /// Binds the listeners, scans the packages and starts serving.
+    /// Binds the listeners, scans the packages and starts serving: validate
+    /// the settings → bind the listeners → open the catalog → open the log
+    /// → set up TLS → load the fault rules → spawn the tasks.
     ///
     /// # Errors
     /// [`ServeError`]: no protocol, a port in use, an unreadable package
     /// folder or log file, or a TLS identity that cannot be loaded/made.
     pub async fn start(self) -> Result<Server, ServeError> {
+        self.validate()?;
+        let listeners = self.bind_listeners().await?;
+        let addrs = listeners.addrs();
+        let public_host = self
+            .public_host
+            .clone()
+            .unwrap_or_else(|| default_public_host(self.bind));
+        let advertised = self.advertised(&public_host, &addrs);
+        let catalog = self.open_catalog(advertised.clone()).await?;
+        let log = self.open_log()?;
+        let tls = self.tls_acceptor(&listeners, &public_host).await?;
+        let (faults, file_stamp) = self.load_faults()?;
+        let shared = Arc::new(Shared {
+            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
+            root: catalog.root().to_path_buf(),
+            log,
+            allow_invalid: self.allow_invalid,
+            shutdown: CancellationToken::new(),
+            transfers: TaskTracker::new(),
+            faults,
+            stall_timeout: self.stall,
+        });
+        let mut tasks = vec![tokio::spawn(
+            Arc::clone(&catalog).watch(shared.shutdown.clone()),
+        )];
+        if let Some(path) = self.fault_file.clone() {
+            tasks.push(tokio::spawn(fault::file::watch(
+                path,
+                file_stamp,
+                self.faults.clone(),
+                Arc::clone(&shared.faults),
+                shared.shutdown.clone(),
+            )));
+        }
+        tasks.extend(self.spawn_front_ends(listeners, tls, &shared, public_host));
+        Ok(Server {
+            addrs,
+            advertised,
+            catalog,
+            shared,
+            tasks,
+            grace: self.grace,
+        })
+    }
+
+    /// Refuses settings that cannot work: no protocol, an empty or
+    /// port-0 passive range, a blank public host.
+    fn validate(&self) -> Result<(), ServeError> {
         if self.ftp.is_none() && self.http.is_none() && self.https.is_none() {
             return Err(ServeError::NoProtocol);
         }
@@ -343,160 +393,164 @@ impl ServerBuilder {
         {
             return Err(ServeError::Config("the public host is empty".into()));
         }
-        let bind =
-            |protocol: &'static str, port: Option<u16>| {
-                let addr = SocketAddr::new(self.bind, port.unwrap_or(0));
-                async move {
-                    match port {
-                        None => Ok(None),
-                        Some(_) => TcpListener::bind(addr).await.map(Some).map_err(|source| {
-                            ServeError::Bind {
-                                protocol,
-                                addr,
-                                source,
-                            }
-                        }),
-                    }
-                }
-            };
-        let ftp_listener = bind("ftp", self.ftp).await?;
-        let http_listener = bind("http", self.http).await?;
-        let https_listener = bind("https", self.https).await?;
-        let port_of = |l: &Option<TcpListener>| {
-            l.as_ref()
-                .and_then(|l| l.local_addr().ok())
-                .map(|a| a.port())
-        };
-        let public_host = self
-            .public_host
-            .clone()
-            .unwrap_or_else(|| default_public_host(self.bind));
-        let advertised = Advertised {
-            host: public_host.clone(),
-            ftp: port_of(&ftp_listener),
-            http: port_of(&http_listener),
-            https: port_of(&https_listener),
+        Ok(())
+    }
+
+    /// Binds a listener for every protocol that is on.
+    async fn bind_listeners(&self) -> Result<Listeners, ServeError> {
+        Ok(Listeners {
+            ftp: bind(self.bind, "ftp", self.ftp).await?,
+            http: bind(self.bind, "http", self.http).await?,
+            https: bind(self.bind, "https", self.https).await?,
+        })
+    }
+
+    /// What modules are told: the public host, the bound ports and the
+    /// first FTP account.
+    fn advertised(&self, public_host: &str, addrs: &Addrs) -> Advertised {
+        let port = |a: Option<SocketAddr>| a.map(|a| a.port());
+        Advertised {
+            host: public_host.to_string(),
+            ftp: port(addrs.ftp),
+            http: port(addrs.http),
+            https: port(addrs.https),
             ftp_credentials: self.users.first().map(|(u, p)| FtpCredentials {
                 user: u.clone(),
                 password: p.clone(),
             }),
-        };
-        let catalog = FsCatalog::open(&self.packages, advertised.clone())
+        }
+    }
+
+    /// Scans and validates the package folder.
+    async fn open_catalog(&self, advertised: Advertised) -> Result<Arc<FsCatalog>, ServeError> {
+        FsCatalog::open(&self.packages, advertised)
             .await
             .map_err(|source| ServeError::Packages {
                 path: self.packages.clone(),
                 source,
-            })?;
-        let log = match &self.log_file {
+            })
+    }
+
+    /// The download log: the `--log` file, else memory only.
+    fn open_log(&self) -> Result<DownloadLog, ServeError> {
+        match &self.log_file {
             Some(path) => DownloadLog::to_file(path).map_err(|source| ServeError::Log {
                 path: path.clone(),
                 source,
-            })?,
-            None => DownloadLog::in_memory(),
-        };
-        let tls_acceptor = match &https_listener {
-            None => None,
-            Some(_) => {
-                let source = match &self.tls_files {
-                    Some((cert, key)) => TlsSource::Files {
-                        cert: cert.clone(),
-                        key: key.clone(),
-                    },
-                    None => TlsSource::Generated {
-                        dir: self.certs_dir.clone(),
-                        hosts: vec![public_host.clone()],
-                    },
-                };
-                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
-                    &source,
-                )?))
-            }
-        };
-
-        let mut seed = self.fault_seed;
-        let mut file_rules = Vec::new();
-        let mut file_stamp = None;
-        if let Some(path) = &self.fault_file {
-            let (rules, file_seed, stamp) =
-                fault_file::read(path).map_err(|problem| ServeError::Faults {
-                    path: path.clone(),
-                    problem,
-                })?;
-            file_rules = rules;
-            seed = file_seed.unwrap_or(seed);
-            file_stamp = stamp;
+            }),
+            None => Ok(DownloadLog::in_memory()),
         }
-        let faults = Arc::new(FaultSet::new(
-            self.faults.iter().cloned().chain(file_rules).collect(),
-            seed,
-        ));
-        let shutdown = CancellationToken::new();
-        let shared = Arc::new(Shared {
-            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
-            root: catalog.root().to_path_buf(),
-            log: log.clone(),
-            allow_invalid: self.allow_invalid,
-            shutdown: shutdown.clone(),
-            transfers: TaskTracker::new(),
-            faults: Arc::clone(&faults),
-            stall_timeout: self.stall,
-        });
-        let addr_of = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
-        let addrs = Addrs {
-            ftp: addr_of(&ftp_listener),
-            http: addr_of(&http_listener),
-            https: addr_of(&https_listener),
+    }
+
+    /// The HTTPS identity, when HTTPS is on: the given PEM files, else the
+    /// certificate generated (once) in the certs folder for `public_host`.
+    async fn tls_acceptor(
+        &self,
+        listeners: &Listeners,
+        public_host: &str,
+    ) -> Result<Option<TlsAcceptor>, ServeError> {
+        if listeners.https.is_none() {
+            return Ok(None);
+        }
+        let source = match &self.tls_files {
+            Some((cert, key)) => TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            None => TlsSource::Generated {
+                dir: self.certs_dir.clone(),
+                hosts: vec![public_host.to_string()],
+            },
         };
+        Ok(Some(tls::acceptor(source).await?))
+    }
+
+    /// The rule set: the rules added here, then the fault file's (whose
+    /// `seed` wins over [`ServerBuilder::fault_seed`]); with the file's
+    /// stamp, so the watcher knows the version it started from.
+    fn load_faults(&self) -> Result<(Arc<FaultSet>, fault::file::Stamp), ServeError> {
+        let (file_rules, seed, stamp) = match &self.fault_file {
+            Some(path) => fault::file::read(path).map_err(|problem| ServeError::Faults {
+                path: path.clone(),
+                problem,
+            })?,
+            None => (Vec::new(), None, None),
+        };
+        let rules = self.faults.iter().cloned().chain(file_rules).collect();
+        let set = FaultSet::new(rules, seed.unwrap_or(self.fault_seed));
+        Ok((Arc::new(set), stamp))
+    }
+
+    /// Starts the FTP, HTTP and HTTPS front-ends on their listeners.
+    fn spawn_front_ends(
+        &self,
+        listeners: Listeners,
+        tls: Option<TlsAcceptor>,
+        shared: &Arc<Shared>,
+        public_host: String,
+    ) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if let Some(listener) = listeners.ftp {
+            let opts = ftp::FtpOptions {
+                users: self.users.clone(),
+                passive_ports: self.passive_ports.clone(),
+                passive_host: public_host,
+                idle_timeout_secs: 600,
+                stall: self.stall,
+            };
+            tasks.push(tokio::spawn(ftp::run(listener, Arc::clone(shared), opts)));
+        }
         let timeouts = http::HttpTimeouts {
             header_read: self.header_read_timeout,
             tls_handshake: self.tls_handshake_timeout,
             stall: self.stall,
             grace: self.grace,
         };
-        let mut tasks = vec![tokio::spawn(Arc::clone(&catalog).watch(shutdown.clone()))];
-        if let Some(path) = self.fault_file.clone() {
-            tasks.push(tokio::spawn(fault_file::watch(
-                path,
-                file_stamp,
-                self.faults.clone(),
-                Arc::clone(&faults),
-                shutdown.clone(),
-            )));
+        let https = listeners.https.map(|l| (l, tls));
+        for (listener, tls) in listeners.http.map(|l| (l, None)).into_iter().chain(https) {
+            let shared = Arc::clone(shared);
+            tasks.push(tokio::spawn(http::run(listener, tls, shared, timeouts)));
         }
-        if let Some(listener) = ftp_listener {
-            let opts = ftp::FtpOptions {
-                users: self.users.clone(),
-                passive_ports: self.passive_ports.clone(),
-                passive_host: public_host.clone(),
-                idle_timeout_secs: 600,
-                stall: self.stall,
-            };
-            tasks.push(tokio::spawn(ftp::run(listener, Arc::clone(&shared), opts)));
-        }
-        if let Some(listener) = http_listener {
-            tasks.push(tokio::spawn(http::run(
-                listener,
-                None,
-                Arc::clone(&shared),
-                timeouts,
-            )));
-        }
-        if let Some(listener) = https_listener {
-            tasks.push(tokio::spawn(http::run(
-                listener,
-                tls_acceptor,
-                Arc::clone(&shared),
-                timeouts,
-            )));
-        }
-        Ok(Server {
-            addrs,
-            advertised,
-            catalog,
-            shared,
-            tasks,
-            grace: self.grace,
+        tasks
+    }
+}
+
+/// A listener on `addr:port` when the protocol is on (`port` is `Some`).
+async fn bind(
+    addr: IpAddr,
+    protocol: &'static str,
+    port: Option<u16>,
+) -> Result<Option<TcpListener>, ServeError> {
+    let Some(port) = port else {
+        return Ok(None);
+    };
+    let addr = SocketAddr::new(addr, port);
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| ServeError::Bind {
+            protocol,
+            addr,
+            source,
         })
+}
+
+/// The bound listeners, one per protocol that is on.
+struct Listeners {
+    ftp: Option<TcpListener>,
+    http: Option<TcpListener>,
+    https: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// The addresses actually bound (port 0 becomes a real port).
+    fn addrs(&self) -> Addrs {
+        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        Addrs {
+            ftp: addr(&self.ftp),
+            http: addr(&self.http),
+            https: addr(&self.https),
+        }
     }
 }
 

@@ -45,6 +45,9 @@ pub enum TlsError {
     /// rustls refused the certificate/key pair.
     #[error("certificate and key do not form a usable TLS identity: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The runtime shut down before the identity was loaded.
+    #[error("shut down while loading the TLS identity")]
+    Interrupted,
 }
 
 /// The crypto provider every rustls object in the crate uses.
@@ -97,6 +100,20 @@ pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsError> 
         .with_single_cert(chain, key_der)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// [`server_config`] off the async runtime (RSA key generation takes a
+/// CPU-bound while), as the acceptor the HTTPS listener uses.
+///
+/// # Errors
+/// As [`server_config`], or [`TlsError::Interrupted`] when the runtime
+/// shuts down first. A panic while loading is passed on.
+pub async fn acceptor(source: TlsSource) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    match tokio::task::spawn_blocking(move || server_config(&source)).await {
+        Ok(config) => config.map(tokio_rustls::TlsAcceptor::from),
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => Err(TlsError::Interrupted),
+    }
 }
 
 fn pem_err(path: &Path, detail: String) -> TlsError {

@@ -1,6 +1,7 @@
-//! The `--faults <FILE>` watcher: reads the TOML rule file at start and
-//! swaps the rules in whenever the file changes (checked every second),
-//! keeping the last good rules when an edit does not parse.
+//! The fault file (`--faults <FILE>`): its TOML format
+//! ([`parse_fault_file`]), reading it at start, and the watcher that swaps
+//! the rules in whenever the file changes (checked every second), keeping
+//! the last good rules when an edit does not parse.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +9,34 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::fault::{FaultRule, FaultSet, parse_fault_file};
+use super::{FaultRule, FaultSet};
+
+/// Reads a fault-rule file: TOML with `seed` (optional) and `rules`, a list
+/// of rule strings in the command-line syntax.
+///
+/// ```toml
+/// seed = 7
+/// rules = ["drop-after=50%,path=/big-*.zip", "status=503,protocol=http,rate=0.3"]
+/// ```
+///
+/// # Errors
+/// A message naming the file and the TOML or rule error.
+pub fn parse_fault_file(text: &str) -> Result<(Vec<FaultRule>, Option<u64>), String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        seed: Option<u64>,
+        #[serde(default)]
+        rules: Vec<String>,
+    }
+    let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+    let rules = file
+        .rules
+        .iter()
+        .map(|r| r.parse::<FaultRule>().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((rules, file.seed))
+}
 
 /// What identifies one version of the file: modification time and length.
 pub(crate) type Stamp = Option<(SystemTime, u64)>;
@@ -59,5 +87,24 @@ pub(crate) async fn watch(
                 tracing::warn!(file = %path.display(), %problem, "fault file not reloaded; keeping the previous rules");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_file_parses() {
+        let (rules, seed) =
+            parse_fault_file("seed = 7\nrules = [\"slow=1000\", \"not-found,times=1\"]\n").unwrap();
+        assert_eq!(seed, Some(7));
+        assert_eq!(rules.len(), 2);
+        assert!(
+            parse_fault_file("rules = [\"boom\"]")
+                .unwrap_err()
+                .contains("boom")
+        );
+        assert!(parse_fault_file("nonsense = 1").is_err());
     }
 }
