@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::catalog::Package;
 use crate::catalog::validate::{Advertised, FtpCredentials};
-use crate::catalog::{Catalog, Package};
 use crate::profile::Profile;
 use crate::serve::fault::FaultRule;
 use crate::serve::{Server, ServerBuilder, default_public_host};
@@ -303,7 +303,7 @@ pub fn banner(server: &Server, log: &std::path::Path) -> String {
         out,
         "qfota-serve {}: serving {} ({} packages, {} valid)",
         env!("CARGO_PKG_VERSION"),
-        cat.root().display(),
+        cat.location(),
         packages.len(),
         valid
     );

@@ -131,32 +131,81 @@ mod rfc3339_ms {
     }
 }
 
-/// The start of an attempt: captures the wall-clock start time and a
-/// monotonic clock so the record's `ts` and `duration_ms` are both right.
-#[derive(Debug, Clone, Copy)]
+/// Everything a download record needs, filled in as the attempt goes.
+#[derive(Debug, Clone)]
 pub struct Attempt {
     ts: DateTime<Utc>,
     started: Instant,
+    /// Transport.
+    pub protocol: Protocol,
+    /// Client `ip:port`.
+    pub peer: SocketAddr,
+    /// FTP user, `None` over HTTP(S).
+    pub user: Option<String>,
+    /// Path as requested / resolved.
+    pub path: String,
+    /// Package size (bytes) and SHA-256, once the path named a package.
+    pub package: Option<(u64, String)>,
+    /// First byte offset asked for (REST / Range).
+    pub range_start: u64,
+    /// Body bytes written so far.
+    pub bytes_sent: u64,
+    /// Fault rule applied, if any.
+    pub fault: Option<String>,
 }
 
 impl Attempt {
     /// Starts the clock now.
-    pub fn start() -> Self {
+    pub fn start(protocol: Protocol, peer: SocketAddr, path: impl Into<String>) -> Self {
         Attempt {
             // Millisecond precision, as the log writes it.
             ts: Utc::now().trunc_subsecs(3),
             started: Instant::now(),
+            protocol,
+            peer,
+            user: None,
+            path: path.into(),
+            package: None,
+            range_start: 0,
+            bytes_sent: 0,
+            fault: None,
         }
     }
 
-    /// Wall-clock start of the attempt.
+    /// Wall-clock start.
     pub fn ts(&self) -> DateTime<Utc> {
         self.ts
     }
 
-    /// Milliseconds since [`Attempt::start`].
+    /// Milliseconds since start.
     pub fn elapsed_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The record for this attempt ending now with `status`, `outcome`,
+    /// `reason`.
+    pub fn record(
+        &self,
+        status: u16,
+        outcome: Outcome,
+        reason: impl Into<String>,
+    ) -> DownloadRecord {
+        DownloadRecord {
+            ts: self.ts,
+            duration_ms: self.elapsed_ms(),
+            protocol: self.protocol,
+            peer: self.peer,
+            user: self.user.clone(),
+            path: self.path.clone(),
+            size: self.package.as_ref().map(|(size, _)| *size),
+            sha256: self.package.as_ref().map(|(_, sha)| sha.clone()),
+            range_start: self.range_start,
+            bytes_sent: self.bytes_sent,
+            status,
+            outcome,
+            reason: reason.into(),
+            fault: self.fault.clone(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{BIG, DEADLINE, Fixture};
-use qfota_serve::catalog::{Catalog, Lookup};
+use qfota_serve::catalog::Lookup;
 use qfota_serve::dlog::{DownloadRecord, Outcome, Protocol};
 use qfota_serve::serve::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -214,7 +214,7 @@ impl Conn {
     }
 
     async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
-        let attempt = Attempt::start();
+        let attempt = Attempt::start(self.protocol, self.peer, "");
         let raw_path = req.uri().path().to_string();
         let mut pending = Pending {
             attempt,
@@ -361,7 +361,7 @@ impl Conn {
             self.record(&pending, status, 0, Outcome::Complete, "HEAD".into());
             Either::Left(Full::new(Bytes::new()))
         } else {
-            let reader = match self.shared.catalog.open(&package, start).await {
+            let reader = match self.shared.catalog.open(&package, start..start + len).await {
                 Ok(r) => match self.shared.faults.select(&info, Action::is_data) {
                     Some(applied) => {
                         pending.fault = Some(applied.name);

@@ -37,7 +37,6 @@ use tls::TlsSource;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) catalog: Arc<dyn Catalog>,
-    pub(crate) root: PathBuf,
     pub(crate) log: DownloadLog,
     pub(crate) allow_invalid: bool,
     pub(crate) shutdown: CancellationToken,
@@ -185,6 +184,7 @@ pub struct ServerBuilder {
     faults: Vec<FaultRule>,
     fault_seed: u64,
     fault_file: Option<PathBuf>,
+    catalog: Option<Arc<dyn Catalog>>,
 }
 
 impl Default for ServerBuilder {
@@ -209,6 +209,7 @@ impl Default for ServerBuilder {
             faults: Vec::new(),
             fault_seed: 0,
             fault_file: None,
+            catalog: None,
         }
     }
 }
@@ -217,6 +218,14 @@ impl ServerBuilder {
     /// The package folder to serve.
     pub fn packages(mut self, dir: impl Into<PathBuf>) -> Self {
         self.packages = dir.into();
+        self
+    }
+    /// Serves from `catalog` instead of scanning [`ServerBuilder::packages`]
+    /// (e.g. a [`MemCatalog`](crate::catalog::MemCatalog)). Its per-profile
+    /// verdicts are the ones it computed for its own
+    /// [`Advertised`]; [`Catalog::watch`] runs until shutdown.
+    pub fn catalog(mut self, catalog: Arc<dyn Catalog>) -> Self {
+        self.catalog = Some(catalog);
         self
     }
     /// Address to listen on (all three protocols).
@@ -379,12 +388,15 @@ impl ServerBuilder {
                 password: p.clone(),
             }),
         };
-        let catalog = FsCatalog::open(&self.packages, advertised.clone())
-            .await
-            .map_err(|source| ServeError::Packages {
-                path: self.packages.clone(),
-                source,
-            })?;
+        let catalog: Arc<dyn Catalog> = match &self.catalog {
+            Some(catalog) => Arc::clone(catalog),
+            None => FsCatalog::open(&self.packages, advertised.clone())
+                .await
+                .map_err(|source| ServeError::Packages {
+                    path: self.packages.clone(),
+                    source,
+                })?,
+        };
         let log = match &self.log_file {
             Some(path) => DownloadLog::to_file(path).map_err(|source| ServeError::Log {
                 path: path.clone(),
@@ -430,8 +442,7 @@ impl ServerBuilder {
         ));
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
-            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
-            root: catalog.root().to_path_buf(),
+            catalog: Arc::clone(&catalog),
             log: log.clone(),
             allow_invalid: self.allow_invalid,
             shutdown: shutdown.clone(),
@@ -511,7 +522,7 @@ struct Addrs {
 pub struct Server {
     addrs: Addrs,
     advertised: Advertised,
-    catalog: Arc<FsCatalog>,
+    catalog: Arc<dyn Catalog>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
     grace: Duration,
@@ -556,7 +567,7 @@ impl Server {
     }
 
     /// The catalog being served.
-    pub fn catalog(&self) -> &Arc<FsCatalog> {
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
         &self.catalog
     }
 

@@ -10,7 +10,7 @@
 //!    [`download`] fetches the package over FTP (suppaftp) or HTTP(S)
 //!    (hyper + a module-like rustls client) and maps any failure cause to
 //!    the family's `FTPEND`/`HTTPEND` code ([`download::cause`]).
-//! 3. [`package`] checks the package (zip and CRC, the [`version`] in its
+//! 3. [`package`] checks the package (zip and CRC, the [`version`](crate::package::version) in its
 //!    name, size, free space); [`upgrade`] prints `START`, `UPDATING`,
 //!    `END,<err>` with the five-attempt retry rule, reboots and power cuts
 //!    ([`fault`] injects module-side faults).
@@ -31,7 +31,6 @@ pub mod package;
 pub mod transcript;
 pub mod upgrade;
 pub mod urc;
-pub mod version;
 
 pub use command::{FotaUrl, FotadlArgs, FotadlCommand};
 pub use download::DownloadError;

@@ -21,6 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::package::version::VersionChange;
 use crate::profile::Profile;
 use crate::sim::command::{FotadlCommand, test_command_response};
 use crate::sim::download::{self, Download, tls};
@@ -29,7 +30,6 @@ use crate::sim::package::{self, PackageFacts};
 use crate::sim::transcript::{RunSummary, TimedEvent, Transcript};
 use crate::sim::upgrade::{self, Upgrade, timing};
 use crate::sim::urc::{AtResult, Event, PowerOff, Urc};
-use crate::sim::version::VersionChange;
 
 /// Default no-progress timeout for downloads: 60 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
