@@ -283,17 +283,9 @@ impl Catalog for FsCatalog {
     }
 
     async fn open(&self, package: &Package, range: Range<u64>) -> Result<PackageReader, OpenError> {
-        OpenError::check_range(&range, package.size)?;
         let scan = self.current();
-        // The package asked for must still be the one validated at its key,
-        // and the file must still look as it did then.
-        let on_disk = match (
-            scan.snapshot.package(&package.path),
-            scan.files.get(&package.path),
-        ) {
-            (Some(now), Some(on_disk)) if now.sha256 == package.sha256 => on_disk.clone(),
-            _ => return Err(OpenError::Changed),
-        };
+        // The file must also still look as it did when validated.
+        let on_disk = scan.snapshot.source(&scan.files, package, &range)?;
         let mut file = tokio::fs::File::open(&on_disk.fs_path).await?;
         if FileStamp::of(&file.metadata().await?) != on_disk.stamp {
             return Err(OpenError::Changed);

@@ -108,15 +108,8 @@ impl Catalog for MemCatalog {
     }
 
     async fn open(&self, package: &Package, range: Range<u64>) -> Result<PackageReader, OpenError> {
-        OpenError::check_range(&range, package.size)?;
         let state = self.state();
-        let bytes = match (
-            state.snapshot.package(&package.path),
-            state.bytes.get(&package.path),
-        ) {
-            (Some(now), Some(bytes)) if now.sha256 == package.sha256 => Arc::clone(bytes),
-            _ => return Err(OpenError::Changed),
-        };
+        let bytes = Arc::clone(state.snapshot.source(&state.bytes, package, &range)?);
         let mut reader = Cursor::new(bytes);
         reader.set_position(range.start);
         Ok(Box::new(reader.take(range.end - range.start)))

@@ -176,7 +176,7 @@ impl OpenError {
     ///
     /// # Errors
     /// The range does not lie within `size` bytes.
-    pub fn check_range(range: &Range<u64>, size: u64) -> Result<(), OpenError> {
+    fn check_range(range: &Range<u64>, size: u64) -> Result<(), OpenError> {
         if range.start <= range.end && range.end <= size {
             Ok(())
         } else {

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{Entry, Lookup, Package};
+use std::ops::Range;
+
+use super::{Entry, Lookup, OpenError, Package};
 
 /// Immutable view of a catalog at one scan. Keys are catalog keys
 /// (`Jun/update-v12-to-v13.zip`); the root folder is `""`.
@@ -136,6 +138,27 @@ impl Snapshot {
     /// Every package, sorted by key.
     pub fn packages(&self) -> Vec<Arc<Package>> {
         self.packages.values().cloned().collect()
+    }
+
+    /// Where to read `range` of `package` from, among a catalog's
+    /// per-key `sources` (a file, bytes, an object), provided the package
+    /// is still the one validated at its key.
+    ///
+    /// # Errors
+    /// [`OpenError::Range`] for a range outside the package;
+    /// [`OpenError::Changed`] when the key now holds other content or
+    /// nothing.
+    pub fn source<'a, T>(
+        &self,
+        sources: &'a BTreeMap<String, T>,
+        package: &Package,
+        range: &Range<u64>,
+    ) -> Result<&'a T, OpenError> {
+        OpenError::check_range(range, package.size)?;
+        match (self.package(&package.path), sources.get(&package.path)) {
+            (Some(now), Some(source)) if now.sha256 == package.sha256 => Ok(source),
+            _ => Err(OpenError::Changed),
+        }
     }
 }
 
