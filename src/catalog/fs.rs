@@ -1,7 +1,7 @@
 //! The folder-backed catalog: the package folder, scanned and re-scanned.
 //!
 //! [`FsCatalog`] walks the package folder, validates every regular file
-//! once per change (see [`super::validate`]) and re-scans every
+//! once per change (see [`Package::validate`]) and re-scans every
 //! [`SCAN_INTERVAL`] so a package copied in while running is served within
 //! two seconds. Hidden files, symlinks that leave the folder and anything
 //! that is not a regular file are excluded with a reason.
@@ -247,7 +247,7 @@ impl FsCatalog {
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let file = fs::File::open(&on_disk.fs_path)?;
             let content = io::BufReader::new(file);
-            super::validate(key, content, on_disk.stamp.modified, &self.advertised)
+            Package::validate(key, content, on_disk.stamp.modified, &self.advertised)
         }));
         match checked {
             Ok(Ok(pkg)) => Some(pkg),

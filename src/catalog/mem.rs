@@ -1,5 +1,5 @@
 //! An in-memory catalog: packages given as bytes, validated with the same
-//! code as the folder's ([`super::validate`]).
+//! code as the folder's ([`Package::validate`]).
 //!
 //! It proves that the front-ends need nothing but the [`Catalog`] trait
 //! (tests serve from it over real FTP and HTTP), and lets a program serve
@@ -65,7 +65,7 @@ impl MemCatalog {
             ));
         }
         let bytes: Arc<[u8]> = bytes.into().into();
-        let package = Arc::new(super::validate(
+        let package = Arc::new(Package::validate(
             &key,
             Cursor::new(&bytes[..]),
             SystemTime::now(),

@@ -15,7 +15,7 @@
 //! - [`MemCatalog`] ([`mem`]): packages given as bytes, for tests and
 //!   embedding.
 //!
-//! Both validate with [`validate`] (SHA-256, zip integrity, names,
+//! Both validate with [`Package::validate`] (SHA-256, zip integrity, names,
 //! per-profile verdicts), so an object-storage catalog that builds its
 //! [`Snapshot`] from a bucket listing and opens objects with a ranged GET
 //! fits the same trait.
@@ -68,6 +68,57 @@ pub struct Package {
 }
 
 impl Package {
+    /// Validates one package's content: SHA-256, zip integrity (unless
+    /// `.bin`), names and per-profile verdicts against `adv`. Reads `content`
+    /// to its end, then again from the start for the zip check. Blocking: call
+    /// from a blocking thread for large content.
+    ///
+    /// # Errors
+    /// `content` cannot be read or rewound.
+    pub fn validate<R: Read + Seek>(
+        key: &str,
+        mut content: R,
+        modified: SystemTime,
+        adv: &Advertised,
+    ) -> io::Result<Self> {
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = content.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let mut problems = name_problems(key);
+        let zip = match extension(key).as_deref() {
+            Some("bin") => None,
+            _ => {
+                content.rewind()?;
+                let result = check_zip(&mut content).map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    problems.push(e.clone());
+                }
+                Some(result)
+            }
+        };
+        let profiles = Profile::all()
+            .iter()
+            .map(|p| validate::profile_verdict(p, key, adv))
+            .collect();
+        Ok(Package {
+            path: key.to_string(),
+            size,
+            sha256: hex::encode(hasher.finalize()),
+            modified,
+            zip,
+            problems,
+            profiles,
+        })
+    }
+
     /// True when the package may be served without `--allow-invalid`.
     pub fn is_valid(&self) -> bool {
         self.problems.is_empty()
@@ -242,55 +293,4 @@ pub trait Catalog: Send + Sync + std::fmt::Debug + 'static {
     async fn watch(self: Arc<Self>, cancel: CancellationToken) {
         let _ = cancel;
     }
-}
-
-/// Validates one package's content: SHA-256, zip integrity (unless
-/// `.bin`), names and per-profile verdicts against `adv`. Reads `content`
-/// to its end, then again from the start for the zip check. Blocking: call
-/// from a blocking thread for large content.
-///
-/// # Errors
-/// `content` cannot be read or rewound.
-pub fn validate<R: Read + Seek>(
-    key: &str,
-    mut content: R,
-    modified: SystemTime,
-    adv: &Advertised,
-) -> io::Result<Package> {
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = content.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    let mut problems = name_problems(key);
-    let zip = match extension(key).as_deref() {
-        Some("bin") => None,
-        _ => {
-            content.rewind()?;
-            let result = check_zip(&mut content).map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                problems.push(e.clone());
-            }
-            Some(result)
-        }
-    };
-    let profiles = Profile::all()
-        .iter()
-        .map(|p| validate::profile_verdict(p, key, adv))
-        .collect();
-    Ok(Package {
-        path: key.to_string(),
-        size,
-        sha256: hex::encode(hasher.finalize()),
-        modified,
-        zip,
-        problems,
-        profiles,
-    })
 }
