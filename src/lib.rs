@@ -7,10 +7,16 @@
 //! - [`profile`]: the module families (`ec2x`, `ec200`, …) as data. The
 //!   single source of truth for URL limits, URC words and result codes; both
 //!   validation and the simulator read it.
-//! - [`catalog`]: the package folder behind a small [`catalog::Catalog`]
-//!   interface — scanned and re-scanned, each file validated once per change
-//!   (zip CRCs, SHA-256, names, per-profile URL verdicts). Request paths
-//!   become catalog keys in [`catalog::path`].
+//! - [`package`]: the pure package checks — zip integrity, naming rules,
+//!   version tokens — shared by the catalog and the simulator, importing
+//!   neither.
+//! - [`catalog`]: where packages come from, behind the whole
+//!   [`catalog::Catalog`] interface (lookup, metadata, listing, ranged
+//!   reads): the package folder ([`catalog::FsCatalog`], scanned and
+//!   re-scanned, each file validated once per change: SHA-256, zip CRCs,
+//!   names, per-profile URL verdicts) or packages in memory
+//!   ([`catalog::MemCatalog`]). Request paths become catalog keys in
+//!   [`catalog::path`].
 //! - [`serve`]: the listeners. [`serve::Server::builder`] binds FTP
 //!   ([`serve::ftp`], libunftp), HTTP and HTTPS ([`serve::http`], hyper +
 //!   rustls); both ask the catalog what to serve, apply [`serve::fault`]
@@ -30,12 +36,14 @@
 //!   dispatches, passing the shutdown signal ([`cli::shutdown_signal`]) in.
 //!
 //! Data flow when serving: client → listener → [`catalog::path`] key →
-//! [`catalog::Catalog::lookup`] → fault rules → bytes from
-//! [`catalog::Catalog::open`] → record → [`dlog::DownloadLog`] sinks.
+//! [`catalog::Catalog::lookup`] (listings: [`catalog::Catalog::list`]) →
+//! fault rules → bytes from [`catalog::Catalog::open`] → record →
+//! [`dlog::DownloadLog`] sinks.
 pub mod catalog;
 pub mod cli;
 pub mod dlog;
 pub mod modem;
+pub mod package;
 pub mod profile;
 pub mod serve;
 pub mod sim;

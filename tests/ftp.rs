@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{BIG, DEADLINE, Fixture, sha256};
-use qfota_serve::catalog::{Catalog, Lookup};
+use qfota_serve::catalog::Lookup;
 use qfota_serve::dlog::{DownloadRecord, Outcome, Protocol};
 use serde_json::Value;
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{BIG, Fixture, bounded, eventually};
-use qfota_serve::catalog::{Catalog, Lookup};
+use qfota_serve::catalog::Lookup;
 use qfota_serve::dlog::{Outcome, Protocol};
 use qfota_serve::serve::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

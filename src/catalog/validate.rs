@@ -1,124 +1,15 @@
-//! Package validation: zip integrity, naming rules and the per-profile
-//! verdict of SPEC §6.
+//! The per-profile verdict of SPEC §6: whether a package's URLs, as this
+//! server advertises them, fit each module family.
 //!
-//! Everything here is pure (bytes or names in, a report out) so that the
-//! catalog scanner, `qfota-serve check` and the simulator's package checks
-//! (SPEC §5) agree.
-
-use std::io::{Read, Seek};
+//! The verdicts depend on what the server advertises (host, ports, FTP
+//! credentials), so they live with the catalog; the pure package checks
+//! (zip, names, version tokens) are in [`crate::package`], shared with the
+//! simulator.
 
 use serde::Serialize;
 
+use crate::package::name::extension;
 use crate::profile::Profile;
-
-/// Why a zip archive is not a package a module would accept.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ZipError {
-    /// The central directory cannot be read (not a zip, truncated, …).
-    #[error("not a readable zip archive: {0}")]
-    Unreadable(String),
-    /// The archive has no entries.
-    #[error("zip archive has no entries")]
-    Empty,
-    /// An entry is encrypted; modules cannot decrypt it.
-    #[error("zip entry {0}: encrypted")]
-    Encrypted(String),
-    /// An entry fails its CRC-32 or cannot be decompressed.
-    #[error("zip entry {name}: {detail}")]
-    BadEntry {
-        /// Entry name inside the archive.
-        name: String,
-        /// What failed (CRC mismatch, unsupported method, bad data).
-        detail: String,
-    },
-}
-
-/// What a successful zip check found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ZipSummary {
-    /// Number of entries.
-    pub entries: usize,
-    /// Sum of the entries' uncompressed sizes, in bytes.
-    pub uncompressed_bytes: u64,
-}
-
-/// Reads the central directory, then every entry through to its end so the
-/// zip crate checks each CRC-32. Encrypted entries are refused.
-///
-/// # Errors
-/// [`ZipError`] naming the first entry that fails.
-pub fn check_zip<R: Read + Seek>(reader: R) -> Result<ZipSummary, ZipError> {
-    let mut archive =
-        zip::ZipArchive::new(reader).map_err(|e| ZipError::Unreadable(e.to_string()))?;
-    if archive.is_empty() {
-        return Err(ZipError::Empty);
-    }
-    let mut uncompressed_bytes = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    for i in 0..archive.len() {
-        let (name, encrypted) = match archive.by_index_raw(i) {
-            Ok(raw) => (raw.name().to_string(), raw.encrypted()),
-            Err(e) => {
-                return Err(ZipError::BadEntry {
-                    name: format!("#{i}"),
-                    detail: e.to_string(),
-                });
-            }
-        };
-        if encrypted {
-            return Err(ZipError::Encrypted(name));
-        }
-        let bad = |detail: String| ZipError::BadEntry {
-            name: name.clone(),
-            detail,
-        };
-        let mut entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
-        loop {
-            // The zip crate verifies the CRC-32 when the entry reaches EOF
-            // and reports a mismatch as an I/O error.
-            match entry.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => uncompressed_bytes += n as u64,
-                Err(e) => return Err(bad(e.to_string())),
-            }
-        }
-    }
-    Ok(ZipSummary {
-        entries: archive.len(),
-        uncompressed_bytes,
-    })
-}
-
-/// Characters SPEC §6 allows in a package's path segments.
-fn allowed_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
-}
-
-/// The naming problems of a package path relative to the package folder
-/// (`Jun/update-v12-to-v13.zip`), per SPEC §6: every segment ASCII letters,
-/// digits, `.`, `-`, `_`; the file ends `.zip` or `.bin`. Empty when fine.
-pub fn name_problems(rel_path: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    for segment in rel_path.split('/') {
-        if let Some(bad) = segment.chars().find(|c| !allowed_name_char(*c)) {
-            problems.push(format!(
-                "name {segment:?} has {bad:?}; only ASCII letters, digits, '.', '-', '_' are safe in a module URL"
-            ));
-        }
-    }
-    match extension(rel_path) {
-        Some(ext) if ext == "zip" || ext == "bin" => {}
-        _ => problems.push("not a package: the name must end .zip (or .bin for ec200)".into()),
-    }
-    problems
-}
-
-/// The lower-case extension of the last path segment, without the dot.
-pub fn extension(rel_path: &str) -> Option<String> {
-    let file = rel_path.rsplit('/').next()?;
-    let (_, ext) = file.rsplit_once('.')?;
-    Some(ext.to_ascii_lowercase())
-}
 
 /// FTP credentials advertised in printed URLs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,63 +175,6 @@ pub fn profile_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Cursor, Write};
-
-    fn zip_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        for (name, data) in entries {
-            w.start_file(*name, zip::write::SimpleFileOptions::default())
-                .unwrap();
-            w.write_all(data).unwrap();
-        }
-        w.finish().unwrap().into_inner()
-    }
-
-    #[test]
-    fn good_zip_passes_and_counts_entries() {
-        let z = zip_bytes(&[("system.diff", b"abc"), ("boot.diff", &[7u8; 1000])]);
-        let s = check_zip(Cursor::new(z)).unwrap();
-        assert_eq!(s.entries, 2);
-        assert_eq!(s.uncompressed_bytes, 1003);
-    }
-
-    #[test]
-    fn stored_entry_with_flipped_byte_fails_its_crc() {
-        let data = vec![0x55u8; 4096];
-        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        w.start_file("system.diff", opts).unwrap();
-        w.write_all(&data).unwrap();
-        let mut z = w.finish().unwrap().into_inner();
-        let at = z.iter().position(|b| *b == 0x55).unwrap() + 100;
-        z[at] ^= 0xff;
-        let err = check_zip(Cursor::new(z)).unwrap_err();
-        assert!(
-            matches!(&err, ZipError::BadEntry { name, .. } if name == "system.diff"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn non_zip_and_empty_zip_fail() {
-        assert!(matches!(
-            check_zip(Cursor::new(b"hello".to_vec())),
-            Err(ZipError::Unreadable(_))
-        ));
-        assert_eq!(check_zip(Cursor::new(zip_bytes(&[]))), Err(ZipError::Empty));
-    }
-
-    #[test]
-    fn naming_rules() {
-        assert!(name_problems("update-v12-to-v13.zip").is_empty());
-        assert!(name_problems("Jun/update_1.2.bin").is_empty());
-        assert_eq!(name_problems("my update.zip").len(), 1);
-        assert_eq!(name_problems("a@b.zip").len(), 1);
-        assert_eq!(name_problems("caf\u{e9}.zip").len(), 1);
-        assert_eq!(name_problems("notes.txt").len(), 1);
-        assert_eq!(name_problems("noext").len(), 1);
-    }
 
     fn adv() -> Advertised {
         Advertised {

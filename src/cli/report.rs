@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::catalog::{Catalog, Package};
+use crate::catalog::Package;
 use crate::profile::Profile;
 use crate::serve::Server;
 
@@ -21,7 +21,7 @@ pub fn banner(server: &Server, log: &std::path::Path) -> String {
         out,
         "qfota-serve {}: serving {} ({} packages, {} valid)",
         env!("CARGO_PKG_VERSION"),
-        cat.root().display(),
+        cat.location(),
         packages.len(),
         valid
     );

@@ -1,4 +1,4 @@
-//! FTP front-end (libunftp + unftp-sbe-fs), read-only.
+//! FTP front-end (libunftp), read-only, served from the catalog.
 //!
 //! libunftp's `DataListener` reports only finished `RETR`s and carries no
 //! client address, so this module takes the two things it needs elsewhere:
@@ -7,10 +7,14 @@
 //!   handed to its own libunftp `Server::service`, built with an
 //!   authenticator and storage back-end that share a per-connection
 //!   [`FtpSession`] holding the peer `ip:port` and, after login, the user;
-//! - **the bytes**: [`CatalogStorage`] wraps `unftp_sbe_fs::Filesystem` and
-//!   overrides `get_into`, counting every byte written to the data
-//!   connection, so a `RETR` that the client abandons part-way is logged as
-//!   `aborted` with the exact count.
+//! - **the bytes**: [`CatalogStorage`] is libunftp's storage back-end. It
+//!   answers `LIST`/`NLST`/`MLSD`, `SIZE`, `MDTM` and `CWD` from the
+//!   [`Catalog`]'s metadata and listings, and `RETR` from
+//!   [`Catalog::open`] in `get_into`, counting every byte written to the
+//!   data connection, so a `RETR` that the client abandons part-way is
+//!   logged as `aborted` with the exact count. A `RETR` reads as its
+//!   phases: resolve → authorize → apply faults → open → send, one
+//!   [`Attempt`] carrying what the record needs.
 //!
 //! Write commands (`STOR`, `APPE`, `DELE`, `MKD`, `RMD`, `RNTO`) reach the
 //! storage back-end, which refuses them with 550 and logs them. `RNFR` is
@@ -23,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use libunftp::options::PassiveHost;
@@ -31,14 +35,13 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, DefaultUser, Principal};
-use unftp_core::storage::{self, ErrorKind, Fileinfo, StorageBackend};
-use unftp_sbe_fs::Filesystem;
+use unftp_core::storage::{self, ErrorKind, Fileinfo, Permissions, StorageBackend};
 
 use super::fault::{Action, Applied, AttemptInfo, FaultedReader};
 use super::stall::StallGuard;
 use super::{Access, Shared};
-use crate::catalog::{Lookup, OpenError, Package, PackageReader, path};
-use crate::dlog::{Attempt, DownloadRecord, Outcome, Protocol};
+use crate::catalog::{Catalog, Entry, OpenError, Package, PackageReader, path};
+use crate::dlog::{Attempt, Outcome, Protocol};
 
 /// FTP listener settings.
 #[derive(Debug, Clone)]
@@ -94,16 +97,13 @@ impl FtpSession {
             Action::FtpReply { code, .. } => code,
             _ => 550,
         };
-        self.record(
-            &Attempt::start(Protocol::Ftp, self.peer, ""),
-            path,
-            None,
-            0,
-            0,
+        let mut attempt = self.attempt(path);
+        attempt.fault = Some(applied.name.clone());
+        self.emit(
+            &attempt,
             code,
             Outcome::Refused,
             format!("fault: reply {code} to {command}"),
-            Some(&applied.name),
         );
         storage::Error::from(error_kind_for(code))
     }
@@ -112,35 +112,18 @@ impl FtpSession {
         self.user.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        attempt: &Attempt,
-        path: &str,
-        package: Option<&Package>,
-        range_start: u64,
-        bytes_sent: u64,
-        status: u16,
-        outcome: Outcome,
-        reason: String,
-        fault: Option<&str>,
-    ) {
-        self.shared.log.emit(DownloadRecord {
-            ts: attempt.ts(),
-            duration_ms: attempt.elapsed_ms(),
-            protocol: Protocol::Ftp,
-            peer: self.peer,
-            user: self.user(),
-            path: path.to_string(),
-            size: package.map(|p| p.size),
-            sha256: package.map(|p| p.sha256.clone()),
-            range_start,
-            bytes_sent,
-            status,
-            outcome,
-            reason,
-            fault: fault.map(str::to_string),
-        });
+    /// A new attempt on `path` by this connection's peer and user.
+    fn attempt(&self, path: impl Into<String>) -> Attempt {
+        let mut attempt = Attempt::start(Protocol::Ftp, self.peer, path);
+        attempt.user = self.user();
+        attempt
+    }
+
+    /// Logs `attempt` as ending now.
+    fn emit(&self, attempt: &Attempt, status: u16, outcome: Outcome, reason: impl Into<String>) {
+        self.shared
+            .log
+            .emit(attempt.record(status, outcome, reason));
     }
 }
 
@@ -171,14 +154,16 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
             continue;
         }
         let storage_session = Arc::clone(&session);
-        let root = shared.root.clone();
         let stall = opts.stall;
         let authenticator = Arc::new(SessionAuthenticator {
             session: Arc::clone(&session),
             users: Arc::clone(&users),
         });
         let server = libunftp::ServerBuilder::with_authenticator(
-            Box::new(move || CatalogStorage::new(&root, Arc::clone(&storage_session), stall)),
+            Box::new(move || CatalogStorage {
+                session: Arc::clone(&storage_session),
+                stall,
+            }),
             authenticator,
         )
         .greeting("qfota-serve FTP ready (read-only)")
@@ -217,16 +202,13 @@ async fn refuse_connection(
         Action::FtpReply { code, .. } => code,
         _ => 421,
     };
-    session.record(
-        &Attempt::start(Protocol::Ftp, session.peer, ""),
-        "",
-        None,
-        0,
-        0,
+    let mut attempt = session.attempt("");
+    attempt.fault = Some(fault.name);
+    session.emit(
+        &attempt,
         code,
         Outcome::Refused,
         format!("fault: reply {code} to the connection"),
-        Some(&fault.name),
     );
     let line = format!("{code} Service not available (fault injected)\r\n");
     let _ = tcp.write_all(line.as_bytes()).await;
@@ -302,26 +284,19 @@ impl Authenticator for SessionAuthenticator {
         username: &str,
         creds: &Credentials,
     ) -> Result<Principal, AuthenticationError> {
-        let attempt = Attempt::start(Protocol::Ftp, self.session.peer, "");
         // Kept for the records; a hostile client may send a huge name.
         let logged: String = username.chars().take(256).collect();
         *self.session.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(logged);
+        let mut attempt = self.session.attempt("");
         let fault = self.session.select_fault(None, |a| {
             matches!(a, Action::RefuseLogin)
                 || matches!(a, Action::FtpReply { command, .. } if command == "USER" || command == "PASS")
         });
         if let Some(fault) = fault {
-            self.session.record(
-                &attempt,
-                "",
-                None,
-                0,
-                0,
-                530,
-                Outcome::AuthFailed,
-                "fault: login refused".into(),
-                Some(&fault.name),
-            );
+            attempt.fault = Some(fault.name);
+            let reason = "fault: login refused";
+            self.session
+                .emit(&attempt, 530, Outcome::AuthFailed, reason);
             return Err(AuthenticationError::BadPassword);
         }
         let password = creds.password.as_deref().unwrap_or("");
@@ -341,17 +316,8 @@ impl Authenticator for SessionAuthenticator {
         } else {
             "unknown user"
         };
-        self.session.record(
-            &attempt,
-            "",
-            None,
-            0,
-            0,
-            530,
-            Outcome::AuthFailed,
-            reason.into(),
-            None,
-        );
+        self.session
+            .emit(&attempt, 530, Outcome::AuthFailed, reason);
         if reason == "unknown user" {
             Err(AuthenticationError::BadUser)
         } else {
@@ -365,36 +331,72 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Read-only storage back-end: listings and metadata from
-/// `unftp_sbe_fs::Filesystem`, filtered through the catalog; package bytes
-/// from the catalog, counted.
+/// What libunftp shows for a catalog entry (`LIST`, `MLSD`, `SIZE`,
+/// `MDTM`): kind, size and modification time. Owner and group are 0 (MLSD
+/// then leaves out `unix.uid`/`unix.gid`); the permissions say read-only.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    folder: bool,
+    size: u64,
+    modified: SystemTime,
+}
+
+impl From<&Entry> for Meta {
+    fn from(entry: &Entry) -> Self {
+        Meta {
+            folder: entry.is_folder(),
+            size: entry.size(),
+            modified: entry.modified(),
+        }
+    }
+}
+
+impl storage::Metadata for Meta {
+    fn len(&self) -> u64 {
+        self.size
+    }
+
+    fn is_dir(&self) -> bool {
+        self.folder
+    }
+
+    fn is_file(&self) -> bool {
+        !self.folder
+    }
+
+    fn is_symlink(&self) -> bool {
+        false
+    }
+
+    fn modified(&self) -> storage::Result<SystemTime> {
+        Ok(self.modified)
+    }
+
+    fn gid(&self) -> u32 {
+        0
+    }
+
+    fn uid(&self) -> u32 {
+        0
+    }
+
+    fn permissions(&self) -> Permissions {
+        // Nothing can be written: r-xr-xr-x folders, r--r--r-- files.
+        Permissions(if self.folder { 0o555 } else { 0o444 })
+    }
+}
+
+/// Read-only storage back-end over the [`Catalog`]: listings and metadata
+/// from its snapshot, package bytes from [`Catalog::open`], counted.
 #[derive(Debug)]
 pub struct CatalogStorage {
-    inner: Option<Filesystem>,
     session: Arc<FtpSession>,
     stall: Duration,
 }
 
 impl CatalogStorage {
-    fn new(root: &Path, session: Arc<FtpSession>, stall: Duration) -> Self {
-        let inner = match Filesystem::new(root.to_path_buf()) {
-            Ok(fs) => Some(fs),
-            Err(err) => {
-                tracing::error!(root = %root.display(), error = %err, "cannot open package folder for FTP");
-                None
-            }
-        };
-        CatalogStorage {
-            inner,
-            session,
-            stall,
-        }
-    }
-
-    fn inner(&self) -> storage::Result<&Filesystem> {
-        self.inner
-            .as_ref()
-            .ok_or_else(|| storage::Error::from(ErrorKind::LocalError))
+    fn catalog(&self) -> &dyn Catalog {
+        self.session.shared.catalog.as_ref()
     }
 
     /// The catalog key for a libunftp path, or a 550 for a hostile path.
@@ -402,30 +404,179 @@ impl CatalogStorage {
         path::normalize(&path.to_string_lossy())
     }
 
-    /// Whether `key` is something FTP may show (a folder, or a package that
-    /// may be served).
-    fn visible(&self, key: &str) -> bool {
-        match self.session.shared.catalog.lookup(key) {
-            Lookup::Directory => true,
-            Lookup::Package(p) => p.is_valid() || self.session.shared.allow_invalid,
-            Lookup::Excluded(_) | Lookup::Missing => false,
+    /// Whether FTP may show `entry`: a folder, or a package that may be
+    /// served.
+    fn visible(&self, entry: &Entry) -> bool {
+        match entry {
+            Entry::Folder { .. } => true,
+            Entry::Package(p) => p.is_valid() || self.session.shared.allow_invalid,
         }
     }
 
+    /// Records a refused attempt ending now and returns `error` for
+    /// libunftp to reply with.
+    fn refuse(
+        &self,
+        attempt: &Attempt,
+        status: u16,
+        outcome: Outcome,
+        reason: impl Into<String>,
+        error: storage::Error,
+    ) -> storage::Error {
+        self.session.emit(attempt, status, outcome, reason);
+        error
+    }
+
     fn refuse_write(&self, command: &str, path: &Path) -> storage::Error {
-        let attempt = Attempt::start(Protocol::Ftp, self.session.peer, "");
-        self.session.record(
-            &attempt,
-            &path.to_string_lossy(),
-            None,
-            0,
-            0,
-            550,
-            Outcome::Refused,
-            format!("{command} refused: the server is read-only"),
-            None,
-        );
-        storage::Error::from(ErrorKind::PermissionDenied)
+        let attempt = self.session.attempt(path.to_string_lossy());
+        let reason = format!("{command} refused: the server is read-only");
+        let denied = storage::Error::from(ErrorKind::PermissionDenied);
+        self.refuse(&attempt, 550, Outcome::Refused, reason, denied)
+    }
+
+    /// `RETR` step 1: the catalog key, unless the server is shutting down
+    /// or the path is hostile.
+    fn resolve(&self, attempt: &Attempt, path: &Path) -> storage::Result<String> {
+        if self.session.shared.shutdown.is_cancelled() {
+            let reason = "server shutting down: no new transfers";
+            let busy = storage::Error::from(ErrorKind::TransientFileNotAvailable);
+            return Err(self.refuse(attempt, 450, Outcome::Refused, reason, busy));
+        }
+        Self::key(path).map_err(|err| {
+            let denied = storage::Error::from(ErrorKind::PermissionDenied);
+            self.refuse(attempt, 550, Outcome::Refused, err.to_string(), denied)
+        })
+    }
+
+    /// `RETR` step 2: the package at `key`, if it may be served from the
+    /// `REST` offset.
+    fn authorize(&self, attempt: &mut Attempt, key: String) -> storage::Result<Arc<Package>> {
+        attempt.path = key;
+        let package = match self.session.shared.resolve(&attempt.path) {
+            Access::Serve(pkg) => pkg,
+            Access::Refuse {
+                outcome,
+                reason,
+                package,
+            } => {
+                attempt.package = package.map(|p| (p.size, p.sha256.clone()));
+                return Err(self.refuse(attempt, 550, outcome, reason, not_available()));
+            }
+        };
+        attempt.package = Some((package.size, package.sha256.clone()));
+        if attempt.range_start > package.size {
+            let reason = format!(
+                "REST offset {} is beyond the end ({} bytes)",
+                attempt.range_start, package.size
+            );
+            let beyond = storage::Error::from(ErrorKind::PageTypeUnknown);
+            return Err(self.refuse(attempt, 551, Outcome::Refused, reason, beyond));
+        }
+        Ok(package)
+    }
+
+    /// `RETR` step 3: rules that replace the reply (`not-found`, an
+    /// `ftp-reply` to `RETR`). Rules that change the bytes apply in
+    /// [`CatalogStorage::open`], once the package is open.
+    fn apply_reply_faults(&self, attempt: &mut Attempt) -> storage::Result<()> {
+        let fault = self.session.select_fault(Some(&attempt.path), |a| {
+            matches!(a, Action::NotFound)
+                || matches!(a, Action::FtpReply { command, .. } if command == "RETR")
+        });
+        match fault {
+            None => Ok(()),
+            Some(Applied {
+                action: Action::NotFound,
+                name,
+            }) => {
+                attempt.fault = Some(name);
+                let reason = "fault: not-found";
+                Err(self.refuse(attempt, 550, Outcome::NotFound, reason, not_available()))
+            }
+            Some(reply) => Err(self.session.fault_reply(&reply, "RETR", &attempt.path)),
+        }
+    }
+
+    /// `RETR` step 4: the package's bytes from the `REST` offset, through
+    /// a data fault rule if one applies.
+    async fn open(
+        &self,
+        attempt: &mut Attempt,
+        package: &Package,
+    ) -> storage::Result<PackageReader> {
+        let shared = &self.session.shared;
+        let range = attempt.range_start..package.size;
+        let reader = match shared.catalog.open(package, range).await {
+            Ok(reader) => reader,
+            Err(err) => {
+                let status = if matches!(err, OpenError::Changed) {
+                    450
+                } else {
+                    451
+                };
+                let reason = err.to_string();
+                let error = storage::Error::new(ErrorKind::TransientFileNotAvailable, err);
+                return Err(self.refuse(attempt, status, Outcome::Refused, reason, error));
+            }
+        };
+        let Some(applied) = self
+            .session
+            .select_fault(Some(&attempt.path), Action::is_data)
+        else {
+            return Ok(reader);
+        };
+        attempt.fault = Some(applied.name);
+        Ok(Box::new(FaultedReader::new(
+            reader,
+            applied.action,
+            attempt.range_start,
+            package.size,
+            shared.shutdown.clone(),
+            self.stall,
+        )))
+    }
+
+    /// `RETR` step 5: copies the bytes to the data connection and records
+    /// how the transfer ended (also when the transfer is dropped).
+    async fn send<W>(
+        &self,
+        attempt: Attempt,
+        package: &Package,
+        mut reader: PackageReader,
+        output: &mut W,
+    ) -> storage::Result<u64>
+    where
+        W: AsyncWrite + Unpin + Send + ?Sized,
+    {
+        // Held for the whole transfer so shutdown waits for it.
+        let _transfer = self.session.shared.transfers.token();
+        let mut out = StallGuard::new(output, self.stall);
+        let mut record = RetrRecord {
+            session: &self.session,
+            attempt,
+            done: false,
+        };
+        if let Err(failure) = copy(&mut reader, &mut out, &mut record.attempt).await {
+            record.finish(failure.status, Outcome::Aborted, failure.reason);
+            return Err(failure.error);
+        }
+        let sent = record.attempt.bytes_sent;
+        let expected = package.size - record.attempt.range_start;
+        if sent == expected {
+            record.finish(226, Outcome::Complete, "sent");
+            return Ok(sent);
+        }
+        if record.attempt.fault.is_some() {
+            // `drop-after`: the data connection closes early while the
+            // control connection reports success, as when a middlebox cuts
+            // the transfer — the client sees fewer bytes than SIZE.
+            let reason = format!("fault: data connection closed after {sent} bytes (reply 226)");
+            record.finish(226, Outcome::Aborted, reason);
+            return Ok(sent);
+        }
+        let reason = format!("package shorter than its validated size ({expected} bytes expected)");
+        record.finish(451, Outcome::Aborted, reason);
+        Err(storage::Error::from(ErrorKind::LocalError))
     }
 }
 
@@ -433,9 +584,64 @@ fn not_available() -> storage::Error {
     storage::Error::from(ErrorKind::PermanentFileNotAvailable)
 }
 
+/// Why a transfer stopped part-way: the reply, the record's reason and the
+/// error libunftp gets.
+struct Failure {
+    status: u16,
+    reason: String,
+    error: storage::Error,
+}
+
+impl Failure {
+    /// The data connection could not be written (closed, stalled).
+    fn closed(err: io::Error) -> Self {
+        Failure {
+            status: 426,
+            reason: write_failure(&err),
+            error: storage::Error::new(ErrorKind::ConnectionClosed, err),
+        }
+    }
+}
+
+/// Copies `reader` to `out`, counting into `attempt.bytes_sent`, and
+/// flushes.
+async fn copy<O>(
+    reader: &mut PackageReader,
+    out: &mut O,
+    attempt: &mut Attempt,
+) -> Result<(), Failure>
+where
+    O: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) => {
+                // A data fault's error already says what happened.
+                let reason = if attempt.fault.is_some() {
+                    err.to_string()
+                } else {
+                    format!("read error: {err}")
+                };
+                let error = storage::Error::new(ErrorKind::LocalError, err);
+                return Err(Failure {
+                    status: 451,
+                    reason,
+                    error,
+                });
+            }
+        };
+        out.write_all(&buf[..n]).await.map_err(Failure::closed)?;
+        attempt.bytes_sent += n as u64;
+    }
+    out.flush().await.map_err(Failure::closed)
+}
+
 #[async_trait]
 impl StorageBackend<DefaultUser> for CatalogStorage {
-    type Metadata = unftp_sbe_fs::Meta;
+    type Metadata = Meta;
 
     fn supported_features(&self) -> u32 {
         storage::FEATURE_RESTART
@@ -443,48 +649,43 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
 
     async fn metadata<P: AsRef<Path> + Send + Debug>(
         &self,
-        user: &DefaultUser,
+        _user: &DefaultUser,
         path: P,
     ) -> storage::Result<Self::Metadata> {
-        match Self::key(path.as_ref()) {
-            Ok(key) if self.visible(&key) => {
-                // SIZE and MDTM (and RNFR, MLST) all come here.
-                if let Some(f) = self.session.fault(Some(&key), |c| c == "SIZE") {
-                    return Err(self.session.fault_reply(&f, "SIZE", &key));
-                }
-                self.inner()?.metadata(user, path).await
-            }
-            _ => Err(not_available()),
+        let key = Self::key(path.as_ref()).map_err(|_| not_available())?;
+        let entry = self
+            .catalog()
+            .metadata(&key)
+            .filter(|e| self.visible(e))
+            .ok_or_else(not_available)?;
+        // SIZE and MDTM (and RNFR, MLST) all come here.
+        if let Some(f) = self.session.fault(Some(&key), |c| c == "SIZE") {
+            return Err(self.session.fault_reply(&f, "SIZE", &key));
         }
+        Ok(Meta::from(&entry))
     }
 
     async fn list<P: AsRef<Path> + Send + Debug>(
         &self,
-        user: &DefaultUser,
+        _user: &DefaultUser,
         path: P,
     ) -> storage::Result<Vec<Fileinfo<PathBuf, Self::Metadata>>>
     where
         Self::Metadata: storage::Metadata,
     {
         let dir = Self::key(path.as_ref()).map_err(|_| not_available())?;
-        if !matches!(self.session.shared.catalog.lookup(&dir), Lookup::Directory) {
-            return Err(not_available());
-        }
+        let entries = self.catalog().list(&dir).ok_or_else(not_available)?;
         // LIST, NLST and MLSD all come here.
         if let Some(f) = self.session.fault(Some(&dir), |c| c == "LIST") {
             return Err(self.session.fault_reply(&f, "LIST", &dir));
         }
-        let entries = self.inner()?.list(user, path).await?;
         Ok(entries
-            .into_iter()
-            .filter(|fi| {
-                let name = fi.path.to_string_lossy();
-                let key = if dir.is_empty() {
-                    name.into_owned()
-                } else {
-                    format!("{dir}/{name}")
-                };
-                self.visible(&key)
+            .iter()
+            .filter(|e| self.visible(e))
+            .map(|e| Fileinfo {
+                // libunftp prints the last component of the path.
+                path: PathBuf::from(e.name()),
+                metadata: Meta::from(e),
             })
             .collect())
     }
@@ -498,10 +699,8 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         let key = Self::key(path.as_ref()).map_err(|_| not_available())?;
         match self.session.shared.resolve(&key) {
             Access::Serve(pkg) => self
-                .session
-                .shared
-                .catalog
-                .open(&pkg, start_pos)
+                .catalog()
+                .open(&pkg, start_pos.min(pkg.size)..pkg.size)
                 .await
                 .map_err(|e| storage::Error::new(ErrorKind::TransientFileNotAvailable, e)),
             Access::Refuse { .. } => Err(not_available()),
@@ -519,215 +718,14 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         W: AsyncWrite + Unpin + Sync + Send,
         P: AsRef<Path> + Send + Debug,
     {
-        let attempt = Attempt::start(Protocol::Ftp, self.session.peer, "");
-        let raw = path
-            .as_ref()
-            .to_string_lossy()
-            .trim_start_matches('/')
-            .to_string();
-        let session = &self.session;
-        if session.shared.shutdown.is_cancelled() {
-            let reason = "server shutting down: no new transfers".to_string();
-            session.record(
-                &attempt,
-                &raw,
-                None,
-                start_pos,
-                0,
-                450,
-                Outcome::Refused,
-                reason,
-                None,
-            );
-            return Err(storage::Error::from(ErrorKind::TransientFileNotAvailable));
-        }
-        let key = match Self::key(path.as_ref()) {
-            Ok(k) => k,
-            Err(err) => {
-                session.record(
-                    &attempt,
-                    &raw,
-                    None,
-                    start_pos,
-                    0,
-                    550,
-                    Outcome::Refused,
-                    err.to_string(),
-                    None,
-                );
-                return Err(storage::Error::from(ErrorKind::PermissionDenied));
-            }
-        };
-        let package = match session.shared.resolve(&key) {
-            Access::Serve(pkg) => pkg,
-            Access::Refuse {
-                outcome,
-                reason,
-                package,
-            } => {
-                session.record(
-                    &attempt,
-                    &key,
-                    package.as_deref(),
-                    start_pos,
-                    0,
-                    550,
-                    outcome,
-                    reason,
-                    None,
-                );
-                return Err(not_available());
-            }
-        };
-        if start_pos > package.size {
-            session.record(
-                &attempt,
-                &key,
-                Some(&package),
-                start_pos,
-                0,
-                551,
-                Outcome::Refused,
-                format!(
-                    "REST offset {start_pos} is beyond the end ({} bytes)",
-                    package.size
-                ),
-                None,
-            );
-            return Err(storage::Error::from(ErrorKind::PageTypeUnknown));
-        }
-        // Rules that replace the reply apply now; rules that change the
-        // bytes once the package is open (below).
-        let fault = session.select_fault(Some(&key), |a| {
-            matches!(a, Action::NotFound)
-                || matches!(a, Action::FtpReply { command, .. } if command == "RETR")
-        });
-        match fault {
-            Some(Applied {
-                action: Action::NotFound,
-                name,
-            }) => {
-                session.record(
-                    &attempt,
-                    &key,
-                    Some(&package),
-                    start_pos,
-                    0,
-                    550,
-                    Outcome::NotFound,
-                    "fault: not-found".into(),
-                    Some(&name),
-                );
-                return Err(not_available());
-            }
-            Some(
-                f @ Applied {
-                    action: Action::FtpReply { .. },
-                    ..
-                },
-            ) => {
-                return Err(session.fault_reply(&f, "RETR", &key));
-            }
-            _ => {}
-        }
-        let mut fault_name = None;
-        let mut reader: PackageReader = match session.shared.catalog.open(&package, start_pos).await
-        {
-            Ok(r) => match session.select_fault(Some(&key), Action::is_data) {
-                Some(applied) => {
-                    fault_name = Some(applied.name);
-                    Box::new(FaultedReader::new(
-                        r,
-                        applied.action,
-                        start_pos,
-                        package.size,
-                        session.shared.shutdown.clone(),
-                        self.stall,
-                    ))
-                }
-                None => r,
-            },
-            Err(err) => {
-                let status = if matches!(err, OpenError::Changed) {
-                    450
-                } else {
-                    451
-                };
-                session.record(
-                    &attempt,
-                    &key,
-                    Some(&package),
-                    start_pos,
-                    0,
-                    status,
-                    Outcome::Refused,
-                    err.to_string(),
-                    None,
-                );
-                return Err(storage::Error::new(
-                    ErrorKind::TransientFileNotAvailable,
-                    err,
-                ));
-            }
-        };
-        // Held for the whole transfer so shutdown waits for it.
-        let _transfer = session.shared.transfers.token();
-        let mut out = StallGuard::new(output, self.stall);
-        let mut tracker = RetrRecord {
-            session,
-            attempt,
-            key: &key,
-            package: &package,
-            start_pos,
-            sent: 0,
-            done: false,
-            fault: fault_name,
-        };
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) => {
-                    let reason = if tracker.fault.is_some() {
-                        err.to_string()
-                    } else {
-                        format!("read error: {err}")
-                    };
-                    tracker.finish(451, Outcome::Aborted, reason);
-                    return Err(storage::Error::new(ErrorKind::LocalError, err));
-                }
-            };
-            if let Err(err) = out.write_all(&buf[..n]).await {
-                tracker.finish(426, Outcome::Aborted, write_failure(&err));
-                return Err(storage::Error::new(ErrorKind::ConnectionClosed, err));
-            }
-            tracker.sent += n as u64;
-        }
-        if let Err(err) = out.flush().await {
-            tracker.finish(426, Outcome::Aborted, write_failure(&err));
-            return Err(storage::Error::new(ErrorKind::ConnectionClosed, err));
-        }
-        let expected = package.size - start_pos;
-        if tracker.sent != expected {
-            if tracker.fault.is_some() {
-                // `drop-after`: the data connection closes early while the
-                // control connection reports success, as when a middlebox
-                // cuts the transfer — the client sees fewer bytes than SIZE.
-                let sent = tracker.sent;
-                let reason =
-                    format!("fault: data connection closed after {sent} bytes (reply 226)");
-                tracker.finish(226, Outcome::Aborted, reason);
-                return Ok(sent);
-            }
-            let reason =
-                format!("package shorter than its validated size ({expected} bytes expected)");
-            tracker.finish(451, Outcome::Aborted, reason);
-            return Err(storage::Error::from(ErrorKind::LocalError));
-        }
-        let sent = tracker.sent;
-        tracker.finish(226, Outcome::Complete, "sent".into());
-        Ok(sent)
+        let requested = path.as_ref().to_string_lossy();
+        let mut attempt = self.session.attempt(requested.trim_start_matches('/'));
+        attempt.range_start = start_pos;
+        let key = self.resolve(&attempt, path.as_ref())?;
+        let package = self.authorize(&mut attempt, key)?;
+        self.apply_reply_faults(&mut attempt)?;
+        let reader = self.open(&mut attempt, &package).await?;
+        self.send(attempt, &package, reader, output).await
     }
 
     async fn put<
@@ -781,8 +779,9 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         _user: &DefaultUser,
         path: P,
     ) -> storage::Result<()> {
-        match Self::key(path.as_ref()) {
-            Ok(key) if matches!(self.session.shared.catalog.lookup(&key), Lookup::Directory) => {
+        let key = Self::key(path.as_ref());
+        match key {
+            Ok(key) if self.catalog().metadata(&key).is_some_and(|e| e.is_folder()) => {
                 match self.session.fault(Some(&key), |c| c == "CWD") {
                     Some(f) => Err(self.session.fault_reply(&f, "CWD", &key)),
                     None => Ok(()),
@@ -810,30 +809,14 @@ fn write_failure(err: &io::Error) -> String {
 struct RetrRecord<'a> {
     session: &'a FtpSession,
     attempt: Attempt,
-    key: &'a str,
-    package: &'a Package,
-    start_pos: u64,
-    sent: u64,
     done: bool,
-    fault: Option<String>,
 }
 
 impl RetrRecord<'_> {
-    fn finish(&mut self, status: u16, outcome: Outcome, reason: String) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
+    fn finish(&mut self, status: u16, outcome: Outcome, reason: impl Into<String>) {
+        if !std::mem::replace(&mut self.done, true) {
+            self.session.emit(&self.attempt, status, outcome, reason);
         }
-        self.session.record(
-            &self.attempt,
-            self.key,
-            Some(self.package),
-            self.start_pos,
-            self.sent,
-            status,
-            outcome,
-            reason,
-            self.fault.as_deref(),
-        );
     }
 }
 
@@ -844,7 +827,7 @@ impl Drop for RetrRecord<'_> {
         } else {
             "transfer cancelled"
         };
-        self.finish(426, Outcome::Aborted, reason.into());
+        self.finish(426, Outcome::Aborted, reason);
     }
 }
 

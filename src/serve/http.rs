@@ -36,7 +36,6 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::io::ReaderStream;
@@ -220,7 +219,7 @@ impl Conn {
                 .emit(attempt.record(span.status.as_u16(), Outcome::Complete, "HEAD"));
             Either::Left(Full::new(Bytes::new()))
         } else {
-            let reader = self.open_body(&package, span.start, attempt).await?;
+            let reader = self.open_body(&package, span.start..span.start + span.len, attempt).await?;
             Either::Right(self.package_body(reader, &span, attempt.clone()))
         };
         Ok(package_response(body, &span, &package, &validators))
@@ -282,10 +281,11 @@ impl Conn {
     async fn open_body(
         &self,
         package: &Package,
-        start: u64,
+        range: std::ops::Range<u64>,
         attempt: &mut Attempt,
     ) -> Result<PackageReader, Answer> {
-        let reader = match self.shared.catalog.open(package, start).await {
+        let start = range.start;
+        let reader = match self.shared.catalog.open(package, range).await {
             Ok(reader) => reader,
             Err(err @ OpenError::Changed) => {
                 let answer = Answer::new(
@@ -330,7 +330,7 @@ impl Conn {
         attempt: Attempt,
     ) -> PackageBody {
         PackageBody {
-            stream: ReaderStream::with_capacity(reader.take(span.len), BODY_CHUNK),
+            stream: ReaderStream::with_capacity(reader, BODY_CHUNK),
             expected: span.len,
             sent: 0,
             status: span.status,
@@ -632,7 +632,7 @@ struct Finish {
 /// the last byte, or because the client went away, a write stalled, or the
 /// server shut down — it records how many bytes were handed over.
 pub(crate) struct PackageBody {
-    stream: ReaderStream<tokio::io::Take<PackageReader>>,
+    stream: ReaderStream<PackageReader>,
     expected: u64,
     sent: u64,
     status: StatusCode,

@@ -39,7 +39,6 @@ use tokio_rustls::TlsAcceptor;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) catalog: Arc<dyn Catalog>,
-    pub(crate) root: PathBuf,
     pub(crate) log: DownloadLog,
     pub(crate) allow_invalid: bool,
     pub(crate) shutdown: CancellationToken,
@@ -187,6 +186,7 @@ pub struct ServerBuilder {
     faults: Vec<FaultRule>,
     fault_seed: u64,
     fault_file: Option<PathBuf>,
+    catalog: Option<Arc<dyn Catalog>>,
 }
 
 impl Default for ServerBuilder {
@@ -211,6 +211,7 @@ impl Default for ServerBuilder {
             faults: Vec::new(),
             fault_seed: 0,
             fault_file: None,
+            catalog: None,
         }
     }
 }
@@ -219,6 +220,14 @@ impl ServerBuilder {
     /// The package folder to serve.
     pub fn packages(mut self, dir: impl Into<PathBuf>) -> Self {
         self.packages = dir.into();
+        self
+    }
+    /// Serves from `catalog` instead of scanning [`ServerBuilder::packages`]
+    /// (e.g. a [`MemCatalog`](crate::catalog::MemCatalog)). Its per-profile
+    /// verdicts are the ones it computed for its own
+    /// [`Advertised`]; [`Catalog::watch`] runs until shutdown.
+    pub fn catalog(mut self, catalog: Arc<dyn Catalog>) -> Self {
+        self.catalog = Some(catalog);
         self
     }
     /// Address to listen on (all three protocols).
@@ -341,8 +350,7 @@ impl ServerBuilder {
         let tls = self.tls_acceptor(&listeners, &public_host).await?;
         let (faults, file_stamp) = self.load_faults()?;
         let shared = Arc::new(Shared {
-            catalog: Arc::clone(&catalog) as Arc<dyn Catalog>,
-            root: catalog.root().to_path_buf(),
+            catalog: Arc::clone(&catalog),
             log,
             allow_invalid: self.allow_invalid,
             shutdown: CancellationToken::new(),
@@ -422,13 +430,17 @@ impl ServerBuilder {
     }
 
     /// Scans and validates the package folder.
-    async fn open_catalog(&self, advertised: Advertised) -> Result<Arc<FsCatalog>, ServeError> {
-        FsCatalog::open(&self.packages, advertised)
+    async fn open_catalog(&self, advertised: Advertised) -> Result<Arc<dyn Catalog>, ServeError> {
+        if let Some(catalog) = &self.catalog {
+            return Ok(Arc::clone(catalog));
+        }
+        let catalog = FsCatalog::open(&self.packages, advertised)
             .await
             .map_err(|source| ServeError::Packages {
                 path: self.packages.clone(),
                 source,
-            })
+            })?;
+        Ok(catalog)
     }
 
     /// The download log: the `--log` file, else memory only.
@@ -567,7 +579,7 @@ struct Addrs {
 pub struct Server {
     addrs: Addrs,
     advertised: Advertised,
-    catalog: Arc<FsCatalog>,
+    catalog: Arc<dyn Catalog>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
     grace: Duration,
@@ -612,7 +624,7 @@ impl Server {
     }
 
     /// The catalog being served.
-    pub fn catalog(&self) -> &Arc<FsCatalog> {
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
         &self.catalog
     }
 

@@ -12,7 +12,7 @@
 //!    package over FTP (suppaftp) or HTTP(S) (hyper + a module-like rustls
 //!    client) and maps any failure cause to the family's
 //!    `FTPEND`/`HTTPEND` code ([`download::cause`]).
-//! 3. [`package`] checks the package (zip and CRC, the [`version`] in its
+//! 3. [`package`] checks the package (zip and CRC, the [`version`](crate::package::version) in its
 //!    name, size, free space); [`upgrade`] prints `START`, `UPDATING`,
 //!    `END,<err>` with the five-attempt retry rule, reboots and power cuts
 //!    ([`fault`] injects module-side faults); the run reboots the module
@@ -33,7 +33,8 @@
 //! - [`download`] and [`upgrade`], the steps a run drives;
 //! - bottom: `clock` (module time: realistic timings × the time scale),
 //!   `emit` (the event channel), [`command`], [`fault`], [`urc`],
-//!   [`package`], [`version`], [`transcript`].
+//!   [`package`], [`transcript`] (version tokens live in
+//!   [`crate::package::version`], shared with the catalog).
 //!
 //! `testing` holds the unit tests' shared helpers.
 //!
@@ -55,7 +56,6 @@ pub(crate) mod testing;
 pub mod transcript;
 pub mod upgrade;
 pub mod urc;
-pub mod version;
 
 pub use command::{FotaUrl, FotadlArgs, FotadlCommand};
 pub use download::DownloadError;

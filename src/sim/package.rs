@@ -5,11 +5,10 @@
 
 use std::io::Cursor;
 
-use crate::catalog::validate::{self, ZipError};
-
+use crate::package::version::VersionChange;
+use crate::package::zip::ZipError;
 use crate::profile::Profile;
 use crate::sim::fault::{FaultPlan, MD5_CODE, SIGNATURE_CODE};
-use crate::sim::version::VersionChange;
 
 /// `<err>` "package format wrong", and `ec200`'s only "upgrade failed"
 /// (SPEC §4); also what a family reports for a check whose own code it
@@ -23,13 +22,13 @@ pub const SPACE_CODE: u16 = 511;
 pub const TOO_LARGE_CODE: u16 = 550;
 
 /// Zip and CRC check of a downloaded package: the same check the server's
-/// catalog runs ([`crate::catalog::validate::check_zip`]), over bytes in
+/// catalog runs ([`crate::package::zip::check_zip`]), over bytes in
 /// memory. Returns the number of entries.
 ///
 /// # Errors
 /// The first [`ZipError`].
 pub fn check_zip(bytes: &[u8]) -> Result<usize, ZipError> {
-    validate::check_zip(Cursor::new(bytes)).map(|summary| summary.entries)
+    crate::package::zip::check_zip(Cursor::new(bytes)).map(|summary| summary.entries)
 }
 
 /// What the module knows when it checks a package.

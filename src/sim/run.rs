@@ -20,7 +20,7 @@ use crate::sim::package::{self, PackageFacts};
 use crate::sim::state::{BusyGuard, Config, RunLog};
 use crate::sim::upgrade::{self, Upgrade};
 use crate::sim::urc::{AtResult, Event, PowerOff, Urc};
-use crate::sim::version::VersionChange;
+use crate::package::version::VersionChange;
 
 /// Phase 1, the answer: `OK` (the run goes on) or `ERROR` (a refused
 /// command, nothing follows), after the module's response time.

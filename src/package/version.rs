@@ -3,6 +3,8 @@
 //!
 //! The vendor's package internals are not public, so the simulator decides
 //! `510` (wrong source firmware) and the module's new version from the name.
+//! A pure rule on names, kept with the other package checks in
+//! [`crate::package`].
 
 /// The `<from>` and `<to>` versions a package name states.
 #[derive(Debug, Clone, PartialEq, Eq)]
