@@ -88,7 +88,9 @@ pub struct DownloadRecord {
     pub duration_ms: u64,
     /// Transport.
     pub protocol: Protocol,
-    /// Client address, `ip:port` of the control (FTP) or HTTP connection.
+    /// Client address, `ip:port` of the control (FTP) or HTTP connection;
+    /// an IPv4 client of a dual-stack listener is written `127.0.0.1:58422`,
+    /// not `[::ffff:127.0.0.1]:58422`.
     pub peer: SocketAddr,
     /// FTP user name; `None` over HTTP(S).
     pub user: Option<String>,
@@ -101,8 +103,16 @@ pub struct DownloadRecord {
     pub sha256: Option<String>,
     /// First byte offset asked for (FTP `REST`, HTTP `Range`), 0 otherwise.
     pub range_start: u64,
-    /// Bytes of package data written to the connection.
+    /// Bytes of package data written to the connection (accepted by the
+    /// server's kernel; not proof that the module got them).
     pub bytes_sent: u64,
+    /// Bytes of package data the peer's TCP stack acknowledged (see
+    /// [`crate::serve::delivery`]): exact over HTTP and FTP, within one TLS
+    /// record (16 KiB) over HTTPS. Equal to `bytes_sent` on a `complete`
+    /// record; 0 on a record without a body. Absent in logs written before
+    /// it existed (read as 0).
+    #[serde(default)]
+    pub bytes_acked: u64,
     /// HTTP status, or FTP reply code (226 done, 426 aborted, 530, 550…).
     pub status: u16,
     /// How the attempt ended.
@@ -157,13 +167,17 @@ pub struct Attempt {
     pub range_start: u64,
     /// Body bytes written so far.
     pub bytes_sent: u64,
+    /// Body bytes the peer acknowledged so far.
+    pub bytes_acked: u64,
     /// Fault rule applied, if any.
     pub fault: Option<String>,
 }
 
 impl Attempt {
-    /// Starts the clock now.
+    /// Starts the clock now. `peer` is stored unmapped
+    /// ([`crate::net::unmap`]).
     pub fn start(protocol: Protocol, peer: SocketAddr, path: impl Into<String>) -> Self {
+        let peer = crate::net::unmap(peer);
         Attempt {
             // Millisecond precision, as the log writes it.
             ts: Utc::now().trunc_subsecs(3),
@@ -175,6 +189,7 @@ impl Attempt {
             package: None,
             range_start: 0,
             bytes_sent: 0,
+            bytes_acked: 0,
             fault: None,
         }
     }
@@ -208,6 +223,7 @@ impl Attempt {
             sha256: self.package.as_ref().map(|(_, sha)| sha.clone()),
             range_start: self.range_start,
             bytes_sent: self.bytes_sent,
+            bytes_acked: self.bytes_acked,
             status,
             outcome,
             reason: reason.into(),
@@ -341,6 +357,7 @@ mod tests {
             sha256: Some("ab".repeat(32)),
             range_start: 0,
             bytes_sent: 50,
+            bytes_acked: 40,
             status: 426,
             outcome: Outcome::Aborted,
             reason: "client closed the data connection".into(),

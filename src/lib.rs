@@ -21,8 +21,13 @@
 //!   ([`serve::ftp`], libunftp), HTTP and HTTPS ([`serve::http`], hyper +
 //!   rustls); both ask the catalog what to serve, apply [`serve::fault`]
 //!   rules, and emit one [`dlog::DownloadRecord`] per attempt.
+//!   [`serve::delivery`] reads from the kernel how many body bytes each
+//!   peer acknowledged, so a record is `complete` only when the module's
+//!   TCP stack has every byte.
 //! - [`dlog`]: the download log — records fanned out to the JSON-lines file,
 //!   `tracing`, an in-memory ring and subscribers.
+//! - [`net`]: address helpers (IPv4-mapped peers written as IPv4) used by
+//!   the log, the server and its kernel look-ups.
 //! - [`sim`]: the module simulator — `AT+QFOTADL` parsing, the FTP/HTTP(S)
 //!   downloader, package checks and the upgrade with its URCs and retries;
 //!   [`sim::fleet`] runs many modules at once.
@@ -37,12 +42,14 @@
 //!
 //! Data flow when serving: client → listener → [`catalog::path`] key →
 //! [`catalog::Catalog::lookup`] (listings: [`catalog::Catalog::list`]) →
-//! fault rules → bytes from [`catalog::Catalog::open`] → record →
+//! fault rules → bytes from [`catalog::Catalog::open`] → socket → the
+//! peer's acknowledgements ([`serve::delivery`]) → record →
 //! [`dlog::DownloadLog`] sinks.
 pub mod catalog;
 pub mod cli;
 pub mod dlog;
 pub mod modem;
+pub mod net;
 pub mod package;
 pub mod profile;
 pub mod serve;

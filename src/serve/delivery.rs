@@ -17,6 +17,14 @@
 //! `unsafe`. One netlink socket per thread answers exact look-ups in
 //! microseconds.
 //!
+//! A connection the peer resets is unhashed at once and no longer answers
+//! look-ups, so its last counters would be lost; the kernel broadcasts each
+//! TCP socket's final counters when it is destroyed (sock_diag multicast
+//! groups `SKNLGRP_INET_TCP_DESTROY` / `SKNLGRP_INET6_TCP_DESTROY`), and one
+//! listener thread hands them to the connection's [`AckTracker`]. Joining
+//! those groups needs `CAP_NET_ADMIN` on some kernels; without it the
+//! record uses the last look-up.
+//!
 //! Accuracy: over plain HTTP and FTP the acknowledged body figure is exact.
 //! Over HTTPS the kernel counts ciphertext; [`tls_plaintext_estimate`]
 //! removes the per-record overhead, so the figure is within one TLS record
@@ -25,8 +33,8 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
@@ -41,8 +49,24 @@ use netlink_packet_sock_diag::inet::{
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
 
-/// `TCP_LISTEN` in the kernel's state numbering (`include/net/tcp_states.h`).
+/// `TCP_ESTABLISHED` in the kernel's state numbering
+/// (`include/net/tcp_states.h`).
+const TCP_ESTABLISHED: u8 = 1;
+/// `TCP_CLOSE_WAIT`: the peer sent FIN; the server may still be sending.
+const TCP_CLOSE_WAIT: u8 = 8;
+/// `TCP_LISTEN`.
 const TCP_LISTEN: u8 = 10;
+
+/// How often a connection whose write is blocked asks the kernel for
+/// acknowledgement progress: the stall clock and the figure recorded when a
+/// connection is reset both come from these look-ups. Each is one netlink
+/// round trip of a few microseconds; 10,000 blocked connections cost about
+/// 20,000 look-ups a second.
+pub const ACK_POLL: Duration = Duration::from_millis(500);
+
+/// The shortest interval between two look-ups for a connection that keeps
+/// writing, so a fast transfer does not pay one look-up per write.
+const REFRESH_MIN: Duration = Duration::from_millis(100);
 
 /// Largest plaintext per TLS record (RFC 8446 §5.1, RFC 5246 §6.2.1).
 const TLS_RECORD_PLAINTEXT: u64 = 16_384;
@@ -226,6 +250,23 @@ pub fn snapshot(ends: TcpEnds) -> io::Result<Option<Snapshot>> {
     })
 }
 
+/// A tracker for `ends` when the kernel's counters can be read for it;
+/// `None` (and a warning, once per process) when netlink is unavailable,
+/// e.g. in a sandbox without `NETLINK_SOCK_DIAG`.
+pub fn track(ends: TcpEnds, tls: bool) -> Option<Arc<AckTracker>> {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    match snapshot(ends) {
+        Ok(Some(_)) => Some(AckTracker::start(ends, tls)),
+        Ok(None) => None,
+        Err(err) => {
+            WARNED.call_once(|| {
+                tracing::warn!(error = %err, "cannot read TCP acknowledgement counters (sock_diag); records count bytes written");
+            });
+            None
+        }
+    }
+}
+
 /// Finds the established connection whose local port is `local_port` and
 /// whose peer address is `peer_ip` — how an FTP data connection accepted by
 /// libunftp on a passive port is found. Dumps the family's TCP sockets, so
@@ -242,10 +283,11 @@ pub fn find_by_local_port(local_port: u16, peer_ip: IpAddr) -> io::Result<Option
             send_request(socket, NLM_F_REQUEST | NLM_F_DUMP, family, id)?;
             read_answers(socket, true, |response| {
                 let id = &response.header.socket_id;
+                let state = response.header.state;
                 if found.is_none()
-                    && response.header.state != TCP_LISTEN
+                    && (state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT)
                     && id.source_port == local_port
-                    && crate::serve::peer::same_ip(id.destination_address, peer_ip)
+                    && crate::net::same_ip(id.destination_address, peer_ip)
                 {
                     found = Some(TcpEnds {
                         local: SocketAddr::new(id.source_address, id.source_port),
@@ -311,20 +353,32 @@ pub struct AckTracker {
     acked: AtomicU64,
     /// When `acked` last grew (or tracking began).
     progressed: Mutex<Instant>,
+    /// When the kernel was last asked.
+    asked: Mutex<Instant>,
+    /// Unacknowledged bytes at the last look (or at destruction).
+    unacked: AtomicU64,
+    /// Turns true when the kernel destroyed the socket; its final counters
+    /// are then in `acked` and `unacked`.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl AckTracker {
     /// Starts tracking the connection `ends`, taking the body to begin at
-    /// the kernel's current written count (call after headers are flushed).
+    /// the kernel's current written count (call again with
+    /// [`AckTracker::mark_body_start`] once a body's headers are flushed).
     /// `tls`: the connection carries TLS, so counts are ciphertext.
-    pub fn start(ends: TcpEnds, tls: bool) -> Self {
-        let tracker = AckTracker {
+    pub fn start(ends: TcpEnds, tls: bool) -> Arc<Self> {
+        let tracker = Arc::new(AckTracker {
             ends,
             tls,
             base: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             progressed: Mutex::new(Instant::now()),
-        };
+            asked: Mutex::new(Instant::now()),
+            unacked: AtomicU64::new(0),
+            closed: tokio::sync::watch::Sender::new(false),
+        });
+        destroy::register(&tracker);
         tracker.mark_body_start();
         tracker
     }
@@ -341,26 +395,64 @@ impl AckTracker {
             self.base.store(s.written(), Ordering::Release);
             self.acked.store(s.bytes_acked, Ordering::Release);
         }
+        *lock(&self.progressed) = Instant::now();
     }
 
     /// Asks the kernel now; records progress. `None` when the connection is
     /// gone (the last figures stay).
     pub fn refresh(&self) -> Option<Snapshot> {
+        *lock(&self.asked) = Instant::now();
         let snap = snapshot(self.ends).ok().flatten()?;
-        let before = self.acked.fetch_max(snap.bytes_acked, Ordering::AcqRel);
-        if snap.bytes_acked > before {
-            *self.progressed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        }
+        self.observe(snap.bytes_acked, snap.unacked);
         Some(snap)
     }
 
-    /// Time since the peer last acknowledged a new byte (or since tracking
-    /// began).
+    fn observe(&self, bytes_acked: u64, unacked: u64) {
+        let before = self.acked.fetch_max(bytes_acked, Ordering::AcqRel);
+        if bytes_acked > before {
+            *lock(&self.progressed) = Instant::now();
+        }
+        self.unacked.store(unacked, Ordering::Release);
+    }
+
+    /// The kernel destroyed the socket with these final counters.
+    fn destroyed(&self, bytes_acked: u64, unacked: u64) {
+        self.observe(bytes_acked, unacked);
+        self.closed.send_replace(true);
+    }
+
+    /// Whether the kernel has destroyed the socket.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Waits up to `limit` for the socket's destruction (the fd closed),
+    /// when its final counters arrive; `true` if they did.
+    pub async fn wait_closed(&self, limit: Duration) -> bool {
+        let mut rx = self.closed.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|closed| *closed))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether everything written to the socket was acknowledged at the
+    /// last look (or at destruction).
+    pub fn all_acked(&self) -> bool {
+        self.unacked.load(Ordering::Acquire) == 0
+    }
+
+    /// [`AckTracker::refresh`], unless the kernel was asked less than
+    /// 100 ms ago.
+    pub fn refresh_if_stale(&self) {
+        if lock(&self.asked).elapsed() >= REFRESH_MIN {
+            self.refresh();
+        }
+    }
+
+    /// Time since the peer last acknowledged a new byte (or since the body
+    /// started).
     pub fn since_progress(&self) -> Duration {
-        self.progressed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+        lock(&self.progressed).elapsed()
     }
 
     /// Body bytes acknowledged so far, capped at `sent` (body bytes written).
@@ -388,6 +480,9 @@ impl AckTracker {
         let mut cancel = std::pin::pin!(cancel);
         let mut interval = Duration::from_millis(2);
         loop {
+            if self.is_closed() {
+                return Delivery::Gone;
+            }
             match self.refresh() {
                 None => return Delivery::Gone,
                 Some(s) if s.unacked == 0 => return Delivery::Acked,
@@ -403,11 +498,157 @@ impl AckTracker {
     }
 }
 
+impl Drop for AckTracker {
+    fn drop(&mut self) {
+        destroy::unregister(self.ends);
+    }
+}
+
+/// The listener for the kernel's socket-destruction broadcasts and the
+/// trackers waiting for them.
+mod destroy {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    use netlink_packet_sock_diag::SockDiagMessage;
+    use netlink_packet_sock_diag::inet::nlas::Nla;
+    use netlink_sys::protocols::NETLINK_SOCK_DIAG;
+    use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
+
+    use super::{AckTracker, TcpEnds, lock};
+
+    /// `SKNLGRP_INET_TCP_DESTROY` and `SKNLGRP_INET6_TCP_DESTROY`
+    /// (`include/uapi/linux/sock_diag.h`).
+    const GROUPS: [u32; 2] = [1, 3];
+
+    type Trackers = Mutex<HashMap<TcpEnds, Weak<AckTracker>>>;
+
+    /// The trackers by connection; the listener thread starts with the
+    /// first registration.
+    fn trackers() -> &'static Trackers {
+        static TRACKERS: OnceLock<Trackers> = OnceLock::new();
+        static LISTENER: OnceLock<()> = OnceLock::new();
+        let trackers = TRACKERS.get_or_init(Trackers::default);
+        LISTENER.get_or_init(|| match open() {
+            Ok(socket) => {
+                let spawned = std::thread::Builder::new()
+                    .name("qfota-sock-destroy".into())
+                    .spawn(move || listen(&socket, trackers));
+                if let Err(err) = spawned {
+                    tracing::warn!(error = %err, "cannot start the socket-destruction listener");
+                }
+            }
+            Err(err) => tracing::warn!(
+                error = %err,
+                "cannot join sock_diag destroy groups; a reset connection's record uses the last look-up"
+            ),
+        });
+        trackers
+    }
+
+    fn open() -> std::io::Result<Socket> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind(&NetlinkAddr::new(0, 0))?;
+        for group in GROUPS {
+            socket.add_membership(group)?;
+        }
+        Ok(socket)
+    }
+
+    /// Reads destruction broadcasts forever, handing each tracked
+    /// connection its final counters.
+    fn listen(socket: &Socket, trackers: &Trackers) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match socket.recv(&mut &mut buf[..], 0) {
+                Ok(n) => n,
+                Err(err) => {
+                    // ENOBUFS: broadcasts were dropped under load; the
+                    // affected records fall back to their last look-up.
+                    tracing::debug!(error = %err, "sock_diag destroy listener");
+                    continue;
+                }
+            };
+            let mut offset = 0;
+            while offset < n {
+                let Ok(message) = <NetlinkMessage<SockDiagMessage>>::deserialize(&buf[offset..n])
+                else {
+                    break;
+                };
+                let len = message.header.length as usize;
+                if let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) =
+                    message.payload
+                {
+                    let id = &r.header.socket_id;
+                    let ends = TcpEnds {
+                        local: std::net::SocketAddr::new(id.source_address, id.source_port),
+                        peer: std::net::SocketAddr::new(
+                            id.destination_address,
+                            id.destination_port,
+                        ),
+                    };
+                    let tracker = lock(trackers).get(&ends).and_then(Weak::upgrade);
+                    if let Some(tracker) = tracker {
+                        let acked = r.nlas.iter().find_map(|nla| match nla {
+                            Nla::TcpInfo(info) => Some(info.bytes_acked),
+                            _ => None,
+                        });
+                        if let Some(acked) = acked {
+                            tracker.destroyed(acked, u64::from(r.header.send_queue));
+                        }
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+
+    pub(super) fn register(tracker: &Arc<AckTracker>) {
+        lock(trackers()).insert(tracker.ends, Arc::downgrade(tracker));
+    }
+
+    pub(super) fn unregister(ends: TcpEnds) {
+        let mut map = lock(trackers());
+        // A newer connection may reuse the 4-tuple: remove only a dead entry.
+        if map.get(&ends).is_some_and(|w| w.strong_count() == 0) {
+            map.remove(&ends);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The words a record uses for a body cut short: `ending` (e.g. "then
+/// closed the connection") after how much the peer acknowledged —
+/// `peer acknowledged 65,536 of 1,048,576 bytes, then closed the
+/// connection`.
+pub fn cut_short(acked: u64, total: u64, ending: &str) -> String {
+    format!(
+        "peer acknowledged {} of {} bytes, {ending}",
+        grouped(acked),
+        grouped(total)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn cut_short_reads_as_a_sentence() {
+        assert_eq!(
+            cut_short(65_536, 1_048_576, "then reset the connection"),
+            "peer acknowledged 65,536 of 1,048,576 bytes, then reset the connection"
+        );
+    }
 
     #[test]
     fn groups_thousands() {

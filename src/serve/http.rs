@@ -39,8 +39,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::delivery::{self, AckTracker, Delivery, TcpEnds, cut_short};
 use super::fault::{Action, AttemptInfo, FaultedReader};
 use super::range::{self, Precondition, RangeDecision, Validators};
 use super::stall::{FlushSignal, StallGuard};
@@ -87,13 +89,23 @@ pub(crate) async fn run(
     let shutdown = shared.shutdown.clone();
     while let Some((tcp, peer)) = super::accept(&listener, &shutdown, protocol.as_str()).await {
         let _ = tcp.set_nodelay(true);
-        let guard = StallGuard::new(tcp, timeouts.stall);
+        let ack = tcp
+            .local_addr()
+            .ok()
+            .and_then(|local| delivery::track(TcpEnds { local, peer }, tls.is_some()));
+        let mut guard = StallGuard::new(tcp, timeouts.stall);
+        if let Some(ack) = &ack {
+            guard = guard.with_ack(Arc::clone(ack));
+        }
         let conn = Arc::new(Conn {
             shared: Arc::clone(&shared),
             peer,
             protocol,
             stalled: guard.stalled_flag(),
             flushes: guard.flush_signal(),
+            ack,
+            close: CancellationToken::new(),
+            timeouts,
         });
         let tls = tls.clone();
         let watcher = graceful.watcher();
@@ -136,6 +148,7 @@ async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
+    let close = conn.close.clone();
     let service = hyper::service::service_fn(move |req| {
         let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(conn.handle(req).await) }
@@ -151,9 +164,18 @@ async fn serve_connection<S>(
         .writev(false)
         .max_buf_size(2 * BODY_CHUNK)
         .serve_connection(TokioIo::new(io), service);
-    if let Err(err) = watcher.watch(http).await {
-        tracing::debug!(%peer, error = %err, "connection ended with an error");
+    tokio::select! {
+        ended = watcher.watch(http) => {
+            if let Err(err) = ended {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        }
+        // The peer stopped acknowledging after the last body byte: drop
+        // the connection (and whatever the kernel still holds for it).
+        _ = close.cancelled() => tracing::debug!(%peer, "closing a stalled connection"),
     }
+    // Whoever waits on this connection's flushes stops waiting.
+    close.cancel();
 }
 
 /// One accepted connection's context.
@@ -163,6 +185,13 @@ struct Conn {
     protocol: Protocol,
     stalled: Arc<AtomicBool>,
     flushes: Arc<FlushSignal>,
+    /// The kernel's acknowledgement counters for this connection; `None`
+    /// when they cannot be read (records then count bytes written).
+    ack: Option<Arc<AckTracker>>,
+    /// Cancelled when the connection has ended, or to end it (stalled
+    /// after its last body byte).
+    close: CancellationToken,
+    timeouts: HttpTimeouts,
 }
 
 impl Conn {
@@ -219,7 +248,9 @@ impl Conn {
                 .emit(attempt.record(span.status.as_u16(), Outcome::Complete, "HEAD"));
             Either::Left(Full::new(Bytes::new()))
         } else {
-            let reader = self.open_body(&package, span.start..span.start + span.len, attempt).await?;
+            let reader = self
+                .open_body(&package, span.start..span.start + span.len, attempt)
+                .await?;
             Either::Right(self.package_body(reader, &span, attempt.clone()))
         };
         Ok(package_response(body, &span, &package, &validators))
@@ -335,6 +366,8 @@ impl Conn {
             sent: 0,
             status: span.status,
             draining: None,
+            phase: BodyPhase::Fresh,
+            final_flush: None,
             finish: Some(Finish {
                 conn: Arc::clone(self),
                 attempt,
@@ -628,9 +661,23 @@ struct Finish {
     attempt: Attempt,
 }
 
-/// A package body of exactly `expected` bytes. When hyper drops it — after
-/// the last byte, or because the client went away, a write stalled, or the
-/// server shut down — it records how many bytes were handed over.
+/// Where a body is: its first poll lets hyper flush the headers, so the
+/// kernel's written count then marks where the body starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyPhase {
+    /// Not polled yet.
+    Fresh,
+    /// Polled once; hyper is flushing the headers.
+    HeadersFlushing,
+    /// Sending package bytes.
+    Streaming,
+}
+
+/// A package body of exactly `expected` bytes. When the last byte is handed
+/// to hyper, the record waits for the peer to acknowledge everything
+/// ([`Conn::deliver`]); when hyper drops it early — the client went away, a
+/// write stalled, the server shut down — it records at once how many bytes
+/// were handed over and how many the peer acknowledged.
 pub(crate) struct PackageBody {
     stream: ReaderStream<PackageReader>,
     expected: u64,
@@ -639,23 +686,61 @@ pub(crate) struct PackageBody {
     finish: Option<Finish>,
     /// Set when the body must end short: the flush count to wait past.
     draining: Option<u64>,
+    phase: BodyPhase,
+    /// The connection's flush count when the last byte was handed over: a
+    /// later completed flush has written it to the kernel.
+    final_flush: Option<u64>,
 }
 
 impl PackageBody {
-    /// Records the attempt, once: complete when every byte went out without
-    /// an error, else aborted with why.
+    /// Records the attempt, once. Every byte handed over without an error:
+    /// the record waits for the peer's acknowledgements in a task. Else
+    /// aborted now, with why.
     fn finish(&mut self, error: Option<&io::Error>) {
         let Some(mut f) = self.finish.take() else {
             return;
         };
         f.attempt.bytes_sent = self.sent;
-        let (outcome, reason) = if self.sent == self.expected && error.is_none() {
-            (Outcome::Complete, "sent".to_string())
-        } else {
-            (Outcome::Aborted, abort_reason(&f, error))
+        if self.sent == self.expected && error.is_none() {
+            let flushed_before = self.final_flush.unwrap_or_else(|| f.conn.flushes.count());
+            let conn = Arc::clone(&f.conn);
+            let status = self.status.as_u16();
+            f.conn
+                .shared
+                .transfers
+                .spawn(conn.deliver(f.attempt, status, flushed_before));
+            return;
+        }
+        let status = self.status.as_u16();
+        let expected = self.expected;
+        let cause = error.map(|err| {
+            if f.attempt.fault.is_some() {
+                err.to_string()
+            } else {
+                format!("read error: {err}")
+            }
+        });
+        let Some(ack) = f.conn.ack.clone() else {
+            let reason = abort_reason(&f, cause, expected);
+            f.conn
+                .shared
+                .log
+                .emit(f.attempt.record(status, Outcome::Aborted, reason));
+            return;
         };
-        let record = f.attempt.record(self.status.as_u16(), outcome, reason);
-        f.conn.shared.log.emit(record);
+        // The connection is ending: its final counters arrive when the
+        // kernel destroys the socket.
+        let transfers = f.conn.shared.transfers.clone();
+        transfers.spawn(async move {
+            ack.refresh();
+            ack.wait_closed(CLOSE_WAIT_LIMIT).await;
+            f.attempt.bytes_acked = ack.body_acked(f.attempt.bytes_sent);
+            let reason = abort_reason(&f, cause, expected);
+            f.conn
+                .shared
+                .log
+                .emit(f.attempt.record(status, Outcome::Aborted, reason));
+        });
     }
 
     /// The body ended `sent` bytes short of `expected` (a `drop-after`
@@ -690,23 +775,140 @@ impl PackageBody {
         self.finish(Some(&err));
         Poll::Ready(Some(Err(err)))
     }
+
+    /// Advances the first two phases; `Pending` while hyper flushes the
+    /// headers.
+    fn start(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.phase {
+            BodyPhase::Fresh => {
+                // Returning Pending once makes hyper flush the headers
+                // before the first body byte; wake at once to go on.
+                self.phase = BodyPhase::HeadersFlushing;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            BodyPhase::HeadersFlushing => {
+                self.phase = BodyPhase::Streaming;
+                if let Some(ack) = self.finish.as_ref().and_then(|f| f.conn.ack.as_ref()) {
+                    ack.mark_body_start();
+                }
+                Poll::Ready(())
+            }
+            BodyPhase::Streaming => Poll::Ready(()),
+        }
+    }
 }
 
-/// Why a body ended early: the read error (a fault's own words), else what
-/// the connection knows (a stalled write, shutdown), else the client left.
-fn abort_reason(f: &Finish, error: Option<&io::Error>) -> String {
-    if let Some(err) = error {
-        if f.attempt.fault.is_some() {
-            err.to_string()
-        } else {
-            format!("read error: {err}")
-        }
-    } else if f.conn.stalled.load(Ordering::Relaxed) {
-        "write stalled: the client stopped reading".to_string()
+/// How long an ended connection's record waits for the kernel's final
+/// counters (the socket is destroyed when hyper drops the connection).
+const CLOSE_WAIT_LIMIT: Duration = Duration::from_secs(2);
+
+/// Why a body ended early: `cause` (a read error, a fault's own words),
+/// else what the connection knows (a stalled write, shutdown), else the
+/// client left — with how much the peer acknowledged.
+fn abort_reason(f: &Finish, cause: Option<String>, expected: u64) -> String {
+    if let Some(cause) = cause {
+        return cause;
+    }
+    let ending = if f.conn.stalled.load(Ordering::Relaxed) {
+        format!(
+            "then stopped acknowledging for {} s (write stalled)",
+            f.conn.timeouts.stall.as_secs()
+        )
     } else if f.conn.shared.shutdown.is_cancelled() {
-        "server shutting down".to_string()
+        "then the server shut down".to_string()
     } else {
-        "client closed the connection".to_string()
+        "then closed the connection".to_string()
+    };
+    cut_short(f.attempt.bytes_acked, expected, &ending)
+}
+
+impl Conn {
+    /// After the last body byte was handed to hyper: waits until hyper has
+    /// written it to the kernel (a flush past `flushed_before`) and the peer
+    /// acknowledged every byte, then records the attempt — `complete` only
+    /// then. A connection that stalls here is closed.
+    async fn deliver(self: Arc<Self>, mut attempt: Attempt, status: u16, flushed_before: u64) {
+        let sent = attempt.bytes_sent;
+        let Some(ack) = self.ack.clone() else {
+            // No kernel counters: the best this host can say.
+            attempt.bytes_acked = sent;
+            let record = attempt.record(
+                status,
+                Outcome::Complete,
+                "sent (acknowledgements unreadable)",
+            );
+            self.shared.log.emit(record);
+            return;
+        };
+        let grace = self
+            .timeouts
+            .grace
+            .saturating_sub(Duration::from_millis(100));
+        let shutdown = self.shared.shutdown.clone();
+        let cancel = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let flushed = std::future::poll_fn(|cx| {
+            self.flushes.register(cx);
+            if self.flushes.count() > flushed_before {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        // The stall guard ends a connection whose flush makes no progress,
+        // so this wait ends too.
+        let all_written = tokio::select! {
+            biased;
+            _ = flushed => true,
+            _ = self.close.cancelled() => false,
+        };
+        let mut delivery = ack.wait_all_acked(self.timeouts.stall, cancel).await;
+        if delivery == Delivery::Gone {
+            // Closed before a look saw the end: the kernel's final
+            // counters say whether everything written was acknowledged.
+            ack.wait_closed(CLOSE_WAIT_LIMIT).await;
+            if all_written && ack.is_closed() && ack.all_acked() {
+                delivery = Delivery::Acked;
+            }
+        }
+        if !all_written && delivery == Delivery::Acked {
+            // What hyper still held when the connection ended never
+            // reached the kernel.
+            delivery = Delivery::Gone;
+        }
+        attempt.bytes_acked = match delivery {
+            Delivery::Acked => sent,
+            _ => ack.body_acked(sent),
+        };
+        let total = sent;
+        let (outcome, reason) = match delivery {
+            Delivery::Acked => (Outcome::Complete, "acknowledged".to_string()),
+            Delivery::Gone => (
+                Outcome::Aborted,
+                cut_short(attempt.bytes_acked, total, "then closed the connection"),
+            ),
+            Delivery::Stalled => {
+                self.close.cancel();
+                let ending = format!(
+                    "then stopped acknowledging for {} s",
+                    self.timeouts.stall.as_secs()
+                );
+                (
+                    Outcome::Aborted,
+                    cut_short(attempt.bytes_acked, total, &ending),
+                )
+            }
+            Delivery::Cancelled => (
+                Outcome::Aborted,
+                cut_short(attempt.bytes_acked, total, "then the server shut down"),
+            ),
+        };
+        self.shared
+            .log
+            .emit(attempt.record(status, outcome, reason));
     }
 }
 
@@ -718,10 +920,16 @@ impl Body for PackageBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.start(cx).is_pending() {
+            return Poll::Pending;
+        }
         match Pin::new(&mut self.stream).poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(chunk))) => {
                 self.sent += chunk.len() as u64;
+                if self.sent == self.expected {
+                    self.final_flush = self.finish.as_ref().map(|f| f.conn.flushes.count());
+                }
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }
             Poll::Ready(Some(Err(err))) => {

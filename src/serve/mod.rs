@@ -11,7 +11,6 @@ pub mod delivery;
 pub mod fault;
 pub mod ftp;
 pub mod http;
-pub mod peer;
 pub mod range;
 pub mod stall;
 pub mod tls;

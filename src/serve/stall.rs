@@ -1,10 +1,17 @@
-//! Write-stall detection for a connection.
+//! Stall detection for a connection.
 //!
 //! A module on a dying cellular link, or a client that stops reading, leaves
 //! a write pending forever; neither hyper nor libunftp time that out.
-//! [`StallGuard`] fails a write that makes no progress for the stall timeout,
-//! so the transfer ends, the slot is freed and the download record says
-//! `"write stalled"` instead of hanging.
+//! [`StallGuard`] fails a pending write once the connection made no progress
+//! for the stall timeout, so the transfer ends, the slot is freed and the
+//! download record says so instead of hanging.
+//!
+//! Progress means *a newly acknowledged byte* when the guard has an
+//! [`AckTracker`] (every connection whose kernel counters can be read):
+//! a module reading at 1 KB/s keeps a large write pending for minutes while
+//! its TCP stack acknowledges every segment, and is slow, not stalled.
+//! While a write is pending the guard asks the kernel every
+//! [`ACK_POLL`]; without a tracker, progress is a write completing.
 //!
 //! It also counts completed flushes ([`FlushSignal`]): a response body that
 //! must end short (the `drop-after` fault) waits for hyper to flush what it
@@ -20,6 +27,8 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+use super::delivery::{ACK_POLL, AckTracker};
 
 /// Counts completed flushes of a connection and wakes one waiter on each.
 #[derive(Debug, Default)]
@@ -45,8 +54,9 @@ impl FlushSignal {
     }
 }
 
-/// Wraps a stream; a write or flush pending longer than the timeout fails
-/// with `TimedOut` and sets the shared stalled flag.
+/// Wraps a stream; a write or flush pending while the connection makes no
+/// progress for the timeout fails with `TimedOut` and sets the shared
+/// stalled flag.
 #[derive(Debug)]
 pub struct StallGuard<S> {
     inner: S,
@@ -54,6 +64,7 @@ pub struct StallGuard<S> {
     deadline: Option<Pin<Box<Sleep>>>,
     stalled: Arc<AtomicBool>,
     flushes: Arc<FlushSignal>,
+    ack: Option<Arc<AckTracker>>,
 }
 
 impl<S> StallGuard<S> {
@@ -65,7 +76,15 @@ impl<S> StallGuard<S> {
             deadline: None,
             stalled: Arc::new(AtomicBool::new(false)),
             flushes: Arc::default(),
+            ack: None,
         }
+    }
+
+    /// Measures progress by `ack`'s acknowledged bytes instead of by
+    /// completed writes.
+    pub fn with_ack(mut self, ack: Arc<AckTracker>) -> Self {
+        self.ack = Some(ack);
+        self
     }
 
     /// The connection's flush counter.
@@ -79,25 +98,40 @@ impl<S> StallGuard<S> {
     }
 
     fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        match poll {
-            Poll::Ready(r) => {
-                self.deadline = None;
-                Poll::Ready(r)
+        if poll.is_ready() {
+            self.deadline = None;
+            if let Some(ack) = &self.ack {
+                ack.refresh_if_stale();
             }
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let deadline = self
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if deadline.as_mut().poll(cx).is_ready() {
-                    self.deadline = None;
-                    self.stalled.store(true, Ordering::Relaxed);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("write stalled for {} s", timeout.as_secs()),
-                    )));
+            return poll;
+        }
+        // Pending: wake at the next look-up (with a tracker) or at the
+        // timeout (without), and decide then.
+        let step = match &self.ack {
+            Some(_) => ACK_POLL.min(self.timeout),
+            None => self.timeout,
+        };
+        loop {
+            let deadline = self
+                .deadline
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(step)));
+            if deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.deadline = None;
+            let idle = match &self.ack {
+                Some(ack) => {
+                    ack.refresh();
+                    ack.since_progress()
                 }
-                Poll::Pending
+                None => self.timeout,
+            };
+            if idle >= self.timeout {
+                self.stalled.store(true, Ordering::Relaxed);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no progress for {} s", self.timeout.as_secs()),
+                )));
             }
         }
     }

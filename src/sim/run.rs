@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use crate::package::version::VersionChange;
 use crate::sim::clock::{Clock, timing};
 use crate::sim::command::FotadlCommand;
 use crate::sim::download::{self, Download};
@@ -20,7 +21,6 @@ use crate::sim::package::{self, PackageFacts};
 use crate::sim::state::{BusyGuard, Config, RunLog};
 use crate::sim::upgrade::{self, Upgrade};
 use crate::sim::urc::{AtResult, Event, PowerOff, Urc};
-use crate::package::version::VersionChange;
 
 /// Phase 1, the answer: `OK` (the run goes on) or `ERROR` (a refused
 /// command, nothing follows), after the module's response time.

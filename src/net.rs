@@ -1,4 +1,5 @@
-//! Peer addresses as users write them.
+//! Peer addresses as users write them: small address helpers shared by
+//! the download log, the server and its kernel look-ups.
 //!
 //! A dual-stack listener (`--bind ::`) sees an IPv4 client as an
 //! IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]:58422`, RFC 4291 §2.5.5.2).
