@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, DefaultUser, Principal};
 use unftp_core::storage::{self, ErrorKind, Fileinfo, Permissions, StorageBackend};
 
+use super::delivery::{self, AckTracker, Delivery, cut_short};
 use super::fault::{Action, Applied, AttemptInfo, FaultedReader};
 use super::stall::StallGuard;
 use super::{Access, Shared};
@@ -64,6 +65,10 @@ pub struct FtpSession {
     peer: SocketAddr,
     user: Mutex<Option<String>>,
     shared: Arc<Shared>,
+    /// The address of the session's latest passive listener: its data
+    /// connection is the established socket on that port from the control
+    /// peer's address (how [`crate::serve::delivery`] finds it).
+    passive: Mutex<Option<SocketAddr>>,
 }
 
 impl FtpSession {
@@ -109,7 +114,21 @@ impl FtpSession {
     }
 
     fn user(&self) -> Option<String> {
-        self.user.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.user).clone()
+    }
+
+    /// The kernel's counters for the data connection of the session's
+    /// current passive listener, if it is established and readable.
+    fn data_ack(&self) -> Option<Arc<AckTracker>> {
+        let passive = (*lock(&self.passive))?;
+        match delivery::find_by_local_port(passive.port(), self.peer.ip()) {
+            Ok(Some(ends)) => delivery::track(ends, false),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot look up the data connection");
+                None
+            }
+        }
     }
 
     /// A new attempt on `path` by this connection's peer and user.
@@ -148,6 +167,7 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
             peer,
             user: Mutex::new(None),
             shared: Arc::clone(&shared),
+            passive: Mutex::new(None),
         });
         if let Some(fault) = session.fault(None, |cmd| cmd == "CONNECT") {
             tracker.spawn(refuse_connection(tcp, Arc::clone(&session), fault));
@@ -260,8 +280,12 @@ impl libunftp::options::Binder for FaultBinder {
                 IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
             };
             socket.set_reuseaddr(true)?;
-            match socket.bind(SocketAddr::new(local_addr, port as u16)) {
-                Ok(()) => return Ok(socket),
+            let addr = SocketAddr::new(local_addr, port as u16);
+            match socket.bind(addr) {
+                Ok(()) => {
+                    *lock(&self.session.passive) = Some(addr);
+                    return Ok(socket);
+                }
                 Err(e) => last = e,
             }
         }
@@ -536,8 +560,10 @@ impl CatalogStorage {
         )))
     }
 
-    /// `RETR` step 5: copies the bytes to the data connection and records
-    /// how the transfer ended (also when the transfer is dropped).
+    /// `RETR` step 5: copies the bytes to the data connection, waits until
+    /// the peer acknowledged them all, and records how the transfer ended
+    /// (also when the transfer is dropped). libunftp may still answer `226`
+    /// for a transfer cut short; the record goes by the acknowledgements.
     async fn send<W>(
         &self,
         attempt: Attempt,
@@ -550,10 +576,15 @@ impl CatalogStorage {
     {
         // Held for the whole transfer so shutdown waits for it.
         let _transfer = self.session.shared.transfers.token();
+        let ack = self.session.data_ack();
         let mut out = StallGuard::new(output, self.stall);
+        if let Some(ack) = &ack {
+            out = out.with_ack(Arc::clone(ack));
+        }
         let mut record = RetrRecord {
-            session: &self.session,
+            session: Arc::clone(&self.session),
             attempt,
+            ack,
             done: false,
         };
         if let Err(failure) = copy(&mut reader, &mut out, &mut record.attempt).await {
@@ -563,8 +594,7 @@ impl CatalogStorage {
         let sent = record.attempt.bytes_sent;
         let expected = package.size - record.attempt.range_start;
         if sent == expected {
-            record.finish(226, Outcome::Complete, "sent");
-            return Ok(sent);
+            return record.delivered(self.stall).await;
         }
         if record.attempt.fault.is_some() {
             // `drop-after`: the data connection closes early while the
@@ -794,41 +824,109 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
     }
 }
 
+/// The end of a record's reason for a data connection that could not be
+/// written ([`cut_short`] puts the acknowledged count before it).
 fn write_failure(err: &io::Error) -> String {
     match err.kind() {
-        io::ErrorKind::TimedOut => "write stalled: the client stopped reading".into(),
-        io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted => "client closed the data connection".into(),
-        _ => format!("data connection write failed: {err}"),
+        io::ErrorKind::TimedOut => format!("then stopped acknowledging ({err}): write stalled"),
+        io::ErrorKind::ConnectionReset => "then reset the data connection".into(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
+            "then closed the data connection".into()
+        }
+        _ => format!("then the data connection failed: {err}"),
     }
 }
 
 /// Writes the `RETR` record exactly once: when the transfer ends, or — if
-/// the transfer future is dropped (session killed, shutdown) — on drop.
-struct RetrRecord<'a> {
-    session: &'a FtpSession,
+/// the transfer future is dropped (session killed, shutdown) — on drop. A
+/// transfer that ends short waits (in a task) for the kernel's final
+/// counters of its data connection, which arrive when libunftp closes it.
+struct RetrRecord {
+    session: Arc<FtpSession>,
     attempt: Attempt,
+    ack: Option<Arc<AckTracker>>,
     done: bool,
 }
 
-impl RetrRecord<'_> {
-    fn finish(&mut self, status: u16, outcome: Outcome, reason: impl Into<String>) {
-        if !std::mem::replace(&mut self.done, true) {
-            self.session.emit(&self.attempt, status, outcome, reason);
+/// How long a record of a transfer cut short waits for the data
+/// connection's final counters (libunftp closes it right after `RETR`).
+const CLOSE_WAIT_LIMIT: Duration = Duration::from_secs(2);
+
+impl RetrRecord {
+    /// Every byte was written: waits for the peer to acknowledge them
+    /// (or stall, or leave) and records the result.
+    async fn delivered(&mut self, stall: Duration) -> storage::Result<u64> {
+        let sent = self.attempt.bytes_sent;
+        let Some(ack) = self.ack.clone() else {
+            self.attempt.bytes_acked = sent;
+            self.finish(226, Outcome::Complete, "sent (acknowledgements unreadable)");
+            return Ok(sent);
+        };
+        let shutdown = self.session.shared.shutdown.clone();
+        let delivery = ack.wait_all_acked(stall, shutdown.cancelled_owned()).await;
+        if delivery == Delivery::Acked {
+            self.attempt.bytes_acked = sent;
+            self.finish(226, Outcome::Complete, "acknowledged");
+            return Ok(sent);
         }
+        let ending = match delivery {
+            Delivery::Stalled => format!("then stopped acknowledging for {} s", stall.as_secs()),
+            Delivery::Cancelled => "then the server shut down".to_string(),
+            _ => "then closed the data connection".to_string(),
+        };
+        self.finish(426, Outcome::Aborted, ending);
+        Err(storage::Error::from(ErrorKind::ConnectionClosed))
+    }
+
+    /// Records the transfer as ending with `status`, `outcome` and
+    /// `reason`; an aborted one after its data connection's final counters
+    /// (for the acknowledged count) and with that count in the reason.
+    fn finish(&mut self, status: u16, outcome: Outcome, reason: impl Into<String>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let reason = reason.into();
+        let (Outcome::Aborted, Some(ack)) = (outcome, self.ack.clone()) else {
+            self.session.emit(&self.attempt, status, outcome, reason);
+            return;
+        };
+        let session = Arc::clone(&self.session);
+        let mut attempt = self.attempt.clone();
+        let transfers = session.shared.transfers.clone();
+        transfers.spawn(async move {
+            ack.refresh();
+            ack.wait_closed(CLOSE_WAIT_LIMIT).await;
+            attempt.bytes_acked = ack.body_acked(attempt.bytes_sent);
+            let total = attempt
+                .package
+                .as_ref()
+                .map_or(attempt.bytes_sent, |(size, _)| size - attempt.range_start);
+            let reason = if reason.starts_with("then ") {
+                cut_short(attempt.bytes_acked, total, &reason)
+            } else {
+                format!(
+                    "{reason} ({})",
+                    cut_short(attempt.bytes_acked, total, "then the transfer ended")
+                )
+            };
+            session.emit(&attempt, status, outcome, reason);
+        });
     }
 }
 
-impl Drop for RetrRecord<'_> {
+impl Drop for RetrRecord {
     fn drop(&mut self) {
         let reason = if self.session.shared.shutdown.is_cancelled() {
-            "server shutting down"
+            "then the server shut down"
         } else {
-            "transfer cancelled"
+            "then the transfer was cancelled"
         };
         self.finish(426, Outcome::Aborted, reason);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
