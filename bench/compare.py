@@ -14,18 +14,20 @@ with ratios (qfota-serve / anchor) and writes a CSV.
   S1  HTTP, 16 clients x 4 downloads of 64 MiB (curl): MB/s, server CPU s/GB
   S2  the same over HTTPS, TLS 1.2 ECDHE-RSA-AES128-GCM-SHA256
   S3  HTTP, 1 MiB file, wrk with 256 connections: req/s, p99 latency
-  S4  FTP PASV, 16 x 4 x 64 MiB (curl --disable-epsv), vsftpd as the anchor
-  S5  5,000 idle HTTP connections: server RSS bytes per connection, how many
+  S4  FTP PASV, 16 x 4 x 64 MiB (curl --disable-epsv), vsftpd as the anchor;
+      and memory per slow FTP download (200 curl at 20 kB/s, held 5 s)
+  S5  5,000 idle HTTP connections: server memory per connection, how many
       the server accepted within 2 s
   S6  10,000 concurrent slow downloads of a 1 MiB package at 20 kB/s each
-      (bench/slow-client): completed, server peak RSS, RSS per connection,
+      (bench/slow-client): completed, server peak memory, memory per connection,
       p99 time to first byte, server CPU
   S7  package validation: `qfota-serve check` on 1 GiB of packages against
       `sha256sum` on the same files (page cache warm): MB/s
 
 Server CPU is utime+stime+cutime+cstime summed over the server's process
 tree (nginx's workers, vsftpd's session processes), from /proc/<pid>/stat;
-RSS is VmRSS summed over the tree. MB and GB are decimal (10^6, 10^9).
+memory is PSS summed over the tree (RSS for a single process; pages shared
+by nginx's workers counted once). MB and GB are decimal (10^6, 10^9).
 
 Every loop is bounded in count and time; every process started here is
 stopped by its PID at the end, also on Ctrl-C or SIGTERM. `--quick` runs
@@ -64,10 +66,10 @@ VSFTPD_PASSIVE = (44000, 44999)
 SIZES = {
     "full": dict(big=64 * MiB, clients=16, rounds=4, small=1 * MiB, wrk_conns=256,
                  idle=5000, slow=10000, slow_rate=20000, slow_ramp=5.0,
-                 check_files=16, check_size=64 * MiB),
+                 check_files=16, check_size=64 * MiB, slow_ftp=200),
     "quick": dict(big=4 * MiB, clients=4, rounds=2, small=64 * 1024, wrk_conns=32,
                   idle=500, slow=200, slow_rate=64000, slow_ramp=0.5,
-                  check_files=4, check_size=4 * MiB),
+                  check_files=4, check_size=4 * MiB, slow_ftp=20),
 }
 
 
@@ -172,17 +174,21 @@ def tree_cpu(root):
     return total / ticks
 
 
-def tree_rss_kib(root):
+def tree_mem_kib(root):
+    """Memory of the tree in KiB: PSS summed over its processes, so that pages
+    nginx's workers or vsftpd's sessions share count once (for one process,
+    PSS is about its RSS); VmRSS where smaps_rollup is missing."""
     total = 0
     for pid in tree_pids(root):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            pass
+        for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+            try:
+                with open(path) as f:
+                    kib = next((int(l.split()[1]) for l in f if l.startswith(key)), None)
+            except OSError:
+                kib = None
+            if kib is not None:
+                total += kib
+                break
     return total
 
 
@@ -513,8 +519,8 @@ def wrk_run(wrk, url, conns, secs):
 
 
 def idle_conns(server, port, n):
-    """`n` connections that send nothing; accepted within 2 s, RSS bytes per connection."""
-    base_socks, base_rss = tree_sockets(server.pid), tree_rss_kib(server.pid)
+    """`n` connections that send nothing; accepted within 2 s, memory bytes per connection."""
+    base_socks, base_rss = tree_sockets(server.pid), tree_mem_kib(server.pid)
     socks = []
     try:
         t0 = time.monotonic()
@@ -537,7 +543,7 @@ def idle_conns(server, port, n):
         if in_2s is None:
             in_2s = accepted
         time.sleep(0.5)
-        rss = tree_rss_kib(server.pid)
+        rss = tree_mem_kib(server.pid)
         accepted = max(tree_sockets(server.pid) - base_socks, 0)
         per = (rss - base_rss) * 1024 / max(accepted, 1)
         return {"accepted in 2 s": float(in_2s), "accepted in 10 s": float(accepted),
@@ -548,10 +554,10 @@ def idle_conns(server, port, n):
 
 
 def slow_downloads(client, server, url, sz, size):
-    """S6: the slow client against `url`; peak RSS sampled every 0.5 s."""
+    """S6: the slow client against `url`; peak memory sampled every 0.5 s."""
     rate, n, ramp = sz["slow_rate"], sz["slow"], sz["slow_ramp"]
     deadline = ramp + 2.0 * size / rate + 30
-    base_rss, cpu0 = tree_rss_kib(server.pid), tree_cpu(server.pid)
+    base_rss, cpu0 = tree_mem_kib(server.pid), tree_cpu(server.pid)
     p = subprocess.Popen([client, "--url", url, "--conns", str(n), "--rate", str(rate),
                           "--deadline-secs", f"{deadline:.0f}", "--ramp-secs", str(ramp)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -560,7 +566,7 @@ def slow_downloads(client, server, url, sz, size):
     end = time.monotonic() + deadline + 30
     try:
         while p.poll() is None and time.monotonic() < end:
-            peak = max(peak, tree_rss_kib(server.pid))
+            peak = max(peak, tree_mem_kib(server.pid))
             time.sleep(0.5)
         out, err = p.communicate(timeout=max(end - time.monotonic(), 1))
     finally:
@@ -572,9 +578,31 @@ def slow_downloads(client, server, url, sz, size):
         r = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise RuntimeError(f"slow-client: {err.strip()[:300]}")
-    return {"complete": float(r["complete"]), "peak RSS MiB": peak / 1024,
-            "RSS KiB/conn": (peak - base_rss) / n, "p99 TTFB ms": r["ttfb_p99_ms"],
+    return {"complete": float(r["complete"]), "peak memory MiB": peak / 1024,
+            "memory KiB/conn": (peak - base_rss) / n, "p99 TTFB ms": r["ttfb_p99_ms"],
             "CPU s": cpu}
+
+
+def slow_ftp(procs, server, url, n, hold=5.0):
+    """Memory per slow FTP download (from the former serve_bench.py): `n` curl
+    downloads at 20 kB/s, held `hold` s, memory growth divided by `n`."""
+    base = tree_mem_kib(server.pid)
+    argv = ["curl", "-s", "-o", "/dev/null", "--disable-epsv", "--limit-rate", "20k",
+            "--max-time", str(hold + 3), url]
+    clients = [procs.start("curl", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(n)]
+    try:
+        time.sleep(hold)
+        held = tree_mem_kib(server.pid)
+    finally:
+        for c in clients:
+            try:
+                c.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                c.kill()
+                c.wait(timeout=5)
+        procs.procs = [(nm, p) for nm, p in procs.procs if p not in clients]
+    return {"KiB/conn": (held - base) / n}
 
 
 def timed(argv, timeout):
@@ -729,6 +757,12 @@ def main():
                 rows.append(row(scn, f"CPU s/GB ({wl})", a_name, a["CPU s/GB"], q["CPU s/GB"],
                                 f"ratio <= {limit}", ratio(q["CPU s/GB"], a["CPU s/GB"]) <= limit))
                 rows.append(row(scn, "MB/s", a_name, a["MB/s"], q["MB/s"], "", None))
+                if scn == "S4":
+                    n = sz["slow_ftp"]
+                    a = slow_ftp(procs, vsftpd, url["vsftpd"] + big, n)
+                    q = slow_ftp(procs, qfota, url["qfota_ftp"] + big, n)
+                    rows.append(row(scn, f"memory KiB per slow conn ({n} at 20 kB/s)", a_name,
+                                    a["KiB/conn"], q["KiB/conn"], "", None))
             elif scn == "S3":
                 a, q = twice(lambda k: wrk_run(tools["wrk"], url[k] + small, sz["wrk_conns"],
                                                wrk_secs), "nginx", "qfota")
@@ -742,7 +776,7 @@ def main():
                 a = idle_conns(nginx, ports["ng_http"], n)
                 time.sleep(1.0)  # let the closes drain before the next server
                 q = idle_conns(qfota, ports["q_http"], n)
-                rows.append(row(scn, f"RSS B/conn ({n} idle)", "nginx", a["B/conn"], q["B/conn"],
+                rows.append(row(scn, f"memory B/conn ({n} idle)", "nginx", a["B/conn"], q["B/conn"],
                                 "<= 1024 B", q["B/conn"] <= 1024))
                 rows.append(row(scn, "accepted in 2 s", "nginx", a["accepted in 2 s"],
                                 q["accepted in 2 s"], f"= {n}", q["accepted in 2 s"] >= n))
@@ -755,10 +789,10 @@ def main():
                 what = f"{n} x {sz['small'] // 1024} KiB at {sz['slow_rate'] // 1000} kB/s"
                 rows.append(row(scn, f"complete ({what})", "nginx", a["complete"], q["complete"],
                                 f"= {n}", q["complete"] >= n))
-                rows.append(row(scn, "server peak RSS MiB", "nginx", a["peak RSS MiB"],
-                                q["peak RSS MiB"], "<= 300 MiB", q["peak RSS MiB"] <= 300))
-                rows.append(row(scn, "RSS KiB per slow conn", "nginx", a["RSS KiB/conn"],
-                                q["RSS KiB/conn"], "", None))
+                rows.append(row(scn, "server peak memory MiB", "nginx", a["peak memory MiB"],
+                                q["peak memory MiB"], "<= 300 MiB", q["peak memory MiB"] <= 300))
+                rows.append(row(scn, "memory KiB per slow conn", "nginx", a["memory KiB/conn"],
+                                q["memory KiB/conn"], "", None))
                 rows.append(row(scn, "p99 TTFB ms", "nginx", a["p99 TTFB ms"], q["p99 TTFB ms"],
                                 "<= 50 ms", q["p99 TTFB ms"] <= 50))
                 rows.append(row(scn, "server CPU s", "nginx", a["CPU s"], q["CPU s"], "", None))
