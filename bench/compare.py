@@ -220,18 +220,35 @@ def tree_mem_kib(root):
     return total
 
 
-def tree_sockets(root):
-    """Open socket descriptors over the tree (a shared listener counts once per process)."""
-    n = 0
+def accepted_conns(root, port):
+    """Established TCP connections on local `port` that the tree has accepted:
+    in /proc/net/tcp{,6}, state 01 with an inode one of its processes holds
+    (a connection still in the accept queue has no such inode)."""
+    inodes = set()
     for pid in tree_pids(root):
         fd_dir = f"/proc/{pid}/fd"
         try:
-            for fd in os.listdir(fd_dir):
-                try:
-                    if os.readlink(f"{fd_dir}/{fd}").startswith("socket:"):
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    want = f":{port:04X}"
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == "01" and fields[1].endswith(want) \
+                            and fields[9] in inodes:
                         n += 1
-                except OSError:
-                    pass
         except OSError:
             pass
     return n
@@ -549,7 +566,7 @@ def wrk_run(wrk, url, conns, secs):
 
 def idle_conns(server, port, n):
     """`n` connections that send nothing; accepted within 2 s, memory bytes per connection."""
-    base_socks, base_rss = tree_sockets(server.pid), tree_mem_kib(server.pid)
+    base_mem = tree_mem_kib(server.pid)
     socks = []
     try:
         t0 = time.monotonic()
@@ -561,7 +578,7 @@ def idle_conns(server, port, n):
         in_2s, accepted = None, 0
         end = t0 + 10.0
         while time.monotonic() < end:
-            accepted = tree_sockets(server.pid) - base_socks
+            accepted = accepted_conns(server.pid, port)
             if in_2s is None and time.monotonic() - t0 >= 2.0:
                 in_2s = accepted
             if accepted >= n:
@@ -572,9 +589,9 @@ def idle_conns(server, port, n):
         if in_2s is None:
             in_2s = accepted
         time.sleep(0.5)
-        rss = tree_mem_kib(server.pid)
-        accepted = max(tree_sockets(server.pid) - base_socks, 0)
-        per = (rss - base_rss) * 1024 / max(accepted, 1)
+        mem = tree_mem_kib(server.pid)
+        accepted = accepted_conns(server.pid, port)
+        per = (mem - base_mem) * 1024 / max(accepted, 1)
         return {"accepted in 2 s": float(in_2s), "accepted in 10 s": float(accepted),
                 "B/conn": per}
     finally:
