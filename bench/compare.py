@@ -9,7 +9,7 @@ configurations, runs the scenarios of issue 11 against each, prints one table
 with ratios (qfota-serve / anchor) and writes a CSV.
 
     python3 bench/compare.py [--quick] [--only S1,S3] [--csv bench/results.csv]
-                             [--repeat 3] [--wrk-secs 10] [--no-build]
+                             [--md table.md] [--repeat 3] [--wrk-secs 10] [--no-build]
 
   S1  HTTP, 16 clients x 4 downloads of 64 MiB (curl): MB/s, server CPU s/GB
   S2  the same over HTTPS, TLS 1.2 ECDHE-RSA-AES128-GCM-SHA256
@@ -708,6 +708,18 @@ def print_table(rows, header):
             print(f"  note {r['scenario']} {r['metric']}: {r['note']}")
 
 
+def write_markdown(path, rows, header):
+    """The table as Markdown, for the README's Performance section."""
+    met = {True: "yes", False: "**no**", None: ""}
+    with open(path, "w") as f:
+        f.write(f"{header}\n\n")
+        f.write("| scenario | metric | anchor | anchor | qfota-serve | ratio | target | met |\n")
+        f.write("|---|---|---|--:|--:|--:|---|---|\n")
+        for r in rows:
+            f.write(f"| {r['scenario']} | {r['metric']} | {r['anchor']} | {fmt(r['anchor_value'])} "
+                    f"| {fmt(r['qfota_value'])} | {fmt(r['ratio'])} | {r['target']} | {met[r['met']]} |\n")
+
+
 def machine():
     model = ""
     try:
@@ -725,6 +737,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check in seconds")
     ap.add_argument("--only", default=",".join(SCENARIOS), help="e.g. S1,S3")
     ap.add_argument("--csv", default=os.path.join(HERE, "results.csv"))
+    ap.add_argument("--md", help="also write the table as Markdown to this file")
     ap.add_argument("--repeat", type=int, default=None,
                     help="runs of S1-S4 and S7, median kept (default 3; quick 1)")
     ap.add_argument("--wrk-secs", type=int, default=None, help="S3 duration (default 10; quick 2)")
@@ -885,6 +898,9 @@ def main():
                         "" if r["ratio"] is None else f"{r['ratio']:.3f}",
                         r["target"], {True: "yes", False: "no", None: ""}[r["met"]]])
     print(f"CSV: {args.csv}")
+    if args.md:
+        write_markdown(args.md, rows, header)
+        print(f"Markdown: {args.md}")
 
 
 if __name__ == "__main__":
