@@ -624,7 +624,9 @@ def slow_downloads(client, server, url, sz, size):
         r = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise RuntimeError(f"slow-client: {err.strip()[:300]}")
-    return {"complete": float(r["complete"]), "peak memory MiB": peak / 1024,
+    ends = ", ".join(f"{k.replace('_', ' ')} {r[k]}" for k in
+                     ("connect_failed", "bad_response", "short", "timed_out") if r.get(k))
+    return {"ends": ends, "complete": float(r["complete"]), "peak memory MiB": peak / 1024,
             "memory KiB/conn": (peak - base_rss) / n, "p99 TTFB ms": r["ttfb_p99_ms"],
             "CPU s": cpu}
 
@@ -718,6 +720,9 @@ def write_markdown(path, rows, header):
         for r in rows:
             f.write(f"| {r['scenario']} | {r['metric']} | {r['anchor']} | {fmt(r['anchor_value'])} "
                     f"| {fmt(r['qfota_value'])} | {fmt(r['ratio'])} | {r['target']} | {met[r['met']]} |\n")
+        for r in rows:
+            if r["note"]:
+                f.write(f"\n{r['scenario']} {r['metric']}: {r['note']}\n")
 
 
 def machine():
@@ -846,8 +851,10 @@ def main():
                 a = slow_downloads(slow, nginx, url["nginx"] + small, sz, pk["small_size"])
                 q = slow_downloads(slow, qfota, url["qfota"] + small, sz, pk["small_size"])
                 what = f"{n} x {sz['small'] // 1024} KiB at {sz['slow_rate'] // 1000} kB/s"
+                notes = "; ".join(f"{who}: {r['ends']}" for who, r in (("nginx", a), ("qfota-serve", q))
+                                  if r["ends"])
                 rows.append(row(scn, f"complete ({what})", "nginx", a["complete"], q["complete"],
-                                f"= {n}", q["complete"] >= n))
+                                f"= {n}", q["complete"] >= n, f"not complete: {notes}" if notes else ""))
                 rows.append(row(scn, "server peak memory MiB", "nginx", a["peak memory MiB"],
                                 q["peak memory MiB"], "<= 300 MiB", q["peak memory MiB"] <= 300))
                 rows.append(row(scn, "memory KiB per slow conn", "nginx", a["memory KiB/conn"],
@@ -882,8 +889,9 @@ def main():
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
 
+    load_after = os.getloadavg()[0]
     header = (f"qfota-serve vs anchors, {mode} run, {started:%Y-%m-%d %H:%M %Z}, {machine()}, "
-              f"load average before {load[0]:.2f}, medians of {repeat}")
+              f"1-min load average {load[0]:.2f} before, {load_after:.2f} after, medians of {repeat}")
     print_table(rows, header)
     os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
     with open(args.csv, "w", newline="") as f:
