@@ -10,15 +10,16 @@
 //!
 //! ```text
 //! slow-client --url http://127.0.0.1:8080/pkg.zip --conns 10000 --rate 20000 \
-//!             --deadline-secs 150 [--ramp-secs 5] [--buf 16384]
+//!             --deadline-secs 150 [--ramp-secs 5] [--buf 16384] [--rcvbuf 65536]
 //! ```
 //! The rlimit for open files is the caller's to raise (bench/compare.py does).
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 /// The command line, validated.
@@ -37,6 +38,12 @@ struct Args {
     ramp_secs: f64,
     /// Read buffer per connection, bytes.
     buf: usize,
+    /// `SO_RCVBUF` asked for before `connect`, bytes; 0 leaves the kernel's
+    /// autotuning. A small window, like a module's, also keeps the kernel's
+    /// TCP memory (`net.ipv4.tcp_mem`) within bounds at 10,000 connections:
+    /// without it loopback windows grow to MiBs and the kernel resets
+    /// sockets ("TCP: out of memory").
+    rcvbuf: u32,
 }
 
 /// How one download ended.
@@ -56,6 +63,7 @@ enum Outcome {
 fn parse_args() -> Result<Args, String> {
     let mut url = None;
     let (mut conns, mut rate, mut deadline, mut ramp, mut buf) = (100usize, 20_000f64, 120f64, 0f64, 16_384usize);
+    let mut rcvbuf = 0u32;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -67,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
             "--deadline-secs" => deadline = value.parse().map_err(|e| bad(&e))?,
             "--ramp-secs" => ramp = value.parse().map_err(|e| bad(&e))?,
             "--buf" => buf = value.parse().map_err(|e| bad(&e))?,
+            "--rcvbuf" => rcvbuf = value.parse().map_err(|e| bad(&e))?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -79,17 +88,17 @@ fn parse_args() -> Result<Args, String> {
     if conns == 0 || rate <= 0.0 || deadline <= 0.0 || ramp < 0.0 || buf == 0 {
         return Err("--conns, --rate, --deadline-secs, --buf must be positive".into());
     }
-    Ok(Args { addr, path, conns, rate, deadline_secs: deadline, ramp_secs: ramp, buf })
+    Ok(Args { addr, path, conns, rate, deadline_secs: deadline, ramp_secs: ramp, buf, rcvbuf })
 }
 
 /// One download: connect, GET, read the body at `rate` bytes/s until
 /// `Content-Length` bytes arrived, the peer closed, or `deadline`.
-async fn download(addr: &str, request: &[u8], rate: f64, buf_len: usize, deadline: Instant) -> Outcome {
+async fn download(addr: SocketAddr, request: &[u8], rate: f64, buf_len: usize, rcvbuf: u32, deadline: Instant) -> Outcome {
     let start = Instant::now();
     let ms = |t: Instant| t.duration_since(start).as_secs_f64() * 1e3;
     let mut ttfb = None;
     let run = async {
-        let Ok(mut sock) = TcpStream::connect(addr).await else {
+        let Ok(mut sock) = connect(addr, rcvbuf).await else {
             return Outcome::ConnectFailed;
         };
         if sock.write_all(request).await.is_err() {
@@ -141,6 +150,15 @@ async fn download(addr: &str, request: &[u8], rate: f64, buf_len: usize, deadlin
     }
 }
 
+/// `connect`, with `SO_RCVBUF` set first when `rcvbuf` is not 0.
+async fn connect(addr: SocketAddr, rcvbuf: u32) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if rcvbuf > 0 {
+        sock.set_recv_buffer_size(rcvbuf)?;
+    }
+    sock.connect(addr).await
+}
+
 /// The `Content-Length` of a 200 response head, else `None`.
 fn parse_head(head: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(head).ok()?;
@@ -179,16 +197,22 @@ async fn main() -> ExitCode {
         args.path, args.addr
     );
     let request: &'static [u8] = Box::leak(request.into_bytes().into_boxed_slice());
-    let addr: &'static str = Box::leak(args.addr.clone().into_boxed_str());
+    let addr: SocketAddr = match args.addr.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("slow-client: {}: {e} (give an IP address and port)", args.addr);
+            return ExitCode::from(2);
+        }
+    };
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(args.deadline_secs);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.conns {
         let at = t0 + Duration::from_secs_f64(args.ramp_secs * i as f64 / args.conns as f64);
-        let (rate, buf) = (args.rate, args.buf);
+        let (rate, buf, rcvbuf) = (args.rate, args.buf, args.rcvbuf);
         tasks.spawn(async move {
             sleep_until(at).await;
-            download(addr, request, rate, buf, deadline).await
+            download(addr, request, rate, buf, rcvbuf, deadline).await
         });
     }
     let (mut complete, mut connect_failed, mut bad, mut short, mut timed_out) = (0, 0, 0, 0, 0);
