@@ -61,10 +61,12 @@ SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"]
 TLS_CIPHER = "ECDHE-RSA-AES128-GCM-SHA256"
 QFOTA_PASSIVE = (43000, 43999)
 VSFTPD_PASSIVE = (44000, 44999)
-# S6's client receive window, bytes (a module's is of this order). Left to
-# loopback autotuning, 10,000 windows of MiBs exceed net.ipv4.tcp_mem and the
-# kernel resets connections ("TCP: out of memory -- consider tuning tcp_mem").
-SLOW_RCVBUF = 64 * 1024
+# S6's client sockets look like a module's path: a 16 KiB receive window and
+# 1,400-byte segments. Left to loopback (64 KiB segments, autotuned windows),
+# the servers' send buffers grow to MiBs per connection, 10,000 of them exceed
+# net.ipv4.tcp_mem and the kernel resets connections ("TCP: out of memory").
+SLOW_RCVBUF = 16 * 1024
+SLOW_MSS = 1400
 
 # Sizes per mode. Full: the workloads of issue 11. Quick: seconds in total.
 SIZES = {
@@ -610,7 +612,7 @@ def slow_downloads(client, server, url, sz, size):
     base_rss, cpu0 = tree_mem_kib(server.pid), tree_cpu(server.pid)
     p = subprocess.Popen([client, "--url", url, "--conns", str(n), "--rate", str(rate),
                           "--deadline-secs", f"{deadline:.0f}", "--ramp-secs", str(ramp),
-                          "--rcvbuf", str(SLOW_RCVBUF)],
+                          "--rcvbuf", str(SLOW_RCVBUF), "--mss", str(SLOW_MSS)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     peak = base_rss

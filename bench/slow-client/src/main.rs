@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! slow-client --url http://127.0.0.1:8080/pkg.zip --conns 10000 --rate 20000 \
-//!             --deadline-secs 150 [--ramp-secs 5] [--buf 16384] [--rcvbuf 65536]
+//!             --deadline-secs 150 [--ramp-secs 5] [--buf 16384] [--rcvbuf 16384] [--mss 1400]
 //! ```
 //! The rlimit for open files is the caller's to raise (bench/compare.py does).
 
@@ -44,6 +44,9 @@ struct Args {
     /// without it loopback windows grow to MiBs and the kernel resets
     /// sockets ("TCP: out of memory").
     rcvbuf: u32,
+    /// `TCP_MAXSEG` asked for before `connect`, bytes; 0 leaves loopback's
+    /// 64 KiB segments, with which the server's send buffers autotune to MiBs.
+    mss: u32,
 }
 
 /// How one download ended.
@@ -63,7 +66,7 @@ enum Outcome {
 fn parse_args() -> Result<Args, String> {
     let mut url = None;
     let (mut conns, mut rate, mut deadline, mut ramp, mut buf) = (100usize, 20_000f64, 120f64, 0f64, 16_384usize);
-    let mut rcvbuf = 0u32;
+    let (mut rcvbuf, mut mss) = (0u32, 0u32);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -76,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
             "--ramp-secs" => ramp = value.parse().map_err(|e| bad(&e))?,
             "--buf" => buf = value.parse().map_err(|e| bad(&e))?,
             "--rcvbuf" => rcvbuf = value.parse().map_err(|e| bad(&e))?,
+            "--mss" => mss = value.parse().map_err(|e| bad(&e))?,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -88,17 +92,17 @@ fn parse_args() -> Result<Args, String> {
     if conns == 0 || rate <= 0.0 || deadline <= 0.0 || ramp < 0.0 || buf == 0 {
         return Err("--conns, --rate, --deadline-secs, --buf must be positive".into());
     }
-    Ok(Args { addr, path, conns, rate, deadline_secs: deadline, ramp_secs: ramp, buf, rcvbuf })
+    Ok(Args { addr, path, conns, rate, deadline_secs: deadline, ramp_secs: ramp, buf, rcvbuf, mss })
 }
 
 /// One download: connect, GET, read the body at `rate` bytes/s until
 /// `Content-Length` bytes arrived, the peer closed, or `deadline`.
-async fn download(addr: SocketAddr, request: &[u8], rate: f64, buf_len: usize, rcvbuf: u32, deadline: Instant) -> Outcome {
+async fn download(addr: SocketAddr, request: &[u8], rate: f64, buf_len: usize, sock_opts: (u32, u32), deadline: Instant) -> Outcome {
     let start = Instant::now();
     let ms = |t: Instant| t.duration_since(start).as_secs_f64() * 1e3;
     let mut ttfb = None;
     let run = async {
-        let Ok(mut sock) = connect(addr, rcvbuf).await else {
+        let Ok(mut sock) = connect(addr, sock_opts).await else {
             return Outcome::ConnectFailed;
         };
         if sock.write_all(request).await.is_err() {
@@ -150,13 +154,17 @@ async fn download(addr: SocketAddr, request: &[u8], rate: f64, buf_len: usize, r
     }
 }
 
-/// `connect`, with `SO_RCVBUF` set first when `rcvbuf` is not 0.
-async fn connect(addr: SocketAddr, rcvbuf: u32) -> std::io::Result<TcpStream> {
-    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+/// `connect`, with `SO_RCVBUF` and `TCP_MAXSEG` set first where not 0.
+async fn connect(addr: SocketAddr, (rcvbuf, mss): (u32, u32)) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     if rcvbuf > 0 {
-        sock.set_recv_buffer_size(rcvbuf)?;
+        sock.set_recv_buffer_size(rcvbuf as usize)?;
     }
-    sock.connect(addr).await
+    if mss > 0 {
+        sock.set_tcp_mss(mss)?;
+    }
+    sock.set_nonblocking(true)?;
+    TcpSocket::from_std_stream(sock.into()).connect(addr).await
 }
 
 /// The `Content-Length` of a 200 response head, else `None`.
@@ -209,10 +217,10 @@ async fn main() -> ExitCode {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.conns {
         let at = t0 + Duration::from_secs_f64(args.ramp_secs * i as f64 / args.conns as f64);
-        let (rate, buf, rcvbuf) = (args.rate, args.buf, args.rcvbuf);
+        let (rate, buf, sock_opts) = (args.rate, args.buf, (args.rcvbuf, args.mss));
         tasks.spawn(async move {
             sleep_until(at).await;
-            download(addr, request, rate, buf, rcvbuf, deadline).await
+            download(addr, request, rate, buf, sock_opts, deadline).await
         });
     }
     let (mut complete, mut connect_failed, mut bad, mut short, mut timed_out) = (0, 0, 0, 0, 0);
