@@ -171,6 +171,8 @@ pub struct Attempt {
     pub bytes_acked: u64,
     /// Fault rule applied, if any.
     pub fault: Option<String>,
+    /// Duration frozen by [`Attempt::end_now`], in ms.
+    ended_ms: Option<u64>,
 }
 
 impl Attempt {
@@ -191,6 +193,7 @@ impl Attempt {
             bytes_sent: 0,
             bytes_acked: 0,
             fault: None,
+            ended_ms: None,
         }
     }
 
@@ -199,9 +202,21 @@ impl Attempt {
         self.ts
     }
 
-    /// Milliseconds since [`Attempt::start`].
+    /// Milliseconds since [`Attempt::start`] (or until
+    /// [`Attempt::end_now`], once called).
     pub fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ended_ms.unwrap_or_else(|| {
+            u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        })
+    }
+
+    /// Ends the attempt's clock now: the connection ended, and what comes
+    /// after (waiting for the kernel's final counters) is not the
+    /// module's time.
+    pub fn end_now(&mut self) {
+        if self.ended_ms.is_none() {
+            self.ended_ms = Some(self.elapsed_ms());
+        }
     }
 
     /// The record for this attempt ending now with `status` (HTTP status or

@@ -451,6 +451,23 @@ impl CatalogStorage {
         error
     }
 
+    /// Records a `SIZE`/`MDTM` of a path that is not a servable package
+    /// (missing, invalid, excluded) and returns the 550 for libunftp.
+    fn refuse_lookup(&self, key: &str) -> storage::Error {
+        let mut attempt = self.session.attempt(key);
+        let Access::Refuse {
+            outcome,
+            reason,
+            package,
+        } = self.session.shared.resolve(key)
+        else {
+            return not_available();
+        };
+        attempt.package = package.map(|p| (p.size, p.sha256.clone()));
+        let reason = format!("SIZE/MDTM: {reason}");
+        self.refuse(&attempt, 550, outcome, reason, not_available())
+    }
+
     fn refuse_write(&self, command: &str, path: &Path) -> storage::Error {
         let attempt = self.session.attempt(path.to_string_lossy());
         let reason = format!("{command} refused: the server is read-only");
@@ -683,11 +700,11 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         path: P,
     ) -> storage::Result<Self::Metadata> {
         let key = Self::key(path.as_ref()).map_err(|_| not_available())?;
-        let entry = self
-            .catalog()
-            .metadata(&key)
-            .filter(|e| self.visible(e))
-            .ok_or_else(not_available)?;
+        let Some(entry) = self.catalog().metadata(&key).filter(|e| self.visible(e)) else {
+            // A module's downloader asks SIZE before RETR: a missing or
+            // invalid package leaves a record here, as over HTTP.
+            return Err(self.refuse_lookup(&key));
+        };
         // SIZE and MDTM (and RNFR, MLST) all come here.
         if let Some(f) = self.session.fault(Some(&key), |c| c == "SIZE") {
             return Err(self.session.fault_reply(&f, "SIZE", &key));
@@ -817,9 +834,12 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                     None => Ok(()),
                 }
             }
-            _ => Err(storage::Error::from(
-                ErrorKind::PermanentDirectoryNotAvailable,
-            )),
+            _ => {
+                let attempt = self.session.attempt(path.as_ref().to_string_lossy());
+                let reason = "CWD: no such folder";
+                let missing = storage::Error::from(ErrorKind::PermanentDirectoryNotAvailable);
+                Err(self.refuse(&attempt, 550, Outcome::NotFound, reason, missing))
+            }
         }
     }
 }
@@ -892,6 +912,7 @@ impl RetrRecord {
         };
         let session = Arc::clone(&self.session);
         let mut attempt = self.attempt.clone();
+        attempt.end_now();
         let transfers = session.shared.transfers.clone();
         transfers.spawn(async move {
             ack.refresh();

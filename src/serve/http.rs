@@ -731,6 +731,7 @@ impl PackageBody {
         // The connection is ending: its final counters arrive when the
         // kernel destroys the socket.
         let transfers = f.conn.shared.transfers.clone();
+        f.attempt.end_now();
         transfers.spawn(async move {
             ack.refresh();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
@@ -869,6 +870,7 @@ impl Conn {
         if delivery == Delivery::Gone {
             // Closed before a look saw the end: the kernel's final
             // counters say whether everything written was acknowledged.
+            attempt.end_now();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
             if all_written && ack.is_closed() && ack.all_acked() {
                 delivery = Delivery::Acked;
