@@ -15,6 +15,9 @@
 //!   ([`serve::ftp`], libunftp), HTTP and HTTPS ([`serve::http`], hyper +
 //!   rustls); both ask the catalog what to serve, apply [`serve::fault`]
 //!   rules, and emit one [`dlog::DownloadRecord`] per attempt.
+//! - [`admin`]: the admin listener (`--admin`), its own port beside the
+//!   package listeners: `/healthz`, `/readyz` and the control routes that
+//!   change fault rules, stream download records and re-scan packages.
 //! - [`dlog`]: the download log — records fanned out to the JSON-lines file,
 //!   `tracing`, an in-memory ring and subscribers.
 //! - [`sim`]: the module simulator — `AT+QFOTADL` parsing, the FTP/HTTP(S)
@@ -32,6 +35,7 @@
 //! Data flow when serving: client → listener → [`catalog::path`] key →
 //! [`catalog::Catalog::lookup`] → fault rules → bytes from
 //! [`catalog::Catalog::open`] → record → [`dlog::DownloadLog`] sinks.
+pub mod admin;
 pub mod catalog;
 pub mod cli;
 pub mod dlog;

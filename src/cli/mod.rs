@@ -24,6 +24,7 @@ pub mod check;
 pub mod fleet;
 pub mod modem;
 pub mod module_args;
+pub mod ready;
 pub mod report;
 pub mod serve;
 pub mod simulate;
