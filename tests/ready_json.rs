@@ -27,11 +27,11 @@ async fn read_ready_file(path: &Path, pid: u32) -> serde_json::Value {
     let wait = async {
         loop {
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                if v["pid"] == pid {
-                    assert!(text.ends_with('\n') && text.lines().count() == 1, "{text}");
-                    return v;
-                }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                && v["pid"] == pid
+            {
+                assert!(text.ends_with('\n') && text.lines().count() == 1, "{text}");
+                return v;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
@@ -48,17 +48,8 @@ async fn serve_ready_file_names_the_bound_ports_and_working_urls() {
     std::fs::write(&ready, "stale from an earlier run").unwrap();
     let packages = Path::new(env!("CARGO_MANIFEST_DIR")).join("packages");
     let child = tokio::process::Command::new(BIN)
-        .args([
-            "--ftp",
-            "0",
-            "--http",
-            "0",
-            "--https",
-            "0",
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args(["--admin", "127.0.0.1:0", "--user", "test:test"])
+        .args("--ftp 0 --http 0 --https 0 --bind 127.0.0.1 --admin 127.0.0.1:0".split(' '))
+        .args(["--user", "test:test"])
         .arg("--log")
         .arg(work.path().join("downloads.jsonl"))
         .arg("--certs-dir")

@@ -120,7 +120,9 @@ class QfotaServer:
 
     # --- run-time control over the admin listener -----------------------
 
-    def _admin(self, method, path, body=None, timeout=10.0):
+    def admin_request(self, method, path, body=None, timeout=10.0):
+        """One request to the admin listener (``body``: bytes or None):
+        ``(status, text, headers)``, whatever the status."""
         self._child.check_alive()
         req = urllib.request.Request(
             f"http://{self.admin}{path}", data=body, method=method
@@ -137,7 +139,7 @@ class QfotaServer:
         log line's fields plus ``seq``), waiting up to ``timeout`` seconds
         for the first one."""
         query = urllib.parse.urlencode({"since": since, "timeout_ms": int(timeout * 1000)})
-        status, text, _ = self._admin("GET", f"/downloads?{query}", timeout=timeout + 10)
+        status, text, _ = self.admin_request("GET", f"/downloads?{query}", timeout=timeout + 10)
         if status != 200:
             raise RuntimeError(f"GET /downloads: {status} {text.strip()}")
         return [json.loads(line) for line in text.splitlines() if line]
@@ -173,7 +175,7 @@ class QfotaServer:
 
     def faults(self):
         """The fault rules in force, one string each."""
-        status, text, _ = self._admin("GET", "/faults")
+        status, text, _ = self.admin_request("GET", "/faults")
         if status != 200:
             raise RuntimeError(f"GET /faults: {status} {text.strip()}")
         return text.splitlines()
@@ -183,7 +185,7 @@ class QfotaServer:
         now on; ``[]`` clears them. Returns the rules now in force. Raises
         ``ValueError`` naming the bad rule (nothing is changed then)."""
         body = "".join(f"{r}\n" for r in rules).encode()
-        status, text, _ = self._admin("PUT", "/faults", body)
+        status, text, _ = self.admin_request("PUT", "/faults", body)
         if status == 400:
             raise ValueError(text.strip())
         if status != 200:
@@ -193,7 +195,7 @@ class QfotaServer:
     def rescan(self):
         """Re-scans the package folder now; returns ``{"packages": N,
         "valid": M}``."""
-        status, text, _ = self._admin("POST", "/packages/rescan", b"", timeout=60)
+        status, text, _ = self.admin_request("POST", "/packages/rescan", b"", timeout=60)
         if status != 200:
             raise RuntimeError(f"POST /packages/rescan: {status} {text.strip()}")
         return json.loads(text)

@@ -1,8 +1,8 @@
-"""Every admin route of a real server, from Python's urllib."""
+"""Every admin route of a real server, from Python's urllib (through
+``QfotaServer.admin_request``)."""
 
 import json
 import threading
-import urllib.error
 import urllib.request
 
 import pytest
@@ -11,14 +11,8 @@ from conftest import PACKAGE
 
 
 def call(srv, method, path, body=None, timeout=30):
-    """(status, body text, headers) of one admin request."""
-    req = urllib.request.Request(f"http://{srv.admin}{path}", data=body, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read().decode(), resp.headers
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, e.read().decode(), e.headers
+    """(status, body text, headers) of one admin request, over urllib."""
+    return srv.admin_request(method, path, body, timeout)
 
 
 @pytest.fixture
