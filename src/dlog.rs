@@ -261,8 +261,15 @@ pub struct DownloadLog {
 #[derive(Debug)]
 struct LogInner {
     file: Option<Mutex<File>>,
-    recent: Mutex<VecDeque<DownloadRecord>>,
+    recent: Mutex<Ring>,
     tx: broadcast::Sender<DownloadRecord>,
+}
+
+/// The in-memory ring with the sequence number of the next record.
+#[derive(Debug, Default)]
+struct Ring {
+    records: VecDeque<(u64, DownloadRecord)>,
+    next_seq: u64,
 }
 
 impl DownloadLog {
@@ -286,7 +293,7 @@ impl DownloadLog {
         DownloadLog {
             inner: Arc::new(LogInner {
                 file: file.map(Mutex::new),
-                recent: Mutex::new(VecDeque::new()),
+                recent: Mutex::new(Ring::default()),
                 tx,
             }),
         }
@@ -326,11 +333,13 @@ impl DownloadLog {
             }
         }
         {
-            let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if recent.len() == RECENT_CAPACITY {
-                recent.pop_front();
+            let mut ring = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if ring.records.len() == RECENT_CAPACITY {
+                ring.records.pop_front();
             }
-            recent.push_back(record.clone());
+            let seq = ring.next_seq;
+            ring.next_seq += 1;
+            ring.records.push_back((seq, record.clone()));
         }
         // No subscriber is fine: the send error only says nobody listens.
         let _ = self.inner.tx.send(record);
@@ -338,8 +347,28 @@ impl DownloadLog {
 
     /// The last records emitted (at most [`RECENT_CAPACITY`]), oldest first.
     pub fn recent(&self) -> Vec<DownloadRecord> {
-        let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.iter().cloned().collect()
+        let ring = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        ring.records.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// The records still in memory whose sequence number is `seq` or more,
+    /// oldest first, each with its number. Records are numbered from 0 in
+    /// the order they are emitted, per process; the number is not written
+    /// to the log file. Records older than the last [`RECENT_CAPACITY`] are
+    /// gone, so the first number returned can be above `seq`.
+    pub fn since(&self, seq: u64) -> Vec<(u64, DownloadRecord)> {
+        let ring = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = ring.records.partition_point(|(n, _)| *n < seq);
+        ring.records.iter().skip(skip).cloned().collect()
+    }
+
+    /// The sequence number the next record will get (the count emitted).
+    pub fn next_seq(&self) -> u64 {
+        self.inner
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_seq
     }
 
     /// A receiver of every record emitted from now on. A receiver that
@@ -432,5 +461,27 @@ mod tests {
         assert_eq!(text.lines().count(), 2);
         assert_eq!(log.recent().len(), 2);
         assert_eq!(rx.try_recv().unwrap().status, 426);
+    }
+
+    #[test]
+    fn records_are_numbered_in_memory_and_since_returns_from_a_number() {
+        let log = DownloadLog::in_memory();
+        assert_eq!(log.next_seq(), 0);
+        for bytes in [1, 2, 3] {
+            log.emit(DownloadRecord {
+                bytes_sent: bytes,
+                ..sample()
+            });
+        }
+        let seqs = |from| -> Vec<(u64, u64)> {
+            log.since(from)
+                .into_iter()
+                .map(|(n, r)| (n, r.bytes_sent))
+                .collect()
+        };
+        assert_eq!(seqs(0), vec![(0, 1), (1, 2), (2, 3)]);
+        assert_eq!(seqs(2), vec![(2, 3)]);
+        assert_eq!(seqs(3), vec![]);
+        assert_eq!(log.next_seq(), 3);
     }
 }

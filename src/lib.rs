@@ -24,6 +24,9 @@
 //!   [`serve::delivery`] reads from the kernel how many body bytes each
 //!   peer acknowledged, so a record is `complete` only when the module's
 //!   TCP stack has every byte.
+//! - [`admin`]: the admin listener (`--admin`), its own port beside the
+//!   package listeners: `/healthz`, `/readyz` and the control routes that
+//!   change fault rules, stream download records and re-scan packages.
 //! - [`dlog`]: the download log — records fanned out to the JSON-lines file,
 //!   `tracing`, an in-memory ring and subscribers.
 //! - [`net`]: address helpers (IPv4-mapped peers written as IPv4) used by
@@ -45,6 +48,7 @@
 //! fault rules → bytes from [`catalog::Catalog::open`] → socket → the
 //! peer's acknowledgements ([`serve::delivery`]) → record →
 //! [`dlog::DownloadLog`] sinks.
+pub mod admin;
 pub mod catalog;
 pub mod cli;
 pub mod dlog;

@@ -296,6 +296,10 @@ impl Catalog for FsCatalog {
         Ok(Box::new(file.take(range.end - range.start)))
     }
 
+    async fn rescan_now(self: Arc<Self>) -> io::Result<()> {
+        self.rescan().await
+    }
+
     async fn watch(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(SCAN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

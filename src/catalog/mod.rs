@@ -293,4 +293,14 @@ pub trait Catalog: Send + Sync + std::fmt::Debug + 'static {
     async fn watch(self: Arc<Self>, cancel: CancellationToken) {
         let _ = cancel;
     }
+
+    /// Brings the catalog up to date now (instead of at the next
+    /// [`Catalog::watch`] tick) and returns when done. The default does
+    /// nothing: the catalog does not change by itself.
+    ///
+    /// # Errors
+    /// The source can no longer be read (the folder, the bucket).
+    async fn rescan_now(self: Arc<Self>) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -24,6 +24,7 @@ pub mod check;
 pub mod fleet;
 pub mod modem;
 pub mod module_args;
+pub mod ready;
 pub mod report;
 pub mod serve;
 pub mod simulate;
@@ -73,19 +74,26 @@ pub enum Command {
     Modem(ModemArgs),
 }
 
-/// Resolves on Ctrl-C or SIGTERM: the one shutdown source of every
-/// long-running command (serve, modem).
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM: the one shutdown source of
+/// every long-running command (serve, modem). The handlers are installed
+/// when this is called, not when the future is first polled, so a signal
+/// sent as soon as start-up is announced (banner, `--ready-json`) stops
+/// the process cleanly instead of killing it. Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

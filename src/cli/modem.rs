@@ -27,6 +27,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::module_args::{ModemEnv, ModuleArgs, UsageError, usage_exit};
+use crate::cli::ready::{self, ModemReady};
 use crate::modem::status::Status;
 use crate::modem::{DEFAULT_IMEI, DEFAULT_LINK, DEFAULT_REBOOT, DEFAULT_URC_HOLD, Modem};
 use crate::sim::module::Module;
@@ -76,6 +77,11 @@ pub struct ModemArgs {
         default_value_t = DEFAULT_URC_HOLD.as_millis() as u64
     )]
     pub urc_hold_ms: u64,
+    /// Write one JSON object (PID, PTY link, TCP address, model, profile,
+    /// version) to FILE once the ports are open, atomically; `-` = one
+    /// line on stdout (the status lines then go to stderr).
+    #[arg(long, env = "QFOTA_MODEM_READY_JSON", value_name = "FILE|-")]
+    pub ready_json: Option<PathBuf>,
 }
 
 /// Checked settings of `qfota-serve modem`.
@@ -95,6 +101,8 @@ pub struct ModemConfig {
     pub reboot: Duration,
     /// How long URCs wait for a host.
     pub urc_hold: Duration,
+    /// Where the ready object goes (`-` = stdout), if anywhere.
+    pub ready_json: Option<PathBuf>,
 }
 
 impl TryFrom<ModemArgs> for ModemConfig {
@@ -118,6 +126,7 @@ impl TryFrom<ModemArgs> for ModemConfig {
             tcp: args.tcp,
             reboot: Duration::from_millis(args.reboot_ms),
             urc_hold: Duration::from_millis(args.urc_hold_ms),
+            ready_json: args.ready_json,
         })
     }
 }
@@ -130,14 +139,21 @@ pub async fn run(args: ModemArgs, shutdown: impl Future<Output = ()>) -> ExitCod
         Ok(config) => config,
         Err(e) => return usage_exit("modem", &e),
     };
-    let modem = match start(&config).await {
+    let modem = match start(&config)
+        .await
+        .and_then(|m| announce_ready(&config, m))
+    {
         Ok(modem) => modem,
         Err(e) => {
             eprintln!("qfota-serve modem: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    let mut out = std::io::stdout();
+    // With `--ready-json -` stdout carries the ready object only.
+    let mut out: Box<dyn Write> = match &config.ready_json {
+        Some(target) if ready::is_stdout(target) => Box::new(std::io::stderr()),
+        _ => Box::new(std::io::stdout()),
+    };
     let module = modem.module();
     let _ = writeln!(
         out,
@@ -188,8 +204,21 @@ fn print_pty(out: &mut impl Write, modem: &Modem, status: &Status) {
     }
 }
 
+/// Writes `--ready-json` for the started `modem`, if asked.
+fn announce_ready(config: &ModemConfig, modem: Modem) -> anyhow::Result<Modem> {
+    use anyhow::Context;
+    if let Some(target) = &config.ready_json {
+        ready::write(target, &ModemReady::of(&modem))
+            .with_context(|| format!("ready file {}", target.display()))?;
+    }
+    Ok(modem)
+}
+
 async fn start(config: &ModemConfig) -> anyhow::Result<Modem> {
     use anyhow::Context;
+    if let Some(target) = &config.ready_json {
+        ready::clear(target).with_context(|| format!("ready file {}", target.display()))?;
+    }
     let mut builder = Modem::builder(config.module.clone())
         .model(config.model.clone())
         .imei(config.imei.clone())

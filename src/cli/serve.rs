@@ -3,7 +3,7 @@
 //! [`ServerBuilder`] (checked once, when the server starts), and [`run`]:
 //! start, print the banner, serve until the shutdown signal, stop.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use ipnet::IpNet;
 
+use crate::admin::Admin;
 use crate::catalog::validate::FtpCredentials;
+use crate::cli::ready::{self, ServeReady};
 use crate::cli::report::banner;
 use crate::cli::values::{parse_port_range, parse_user};
 use crate::serve::fault::FaultRule;
@@ -114,6 +117,27 @@ pub struct ServeArgs {
         value_name = "SECS"
     )]
     pub stall_timeout_secs: u64,
+    /// Serve the admin routes (/healthz, /readyz and the control routes
+    /// /faults, /downloads, /packages/rescan) on this address, its own
+    /// listener (port 0 = any free port) [default: off].
+    #[arg(long, env = "QFOTA_ADMIN", value_name = "ADDR:PORT")]
+    pub admin: Option<SocketAddr>,
+    /// Network (CIDR or IP) besides loopback allowed to use the admin
+    /// control routes, repeatable (env: comma-separated).
+    #[arg(long = "admin-allow", env = "QFOTA_ADMIN_ALLOW", value_name = "CIDR", value_parser = parse_net, value_delimiter = ',', requires = "admin")]
+    pub admin_allow: Vec<IpNet>,
+    /// Write one JSON object (bound ports, URLs per package, PID, log) to
+    /// FILE once ready, atomically; `-` = one line on stdout (the banner
+    /// then goes to stderr).
+    #[arg(long, env = "QFOTA_READY_JSON", value_name = "FILE|-")]
+    pub ready_json: Option<PathBuf>,
+}
+
+/// An IP network `a.b.c.d/n` or a single address.
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?}: expected an IP address or CIDR network (192.0.2.0/24)"))
 }
 
 impl ServeArgs {
@@ -157,17 +181,65 @@ impl ServeArgs {
     }
 }
 
-/// Runs `qfota-serve [OPTIONS] <DIR>`: starts the server, prints the
-/// banner, serves until `shutdown` resolves, then lets in-flight downloads
-/// finish (`--grace-secs`).
+/// Runs `qfota-serve [OPTIONS] <DIR>`: starts the admin listener (when
+/// `--admin`), then the server, marks the admin listener ready, writes
+/// `--ready-json`, prints the banner, serves until `shutdown` resolves,
+/// then lets in-flight downloads finish (`--grace-secs`).
 ///
 /// # Errors
-/// The server cannot start (port in use, unreadable folder): exit 1.
+/// The server cannot start (port in use, unreadable folder) or the ready
+/// file cannot be written: exit 1.
 pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<ExitCode> {
+    if let Some(target) = &args.ready_json {
+        ready::clear(target).with_context(|| format!("ready file {}", target.display()))?;
+    }
+    let admin = start_admin(&args).await?;
     let server = args.to_builder().start().await.context("cannot start")?;
-    print!("{}", banner(&server, &args.log));
+    let admin_addr = admin.as_ref().map(Admin::local_addr);
+    if let Some(admin) = &admin {
+        admin.set_ready(server.control());
+    }
+    let mut text = banner(&server, &args.log);
+    if let Some(addr) = admin_addr {
+        text.push_str(&format!(
+            "\nadmin listening on {addr} (/healthz /readyz /faults /downloads /packages/rescan)\n"
+        ));
+    }
+    match &args.ready_json {
+        Some(target) => {
+            let value = ServeReady::of(&server, args.bind, admin_addr, Some(&args.log));
+            ready::write(target, &value)
+                .with_context(|| format!("ready file {}", target.display()))?;
+            if ready::is_stdout(target) {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+        }
+        None => print!("{text}"),
+    }
     shutdown.await;
     tracing::info!("shutting down");
+    if let Some(admin) = &admin {
+        admin.set_stopping();
+    }
     server.shutdown().await;
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds and starts the admin listener when `--admin` is given; it answers
+/// `/readyz` 503 until the server is up.
+async fn start_admin(args: &ServeArgs) -> anyhow::Result<Option<Admin>> {
+    let Some(addr) = args.admin else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for admin on {addr}"))?;
+    let admin = Admin::start(listener, args.admin_allow.clone())
+        .with_context(|| format!("admin listener on {addr}"))?;
+    Ok(Some(admin))
 }

@@ -677,6 +677,25 @@ impl Server {
         self.shared.faults.set(rules);
     }
 
+    /// Re-scans the package folder now (instead of waiting for the next
+    /// [`crate::catalog::SCAN_INTERVAL`] tick) and returns when done.
+    ///
+    /// # Errors
+    /// The folder can no longer be read.
+    pub async fn rescan(&self) -> std::io::Result<()> {
+        Arc::clone(&self.catalog).rescan_now().await
+    }
+
+    /// A cloneable handle on what can be changed or read while serving
+    /// (fault rules, download records, re-scans) — what the admin
+    /// listener's control routes ([`crate::admin`]) use.
+    pub fn control(&self) -> ServerControl {
+        ServerControl {
+            shared: Arc::clone(&self.shared),
+            catalog: Arc::clone(&self.catalog),
+        }
+    }
+
     /// Stops accepting, lets in-flight downloads run for the grace period,
     /// then returns. Connections still open after it are closed when the
     /// runtime ends.
@@ -694,6 +713,43 @@ impl Server {
         if tokio::time::timeout(self.grace, wait).await.is_err() {
             tracing::warn!("shutdown grace period over with downloads still running");
         }
+    }
+}
+
+/// Run-time control of a [`Server`], from [`Server::control`]: cheap to
+/// clone, and usable from other tasks while the server runs. It does not
+/// keep the server running: once the [`Server`] is shut down, changes
+/// through it have no effect on serving.
+#[derive(Debug, Clone)]
+pub struct ServerControl {
+    shared: Arc<Shared>,
+    catalog: Arc<dyn Catalog>,
+}
+
+impl ServerControl {
+    /// The fault rules in force.
+    pub fn faults(&self) -> Vec<FaultRule> {
+        self.shared.faults.rules()
+    }
+    /// Replaces the fault rules, like [`Server::set_faults`].
+    pub fn set_faults(&self, rules: Vec<FaultRule>) {
+        self.shared.faults.set(rules);
+    }
+    /// The download log (records with their sequence numbers:
+    /// [`DownloadLog::since`]; new ones: [`DownloadLog::subscribe`]).
+    pub fn log(&self) -> &DownloadLog {
+        &self.shared.log
+    }
+    /// The catalog being served.
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.catalog
+    }
+    /// Re-scans the package folder now, like [`Server::rescan`].
+    ///
+    /// # Errors
+    /// The folder can no longer be read.
+    pub async fn rescan(&self) -> std::io::Result<()> {
+        Arc::clone(&self.catalog).rescan_now().await
     }
 }
 

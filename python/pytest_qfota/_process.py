@@ -1,0 +1,154 @@
+"""Running `qfota-serve` as a child process: find the binary, start it with
+`--ready-json -`, read the one ready line (waiting on the pipe, with a
+deadline), and stop it with SIGTERM — reporting its stderr whenever it died
+or failed to start."""
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+#: Environment variables the binary reads as flags (`QFOTA_*`) are dropped
+#: from the child's environment, so a developer's shell cannot change what
+#: a fixture starts — except these.
+KEPT_ENV = {"QFOTA_LOG_LEVEL"}
+
+#: How much of the child's stderr an error message quotes, characters.
+STDERR_TAIL = 4000
+
+
+class QfotaProcessError(Exception):
+    """The binary is missing, died, failed to start or to stop cleanly;
+    the message carries its exit status and the tail of its stderr."""
+
+
+def find_binary(binary=None):
+    """The `qfota-serve` to run: `binary` if given, else
+    `$QFOTA_SERVE_BIN`, else `qfota-serve` on `PATH`."""
+    candidate = binary or os.environ.get("QFOTA_SERVE_BIN") or shutil.which("qfota-serve")
+    if not candidate:
+        raise QfotaProcessError(
+            "qfota-serve not found: set QFOTA_SERVE_BIN, put it on PATH, or pass binary="
+        )
+    path = os.path.abspath(os.fspath(candidate))
+    if not os.access(path, os.X_OK):
+        raise QfotaProcessError(f"qfota-serve binary {path} is not executable")
+    return path
+
+
+class Child:
+    """One started `qfota-serve` process with its stderr in a temporary
+    file (a file, not a pipe: a chatty child never blocks on it)."""
+
+    def __init__(self, argv, what, start_timeout=30.0, stop_timeout=15.0):
+        self.what = what
+        self.argv = list(argv)
+        self.stop_timeout = stop_timeout
+        self._stderr = tempfile.TemporaryFile()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QFOTA_") or k in KEPT_ENV}
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+        )
+        self.stopped = False
+        try:
+            self.ready = self._read_ready(start_timeout)
+        except BaseException:
+            self._kill()
+            raise
+
+    def _read_ready(self, timeout):
+        """The JSON object of the first stdout line, waiting at most
+        `timeout` seconds for it."""
+        deadline = time.monotonic() + timeout
+        buf = b""
+        fd = self.proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self.error(f"not ready within {timeout:.0f} s")
+                if not sel.select(left):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self._wait_exit(5.0)
+                    raise self.error("exited before it was ready")
+                buf += chunk
+        line = buf.split(b"\n", 1)[0]
+        try:
+            return json.loads(line)
+        except ValueError as e:
+            raise self.error(f"ready line is not JSON ({e}): {line[:200]!r}") from None
+
+    def stderr(self):
+        """Everything the child wrote to stderr so far."""
+        self._stderr.flush()
+        pos = self._stderr.tell()
+        self._stderr.seek(0)
+        data = self._stderr.read()
+        self._stderr.seek(pos)
+        return data.decode("utf-8", "replace")
+
+    def error(self, problem):
+        """A QfotaProcessError naming the command, the exit status and
+        the tail of stderr."""
+        code = self.proc.poll()
+        status = "running" if code is None else f"exit status {code}"
+        tail = self.stderr()[-STDERR_TAIL:]
+        return QfotaProcessError(
+            f"{self.what}: {problem} ({status})\n"
+            f"command: {' '.join(self.argv)}\n"
+            f"stderr:\n{tail}"
+        )
+
+    def check_alive(self):
+        """Raises QfotaProcessError when the child has exited."""
+        if not self.stopped and self.proc.poll() is not None:
+            raise self.error("died")
+
+    def stop(self):
+        """SIGTERM, then wait up to `stop_timeout` s (SIGKILL after).
+        Raises QfotaProcessError when it had died before, or exited
+        non-zero. Calling it again does nothing."""
+        if self.stopped:
+            return
+        died = self.proc.poll() is not None
+        self.stopped = True
+        if died:
+            self._close()
+            raise self.error("died before it was stopped")
+        self.proc.send_signal(signal.SIGTERM)
+        if not self._wait_exit(self.stop_timeout):
+            self._kill()
+            raise self.error(f"did not stop within {self.stop_timeout:.0f} s of SIGTERM; killed")
+        code = self.proc.returncode
+        self._close()
+        if code != 0:
+            raise self.error("exited non-zero when stopped")
+
+    def _wait_exit(self, timeout):
+        try:
+            self.proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def _kill(self):
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close()
+
+    def _close(self):
+        if self.proc.stdout:
+            self.proc.stdout.close()

@@ -1,0 +1,96 @@
+"""`QfotaModem`: `qfota-serve modem`, the virtual Quectel module behind a
+pseudo-terminal (and optionally TCP), in a child process."""
+
+import os
+import tempfile
+
+from ._process import Child, find_binary
+
+
+class QfotaModem:
+    """A running virtual modem. Start it with :meth:`start` (or the
+    ``qfota_modem`` fixture).
+
+    Attributes: ``ready`` (the ``--ready-json`` object), ``pid``, ``port``
+    (the PTY path to open with pyserial; it disappears and comes back on
+    every reboot), ``tcp`` (``"127.0.0.1:port"`` or ``None``), ``model``,
+    ``profile``, ``version``.
+    """
+
+    def __init__(self, child, workdir):
+        self._child = child
+        self._workdir = workdir
+        self.ready = child.ready
+        self.pid = self.ready["pid"]
+        self.port = self.ready["pty"]
+        self.tcp = self.ready["tcp"]
+        self.model = self.ready["model"]
+        self.profile = self.ready["profile"]
+        self.version = self.ready["version"]
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        model="EC25",
+        version=None,
+        link=None,
+        tcp=False,
+        faults=(),
+        time_scale=None,
+        reboot_ms=None,
+        binary=None,
+        extra_args=(),
+        start_timeout=30.0,
+    ):
+        """Starts ``qfota-serve modem`` with a PTY in a temporary folder.
+
+        ``model``: ``EC25``, ``EC200T``, ``EM060K``, …; ``version``: the
+        firmware revision it reports; ``link``: ``usb`` or ``uart`` (passed
+        as ``--link``: needs a binary that has it); ``tcp``: also an AT port
+        on 127.0.0.1; ``faults``: module faults (``network-down``, …) fixed
+        for its life; ``time_scale``, ``reboot_ms``: as the flags. Raises
+        ``QfotaProcessError`` with the modem's stderr when it cannot start.
+        """
+        workdir = tempfile.TemporaryDirectory(prefix="qfota-modem-")
+        argv = [
+            find_binary(binary), "modem",
+            "--pty", os.path.join(workdir.name, "at"),
+            "--model", model,
+            "--ready-json", "-",
+        ]
+        if version:
+            argv += ["--version", version]
+        if link:
+            argv += ["--link", link]
+        if tcp:
+            argv += ["--tcp", "127.0.0.1:0"]
+        for fault in faults:
+            argv += ["--fault", fault]
+        if time_scale is not None:
+            argv += ["--time-scale", str(time_scale)]
+        if reboot_ms is not None:
+            argv += ["--reboot-ms", str(reboot_ms)]
+        argv += list(extra_args)
+        try:
+            child = Child(argv, "qfota-serve modem", start_timeout=start_timeout)
+        except BaseException:
+            workdir.cleanup()
+            raise
+        return cls(child, workdir)
+
+    def stderr(self):
+        """The modem's stderr so far (status lines, log)."""
+        return self._child.stderr()
+
+    def check_alive(self):
+        """Raises ``QfotaProcessError`` (with stderr) if the modem died."""
+        self._child.check_alive()
+
+    def stop(self):
+        """Stops the modem (SIGTERM). Raises ``QfotaProcessError`` if it
+        had died or exited non-zero."""
+        try:
+            self._child.stop()
+        finally:
+            self._workdir.cleanup()

@@ -1,0 +1,59 @@
+"""The pytest plugin (entry point ``pytest11``): the ``qfota_server`` and
+``qfota_modem`` fixtures, factories that start the real binary and stop
+everything they started when the test ends — failing the test, with the
+process's stderr, when it could not start or died on the way."""
+
+import pytest
+
+from ._process import QfotaProcessError
+from .modem import QfotaModem
+from .server import QfotaServer
+
+
+def _factory(start):
+    """A factory fixture body: ``start(**kw)`` per call, all stopped at
+    teardown; a process error becomes a test failure with its stderr."""
+    started = []
+
+    def make(*args, **kwargs):
+        try:
+            thing = start(*args, **kwargs)
+        except QfotaProcessError as e:
+            pytest.fail(str(e), pytrace=False)
+        started.append(thing)
+        return thing
+
+    def teardown():
+        errors = []
+        for thing in reversed(started):
+            try:
+                thing.stop()
+            except QfotaProcessError as e:
+                errors.append(str(e))
+        if errors:
+            pytest.fail("\n\n".join(errors), pytrace=False)
+
+    return make, teardown
+
+
+@pytest.fixture
+def qfota_server():
+    """Factory: ``qfota_server(packages_dir, users=[("test", "test")],
+    faults=[...], protocols=("ftp", "http"), binary=None)`` starts a
+    ``qfota-serve`` on 127.0.0.1 free ports with an admin listener and
+    returns a :class:`QfotaServer` (``urls``, ``downloads()``,
+    ``wait_download()``, ``set_faults()``, ``rescan()``, ``stop()``)."""
+    make, teardown = _factory(QfotaServer.start)
+    yield make
+    teardown()
+
+
+@pytest.fixture
+def qfota_modem():
+    """Factory: ``qfota_modem(model="EC25", version="v12", link=None,
+    tcp=False, faults=[...], binary=None)`` starts ``qfota-serve modem`` on
+    a pseudo-terminal and returns a :class:`QfotaModem` (``port``: the path
+    to open with pyserial; ``stop()``)."""
+    make, teardown = _factory(QfotaModem.start)
+    yield make
+    teardown()

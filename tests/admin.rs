@@ -1,0 +1,160 @@
+//! The admin listener driven by curl: `/readyz` before and after the
+//! server is up and while it stops, `/healthz`, and every control route —
+//! `PUT`/`GET /faults` (applied to the next real download), the
+//! `/downloads` long-poll woken by a download, `POST /packages/rescan`.
+//! (The 403 for non-loopback peers is unit-tested in `admin`: tests stay
+//! on loopback.)
+
+mod common;
+
+use common::{Fixture, bounded, run};
+use qfota_serve::admin::Admin;
+use std::process::Output;
+
+/// curl `args` against the admin listener at `base`; returns the output
+/// (`-w` appends the status code on its own line).
+async fn curl(base: &str, path: &str, extra: &[&str]) -> (u16, String) {
+    let url = format!("http://{base}{path}");
+    let mut args = vec!["-sS", "-w", "\n%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    split(run("curl", &args).await)
+}
+
+fn split(out: Output) -> (u16, String) {
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.parse().expect("status code"), body.to_string())
+}
+
+async fn admin() -> Admin {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Admin::start(listener, vec![]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_server_and_health_is_always_up() {
+    let admin = admin().await;
+    let base = admin.local_addr().to_string();
+    assert_eq!(curl(&base, "/healthz", &[]).await, (200, "ok\n".into()));
+    let (code, body) = curl(&base, "/readyz", &[]).await;
+    assert_eq!(code, 503);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"ready": false, "not_ready": ["listeners", "catalog"]})
+    );
+    // Control routes need the server.
+    assert_eq!(curl(&base, "/faults", &[]).await.0, 503);
+
+    let fx = Fixture::start(|b| b).await;
+    admin.set_ready(fx.server.control());
+    assert_eq!(
+        curl(&base, "/readyz", &[]).await,
+        (200, "{\"ready\":true}\n".into())
+    );
+    admin.set_stopping();
+    let (code, body) = curl(&base, "/readyz", &[]).await;
+    assert_eq!(
+        (code, body.contains("shutting down")),
+        (503, true),
+        "{body}"
+    );
+    assert_eq!(curl(&base, "/healthz", &[]).await.0, 200);
+    assert_eq!(curl(&base, "/metricz", &[]).await.0, 404);
+    bounded("admin shutdown", admin.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_routes_change_faults_stream_records_and_rescan() {
+    let fx = Fixture::start(|b| b).await;
+    let admin = admin().await;
+    admin.set_ready(fx.server.control());
+    let base = admin.local_addr().to_string();
+    let pkg = fx.http_url("update-v12-to-v13.zip");
+
+    // PUT /faults: the next HTTP download gets 503, then the rules clear.
+    let rules = "# one refused attempt\nstatus=503,protocol=http,times=1\n";
+    let put = ["-X", "PUT", "--data-binary", rules];
+    let (code, body) = curl(&base, "/faults", &put).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "status=503,protocol=http,times=1\n")
+    );
+    assert_eq!(curl(&base, "/faults", &[]).await.1, body);
+    let (code, body) = curl(
+        &base,
+        "/faults",
+        &["-X", "PUT", "--data-binary", "slow=fast"],
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.starts_with("line 1: ") && body.contains("slow=fast"),
+        "{body}"
+    );
+    assert_eq!(
+        fx.server.faults().len(),
+        1,
+        "a refused body changes nothing"
+    );
+    let status = |out: Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let get = ["-s", "-o", "/dev/null", "-w", "%{http_code}", pkg.as_str()];
+    assert_eq!(status(run("curl", &get).await), "503");
+    assert_eq!(status(run("curl", &get).await), "200");
+
+    // GET /downloads: both records with their numbers, then a long-poll
+    // that a third download wakes.
+    let (code, body) = curl(&base, "/downloads?since=0", &[]).await;
+    let lines: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(code, 200);
+    assert_eq!(lines.len(), 2, "{body}");
+    assert_eq!(
+        (&lines[0]["seq"], &lines[0]["status"]),
+        (&0.into(), &503.into())
+    );
+    assert_eq!(lines[0]["fault"], "status=503,protocol=http,times=1");
+    assert_eq!(
+        (&lines[1]["seq"], &lines[1]["outcome"]),
+        (&1.into(), &"complete".into())
+    );
+    let poll_url = format!("http://{base}/downloads?since=2&timeout_ms=20000");
+    let poll = tokio::spawn(async move {
+        split(run("curl", &["-sS", "-w", "\n%{http_code}", &poll_url]).await)
+    });
+    assert_eq!(status(run("curl", &get).await), "200");
+    let (code, body) = bounded("long-poll", poll).await.unwrap();
+    assert_eq!(code, 200);
+    let rec: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!((&rec["seq"], &rec["protocol"]), (&2.into(), &"http".into()));
+    let (code, body) = curl(&base, "/downloads?since=3&timeout_ms=10", &[]).await;
+    assert_eq!((code, body.as_str()), (200, ""));
+    assert_eq!(curl(&base, "/downloads?since=x", &[]).await.0, 400);
+
+    // POST /packages/rescan: a package copied in is served at once.
+    let before = fx.server.catalog().packages().len();
+    std::fs::copy(
+        fx.dir.path().join("update-v12-to-v13.zip"),
+        fx.dir.path().join("update-v13-to-v14.zip"),
+    )
+    .unwrap();
+    let (code, body) = curl(&base, "/packages/rescan", &["-X", "POST"]).await;
+    let counts: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (code, &counts["packages"]),
+        (200, &(before + 1).into()),
+        "{body}"
+    );
+    let new = fx.http_url("update-v13-to-v14.zip");
+    let get_new = ["-s", "-o", "/dev/null", "-w", "%{http_code}", new.as_str()];
+    assert_eq!(status(run("curl", &get_new).await), "200");
+    assert_eq!(curl(&base, "/packages/rescan", &[]).await.0, 405);
+    bounded("admin shutdown", admin.shutdown()).await;
+}
