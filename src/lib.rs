@@ -17,6 +17,10 @@
 //!   rules, and emit one [`dlog::DownloadRecord`] per attempt.
 //! - [`dlog`]: the download log — records fanned out to the JSON-lines file,
 //!   `tracing`, an in-memory ring and subscribers.
+//! - [`campaign`]: the campaign view — download records (from the log
+//!   files or a running server) become per-package attempts, modules,
+//!   outcomes, durations and failure reasons, printed as a table, JSON or a
+//!   self-contained HTML page.
 //! - [`sim`]: the module simulator — `AT+QFOTADL` parsing, the FTP/HTTP(S)
 //!   downloader, package checks and the upgrade with its URCs and retries;
 //!   [`sim::fleet`] runs many modules at once.
@@ -32,6 +36,7 @@
 //! Data flow when serving: client → listener → [`catalog::path`] key →
 //! [`catalog::Catalog::lookup`] → fault rules → bytes from
 //! [`catalog::Catalog::open`] → record → [`dlog::DownloadLog`] sinks.
+pub mod campaign;
 pub mod catalog;
 pub mod cli;
 pub mod dlog;
