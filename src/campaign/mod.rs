@@ -472,7 +472,7 @@ pub(crate) mod tests {
     #[test]
     fn filter_applies_window_and_glob() {
         let records = sample();
-        let t = |s| DateTime::from_timestamp(1_780_315_200 + s, 0).unwrap();
+        let t = |s: i64| DateTime::from_timestamp(1_780_315_200 + s, 0).unwrap();
         let filter = Filter {
             since: Some(t(5)),
             until: Some(t(30)),
@@ -497,7 +497,8 @@ pub(crate) mod tests {
         let mut long = sample();
         long[7].ts += TimeDelta::hours(5);
         let c = Campaign::build(&long, &Filter::default(), DEFAULT_RECENT);
-        assert_eq!(c.timeline.bucket_secs, 900);
+        // 5 h: 10 min buckets (31 of them).
+        assert_eq!(c.timeline.bucket_secs, 600);
         assert!(c.timeline.buckets.len() <= MAX_BUCKETS);
         let total: u64 = c.timeline.buckets.iter().map(|b| b.outcomes.total()).sum();
         assert_eq!(total, 8);

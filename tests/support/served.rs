@@ -4,6 +4,8 @@
 //! server's own `READY=1` (sd_notify), then the banner is read for the
 //! listener addresses. The child is killed on drop.
 
+#![allow(dead_code)] // each test file uses part of it
+
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::process::Stdio;
@@ -47,7 +49,7 @@ impl Served {
             .env("NOTIFY_SOCKET", &sock_path)
             .current_dir(dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
