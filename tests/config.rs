@@ -78,7 +78,10 @@ async fn unknown_keys_and_bad_values_are_errors_naming_them() {
         ("http = [80\n", "config file"),
     ] {
         let file = write(dir.path(), "bad.toml", text);
-        for args in [vec!["config", "--config", &file], vec!["--config", &file, "pk"]] {
+        for args in [
+            vec!["config", "--config", &file],
+            vec!["--config", &file, "pk"],
+        ] {
             let out = qfota(&args, &[]).await;
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{args:?} {text:?}: {err}");
@@ -114,8 +117,16 @@ async fn a_server_starts_from_the_file_with_flags_on_top() {
     );
     let server = Served::start(&["--bind", "127.0.0.1"], &[("QFOTA_CONFIG", &file)]).await;
     assert!(server.notified.contains("READY=1"), "{}", server.notified);
-    assert!(server.listeners["http"].starts_with("127.0.0.1:"), "{:?}", server.banner);
-    assert!(server.listeners["ftp"].starts_with("127.0.0.1:"), "{:?}", server.banner);
+    assert!(
+        server.listeners["http"].starts_with("127.0.0.1:"),
+        "{:?}",
+        server.banner
+    );
+    assert!(
+        server.listeners["ftp"].starts_with("127.0.0.1:"),
+        "{:?}",
+        server.banner
+    );
     assert!(!server.listeners.contains_key("https"));
     let url = format!("{}/update-v12-to-v13.zip", server.base("http"));
     let got = run("curl", &["-sSf", "-o", "/dev/null", &url]).await;

@@ -19,7 +19,12 @@ fn text(out: &[u8]) -> String {
 /// test because `verify` checks that the program exists.
 #[tokio::test]
 async fn systemd_unit_verifies() {
-    if run("sh", &["-c", "command -v systemd-analyze"]).await.status.code() != Some(0) {
+    if run("sh", &["-c", "command -v systemd-analyze"])
+        .await
+        .status
+        .code()
+        != Some(0)
+    {
         println!("skipped: systemd-analyze is not installed");
         return;
     }
@@ -34,7 +39,11 @@ async fn systemd_unit_verifies() {
     let path = dir.path().join("qfota-serve.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/qfota-serve", BIN)).unwrap();
     // --man=no: the man page (`qfota-serve man`) is installed by hand.
-    let out = run("systemd-analyze", &["verify", "--man=no", path.to_str().unwrap()]).await;
+    let out = run(
+        "systemd-analyze",
+        &["verify", "--man=no", path.to_str().unwrap()],
+    )
+    .await;
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("qfota-serve.service:"), "{err}");
@@ -45,7 +54,10 @@ async fn completions_and_man_page_are_generated() {
     let out = run(BIN, &["completions", "bash"]).await;
     assert!(out.status.success());
     let script = text(&out.stdout);
-    assert!(script.contains("report") && script.contains("--passive-ports"), "{script}");
+    assert!(
+        script.contains("report") && script.contains("--passive-ports"),
+        "{script}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("qfota-serve.bash");
     std::fs::write(&file, &script).unwrap();
@@ -53,14 +65,26 @@ async fn completions_and_man_page_are_generated() {
     assert!(syntax.status.success(), "{}", text(&syntax.stderr));
     for shell in ["zsh", "fish"] {
         let out = run(BIN, &["completions", shell]).await;
-        assert!(out.status.success() && text(&out.stdout).contains("qfota-serve"), "{shell}");
+        assert!(
+            out.status.success() && text(&out.stdout).contains("qfota-serve"),
+            "{shell}"
+        );
     }
-    assert_eq!(run(BIN, &["completions", "tcsh"]).await.status.code(), Some(2));
+    assert_eq!(
+        run(BIN, &["completions", "tcsh"]).await.status.code(),
+        Some(2)
+    );
     let out = run(BIN, &["man"]).await;
     assert!(out.status.success());
     let page = text(&out.stdout);
-    assert!(page.starts_with(".ie") || page.contains(".TH qfota-serve"), "{page}");
-    assert!(page.contains("report") && page.contains("completions"), "{page}");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH qfota-serve"),
+        "{page}"
+    );
+    assert!(
+        page.contains("report") && page.contains("completions"),
+        "{page}"
+    );
 }
 
 #[tokio::test]
@@ -76,7 +100,10 @@ async fn check_counts_packages_and_prints_plain_json() {
     let out = run(BIN, &["check", d]).await;
     assert_eq!(out.status.code(), Some(1));
     let report = text(&out.stdout);
-    assert!(report.contains("2 packages: 1 valid, 1 invalid"), "{report}");
+    assert!(
+        report.contains("2 packages: 1 valid, 1 invalid"),
+        "{report}"
+    );
     // The invalid package lists its problem, no per-family "ok".
     let bad: Vec<&str> = report
         .lines()
@@ -86,19 +113,43 @@ async fn check_counts_packages_and_prints_plain_json() {
         .collect();
     assert_eq!(bad.len(), 1, "{report}");
     assert!(bad[0].contains("INVALID"), "{report}");
-    let good = report.lines().filter(|l| l.trim_start().starts_with("ok ")).count();
+    let good = report
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ok "))
+        .count();
     assert!(good >= 1, "{report}");
 
     let out = run(BIN, &["check", d, "--json"]).await;
     let json = text(&out.stdout);
-    assert!(!json.contains("\"Ok\"") && !json.contains("\"Err\""), "{json}");
+    assert!(
+        !json.contains("\"Ok\"") && !json.contains("\"Err\""),
+        "{json}"
+    );
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let by_path = |p: &str| v.as_array().unwrap().iter().find(|x| x["path"] == p).unwrap().clone();
+    let by_path = |p: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["path"] == p)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(by_path("good-v12-to-v13.zip")["zip"]["ok"], true);
-    assert!(by_path("good-v12-to-v13.zip")["zip"]["entries"].as_u64().unwrap() > 0);
+    assert!(
+        by_path("good-v12-to-v13.zip")["zip"]["entries"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     let bad = by_path("bad-v1-to-v2.zip");
     assert_eq!(bad["zip"]["ok"], false);
-    assert!(bad["zip"]["error"].as_str().unwrap().contains("system.diff"), "{bad}");
+    assert!(
+        bad["zip"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("system.diff"),
+        "{bad}"
+    );
 }
 
 /// Regression: a port in use was reported as "Address already in use (os
@@ -109,7 +160,19 @@ async fn a_start_up_error_is_printed_once_and_names_its_role() {
     let port = taken.local_addr().unwrap().port().to_string();
     let pk = Path::new(env!("CARGO_MANIFEST_DIR")).join("packages");
     let pk = pk.to_str().unwrap();
-    let out = run(BIN, &["--http", &port, "--bind", "127.0.0.1", "--log", "/dev/null", pk]).await;
+    let out = run(
+        BIN,
+        &[
+            "--http",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--log",
+            "/dev/null",
+            pk,
+        ],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
@@ -118,8 +181,17 @@ async fn a_start_up_error_is_printed_once_and_names_its_role() {
     let out = run(
         BIN,
         &[
-            "--https", "0", "--bind", "127.0.0.1", "--log", "/dev/null",
-            "--tls-cert", "/x/y.pem", "--tls-key", "/x/k.pem", pk,
+            "--https",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--log",
+            "/dev/null",
+            "--tls-cert",
+            "/x/y.pem",
+            "--tls-key",
+            "/x/k.pem",
+            pk,
         ],
     )
     .await;

@@ -30,8 +30,19 @@ async fn real_log(work: &Path) -> String {
     let log_s = log.to_string_lossy().into_owned();
     let server = Served::start(
         &[
-            "--http", "0", "--ftp", "0", "--bind", "127.0.0.1", "--user", "test:test",
-            "--passive-ports", "42000-42999", "--log", &log_s, &packages(),
+            "--http",
+            "0",
+            "--ftp",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--user",
+            "test:test",
+            "--passive-ports",
+            "42000-42999",
+            "--log",
+            &log_s,
+            &packages(),
         ],
         &[],
     )
@@ -51,7 +62,14 @@ async fn real_log(work: &Path) -> String {
     // Failures: 404, 416 (refused), 530 (auth_failed); curl exits non-zero.
     for args in [
         vec!["-sS", "-o", &out, &format!("{http}/nope-v1-to-v2.zip")],
-        vec!["-sS", "-o", &out, "-r", "99999999-", &format!("{http}/{PKG}")],
+        vec![
+            "-sS",
+            "-o",
+            &out,
+            "-r",
+            "99999999-",
+            &format!("{http}/{PKG}"),
+        ],
         vec!["-sS", "-o", &out, &format!("ftp://test:wrong@{ftp}/{PKG}")],
     ]
     .iter()
@@ -122,7 +140,10 @@ async fn report_merges_real_replica_logs_as_table_json_and_html() {
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
 
     let (table, stderr) = report(&[a, b]).await;
-    assert!(stderr.contains("skipped 2 lines that were not records"), "{stderr}");
+    assert!(
+        stderr.contains("skipped 2 lines that were not records"),
+        "{stderr}"
+    );
     assert!(table.starts_with("6 attempts by "), "{table}");
     let row = table.lines().find(|l| l.starts_with(PKG)).unwrap();
     let cols: Vec<_> = row.split_whitespace().collect();
@@ -141,10 +162,20 @@ async fn report_merges_real_replica_logs_as_table_json_and_html() {
     assert_eq!(v["skipped_lines"], 2);
     assert_eq!(v["packages"][0]["path"], PKG);
     assert_eq!(v["packages"][0]["outcomes"]["complete"], 3);
-    let nope = v["packages"].as_array().unwrap().iter().find(|p| p["path"] == "nope-v1-to-v2.zip").unwrap();
+    let nope = v["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["path"] == "nope-v1-to-v2.zip")
+        .unwrap();
     assert_eq!(nope["top_failures"][0]["outcome"], "not_found");
     // Merged in time order: recent is newest first.
-    let ts: Vec<&str> = v["recent"].as_array().unwrap().iter().map(|r| r["ts"].as_str().unwrap()).collect();
+    let ts: Vec<&str> = v["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ts"].as_str().unwrap())
+        .collect();
     assert!(ts.windows(2).all(|w| w[0] >= w[1]), "{ts:?}");
 
     let (json, _) = report(&["--json", "--package", "nope-*", "--since", "1h", a, b]).await;
@@ -157,26 +188,50 @@ async fn report_merges_real_replica_logs_as_table_json_and_html() {
     let page = work.path().join("report.html");
     report(&["--html", page.to_str().unwrap(), a, b]).await;
     let dom = chromium(&page, &["--dump-dom"]).await;
-    assert!(dom.contains(&format!("<tr data-package=\"{PKG}\">")), "{dom}");
-    assert!(dom.contains("<tr data-package=\"nope-v1-to-v2.zip\">"), "{dom}");
+    assert!(
+        dom.contains(&format!("<tr data-package=\"{PKG}\">")),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<tr data-package=\"nope-v1-to-v2.zip\">"),
+        "{dom}"
+    );
     assert!(dom.contains("<tr data-package=\"(no path)\">"), "{dom}");
     assert_eq!(dom.matches("<tr data-outcome=").count(), 6, "{dom}");
-    assert_eq!(dom.matches("<tr data-outcome=\"complete\"").count(), 3, "{dom}");
+    assert_eq!(
+        dom.matches("<tr data-outcome=\"complete\"").count(),
+        3,
+        "{dom}"
+    );
     assert!(dom.contains("<svg id=\"chart\""), "{dom}");
     assert!(dom.contains("<rect "), "{dom}");
     assert!(dom.contains("skipped 2 log lines"), "{dom}");
 
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("screenshots");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    for (name, size) in [("report.png", "1200,1400"), ("report-narrow.png", "400,1800")] {
+    for (name, size) in [
+        ("report.png", "1200,1400"),
+        ("report-narrow.png", "400,1800"),
+    ] {
         let shot = shots.join(name);
         let _ = std::fs::remove_file(&shot);
         chromium(
             &page,
-            &[&format!("--screenshot={}", shot.display()), &format!("--window-size={size}")],
+            &[
+                &format!("--screenshot={}", shot.display()),
+                &format!("--window-size={size}"),
+            ],
         )
         .await;
-        assert!(std::fs::metadata(&shot).map(|m| m.len() > 0).unwrap_or(false), "{name}");
+        assert!(
+            std::fs::metadata(&shot)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false),
+            "{name}"
+        );
     }
 }
 

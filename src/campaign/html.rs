@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::text::{bytes, duration};
+use super::text::{PACKAGE_COLUMNS, bytes, duration, module_label, package_cells};
 use super::{Campaign, Outcomes, Timeline, path_label};
 use crate::dlog::format_ts;
 
@@ -133,7 +133,12 @@ fn chart(out: &mut String, t: &Timeline) {
     const H: f64 = 200.0;
     const TOP: f64 = 14.0;
     const BOTTOM: f64 = 22.0;
-    let peak = t.buckets.iter().map(|b| b.outcomes.total()).max().unwrap_or(0);
+    let peak = t
+        .buckets
+        .iter()
+        .map(|b| b.outcomes.total())
+        .max()
+        .unwrap_or(0);
     let _ = writeln!(
         out,
         "<figure class=\"scroll\" style=\"margin:0\"><svg id=\"chart\" viewBox=\"0 0 {W} {H}\" role=\"img\" \
@@ -188,7 +193,10 @@ fn chart(out: &mut String, t: &Timeline) {
     }
     out.push_str("</svg></figure>\n<div class=\"legend\">");
     for (name, colour) in SERIES {
-        let _ = write!(out, "<span><i style=\"background:{colour}\"></i>{name}</span>");
+        let _ = write!(
+            out,
+            "<span><i style=\"background:{colour}\"></i>{name}</span>"
+        );
     }
     out.push_str("</div>\n");
 }
@@ -200,31 +208,25 @@ fn counts(o: &Outcomes) -> [u64; 4] {
 fn packages(out: &mut String, c: &Campaign) {
     out.push_str(
         "<h2>Packages</h2>\n<div class=\"scroll\"><table id=\"packages\"><thead><tr>\
-         <th class=\"l\">package</th><th>attempts</th><th>modules</th><th>complete</th>\
-         <th>aborted</th><th>refused</th><th>other</th><th>bytes sent</th><th>p50</th>\
-         <th>p95</th><th class=\"l\">top failure reasons</th></tr></thead><tbody>\n",
+         <th class=\"l\">package</th>",
     );
+    for column in PACKAGE_COLUMNS {
+        let _ = write!(out, "<th>{column}</th>");
+    }
+    out.push_str("<th class=\"l\">top failure reasons</th></tr></thead><tbody>\n");
     if c.packages.is_empty() {
         out.push_str("<tr><td class=\"l\" colspan=\"11\">no attempts</td></tr>\n");
     }
     for p in &c.packages {
-        let o = &p.outcomes;
+        let path = escape(path_label(&p.path));
         let _ = write!(
             out,
-            "<tr data-package=\"{path}\"><td class=\"l\"><code>{path}</code></td><td>{}</td><td>{}</td>\
-             <td class=\"o-complete\">{}</td><td class=\"o-aborted\">{}</td><td class=\"o-refused\">{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"reasons\">",
-            p.attempts,
-            p.modules,
-            o.complete,
-            o.aborted,
-            o.refused,
-            o.other,
-            bytes(p.bytes_sent),
-            duration(p.p50_ms),
-            duration(p.p95_ms),
-            path = escape(path_label(&p.path)),
+            "<tr data-package=\"{path}\"><td class=\"l\"><code>{path}</code></td>"
         );
+        for (cell, column) in package_cells(p).iter().zip(PACKAGE_COLUMNS) {
+            let _ = write!(out, "<td class=\"o-{column}\">{cell}</td>");
+        }
+        out.push_str("<td class=\"reasons\">");
         if p.top_failures.is_empty() {
             out.push_str("<span class=\"n\">none</span>");
         } else {
@@ -253,10 +255,6 @@ fn recent(out: &mut String, c: &Campaign) {
          <th>duration</th><th class=\"l\">reason</th></tr></thead><tbody>\n",
     );
     for r in &c.recent {
-        let module = r.user.as_deref().map_or_else(
-            || r.peer.ip().to_string(),
-            |u| format!("{u} @ {}", r.peer.ip()),
-        );
         let _ = writeln!(
             out,
             "<tr data-outcome=\"{outcome}\"><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td>\
@@ -264,7 +262,7 @@ fn recent(out: &mut String, c: &Campaign) {
              <td>{}</td><td>{}</td><td class=\"reasons\">{}</td></tr>",
             format_ts(&r.ts),
             r.protocol.as_str(),
-            escape(&module),
+            escape(&module_label(r)),
             escape(path_label(&r.path)),
             r.status,
             bytes(r.bytes_sent),

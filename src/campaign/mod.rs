@@ -296,8 +296,7 @@ fn timeline(records: &[&DownloadRecord]) -> Timeline {
     let index = |ts: DateTime<Utc>| ((ts.timestamp() - origin) / width as i64) as usize;
     let mut buckets: Vec<Bucket> = (0..=index(last))
         .map(|i| Bucket {
-            start: DateTime::from_timestamp(origin + (i as i64) * width as i64, 0)
-                .unwrap_or(first),
+            start: DateTime::from_timestamp(origin + (i as i64) * width as i64, 0).unwrap_or(first),
             outcomes: Outcomes::default(),
         })
         .collect();
@@ -345,7 +344,12 @@ impl Campaign {
             modules: modules.len() as u64,
             outcomes,
             packages,
-            recent: kept.iter().rev().take(recent).map(|r| (*r).clone()).collect(),
+            recent: kept
+                .iter()
+                .rev()
+                .take(recent)
+                .map(|r| (*r).clone())
+                .collect(),
             timeline: timeline(&kept),
             skipped_lines: 0,
         }
@@ -409,7 +413,11 @@ pub(crate) mod tests {
             size: Some(1000),
             sha256: None,
             range_start: 0,
-            bytes_sent: if outcome == Outcome::Complete { 1000 } else { 100 },
+            bytes_sent: if outcome == Outcome::Complete {
+                1000
+            } else {
+                100
+            },
             status: 200,
             outcome,
             reason: reason.into(),
@@ -426,7 +434,15 @@ pub(crate) mod tests {
             rec(10, "a.zip", "10.0.0.3:1", None, Complete, 300, "sent"),
             rec(20, "a.zip", "10.0.0.3:1", None, Refused, 1, "bad range"),
             rec(30, "b.zip", "10.0.0.9:1", Some("m1"), Complete, 200, "sent"),
-            rec(31, "b.zip", "10.0.0.9:2", Some("m2"), AuthFailed, 1, "bad login"),
+            rec(
+                31,
+                "b.zip",
+                "10.0.0.9:2",
+                Some("m2"),
+                AuthFailed,
+                1,
+                "bad login",
+            ),
             rec(40, "nope.zip", "10.0.0.4:1", None, NotFound, 1, "no such"),
         ]
     }
@@ -455,7 +471,10 @@ pub(crate) mod tests {
         assert_eq!(a.top_failures[0].count, 2);
         assert_eq!(a.top_failures[1].outcome, "refused");
         let b = &c.packages[1];
-        assert_eq!((b.path.as_str(), b.modules, b.outcomes.other), ("b.zip", 2, 1));
+        assert_eq!(
+            (b.path.as_str(), b.modules, b.outcomes.other),
+            ("b.zip", 2, 1)
+        );
         let nope = &c.packages[2];
         assert_eq!((nope.p50_ms, nope.p95_ms), (None, None));
     }
@@ -516,10 +535,7 @@ pub(crate) mod tests {
     #[test]
     fn instants_are_rfc3339_or_spans_back_from_now() {
         let now = DateTime::from_timestamp(1_780_315_200, 0).unwrap();
-        assert_eq!(
-            parse_instant("2h", now).unwrap(),
-            now - TimeDelta::hours(2)
-        );
+        assert_eq!(parse_instant("2h", now).unwrap(), now - TimeDelta::hours(2));
         assert_eq!(
             parse_instant("90s", now).unwrap(),
             now - TimeDelta::seconds(90)

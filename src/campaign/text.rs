@@ -4,7 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::{Campaign, path_label};
+use super::{Campaign, PackageStats, path_label};
+use crate::dlog::DownloadRecord;
 use crate::dlog::format_ts;
 
 /// Milliseconds as `850 ms` / `12.3 s`, `-` when absent.
@@ -29,6 +30,47 @@ pub fn bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Column titles of a package row after the path, in [`package_cells`]
+/// order.
+pub const PACKAGE_COLUMNS: [&str; 9] = [
+    "attempts", "modules", "complete", "aborted", "refused", "other", "bytes", "p50", "p95",
+];
+
+/// A package row's cells after the path: attempts, modules, the four
+/// outcome classes, bytes sent, p50 and p95 duration.
+pub fn package_cells(p: &PackageStats) -> [String; 9] {
+    let o = &p.outcomes;
+    [
+        p.attempts.to_string(),
+        p.modules.to_string(),
+        o.complete.to_string(),
+        o.aborted.to_string(),
+        o.refused.to_string(),
+        o.other.to_string(),
+        bytes(p.bytes_sent),
+        duration(p.p50_ms),
+        duration(p.p95_ms),
+    ]
+}
+
+/// Who made an attempt: `user@ip` over FTP, the IP otherwise.
+pub fn module_label(r: &DownloadRecord) -> String {
+    match &r.user {
+        Some(u) => format!("{u}@{}", r.peer.ip()),
+        None => r.peer.ip().to_string(),
+    }
+}
+
+/// Right-aligns `cells` in the table's column widths.
+fn row(path: &str, path_w: usize, cells: &[String]) -> String {
+    const WIDTHS: [usize; 9] = [8, 7, 8, 7, 7, 5, 10, 8, 8];
+    let mut line = format!("{path:<path_w$} ");
+    for (cell, w) in cells.iter().zip(WIDTHS) {
+        let _ = write!(line, " {cell:>w$}");
+    }
+    line
 }
 
 /// The whole table, ending with a newline.
@@ -59,26 +101,13 @@ pub fn render(c: &Campaign) -> String {
         .max()
         .unwrap_or(0)
         .max("package".len());
-    let _ = writeln!(
-        out,
-        "\n{:<path_w$}  {:>8} {:>7} {:>8} {:>7} {:>7} {:>5} {:>10} {:>8} {:>8}",
-        "package", "attempts", "modules", "complete", "aborted", "refused", "other", "bytes", "p50", "p95"
-    );
+    let titles = PACKAGE_COLUMNS.map(str::to_string);
+    let _ = writeln!(out, "\n{}", row("package", path_w, &titles));
     for p in &c.packages {
-        let o = &p.outcomes;
         let _ = writeln!(
             out,
-            "{:<path_w$}  {:>8} {:>7} {:>8} {:>7} {:>7} {:>5} {:>10} {:>8} {:>8}",
-            path_label(&p.path),
-            p.attempts,
-            p.modules,
-            o.complete,
-            o.aborted,
-            o.refused,
-            o.other,
-            bytes(p.bytes_sent),
-            duration(p.p50_ms),
-            duration(p.p95_ms)
+            "{}",
+            row(path_label(&p.path), path_w, &package_cells(p))
         );
         for f in &p.top_failures {
             let _ = writeln!(out, "    {:>4}× {}: {}", f.count, f.outcome, f.reason);
@@ -87,10 +116,6 @@ pub fn render(c: &Campaign) -> String {
     if !c.recent.is_empty() {
         let _ = writeln!(out, "\nmost recent attempts");
         for r in &c.recent {
-            let who = r.user.as_deref().map_or_else(
-                || r.peer.ip().to_string(),
-                |u| format!("{u}@{}", r.peer.ip()),
-            );
             let _ = writeln!(
                 out,
                 "  {}  {:<5} {:<15} {:<8} {:>10} {:>8}  {}  {}",
@@ -101,7 +126,7 @@ pub fn render(c: &Campaign) -> String {
                 bytes(r.bytes_sent),
                 duration(Some(r.duration_ms)),
                 path_label(&r.path),
-                who
+                module_label(r)
             );
         }
     }
@@ -117,7 +142,10 @@ mod tests {
     fn table_has_a_row_per_package_and_its_failures() {
         let c = Campaign::build(&sample(), &Filter::default(), DEFAULT_RECENT);
         let t = render(&c);
-        assert!(t.starts_with("8 attempts by 6 modules from 2026-06-01T12:00:00.000Z"), "{t}");
+        assert!(
+            t.starts_with("8 attempts by 6 modules from 2026-06-01T12:00:00.000Z"),
+            "{t}"
+        );
         let row = t.lines().find(|l| l.starts_with("a.zip")).unwrap();
         let cols: Vec<_> = row.split_whitespace().collect();
         assert_eq!(&cols[..7], ["a.zip", "5", "3", "2", "2", "1", "0"], "{row}");

@@ -55,7 +55,9 @@ pub enum ConfigError {
         message: String,
     },
     /// A key that is no serve flag.
-    #[error("config file {path}: unknown key `{key}` (keys are the serve flags' long names, and `dir`)")]
+    #[error(
+        "config file {path}: unknown key `{key}` (keys are the serve flags' long names, and `dir`)"
+    )]
     UnknownKey {
         /// The file.
         path: PathBuf,
@@ -245,7 +247,13 @@ pub fn resolve(matches: &ArgMatches, require: bool) -> Result<Effective, ConfigE
     let merged = cmd.try_get_matches_from(argv).map_err(|e| match &file {
         Some(path) if sources.values().any(|s| *s == Source::File) => ConfigError::Value {
             path: path.clone(),
-            message: e.to_string().lines().next().unwrap_or("").trim_start_matches("error: ").to_string(),
+            message: e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ")
+                .to_string(),
         },
         _ => ConfigError::Usage(e),
     })?;
@@ -273,7 +281,10 @@ fn mask(key: &str, value: &str) -> String {
             None => "***".into(),
         };
     }
-    if ["password", "secret", "token"].iter().any(|s| key.contains(s)) {
+    if ["password", "secret", "token"]
+        .iter()
+        .any(|s| key.contains(s))
+    {
         return "***".into();
     }
     value.to_string()
@@ -385,7 +396,10 @@ mod tests {
         assert_eq!(eff.sources["bind"], Source::Default);
         let text = render(&eff);
         assert!(text.contains("ftp = 21  # flag"), "{text}");
-        assert!(text.contains("user = [\"a:***\", \"c:***\"]  # file"), "{text}");
+        assert!(
+            text.contains("user = [\"a:***\", \"c:***\"]  # file"),
+            "{text}"
+        );
         assert!(text.contains("allow-invalid = true  # file"), "{text}");
         assert!(text.contains("# https = (not set)"), "{text}");
         // What it prints reads back (the masked passwords aside).
@@ -421,7 +435,11 @@ mod tests {
             Err(ConfigError::Usage(_))
         ));
         let f = file("http = 0\n");
-        let eff = resolve(&matches(&["--config", f.path().to_str().unwrap(), "pk"]), true).unwrap();
+        let eff = resolve(
+            &matches(&["--config", f.path().to_str().unwrap(), "pk"]),
+            true,
+        )
+        .unwrap();
         assert_eq!(eff.args.http, Some(0));
     }
 }

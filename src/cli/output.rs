@@ -106,7 +106,11 @@ pub fn check_report(packages: &[Arc<Package>], required: &[&'static Profile]) ->
         }
     }
     let valid = packages.iter().filter(|p| p.is_valid()).count();
-    let noun = if packages.len() == 1 { "package" } else { "packages" };
+    let noun = if packages.len() == 1 {
+        "package"
+    } else {
+        "packages"
+    };
     let _ = writeln!(
         out,
         "{} {noun}: {valid} valid, {} invalid",

@@ -95,7 +95,8 @@ pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsError> 
     if chain.is_empty() {
         return Err(pem_err(CERT_ROLE, &cert, "no certificate in file".into()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(&key).map_err(|e| pem_err(KEY_ROLE, &key, e.to_string()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(&key).map_err(|e| pem_err(KEY_ROLE, &key, e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
