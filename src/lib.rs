@@ -29,6 +29,10 @@
 //!   change fault rules, stream download records and re-scan packages.
 //! - [`dlog`]: the download log — records fanned out to the JSON-lines file,
 //!   `tracing`, an in-memory ring and subscribers.
+//! - [`campaign`]: the campaign view — download records (from the log
+//!   files or a running server) become per-package attempts, modules,
+//!   outcomes, durations and failure reasons, printed as a table, JSON or a
+//!   self-contained HTML page.
 //! - [`net`]: address helpers (IPv4-mapped peers written as IPv4) used by
 //!   the log, the server and its kernel look-ups.
 //! - [`sim`]: the module simulator — `AT+QFOTADL` parsing, the FTP/HTTP(S)
@@ -49,6 +53,7 @@
 //! peer's acknowledgements ([`serve::delivery`]) → record →
 //! [`dlog::DownloadLog`] sinks.
 pub mod admin;
+pub mod campaign;
 pub mod catalog;
 pub mod cli;
 pub mod dlog;

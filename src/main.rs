@@ -1,16 +1,19 @@
-//! The `qfota-serve` binary: parses the command line, sets up logging and
-//! dispatches to the subcommand in [`qfota_serve::cli`], handing the
-//! long-running ones the shutdown signal. Exit codes: 0 success, 1 failure
-//! (a failed check, a server that cannot start), 2 usage errors (from
-//! clap, or a subcommand's own checks).
+//! The `qfota-serve` binary: parses the command line, applies the
+//! configuration file, sets up logging and dispatches to the subcommand in
+//! [`qfota_serve::cli`], handing the long-running ones the shutdown signal.
+//! Exit codes: 0 success, 1 failure (a failed check, a server that cannot
+//! start), 2 usage errors (from clap, the configuration file, or a
+//! subcommand's own checks).
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
+use qfota_serve::cli::config::{self, ConfigError};
 use qfota_serve::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -25,16 +28,56 @@ fn main() -> ExitCode {
             Some(Command::Simulate(args)) => Ok(cli::simulate::run(args).await),
             Some(Command::Fleet(args)) => Ok(cli::fleet::run(args).await),
             Some(Command::Modem(args)) => Ok(cli::modem::run(args, cli::shutdown_signal()).await),
-            None => cli::serve::run(cli.serve, cli::shutdown_signal()).await,
+            Some(Command::Report(args)) => cli::report::run(args),
+            Some(Command::Completions(args)) => Ok(cli::docs::completions(&args)),
+            Some(Command::Man) => Ok(cli::docs::man()?),
+            Some(Command::Config(_)) => {
+                let sub = matches.subcommand_matches("config").unwrap_or(&matches);
+                Ok(config::run(sub).unwrap_or_else(config_error))
+            }
+            None => match config::resolve(&matches, true) {
+                Ok(eff) => cli::serve::run(eff.args, cli::shutdown_signal()).await,
+                Err(err) => Ok(config_error(err)),
+            },
         }
     });
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("qfota-serve: {err:#}");
+            eprintln!("qfota-serve: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// A configuration that cannot be used is a usage error (exit 2); clap's
+/// own errors print in clap's format.
+fn config_error(err: ConfigError) -> ExitCode {
+    match err {
+        ConfigError::Usage(e) => e.exit(),
+        err => {
+            eprintln!("qfota-serve: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error and its causes, `: `-separated, each said once: a cause
+/// whose text its parent's message already ends with (an error that
+/// both prints and returns its source) is not repeated.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn init_logging() {

@@ -58,7 +58,10 @@ pub struct Package {
     #[serde(skip)]
     pub modified: SystemTime,
     /// Zip check result: the summary, or why the zip is broken; `None` for a
-    /// `.bin` image (no zip check, SPEC §5).
+    /// `.bin` image (no zip check, SPEC §5). In JSON:
+    /// `{"ok":true,"entries":…,"uncompressed_bytes":…}` or
+    /// `{"ok":false,"error":"…"}`.
+    #[serde(serialize_with = "zip_check_json")]
     pub zip: Option<Result<ZipSummary, String>>,
     /// Reasons the package is not served (broken zip, bad name); empty when
     /// valid.
@@ -133,6 +136,30 @@ impl Package {
     pub fn verdict(&self, profile: &str) -> Option<&ProfileVerdict> {
         self.profiles.iter().find(|v| v.profile == profile)
     }
+}
+
+/// Serializes a zip check result without Rust's `Ok`/`Err` names.
+fn zip_check_json<S: serde::Serializer>(
+    zip: &Option<Result<ZipSummary, String>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let Some(result) = zip else {
+        return s.serialize_none();
+    };
+    let mut map = s.serialize_map(None)?;
+    match result {
+        Ok(summary) => {
+            map.serialize_entry("ok", &true)?;
+            map.serialize_entry("entries", &summary.entries)?;
+            map.serialize_entry("uncompressed_bytes", &summary.uncompressed_bytes)?;
+        }
+        Err(error) => {
+            map.serialize_entry("ok", &false)?;
+            map.serialize_entry("error", error)?;
+        }
+    }
+    map.end()
 }
 
 /// What a key names.

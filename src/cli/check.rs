@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::catalog::validate::{Advertised, FtpCredentials};
-use crate::cli::report::check_report;
+use crate::cli::output::check_report;
 use crate::cli::values::{parse_profile, parse_user};
 use crate::profile::Profile;
 use crate::serve::{check_packages, default_public_host};

@@ -8,22 +8,30 @@
 //! - [`Cli`] and [`Command`] (this file): the whole command line, and
 //!   [`shutdown_signal`], the one shutdown source, which `main.rs` creates
 //!   and passes to the long-running commands.
-//! - [`serve`]: `qfota-serve [OPTIONS] <DIR>`, the default job; [`check`]:
-//!   `qfota-serve check <DIR>`; [`report`]: the texts both print (listener
-//!   banner, `AT+QFOTADL` lines, the check report); [`values`]: the value
-//!   parsers they share.
+//! - [`serve`]: `qfota-serve [OPTIONS] <DIR>`, the default job, with
+//!   [`config`]: the configuration file under the flags and `qfota-serve
+//!   config`; [`check`]: `qfota-serve check <DIR>`; [`output`]: the texts
+//!   both print (listener banner, `AT+QFOTADL` lines, the check report);
+//!   [`values`]: the value parsers they share.
+//! - [`report`]: `qfota-serve report <LOG>...`, the campaign view of
+//!   download logs (the model and page are [`crate::campaign`]).
+//! - [`docs`]: `qfota-serve completions <SHELL>` and `qfota-serve man`.
 //! - [`simulate`], [`fleet`], [`modem`]: the module-running subcommands,
 //!   each flattening the one [`module_args::ModuleArgs`] block (with its
 //!   own `QFOTA_SIM_*` / `QFOTA_FLEET_*` / `QFOTA_MODEM_*` variables).
 //!
 //! Arrows point down: this file imports the subcommand files, they import
-//! [`module_args`], [`report`] and [`values`], and none imports this file.
+//! [`module_args`], [`output`] and [`values`], and only [`docs`] imports
+//! this file (for the whole command definition).
 //! Exit codes: 0 success, 1 failure, 2 usage errors.
 
 pub mod check;
+pub mod config;
+pub mod docs;
 pub mod fleet;
 pub mod modem;
 pub mod module_args;
+pub mod output;
 pub mod ready;
 pub mod report;
 pub mod serve;
@@ -33,8 +41,11 @@ pub mod values;
 use clap::{Parser, Subcommand};
 
 use crate::cli::check::CheckArgs;
+use crate::cli::config::ConfigArgs;
+use crate::cli::docs::CompletionsArgs;
 use crate::cli::fleet::FleetArgs;
 use crate::cli::modem::ModemArgs;
+use crate::cli::report::ReportArgs;
 use crate::cli::serve::ServeArgs;
 use crate::cli::simulate::SimulateArgs;
 
@@ -72,6 +83,17 @@ pub enum Command {
     /// Run a virtual modem: the simulated module behind an AT port on a
     /// pseudo-terminal and/or TCP, until Ctrl-C.
     Modem(ModemArgs),
+    /// Summarize download logs as a campaign: per package attempts,
+    /// modules, outcomes, bytes, p50/p95 duration, top failure reasons, and
+    /// the most recent attempts — as a table, JSON or an HTML page.
+    Report(ReportArgs),
+    /// Print the effective serving configuration (flags > environment >
+    /// --config file > defaults) as TOML, passwords masked.
+    Config(ConfigArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff).
+    Man,
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM: the one shutdown source of
@@ -108,10 +130,18 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// The folder and a protocol are required once the configuration file
+    /// is applied.
+    fn resolved(args: &[&str]) -> Result<config::Effective, config::ConfigError> {
+        let matches = Cli::command().try_get_matches_from(args).unwrap();
+        config::resolve(&matches, true)
+    }
+
     #[test]
     fn serve_needs_a_protocol_and_a_dir() {
-        assert!(Cli::try_parse_from(["qfota-serve", "pk"]).is_err());
-        assert!(Cli::try_parse_from(["qfota-serve", "--ftp", "21"]).is_err());
+        assert!(resolved(&["qfota-serve", "pk"]).is_err());
+        assert!(resolved(&["qfota-serve", "--ftp", "21"]).is_err());
+        assert!(resolved(&["qfota-serve", "--ftp", "21", "pk"]).is_ok());
         let cli =
             Cli::try_parse_from(["qfota-serve", "--ftp", "21", "--user", "a:b", "pk"]).unwrap();
         assert_eq!(cli.serve.ftp, Some(21));

@@ -1,107 +1,93 @@
-//! The texts the serving and checking commands print: the start-up banner
-//! (listeners, log file, per package its size, SHA-256, fitting profiles
-//! and ready-to-paste `AT+QFOTADL` lines) and the `check` report.
+//! `qfota-serve report <LOG>...`: the campaign view of one or more download
+//! logs (several replicas' logs merge, ordered by `ts`) as a terminal table,
+//! `--json`, or a static HTML page (`--html FILE`, the same page the admin
+//! listener serves live), limited with `--since`/`--until`/`--package`.
 
-use std::fmt::Write as _;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use crate::catalog::Package;
-use crate::profile::Profile;
-use crate::serve::Server;
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::Args;
+use globset::{Glob, GlobMatcher};
 
-/// The start-up banner: listeners, log file, and per valid package its
-/// size, SHA-256, the profiles it fits and one `AT+QFOTADL` line per
-/// enabled protocol.
-pub fn banner(server: &Server, log: &std::path::Path) -> String {
-    let mut out = String::new();
-    let cat = server.catalog();
-    let packages = cat.packages();
-    let valid = packages.iter().filter(|p| p.is_valid()).count();
-    let _ = writeln!(
-        out,
-        "qfota-serve {}: serving {} ({} packages, {} valid)",
-        env!("CARGO_PKG_VERSION"),
-        cat.location(),
-        packages.len(),
-        valid
-    );
-    for (name, addr) in [
-        ("ftp", server.ftp_addr()),
-        ("http", server.http_addr()),
-        ("https", server.https_addr()),
-    ] {
-        if let Some(addr) = addr {
-            let _ = writeln!(out, "  {name:<5} listening on {addr}");
-        }
-    }
-    let _ = writeln!(out, "  public host {}", server.advertised().host);
-    let _ = writeln!(out, "  download log {}", log.display());
-    for rule in server.faults() {
-        let _ = writeln!(out, "  fault rule {rule}");
-    }
-    for problem in server.advertised().credential_problems() {
-        let _ = writeln!(out, "  warning: {problem}");
-    }
-    for p in &packages {
-        let _ = writeln!(out);
-        out.push_str(&package_summary(p));
-        if p.is_valid() {
-            for url in server.advertised().urls(&p.path) {
-                let _ = writeln!(out, "  AT+QFOTADL=\"{url}\"");
-            }
-        }
-    }
-    out
+use crate::campaign::read::read_logs;
+use crate::campaign::{self, Campaign, DEFAULT_RECENT, Filter};
+
+/// `qfota-serve report <LOG>...`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Download logs (JSON lines) to read; several are merged by time.
+    #[arg(required = true, value_name = "LOG")]
+    pub logs: Vec<PathBuf>,
+    /// Only attempts that started at or after this time: RFC 3339
+    /// (2026-06-01T12:00:00Z) or a span back from now (30m, 2h, 7d).
+    #[arg(long, value_name = "TIME", value_parser = parse_now_relative)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only attempts that started before this time (same forms as --since).
+    #[arg(long, value_name = "TIME", value_parser = parse_now_relative)]
+    pub until: Option<DateTime<Utc>>,
+    /// Only packages whose path matches this glob (`update-*.zip`, `Jun/**`).
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    pub package: Option<GlobMatcher>,
+    /// How many recent attempts to list.
+    #[arg(long, default_value_t = DEFAULT_RECENT, value_name = "N")]
+    pub recent: usize,
+    /// Print the campaign as JSON instead of a table.
+    #[arg(long, conflicts_with = "html")]
+    pub json: bool,
+    /// Write the campaign as a self-contained HTML page to FILE instead of
+    /// printing a table.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
-fn package_summary(p: &Package) -> String {
-    let fits: Vec<&str> = p
-        .profiles
-        .iter()
-        .filter(|v| v.fits)
-        .map(|v| v.profile)
-        .collect();
-    let mut out = format!("{}  {} bytes  sha256 {}\n", p.path, p.size, p.sha256);
-    if p.is_valid() {
-        let fits = if fits.is_empty() {
-            "none".to_string()
+fn parse_now_relative(s: &str) -> Result<DateTime<Utc>, String> {
+    campaign::parse_instant(s, Utc::now())
+}
+
+fn parse_glob(s: &str) -> Result<GlobMatcher, String> {
+    Glob::new(s)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.to_string())
+}
+
+/// Runs `qfota-serve report`: exit 0 once the view is printed or written.
+/// Lines that are not records are skipped; their count goes to stderr (and
+/// into the JSON / page).
+///
+/// # Errors
+/// A log cannot be read, or the page cannot be written (exit 1).
+pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let (records, skipped) = read_logs(&args.logs)?;
+    let filter = Filter {
+        since: args.since,
+        until: args.until,
+        package: args.package,
+    };
+    let mut c = Campaign::build(&records, &filter, args.recent);
+    c.skipped_lines = skipped;
+    if skipped > 0 {
+        let what = if skipped == 1 {
+            "line that was not a record"
         } else {
-            fits.join(" ")
+            "lines that were not records"
         };
-        let _ = writeln!(out, "  valid; fits: {fits}");
+        eprintln!("qfota-serve: skipped {skipped} {what}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else if let Some(path) = &args.html {
+        std::fs::write(path, campaign::html::render(&c, None))
+            .with_context(|| format!("cannot write the page {}", path.display()))?;
+        eprintln!(
+            "qfota-serve: wrote {} ({} attempts, {} packages)",
+            path.display(),
+            c.attempts,
+            c.packages.len()
+        );
     } else {
-        let _ = writeln!(out, "  INVALID, not served: {}", p.problems.join("; "));
+        print!("{}", campaign::text::render(&c));
     }
-    out
-}
-
-/// The `check` report and whether it passes: every package valid and
-/// fitting every profile in `required`.
-pub fn check_report(packages: &[Arc<Package>], required: &[&'static Profile]) -> (String, bool) {
-    let mut out = String::new();
-    let mut ok = true;
-    if packages.is_empty() {
-        out.push_str("no packages found\n");
-    }
-    for p in packages {
-        out.push_str(&package_summary(p));
-        ok &= p.is_valid();
-        for v in &p.profiles {
-            let required_here = required.iter().any(|r| r.name == v.profile);
-            let mark = match (v.fits, required_here) {
-                (true, _) => "ok  ",
-                (false, true) => "FAIL",
-                (false, false) => "--  ",
-            };
-            let _ = writeln!(
-                out,
-                "    {mark} {:<13} {}",
-                v.profile,
-                v.problems.join("; ")
-            );
-            ok &= v.fits || !required_here;
-        }
-    }
-    let _ = writeln!(out, "{}", if ok { "check passed" } else { "check FAILED" });
-    (out, ok)
+    Ok(ExitCode::SUCCESS)
 }

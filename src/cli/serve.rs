@@ -1,7 +1,9 @@
 //! `qfota-serve [OPTIONS] <DIR>`, the default job: the serving flags
 //! ([`ServeArgs`], environment `QFOTA_*`), their conversion to a
 //! [`ServerBuilder`] (checked once, when the server starts), and [`run`]:
-//! start, print the banner, serve until the shutdown signal, stop.
+//! start, print the banner, tell systemd it is ready (`sd_notify`), serve
+//! until the shutdown signal, stop. The configuration file is applied
+//! before these flags are used ([`crate::cli::config`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -15,18 +17,26 @@ use ipnet::IpNet;
 
 use crate::admin::Admin;
 use crate::catalog::validate::FtpCredentials;
+use crate::cli::output::banner;
 use crate::cli::ready::{self, ServeReady};
-use crate::cli::report::banner;
 use crate::cli::values::{parse_port_range, parse_user};
 use crate::serve::fault::FaultRule;
 use crate::serve::{Server, ServerBuilder};
 
 /// `qfota-serve [OPTIONS] <DIR>`.
+///
+/// The folder and at least one of `--ftp`/`--http`/`--https` are required
+/// once the configuration file is applied ([`crate::cli::config::resolve`]),
+/// so clap does not require them here.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("protocol").required(true).multiple(true).args(["ftp", "http", "https"])))]
 pub struct ServeArgs {
+    /// TOML file holding serve flags by their long names (`ftp = 2121`,
+    /// `user = ["test:test"]`, `dir = "packages"`); flags and environment
+    /// variables override it.
+    #[arg(long, env = "QFOTA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Folder holding the firmware packages (scanned recursively, watched).
-    #[arg(required = true, env = "QFOTA_DIR")]
+    #[arg(env = "QFOTA_DIR")]
     pub dir: Option<PathBuf>,
     /// Serve FTP on this port (0 = any free port).
     #[arg(long, env = "QFOTA_FTP", value_name = "PORT")]
@@ -217,6 +227,11 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
             }
         }
         None => print!("{text}"),
+    }
+    // systemd `Type=notify`: ready once every listener is bound; a no-op
+    // without NOTIFY_SOCKET.
+    if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %err, "cannot notify systemd of readiness");
     }
     shutdown.await;
     tracing::info!("shutting down");

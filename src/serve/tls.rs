@@ -24,8 +24,10 @@ pub const GENERATED_KEY: &str = "qfota-serve.key";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read or holds nothing usable.
-    #[error("{path}: {detail}")]
+    #[error("{role} {path}: {detail}")]
     Pem {
+        /// What the file is for: `TLS certificate` or `TLS private key`.
+        role: &'static str,
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
@@ -89,11 +91,12 @@ pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsError> 
     };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| pem_err(&cert, e.to_string()))?;
+        .map_err(|e| pem_err(CERT_ROLE, &cert, e.to_string()))?;
     if chain.is_empty() {
-        return Err(pem_err(&cert, "no certificate in file".into()));
+        return Err(pem_err(CERT_ROLE, &cert, "no certificate in file".into()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(&key).map_err(|e| pem_err(&key, e.to_string()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(&key).map_err(|e| pem_err(KEY_ROLE, &key, e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
@@ -116,8 +119,12 @@ pub async fn acceptor(source: TlsSource) -> Result<tokio_rustls::TlsAcceptor, Tl
     }
 }
 
-fn pem_err(path: &Path, detail: String) -> TlsError {
+const CERT_ROLE: &str = "TLS certificate";
+const KEY_ROLE: &str = "TLS private key";
+
+fn pem_err(role: &'static str, path: &Path, detail: String) -> TlsError {
     TlsError::Pem {
+        role,
         path: path.to_path_buf(),
         detail,
     }

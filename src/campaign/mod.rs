@@ -1,0 +1,556 @@
+//! The campaign view: what a rollout looks like from the server's side,
+//! computed from [`DownloadRecord`]s — per package the attempts, distinct
+//! modules, outcomes, bytes, p50/p95 duration and the top failure reasons;
+//! the most recent attempts; and attempts over time.
+//!
+//! It sits above [`crate::dlog`] (records in) and below its users: the
+//! `report` subcommand (records read from log files by [`read`]) and the
+//! admin listener's live page (records from the running server). Both turn
+//! records into a [`Campaign`] with [`Campaign::build`] and print it as a
+//! terminal table ([`text`]), JSON (serde) or HTML ([`html`]).
+//!
+//! # Parts
+//!
+//! - this file: [`Filter`] (time window, package glob), [`Campaign::build`]
+//!   and the shapes it fills;
+//! - [`read`]: download-log files → records, merged by `ts`, with a count
+//!   of the lines that were not records;
+//! - [`text`]: the terminal table; [`html`]: the self-contained page.
+
+pub mod html;
+pub mod read;
+pub mod text;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use globset::GlobMatcher;
+use serde::Serialize;
+
+use crate::dlog::{DownloadRecord, Outcome, format_ts};
+
+/// How many failure reasons [`PackageStats::top_failures`] keeps.
+pub const TOP_FAILURES: usize = 3;
+
+/// How many attempts [`Campaign::recent`] keeps by default.
+pub const DEFAULT_RECENT: usize = 20;
+
+/// How a package row without a path is labelled: attempts that never
+/// named one (a refused FTP login).
+pub const NO_PATH: &str = "(no path)";
+
+/// The label of a package path: the path, or [`NO_PATH`] when empty.
+pub fn path_label(path: &str) -> &str {
+    if path.is_empty() { NO_PATH } else { path }
+}
+
+/// At most this many buckets in [`Campaign::timeline`]: enough for a
+/// readable chart, few enough for a narrow screen.
+pub const MAX_BUCKETS: usize = 48;
+
+/// Which records a campaign counts.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only attempts that started at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Only attempts that started before this instant.
+    pub until: Option<DateTime<Utc>>,
+    /// Only packages whose path matches this glob (`update-*.zip`,
+    /// `Jun/**`); matched against the record's `path`.
+    pub package: Option<GlobMatcher>,
+}
+
+impl Filter {
+    /// True when `record` falls in the window and matches the glob.
+    pub fn accepts(&self, record: &DownloadRecord) -> bool {
+        self.since.is_none_or(|s| record.ts >= s)
+            && self.until.is_none_or(|u| record.ts < u)
+            && self
+                .package
+                .as_ref()
+                .is_none_or(|g| g.is_match(&record.path))
+    }
+}
+
+/// The outcome classes the campaign counts. `refused` is the server saying
+/// no to a request it understood (`refused` records); `other` is every
+/// other failure that sent nothing (`not_found`, `invalid_package`,
+/// `auth_failed`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Outcomes {
+    /// Every byte asked for was sent.
+    pub complete: u64,
+    /// The transfer stopped part-way.
+    pub aborted: u64,
+    /// The request was refused.
+    pub refused: u64,
+    /// Not found, invalid package or failed login.
+    pub other: u64,
+}
+
+impl Outcomes {
+    fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Complete => self.complete += 1,
+            Outcome::Aborted => self.aborted += 1,
+            Outcome::Refused => self.refused += 1,
+            Outcome::NotFound | Outcome::InvalidPackage | Outcome::AuthFailed => self.other += 1,
+        }
+    }
+
+    /// All attempts counted.
+    pub fn total(&self) -> u64 {
+        self.complete + self.aborted + self.refused + self.other
+    }
+}
+
+/// One failure reason and how often it was seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureReason {
+    /// The record's `outcome` (`aborted`, `not_found`, …).
+    pub outcome: &'static str,
+    /// The record's `reason`, in words.
+    pub reason: String,
+    /// Attempts that ended this way.
+    pub count: u64,
+}
+
+/// The campaign figures of one package path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PackageStats {
+    /// Package path as logged (relative to the package folder).
+    pub path: String,
+    /// Attempts of any outcome.
+    pub attempts: u64,
+    /// Distinct modules: FTP user names, else peer IP addresses.
+    pub modules: u64,
+    /// Attempts per outcome class.
+    pub outcomes: Outcomes,
+    /// Package bytes sent, over every attempt.
+    pub bytes_sent: u64,
+    /// Median duration of the complete attempts, milliseconds (`None`
+    /// without one).
+    pub p50_ms: Option<u64>,
+    /// 95th percentile duration of the complete attempts, milliseconds.
+    pub p95_ms: Option<u64>,
+    /// The most frequent failure reasons (at most [`TOP_FAILURES`]), most
+    /// frequent first.
+    pub top_failures: Vec<FailureReason>,
+}
+
+/// Attempts that started in one time bucket, per outcome class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bucket {
+    /// Start of the bucket (inclusive).
+    #[serde(serialize_with = "ts_json")]
+    pub start: DateTime<Utc>,
+    /// Attempts per outcome class.
+    pub outcomes: Outcomes,
+}
+
+/// The chart's series: attempts per outcome over equal time buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Timeline {
+    /// Bucket width, seconds (a round value: 1 s, 10 s, 1 min, … 1 day).
+    pub bucket_secs: u64,
+    /// Consecutive buckets from the first attempt to the last; empty
+    /// without attempts.
+    pub buckets: Vec<Bucket>,
+}
+
+/// The whole campaign view.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Campaign {
+    /// When this view was computed.
+    #[serde(serialize_with = "ts_json")]
+    pub generated: DateTime<Utc>,
+    /// Start of the first and of the last attempt counted.
+    #[serde(serialize_with = "opt_ts_json")]
+    pub first: Option<DateTime<Utc>>,
+    /// See `first`.
+    #[serde(serialize_with = "opt_ts_json")]
+    pub last: Option<DateTime<Utc>>,
+    /// Attempts counted (after the filter).
+    pub attempts: u64,
+    /// Distinct modules over every package.
+    pub modules: u64,
+    /// Attempts per outcome class, every package.
+    pub outcomes: Outcomes,
+    /// Per package path, most attempts first (ties by path).
+    pub packages: Vec<PackageStats>,
+    /// The most recent attempts, newest first.
+    pub recent: Vec<DownloadRecord>,
+    /// Attempts and outcomes over time.
+    pub timeline: Timeline,
+    /// Log lines that were not records (torn, not JSON), when read from
+    /// files; 0 otherwise.
+    pub skipped_lines: u64,
+}
+
+/// Times in JSON as the log writes them (RFC 3339, UTC, milliseconds).
+fn ts_json<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_ts(ts))
+}
+
+fn opt_ts_json<S: serde::Serializer>(ts: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match ts {
+        Some(ts) => ts_json(ts, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Who made an attempt: the FTP user when there is one (modules of a
+/// fleet usually log in with their own), else the peer IP address.
+fn module_key(r: &DownloadRecord) -> String {
+    match &r.user {
+        Some(u) => format!("user:{u}"),
+        None => format!("ip:{}", r.peer.ip()),
+    }
+}
+
+/// Nearest-rank percentile `p` (0–100) of sorted values.
+fn percentile(sorted: &[u64], p: u64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p as usize * sorted.len()).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+#[derive(Default)]
+struct PackageAcc {
+    attempts: u64,
+    modules: HashSet<String>,
+    outcomes: Outcomes,
+    bytes_sent: u64,
+    durations: Vec<u64>,
+    failures: HashMap<(&'static str, String), u64>,
+}
+
+impl PackageAcc {
+    fn add(&mut self, r: &DownloadRecord) {
+        self.attempts += 1;
+        self.modules.insert(module_key(r));
+        self.outcomes.add(r.outcome);
+        self.bytes_sent += r.bytes_sent;
+        if r.outcome == Outcome::Complete {
+            self.durations.push(r.duration_ms);
+        } else {
+            *self
+                .failures
+                .entry((r.outcome.as_str(), r.reason.clone()))
+                .or_default() += 1;
+        }
+    }
+
+    fn finish(mut self, path: String) -> PackageStats {
+        self.durations.sort_unstable();
+        let mut failures: Vec<FailureReason> = self
+            .failures
+            .into_iter()
+            .map(|((outcome, reason), count)| FailureReason {
+                outcome,
+                reason,
+                count,
+            })
+            .collect();
+        failures.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
+        failures.truncate(TOP_FAILURES);
+        PackageStats {
+            path,
+            attempts: self.attempts,
+            modules: self.modules.len() as u64,
+            outcomes: self.outcomes,
+            bytes_sent: self.bytes_sent,
+            p50_ms: percentile(&self.durations, 50),
+            p95_ms: percentile(&self.durations, 95),
+            top_failures: failures,
+        }
+    }
+}
+
+/// Round bucket widths, seconds: the first that keeps a span within
+/// [`MAX_BUCKETS`] buckets is used.
+const BUCKET_WIDTHS: [u64; 14] = [
+    1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 10800, 21600, 43200, 86400,
+];
+
+fn timeline(records: &[&DownloadRecord]) -> Timeline {
+    let (Some(first), Some(last)) = (
+        records.iter().map(|r| r.ts).min(),
+        records.iter().map(|r| r.ts).max(),
+    ) else {
+        return Timeline {
+            bucket_secs: BUCKET_WIDTHS[0],
+            buckets: Vec::new(),
+        };
+    };
+    let span = u64::try_from((last - first).num_seconds()).unwrap_or(0) + 1;
+    let width = BUCKET_WIDTHS
+        .iter()
+        .copied()
+        .find(|w| span.div_ceil(*w) <= MAX_BUCKETS as u64)
+        // Longer than 48 days: widen by whole days.
+        .unwrap_or_else(|| span.div_ceil(MAX_BUCKETS as u64).div_ceil(86400) * 86400);
+    let origin = first.timestamp() - first.timestamp().rem_euclid(width as i64);
+    let index = |ts: DateTime<Utc>| ((ts.timestamp() - origin) / width as i64) as usize;
+    let mut buckets: Vec<Bucket> = (0..=index(last))
+        .map(|i| Bucket {
+            start: DateTime::from_timestamp(origin + (i as i64) * width as i64, 0).unwrap_or(first),
+            outcomes: Outcomes::default(),
+        })
+        .collect();
+    for r in records {
+        if let Some(b) = buckets.get_mut(index(r.ts)) {
+            b.outcomes.add(r.outcome);
+        }
+    }
+    Timeline {
+        bucket_secs: width,
+        buckets,
+    }
+}
+
+impl Campaign {
+    /// The campaign of the `records` that `filter` accepts, in any order,
+    /// keeping the `recent` most recent attempts. `generated` is now.
+    pub fn build<'a>(
+        records: impl IntoIterator<Item = &'a DownloadRecord>,
+        filter: &Filter,
+        recent: usize,
+    ) -> Campaign {
+        let mut kept: Vec<&DownloadRecord> =
+            records.into_iter().filter(|r| filter.accepts(r)).collect();
+        // Stable: records with the same ts keep their log order.
+        kept.sort_by_key(|r| r.ts);
+        let mut per_package: BTreeMap<&str, PackageAcc> = BTreeMap::new();
+        let mut modules = HashSet::new();
+        let mut outcomes = Outcomes::default();
+        for r in &kept {
+            per_package.entry(&r.path).or_default().add(r);
+            modules.insert(module_key(r));
+            outcomes.add(r.outcome);
+        }
+        let mut packages: Vec<PackageStats> = per_package
+            .into_iter()
+            .map(|(path, acc)| acc.finish(path.to_string()))
+            .collect();
+        packages.sort_by(|a, b| b.attempts.cmp(&a.attempts).then(a.path.cmp(&b.path)));
+        Campaign {
+            generated: Utc::now(),
+            first: kept.first().map(|r| r.ts),
+            last: kept.last().map(|r| r.ts),
+            attempts: kept.len() as u64,
+            modules: modules.len() as u64,
+            outcomes,
+            packages,
+            recent: kept
+                .iter()
+                .rev()
+                .take(recent)
+                .map(|r| (*r).clone())
+                .collect(),
+            timeline: timeline(&kept),
+            skipped_lines: 0,
+        }
+    }
+}
+
+/// Parses a `--since`/`--until` value: RFC 3339 (`2026-06-01T12:00:00Z`)
+/// or a span back from `now`: a number and a unit, `s`, `m`, `h`, `d`, `w`
+/// (`90s`, `30m`, `2h`, `7d`).
+///
+/// # Errors
+/// A message naming the value when it is neither.
+pub fn parse_instant(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let bad = || {
+        format!("expected RFC 3339 (2026-06-01T12:00:00Z) or a span like 30m, 2h, 7d; got {s:?}")
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let span = match unit {
+        "s" => TimeDelta::try_seconds(n),
+        "m" => TimeDelta::try_minutes(n),
+        "h" => TimeDelta::try_hours(n),
+        "d" => TimeDelta::try_days(n),
+        "w" => TimeDelta::try_weeks(n),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    now.checked_sub_signed(span).ok_or_else(bad)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::dlog::Protocol;
+
+    /// A record at `secs` after 2026-06-01T12:00:00Z.
+    pub(crate) fn rec(
+        secs: i64,
+        path: &str,
+        peer: &str,
+        user: Option<&str>,
+        outcome: Outcome,
+        duration_ms: u64,
+        reason: &str,
+    ) -> DownloadRecord {
+        DownloadRecord {
+            ts: DateTime::from_timestamp(1_780_315_200 + secs, 0).unwrap(),
+            duration_ms,
+            protocol: if user.is_some() {
+                Protocol::Ftp
+            } else {
+                Protocol::Http
+            },
+            peer: peer.parse().unwrap(),
+            user: user.map(str::to_string),
+            path: path.into(),
+            size: Some(1000),
+            sha256: None,
+            range_start: 0,
+            bytes_sent: if outcome == Outcome::Complete {
+                1000
+            } else {
+                100
+            },
+            bytes_acked: if outcome == Outcome::Complete {
+                1000
+            } else {
+                50
+            },
+            status: 200,
+            outcome,
+            reason: reason.into(),
+            fault: None,
+        }
+    }
+
+    pub(crate) fn sample() -> Vec<DownloadRecord> {
+        use Outcome::*;
+        vec![
+            rec(0, "a.zip", "10.0.0.1:1", None, Complete, 100, "sent"),
+            rec(5, "a.zip", "10.0.0.1:2", None, Aborted, 50, "client closed"),
+            rec(9, "a.zip", "10.0.0.2:1", None, Aborted, 50, "client closed"),
+            rec(10, "a.zip", "10.0.0.3:1", None, Complete, 300, "sent"),
+            rec(20, "a.zip", "10.0.0.3:1", None, Refused, 1, "bad range"),
+            rec(30, "b.zip", "10.0.0.9:1", Some("m1"), Complete, 200, "sent"),
+            rec(
+                31,
+                "b.zip",
+                "10.0.0.9:2",
+                Some("m2"),
+                AuthFailed,
+                1,
+                "bad login",
+            ),
+            rec(40, "nope.zip", "10.0.0.4:1", None, NotFound, 1, "no such"),
+        ]
+    }
+
+    #[test]
+    fn packages_count_attempts_modules_outcomes_bytes_and_percentiles() {
+        let c = Campaign::build(&sample(), &Filter::default(), DEFAULT_RECENT);
+        assert_eq!(c.attempts, 8);
+        // 10.0.0.1, .2, .3, .4 by IP; m1, m2 by FTP user (same IP).
+        assert_eq!(c.modules, 6);
+        let a = &c.packages[0];
+        assert_eq!(a.path, "a.zip");
+        assert_eq!((a.attempts, a.modules), (5, 3));
+        assert_eq!(
+            a.outcomes,
+            Outcomes {
+                complete: 2,
+                aborted: 2,
+                refused: 1,
+                other: 0
+            }
+        );
+        assert_eq!(a.bytes_sent, 2000 + 300);
+        assert_eq!((a.p50_ms, a.p95_ms), (Some(100), Some(300)));
+        assert_eq!(a.top_failures[0].reason, "client closed");
+        assert_eq!(a.top_failures[0].count, 2);
+        assert_eq!(a.top_failures[1].outcome, "refused");
+        let b = &c.packages[1];
+        assert_eq!(
+            (b.path.as_str(), b.modules, b.outcomes.other),
+            ("b.zip", 2, 1)
+        );
+        let nope = &c.packages[2];
+        assert_eq!((nope.p50_ms, nope.p95_ms), (None, None));
+    }
+
+    #[test]
+    fn recent_attempts_are_newest_first_and_bounded() {
+        let c = Campaign::build(&sample(), &Filter::default(), 3);
+        let paths: Vec<_> = c.recent.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["nope.zip", "b.zip", "b.zip"]);
+        assert_eq!(c.first.unwrap().timestamp(), 1_780_315_200);
+        assert_eq!(c.last.unwrap().timestamp(), 1_780_315_240);
+    }
+
+    #[test]
+    fn filter_applies_window_and_glob() {
+        let records = sample();
+        let t = |s: i64| DateTime::from_timestamp(1_780_315_200 + s, 0).unwrap();
+        let filter = Filter {
+            since: Some(t(5)),
+            until: Some(t(30)),
+            package: Some(globset::Glob::new("a.*").unwrap().compile_matcher()),
+        };
+        let c = Campaign::build(&records, &filter, DEFAULT_RECENT);
+        assert_eq!(c.attempts, 4);
+        assert_eq!(c.packages.len(), 1);
+        let empty = Campaign::build(&[], &Filter::default(), DEFAULT_RECENT);
+        assert_eq!((empty.attempts, empty.packages.len()), (0, 0));
+        assert!(empty.timeline.buckets.is_empty());
+    }
+
+    #[test]
+    fn timeline_buckets_are_round_and_cover_every_attempt() {
+        let c = Campaign::build(&sample(), &Filter::default(), DEFAULT_RECENT);
+        // 41 s span: 1 s buckets would be 41 (≤ 48).
+        assert_eq!(c.timeline.bucket_secs, 1);
+        assert_eq!(c.timeline.buckets.len(), 41);
+        let total: u64 = c.timeline.buckets.iter().map(|b| b.outcomes.total()).sum();
+        assert_eq!(total, 8);
+        let mut long = sample();
+        long[7].ts += TimeDelta::hours(5);
+        let c = Campaign::build(&long, &Filter::default(), DEFAULT_RECENT);
+        // 5 h: 10 min buckets (31 of them).
+        assert_eq!(c.timeline.bucket_secs, 600);
+        assert!(c.timeline.buckets.len() <= MAX_BUCKETS);
+        let total: u64 = c.timeline.buckets.iter().map(|b| b.outcomes.total()).sum();
+        assert_eq!(total, 8);
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        assert_eq!(percentile(&[], 50), None);
+        assert_eq!(percentile(&[7], 95), Some(7));
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), Some(50));
+        assert_eq!(percentile(&v, 95), Some(95));
+    }
+
+    #[test]
+    fn instants_are_rfc3339_or_spans_back_from_now() {
+        let now = DateTime::from_timestamp(1_780_315_200, 0).unwrap();
+        assert_eq!(parse_instant("2h", now).unwrap(), now - TimeDelta::hours(2));
+        assert_eq!(
+            parse_instant("90s", now).unwrap(),
+            now - TimeDelta::seconds(90)
+        );
+        assert_eq!(
+            parse_instant("2026-06-01T10:00:00+02:00", now).unwrap(),
+            DateTime::parse_from_rfc3339("2026-06-01T08:00:00Z").unwrap()
+        );
+        for bad in ["", "h", "2y", "yesterday", "99999999999999999999d"] {
+            assert!(parse_instant(bad, now).is_err(), "{bad}");
+        }
+    }
+}

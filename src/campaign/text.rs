@@ -1,0 +1,165 @@
+//! The campaign as a terminal table: a summary line, one row per package
+//! (attempts, modules, outcomes, bytes, p50/p95), its top failure reasons
+//! under it, then the most recent attempts.
+
+use std::fmt::Write as _;
+
+use super::{Campaign, PackageStats, path_label};
+use crate::dlog::DownloadRecord;
+use crate::dlog::format_ts;
+
+/// Milliseconds as `850 ms` / `12.3 s`, `-` when absent.
+pub fn duration(ms: Option<u64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) if ms < 1000 => format!("{ms} ms"),
+        Some(ms) => format!("{:.1} s", ms as f64 / 1000.0),
+    }
+}
+
+/// Bytes in binary units (`7188 B`, `1.5 MiB`).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Column titles of a package row after the path, in [`package_cells`]
+/// order.
+pub const PACKAGE_COLUMNS: [&str; 9] = [
+    "attempts", "modules", "complete", "aborted", "refused", "other", "bytes", "p50", "p95",
+];
+
+/// A package row's cells after the path: attempts, modules, the four
+/// outcome classes, bytes sent, p50 and p95 duration.
+pub fn package_cells(p: &PackageStats) -> [String; 9] {
+    let o = &p.outcomes;
+    [
+        p.attempts.to_string(),
+        p.modules.to_string(),
+        o.complete.to_string(),
+        o.aborted.to_string(),
+        o.refused.to_string(),
+        o.other.to_string(),
+        bytes(p.bytes_sent),
+        duration(p.p50_ms),
+        duration(p.p95_ms),
+    ]
+}
+
+/// Who made an attempt: `user@ip` over FTP, the IP otherwise.
+pub fn module_label(r: &DownloadRecord) -> String {
+    match &r.user {
+        Some(u) => format!("{u}@{}", r.peer.ip()),
+        None => r.peer.ip().to_string(),
+    }
+}
+
+/// Right-aligns `cells` in the table's column widths.
+fn row(path: &str, path_w: usize, cells: &[String]) -> String {
+    const WIDTHS: [usize; 9] = [8, 7, 8, 7, 7, 5, 10, 8, 8];
+    let mut line = format!("{path:<path_w$} ");
+    for (cell, w) in cells.iter().zip(WIDTHS) {
+        let _ = write!(line, " {cell:>w$}");
+    }
+    line
+}
+
+/// The whole table, ending with a newline.
+pub fn render(c: &Campaign) -> String {
+    let mut out = String::new();
+    let window = match (c.first, c.last) {
+        (Some(f), Some(l)) => format!(" from {} to {}", format_ts(&f), format_ts(&l)),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "{} attempts by {} modules{window}: {} complete, {} aborted, {} refused, {} other",
+        c.attempts,
+        c.modules,
+        c.outcomes.complete,
+        c.outcomes.aborted,
+        c.outcomes.refused,
+        c.outcomes.other
+    );
+    if c.packages.is_empty() {
+        out.push_str("no attempts\n");
+        return out;
+    }
+    let path_w = c
+        .packages
+        .iter()
+        .map(|p| path_label(&p.path).len())
+        .max()
+        .unwrap_or(0)
+        .max("package".len());
+    let titles = PACKAGE_COLUMNS.map(str::to_string);
+    let _ = writeln!(out, "\n{}", row("package", path_w, &titles));
+    for p in &c.packages {
+        let _ = writeln!(
+            out,
+            "{}",
+            row(path_label(&p.path), path_w, &package_cells(p))
+        );
+        for f in &p.top_failures {
+            let _ = writeln!(out, "    {:>4}× {}: {}", f.count, f.outcome, f.reason);
+        }
+    }
+    if !c.recent.is_empty() {
+        let _ = writeln!(out, "\nmost recent attempts");
+        for r in &c.recent {
+            let _ = writeln!(
+                out,
+                "  {}  {:<5} {:<15} {:<8} {:>10} {:>8}  {}  {}",
+                format_ts(&r.ts),
+                r.protocol.as_str(),
+                r.outcome.as_str(),
+                r.status,
+                bytes(r.bytes_sent),
+                duration(Some(r.duration_ms)),
+                path_label(&r.path),
+                module_label(r)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::campaign::{DEFAULT_RECENT, Filter, tests::sample};
+
+    #[test]
+    fn table_has_a_row_per_package_and_its_failures() {
+        let c = Campaign::build(&sample(), &Filter::default(), DEFAULT_RECENT);
+        let t = render(&c);
+        assert!(
+            t.starts_with("8 attempts by 6 modules from 2026-06-01T12:00:00.000Z"),
+            "{t}"
+        );
+        let row = t.lines().find(|l| l.starts_with("a.zip")).unwrap();
+        let cols: Vec<_> = row.split_whitespace().collect();
+        assert_eq!(&cols[..7], ["a.zip", "5", "3", "2", "2", "1", "0"], "{row}");
+        assert!(t.contains("   2× aborted: client closed"), "{t}");
+        assert!(t.contains("most recent attempts"), "{t}");
+    }
+
+    #[test]
+    fn units_read_well() {
+        assert_eq!(bytes(7188), "7.0 KiB");
+        assert_eq!(bytes(12), "12 B");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(duration(Some(850)), "850 ms");
+        assert_eq!(duration(Some(12_345)), "12.3 s");
+        assert_eq!(duration(None), "-");
+    }
+}
