@@ -762,7 +762,9 @@ async fn bad_command_lines_exit_2() {
 /// Runs a Python host script of `tests/` (bounded) and returns its
 /// transcript, failing the test with it when the script fails.
 async fn python_host(script: &str, args: &[&str]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
     let out = tokio::process::Command::new("python3")
         .arg(&path)
         .args(args)
@@ -822,12 +824,17 @@ async fn a_uart_host_that_never_reopens_its_port_gets_through_a_fota() {
     let url = fx.http_url(PKG);
     let args = ["--port", link_arg, "--url", &url, "--expect-version", "v13"];
     let transcript = python_host("uart_host.py", &args).await;
-    let order = ["\"HTTPEND\",0", "== RDY on the same port (reboot", "\"END\",0", "== PASS"]
-        .map(|needle| {
-            transcript
-                .find(needle)
-                .unwrap_or_else(|| panic!("no {needle:?} in\n{transcript}"))
-        });
+    let order = [
+        "\"HTTPEND\",0",
+        "== RDY on the same port (reboot",
+        "\"END\",0",
+        "== PASS",
+    ]
+    .map(|needle| {
+        transcript
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{transcript}"))
+    });
     assert!(order.is_sorted(), "{transcript}");
     // Two reboots, and the same PTY throughout: one `pty` line only.
     modem.line("up (boot 2)").await;
@@ -849,8 +856,11 @@ async fn radio_off_fails_a_download_and_qpowd_waits_for_the_power_key() {
     host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
     host.at("AT+CGMM", "\r\nEC800K\r\n\r\nOK\r\n").await;
     host.at("AT+CFUN=0", "\r\nOK\r\n").await;
-    host.at("AT+CREG?;+CFUN?", "\r\n+CREG: 0,0\r\n\r\n+CFUN: 0\r\n\r\nOK\r\n")
-        .await;
+    host.at(
+        "AT+CREG?;+CFUN?",
+        "\r\n+CREG: 0,0\r\n\r\n+CFUN: 0\r\n\r\nOK\r\n",
+    )
+    .await;
     // ec200's code for no network over FTP (seed 001 table 2).
     host.at(&format!("AT+QFOTADL=\"{}\"", fx.ftp_url(PKG)), "\r\nOK\r\n")
         .await;

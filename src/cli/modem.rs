@@ -43,7 +43,7 @@ use crate::sim::module::Module;
 ))]
 // Here `--model` may name any module together with `--profile` (the
 // family); `simulate` and `fleet` keep the two exclusive.
-#[command(mut_arg("model", |a| a.conflicts_with(None::<&str>)))]
+#[command(mut_arg("model", |a| a.conflicts_with(clap::builder::Resettable::<clap::Id>::Reset)))]
 pub struct ModemArgs {
     /// Offer the AT port on a pseudo-terminal and keep a symlink at LINK
     /// pointing at it [default LINK: /tmp/qfota-modem].
@@ -317,11 +317,23 @@ mod tests {
         assert_eq!(config.link, Link::Usb);
         // A known model with another family's profile: the profile wins.
         let config = ModemConfig::try_from(
-            parse(&["--pty", "/x", "--model", "EC25", "--profile", "eg06xk", "--link", "uart"])
-                .unwrap(),
+            parse(&[
+                "--pty",
+                "/x",
+                "--model",
+                "EC25",
+                "--profile",
+                "eg06xk",
+                "--link",
+                "uart",
+            ])
+            .unwrap(),
         )
         .unwrap();
-        assert_eq!((config.module.profile().name, config.model.as_str()), ("eg06xk", "EC25"));
+        assert_eq!(
+            (config.module.profile().name, config.model.as_str()),
+            ("eg06xk", "EC25")
+        );
         assert_eq!(config.link, Link::Uart);
         // Alone, an unknown model is still refused.
         let args = parse(&["--pty", "/x", "--model", "EC800K"]).unwrap();

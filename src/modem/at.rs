@@ -143,7 +143,10 @@ mod tests {
         let mut f = LineFramer::new();
         let (done, echo) = f.push(b"A/");
         assert_eq!((done, echo), (vec![Input::Repeat], b"A/".to_vec()));
-        assert_eq!(lines(&mut f, b"a/AT\r"), vec![Input::Repeat, Input::Line("AT".into())]);
+        assert_eq!(
+            lines(&mut f, b"a/AT\r"),
+            vec![Input::Repeat, Input::Line("AT".into())]
+        );
         // Only at the start of a line.
         assert_eq!(lines(&mut f, b"ATA/\r"), vec![Input::Line("ATA/".into())]);
     }

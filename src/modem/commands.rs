@@ -129,11 +129,8 @@ pub enum Registration {
 
 impl Registration {
     /// All three, in [`Settings::reg_urc`] order.
-    pub const ALL: [Registration; 3] = [
-        Registration::Creg,
-        Registration::Cgreg,
-        Registration::Cereg,
-    ];
+    pub const ALL: [Registration; 3] =
+        [Registration::Creg, Registration::Cgreg, Registration::Cereg];
 
     fn prefix(self) -> &'static str {
         match self {
@@ -347,10 +344,9 @@ fn action(name: &str) -> Option<Command> {
 
 /// The extended commands that have a test form, and so exist.
 const EXTENDED: &[&str] = &[
-    "+GMR", "+CGMR", "+QGMR", "+CGMI", "+GMI", "+CGMM", "+GMM", "+GSN", "+CGSN", "+CIMI",
-    "+QCCID", "+CCID", "+GCAP", "+CSQ", "+QPOWD", "+CPIN", "+CMEE", "+IFC", "+CREG", "+CGREG",
-    "+CEREG", "+COPS", "+CGACT", "+QIACT", "+QICSGP", "+QFOTA", "+CFUN", "+QCFG", "+QURCCFG",
-    "+QFOTADL",
+    "+GMR", "+CGMR", "+QGMR", "+CGMI", "+GMI", "+CGMM", "+GMM", "+GSN", "+CGSN", "+CIMI", "+QCCID",
+    "+CCID", "+GCAP", "+CSQ", "+QPOWD", "+CPIN", "+CMEE", "+IFC", "+CREG", "+CGREG", "+CEREG",
+    "+COPS", "+CGACT", "+QIACT", "+QICSGP", "+QFOTA", "+CFUN", "+QCFG", "+QURCCFG", "+QFOTADL",
 ];
 
 fn registration(name: &str) -> Option<Registration> {
@@ -392,9 +388,11 @@ fn extended(name: &str, form: Form) -> Result<Command, ParseError> {
         }
         ("+CPIN", Form::Read) => Command::PinStatus,
         ("+CMEE", Form::Read) => Command::ErrorModeRead,
-        ("+CMEE", Form::Set(args)) => {
-            Command::Set(PortSetting::ErrorMode(single_number(&args, "+CMEE", 0..=2)?))
-        }
+        ("+CMEE", Form::Set(args)) => Command::Set(PortSetting::ErrorMode(single_number(
+            &args,
+            "+CMEE",
+            0..=2,
+        )?)),
         ("+IFC", Form::Read) => Command::FlowControlRead,
         ("+IFC", Form::Set(args)) => {
             let (a, b) = flow_pair(&args, "+IFC", 0)?;
@@ -899,11 +897,7 @@ fn execute(command: Command, ctx: &mut Context<'_>) -> Step {
         Command::Registration(which) => {
             let n = settings.reg_urc[which.index()];
             let stat = device.reg_stat(settings);
-            one(format!(
-                "{}: {n},{}",
-                which.prefix(),
-                reg_fields(n, stat)
-            ))
+            one(format!("{}: {n},{}", which.prefix(), reg_fields(n, stat)))
         }
         Command::RegistrationMode(which, n) => {
             settings.reg_urc[which.index()] = n;
@@ -1103,9 +1097,15 @@ mod tests {
             ("AT+IFC?", "\r\n+IFC: 0,0\r\n\r\nOK\r\n"),
             ("AT+IFC=2,2", "\r\nOK\r\n"),
             ("AT+IFC?", "\r\n+IFC: 2,2\r\n\r\nOK\r\n"),
-            ("AT+QCFG=\"usbifc\"", "\r\n+QCFG: \"usbifc\",0,0\r\n\r\nOK\r\n"),
+            (
+                "AT+QCFG=\"usbifc\"",
+                "\r\n+QCFG: \"usbifc\",0,0\r\n\r\nOK\r\n",
+            ),
             ("AT+QCFG=\"usbifc\",2,2", "\r\nOK\r\n"),
-            ("AT+QCFG=\"USBIFC\"", "\r\n+QCFG: \"usbifc\",2,2\r\n\r\nOK\r\n"),
+            (
+                "AT+QCFG=\"USBIFC\"",
+                "\r\n+QCFG: \"usbifc\",2,2\r\n\r\nOK\r\n",
+            ),
             (
                 "AT+QURCCFG=\"urcport\"",
                 "\r\n+QURCCFG: \"urcport\",\"usbat\"\r\n\r\nOK\r\n",
@@ -1132,9 +1132,12 @@ mod tests {
             ),
             ("ATE0 V1", "\r\nOK\r\n"),
             ("ATE0V1Q0X4&C1&D2", "\r\nOK\r\n"),
-            ("AT+CGMI;+CGMM;I", "\r\nQuectel\r\n\r\nEC25\r\n\r\nQuectel\r\nEC25\r\nRevision: v12\r\n\r\nOK\r\n"),
-            // The first failure ends the line; what ran before is shown.
-            ("AT+CGMI;+FOO;+CGMM", "\r\nQuectel\r\n\r\nERROR\r\n"),
+            (
+                "AT+CGMI;+CGMM;I",
+                "\r\nQuectel\r\n\r\nEC25\r\n\r\nQuectel\r\nEC25\r\nRevision: v12\r\n\r\nOK\r\n",
+            ),
+            // A line that does not parse runs nothing.
+            ("AT+CGMI;+FOO;+CGMM", "\r\nERROR\r\n"),
             ("AT+CGMI;+QIACT=0", "\r\nERROR\r\n"),
         ]);
         assert!(!p.port.echo && p.port.verbose);
@@ -1201,6 +1204,8 @@ mod tests {
             ("AT+CGREG?", "\r\n+CGREG: 0,0\r\n\r\nOK\r\n"),
             ("AT+CSQ", "\r\n+CSQ: 99,99\r\n\r\nOK\r\n"),
             ("AT+QIACT=1", "\r\nERROR\r\n"),
+            // The first failure ends the line; what ran before is shown.
+            ("AT+CGMI;+QIACT=1;+CGMM", "\r\nQuectel\r\n\r\nERROR\r\n"),
         ]);
         let device = Device {
             module: &m,
@@ -1212,7 +1217,10 @@ mod tests {
             registration_urcs(&p.settings, 0, 1),
             vec!["+CREG: 1,\"1A2B\",\"01A2B3C4\",7", "+CEREG: 1"]
         );
-        assert_eq!(registration_urcs(&p.settings, 1, 0), vec!["+CREG: 0", "+CEREG: 0"]);
+        assert_eq!(
+            registration_urcs(&p.settings, 1, 0),
+            vec!["+CREG: 0", "+CEREG: 0"]
+        );
         assert!(registration_urcs(&p.settings, 1, 1).is_empty());
         p.settings.reset_on_boot();
         assert!(p.settings.radio_on());
@@ -1314,7 +1322,10 @@ mod tests {
         let m = module("ec2x", &[]);
         let mut p = Port::new(&m);
         p.check(&[
-            ("AT+QICSGP=2", "\r\n+QICSGP: 1,\"\",\"\",\"\",0\r\n\r\nOK\r\n"),
+            (
+                "AT+QICSGP=2",
+                "\r\n+QICSGP: 1,\"\",\"\",\"\",0\r\n\r\nOK\r\n",
+            ),
             (r#"AT+QICSGP=2,1,"cmnet","","",1"#, "\r\nOK\r\n"),
             (
                 "AT+QICSGP=2",

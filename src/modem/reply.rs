@@ -151,8 +151,15 @@ mod tests {
             verbose: false,
             ..v1
         };
-        let blocks = vec![vec!["+CSQ: 24,99".to_string()], vec![], vec!["a".into(), "b".into()]];
-        assert_eq!(text(info(&blocks, &v1)), "\r\n+CSQ: 24,99\r\n\r\na\r\nb\r\n");
+        let blocks = vec![
+            vec!["+CSQ: 24,99".to_string()],
+            vec![],
+            vec!["a".into(), "b".into()],
+        ];
+        assert_eq!(
+            text(info(&blocks, &v1)),
+            "\r\n+CSQ: 24,99\r\n\r\na\r\nb\r\n"
+        );
         assert_eq!(text(info(&blocks, &v0)), "+CSQ: 24,99\r\na\r\nb\r\n");
         assert_eq!(text(result(Ok(()), &v1)), "\r\nOK\r\n");
         assert_eq!(text(result(Ok(()), &v0)), "0\r");

@@ -268,8 +268,20 @@ mod tests {
     #[test]
     fn what_does_not_fit_is_an_error() {
         for line in [
-            "hello", "A", "ATS0=0", "ATD123", "AT+", "AT+CSQE0?x", "AT+CREG??", "AT+CSQ+CREG?",
-            "AT&", "AT&1", "ATE123456", "AT#X", "ATé", "AT\u{fffd}",
+            "hello",
+            "A",
+            "ATS0=0",
+            "ATD123",
+            "AT+",
+            "AT+CSQE0?x",
+            "AT+CREG??",
+            "AT+CSQ+CREG?",
+            "AT&",
+            "AT&1",
+            "ATE123456",
+            "AT#X",
+            "ATé",
+            "AT\u{fffd}",
         ] {
             assert!(split(line).is_err(), "{line:?}");
         }
