@@ -758,3 +758,124 @@ async fn bad_command_lines_exit_2() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir/modem"));
 }
+
+/// Runs a Python host script of `tests/` (bounded) and returns its
+/// transcript, failing the test with it when the script fails.
+async fn python_host(script: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let out = tokio::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the host script finished in time")
+        .expect("python3 runs");
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{transcript}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    transcript
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_modemmanager_style_init_sequence_gets_real_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("modem");
+    let modem = Modem::builder(module("ec2x", &[]))
+        .pty(&link)
+        .start()
+        .unwrap();
+    let link_arg = link.to_str().unwrap();
+    let args = ["--port", link_arg, "--model", "EC25", "--revision", "v12"];
+    let transcript = python_host("mm_host.py", &args).await;
+    assert!(transcript.contains("== PASS"), "{transcript}");
+    assert_eq!(modem.status().boots, 0);
+    stop(modem).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_uart_host_that_never_reopens_its_port_gets_through_a_fota() {
+    let fx = Fixture::start(|b| b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("modem");
+    let link_arg = link.to_str().unwrap();
+    let modem = ModemProcess::spawn(
+        &["--pty", link_arg, "--link", "uart", "--reboot-ms", "100"],
+        &[
+            ("QFOTA_MODEM_MODEL", "EC800K"),
+            ("QFOTA_MODEM_PROFILE", "ec200"),
+            ("QFOTA_MODEM_VERSION", "v12"),
+            ("QFOTA_MODEM_TIME_SCALE", "0.002"),
+        ],
+    );
+    assert!(
+        modem
+            .line("modem ")
+            .await
+            .starts_with("modem EC800K (profile ec200)")
+    );
+    modem.line("pty ").await;
+    let url = fx.http_url(PKG);
+    let args = ["--port", link_arg, "--url", &url, "--expect-version", "v13"];
+    let transcript = python_host("uart_host.py", &args).await;
+    let order = [
+        "\"HTTPEND\",0",
+        "== RDY on the same port (reboot",
+        "\"END\",0",
+        "== PASS",
+    ]
+    .map(|needle| {
+        transcript
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{transcript}"))
+    });
+    assert!(order.is_sorted(), "{transcript}");
+    // Two reboots, and the same PTY throughout: one `pty` line only.
+    modem.line("up (boot 2)").await;
+    let ptys = modem
+        .lines
+        .borrow()
+        .iter()
+        .filter(|l| l.starts_with("pty "))
+        .count();
+    assert_eq!(ptys, 1);
+    assert!(modem.terminate().await.success());
+}
+
+#[tokio::test]
+async fn radio_off_fails_a_download_and_qpowd_waits_for_the_power_key() {
+    let fx = Fixture::start(|b| b).await;
+    let modem = tcp_modem(module("ec200", &[]), |b| b.model("EC800K")).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    host.at("AT+CGMM", "\r\nEC800K\r\n\r\nOK\r\n").await;
+    host.at("AT+CFUN=0", "\r\nOK\r\n").await;
+    host.at(
+        "AT+CREG?;+CFUN?",
+        "\r\n+CREG: 0,0\r\n\r\n+CFUN: 0\r\n\r\nOK\r\n",
+    )
+    .await;
+    // ec200's code for no network over FTP (seed 001 table 2).
+    host.at(&format!("AT+QFOTADL=\"{}\"", fx.ftp_url(PKG)), "\r\nOK\r\n")
+        .await;
+    host.expect(q("\"FTPSTART\"") + &q("\"FTPEND\",605")).await;
+    host.at("AT+CFUN=1;+CREG?", "\r\n+CREG: 0,1\r\n\r\nOK\r\n")
+        .await;
+    host.at("AT+QPOWD", "\r\nOK\r\n").await;
+    assert_eq!(host.until_closed().await, "\r\nPOWERED DOWN\r\n");
+    let status = wait_status(&modem, "off", |s| s.off).await;
+    assert!(!status.powered);
+    modem.power_on();
+    let mut host = Host::reconnect(&modem).await;
+    host.expect("\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n")
+        .await;
+    host.at("AT", "AT\r\r\nOK\r\n").await;
+    assert!(!modem.status().off);
+    stop(modem).await;
+}

@@ -16,6 +16,7 @@
 //! pty /tmp/qfota-modem -> /dev/pts/5
 //! tcp 127.0.0.1:40123
 //! down (module rebooting)
+//! off (AT+QPOWD; SIGUSR1 powers it on)
 //! pty /tmp/qfota-modem -> /dev/pts/6
 //! up (boot 1)
 //! ```
@@ -26,10 +27,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use tokio::signal::unix::SignalKind;
+
 use crate::cli::module_args::{ModemEnv, ModuleArgs, UsageError, usage_exit};
 use crate::cli::ready::{self, ModemReady};
 use crate::modem::status::Status;
-use crate::modem::{DEFAULT_IMEI, DEFAULT_LINK, DEFAULT_REBOOT, DEFAULT_URC_HOLD, Modem};
+use crate::modem::{DEFAULT_IMEI, DEFAULT_LINK, DEFAULT_REBOOT, DEFAULT_URC_HOLD, Link, Modem};
+use crate::profile::Profile;
 use crate::sim::module::Module;
 
 /// Run a virtual modem: the simulated module behind an AT port on a
@@ -38,6 +42,9 @@ use crate::sim::module::Module;
 #[command(group(
     clap::ArgGroup::new("port").required(true).multiple(true).args(["pty", "tcp"])
 ))]
+// Here `--model` may name any module together with `--profile` (the
+// family); `simulate` and `fleet` keep the two exclusive.
+#[command(mut_arg("model", |a| a.conflicts_with(clap::builder::Resettable::<clap::Id>::Reset)))]
 pub struct ModemArgs {
     /// Offer the AT port on a pseudo-terminal and keep a symlink at LINK
     /// pointing at it [default LINK: /tmp/qfota-modem].
@@ -82,6 +89,10 @@ pub struct ModemArgs {
     /// line on stdout (the status lines then go to stderr).
     #[arg(long, env = "QFOTA_MODEM_READY_JSON", value_name = "FILE|-")]
     pub ready_json: Option<PathBuf>,
+    /// How the host is wired: usb (the port vanishes and reappears on every
+    /// reboot) or uart (the same port stays; it goes quiet, then RDY).
+    #[arg(long, env = "QFOTA_MODEM_LINK", value_enum, default_value_t = Link::Usb)]
+    pub link: Link,
 }
 
 /// Checked settings of `qfota-serve modem`.
@@ -103,13 +114,20 @@ pub struct ModemConfig {
     pub urc_hold: Duration,
     /// Where the ready object goes (`-` = stdout), if anywhere.
     pub ready_json: Option<PathBuf>,
+    /// USB or UART wiring.
+    pub link: Link,
 }
 
 impl TryFrom<ModemArgs> for ModemConfig {
     type Error = UsageError;
 
     fn try_from(mut args: ModemArgs) -> Result<ModemConfig, UsageError> {
-        let profile = args.module.profile()?;
+        // With `--profile`, `--model` is only the name shown (EC800K on
+        // `ec200`); alone, it picks the family from the known models.
+        let profile = match args.module.profile.as_deref() {
+            Some(name) => Profile::by_name(name)?,
+            None => args.module.profile()?,
+        };
         let model = match args.module.model.take() {
             Some(m) if m.trim().is_empty() => return Err(UsageError::Model),
             Some(m) => m.trim().to_ascii_uppercase(),
@@ -127,6 +145,7 @@ impl TryFrom<ModemArgs> for ModemConfig {
             reboot: Duration::from_millis(args.reboot_ms),
             urc_hold: Duration::from_millis(args.urc_hold_ms),
             ready_json: args.ready_json,
+            link: args.link,
         })
     }
 }
@@ -171,15 +190,25 @@ pub async fn run(args: ModemArgs, shutdown: impl Future<Output = ()>) -> ExitCod
     }
     let _ = out.flush();
     tokio::pin!(shutdown);
+    let mut power_key = match tokio::signal::unix::signal(SignalKind::user_defined1()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGUSR1; AT+QPOWD is for ever");
+            None
+        }
+    };
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            Some(()) = next_signal(&mut power_key) => modem.power_on(),
             changed = status.changed() => {
                 if changed.is_err() {
                     break;
                 }
                 let now = status.borrow_and_update().clone();
-                if last.powered && !now.powered {
+                if now.off && !last.off {
+                    let _ = writeln!(out, "off (AT+QPOWD; SIGUSR1 powers it on)");
+                } else if last.powered && !now.powered && !now.off {
                     let _ = writeln!(out, "down (module rebooting)");
                 }
                 if now.pty != last.pty {
@@ -196,6 +225,14 @@ pub async fn run(args: ModemArgs, shutdown: impl Future<Output = ()>) -> ExitCod
     tracing::info!("shutting down");
     modem.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// The next SIGUSR1, or never without a listener.
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn print_pty(out: &mut impl Write, modem: &Modem, status: &Status) {
@@ -223,7 +260,8 @@ async fn start(config: &ModemConfig) -> anyhow::Result<Modem> {
         .model(config.model.clone())
         .imei(config.imei.clone())
         .reboot_time(config.reboot)
-        .urc_hold(config.urc_hold);
+        .urc_hold(config.urc_hold)
+        .link_type(config.link);
     if let Some(link) = &config.pty {
         builder = builder.pty(link.clone());
     }
@@ -298,11 +336,45 @@ mod tests {
     }
 
     #[test]
+    fn any_model_goes_with_a_profile() {
+        let config = ModemConfig::try_from(
+            parse(&["--pty", "/x", "--model", "ec800k-cn", "--profile", "ec200"]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config.module.profile().name, "ec200");
+        assert_eq!(config.model, "EC800K-CN");
+        assert_eq!(config.link, Link::Usb);
+        // A known model with another family's profile: the profile wins.
+        let config = ModemConfig::try_from(
+            parse(&[
+                "--pty",
+                "/x",
+                "--model",
+                "EC25",
+                "--profile",
+                "eg06xk",
+                "--link",
+                "uart",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (config.module.profile().name, config.model.as_str()),
+            ("eg06xk", "EC25")
+        );
+        assert_eq!(config.link, Link::Uart);
+        // Alone, an unknown model is still refused.
+        let args = parse(&["--pty", "/x", "--model", "EC800K"]).unwrap();
+        assert!(ModemConfig::try_from(args).is_err());
+    }
+
+    #[test]
     fn usage_errors() {
         for argv in [
             &[][..],
             &["--model", "EC25"],
-            &["--pty", "/x", "--model", "EC25", "--profile", "ec2x"],
+            &["--pty", "/x", "--link", "serial"],
             &["--tcp", "nowhere"],
             &["--pty", "/x", "--fault", "nope"],
             &["--pty", "/x", "--reboot-ms", "-1"],

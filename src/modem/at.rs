@@ -7,6 +7,8 @@
 //! inside a line are dropped, as a module's parser ignores them. Echo
 //! (`ATE1`) returns the bytes that were accepted into the line as they
 //! arrive, and the terminator as `\r` (a lone `\n` echoes as `\r`).
+//! `A/` at the start of a line (any case) repeats the last command line
+//! at once, without a terminator (V.250 §5.2.4).
 
 /// Longest command line kept, in bytes (the longest `AT+QFOTADL` is
 /// `AT+QFOTADL="` + a 512-byte URL + three optional numbers).
@@ -19,6 +21,8 @@ pub enum Input {
     Line(String),
     /// A line longer than [`MAX_LINE`] ended; answer `ERROR`.
     Overflow,
+    /// `A/`: run the last command line again.
+    Repeat,
 }
 
 /// Incremental line splitter.
@@ -55,6 +59,11 @@ impl LineFramer {
                     }
                 }
                 b if b < 0x20 => {}
+                b'/' if self.line.eq_ignore_ascii_case(b"A") && !self.overflow => {
+                    self.line.clear();
+                    echo.push(b);
+                    done.push(Input::Repeat);
+                }
                 b => {
                     if self.line.len() < MAX_LINE {
                         self.line.push(b);
@@ -127,6 +136,19 @@ mod tests {
         assert_eq!(lines(&mut f, b"\r"), vec![Input::Overflow]);
         assert_eq!(lines(&mut f, b"AT\r"), vec![Input::Line("AT".into())]);
         assert_eq!(lines(&mut f, b"ATX\x08\r"), vec![Input::Line("AT".into())]);
+    }
+
+    #[test]
+    fn a_slash_repeats_at_once() {
+        let mut f = LineFramer::new();
+        let (done, echo) = f.push(b"A/");
+        assert_eq!((done, echo), (vec![Input::Repeat], b"A/".to_vec()));
+        assert_eq!(
+            lines(&mut f, b"a/AT\r"),
+            vec![Input::Repeat, Input::Line("AT".into())]
+        );
+        // Only at the start of a line.
+        assert_eq!(lines(&mut f, b"ATA/\r"), vec![Input::Line("ATA/".into())]);
     }
 
     #[test]

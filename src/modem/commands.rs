@@ -1,46 +1,64 @@
-//! The AT commands the virtual modem understands: parsing a command line
-//! ([`parse`]) and answering it ([`execute`]) from the module's identity and
-//! settings, as a Quectel module answers on its AT port (SPEC §8).
+//! The AT commands the virtual modem understands: turning a command line
+//! into [`Command`]s ([`parse`]) and running them ([`run_line`]) against
+//! the module's identity and settings, as a Quectel module answers on its
+//! AT port (SPEC §8, 3GPP TS 27.007, ITU-T V.250).
 //!
-//! Everything here is pure: no I/O, no clock. The session
-//! (`session.rs`) frames the answers, writes them, and carries
-//! out the [`Outcome`]s that are more than an answer (echo, reboot,
+//! Everything here is pure: no I/O, no clock. The session (`session.rs`)
+//! renders the answers ([`crate::modem::reply`]), writes them, and carries
+//! out the [`End`]s that are more than an answer (reboot, power down,
 //! `AT+QFOTADL`).
 //!
 //! # Syntax
 //!
-//! One command per line. `AT` is case-insensitive and so is the command
-//! name; arguments keep their case. Leading and trailing blanks are
-//! ignored, an empty line is ignored (no answer). Anything else that is not
-//! a command of the table below, in one of its forms, is [`ParseError`] and
-//! answered `ERROR`.
+//! V.250 command lines ([`crate::modem::syntax`]): several commands per
+//! line (`ATE0V1`, `ATE0 V1`, `AT+CSQ;+CREG?`), run left to right; each
+//! prints its own information text and the line ends with one final
+//! result code. The first command that fails ends the line with `ERROR`
+//! (or `+CME ERROR: <err>`, see `AT+CMEE`); what ran before it stays done.
+//! A line that does not parse runs nothing. `AT+QFOTADL=…`,
+//! `AT+CFUN=<fun>,1` and `AT+QPOWD` end the line: what follows them is not
+//! run (as V.250 §6.1.1 allows for `Z`). Every extended command answers its
+//! test form `=?` (the supported values, or `OK` alone for an action
+//! without parameters). An empty line gets no answer.
 //!
 //! | command | answer |
 //! |---|---|
 //! | `AT` | `OK` |
-//! | `ATE0`, `ATE`, `ATE1` | `OK`; echo off / on (on after every boot) |
+//! | `ATE<0/1>`, `ATV<0/1>`, `ATQ<0/1>`, `ATX<0-4>`, `AT&C<0/1>`, `AT&D<0-2>` | `OK`; echo, verbose/numeric result codes, quiet, stored settings of this port |
+//! | `ATZ`, `AT&F`, `AT&W` | `OK`; load the saved profile / the factory defaults / save this port's settings as the profile (kept across reboots) |
+//! | `A/` | repeats the last command line (handled by the session) |
 //! | `ATI`, `ATI0` | `Quectel`, the model, `Revision: <version>`, `OK` |
-//! | `AT+GMR`, `AT+QGMR` | `<version>`, `OK` |
-//! | `AT+CGMI` / `AT+CGMM` | `Quectel` / the model, `OK` |
-//! | `AT+GSN`, `AT+CGSN` | the IMEI, `OK` |
+//! | `AT+GMR`, `AT+CGMR`, `AT+QGMR` | `<version>`, `OK` |
+//! | `AT+CGMI`, `AT+GMI` / `AT+CGMM`, `AT+GMM` | `Quectel` / the model, `OK` |
+//! | `AT+GSN`, `AT+CGSN` / `AT+CIMI` | the IMEI / the IMSI ([`IMSI`]), `OK` |
+//! | `AT+QCCID` / `AT+CCID` | `+QCCID: <iccid>` / `+CCID: <iccid>` ([`ICCID`]), `OK` |
+//! | `AT+GCAP` | `+GCAP: +CGSM`, `OK` |
 //! | `AT+CPIN?` | `+CPIN: READY`, `OK` |
-//! | `AT+CREG?`, `AT+CGREG?`, `AT+CEREG?` | `+CREG: 0,1` (`0,2`, searching, under fault `network-down`), `OK` |
-//! | `AT+CSQ` | `+CSQ: 24,99` (`99,99` under `network-down`), `OK` |
-//! | `AT+COPS?` | `+COPS: 0,0,"qfota-sim",7` (`+COPS: 0` under `network-down`), `OK` |
+//! | `AT+CMEE=<0-2>`, `AT+CMEE?` | error reporting of this port |
+//! | `AT+CREG=<0-2>`, `AT+CGREG=…`, `AT+CEREG=…` | `OK`; unsolicited `+CREG: <stat>[,"<lac>","<ci>",7]` when the registration changes (radio on/off) |
+//! | `AT+CREG?`, `AT+CGREG?`, `AT+CEREG?` | `+CREG: <n>,<stat>[,"<lac>","<ci>",7]`: stat 1 registered, 2 searching under fault `network-down`, 0 with the radio off |
+//! | `AT+CSQ` | `+CSQ: 24,99` (`99,99` without network), `OK` |
+//! | `AT+COPS?` | `+COPS: 0,0,"qfota-sim",7` (`+COPS: 0` without network), `OK` |
 //! | `AT+CGACT?` | `+CGACT: <cid>,<0/1>` per defined context, `OK` |
-//! | `AT+QIACT?` | `+QIACT: <cid>,1,<type>,"<ip>"` per active context, `OK` |
-//! | `AT+QIACT=<cid>` | activates the context, `OK` (`ERROR` under `network-down`) |
+//! | `AT+QIACT?` / `AT+QIACT=<cid>` | active contexts / activate (`+CME ERROR: 30` without network) |
 //! | `AT+QICSGP=<cid>[,<type>,"<apn>"[,"<user>","<pw>"[,<auth>]]]` | stores the context, `OK`; with only `<cid>`: `+QICSGP: <type>,"<apn>","<user>","<pw>",<auth>`, `OK` |
-//! | `AT+QFOTA="fota/cid"[,<cid>]` | `ec200` only (seed `001_2f648264def3e0b1.txt` §3.2.1.1 example): sets / shows the PDP context FOTA uses; other families `ERROR` |
-//! | `AT+CFUN?` | `+CFUN: 1`, `OK` |
-//! | `AT+CFUN=1[,0]` / `AT+CFUN=1,1` | `OK` / `OK` then reboot; other levels `ERROR` (only full functionality is simulated) |
+//! | `AT+QFOTA="fota/cid"[,<cid>]` | `ec200` only (seed `001_2f648264def3e0b1.txt` §3.2.1.1 example): sets / shows the PDP context FOTA uses; other families `+CME ERROR: 4` |
+//! | `AT+CFUN?`, `AT+CFUN=<0/1/4>[,<rst>]` | `+CFUN: <fun>`; 0 and 4 switch the radio off (no registration, downloads fail with the family's no-network code), 1 on; `<rst>` 1 reboots (the module comes back at 1) |
+//! | `AT+QPOWD[=<0/1>]` | `OK`, `POWERED DOWN`, then the module is off until it is powered on (the session) |
+//! | `AT+IFC=<0/2>,<0/2>`, `AT+IFC?` | flow control setting of this port (stored) |
+//! | `AT+QCFG="usbifc"[,<0/2>,<0/2>]` | USB flow control setting (stored); other `QCFG` items `+CME ERROR: 4` |
+//! | `AT+QURCCFG="urcport"[,"usbat"/"usbmodem"/"uart1"]` | the URC port setting (stored: this modem has one AT port and prints URCs there) |
 //! | `AT+QFOTADL=?` | the family's test answer ([`Module::test_command`]) |
 //! | `AT+QFOTADL=<args>` | handed to the simulator ([`Module::fotadl`]) |
+//!
+//! Error codes (with `AT+CMEE=1`): 3 not allowed now, 4 unknown command or
+//! form, 30 no network, 50 bad arguments, 100 not a command line at all.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::modem::at::frame;
-use crate::sim::{AtResult, Fault, Module};
+use crate::modem::reply::{CmeError, PortSettings};
+use crate::modem::syntax::{self, Element, Form};
+use crate::sim::{Fault, Module};
 
 /// Manufacturer, as `AT+CGMI` and `ATI` print it.
 pub const MANUFACTURER: &str = "Quectel";
@@ -53,13 +71,26 @@ pub const UNKNOWN_REVISION: &str = "unknown";
 pub const MAX_CID: u8 = 16;
 /// Longest APN, user name or password accepted by `AT+QICSGP`, in bytes.
 pub const MAX_CONTEXT_TEXT: usize = 100;
+/// The SIM's IMSI (`AT+CIMI`): test network MCC 001, MNC 01 (3GPP TS
+/// 23.003 §2.2).
+pub const IMSI: &str = "001010123456789";
+/// The SIM's ICCID (`AT+QCCID`, `AT+CCID`): 20 digits, issuer 89 (ITU-T
+/// E.118).
+pub const ICCID: &str = "89001012012341234567";
+/// Location area / tracking area code shown by `+CREG`/`+CEREG` mode 2,
+/// hex.
+pub const LAC: &str = "1A2B";
+/// Cell id shown by `+CREG`/`+CEREG` mode 2, hex.
+pub const CELL_ID: &str = "01A2B3C4";
+/// What `AT+GCAP` lists (a Quectel LTE module answers `+CGSM`).
+pub const CAPABILITIES: &str = "+GCAP: +CGSM";
 
-/// Why a command line is answered `ERROR`.
+/// Why a command line, or one of its commands, does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    /// The line does not start with `AT` (any case).
-    #[error("not an AT command")]
-    NotAt,
+    /// The line is not an AT command line at all (V.250 syntax).
+    #[error(transparent)]
+    Syntax(#[from] syntax::SyntaxError),
     /// No such command, or not in this form (`?`, `=?`, `=…`).
     #[error("unknown command or form {0:?}")]
     Unknown(String),
@@ -74,23 +105,46 @@ pub enum ParseError {
     },
 }
 
+impl ParseError {
+    /// The `+CME ERROR` this is answered with.
+    pub fn cme(&self) -> CmeError {
+        match self {
+            ParseError::Syntax(_) => CmeError::Unknown,
+            ParseError::Unknown(_) => CmeError::NotSupported,
+            ParseError::BadArguments { .. } => CmeError::IncorrectParameters,
+        }
+    }
+}
+
 /// Which registration status command (the answer's prefix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registration {
-    /// `AT+CREG?` (circuit switched).
+    /// `AT+CREG` (circuit switched).
     Creg,
-    /// `AT+CGREG?` (GPRS).
+    /// `AT+CGREG` (GPRS).
     Cgreg,
-    /// `AT+CEREG?` (EPS / LTE).
+    /// `AT+CEREG` (EPS / LTE).
     Cereg,
 }
 
 impl Registration {
+    /// All three, in [`Settings::reg_urc`] order.
+    pub const ALL: [Registration; 3] =
+        [Registration::Creg, Registration::Cgreg, Registration::Cereg];
+
     fn prefix(self) -> &'static str {
         match self {
             Registration::Creg => "+CREG",
             Registration::Cgreg => "+CGREG",
             Registration::Cereg => "+CEREG",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Registration::Creg => 0,
+            Registration::Cgreg => 1,
+            Registration::Cereg => 2,
         }
     }
 }
@@ -122,27 +176,64 @@ impl Default for PdpContext {
     }
 }
 
-/// One parsed command line.
+/// A port setting a basic command changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortSetting {
+    /// `E`.
+    Echo(bool),
+    /// `V`.
+    Verbose(bool),
+    /// `Q`.
+    Quiet(bool),
+    /// `X`.
+    CallProgress(u8),
+    /// `&C`.
+    Dcd(u8),
+    /// `&D`.
+    Dtr(u8),
+    /// `+CMEE`.
+    ErrorMode(u8),
+    /// `+IFC`.
+    FlowControl(u8, u8),
+}
+
+/// One parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `AT`.
-    At,
-    /// `ATE0` / `ATE` (false), `ATE1` (true).
-    Echo(bool),
+    /// A port setting (`ATE0`, `ATV1`, `AT+CMEE=1`, …).
+    Set(PortSetting),
+    /// `ATZ`: load the saved profile.
+    LoadProfile,
+    /// `AT&F`: factory defaults.
+    FactoryDefaults,
+    /// `AT&W`: save this port's settings.
+    SaveProfile,
     /// `ATI`.
     Info,
-    /// `AT+GMR` or `AT+QGMR`.
+    /// `AT+GMR`, `AT+CGMR` or `AT+QGMR`.
     Revision,
-    /// `AT+CGMI`.
+    /// `AT+CGMI`, `AT+GMI`.
     Manufacturer,
-    /// `AT+CGMM`.
+    /// `AT+CGMM`, `AT+GMM`.
     Model,
     /// `AT+GSN` or `AT+CGSN`.
     Imei,
+    /// `AT+CIMI`.
+    Imsi,
+    /// `AT+QCCID` (true) or `AT+CCID` (false).
+    Iccid(bool),
+    /// `AT+GCAP`.
+    Capabilities,
     /// `AT+CPIN?`.
     PinStatus,
+    /// `AT+CMEE?`.
+    ErrorModeRead,
+    /// `AT+IFC?`.
+    FlowControlRead,
     /// `AT+CREG?`, `AT+CGREG?`, `AT+CEREG?`.
     Registration(Registration),
+    /// `AT+CREG=<n>` and relatives: unsolicited registration mode.
+    RegistrationMode(Registration, u8),
     /// `AT+CSQ`.
     SignalQuality,
     /// `AT+COPS?`.
@@ -163,90 +254,285 @@ pub enum Command {
     SetFotaCid(u8),
     /// `AT+CFUN?`.
     FunctionalityRead,
-    /// `AT+CFUN=1[,<reset>]`: `true` reboots.
+    /// `AT+CFUN=<fun>[,<rst>]`.
     Functionality {
+        /// 0 minimum (radio off), 1 full, 4 radio off.
+        fun: u8,
         /// `<rst>` = 1: reset the module.
         reset: bool,
     },
-    /// `AT+QFOTADL=?`.
-    FotadlTest,
+    /// `AT+QPOWD[=<n>]`.
+    PowerDown,
+    /// `AT+QCFG="usbifc"`.
+    UsbFlowControlRead,
+    /// `AT+QCFG="usbifc",<a>,<b>`.
+    UsbFlowControl(u8, u8),
+    /// `AT+QURCCFG="urcport"`.
+    UrcPortRead,
+    /// `AT+QURCCFG="urcport","<port>"`.
+    UrcPort(String),
+    /// `AT+<NAME>=?` of a supported command, the name upper case.
+    Test(String),
     /// `AT+QFOTADL=<args>`, the text after `=` as typed.
     Fotadl(String),
 }
 
-/// The form of an extended command (`AT+NAME<form>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Form<'a> {
-    /// `AT+NAME`.
-    Exec,
-    /// `AT+NAME?`.
-    Read,
-    /// `AT+NAME=?`.
-    Test,
-    /// `AT+NAME=<args>`.
-    Set(&'a str),
-}
-
-/// Parses one command line (terminator already removed). `Ok(None)` for an
-/// empty line, which gets no answer.
+/// Parses one command line (terminator already removed). `Ok(None)` for
+/// an empty line, which gets no answer; `Ok(Some(vec![]))` for `AT`.
 ///
 /// # Errors
-/// [`ParseError`]: the line is answered `ERROR`.
-pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
-    let line = line.trim_matches([' ', '\t']);
-    if line.is_empty() {
+/// [`ParseError`]: the line is answered `ERROR` and none of it runs.
+pub fn parse(line: &str) -> Result<Option<Vec<Command>>, ParseError> {
+    let Some(elements) = syntax::split(line)? else {
         return Ok(None);
-    }
-    let rest = match line.get(..2) {
-        Some(at) if at.eq_ignore_ascii_case("AT") => &line[2..],
-        _ => return Err(ParseError::NotAt),
     };
-    let unknown = || ParseError::Unknown(line.to_string());
-    let Some(extended) = rest.strip_prefix('+') else {
-        return match rest.to_ascii_uppercase().as_str() {
-            "" => Ok(Some(Command::At)),
-            "E" | "E0" => Ok(Some(Command::Echo(false))),
-            "E1" => Ok(Some(Command::Echo(true))),
-            "I" | "I0" => Ok(Some(Command::Info)),
+    elements
+        .into_iter()
+        .map(|e| match e {
+            Element::Basic { name, value } => basic(&name, value),
+            Element::Extended { name, form } => extended(&name, form),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A basic command; a missing value is 0 (V.250 §5.3.1).
+fn basic(name: &str, value: Option<u32>) -> Result<Command, ParseError> {
+    let n = value.unwrap_or(0);
+    let flag = |command: &'static str| match n {
+        0 | 1 => Ok(n == 1),
+        _ => Err(bad(command, format!("value {n}"))),
+    };
+    let upto = |command: &'static str, max: u32| {
+        u8::try_from(n)
+            .ok()
+            .filter(|v| u32::from(*v) <= max)
+            .ok_or_else(|| bad(command, format!("value {n}")))
+    };
+    Ok(match name {
+        "E" => Command::Set(PortSetting::Echo(flag("E")?)),
+        "V" => Command::Set(PortSetting::Verbose(flag("V")?)),
+        "Q" => Command::Set(PortSetting::Quiet(flag("Q")?)),
+        "X" => Command::Set(PortSetting::CallProgress(upto("X", 4)?)),
+        "&C" => Command::Set(PortSetting::Dcd(upto("&C", 1)?)),
+        "&D" => Command::Set(PortSetting::Dtr(upto("&D", 2)?)),
+        "Z" if n == 0 => Command::LoadProfile,
+        "&F" if n == 0 => Command::FactoryDefaults,
+        "&W" if n == 0 => Command::SaveProfile,
+        "I" if n == 0 => Command::Info,
+        _ => return Err(ParseError::Unknown(format!("{name}{n}"))),
+    })
+}
+
+/// Extended commands that are actions without parameters, with what they
+/// run.
+fn action(name: &str) -> Option<Command> {
+    Some(match name {
+        "+GMR" | "+CGMR" | "+QGMR" => Command::Revision,
+        "+CGMI" | "+GMI" => Command::Manufacturer,
+        "+CGMM" | "+GMM" => Command::Model,
+        "+GSN" | "+CGSN" => Command::Imei,
+        "+CIMI" => Command::Imsi,
+        "+QCCID" => Command::Iccid(true),
+        "+CCID" => Command::Iccid(false),
+        "+GCAP" => Command::Capabilities,
+        "+CSQ" => Command::SignalQuality,
+        "+QPOWD" => Command::PowerDown,
+        _ => return None,
+    })
+}
+
+/// The extended commands that have a test form, and so exist.
+const EXTENDED: &[&str] = &[
+    "+GMR", "+CGMR", "+QGMR", "+CGMI", "+GMI", "+CGMM", "+GMM", "+GSN", "+CGSN", "+CIMI", "+QCCID",
+    "+CCID", "+GCAP", "+CSQ", "+QPOWD", "+CPIN", "+CMEE", "+IFC", "+CREG", "+CGREG", "+CEREG",
+    "+COPS", "+CGACT", "+QIACT", "+QICSGP", "+QFOTA", "+CFUN", "+QCFG", "+QURCCFG", "+QFOTADL",
+];
+
+fn registration(name: &str) -> Option<Registration> {
+    match name {
+        "+CREG" => Some(Registration::Creg),
+        "+CGREG" => Some(Registration::Cgreg),
+        "+CEREG" => Some(Registration::Cereg),
+        _ => None,
+    }
+}
+
+fn extended(name: &str, form: Form) -> Result<Command, ParseError> {
+    let unknown = || ParseError::Unknown(name.to_string());
+    if form == Form::Test {
+        return EXTENDED
+            .contains(&name)
+            .then(|| Command::Test(name.to_string()))
+            .ok_or_else(unknown);
+    }
+    if form == Form::Exec
+        && let Some(command) = action(name)
+    {
+        return Ok(command);
+    }
+    if let Some(which) = registration(name) {
+        return match form {
+            Form::Read => Ok(Command::Registration(which)),
+            Form::Set(args) => {
+                let n = single_number(&args, which.prefix(), 0..=2)?;
+                Ok(Command::RegistrationMode(which, n))
+            }
             _ => Err(unknown()),
         };
-    };
-    let name_len = extended
-        .find(|c: char| !c.is_ascii_alphanumeric())
-        .unwrap_or(extended.len());
-    let (name, suffix) = extended.split_at(name_len);
-    let form = match suffix {
-        "" => Form::Exec,
-        "?" => Form::Read,
-        "=?" => Form::Test,
-        s => match s.strip_prefix('=') {
-            Some(args) => Form::Set(args),
-            None => return Err(unknown()),
-        },
-    };
-    let command = match (name.to_ascii_uppercase().as_str(), form) {
-        ("GMR" | "QGMR", Form::Exec) => Command::Revision,
-        ("CGMI", Form::Exec) => Command::Manufacturer,
-        ("CGMM", Form::Exec) => Command::Model,
-        ("GSN" | "CGSN", Form::Exec) => Command::Imei,
-        ("CPIN", Form::Read) => Command::PinStatus,
-        ("CREG", Form::Read) => Command::Registration(Registration::Creg),
-        ("CGREG", Form::Read) => Command::Registration(Registration::Cgreg),
-        ("CEREG", Form::Read) => Command::Registration(Registration::Cereg),
-        ("CSQ", Form::Exec) => Command::SignalQuality,
-        ("COPS", Form::Read) => Command::Operator,
-        ("CGACT", Form::Read) => Command::ContextStates,
-        ("QIACT", Form::Read) => Command::ActiveContexts,
-        ("QIACT", Form::Set(args)) => Command::Activate(parse_activate(args)?),
-        ("QICSGP", Form::Set(args)) => parse_qicsgp(args)?,
-        ("QFOTA", Form::Set(args)) => parse_qfota(args)?,
-        ("CFUN", Form::Read) => Command::FunctionalityRead,
-        ("CFUN", Form::Set(args)) => parse_cfun(args)?,
-        ("QFOTADL", Form::Test) => Command::FotadlTest,
-        ("QFOTADL", Form::Set(args)) => Command::Fotadl(args.to_string()),
+    }
+    Ok(match (name, form) {
+        ("+QPOWD", Form::Set(args)) => {
+            single_number(&args, "+QPOWD", 0..=1)?;
+            Command::PowerDown
+        }
+        ("+CPIN", Form::Read) => Command::PinStatus,
+        ("+CMEE", Form::Read) => Command::ErrorModeRead,
+        ("+CMEE", Form::Set(args)) => Command::Set(PortSetting::ErrorMode(single_number(
+            &args,
+            "+CMEE",
+            0..=2,
+        )?)),
+        ("+IFC", Form::Read) => Command::FlowControlRead,
+        ("+IFC", Form::Set(args)) => {
+            let (a, b) = flow_pair(&args, "+IFC", 0)?;
+            Command::Set(PortSetting::FlowControl(a, b))
+        }
+        ("+COPS", Form::Read) => Command::Operator,
+        ("+CGACT", Form::Read) => Command::ContextStates,
+        ("+QIACT", Form::Read) => Command::ActiveContexts,
+        ("+QIACT", Form::Set(args)) => Command::Activate(parse_activate(&args)?),
+        ("+QICSGP", Form::Set(args)) => parse_qicsgp(&args)?,
+        ("+QFOTA", Form::Set(args)) => parse_qfota(&args)?,
+        ("+CFUN", Form::Read) => Command::FunctionalityRead,
+        ("+CFUN", Form::Set(args)) => parse_cfun(&args)?,
+        ("+QCFG", Form::Set(args)) => parse_qcfg(&args)?,
+        ("+QURCCFG", Form::Set(args)) => parse_qurccfg(&args)?,
+        ("+QFOTADL", Form::Set(args)) => Command::Fotadl(args),
         _ => return Err(unknown()),
+    })
+}
+
+/// The test answer of a supported extended command (`None`: the family
+/// does not have it).
+fn test_answer(name: &str, device: &Device<'_>) -> Option<Vec<String>> {
+    let one = |s: &str| Some(vec![s.to_string()]);
+    match name {
+        "+CMEE" => one("+CMEE: (0-2)"),
+        "+IFC" => one("+IFC: (0,2),(0,2)"),
+        "+CREG" => one("+CREG: (0-2)"),
+        "+CGREG" => one("+CGREG: (0-2)"),
+        "+CEREG" => one("+CEREG: (0-2)"),
+        "+CSQ" => one("+CSQ: (0-31,99),(0-7,99)"),
+        "+COPS" => Some(vec![format!(
+            "+COPS: (2,\"{OPERATOR}\",\"{OPERATOR}\",\"00101\",7),,(0-4),(0-2)"
+        )]),
+        "+CGACT" => one("+CGACT: (0,1)"),
+        "+QIACT" => Some(vec![format!("+QIACT: (1-{MAX_CID})")]),
+        "+QICSGP" => Some(vec![format!(
+            "+QICSGP: (1-{MAX_CID}),(1-3),<APN>,<username>,<password>,(0-3)"
+        )]),
+        "+QFOTA" if device.module.profile().optional_params => {
+            Some(vec![format!("+QFOTA: \"fota/cid\",(1-{MAX_CID})")])
+        }
+        "+QFOTA" => None,
+        "+CFUN" => one("+CFUN: (0,1,4),(0,1)"),
+        "+QPOWD" => one("+QPOWD: (0,1)"),
+        "+QCFG" => one("+QCFG: \"usbifc\",(0,2),(0,2)"),
+        "+QURCCFG" => one("+QURCCFG: \"urcport\",(\"usbat\",\"usbmodem\",\"uart1\")"),
+        "+QFOTADL" => {
+            let mut lines = device.module.test_command();
+            // The simulator's answer ends with its own result code.
+            match lines.pop().as_deref() {
+                Some("OK") => Some(lines),
+                _ => None,
+            }
+        }
+        _ => Some(Vec::new()),
+    }
+}
+
+fn single_number(
+    args: &str,
+    command: &'static str,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u8, ParseError> {
+    let args = split_args(args).map_err(|why| bad(command, why))?;
+    if args.len() != 1 {
+        return Err(bad(command, format!("{} arguments", args.len())));
+    }
+    number_in(args.first(), range, command, "n")
+}
+
+/// `<dce_by_dte>,<dte_by_dce>` (each 0 or 2), the arguments from `skip`.
+fn flow_pair(args: &str, command: &'static str, skip: usize) -> Result<(u8, u8), ParseError> {
+    let args = split_args(args).map_err(|why| bad(command, why))?;
+    let values: Vec<u8> = args[skip.min(args.len())..]
+        .iter()
+        .map(|a| match a {
+            Arg::Number(n @ (0 | 2)) => Ok(*n as u8),
+            _ => Err(bad(command, "flow control is 0 (none) or 2 (RTS/CTS)")),
+        })
+        .collect::<Result<_, _>>()?;
+    match values[..] {
+        [a, b] => Ok((a, b)),
+        _ => Err(bad(command, "expected <dce_by_dte>,<dte_by_dce>")),
+    }
+}
+
+fn parse_qcfg(args: &str) -> Result<Command, ParseError> {
+    const C: &str = "+QCFG";
+    let list = split_args(args).map_err(|why| bad(C, why))?;
+    match list.first() {
+        Some(Arg::Text(item)) if item.eq_ignore_ascii_case("usbifc") => {}
+        // Items this modem does not simulate, as a module answers items
+        // it lacks.
+        Some(Arg::Text(item)) => return Err(ParseError::Unknown(format!("+QCFG=\"{item}\""))),
+        _ => return Err(bad(C, "expected a quoted item name")),
+    }
+    if list.len() == 1 {
+        return Ok(Command::UsbFlowControlRead);
+    }
+    let (a, b) = flow_pair(args, C, 1)?;
+    Ok(Command::UsbFlowControl(a, b))
+}
+
+/// The URC port names `AT+QURCCFG="urcport"` takes.
+const URC_PORTS: [&str; 3] = ["usbat", "usbmodem", "uart1"];
+
+fn parse_qurccfg(args: &str) -> Result<Command, ParseError> {
+    const C: &str = "+QURCCFG";
+    let list = split_args(args).map_err(|why| bad(C, why))?;
+    match list.first() {
+        Some(Arg::Text(item)) if item.eq_ignore_ascii_case("urcport") => {}
+        _ => return Err(bad(C, "only \"urcport\" is supported")),
+    }
+    match &list[1..] {
+        [] => Ok(Command::UrcPortRead),
+        [Arg::Text(port)] => URC_PORTS
+            .iter()
+            .find(|p| p.eq_ignore_ascii_case(port))
+            .map(|p| Command::UrcPort((*p).to_string()))
+            .ok_or_else(|| bad(C, format!("unknown port {port:?}"))),
+        _ => Err(bad(C, "expected \"urcport\"[,\"<port>\"]")),
+    }
+}
+
+fn parse_cfun(args: &str) -> Result<Command, ParseError> {
+    const C: &str = "+CFUN";
+    let args = split_args(args).map_err(|why| bad(C, why))?;
+    let fun = match args.first() {
+        Some(Arg::Number(n @ (0 | 1 | 4))) => *n as u8,
+        _ => return Err(bad(C, "<fun> is 0, 1 or 4")),
     };
-    Ok(Some(command))
+    match args.len() {
+        1 => Ok(Command::Functionality { fun, reset: false }),
+        2 => Ok(Command::Functionality {
+            fun,
+            reset: number_in(args.get(1), 0..=1, C, "rst")? == 1,
+        }),
+        n => Err(bad(C, format!("{n} arguments"))),
+    }
 }
 
 /// One comma-separated argument.
@@ -374,24 +660,9 @@ fn parse_qfota(args: &str) -> Result<Command, ParseError> {
     }
 }
 
-fn parse_cfun(args: &str) -> Result<Command, ParseError> {
-    const C: &str = "+CFUN";
-    let args = split_args(args).map_err(|why| bad(C, why))?;
-    if args.first() != Some(&Arg::Number(1)) {
-        return Err(bad(C, "only <fun> 1 (full functionality) is simulated"));
-    }
-    match args.len() {
-        1 => Ok(Command::Functionality { reset: false }),
-        2 => Ok(Command::Functionality {
-            reset: number_in(args.get(1), 0..=1, C, "rst")? == 1,
-        }),
-        n => Err(bad(C, format!("{n} arguments"))),
-    }
-}
-
-/// Module-wide settings the commands change. They live in the module's
-/// non-volatile memory on a real module, so they survive reboots, except
-/// which contexts are active.
+/// Module-wide settings the commands change. Those a real module keeps in
+/// non-volatile memory survive reboots; [`Settings::reset_on_boot`] resets
+/// the rest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Contexts set with `AT+QICSGP`; context 1 always exists.
@@ -401,6 +672,17 @@ pub struct Settings {
     pub active: BTreeSet<u8>,
     /// `fota/cid` (`ec200`), default 1.
     pub fota_cid: u8,
+    /// The port settings `AT&W` saved: each port starts with them after a
+    /// boot, and `ATZ` loads them.
+    pub profile: PortSettings,
+    /// `<n>` of `AT+CREG`, `AT+CGREG`, `AT+CEREG` (0 after boot).
+    pub reg_urc: [u8; 3],
+    /// `AT+CFUN` level: 1 full, 0 or 4 radio off (1 after boot).
+    pub fun: u8,
+    /// `AT+QCFG="usbifc"`.
+    pub usb_ifc: (u8, u8),
+    /// `AT+QURCCFG="urcport"`.
+    pub urc_port: String,
 }
 
 impl Default for Settings {
@@ -409,14 +691,27 @@ impl Default for Settings {
             contexts: BTreeMap::from([(1, PdpContext::default())]),
             active: BTreeSet::from([1]),
             fota_cid: 1,
+            profile: PortSettings::default(),
+            reg_urc: [0; 3],
+            fun: 1,
+            usb_ifc: (0, 0),
+            urc_port: URC_PORTS[0].to_string(),
         }
     }
 }
 
 impl Settings {
-    /// What a boot resets: only the default bearer is active.
+    /// What a boot resets: only the default bearer is active, the radio is
+    /// on, no registration URCs.
     pub fn reset_on_boot(&mut self) {
         self.active = BTreeSet::from([1]);
+        self.reg_urc = [0; 3];
+        self.fun = 1;
+    }
+
+    /// Whether the radio is on (`AT+CFUN=1`).
+    pub fn radio_on(&self) -> bool {
+        self.fun == 1
     }
 }
 
@@ -428,105 +723,185 @@ pub struct Device<'a> {
     pub module: &'a Module,
     /// Model name (`AT+CGMM`, `ATI`).
     pub model: &'a str,
-    /// 15-digit IMEI (`AT+GSN`).
+    /// IMEI (`AT+GSN`).
     pub imei: &'a str,
 }
 
 impl Device<'_> {
-    /// Whether the module is registered and has a data connection (not
-    /// under fault `network-down`).
-    pub fn network_up(&self) -> bool {
-        !self.module.faults().contains(&Fault::NetworkDown)
-    }
-
     /// The firmware version shown by `ATI`, `AT+GMR`, `AT+QGMR`.
     pub fn revision(&self) -> String {
         self.module
             .version()
             .unwrap_or_else(|| UNKNOWN_REVISION.to_string())
     }
+
+    /// The registration `<stat>`: 0 radio off (not searching), 2 searching
+    /// (fault `network-down`), 1 registered (home).
+    pub fn reg_stat(&self, settings: &Settings) -> u8 {
+        if !settings.radio_on() {
+            0
+        } else if self.module.faults().contains(&Fault::NetworkDown) {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Whether the module has a data connection.
+    pub fn network_up(&self, settings: &Settings) -> bool {
+        self.reg_stat(settings) == 1
+    }
 }
 
-/// A final answer: information lines, then the result code.
+/// The `<stat>[,"<lac>","<ci>",7]` part of a registration line for mode
+/// `n`.
+/// (`+CEREG` shows its tracking area code in the `<lac>` place.)
+fn reg_fields(n: u8, stat: u8) -> String {
+    if n == 2 && stat == 1 {
+        format!("{stat},\"{LAC}\",\"{CELL_ID}\",7")
+    } else {
+        stat.to_string()
+    }
+}
+
+/// The unsolicited registration lines (`+CREG: <stat>…`) for a change
+/// from `before` to `after`, per the `AT+CREG=<n>` modes in `settings`.
+pub fn registration_urcs(settings: &Settings, before: u8, after: u8) -> Vec<String> {
+    if before == after {
+        return Vec::new();
+    }
+    Registration::ALL
+        .iter()
+        .filter_map(|&which| {
+            let n = settings.reg_urc[which.index()];
+            (n > 0).then(|| format!("{}: {}", which.prefix(), reg_fields(n, after)))
+        })
+        .collect()
+}
+
+/// What the commands of one line and the port they came from can change.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// Module-wide settings.
+    pub settings: &'a mut Settings,
+    /// This port's settings.
+    pub port: &'a mut PortSettings,
+    /// The module.
+    pub device: Device<'a>,
+}
+
+/// How a command line ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// Information text lines, in order, without framing.
-    pub info: Vec<String>,
-    /// `OK` or `ERROR`.
-    pub result: AtResult,
-}
-
-impl Reply {
-    /// `OK` alone.
-    pub fn ok() -> Reply {
-        Reply::lines(Vec::new())
-    }
-
-    /// `ERROR` alone.
-    pub fn error() -> Reply {
-        Reply {
-            info: Vec::new(),
-            result: AtResult::Error,
-        }
-    }
-
-    /// These lines, then `OK`.
-    pub fn lines(info: Vec<String>) -> Reply {
-        Reply {
-            info,
-            result: AtResult::Ok,
-        }
-    }
-
-    /// The bytes on the wire, as a Quectel module writes them (V1 format):
-    /// the information block `\r\n<line>\r\n<line>…\r\n` if any, then
-    /// `\r\n<result>\r\n`.
-    pub fn render(&self) -> Vec<u8> {
-        let mut out = String::new();
-        if !self.info.is_empty() {
-            out.push_str("\r\n");
-            out.push_str(&self.info.join("\r\n"));
-            out.push_str("\r\n");
-        }
-        out.push_str(&frame(&self.result.to_string()));
-        out.into_bytes()
-    }
-}
-
-/// What executing a command leads to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Answer at once.
-    Reply(Reply),
-    /// `ATE0`/`ATE1`: answer `OK`, then set echo for this port.
-    Echo(bool),
-    /// `AT+CFUN=1,1`: answer `OK`, then reboot.
+pub enum End {
+    /// The final result code, now.
+    Result(Result<(), CmeError>),
+    /// `AT+CFUN=<fun>,1`: `OK`, then reboot.
     Reboot,
+    /// `AT+QPOWD`: `OK`, `POWERED DOWN`, then off.
+    PowerDown,
     /// `AT+QFOTADL=<args>`: the simulated module answers (`OK`/`ERROR`)
     /// once it has checked the command.
     Fotadl(String),
 }
 
-/// Executes `command` against the module's settings.
-pub fn execute(command: Command, settings: &mut Settings, device: &Device<'_>) -> Outcome {
-    let one = |line: String| Outcome::Reply(Reply::lines(vec![line]));
-    let up = device.network_up();
+/// What a command line printed and how it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineOutcome {
+    /// Information text, one block per command run.
+    pub info: Vec<Vec<String>>,
+    /// The end.
+    pub end: End,
+}
+
+/// One command's effect.
+enum Step {
+    Done(Vec<String>),
+    Fail(CmeError),
+    End(End),
+}
+
+/// Runs the commands of one line, left to right, until one fails or ends
+/// the line.
+pub fn run_line(commands: Vec<Command>, ctx: &mut Context<'_>) -> LineOutcome {
+    let mut info = Vec::new();
+    for command in commands {
+        match execute(command, ctx) {
+            Step::Done(lines) => info.push(lines),
+            Step::Fail(e) => {
+                return LineOutcome {
+                    info,
+                    end: End::Result(Err(e)),
+                };
+            }
+            Step::End(end) => return LineOutcome { info, end },
+        }
+    }
+    LineOutcome {
+        info,
+        end: End::Result(Ok(())),
+    }
+}
+
+fn set_port(port: &mut PortSettings, setting: PortSetting) {
+    match setting {
+        PortSetting::Echo(on) => port.echo = on,
+        PortSetting::Verbose(on) => port.verbose = on,
+        PortSetting::Quiet(on) => port.quiet = on,
+        PortSetting::CallProgress(n) => port.x = n,
+        PortSetting::Dcd(n) => port.dcd = n,
+        PortSetting::Dtr(n) => port.dtr = n,
+        PortSetting::ErrorMode(n) => port.cmee = n,
+        PortSetting::FlowControl(a, b) => port.ifc = (a, b),
+    }
+}
+
+fn execute(command: Command, ctx: &mut Context<'_>) -> Step {
+    let device = ctx.device;
+    let settings = &mut *ctx.settings;
+    let one = |line: String| Step::Done(vec![line]);
+    let ok = || Step::Done(Vec::new());
+    let up = device.network_up(settings);
     match command {
-        Command::At => Outcome::Reply(Reply::ok()),
-        Command::Echo(on) => Outcome::Echo(on),
-        Command::Info => Outcome::Reply(Reply::lines(vec![
+        Command::Set(setting) => {
+            set_port(ctx.port, setting);
+            ok()
+        }
+        Command::LoadProfile => {
+            *ctx.port = settings.profile;
+            ok()
+        }
+        Command::FactoryDefaults => {
+            *ctx.port = PortSettings::default();
+            ok()
+        }
+        Command::SaveProfile => {
+            settings.profile = *ctx.port;
+            ok()
+        }
+        Command::Info => Step::Done(vec![
             MANUFACTURER.to_string(),
             device.model.to_string(),
             format!("Revision: {}", device.revision()),
-        ])),
+        ]),
         Command::Revision => one(device.revision()),
         Command::Manufacturer => one(MANUFACTURER.to_string()),
         Command::Model => one(device.model.to_string()),
         Command::Imei => one(device.imei.to_string()),
+        Command::Imsi => one(IMSI.to_string()),
+        Command::Iccid(true) => one(format!("+QCCID: {ICCID}")),
+        Command::Iccid(false) => one(format!("+CCID: {ICCID}")),
+        Command::Capabilities => one(CAPABILITIES.to_string()),
         Command::PinStatus => one("+CPIN: READY".to_string()),
-        // <stat> 1 registered (home), 2 searching.
+        Command::ErrorModeRead => one(format!("+CMEE: {}", ctx.port.cmee)),
+        Command::FlowControlRead => one(format!("+IFC: {},{}", ctx.port.ifc.0, ctx.port.ifc.1)),
         Command::Registration(which) => {
-            one(format!("{}: 0,{}", which.prefix(), if up { 1 } else { 2 }))
+            let n = settings.reg_urc[which.index()];
+            let stat = device.reg_stat(settings);
+            one(format!("{}: {n},{}", which.prefix(), reg_fields(n, stat)))
+        }
+        Command::RegistrationMode(which, n) => {
+            settings.reg_urc[which.index()] = n;
+            ok()
         }
         Command::SignalQuality => one(if up { "+CSQ: 24,99" } else { "+CSQ: 99,99" }.to_string()),
         Command::Operator => one(if up {
@@ -534,7 +909,7 @@ pub fn execute(command: Command, settings: &mut Settings, device: &Device<'_>) -
         } else {
             "+COPS: 0".to_string()
         }),
-        Command::ContextStates => Outcome::Reply(Reply::lines(
+        Command::ContextStates => Step::Done(
             settings
                 .contexts
                 .keys()
@@ -543,8 +918,8 @@ pub fn execute(command: Command, settings: &mut Settings, device: &Device<'_>) -
                     format!("+CGACT: {cid},{state}")
                 })
                 .collect(),
-        )),
-        Command::ActiveContexts => Outcome::Reply(Reply::lines(if up {
+        ),
+        Command::ActiveContexts => Step::Done(if up {
             settings
                 .active
                 .iter()
@@ -555,12 +930,12 @@ pub fn execute(command: Command, settings: &mut Settings, device: &Device<'_>) -
                 .collect()
         } else {
             Vec::new()
-        })),
-        Command::Activate(_) if !up => Outcome::Reply(Reply::error()),
+        }),
+        Command::Activate(_) if !up => Step::Fail(CmeError::NoNetwork),
         Command::Activate(cid) => {
             settings.contexts.entry(cid).or_default();
             settings.active.insert(cid);
-            Outcome::Reply(Reply::ok())
+            ok()
         }
         Command::ShowContext(cid) => {
             let c = settings.contexts.get(&cid).cloned().unwrap_or_default();
@@ -571,39 +946,50 @@ pub fn execute(command: Command, settings: &mut Settings, device: &Device<'_>) -
         }
         Command::SetContext(cid, context) => {
             settings.contexts.insert(cid, context);
-            Outcome::Reply(Reply::ok())
+            ok()
         }
         Command::ShowFotaCid | Command::SetFotaCid(_)
             if !device.module.profile().optional_params =>
         {
-            Outcome::Reply(Reply::error())
+            Step::Fail(CmeError::NotSupported)
         }
         Command::ShowFotaCid => one(format!("+QFOTA: \"fota/cid\",{}", settings.fota_cid)),
         Command::SetFotaCid(cid) => {
             settings.fota_cid = cid;
-            Outcome::Reply(Reply::ok())
+            ok()
         }
-        Command::FunctionalityRead => one("+CFUN: 1".to_string()),
-        Command::Functionality { reset: false } => Outcome::Reply(Reply::ok()),
-        Command::Functionality { reset: true } => Outcome::Reboot,
-        Command::FotadlTest => {
-            let mut lines = device.module.test_command();
-            let result = match lines.pop().as_deref() {
-                Some("OK") => AtResult::Ok,
-                _ => AtResult::Error,
-            };
-            Outcome::Reply(Reply {
-                info: lines,
-                result,
-            })
+        Command::FunctionalityRead => one(format!("+CFUN: {}", settings.fun)),
+        Command::Functionality { reset: true, .. } => Step::End(End::Reboot),
+        Command::Functionality { fun, reset: false } => {
+            settings.fun = fun;
+            ok()
         }
-        Command::Fotadl(args) => Outcome::Fotadl(args),
+        Command::PowerDown => Step::End(End::PowerDown),
+        Command::UsbFlowControlRead => one(format!(
+            "+QCFG: \"usbifc\",{},{}",
+            settings.usb_ifc.0, settings.usb_ifc.1
+        )),
+        Command::UsbFlowControl(a, b) => {
+            settings.usb_ifc = (a, b);
+            ok()
+        }
+        Command::UrcPortRead => one(format!("+QURCCFG: \"urcport\",\"{}\"", settings.urc_port)),
+        Command::UrcPort(port) => {
+            settings.urc_port = port;
+            ok()
+        }
+        Command::Test(name) => match test_answer(&name, &device) {
+            Some(lines) => Step::Done(lines),
+            None => Step::Fail(CmeError::NotSupported),
+        },
+        Command::Fotadl(args) => Step::End(End::Fotadl(args)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::modem::reply;
     use crate::profile::Profile;
 
     fn module(profile: &str, faults: &[Fault]) -> Module {
@@ -614,44 +1000,87 @@ mod tests {
             .unwrap()
     }
 
-    /// Runs one line against a fresh EC25-like device; `None` for an empty
-    /// line, `Err` for `ERROR` by parse.
-    fn run_on(m: &Module, settings: &mut Settings, line: &str) -> Option<Outcome> {
-        let device = Device {
-            module: m,
-            model: "EC25",
-            imei: "867675040000011",
-        };
-        match parse(line) {
-            Ok(Some(c)) => Some(execute(c, settings, &device)),
-            Ok(None) => None,
-            Err(_) => Some(Outcome::Reply(Reply::error())),
-        }
+    /// A port of an EC25-like device: runs lines and renders the answers
+    /// as the session writes them (echo aside).
+    struct Port<'m> {
+        module: &'m Module,
+        settings: Settings,
+        port: PortSettings,
     }
 
-    fn wire(m: &Module, settings: &mut Settings, line: &str) -> String {
-        match run_on(m, settings, line) {
-            Some(Outcome::Reply(r)) => String::from_utf8(r.render()).unwrap(),
-            other => format!("{other:?}"),
+    impl<'m> Port<'m> {
+        fn new(module: &'m Module) -> Self {
+            Port {
+                module,
+                settings: Settings::default(),
+                port: PortSettings::default(),
+            }
+        }
+
+        /// The outcome of a line; `None` for an empty one.
+        fn run(&mut self, line: &str) -> Option<LineOutcome> {
+            let commands = match parse(line) {
+                Ok(None) => return None,
+                Ok(Some(c)) => c,
+                Err(e) => {
+                    return Some(LineOutcome {
+                        info: Vec::new(),
+                        end: End::Result(Err(e.cme())),
+                    });
+                }
+            };
+            let mut ctx = Context {
+                settings: &mut self.settings,
+                port: &mut self.port,
+                device: Device {
+                    module: self.module,
+                    model: "EC25",
+                    imei: "867675040000011",
+                },
+            };
+            Some(run_line(commands, &mut ctx))
+        }
+
+        fn wire(&mut self, line: &str) -> String {
+            let Some(outcome) = self.run(line) else {
+                return String::new();
+            };
+            let mut out = reply::info(&outcome.info, &self.port);
+            match outcome.end {
+                End::Result(r) => out.extend(reply::result(r, &self.port)),
+                other => out.extend(format!("{other:?}").into_bytes()),
+            }
+            String::from_utf8(out).unwrap()
+        }
+
+        fn check(&mut self, cases: &[(&str, &str)]) {
+            for (line, want) in cases {
+                assert_eq!(self.wire(line), *want, "{line:?}");
+            }
         }
     }
 
     #[test]
     fn identity_commands_answer_exactly() {
         let m = module("ec2x", &[]);
-        let s = &mut Settings::default();
-        for (line, want) in [
+        Port::new(&m).check(&[
             ("AT", "\r\nOK\r\n"),
             ("at", "\r\nOK\r\n"),
             ("ATI", "\r\nQuectel\r\nEC25\r\nRevision: v12\r\n\r\nOK\r\n"),
             ("ati0", "\r\nQuectel\r\nEC25\r\nRevision: v12\r\n\r\nOK\r\n"),
             ("AT+GMR", "\r\nv12\r\n\r\nOK\r\n"),
-            ("AT+QGMR", "\r\nv12\r\n\r\nOK\r\n"),
+            ("AT+CGMR", "\r\nv12\r\n\r\nOK\r\n"),
             ("at+qgmr", "\r\nv12\r\n\r\nOK\r\n"),
             ("AT+CGMI", "\r\nQuectel\r\n\r\nOK\r\n"),
+            ("AT+GMI", "\r\nQuectel\r\n\r\nOK\r\n"),
             ("AT+CGMM", "\r\nEC25\r\n\r\nOK\r\n"),
+            ("AT+GMM", "\r\nEC25\r\n\r\nOK\r\n"),
             ("AT+GSN", "\r\n867675040000011\r\n\r\nOK\r\n"),
             ("AT+CGSN", "\r\n867675040000011\r\n\r\nOK\r\n"),
+            ("AT+CIMI", "\r\n001010123456789\r\n\r\nOK\r\n"),
+            ("AT+QCCID", "\r\n+QCCID: 89001012012341234567\r\n\r\nOK\r\n"),
+            ("AT+CCID", "\r\n+CCID: 89001012012341234567\r\n\r\nOK\r\n"),
+            ("AT+GCAP", "\r\n+GCAP: +CGSM\r\n\r\nOK\r\n"),
             ("AT+CPIN?", "\r\n+CPIN: READY\r\n\r\nOK\r\n"),
             ("AT+CREG?", "\r\n+CREG: 0,1\r\n\r\nOK\r\n"),
             ("AT+CGREG?", "\r\n+CGREG: 0,1\r\n\r\nOK\r\n"),
@@ -664,32 +1093,191 @@ mod tests {
             ("AT+CFUN=1", "\r\nOK\r\n"),
             ("AT+CFUN=1,0", "\r\nOK\r\n"),
             ("AT+QFOTADL=?", "\r\nOK\r\n"),
+            ("AT+CMEE?", "\r\n+CMEE: 0\r\n\r\nOK\r\n"),
+            ("AT+IFC?", "\r\n+IFC: 0,0\r\n\r\nOK\r\n"),
+            ("AT+IFC=2,2", "\r\nOK\r\n"),
+            ("AT+IFC?", "\r\n+IFC: 2,2\r\n\r\nOK\r\n"),
+            (
+                "AT+QCFG=\"usbifc\"",
+                "\r\n+QCFG: \"usbifc\",0,0\r\n\r\nOK\r\n",
+            ),
+            ("AT+QCFG=\"usbifc\",2,2", "\r\nOK\r\n"),
+            (
+                "AT+QCFG=\"USBIFC\"",
+                "\r\n+QCFG: \"usbifc\",2,2\r\n\r\nOK\r\n",
+            ),
+            (
+                "AT+QURCCFG=\"urcport\"",
+                "\r\n+QURCCFG: \"urcport\",\"usbat\"\r\n\r\nOK\r\n",
+            ),
+            ("AT+QURCCFG=\"urcport\",\"uart1\"", "\r\nOK\r\n"),
+            (
+                "AT+QURCCFG=\"urcport\"",
+                "\r\n+QURCCFG: \"urcport\",\"uart1\"\r\n\r\nOK\r\n",
+            ),
             ("  AT  ", "\r\nOK\r\n"),
-        ] {
-            assert_eq!(wire(&m, s, line), want, "{line}");
+            ("", ""),
+            (" \t", ""),
+        ]);
+    }
+
+    #[test]
+    fn chains_and_compound_commands() {
+        let m = module("ec2x", &[]);
+        let mut p = Port::new(&m);
+        p.check(&[
+            (
+                "AT+CSQ;+CREG?",
+                "\r\n+CSQ: 24,99\r\n\r\n+CREG: 0,1\r\n\r\nOK\r\n",
+            ),
+            ("ATE0 V1", "\r\nOK\r\n"),
+            ("ATE0V1Q0X4&C1&D2", "\r\nOK\r\n"),
+            (
+                "AT+CGMI;+CGMM;I",
+                "\r\nQuectel\r\n\r\nEC25\r\n\r\nQuectel\r\nEC25\r\nRevision: v12\r\n\r\nOK\r\n",
+            ),
+            // A line that does not parse runs nothing.
+            ("AT+CGMI;+FOO;+CGMM", "\r\nERROR\r\n"),
+            ("AT+CGMI;+QIACT=0", "\r\nERROR\r\n"),
+        ]);
+        assert!(!p.port.echo && p.port.verbose);
+        // A line that ends the chain: what follows does not run.
+        let out = p.run("AT+CGMI;+CFUN=1,1;+CFUN=0").unwrap();
+        assert_eq!(out.end, End::Reboot);
+        assert_eq!(p.settings.fun, 1);
+        let out = p.run("AT+QFOTADL=\"ftp://h/a.zip\";+CGMM").unwrap();
+        assert_eq!(out.end, End::Fotadl("\"ftp://h/a.zip\"".into()));
+        assert_eq!(p.run("AT+QPOWD=1").unwrap().end, End::PowerDown);
+        assert_eq!(p.run("AT+QPOWD").unwrap().end, End::PowerDown);
+    }
+
+    #[test]
+    fn numeric_codes_and_cmee_forms() {
+        let m = module("ec2x", &[]);
+        let mut p = Port::new(&m);
+        p.check(&[
+            ("ATV0", "0\r"),
+            ("AT+CSQ", "+CSQ: 24,99\r\n0\r"),
+            ("AT+NOPE", "4\r"),
+            ("ATV1", "\r\nOK\r\n"),
+            ("AT+CMEE=1", "\r\nOK\r\n"),
+            ("AT+NOPE", "\r\n+CME ERROR: 4\r\n"),
+            ("AT+CFUN=7", "\r\n+CME ERROR: 50\r\n"),
+            ("hello", "\r\n+CME ERROR: 100\r\n"),
+            ("AT+QFOTA=\"fota/cid\"", "\r\n+CME ERROR: 4\r\n"),
+            ("AT+CMEE=2", "\r\nOK\r\n"),
+            ("AT+CFUN=7", "\r\n+CME ERROR: incorrect parameters\r\n"),
+            ("AT+CMEE?", "\r\n+CMEE: 2\r\n\r\nOK\r\n"),
+            ("ATQ1", ""),
+            ("AT+CGMI", "\r\nQuectel\r\n"),
+            ("ATQ0", "\r\nOK\r\n"),
+        ]);
+    }
+
+    #[test]
+    fn profile_save_load_and_factory_defaults() {
+        let m = module("ec2x", &[]);
+        let mut p = Port::new(&m);
+        p.check(&[("ATE0", "\r\nOK\r\n"), ("AT+CMEE=1", "\r\nOK\r\n")]);
+        p.check(&[("AT&W", "\r\nOK\r\n"), ("AT&F", "\r\nOK\r\n")]);
+        assert_eq!(p.port, PortSettings::default());
+        p.check(&[("ATZ", "\r\nOK\r\n")]);
+        assert!(!p.port.echo);
+        assert_eq!(p.port.cmee, 1);
+        assert_eq!(p.settings.profile, p.port);
+    }
+
+    #[test]
+    fn radio_off_and_registration_urcs() {
+        let m = module("ec2x", &[]);
+        let mut p = Port::new(&m);
+        p.check(&[
+            ("AT+CREG=2", "\r\nOK\r\n"),
+            (
+                "AT+CREG?",
+                "\r\n+CREG: 2,1,\"1A2B\",\"01A2B3C4\",7\r\n\r\nOK\r\n",
+            ),
+            ("AT+CEREG=1", "\r\nOK\r\n"),
+            ("AT+CFUN=4", "\r\nOK\r\n"),
+            ("AT+CFUN?", "\r\n+CFUN: 4\r\n\r\nOK\r\n"),
+            ("AT+CREG?", "\r\n+CREG: 2,0\r\n\r\nOK\r\n"),
+            ("AT+CGREG?", "\r\n+CGREG: 0,0\r\n\r\nOK\r\n"),
+            ("AT+CSQ", "\r\n+CSQ: 99,99\r\n\r\nOK\r\n"),
+            ("AT+QIACT=1", "\r\nERROR\r\n"),
+            // The first failure ends the line; what ran before is shown.
+            ("AT+CGMI;+QIACT=1;+CGMM", "\r\nQuectel\r\n\r\nERROR\r\n"),
+        ]);
+        let device = Device {
+            module: &m,
+            model: "EC25",
+            imei: "867675040000011",
+        };
+        assert_eq!(device.reg_stat(&p.settings), 0);
+        assert_eq!(
+            registration_urcs(&p.settings, 0, 1),
+            vec!["+CREG: 1,\"1A2B\",\"01A2B3C4\",7", "+CEREG: 1"]
+        );
+        assert_eq!(
+            registration_urcs(&p.settings, 1, 0),
+            vec!["+CREG: 0", "+CEREG: 0"]
+        );
+        assert!(registration_urcs(&p.settings, 1, 1).is_empty());
+        p.settings.reset_on_boot();
+        assert!(p.settings.radio_on());
+        assert_eq!(p.settings.reg_urc, [0; 3]);
+    }
+
+    #[test]
+    fn test_forms_of_every_command() {
+        let m = module("ec2x", &[]);
+        let mut p = Port::new(&m);
+        for name in EXTENDED {
+            let out = p.run(&format!("AT{name}=?")).unwrap();
+            let want_ok = *name != "+QFOTA";
+            assert_eq!(out.end == End::Result(Ok(())), want_ok, "{name}");
         }
+        p.check(&[
+            ("AT+CMEE=?", "\r\n+CMEE: (0-2)\r\n\r\nOK\r\n"),
+            ("AT+CFUN=?", "\r\n+CFUN: (0,1,4),(0,1)\r\n\r\nOK\r\n"),
+            ("AT+CGMI=?", "\r\nOK\r\n"),
+            ("AT+FOO=?", "\r\nERROR\r\n"),
+        ]);
+        let ec200 = module("ec200", &[]);
+        assert_eq!(
+            Port::new(&ec200).wire("AT+QFOTA=?"),
+            "\r\n+QFOTA: \"fota/cid\",(1-16)\r\n\r\nOK\r\n"
+        );
     }
 
     #[test]
     fn unknown_and_malformed_lines_are_error() {
         let m = module("ec2x", &[]);
-        let s = &mut Settings::default();
+        let mut p = Port::new(&m);
         for line in [
             "A",
             "hello",
             "\u{fffd}\u{fffd}AT",
-            "ATX",
+            "ATX5",
             "ATE2",
+            "ATI1",
+            "ATZ1",
             "AT+FOO",
             "AT+CREG",
             "AT+CSQ?",
             "AT+GMR=1",
             "AT+CPIN",
-            "AT+CFUN=0",
-            "AT+CFUN=4",
+            "AT+CFUN=2",
             "AT+CFUN=1,2",
             "AT+CFUN=1,1,1",
             "AT+CFUN=",
+            "AT+CMEE=3",
+            "AT+CREG=3",
+            "AT+IFC=1,1",
+            "AT+IFC=2",
+            "AT+QPOWD=2",
+            "AT+QCFG=\"usbnet\"",
+            "AT+QCFG=\"usbifc\",1,1",
+            "AT+QURCCFG=\"urcport\",\"com9\"",
             "AT+QICSGP=0",
             "AT+QICSGP=17",
             "AT+QICSGP=1,4,\"apn\"",
@@ -706,37 +1294,16 @@ mod tests {
             "AT+QFOTADL?",
             "AT+QGMR\u{0}",
             "AT+CREG??",
+            "ATS0=0",
         ] {
-            assert_eq!(wire(&m, s, line), "\r\nERROR\r\n", "{line:?}");
+            assert_eq!(p.wire(line), "\r\nERROR\r\n", "{line:?}");
         }
-        assert_eq!(run_on(&m, s, ""), None, "an empty line gets no answer");
-        assert_eq!(run_on(&m, s, " \t"), None);
-    }
-
-    #[test]
-    fn special_outcomes() {
-        let m = module("ec2x", &[]);
-        let s = &mut Settings::default();
-        assert_eq!(run_on(&m, s, "ATE0"), Some(Outcome::Echo(false)));
-        assert_eq!(run_on(&m, s, "ate"), Some(Outcome::Echo(false)));
-        assert_eq!(run_on(&m, s, "ATE1"), Some(Outcome::Echo(true)));
-        assert_eq!(run_on(&m, s, "AT+CFUN=1,1"), Some(Outcome::Reboot));
-        // Arguments keep their case and reach the simulator as typed.
-        assert_eq!(
-            run_on(&m, s, r#"at+qfotadl="FTP://U:P@h/A.zip",1"#),
-            Some(Outcome::Fotadl(r#""FTP://U:P@h/A.zip",1"#.to_string()))
-        );
-        assert_eq!(
-            run_on(&m, s, r#"AT+QFOTADL=""#),
-            Some(Outcome::Fotadl("\"".to_string()))
-        );
     }
 
     #[test]
     fn network_down_is_not_registered() {
         let m = module("ec2x", &[Fault::NetworkDown]);
-        let s = &mut Settings::default();
-        for (line, want) in [
+        Port::new(&m).check(&[
             ("AT+CREG?", "\r\n+CREG: 0,2\r\n\r\nOK\r\n"),
             ("AT+CGREG?", "\r\n+CGREG: 0,2\r\n\r\nOK\r\n"),
             ("AT+CEREG?", "\r\n+CEREG: 0,2\r\n\r\nOK\r\n"),
@@ -745,67 +1312,65 @@ mod tests {
             ("AT+CGACT?", "\r\n+CGACT: 1,0\r\n\r\nOK\r\n"),
             ("AT+QIACT?", "\r\nOK\r\n"),
             ("AT+QIACT=1", "\r\nERROR\r\n"),
-        ] {
-            assert_eq!(wire(&m, s, line), want, "{line}");
-        }
+            ("AT+CMEE=1", "\r\nOK\r\n"),
+            ("AT+QIACT=1", "\r\n+CME ERROR: 30\r\n"),
+        ]);
     }
 
     #[test]
     fn contexts_are_stored_and_shown() {
         let m = module("ec2x", &[]);
-        let s = &mut Settings::default();
-        assert_eq!(
-            wire(&m, s, "AT+QICSGP=2"),
-            "\r\n+QICSGP: 1,\"\",\"\",\"\",0\r\n\r\nOK\r\n"
-        );
-        assert_eq!(
-            wire(&m, s, r#"AT+QICSGP=2,1,"cmnet","","",1"#),
-            "\r\nOK\r\n"
-        );
-        assert_eq!(
-            wire(&m, s, "AT+QICSGP=2"),
-            "\r\n+QICSGP: 1,\"cmnet\",\"\",\"\",1\r\n\r\nOK\r\n"
-        );
-        assert_eq!(
-            wire(&m, s, r#"AT+QICSGP=3, 3 ,"Internet" , "u,1" ,"p""#),
-            "\r\nOK\r\n"
-        );
-        assert_eq!(
-            wire(&m, s, "AT+QICSGP=3"),
-            "\r\n+QICSGP: 3,\"Internet\",\"u,1\",\"p\",0\r\n\r\nOK\r\n"
-        );
-        assert_eq!(
-            wire(&m, s, "AT+CGACT?"),
-            "\r\n+CGACT: 1,1\r\n+CGACT: 2,0\r\n+CGACT: 3,0\r\n\r\nOK\r\n"
-        );
-        assert_eq!(wire(&m, s, "AT+QIACT=2"), "\r\nOK\r\n");
-        assert_eq!(
-            wire(&m, s, "AT+QIACT?"),
-            "\r\n+QIACT: 1,1,1,\"10.64.0.1\"\r\n+QIACT: 2,1,1,\"10.64.0.2\"\r\n\r\nOK\r\n"
-        );
-        s.reset_on_boot();
-        assert_eq!(
-            wire(&m, s, "AT+CGACT?"),
-            "\r\n+CGACT: 1,1\r\n+CGACT: 2,0\r\n+CGACT: 3,0\r\n\r\nOK\r\n"
-        );
+        let mut p = Port::new(&m);
+        p.check(&[
+            (
+                "AT+QICSGP=2",
+                "\r\n+QICSGP: 1,\"\",\"\",\"\",0\r\n\r\nOK\r\n",
+            ),
+            (r#"AT+QICSGP=2,1,"cmnet","","",1"#, "\r\nOK\r\n"),
+            (
+                "AT+QICSGP=2",
+                "\r\n+QICSGP: 1,\"cmnet\",\"\",\"\",1\r\n\r\nOK\r\n",
+            ),
+            (r#"AT+QICSGP=3, 3 ,"Internet" , "u,1" ,"p""#, "\r\nOK\r\n"),
+            (
+                "AT+QICSGP=3",
+                "\r\n+QICSGP: 3,\"Internet\",\"u,1\",\"p\",0\r\n\r\nOK\r\n",
+            ),
+            (
+                "AT+CGACT?",
+                "\r\n+CGACT: 1,1\r\n+CGACT: 2,0\r\n+CGACT: 3,0\r\n\r\nOK\r\n",
+            ),
+            ("AT+QIACT=2", "\r\nOK\r\n"),
+            (
+                "AT+QIACT?",
+                "\r\n+QIACT: 1,1,1,\"10.64.0.1\"\r\n+QIACT: 2,1,1,\"10.64.0.2\"\r\n\r\nOK\r\n",
+            ),
+        ]);
+        p.settings.reset_on_boot();
+        p.check(&[(
+            "AT+CGACT?",
+            "\r\n+CGACT: 1,1\r\n+CGACT: 2,0\r\n+CGACT: 3,0\r\n\r\nOK\r\n",
+        )]);
         let long = format!("AT+QICSGP=1,1,\"{}\"", "a".repeat(MAX_CONTEXT_TEXT + 1));
-        assert_eq!(wire(&m, s, &long), "\r\nERROR\r\n");
+        assert_eq!(p.wire(&long), "\r\nERROR\r\n");
     }
 
     #[test]
     fn fota_cid_is_ec200_only() {
         let m = module("ec200", &[]);
-        let s = &mut Settings::default();
-        assert_eq!(
-            wire(&m, s, "AT+QFOTA=\"fota/cid\""),
-            "\r\n+QFOTA: \"fota/cid\",1\r\n\r\nOK\r\n"
-        );
-        assert_eq!(wire(&m, s, "AT+QFOTA=\"fota/cid\",2"), "\r\nOK\r\n");
-        assert_eq!(wire(&m, s, "at+qfota=\"FOTA/CID\",3"), "\r\nOK\r\n");
-        assert_eq!(
-            wire(&m, s, "AT+QFOTA=\"fota/cid\""),
-            "\r\n+QFOTA: \"fota/cid\",3\r\n\r\nOK\r\n"
-        );
+        let mut p = Port::new(&m);
+        p.check(&[
+            (
+                "AT+QFOTA=\"fota/cid\"",
+                "\r\n+QFOTA: \"fota/cid\",1\r\n\r\nOK\r\n",
+            ),
+            ("AT+QFOTA=\"fota/cid\",2", "\r\nOK\r\n"),
+            ("at+qfota=\"FOTA/CID\",3", "\r\nOK\r\n"),
+            (
+                "AT+QFOTA=\"fota/cid\"",
+                "\r\n+QFOTA: \"fota/cid\",3\r\n\r\nOK\r\n",
+            ),
+        ]);
         for bad in [
             "AT+QFOTA=\"fota/cid\",0",
             "AT+QFOTA=\"fota/cid\",17",
@@ -813,12 +1378,12 @@ mod tests {
             "AT+QFOTA=\"fota/cid\",1,1",
             "AT+QFOTA=fota/cid,1",
         ] {
-            assert_eq!(wire(&m, s, bad), "\r\nERROR\r\n", "{bad}");
+            assert_eq!(p.wire(bad), "\r\nERROR\r\n", "{bad}");
         }
         for family in ["ec2x", "ep06", "eg06xk-dfota", "eg06xk"] {
             let other = module(family, &[]);
             assert_eq!(
-                wire(&other, s, "AT+QFOTA=\"fota/cid\",2"),
+                Port::new(&other).wire("AT+QFOTA=\"fota/cid\",2"),
                 "\r\nERROR\r\n",
                 "{family}"
             );
@@ -827,14 +1392,27 @@ mod tests {
 
     #[test]
     fn fotadl_test_command_follows_the_family() {
-        let s = &mut Settings::default();
         assert_eq!(
-            wire(&module("ec200", &[]), s, "AT+QFOTADL=?"),
+            Port::new(&module("ec200", &[])).wire("AT+QFOTADL=?"),
             "\r\n+QFOTADL: <url>,(0,1),(0,5-100),(0,5-100)\r\n\r\nOK\r\n"
         );
         assert_eq!(
-            wire(&module("eg06xk", &[]), s, "AT+QFOTADL=?"),
+            Port::new(&module("eg06xk", &[])).wire("AT+QFOTADL=?"),
             "\r\nOK\r\n"
+        );
+    }
+
+    #[test]
+    fn fotadl_arguments_reach_the_simulator_as_typed() {
+        let m = module("ec2x", &[]);
+        let mut p = Port::new(&m);
+        assert_eq!(
+            p.run(r#"at+qfotadl="FTP://U:P@h/A.zip",1"#).unwrap().end,
+            End::Fotadl(r#""FTP://U:P@h/A.zip",1"#.to_string())
+        );
+        assert_eq!(
+            p.run(r#"AT+QFOTADL=""#).unwrap().end,
+            End::Fotadl("\"".to_string())
         );
     }
 
@@ -843,8 +1421,7 @@ mod tests {
         let m = Module::builder(Profile::by_name("ec2x").unwrap())
             .build()
             .unwrap();
-        let s = &mut Settings::default();
-        assert_eq!(wire(&m, s, "AT+QGMR"), "\r\nunknown\r\n\r\nOK\r\n");
+        assert_eq!(Port::new(&m).wire("AT+QGMR"), "\r\nunknown\r\n\r\nOK\r\n");
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //!   `/dev/pts/N`; [`port`]: one task per open port moving bytes, plus the
 //!   TCP accept loop.
 //! - [`at`]: line framing and echo as a module's parser sees the bytes;
+//!   [`syntax`]: a V.250 command line split into its commands;
 //!   [`commands`]: parsing and answering the AT commands (the table is
-//!   there).
+//!   there); [`reply`]: result-code settings (`ATV`, `ATQ`, `AT+CMEE`) and
+//!   how answers are framed under them.
 //! - [`session`]: the state machine, one task that owns the module, the
 //!   ports and every byte written, so a URC never lands inside a response.
 //!   `AT+QFOTADL` goes to [`Module::fotadl`]; the run's events become the
@@ -66,7 +68,28 @@
 //! - **Commands during a download** are answered as usual; a second
 //!   `AT+QFOTADL` is `ERROR`. Lines typed between `AT+QFOTADL` and its
 //!   `OK`/`ERROR` (up to 300 ms, seed 000) run after it.
-//! - **Echo** is on after every boot, per port (`ATE0`/`ATE1`).
+//! - **UART wiring** ([`Link::Uart`], `--link uart`). A module wired to an
+//!   MCU's UART, or reached through a USB-UART adapter, has a port that
+//!   never goes away: on a reboot the PTY and its link (and a TCP host's
+//!   connection) stay, the line goes quiet — what the host sends meanwhile
+//!   is discarded, nothing is written — and `RDY` (with the boot URCs)
+//!   then arrives on the same port. Hosts that keep one file descriptor
+//!   for ever need this; hosts written for the USB port (reopen after
+//!   each reboot) need [`Link::Usb`], the default.
+//! - **Power down** (`AT+QPOWD`): `OK`, `POWERED DOWN`, then the module is
+//!   off — the port goes away as on a reboot (quiet on a UART) and stays
+//!   away until [`Modem::power_on`] (`qfota-serve modem`: SIGUSR1), which
+//!   boots it after the reboot time. Any FOTA run ends.
+//! - **Radio off** (`AT+CFUN=0` or `4`): registration reads `0,0`, no
+//!   data; `AT+QFOTADL` then answers `OK` and the download ends at once
+//!   with the family's no-network code (`FTPEND,605`/`HTTPEND,707` on
+//!   `ec200`, 601/701 elsewhere), as under fault `network-down`; a
+//!   download under way ends the same way. The modem produces these URCs
+//!   itself (the simulated module's faults are fixed when it is built).
+//!   `AT+CFUN=1` brings the radio back; every boot does.
+//! - **Port settings** (`ATE`, `ATV`, `ATQ`, `AT+CMEE`, `AT+IFC`, …) are
+//!   per port; each boot starts from the profile `AT&W` saved (factory:
+//!   echo on, verbose, `+CMEE=0`).
 //! - **Garbage** (binary, NUL bytes, over-long lines, unknown commands)
 //!   is `ERROR` or ignored (see [`at`], [`commands`]); nothing in the
 //!   input can stop the modem.
@@ -75,8 +98,10 @@ pub mod at;
 pub mod commands;
 pub mod port;
 pub mod pty;
+pub mod reply;
 pub mod session;
 pub mod status;
+pub mod syntax;
 
 pub use status::Status;
 
@@ -84,7 +109,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -101,6 +126,21 @@ pub const DEFAULT_URC_HOLD: Duration = Duration::from_secs(5);
 pub const DEFAULT_IMEI: &str = "867675040000011";
 /// Default PTY link of `qfota-serve modem --pty`.
 pub const DEFAULT_LINK: &str = "/tmp/qfota-modem";
+/// Longest model name `ATI`/`AT+CGMM` show, in bytes.
+pub const MAX_MODEL: usize = 64;
+
+/// How the host is wired to the module's AT port, which decides what a
+/// reboot does to the port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Link {
+    /// The USB AT port (`/dev/ttyUSB2`): it vanishes on every reboot and a
+    /// new one appears (seed `004_88405b99851b7db5.txt` §3.1).
+    #[default]
+    Usb,
+    /// A UART (or a USB-UART adapter): the same port through reboots; the
+    /// line goes quiet, then `RDY` arrives on it.
+    Uart,
+}
 
 /// Why a modem cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +151,8 @@ pub enum ModemError {
     /// The IMEI is not 15 decimal digits.
     #[error("IMEI {0:?} must be 15 decimal digits")]
     Imei(String),
-    /// The model name is empty or holds control characters.
-    #[error("model name {0:?} must be printable and not empty")]
+    /// The model name is empty, too long or holds control characters.
+    #[error("model name {0:?} must be printable, not empty, at most {MAX_MODEL} bytes")]
     Model(String),
     /// No pseudo-terminal could be opened.
     #[error("cannot open a pseudo-terminal: {0}")]
@@ -141,11 +181,20 @@ pub struct ModemBuilder {
     tcp: Option<tokio::net::TcpListener>,
     reboot: Duration,
     urc_hold: Duration,
+    link_type: Link,
 }
 
 impl ModemBuilder {
-    /// The model `ATI` and `AT+CGMM` show. Default: the first model of the
-    /// module's family (`EC25` for `ec2x`).
+    /// How the host is wired ([`Link::Usb`] by default): whether the port
+    /// vanishes on a reboot or stays and goes quiet.
+    pub fn link_type(mut self, link: Link) -> Self {
+        self.link_type = link;
+        self
+    }
+
+    /// The model `ATI` and `AT+CGMM` show, any printable name up to
+    /// [`MAX_MODEL`] bytes (`EC800K` on an `ec200` module). Default: the
+    /// first model of the module's family (`EC25` for `ec2x`).
     pub fn model(mut self, model: impl Into<String>) -> Self {
         self.model = Some(model.into());
         self
@@ -202,7 +251,7 @@ impl ModemBuilder {
             return Err(ModemError::Imei(self.imei));
         }
         let model = match self.model {
-            Some(m) if m.is_empty() || m.chars().any(char::is_control) => {
+            Some(m) if m.is_empty() || m.len() > MAX_MODEL || m.chars().any(char::is_control) => {
                 return Err(ModemError::Model(m));
             }
             Some(m) => m,
@@ -235,6 +284,7 @@ impl ModemBuilder {
             ..Status::default()
         });
         let cancel = CancellationToken::new();
+        let (power_key, power_key_rx) = mpsc::unbounded_channel();
         let session = Session::new(SessionParts {
             module: self.module.clone(),
             model: model.clone(),
@@ -244,6 +294,8 @@ impl ModemBuilder {
             tcp: self.tcp,
             reboot: self.reboot,
             urc_hold: self.urc_hold,
+            link_type: self.link_type,
+            power_key: power_key_rx,
             status: status_tx,
             cancel: cancel.clone(),
         });
@@ -257,6 +309,7 @@ impl ModemBuilder {
             module: self.module,
             model,
             imei: self.imei,
+            power_key,
         })
     }
 }
@@ -290,6 +343,7 @@ pub struct Modem {
     module: Module,
     model: String,
     imei: String,
+    power_key: mpsc::UnboundedSender<()>,
 }
 
 impl Modem {
@@ -304,7 +358,15 @@ impl Modem {
             tcp: None,
             reboot: DEFAULT_REBOOT,
             urc_hold: DEFAULT_URC_HOLD,
+            link_type: Link::Usb,
         }
+    }
+
+    /// Presses the power key: a module switched off by `AT+QPOWD` boots
+    /// (after the reboot time, `RDY`, [`Status::off`] false); a module that
+    /// is on ignores it.
+    pub fn power_on(&self) {
+        let _ = self.power_key.send(());
     }
 
     /// The TCP port's address (with the real port when bound to port 0).

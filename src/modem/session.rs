@@ -9,7 +9,9 @@
 //! - the running `AT+QFOTADL` ([`FotaRun`]): its answer goes to the port
 //!   that sent the command, its URCs to every port a host has open;
 //! - power: [`Event::PowerOff`] and `AT+CFUN=1,1` close the ports and, after
-//!   the reboot time, open new ones and print `RDY`;
+//!   the reboot time, open new ones and print `RDY` (with [`Link::Uart`]
+//!   the ports stay and go quiet instead); `AT+QPOWD` switches the module
+//!   off until [`Modem::power_on`](crate::modem::Modem::power_on);
 //! - hosts opening and closing the ports.
 //!
 //! # Rules (documented in the `modem` module, `mod.rs`)
@@ -40,12 +42,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::modem::at::{Input, frame};
-use crate::modem::commands::{self, Device, Outcome, Reply, Settings};
+use crate::modem::Link;
+use crate::modem::at::Input;
+use crate::modem::commands::{self, Context, Device, End, Settings};
 use crate::modem::port::{self, Channel, ChannelId, PortEvent, PortKind};
 use crate::modem::pty::{Pty, PtyLink};
+use crate::modem::reply::{self, CmeError, PortSettings};
 use crate::modem::status::Status;
-use crate::sim::{Event, FotaRun, Module, PowerOff, Urc};
+use crate::sim::command::Scheme;
+use crate::sim::{AtResult, DownloadError, Event, FotaRun, FotadlCommand, Module, PowerOff, Urc};
 
 /// Unsolicited chunks held for a host, at most; older ones are dropped.
 const MAX_HELD: usize = 512;
@@ -68,6 +73,8 @@ enum Boot {
 #[derive(Debug, Clone, Copy)]
 enum Power {
     On,
+    /// Switched off by `AT+QPOWD`: nothing happens until powered on.
+    Off,
     Down {
         /// Not before this does the port come back.
         boot_at: Instant,
@@ -90,8 +97,19 @@ pub(crate) struct SessionParts {
     pub tcp: Option<tokio::net::TcpListener>,
     pub reboot: Duration,
     pub urc_hold: Duration,
+    pub link_type: Link,
+    pub power_key: mpsc::UnboundedReceiver<()>,
     pub status: watch::Sender<Status>,
     pub cancel: CancellationToken,
+}
+
+/// What one transport (the PTY, or TCP) keeps between lines.
+#[derive(Debug, Default)]
+struct PortState {
+    /// `ATE`, `ATV`, `AT+CMEE`, …: the saved profile after every boot.
+    settings: PortSettings,
+    /// The last command line, for `A/`.
+    last_line: Option<String>,
 }
 
 /// The modem's state, owned by its one task ([`Session::run`]).
@@ -103,9 +121,15 @@ pub(crate) struct Session {
     link: Option<PtyLink>,
     channels: Vec<Channel>,
     next_id: ChannelId,
-    /// Echo per transport (`ATE`), on after every boot.
-    echo_pty: bool,
-    echo_tcp: bool,
+    /// Result-code settings and `A/` memory per transport.
+    pty_port: PortState,
+    tcp_port: PortState,
+    link_type: Link,
+    /// `Modem::power_on` presses.
+    power_key: mpsc::UnboundedReceiver<()>,
+    /// The scheme of the run's download while it is under way (until
+    /// `FTPEND`/`HTTPEND`): switching the radio off ends it.
+    downloading: Option<Scheme>,
     events_tx: mpsc::UnboundedSender<PortEvent>,
     events_rx: mpsc::UnboundedReceiver<PortEvent>,
     accept: Option<JoinHandle<()>>,
@@ -119,7 +143,7 @@ pub(crate) struct Session {
     shift: Duration,
     recovery: bool,
     power: Power,
-    held: VecDeque<(Instant, Bytes)>,
+    held: VecDeque<(Instant, Vec<String>)>,
     reboot: Duration,
     urc_hold: Duration,
     status: watch::Sender<Status>,
@@ -157,8 +181,11 @@ impl Session {
             link: parts.link,
             channels: Vec::new(),
             next_id: 0,
-            echo_pty: true,
-            echo_tcp: true,
+            pty_port: PortState::default(),
+            tcp_port: PortState::default(),
+            link_type: parts.link_type,
+            power_key: parts.power_key,
+            downloading: None,
             events_tx,
             events_rx,
             accept,
@@ -175,6 +202,10 @@ impl Session {
             status: parts.status,
             cancel: parts.cancel,
         };
+        if session.link_type == Link::Uart {
+            // Wired to a UART, the module reports URCs there.
+            session.settings.urc_port = "uart1".to_string();
+        }
         // The module was already running when the modem started: its port
         // is there, and no RDY is printed until its first reboot.
         if let Some(pty) = parts.first_pty {
@@ -192,6 +223,7 @@ impl Session {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 Some(event) = self.events_rx.recv() => self.on_port(event),
+                Some(()) = self.power_key.recv() => self.power_on(),
                 event = next_event(&mut self.run) => match event {
                     Some(event) => self.pending.push_back((Instant::now() + self.shift, event)),
                     None => self.run = None,
@@ -220,7 +252,22 @@ impl Session {
         self.status.send_modify(|s| {
             change(s);
             s.upgrading = self.recovery;
+            s.off = matches!(self.power, Power::Off);
         });
+    }
+
+    fn port_state(&mut self, kind: PortKind) -> &mut PortState {
+        match kind {
+            PortKind::Pty => &mut self.pty_port,
+            PortKind::Tcp => &mut self.tcp_port,
+        }
+    }
+
+    fn port_settings(&self, kind: PortKind) -> &PortSettings {
+        match kind {
+            PortKind::Pty => &self.pty_port.settings,
+            PortKind::Tcp => &self.tcp_port.settings,
+        }
     }
 
     fn fota_active(&self) -> bool {
@@ -305,13 +352,24 @@ impl Session {
     fn deliver(&mut self, event: Event) {
         match event {
             Event::Response(result) => {
+                if result == AtResult::Error {
+                    self.downloading = None;
+                }
                 if let Some(id) = self.origin.take() {
-                    self.send_to(id, frame(&result.to_string()).into_bytes());
+                    // The simulator refuses a command it cannot parse.
+                    let outcome = match result {
+                        AtResult::Ok => Ok(()),
+                        AtResult::Error => Err(CmeError::IncorrectParameters),
+                    };
+                    self.send_result(id, outcome);
                     self.replay_deferred(id);
                 }
                 self.publish(|_| {});
             }
             Event::Urc(urc) => {
+                if matches!(urc, Urc::FtpEnd(_) | Urc::HttpEnd(_)) {
+                    self.downloading = None;
+                }
                 if urc == Urc::Start {
                     self.recovery = true;
                     self.publish(|_| {});
@@ -331,6 +389,7 @@ impl Session {
             Event::Ready => match self.power {
                 Power::Down { next, .. } => self.boot(next),
                 Power::On => self.unsolicited(&["RDY".to_string()]),
+                Power::Off => {}
             },
         }
     }
@@ -341,18 +400,21 @@ impl Session {
         self.held.clear();
         self.origin = None;
         self.deferred.clear();
-        for channel in self.channels.drain(..) {
-            channel.close();
-        }
-        if let Some(link) = &self.link
-            && let Err(error) = link.remove()
-        {
-            tracing::warn!(link = %link.path().display(), %error, "cannot remove the PTY link");
+        if self.link_type == Link::Usb {
+            for channel in self.channels.drain(..) {
+                channel.close();
+            }
+            if let Some(link) = &self.link
+                && let Err(error) = link.remove()
+            {
+                tracing::warn!(link = %link.path().display(), %error, "cannot remove the PTY link");
+            }
         }
         // A PTY stays open a moment for the host to read the last lines;
         // the reboot counts from when it is gone, so that a new port never
-        // appears before the old one has vanished.
-        let linger = if self.link.is_some() {
+        // appears before the old one has vanished. A UART stays: nothing
+        // to wait for.
+        let linger = if self.link.is_some() && self.link_type == Link::Usb {
             port::PTY_LINGER
         } else {
             Duration::ZERO
@@ -364,20 +426,69 @@ impl Session {
             next,
             module_reboot,
         };
+        let uart = self.link_type == Link::Uart;
         self.publish(|s| {
             s.powered = false;
-            s.pty = None;
+            if !uart {
+                s.pty = None;
+            }
         });
     }
 
-    /// The module is up again: new ports, echo on, `RDY`.
+    /// `AT+QPOWD`: down like a reboot, but nothing brings the module back
+    /// until [`Session::power_on`].
+    fn switch_off(&mut self) {
+        self.end_run();
+        self.power_off(Boot::Normal, false);
+        self.power = Power::Off;
+        self.publish(|_| {});
+        tracing::info!("AT+QPOWD: module switched off");
+    }
+
+    /// The power key: a module switched off boots (after the reboot time);
+    /// otherwise nothing happens.
+    fn power_on(&mut self) {
+        if !matches!(self.power, Power::Off) {
+            tracing::info!("power on: the module is not off; ignored");
+            return;
+        }
+        tracing::info!("power on");
+        self.power = Power::Down {
+            boot_at: Instant::now()
+                .checked_add(self.reboot)
+                .unwrap_or_else(far_future),
+            next: Boot::Normal,
+            module_reboot: false,
+        };
+        self.publish(|_| {});
+    }
+
+    /// Ends the FOTA run, whatever it was doing.
+    fn end_run(&mut self) {
+        self.run = None;
+        self.pending.clear();
+        self.recovery = false;
+        self.downloading = None;
+    }
+
+    /// The module is up again: new ports (not on a UART), the saved port
+    /// settings, `RDY`.
     fn boot(&mut self, next: Boot) {
         self.power = Power::On;
         self.recovery = next == Boot::Recovery;
-        self.echo_pty = true;
-        self.echo_tcp = true;
+        for port in [&mut self.pty_port, &mut self.tcp_port] {
+            *port = PortState {
+                settings: self.settings.profile,
+                last_line: None,
+            };
+        }
         self.settings.reset_on_boot();
-        if self.link.is_some() {
+        if self.link_type == Link::Uart {
+            // The same line: a half-typed command is gone with the boot.
+            for channel in &mut self.channels {
+                channel.framer = Default::default();
+            }
+        } else if self.link.is_some() {
             match Pty::open() {
                 Ok(pty) => self.attach_pty(pty),
                 Err(error) => tracing::error!(%error, "cannot open a new PTY after reboot"),
@@ -422,10 +533,10 @@ impl Session {
         if !matches!(self.power, Power::On) {
             return;
         }
-        let bytes = Bytes::from(lines.iter().map(|l| frame(l)).collect::<String>());
         let mut written = false;
         for channel in self.channels.iter().filter(|c| c.attached) {
-            channel.send(bytes.clone());
+            let bytes = reply::unsolicited(lines, self.port_settings(channel.kind));
+            channel.send(Bytes::from(bytes));
             written = true;
         }
         if !written {
@@ -438,22 +549,23 @@ impl Session {
             {
                 self.held.pop_front();
             }
-            self.held.push_back((now, bytes));
+            self.held.push_back((now, lines.to_vec()));
         }
     }
 
     /// A host has opened a port: it gets what was held for it, if recent.
     fn flush_held(&mut self, id: ChannelId) {
         let now = Instant::now();
-        let held: Vec<Bytes> = self
+        let held: Vec<Vec<String>> = self
             .held
             .drain(..)
             .filter(|(at, _)| now.duration_since(*at) <= self.urc_hold)
-            .map(|(_, bytes)| bytes)
+            .map(|(_, lines)| lines)
             .collect();
         if let Some(channel) = self.channel(id) {
-            for bytes in held {
-                channel.send(bytes);
+            let port = self.port_settings(channel.kind);
+            for lines in held {
+                channel.send(Bytes::from(reply::unsolicited(&lines, port)));
             }
         }
     }
@@ -498,7 +610,7 @@ impl Session {
     }
 
     fn on_connection(&mut self, stream: TcpStream, peer: std::net::SocketAddr, again: bool) {
-        if !matches!(self.power, Power::On) {
+        if !matches!(self.power, Power::On) && self.link_type == Link::Usb {
             // No port while the module is down: the connection just closes.
             tracing::info!(%peer, "TCP host refused: module is rebooting");
             drop(stream);
@@ -529,13 +641,6 @@ impl Session {
         self.flush_held(id);
     }
 
-    fn echo(&self, kind: PortKind) -> bool {
-        match kind {
-            PortKind::Pty => self.echo_pty,
-            PortKind::Tcp => self.echo_tcp,
-        }
-    }
-
     fn on_input(&mut self, id: ChannelId, bytes: &[u8]) {
         // One line at a time, so that `ATE0` stops the echo of what
         // follows it in the same chunk.
@@ -549,7 +654,7 @@ impl Session {
             };
             let kind = channel.kind;
             let (inputs, echo) = channel.framer.push(piece);
-            if self.echo(kind) && !echo.is_empty() {
+            if self.port_settings(kind).echo && !echo.is_empty() {
                 self.send_to(id, echo);
             }
             for input in inputs {
@@ -572,56 +677,142 @@ impl Session {
         }
     }
 
+    fn send_result(&self, id: ChannelId, outcome: Result<(), CmeError>) {
+        if let Some(kind) = self.channel(id).map(|c| c.kind) {
+            self.send_to(id, reply::result(outcome, self.port_settings(kind)));
+        }
+    }
+
+    /// Runs one line from port `id`: parse, run, answer, then what the
+    /// line set in motion (reboot, power down, a download, registration
+    /// URCs).
     fn execute(&mut self, id: ChannelId, input: Input) {
         let Some(kind) = self.channel(id).map(|c| c.kind) else {
             return;
         };
-        let outcome = match input {
-            Input::Overflow => Outcome::Reply(Reply::error()),
-            Input::Line(line) => match commands::parse(&line) {
-                Ok(None) => return,
-                Ok(Some(command)) => {
-                    let device = Device {
-                        module: &self.module,
-                        model: &self.model,
-                        imei: &self.imei,
-                    };
-                    commands::execute(command, &mut self.settings, &device)
-                }
-                Err(error) => {
-                    tracing::debug!(port = id, %error, "command refused");
-                    Outcome::Reply(Reply::error())
-                }
+        let line = match input {
+            Input::Overflow => return self.send_result(id, Err(CmeError::Unknown)),
+            Input::Repeat => match self.port_state(kind).last_line.clone() {
+                Some(line) => line,
+                None => return,
             },
+            Input::Line(line) => line,
         };
-        match outcome {
-            Outcome::Reply(reply) => self.send_to(id, reply.render()),
-            Outcome::Echo(on) => {
-                self.send_to(id, Reply::ok().render());
-                match kind {
-                    PortKind::Pty => self.echo_pty = on,
-                    PortKind::Tcp => self.echo_tcp = on,
-                }
+        let commands = match commands::parse(&line) {
+            Ok(None) => return,
+            Ok(Some(commands)) => commands,
+            Err(error) => {
+                tracing::debug!(port = id, %error, "command refused");
+                self.port_state(kind).last_line = Some(line);
+                return self.send_result(id, Err(error.cme()));
             }
-            Outcome::Reboot => {
-                self.send_to(id, Reply::ok().render());
-                tracing::info!(port = id, "AT+CFUN=1,1: rebooting");
+        };
+        self.port_state(kind).last_line = Some(line);
+        let device = Device {
+            module: &self.module,
+            model: &self.model,
+            imei: &self.imei,
+        };
+        let stat_before = device.reg_stat(&self.settings);
+        let port = match kind {
+            PortKind::Pty => &mut self.pty_port.settings,
+            PortKind::Tcp => &mut self.tcp_port.settings,
+        };
+        let outcome = commands::run_line(
+            commands,
+            &mut Context {
+                settings: &mut self.settings,
+                port,
+                device,
+            },
+        );
+        let stat_after = device.reg_stat(&self.settings);
+        let port = *self.port_settings(kind);
+        self.send_to(id, reply::info(&outcome.info, &port));
+        match outcome.end {
+            End::Result(result) => self.send_to(id, reply::result(result, &port)),
+            End::Reboot => {
+                self.send_to(id, reply::result(Ok(()), &port));
+                tracing::info!(port = id, "AT+CFUN=<fun>,1: rebooting");
                 // A reboot ends whatever the module was doing.
-                self.run = None;
-                self.pending.clear();
-                self.recovery = false;
+                self.end_run();
                 self.power_off(Boot::Normal, false);
+                return;
             }
-            Outcome::Fotadl(args) => {
-                if self.fota_active() {
-                    self.send_to(id, Reply::error().render());
-                } else {
-                    self.run = Some(self.module.fotadl(&args));
-                    self.origin = Some(id);
-                    self.publish(|_| {});
-                }
+            End::PowerDown => {
+                self.send_to(id, reply::result(Ok(()), &port));
+                self.unsolicited(&["POWERED DOWN".to_string()]);
+                self.switch_off();
+                return;
             }
+            End::Fotadl(args) => self.fotadl(id, &args),
         }
+        let urcs = commands::registration_urcs(&self.settings, stat_before, stat_after);
+        if !urcs.is_empty() {
+            self.unsolicited(&urcs);
+        }
+        if !self.settings.radio_on() {
+            self.radio_off_ends_download();
+        }
+    }
+
+    /// `AT+QFOTADL=<args>` from port `id`: to the simulated module, which
+    /// answers later, unless a run is under way or the radio is off.
+    fn fotadl(&mut self, id: ChannelId, args: &str) {
+        if self.fota_active() {
+            return self.send_result(id, Err(CmeError::NotAllowed));
+        }
+        let profile = self.module.profile();
+        let scheme = FotadlCommand::parse(args, profile)
+            .ok()
+            .map(|c| c.url.scheme);
+        if !self.settings.radio_on() {
+            // The simulated module has no run-time radio switch: the modem
+            // answers for it, as the module does under fault
+            // `network-down`.
+            let Some(scheme) = scheme else {
+                return self.send_result(id, Err(CmeError::IncorrectParameters));
+            };
+            self.send_result(id, Ok(()));
+            self.download_failed(scheme);
+            return;
+        }
+        self.run = Some(self.module.fotadl(args));
+        self.downloading = scheme;
+        self.origin = Some(id);
+        self.publish(|_| {});
+    }
+
+    /// The start and end URCs of a download that finds no network (the
+    /// family's code: 605/707 on `ec200`, 601/701 elsewhere).
+    fn no_network(&self, scheme: Scheme) -> (Urc, Urc) {
+        let code = DownloadError::NetworkDown.code(scheme, self.module.profile().download_codes);
+        if scheme.is_ftp() {
+            (Urc::FtpStart, Urc::FtpEnd(code))
+        } else {
+            (Urc::HttpStart, Urc::HttpEnd(code))
+        }
+    }
+
+    fn download_failed(&mut self, scheme: Scheme) {
+        let (start, end) = self.no_network(scheme);
+        self.unsolicited(&[start.to_string(), end.to_string()]);
+    }
+
+    /// The radio went off: a download under way (answered, not yet ended)
+    /// ends with the family's no-network code; the module stays up.
+    fn radio_off_ends_download(&mut self) {
+        if self.run.is_none() || self.origin.is_some() {
+            return;
+        }
+        let Some(scheme) = self.downloading else {
+            return;
+        };
+        tracing::info!("radio off: the download ends");
+        self.end_run();
+        let (_, end) = self.no_network(scheme);
+        self.unsolicited(&[end.to_string()]);
+        self.publish(|_| {});
     }
 }
 

@@ -19,4 +19,6 @@ pub struct Status {
     /// The module runs its upgrade (recovery image): URCs only, no
     /// commands.
     pub upgrading: bool,
+    /// Switched off by `AT+QPOWD`, until `Modem::power_on`.
+    pub off: bool,
 }
