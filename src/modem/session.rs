@@ -320,7 +320,7 @@ impl Session {
             }
             Event::PowerOff(why) => {
                 let next = match why {
-                    PowerOff::RebootToNormal => Boot::Normal,
+                    PowerOff::RebootToNormal | PowerOff::DownloadPowerCut => Boot::Normal,
                     PowerOff::RebootToUpgrade | PowerOff::RebootToRetry | PowerOff::PowerCut => {
                         Boot::Recovery
                     }
