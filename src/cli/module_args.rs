@@ -182,6 +182,24 @@ pub enum UsageError {
     /// A module setting the simulator refuses (fault, time scale, CA, …).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `simulate`: a package file (`--local-file`, `--uart-file`) cannot
+    /// be read.
+    #[error("cannot read package {path}: {source}")]
+    Package {
+        /// The path given.
+        path: PathBuf,
+        /// The read error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `simulate --local-file`: the URL is not one of the family's local
+    /// paths (SPEC §9).
+    #[error("{0:?} is not a local path of this family (e.g. /data/ufs/<name> on ec2x)")]
+    LocalPath(String),
+    /// `simulate --local-file`: the module's UFS refuses the package
+    /// (`+CME ERROR` code and reason).
+    #[error("cannot store the package in the module's UFS: +CME ERROR: {code}: {source}", code = .0.code(), source = .0)]
+    Upload(#[from] crate::sim::ufs::FileError),
     /// `simulate`: `dns-fail` with an IP-literal URL would change nothing.
     #[error("fault dns-fail needs a host name in the URL, not an IP address")]
     DnsFaultWithIp,

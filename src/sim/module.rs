@@ -594,6 +594,7 @@ impl Module {
 }
 
 /// What [`Module::accept`] makes of a command.
+#[derive(Debug)]
 enum Accepted {
     /// A run, holding the module.
     Run(FotadlCommand, BusyGuard),
@@ -836,7 +837,9 @@ mod tests {
     #[test]
     fn accept_checks_the_command_first_then_claims_the_module() {
         let m = module("ec2x");
-        let (_, busy) = m.accept(r#""ftp://h/p.zip""#).expect("accepted");
+        let Ok(Accepted::Run(_, busy)) = m.accept(r#""ftp://h/p.zip""#) else {
+            panic!("accepted");
+        };
         assert!(m.is_busy());
         // A bad command is refused for what is wrong with it, busy or not.
         let bad = m.accept(r#""gopher://h/p.zip""#).unwrap_err();
@@ -846,6 +849,53 @@ mod tests {
         drop(busy);
         assert!(!m.is_busy());
         assert!(m.accept(r#""ftp://h/p.zip""#).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ec200_answers_a_second_download_with_the_busy_code() {
+        let m = Module::builder(Profile::by_name("ec200").unwrap())
+            .time_scale(1.0)
+            .build()
+            .unwrap();
+        let mut first = m.fotadl(r#""FILE:100""#);
+        assert_eq!(
+            bounded(first.next()).await,
+            Some(Event::Response(AtResult::Ok))
+        );
+        let http = bounded(m.fotadl(r#""http://127.0.0.1/p.bin""#).transcript()).await;
+        assert_eq!(http.summary.download_code, Some(704), "UART busy");
+        let ftp = bounded(m.fotadl(r#""ftp://127.0.0.1/p.bin""#).transcript()).await;
+        assert_eq!(ftp.summary.download_code, Some(603));
+        // ec2x has no busy code: ERROR.
+        let ec2x = Module::builder(Profile::by_name("ec2x").unwrap())
+            .build()
+            .unwrap();
+        let _hold = ec2x.fotadl(r#""/data/ufs/p.zip""#);
+        let second = bounded(ec2x.fotadl(r#""ftp://h/p.zip""#).transcript()).await;
+        assert_eq!(second.summary.response, Some(AtResult::Error));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inactive_fota_context_fails_the_download_and_boots_reset_it() {
+        let m = Module::builder(Profile::by_name("ec200").unwrap())
+            .active_contexts([1, 2])
+            .build()
+            .unwrap();
+        m.set_fota_cid(3).unwrap();
+        let t = bounded(m.fotadl(r#""http://127.0.0.1:1/p.bin""#).transcript()).await;
+        assert_eq!(t.summary.download_code, Some(707));
+        m.set_fota_cid(2).unwrap();
+        m.set_context_active(2, false).unwrap();
+        let t = bounded(m.fotadl(r#""ftp://127.0.0.1:1/p.bin""#).transcript()).await;
+        assert_eq!(t.summary.download_code, Some(605));
+        assert!(t.summary.notes[0].contains("context 2"), "{:?}", t.summary.notes);
+        assert!(m.power_on());
+        assert_eq!(m.active_contexts(), BTreeSet::from([1, 2]));
+        assert!(m.set_fota_cid(0).is_err() && m.set_context_active(17, true).is_err());
+        assert!(matches!(
+            Module::builder(Profile::by_name("ec2x").unwrap()).fota_cid(17).build(),
+            Err(ConfigError::Cid(17))
+        ));
     }
 
     #[test]
