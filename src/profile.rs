@@ -459,11 +459,18 @@ mod tests {
         for name in ["ec2x", "ep06", "ec200", "eg06xk-dfota"] {
             assert!(p(name).retry_until_success.is_empty(), "{name}");
         }
-        assert_eq!(p("eg06xk-dfota").version_mismatch, VersionMismatch::Final(505));
+        assert_eq!(
+            p("eg06xk-dfota").version_mismatch,
+            VersionMismatch::Final(505)
+        );
         assert_eq!(p("ec2x").version_mismatch.code(), 510);
         assert_eq!(p("ec200").version_mismatch.code(), 504);
         for p in Profile::all() {
-            assert!(p.upgrade_codes.contains(&p.version_mismatch.code()), "{}", p.name);
+            assert!(
+                p.upgrade_codes.contains(&p.version_mismatch.code()),
+                "{}",
+                p.name
+            );
         }
     }
 

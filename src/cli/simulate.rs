@@ -52,7 +52,12 @@ pub struct SimulateArgs {
     pub local_file: Option<PathBuf>,
     /// ec200: send this package over the AT port,
     /// `AT+QFOTADL="FILE:<length>"` (with the URC options below).
-    #[arg(long, env = "QFOTA_SIM_UART_FILE", value_name = "PKG", conflicts_with = "url")]
+    #[arg(
+        long,
+        env = "QFOTA_SIM_UART_FILE",
+        value_name = "PKG",
+        conflicts_with = "url"
+    )]
     pub uart_file: Option<PathBuf>,
     /// The simulated module.
     #[command(flatten)]
@@ -266,7 +271,13 @@ mod tests {
         assert_eq!(config.module.fota_cid(), 2);
         assert_eq!(config.module.active_contexts().len(), 2);
         // The package must fit the UFS.
-        let small = parse(&["/data/ufs/x.zip", "--local-file", "Cargo.toml", "--free-space", "1"]);
+        let small = parse(&[
+            "/data/ufs/x.zip",
+            "--local-file",
+            "Cargo.toml",
+            "--free-space",
+            "1",
+        ]);
         assert!(matches!(
             SimulateConfig::try_from(small.unwrap()),
             Err(UsageError::Upload(_))

@@ -655,28 +655,51 @@ mod tests {
 
     #[test]
     fn schemes_are_case_insensitive_and_ports_default() {
-        let ftp = parse(r#""FTP://host/p.zip""#, "ec2x").unwrap().source.url().unwrap().clone();
+        let ftp = parse(r#""FTP://host/p.zip""#, "ec2x")
+            .unwrap()
+            .source
+            .url()
+            .unwrap()
+            .clone();
         assert_eq!((ftp.scheme, ftp.port), (Scheme::Ftp, 21));
         assert_eq!(ftp.ftp_user(), ANONYMOUS);
         assert_eq!(ftp.ftp_password(), ANONYMOUS);
         let http = parse(r#""http://www.example.com:100/update.zip""#, "ec2x")
             .unwrap()
-            .source.url().unwrap().clone();
+            .source
+            .url()
+            .unwrap()
+            .clone();
         assert_eq!((http.scheme, http.port), (Scheme::Http, 100));
         assert_eq!(http.path, "/update.zip");
         assert_eq!(http.authority(), "www.example.com:100");
-        let https = parse(r#""https://host/u.zip?x=1""#, "ec2x").unwrap().source.url().unwrap().clone();
+        let https = parse(r#""https://host/u.zip?x=1""#, "ec2x")
+            .unwrap()
+            .source
+            .url()
+            .unwrap()
+            .clone();
         assert_eq!((https.scheme, https.port), (Scheme::Https, 443));
         assert_eq!(https.file_name(), "u.zip");
         assert_eq!(https.authority(), "host");
-        let v6 = parse(r#""http://[::1]:8080/u.zip""#, "ec2x").unwrap().source.url().unwrap().clone();
+        let v6 = parse(r#""http://[::1]:8080/u.zip""#, "ec2x")
+            .unwrap()
+            .source
+            .url()
+            .unwrap()
+            .clone();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 8080));
         assert_eq!(v6.authority(), "[::1]:8080");
     }
 
     #[test]
     fn user_without_password_logs_in_with_empty_password() {
-        let url = parse(r#""ftp://bob@h/p.zip""#, "ec2x").unwrap().source.url().unwrap().clone();
+        let url = parse(r#""ftp://bob@h/p.zip""#, "ec2x")
+            .unwrap()
+            .source
+            .url()
+            .unwrap()
+            .clone();
         assert_eq!((url.ftp_user(), url.ftp_password()), ("bob", ""));
     }
 
@@ -884,7 +907,10 @@ mod tests {
             if prefix.len() + crate::sim::ufs::MAX_NAME >= max {
                 let over = format!("\"{prefix}{}\"", "a".repeat(max + 1 - prefix.len()));
                 assert!(
-                    matches!(parse(&over, family), Err(CommandError::LocalPathTooLong { .. })),
+                    matches!(
+                        parse(&over, family),
+                        Err(CommandError::LocalPathTooLong { .. })
+                    ),
                     "{family}"
                 );
             }
@@ -922,7 +948,12 @@ mod tests {
             parse(r#""FILE:10",2"#, "ec200").unwrap().source,
             Source::ProtocolMode
         );
-        for bad in [r#""FILE:0""#, r#""FILE:""#, r#""FILE:-1""#, r#""FILE:9999999999999""#] {
+        for bad in [
+            r#""FILE:0""#,
+            r#""FILE:""#,
+            r#""FILE:-1""#,
+            r#""FILE:9999999999999""#,
+        ] {
             assert!(
                 matches!(parse(bad, "ec200"), Err(CommandError::BadFileLength(_))),
                 "{bad}"

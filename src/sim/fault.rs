@@ -117,10 +117,9 @@ impl FromStr for Fault {
                 Ok(Fault::DownloadError { code, downloads })
             }
             ("network-down" | "dns-fail" | "signature" | "md5", Some(_))
-            | (
-                "power-cut" | "download-power-cut" | "upgrade-error" | "download-error",
-                None,
-            ) => Err(bad()),
+            | ("power-cut" | "download-power-cut" | "upgrade-error" | "download-error", None) => {
+                Err(bad())
+            }
             _ => Err(FaultError::Unknown(s.to_string())),
         }
     }
@@ -205,9 +204,10 @@ impl Fault {
         };
         let has_code = |code: u16| profile.upgrade_codes.contains(&code);
         match *self {
-            Fault::NetworkDown | Fault::DnsFail | Fault::PowerCut(_) | Fault::DownloadPowerCut(_) => {
-                Ok(())
-            }
+            Fault::NetworkDown
+            | Fault::DnsFail
+            | Fault::PowerCut(_)
+            | Fault::DownloadPowerCut(_) => Ok(()),
             Fault::DownloadError { code, .. } if !profile.download_codes.has(code) => {
                 refuse("the family does not report this <ftp_err>/<http_err> code (SPEC §4)")
             }
@@ -372,8 +372,20 @@ mod tests {
         assert!(e608.check(profile("ec2x")).is_err());
         let e701 = "download-error=701x1".parse::<Fault>().unwrap();
         assert!(e701.check(profile("ec2x")).is_ok());
-        assert!("download-error=631".parse::<Fault>().unwrap().check(profile("ec200")).is_err());
-        assert!("download-error=700".parse::<Fault>().unwrap().check(profile("ec200")).is_err());
+        assert!(
+            "download-error=631"
+                .parse::<Fault>()
+                .unwrap()
+                .check(profile("ec200"))
+                .is_err()
+        );
+        assert!(
+            "download-error=700"
+                .parse::<Fault>()
+                .unwrap()
+                .check(profile("ec200"))
+                .is_err()
+        );
         let e520 = Fault::UpgradeError {
             code: 520,
             attempts: None,

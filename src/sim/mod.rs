@@ -68,6 +68,6 @@ pub use fault::Fault;
 pub use module::{
     ConfigError, FileClosed, FileSender, FotaRun, Module, ModuleBuilder, ModuleSettings,
 };
-pub use ufs::{FileError, FileInfo, Space, Stored, Ufs};
 pub use transcript::{RunSummary, TimedEvent, Transcript};
+pub use ufs::{FileError, FileInfo, Space, Stored, Ufs};
 pub use urc::{AtResult, Event, PowerOff, Urc};

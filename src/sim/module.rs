@@ -15,8 +15,8 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,8 +35,8 @@ use crate::sim::emit::{BootHook, Emitter};
 use crate::sim::fault::{Fault, FaultError};
 use crate::sim::run::{self, Run};
 use crate::sim::state::{BusyGuard, Config, Phase, RunLog, State, lock};
-use crate::sim::ufs::{self, Ufs};
 use crate::sim::transcript::{RunSummary, TimedEvent, Transcript};
+use crate::sim::ufs::{self, Ufs};
 use crate::sim::urc::{AtResult, Event};
 
 /// Default no-progress timeout for downloads: 60 s.
@@ -888,12 +888,18 @@ mod tests {
         m.set_context_active(2, false).unwrap();
         let t = bounded(m.fotadl(r#""ftp://127.0.0.1:1/p.bin""#).transcript()).await;
         assert_eq!(t.summary.download_code, Some(605));
-        assert!(t.summary.notes[0].contains("context 2"), "{:?}", t.summary.notes);
+        assert!(
+            t.summary.notes[0].contains("context 2"),
+            "{:?}",
+            t.summary.notes
+        );
         assert!(m.power_on());
         assert_eq!(m.active_contexts(), BTreeSet::from([1, 2]));
         assert!(m.set_fota_cid(0).is_err() && m.set_context_active(17, true).is_err());
         assert!(matches!(
-            Module::builder(Profile::by_name("ec2x").unwrap()).fota_cid(17).build(),
+            Module::builder(Profile::by_name("ec2x").unwrap())
+                .fota_cid(17)
+                .build(),
             Err(ConfigError::Cid(17))
         ));
     }

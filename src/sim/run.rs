@@ -444,8 +444,8 @@ mod tests {
     use crate::sim::download::tls;
     use crate::sim::fault::Fault;
     use crate::sim::state::{State, lock};
-    use crate::sim::ufs::Ufs;
     use crate::sim::testing::{bounded, drain};
+    use crate::sim::ufs::Ufs;
 
     /// A run of `AT+QFOTADL=<at_args>` on a `profile` module at version
     /// `v12`, with its events and the module's state.
@@ -484,7 +484,10 @@ mod tests {
     async fn a_failed_download_ends_with_the_family_code_and_a_note() {
         let mut f = fixture("ec200", &[Fault::NetworkDown], r#""ftp://127.0.0.1/p.bin""#);
         let url = f.run.command.source.url().unwrap().clone();
-        assert!(matches!(bounded(f.run.download(&url)).await, Fetched::Failed));
+        assert!(matches!(
+            bounded(f.run.download(&url)).await,
+            Fetched::Failed
+        ));
         assert_eq!(
             drain(&mut f.rx),
             vec![Event::Urc(Urc::FtpStart), Event::Urc(Urc::FtpEnd(605))]

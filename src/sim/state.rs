@@ -186,7 +186,10 @@ mod tests {
         let state = Arc::new(Mutex::new(State::default()));
         let first = BusyGuard::claim(&state, Phase::Upgrading).expect("free module");
         assert!(lock(&state).busy());
-        assert!(BusyGuard::claim(&state, Phase::Upgrading).is_none(), "already claimed");
+        assert!(
+            BusyGuard::claim(&state, Phase::Upgrading).is_none(),
+            "already claimed"
+        );
         drop(first);
         assert!(!lock(&state).busy());
         assert!(BusyGuard::claim(&state, Phase::Upgrading).is_some());

@@ -371,7 +371,13 @@ mod tests {
         assert_eq!(ufs.prepare("a", 11).map_err(|e| e.code()), Err(403));
         assert!(ufs.prepare("a", 10).is_ok());
         let stored = ufs.write("UFS:a", vec![1, 2, 3, 4]).unwrap();
-        assert_eq!(stored, Stored { size: 4, checksum: 0x0102 ^ 0x0304 });
+        assert_eq!(
+            stored,
+            Stored {
+                size: 4,
+                checksum: 0x0102 ^ 0x0304
+            }
+        );
         assert_eq!(ufs.prepare("a", 1).map_err(|e| e.code()), Err(407));
         assert_eq!(ufs.write("a", vec![1]).map_err(|e| e.code()), Err(407));
         assert_eq!(ufs.write("b", vec![]).map_err(|e| e.code()), Err(402));
@@ -386,9 +392,8 @@ mod tests {
         let ufs = Ufs::new(100);
         ufs.write("dfota_update.bin", vec![0; 5]).unwrap();
         ufs.write("x.zip", vec![0; 3]).unwrap();
-        let names = |p: &str| -> Vec<String> {
-            ufs.list(p).unwrap().into_iter().map(|f| f.name).collect()
-        };
+        let names =
+            |p: &str| -> Vec<String> { ufs.list(p).unwrap().into_iter().map(|f| f.name).collect() };
         assert_eq!(names("*"), vec!["dfota_update.bin", "x.zip"]);
         assert_eq!(names("UFS:*"), names("*"));
         assert_eq!(names("UFS:dfota_update.bin"), vec!["dfota_update.bin"]);

@@ -238,7 +238,8 @@ pub fn check_host(host: &str) -> Result<(), DownloadError> {
     let name = host.strip_suffix('.').unwrap_or(host);
     let label_ok = |l: &str| {
         (1..=63).contains(&l.len())
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
@@ -373,14 +374,27 @@ mod tests {
 
     #[test]
     fn host_names_are_checked_before_a_lookup() {
-        for ok in ["127.0.0.1", "::1", "localhost", "www.example.com", "a-b.c", "x.y."] {
+        for ok in [
+            "127.0.0.1",
+            "::1",
+            "localhost",
+            "www.example.com",
+            "a-b.c",
+            "x.y.",
+        ] {
             assert!(check_host(ok).is_ok(), "{ok}");
         }
         for ip in ["256.1.1.1", "1.2.3", "1..2.3.4"] {
-            assert!(matches!(check_host(ip), Err(DownloadError::BadIp(_))), "{ip}");
+            assert!(
+                matches!(check_host(ip), Err(DownloadError::BadIp(_))),
+                "{ip}"
+            );
         }
         for bad in ["-a.com", "a..b", "a b", "a!b", &"x".repeat(64)] {
-            assert!(matches!(check_host(bad), Err(DownloadError::BadHost(_))), "{bad}");
+            assert!(
+                matches!(check_host(bad), Err(DownloadError::BadHost(_))),
+                "{bad}"
+            );
         }
     }
 

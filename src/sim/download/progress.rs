@@ -257,7 +257,10 @@ mod tests {
         let mut p = Progress::new(0, None, &emit).limit(Some(10));
         assert!(matches!(
             p.expect(Some(11)),
-            Err(DownloadError::NoSpace { needed: 11, free: 10 })
+            Err(DownloadError::NoSpace {
+                needed: 11,
+                free: 10
+            })
         ));
         p.expect(None).unwrap();
         assert!(bounded(p.advance(10)).await.is_ok());
