@@ -140,12 +140,12 @@ impl<'a> Progress<'a> {
             return Err(too_large(self.received));
         }
         self.check_space(self.received)?;
-        if let (Some(cut), Some(total)) = (self.cut_at, self.total) {
-            if u128::from(self.received) * 100 >= u128::from(cut) * u128::from(total) {
-                return Err(DownloadError::PowerCut {
-                    received: self.received,
-                });
-            }
+        if let (Some(cut), Some(total)) = (self.cut_at, self.total)
+            && u128::from(self.received) * 100 >= u128::from(cut) * u128::from(total)
+        {
+            return Err(DownloadError::PowerCut {
+                received: self.received,
+            });
         }
         if let Some(total) = self.total.filter(|t| *t > 0) {
             let done = u128::from(self.received.min(total));
