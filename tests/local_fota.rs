@@ -3,10 +3,10 @@
 //! semantics of seeds 000–002 (retry rules, `eg06xk-dfota`'s `END,505`,
 //! `ec200`'s unrecoverable power loss), power cuts during the download and
 //! the download codes only module-side causes produce — through
-//! `sim::Module` and the `simulate` binary, against the real server where
-//! a download is involved. Every await is bounded; nothing sleeps to wait.
+//! `sim::Module`, against the real server where a download is involved
+//! (the `simulate` binary's `--local-file` / `--uart-file` are tested in
+//! `tests/simulate_cli.rs`). Every await is bounded; nothing sleeps to wait.
 
-use std::process::Output;
 use std::time::Duration;
 
 mod common;
@@ -240,66 +240,4 @@ async fn module_side_download_codes_on_ec200() {
         Some(713)
     );
     real.server.shutdown().await;
-}
-
-async fn simulate(args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_qfota-serve"));
-    cmd.arg("simulate")
-        .args(args)
-        .env("QFOTA_SIM_TIME_SCALE", "0.0005")
-        .env_remove("QFOTA_SIM_JSON")
-        .kill_on_drop(true);
-    bounded("simulate", cmd.output())
-        .await
-        .expect("simulate ran")
-}
-
-fn lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-#[tokio::test]
-async fn simulate_runs_local_and_uart_packages() {
-    let pkg = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/packages/update-v12-to-v13.zip"
-    );
-    let local = simulate(&[
-        "/cache/ufs/x-v12-to-v13.zip",
-        "--local-file",
-        pkg,
-        "--profile",
-        "eg06xk",
-    ])
-    .await;
-    assert!(local.status.success(), "{local:?}");
-    let out = lines(&local);
-    assert_eq!(
-        out[..3],
-        ["AT+QFOTADL=\"/cache/ufs/x-v12-to-v13.zip\"", "OK", "RDY"]
-    );
-    assert_eq!(out.last().unwrap(), "RDY");
-    let uart = simulate(&[
-        "--uart-file",
-        pkg,
-        "--profile",
-        "ec200",
-        "--download-urc-max",
-        "5",
-    ])
-    .await;
-    assert!(uart.status.success(), "{uart:?}");
-    let out = lines(&uart);
-    assert_eq!(out[2], q("\"FILESTART\""));
-    assert!(out.contains(&q("\"FILEEND\",0")));
-    // A package too large for --free-space is a usage error.
-    let full = simulate(&["/data/ufs/x.zip", "--local-file", pkg, "--free-space", "10"]).await;
-    assert_eq!(full.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&full.stderr).contains("403"),
-        "{full:?}"
-    );
 }
