@@ -21,6 +21,42 @@ pub enum DownloadCodes {
     Detailed,
 }
 
+impl DownloadCodes {
+    /// Whether a download can end with `code` on such a family: 601 and
+    /// 701 everywhere, 602–630 and 702–730 with detailed codes.
+    pub fn has(self, code: u16) -> bool {
+        match self {
+            DownloadCodes::Generic => code == 601 || code == 701,
+            DownloadCodes::Detailed => (601..=630).contains(&code) || (701..=730).contains(&code),
+        }
+    }
+}
+
+/// What a family does when a package names another firmware version than
+/// the module runs (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionMismatch {
+    /// The check fails every attempt with this `<err>` and the module
+    /// retries like any other failure (510 on ec2x/ep06/eg06xk, seeds 004
+    /// §4.1.1 and 000 table 5; `ec200`, without 510, says 504).
+    Retried(u16),
+    /// Before entering recovery mode the module reports `END,<err>` once,
+    /// deletes the package and stays in normal mode: `eg06xk-dfota`, seed
+    /// `002_1ebd9d344d8c6b8a.txt` §3 ("If the version file in the package
+    /// mismatches with the module, an error code (505) will be reported
+    /// via URC. and the incorrect upgrade package will be deleted.").
+    Final(u16),
+}
+
+impl VersionMismatch {
+    /// The `<err>` reported.
+    pub fn code(self) -> u16 {
+        match self {
+            VersionMismatch::Retried(code) | VersionMismatch::Final(code) => code,
+        }
+    }
+}
+
 /// A module family's FOTA behaviour, as data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
@@ -59,9 +95,25 @@ pub struct Profile {
     /// `END,550` (`eg06xk` only). The seed gives the code, not the figure:
     /// the value is our choice (SPEC §5).
     pub package_max: Option<u64>,
-    /// Upgrade attempts before the module gives up and boots the old
-    /// firmware (seeds 000 and 004: five).
+    /// Failed upgrade attempts before the module gives up and boots the
+    /// old firmware: five on every family. Seed 004 §4.1: "the module can
+    /// only retry for maximally five times in total, among which retry
+    /// times for package checking and firmware upgrading are both
+    /// included"; seed 002 §3: "retry to upgrade five times at most"; seed
+    /// 000 §4.1: "If the upgrade fails for five consecutive times, the
+    /// upgrade is a complete failure". We read "five retries" as five
+    /// attempts in all, as seed 004's "in total" says. Seed 001 (`ec200`)
+    /// states no rule; SPEC §5 applies the same five.
     pub max_attempts: u8,
+    /// `<err>` codes whose failed attempts do not count toward
+    /// `max_attempts`: the module reboots and retries "until the upgrade is
+    /// successful" (`eg06xk` 520–530, seed `000_318699ddba19ea03.txt`
+    /// table 5). Empty elsewhere: seeds 002 and 004 count 520–530 like any
+    /// failure (004 §4.1.2: "502, 511, 520-530 or 540-546 ... retry to
+    /// upgrade for maximally five times").
+    pub retry_until_success: &'static [u16],
+    /// How a version mismatch is reported.
+    pub version_mismatch: VersionMismatch,
     /// Prefix of a local package path (`AT+QFOTADL="/data/ufs/…"`) and its
     /// maximum length in bytes; `None` where packages come over UART.
     pub local_prefix: Option<(&'static str, usize)>,
@@ -74,6 +126,9 @@ pub struct Profile {
     /// failed and cannot be restored", so there it is `false`.
     pub power_cut_resumes: bool,
 }
+
+/// `eg06xk`'s "retry until successful" codes (seed 000 table 5).
+const UNTIL_SUCCESS: [u16; 11] = [520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530];
 
 const UPGRADE_RETRY: [u16; 18] = [
     520, 521, 522, 523, 524, 525, 526, 527, 528, 529, 530, 540, 541, 542, 543, 544, 545, 546,
@@ -127,6 +182,8 @@ pub static PROFILES: [Profile; 5] = [
         upgrade_codes: &COMMON_UPGRADE_CODES,
         package_max: None,
         max_attempts: 5,
+        retry_until_success: &[],
+        version_mismatch: VersionMismatch::Retried(510),
         local_prefix: Some(("/data/ufs/", 90)),
         power_cut_resumes: true,
     },
@@ -145,6 +202,8 @@ pub static PROFILES: [Profile; 5] = [
         upgrade_codes: &COMMON_UPGRADE_CODES,
         package_max: None,
         max_attempts: 5,
+        retry_until_success: &[],
+        version_mismatch: VersionMismatch::Retried(510),
         local_prefix: Some(("/data/ufs/", 90)),
         power_cut_resumes: true,
     },
@@ -163,6 +222,8 @@ pub static PROFILES: [Profile; 5] = [
         upgrade_codes: &[504, 506],
         package_max: None,
         max_attempts: 5,
+        retry_until_success: &[],
+        version_mismatch: VersionMismatch::Retried(504),
         local_prefix: None,
         power_cut_resumes: false,
     },
@@ -181,6 +242,8 @@ pub static PROFILES: [Profile; 5] = [
         upgrade_codes: &COMMON_UPGRADE_CODES,
         package_max: None,
         max_attempts: 5,
+        retry_until_success: &[],
+        version_mismatch: VersionMismatch::Final(505),
         local_prefix: Some(("/usrdata/cache/ufs/", 100)),
         power_cut_resumes: true,
     },
@@ -199,6 +262,8 @@ pub static PROFILES: [Profile; 5] = [
         upgrade_codes: &EG06XK_UPGRADE_CODES,
         package_max: Some(512 * 1024 * 1024),
         max_attempts: 5,
+        retry_until_success: &UNTIL_SUCCESS,
+        version_mismatch: VersionMismatch::Retried(510),
         local_prefix: Some(("/cache/ufs/", 512)),
         power_cut_resumes: true,
     },
@@ -383,6 +448,38 @@ mod tests {
                 .upgrade_codes
                 .contains(&513)
         );
+    }
+
+    #[test]
+    fn retry_rules_follow_each_seed() {
+        let p = |n| Profile::by_name(n).unwrap();
+        assert!(p("eg06xk").retry_until_success.contains(&520));
+        assert!(p("eg06xk").retry_until_success.contains(&530));
+        assert!(!p("eg06xk").retry_until_success.contains(&540));
+        for name in ["ec2x", "ep06", "ec200", "eg06xk-dfota"] {
+            assert!(p(name).retry_until_success.is_empty(), "{name}");
+        }
+        assert_eq!(
+            p("eg06xk-dfota").version_mismatch,
+            VersionMismatch::Final(505)
+        );
+        assert_eq!(p("ec2x").version_mismatch.code(), 510);
+        assert_eq!(p("ec200").version_mismatch.code(), 504);
+        for p in Profile::all() {
+            assert!(
+                p.upgrade_codes.contains(&p.version_mismatch.code()),
+                "{}",
+                p.name
+            );
+        }
+    }
+
+    #[test]
+    fn download_codes_per_family() {
+        assert!(DownloadCodes::Generic.has(601) && DownloadCodes::Generic.has(701));
+        assert!(!DownloadCodes::Generic.has(608));
+        assert!(DownloadCodes::Detailed.has(630) && DownloadCodes::Detailed.has(702));
+        assert!(!DownloadCodes::Detailed.has(631) && !DownloadCodes::Detailed.has(700));
     }
 
     #[test]

@@ -160,13 +160,8 @@ async fn usage_errors_exit_2() {
         &["ftp://h/p.zip", "--fault", "signature"][..],
         &["ftp://h/p.zip", "--profile", "nope"],
         &["ftp://h/p.zip", "--model", "EC25", "--profile", "ec2x"],
-        &[
-            "ftp://h/p.zip",
-            "--profile",
-            "ec200",
-            "--fault",
-            "power-cut=50",
-        ],
+        &["ftp://h/p.zip", "--fault", "download-error=608"],
+        &["ftp://h/p.zip", "--fota-cid", "0"],
         &["ftp://127.0.0.1/p.zip", "--fault", "dns-fail"],
         &["ftp://h/p.zip", "--fault", "bogus"],
         &["ftp://h/p.zip", "--ca", "/nonexistent/ca.pem"],
@@ -176,4 +171,57 @@ async fn usage_errors_exit_2() {
         assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
         assert!(!out.stderr.is_empty(), "{args:?}: a message on stderr");
     }
+}
+
+#[tokio::test]
+async fn simulate_runs_local_and_uart_packages() {
+    let pkg = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packages/update-v12-to-v13.zip"
+    );
+    let local = simulate(
+        &[
+            "/cache/ufs/x-v12-to-v13.zip",
+            "--local-file",
+            pkg,
+            "--profile",
+            "eg06xk",
+        ],
+        &[],
+    )
+    .await;
+    assert!(local.status.success(), "{local:?}");
+    let out = stdout_lines(&local);
+    assert_eq!(
+        out[..3],
+        ["AT+QFOTADL=\"/cache/ufs/x-v12-to-v13.zip\"", "OK", "RDY"]
+    );
+    assert_eq!(out.last().unwrap(), "RDY");
+    let uart = simulate(
+        &[
+            "--uart-file",
+            pkg,
+            "--profile",
+            "ec200",
+            "--download-urc-max",
+            "5",
+        ],
+        &[],
+    )
+    .await;
+    assert!(uart.status.success(), "{uart:?}");
+    let out = stdout_lines(&uart);
+    assert_eq!(out[2], q("\"FILESTART\""));
+    assert!(out.contains(&q("\"FILEEND\",0")));
+    // A package too large for --free-space is a usage error.
+    let full = simulate(
+        &["/data/ufs/x.zip", "--local-file", pkg, "--free-space", "10"],
+        &[],
+    )
+    .await;
+    assert_eq!(full.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&full.stderr).contains("403"),
+        "{full:?}"
+    );
 }

@@ -40,6 +40,10 @@ pub trait ModuleEnv: Debug + Clone + Send + Sync + 'static {
     const FREE_SPACE: &'static str;
     /// `--ca`.
     const CA: &'static str;
+    /// `--active-cid` (comma-separated).
+    const ACTIVE_CIDS: &'static str;
+    /// `--fota-cid`.
+    const FOTA_CID: &'static str;
 }
 
 /// Declares a [`ModuleEnv`] marker whose variables all start with `$prefix`.
@@ -58,6 +62,8 @@ macro_rules! module_env {
             const TIME_SCALE: &'static str = concat!($prefix, "TIME_SCALE");
             const FREE_SPACE: &'static str = concat!($prefix, "FREE_SPACE");
             const CA: &'static str = concat!($prefix, "CA");
+            const ACTIVE_CIDS: &'static str = concat!($prefix, "ACTIVE_CIDS");
+            const FOTA_CID: &'static str = concat!($prefix, "FOTA_CID");
         }
     };
 }
@@ -101,14 +107,16 @@ pub struct ModuleArgs<E: ModuleEnv> {
     pub module_version: Option<String>,
     /// Module-side fault, repeatable (comma-separated in the environment):
     /// `network-down`, `dns-fail`, `power-cut=<percent>`,
-    /// `upgrade-error=<code>[x<N>]`, `signature` (eg06xk), `md5` (ec200).
+    /// `download-power-cut=<percent>`, `upgrade-error=<code>[x<N>]`,
+    /// `download-error=<code>[x<N>]`, `signature` (eg06xk), `md5` (ec200).
     #[arg(
         long = "fault",
         env = E::FAULT,
         value_delimiter = ',',
         value_name = "F",
         help = "Module-side fault, repeatable (comma-separated in the environment): \
-                network-down, dns-fail, power-cut=<percent>, upgrade-error=<code>[x<N>], \
+                network-down, dns-fail, power-cut=<percent>, download-power-cut=<percent>, \
+                upgrade-error=<code>[x<N>], download-error=<code>[x<N>], \
                 signature (eg06xk), md5 (ec200)"
     )]
     pub faults: Vec<Fault>,
@@ -119,10 +127,18 @@ pub struct ModuleArgs<E: ModuleEnv> {
     /// ~2 min).
     #[arg(long, env = E::TIME_SCALE, default_value_t = DEFAULT_TIME_SCALE, value_name = "X")]
     pub time_scale: f64,
-    /// Free space in the module's file system, bytes; a larger package ends
-    /// END,511.
+    /// Size of the module's file system (UFS), bytes: its free space while
+    /// no file is stored; a larger package ends END,511 (ec200: download
+    /// error 611/729), a larger upload +CME ERROR: 403.
     #[arg(long, env = E::FREE_SPACE, value_name = "BYTES")]
     pub free_space: Option<u64>,
+    /// PDP contexts active after boot, repeatable (default: 1); a download
+    /// over an inactive context fails (ec200: 605/707).
+    #[arg(long = "active-cid", env = E::ACTIVE_CIDS, value_delimiter = ',', value_name = "CID")]
+    pub active_cids: Vec<u8>,
+    /// The context FOTA downloads use (AT+QFOTA="fota/cid"), default 1.
+    #[arg(long, env = E::FOTA_CID, value_name = "CID")]
+    pub fota_cid: Option<u8>,
     /// Verify HTTPS certificates against this CA (PEM); without it they are
     /// not verified, like a module without a CA.
     #[arg(long, env = E::CA, value_name = "PEM")]
@@ -151,6 +167,8 @@ impl<E: ModuleEnv> ModuleArgs<E> {
             free_space: self.free_space,
             ca: self.ca,
             rate: None,
+            active_contexts: (!self.active_cids.is_empty()).then_some(self.active_cids),
+            fota_cid: self.fota_cid,
         }
     }
 }
@@ -164,6 +182,24 @@ pub enum UsageError {
     /// A module setting the simulator refuses (fault, time scale, CA, …).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `simulate`: a package file (`--local-file`, `--uart-file`) cannot
+    /// be read.
+    #[error("cannot read package {path}: {source}")]
+    Package {
+        /// The path given.
+        path: PathBuf,
+        /// The read error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `simulate --local-file`: the URL is not one of the family's local
+    /// paths (SPEC §9).
+    #[error("{0:?} is not a local path of this family (e.g. /data/ufs/<name> on ec2x)")]
+    LocalPath(String),
+    /// `simulate --local-file`: the module's UFS refuses the package
+    /// (`+CME ERROR` code and reason).
+    #[error("cannot store the package in the module's UFS: +CME ERROR: {code}: {source}", code = .0.code(), source = .0)]
+    Upload(#[from] crate::sim::ufs::FileError),
     /// `simulate`: `dns-fail` with an IP-literal URL would change nothing.
     #[error("fault dns-fail needs a host name in the URL, not an IP address")]
     DnsFaultWithIp,

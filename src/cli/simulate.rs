@@ -1,6 +1,8 @@
 //! `qfota-serve simulate`: send one `AT+QFOTADL` to a simulated module and
 //! print the AT transcript (or JSON lines), exiting 0 on `END,0`, 1 on
-//! `ERROR` or any failure code, 2 on usage errors.
+//! `ERROR` or any failure code, 2 on usage errors. `--local-file` first
+//! stores a package in the module's UFS (local-file FOTA, SPEC §9);
+//! `--uart-file` sends one over the AT port (`ec200`'s `FILE:<length>`).
 //!
 //! Raw flags ([`SimulateArgs`], environment `QFOTA_SIM_*`; the module's
 //! options are the shared [`ModuleArgs`]) become a checked
@@ -10,13 +12,14 @@
 
 use std::io::Write;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 
 use crate::cli::module_args::{ModuleArgs, SimEnv, UsageError, usage_exit};
-use crate::sim::command::{FotaUrl, FotadlArgs};
+use crate::sim::command::{FotaUrl, FotadlArgs, FotadlCommand, Source};
 use crate::sim::fault::Fault;
 use crate::sim::module::Module;
 use crate::sim::transcript::{RunSummary, TimedEvent};
@@ -28,12 +31,34 @@ use crate::sim::transcript::{RunSummary, TimedEvent};
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
     /// Package URL: `ftp://[user[:password]@]host[:port]/file` or
-    /// `http(s)://host[:port]/path`.
+    /// `http(s)://host[:port]/path`, or the module's local path
+    /// (`/data/ufs/x.zip`, …) with `--local-file`; none with `--uart-file`.
     #[arg(
         env = "QFOTA_SIM_URL",
-        help = "Package URL: ftp://[user[:password]@]host[:port]/file, http(s)://host[:port]/path"
+        required_unless_present = "uart_file",
+        help = "Package URL: ftp://[user[:password]@]host[:port]/file, http(s)://host[:port]/path; \
+                or the module's local path (/data/ufs/x.zip, ...) with --local-file"
     )]
-    pub url: String,
+    pub url: Option<String>,
+    /// Store this package file in the module's file system (UFS) under the
+    /// name in the local path, then send `AT+QFOTADL="<local path>"`.
+    #[arg(
+        long,
+        env = "QFOTA_SIM_LOCAL_FILE",
+        value_name = "PKG",
+        requires = "url",
+        conflicts_with = "uart_file"
+    )]
+    pub local_file: Option<PathBuf>,
+    /// ec200: send this package over the AT port,
+    /// `AT+QFOTADL="FILE:<length>"` (with the URC options below).
+    #[arg(
+        long,
+        env = "QFOTA_SIM_UART_FILE",
+        value_name = "PKG",
+        conflicts_with = "url"
+    )]
+    pub uart_file: Option<PathBuf>,
     /// The simulated module.
     #[command(flatten)]
     pub module: ModuleArgs<SimEnv>,
@@ -58,8 +83,15 @@ pub struct SimulateConfig {
     pub module: Module,
     /// The command to send.
     pub command: FotadlArgs,
+    /// `--uart-file`: the package bytes to send after `FILESTART`.
+    pub uart_bytes: Option<Vec<u8>>,
     /// Print JSON lines instead of the transcript.
     pub json: bool,
+}
+
+/// Reads a package file given on the command line.
+fn read_package(path: PathBuf) -> Result<Vec<u8>, UsageError> {
+    std::fs::read(&path).map_err(|source| UsageError::Package { path, source })
 }
 
 impl TryFrom<SimulateArgs> for SimulateConfig {
@@ -67,21 +99,42 @@ impl TryFrom<SimulateArgs> for SimulateConfig {
 
     fn try_from(args: SimulateArgs) -> Result<SimulateConfig, UsageError> {
         let profile = args.module.profile()?;
+        let uart_bytes = args.uart_file.map(read_package).transpose()?;
+        let url = match (&uart_bytes, args.url) {
+            (Some(bytes), _) => format!("FILE:{}", bytes.len()),
+            (None, Some(url)) => url,
+            // clap requires one of them.
+            (None, None) => String::new(),
+        };
         if args.module.faults.contains(&Fault::DnsFail) {
-            let ip_url = FotaUrl::parse(&args.url, profile)
-                .is_ok_and(|url| url.host.parse::<IpAddr>().is_ok());
+            let ip_url =
+                FotaUrl::parse(&url, profile).is_ok_and(|url| url.host.parse::<IpAddr>().is_ok());
             if ip_url {
                 return Err(UsageError::DnsFaultWithIp);
             }
         }
+        let module = args.module.into_settings().builder(profile).build()?;
+        if let Some(path) = args.local_file {
+            let bytes = read_package(path)?;
+            let command = FotadlCommand::parse(&format!("\"{url}\""), profile);
+            let Ok(FotadlCommand {
+                source: Source::Local { name, .. },
+                ..
+            }) = command
+            else {
+                return Err(UsageError::LocalPath(url));
+            };
+            module.ufs().write(name.as_str(), bytes)?;
+        }
         Ok(SimulateConfig {
-            module: args.module.into_settings().builder(profile).build()?,
+            module,
             command: FotadlArgs {
-                url: args.url,
+                url,
                 upgrade_mode: args.upgrade_mode,
                 download_urc_max: args.download_urc_max,
                 update_urc_max: args.update_urc_max,
             },
+            uart_bytes,
             json: args.json,
         })
     }
@@ -105,6 +158,11 @@ pub async fn run(args: SimulateArgs) -> ExitCode {
 
 async fn execute(config: &SimulateConfig) -> RunSummary {
     let mut run = config.module.fotadl(&config.command.to_at_args());
+    if let (Some(bytes), Some(input)) = (&config.uart_bytes, run.file_input()) {
+        // The module reads them after FILESTART; a run that refused the
+        // command drops them.
+        let _ = input.send(bytes);
+    }
     let mut out = std::io::stdout();
     // Output errors (a closed pipe) must not stop the module mid-upgrade.
     let mut print = |at: Duration, line: &str| {
@@ -194,6 +252,58 @@ mod tests {
     }
 
     #[test]
+    fn local_file_goes_into_the_ufs_under_the_path_name() {
+        let args = parse(&[
+            "/data/ufs/x.zip",
+            "--local-file",
+            "Cargo.toml",
+            "--active-cid",
+            "1,2",
+            "--fota-cid",
+            "2",
+        ])
+        .unwrap();
+        let config = SimulateConfig::try_from(args).unwrap();
+        let files = config.module.ufs().list("*").unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].name, "x.zip");
+        assert_eq!(config.command.to_at_args(), r#""/data/ufs/x.zip""#);
+        assert_eq!(config.module.fota_cid(), 2);
+        assert_eq!(config.module.active_contexts().len(), 2);
+        // The package must fit the UFS.
+        let small = parse(&[
+            "/data/ufs/x.zip",
+            "--local-file",
+            "Cargo.toml",
+            "--free-space",
+            "1",
+        ]);
+        assert!(matches!(
+            SimulateConfig::try_from(small.unwrap()),
+            Err(UsageError::Upload(_))
+        ));
+    }
+
+    #[test]
+    fn uart_file_sends_file_length() {
+        let args = parse(&[
+            "--uart-file",
+            "Cargo.toml",
+            "--profile",
+            "ec200",
+            "--download-urc-max",
+            "5",
+        ])
+        .unwrap();
+        let config = SimulateConfig::try_from(args).unwrap();
+        let len = std::fs::metadata("Cargo.toml").unwrap().len();
+        assert_eq!(config.command.to_at_args(), format!("\"FILE:{len}\",1,5"));
+        assert_eq!(config.uart_bytes.map(|b| b.len() as u64), Some(len));
+        assert!(parse(&["ftp://h/p", "--uart-file", "Cargo.toml"]).is_err());
+        assert!(parse(&["--local-file", "Cargo.toml"]).is_err());
+    }
+
+    #[test]
     fn default_profile_is_ec2x() {
         let config = SimulateConfig::try_from(parse(&["ftp://h/p.zip"]).unwrap()).unwrap();
         assert_eq!(config.module.profile().name, "ec2x");
@@ -208,13 +318,11 @@ mod tests {
             &["ftp://h/p.zip", "--profile", "nope"][..],
             &["ftp://h/p.zip", "--model", "BG96"],
             &["ftp://h/p.zip", "--fault", "md5"],
-            &[
-                "ftp://h/p.zip",
-                "--profile",
-                "ec200",
-                "--fault",
-                "power-cut=50",
-            ],
+            &["ftp://h/p.zip", "--fault", "download-error=608"],
+            &["ftp://h/p.zip", "--fota-cid", "17"],
+            &["/tmp/x.zip", "--local-file", "/nonexistent/pkg.zip"],
+            &["ftp://h/p.zip", "--local-file", "Cargo.toml"],
+            &["--uart-file", "/nonexistent/pkg.bin", "--profile", "ec200"],
             &["ftp://h/p.zip", "--time-scale=-1"],
             &["ftp://h/p.zip", "--timeout-secs", "0"],
             &["ftp://127.0.0.1/p.zip", "--fault", "dns-fail"],

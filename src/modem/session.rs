@@ -49,7 +49,7 @@ use crate::modem::port::{self, Channel, ChannelId, PortEvent, PortKind};
 use crate::modem::pty::{Pty, PtyLink};
 use crate::modem::reply::{self, CmeError, PortSettings};
 use crate::modem::status::Status;
-use crate::sim::command::Scheme;
+use crate::sim::command::{Scheme, Source};
 use crate::sim::{AtResult, DownloadError, Event, FotaRun, FotadlCommand, Module, PowerOff, Urc};
 
 /// Unsolicited chunks held for a host, at most; older ones are dropped.
@@ -357,11 +357,15 @@ impl Session {
                 }
                 if let Some(id) = self.origin.take() {
                     // The simulator refuses a command it cannot parse.
-                    let outcome = match result {
-                        AtResult::Ok => Ok(()),
-                        AtResult::Error => Err(CmeError::IncorrectParameters),
-                    };
-                    self.send_result(id, outcome);
+                    match result {
+                        AtResult::Ok => self.send_result(id, Ok(())),
+                        AtResult::Error => self.send_result(id, Err(CmeError::IncorrectParameters)),
+                        // `FILE:<length>,2`: the module's protocol-mode
+                        // answer, not simulated further (seed 001 §3.2.1.4).
+                        AtResult::ProtocolMode => {
+                            self.send_to(id, format!("\r\n{result}\r\n").into_bytes());
+                        }
+                    }
                     self.replay_deferred(id);
                 }
                 self.publish(|_| {});
@@ -378,7 +382,7 @@ impl Session {
             }
             Event::PowerOff(why) => {
                 let next = match why {
-                    PowerOff::RebootToNormal => Boot::Normal,
+                    PowerOff::RebootToNormal | PowerOff::DownloadPowerCut => Boot::Normal,
                     PowerOff::RebootToUpgrade | PowerOff::RebootToRetry | PowerOff::PowerCut => {
                         Boot::Recovery
                     }
@@ -763,10 +767,15 @@ impl Session {
             return self.send_result(id, Err(CmeError::NotAllowed));
         }
         let profile = self.module.profile();
-        let scheme = FotadlCommand::parse(args, profile)
-            .ok()
-            .map(|c| c.url.scheme);
-        if !self.settings.radio_on() {
+        let command = FotadlCommand::parse(args, profile).ok();
+        let scheme = command.as_ref().and_then(|c| match &c.source {
+            Source::Url(url) => Some(url.scheme),
+            _ => None,
+        });
+        // A local-file FOTA needs no network: only downloads fail with the
+        // radio off.
+        let needs_network = command.is_none() || scheme.is_some();
+        if !self.settings.radio_on() && needs_network {
             // The simulated module has no run-time radio switch: the modem
             // answers for it, as the module does under fault
             // `network-down`.

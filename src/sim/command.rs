@@ -9,6 +9,7 @@
 use std::fmt;
 
 use crate::profile::Profile;
+use crate::sim::ufs::FileName;
 
 /// `<upgrade_mode>` when not given: 1, upgrade at once (seed
 /// `001_2f648264def3e0b1.txt` §3.2.1, underlined default).
@@ -83,8 +84,35 @@ pub enum CommandError {
     #[error("an HTTP(S) URL takes no user name or password")]
     CredentialsInHttpUrl,
     /// Optional parameters on a family that has none (only `ec200` has).
+    /// The write command of every other family is `AT+QFOTADL=<url>` alone
+    /// (seeds `000_318699ddba19ea03.txt` §3.3.1–3.3.3,
+    /// `002_1ebd9d344d8c6b8a.txt` §3.3.1, `003_ac1d7f519ffa6f58.txt`,
+    /// `004_88405b99851b7db5.txt` §3.2), "If there is any error: ERROR";
+    /// host code that appends `,0,50` (SPEC §8) is written for the
+    /// `ec200` family and gets `ERROR` elsewhere, as on a real module.
     #[error("this family takes no parameters after the URL")]
     UnexpectedParameters,
+    /// A local path (`/…`) on a family without a local file system prefix
+    /// (`ec200` takes packages over UART, `FILE:<length>`), or one that does
+    /// not start with the family's prefix (SPEC §9).
+    #[error("this family takes local packages only under {0}")]
+    LocalPrefix(&'static str),
+    /// A local path over the family's length limit (SPEC §9: 90, 100, 512
+    /// bytes; seeds 004 §3.2.3, 002 §3.3.1.3, 000 §3.3.3).
+    #[error("the local path is {len} bytes, over the {max}-byte limit of this family")]
+    LocalPathTooLong {
+        /// Length in bytes.
+        len: usize,
+        /// The family's limit.
+        max: usize,
+    },
+    /// The file name after the prefix breaks the UFS name rules.
+    #[error("bad local file name: {0}")]
+    LocalName(String),
+    /// `FILE:<length>` on a family other than `ec200`, or a length that is
+    /// not a decimal number from 1 to [`MAX_FILE_LENGTH`].
+    #[error("bad FILE:<length> {0:?}")]
+    BadFileLength(String),
     /// More than `<upgrade_mode>,<download_URC_max>,<update_URC_max>`.
     #[error("too many parameters after the URL")]
     TooManyParameters,
@@ -390,23 +418,77 @@ fn parse_param(
     if in_range(n) { Ok(Some(n)) } else { Err(bad()) }
 }
 
+/// Largest `FILE:<length>` the simulator takes, bytes: the largest
+/// package it holds ([`crate::sim::download::MAX_PACKAGE`]).
+pub const MAX_FILE_LENGTH: u64 = crate::sim::download::MAX_PACKAGE;
+
+/// `<n>` of `AT+QFOTADL="FILE:<length>",<n>` that selects the vendor's
+/// protocol-download mode (seed `001_2f648264def3e0b1.txt` §3.2.1.4).
+pub const PROTOCOL_MODE: &str = "2";
+
+/// Where an `AT+QFOTADL` takes its package from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An FTP or HTTP(S) server (seeds 000–004 §3).
+    Url(FotaUrl),
+    /// A file already in the module's UFS, named by the family's local
+    /// path (`/data/ufs/<name>`, SPEC §9).
+    Local {
+        /// The path as given.
+        path: String,
+        /// The UFS file name (the path without the prefix).
+        name: FileName,
+    },
+    /// `ec200`'s `FILE:<length>`: `<length>` bytes over the AT port
+    /// itself (seed 001 §3.2.1.3).
+    Uart {
+        /// Package length, bytes.
+        length: u64,
+    },
+    /// `ec200`'s `FILE:<length>,2`: protocol-download mode, answered
+    /// `010003` and not simulated further (seed 001 §3.2.1.4).
+    ProtocolMode,
+}
+
+impl Source {
+    /// The URL, for a download from a server.
+    pub fn url(&self) -> Option<&FotaUrl> {
+        match self {
+            Source::Url(url) => Some(url),
+            _ => None,
+        }
+    }
+
+    /// The package's file name for the version rule of SPEC §5 (`None` for
+    /// a package over UART, which has none).
+    pub fn file_name(&self) -> Option<&str> {
+        match self {
+            Source::Url(url) => Some(url.file_name()),
+            Source::Local { name, .. } => Some(name.as_str()),
+            Source::Uart { .. } | Source::ProtocolMode => None,
+        }
+    }
+}
+
 /// A checked `AT+QFOTADL` write command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FotadlCommand {
-    /// The package URL.
-    pub url: FotaUrl,
+    /// Where the package comes from.
+    pub source: Source,
     /// `ec200`'s optional parameters (all `None` elsewhere).
     pub params: OptionalParams,
 }
 
 impl FotadlCommand {
-    /// Parses the text after `AT+QFOTADL=`, e.g. `"ftp://h/p.zip",0,50`.
+    /// Parses the text after `AT+QFOTADL=`: `"ftp://h/p.zip",0,50`, a
+    /// local path `"/data/ufs/p.zip"` (SPEC §9), or on `ec200`
+    /// `"FILE:<length>"[,<upgrade_mode>,…]` and `"FILE:<length>",2`.
     ///
     /// # Errors
     /// The [`CommandError`] that makes the module answer `ERROR`.
     pub fn parse(at_args: &str, profile: &Profile) -> Result<FotadlCommand, CommandError> {
         let rest = at_args.strip_prefix('"').ok_or(CommandError::NotQuoted)?;
-        let (url, tail) = rest.split_once('"').ok_or(CommandError::Unterminated)?;
+        let (target, tail) = rest.split_once('"').ok_or(CommandError::Unterminated)?;
         if tail.contains('"') {
             return Err(CommandError::QuoteInUrl);
         }
@@ -417,10 +499,63 @@ impl FotadlCommand {
                 None => return Err(CommandError::TrailingText(tail.to_string())),
             },
         };
-        let url = FotaUrl::parse(url, profile)?;
+        let source = if target.starts_with('/') {
+            local_source(target, profile)?
+        } else if let Some(length) = strip_file_prefix(target) {
+            let length = file_length(length, profile)?;
+            if params == [PROTOCOL_MODE] {
+                return Ok(FotadlCommand {
+                    source: Source::ProtocolMode,
+                    params: OptionalParams::default(),
+                });
+            }
+            Source::Uart { length }
+        } else {
+            Source::Url(FotaUrl::parse(target, profile)?)
+        };
         let params = OptionalParams::parse(&params, profile)?;
-        Ok(FotadlCommand { url, params })
+        Ok(FotadlCommand { source, params })
     }
+}
+
+/// `FILE:` (any case) stripped from `target`, if it starts so.
+fn strip_file_prefix(target: &str) -> Option<&str> {
+    let head = target.get(..5)?;
+    head.eq_ignore_ascii_case("FILE:").then(|| &target[5..])
+}
+
+/// `<length>` of `FILE:<length>`: `ec200` only, 1–[`MAX_FILE_LENGTH`].
+fn file_length(text: &str, profile: &Profile) -> Result<u64, CommandError> {
+    let bad = || CommandError::BadFileLength(text.to_string());
+    if !profile.optional_params || text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    text.parse::<u64>()
+        .ok()
+        .filter(|n| (1..=MAX_FILE_LENGTH).contains(n))
+        .ok_or_else(bad)
+}
+
+/// A local package path checked against the family's prefix and length
+/// limit (`Profile::local_prefix`, SPEC §9).
+fn local_source(path: &str, profile: &Profile) -> Result<Source, CommandError> {
+    let Some((prefix, max)) = profile.local_prefix else {
+        return Err(CommandError::LocalPrefix("no local path (FILE:<length>)"));
+    };
+    if path.len() > max {
+        return Err(CommandError::LocalPathTooLong {
+            len: path.len(),
+            max,
+        });
+    }
+    let name = path
+        .strip_prefix(prefix)
+        .ok_or(CommandError::LocalPrefix(prefix))?;
+    let name = FileName::parse(name).map_err(|_| CommandError::LocalName(name.to_string()))?;
+    Ok(Source::Local {
+        path: path.to_string(),
+        name,
+    })
 }
 
 /// An `AT+QFOTADL` command to send, before any checking: what a host (or
@@ -507,7 +642,7 @@ mod tests {
             "ec2x",
         )
         .unwrap();
-        let url = cmd.url;
+        let url = cmd.source.url().unwrap().clone();
         assert_eq!(url.scheme, Scheme::Ftp);
         assert_eq!(url.user.as_deref(), Some("test"));
         assert_eq!(url.password.as_deref(), Some("test"));
@@ -520,28 +655,51 @@ mod tests {
 
     #[test]
     fn schemes_are_case_insensitive_and_ports_default() {
-        let ftp = parse(r#""FTP://host/p.zip""#, "ec2x").unwrap().url;
+        let ftp = parse(r#""FTP://host/p.zip""#, "ec2x")
+            .unwrap()
+            .source
+            .url()
+            .unwrap()
+            .clone();
         assert_eq!((ftp.scheme, ftp.port), (Scheme::Ftp, 21));
         assert_eq!(ftp.ftp_user(), ANONYMOUS);
         assert_eq!(ftp.ftp_password(), ANONYMOUS);
         let http = parse(r#""http://www.example.com:100/update.zip""#, "ec2x")
             .unwrap()
-            .url;
+            .source
+            .url()
+            .unwrap()
+            .clone();
         assert_eq!((http.scheme, http.port), (Scheme::Http, 100));
         assert_eq!(http.path, "/update.zip");
         assert_eq!(http.authority(), "www.example.com:100");
-        let https = parse(r#""https://host/u.zip?x=1""#, "ec2x").unwrap().url;
+        let https = parse(r#""https://host/u.zip?x=1""#, "ec2x")
+            .unwrap()
+            .source
+            .url()
+            .unwrap()
+            .clone();
         assert_eq!((https.scheme, https.port), (Scheme::Https, 443));
         assert_eq!(https.file_name(), "u.zip");
         assert_eq!(https.authority(), "host");
-        let v6 = parse(r#""http://[::1]:8080/u.zip""#, "ec2x").unwrap().url;
+        let v6 = parse(r#""http://[::1]:8080/u.zip""#, "ec2x")
+            .unwrap()
+            .source
+            .url()
+            .unwrap()
+            .clone();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 8080));
         assert_eq!(v6.authority(), "[::1]:8080");
     }
 
     #[test]
     fn user_without_password_logs_in_with_empty_password() {
-        let url = parse(r#""ftp://bob@h/p.zip""#, "ec2x").unwrap().url;
+        let url = parse(r#""ftp://bob@h/p.zip""#, "ec2x")
+            .unwrap()
+            .source
+            .url()
+            .unwrap()
+            .clone();
         assert_eq!((url.ftp_user(), url.ftp_password()), ("bob", ""));
     }
 
@@ -618,7 +776,7 @@ mod tests {
     fn bad_scheme_host_port_and_path_are_refused() {
         for (url, want) in [
             ("sftp://h/p.zip", CommandError::BadScheme),
-            ("/data/ufs/p.zip", CommandError::BadScheme),
+            ("data/ufs/p.zip", CommandError::BadScheme),
             ("ftp:/h/p.zip", CommandError::BadScheme),
             ("ftp:///p.zip", CommandError::MissingHost),
             ("ftp://u:p@/p.zip", CommandError::MissingHost),
@@ -728,5 +886,82 @@ mod tests {
             vec!["+QFOTADL: <url>,(0,1),(0,5-100),(0,5-100)", "OK"]
         );
         assert_eq!(test_command_response(profile("ec2x")), vec!["OK"]);
+    }
+
+    #[test]
+    fn local_paths_follow_each_family_prefix_and_limit() {
+        for (family, prefix, max) in [
+            ("ec2x", "/data/ufs/", 90),
+            ("ep06", "/data/ufs/", 90),
+            ("eg06xk-dfota", "/usrdata/cache/ufs/", 100),
+            ("eg06xk", "/cache/ufs/", 512),
+        ] {
+            let cmd = parse(&format!("\"{prefix}update-v12-to-v13.zip\""), family).unwrap();
+            assert_eq!(cmd.source.file_name(), Some("update-v12-to-v13.zip"));
+            assert!(matches!(cmd.source, Source::Local { .. }), "{family}");
+            // The name rules cap a file at 80 bytes; check the path limit
+            // with the longest name under it.
+            let room = (max - prefix.len()).min(crate::sim::ufs::MAX_NAME);
+            let at = format!("\"{prefix}{}\"", "a".repeat(room));
+            assert!(parse(&at, family).is_ok(), "{family}");
+            if prefix.len() + crate::sim::ufs::MAX_NAME >= max {
+                let over = format!("\"{prefix}{}\"", "a".repeat(max + 1 - prefix.len()));
+                assert!(
+                    matches!(
+                        parse(&over, family),
+                        Err(CommandError::LocalPathTooLong { .. })
+                    ),
+                    "{family}"
+                );
+            }
+            assert!(matches!(
+                parse(r#""/tmp/p.zip""#, family),
+                Err(CommandError::LocalPrefix(_))
+            ));
+            assert!(matches!(
+                parse(&format!("\"{prefix}\""), family),
+                Err(CommandError::LocalName(_))
+            ));
+            // The file form is ec200's.
+            assert!(matches!(
+                parse(r#""FILE:100""#, family),
+                Err(CommandError::BadFileLength(_))
+            ));
+        }
+        assert!(matches!(
+            parse(r#""/data/ufs/p.zip""#, "ec200"),
+            Err(CommandError::LocalPrefix(_))
+        ));
+    }
+
+    #[test]
+    fn ec200_file_form_takes_a_length_and_the_usual_parameters() {
+        let cmd = parse(r#""FILE:4884688",1,50"#, "ec200").unwrap();
+        assert_eq!(cmd.source, Source::Uart { length: 4_884_688 });
+        assert_eq!(cmd.params.downloading_lines(), 50);
+        assert_eq!(cmd.source.file_name(), None);
+        assert_eq!(
+            parse(r#""file:10""#, "ec200").unwrap().source,
+            Source::Uart { length: 10 }
+        );
+        assert_eq!(
+            parse(r#""FILE:10",2"#, "ec200").unwrap().source,
+            Source::ProtocolMode
+        );
+        for bad in [
+            r#""FILE:0""#,
+            r#""FILE:""#,
+            r#""FILE:-1""#,
+            r#""FILE:9999999999999""#,
+        ] {
+            assert!(
+                matches!(parse(bad, "ec200"), Err(CommandError::BadFileLength(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse(r#""FILE:10",2,50"#, "ec200"),
+            Err(CommandError::BadParameter { .. })
+        ));
     }
 }

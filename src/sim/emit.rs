@@ -7,26 +7,49 @@
 //! [`crate::sim::upgrade`], [`crate::sim::run`]) and imports only the event
 //! types ([`crate::sim::urc`]).
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use crate::sim::urc::{Event, Urc};
+
+/// What the module does whenever it boots (`RDY`): resets what a boot
+/// resets (the active PDP contexts).
+#[derive(Clone)]
+pub(crate) struct BootHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for BootHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BootHook")
+    }
+}
 
 /// Sends a run's events; a closed channel (the run was dropped) is ignored,
 /// the task is being aborted anyway.
 #[derive(Debug, Clone)]
 pub(crate) struct Emitter {
     tx: mpsc::UnboundedSender<Event>,
+    on_boot: Option<BootHook>,
 }
 
 impl Emitter {
     /// A new emitter and the receiving end.
     pub(crate) fn channel() -> (Emitter, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Emitter { tx }, rx)
+        (Emitter { tx, on_boot: None }, rx)
+    }
+
+    /// Runs `hook` before every [`Event::Ready`] is sent.
+    pub(crate) fn on_boot(mut self, hook: BootHook) -> Emitter {
+        self.on_boot = Some(hook);
+        self
     }
 
     /// Sends one event.
     pub(crate) fn send(&self, event: Event) {
+        if let (Event::Ready, Some(hook)) = (&event, &self.on_boot) {
+            (hook.0)();
+        }
         let _ = self.tx.send(event);
     }
 

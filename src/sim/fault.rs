@@ -5,8 +5,10 @@
 //! |---|---|---|
 //! | `network-down` | no data connection: `FTPEND`/`HTTPEND` 605/707 (`ec200`), 601/701 | all |
 //! | `dns-fail` | host names do not resolve: 604/714, 601/701 | all |
-//! | `power-cut=<p>` | power lost at `UPDATING` p %, reboot, the upgrade continues; not a failed attempt | `power_cut_resumes` |
+//! | `power-cut=<p>` | power lost at `UPDATING` p %: where `power_cut_resumes`, reboot and the upgrade continues (not a failed attempt); on `ec200` the firmware is lost, no `RDY` until [`Module::repair`](crate::sim::Module::repair) | all |
+//! | `download-power-cut=<p>` | power lost when p % of the package has arrived: no `FTPEND`/`HTTPEND`/`FILEEND`, the module reboots into its old firmware | all |
 //! | `upgrade-error=<code>[x<N>]` | the first N attempts (default all) end `END,<code>` | `code` in `upgrade_codes` |
+//! | `download-error=<code>[x<N>]` | the first N downloads over the code's protocol (6xx FTP, 7xx HTTP(S); default all) end `FTPEND`/`HTTPEND,<code>` | 601–630, 701–730 on `ec200`; 601, 701 elsewhere |
 //! | `signature` | `END,513` on every attempt | 513 in `upgrade_codes` (`eg06xk`) |
 //! | `md5` | `END,506` on every attempt | 506 in `upgrade_codes` (`ec200`) |
 
@@ -32,8 +34,22 @@ pub enum Fault {
     DnsFail,
     /// `power-cut=<percent>`: power is lost once `UPDATING` reaches this
     /// percentage (1–100); the module reboots and the upgrade continues
-    /// (seed 000 §4.1 NOTE).
+    /// (seed 000 §4.1 NOTE), except on a family without
+    /// `power_cut_resumes` (`ec200`: "the upgrade will be failed and cannot
+    /// be restored", seed 001 §5), where no firmware boots again.
     PowerCut(u8),
+    /// `download-power-cut=<percent>`: power is lost once this percentage
+    /// (1–100) of the package has arrived; the download is lost and the
+    /// module boots its old firmware.
+    DownloadPowerCut(u8),
+    /// `download-error=<code>[x<N>]`: the first `downloads` downloads over
+    /// the code's protocol (all when `None`) fail with `code`.
+    DownloadError {
+        /// The `<ftp_err>` (6xx) or `<http_err>` (7xx).
+        code: u16,
+        /// How many downloads fail; `None` = every one.
+        downloads: Option<u8>,
+    },
     /// `upgrade-error=<code>[x<N>]`: the first `attempts` upgrade attempts
     /// (all of them when `None`) end with `code`.
     UpgradeError {
@@ -54,7 +70,8 @@ pub enum FaultError {
     /// Not one of the fault names.
     #[error(
         "unknown fault {0:?} (known: network-down, dns-fail, power-cut=<percent>, \
-         upgrade-error=<code>[x<N>], signature, md5)"
+         download-power-cut=<percent>, upgrade-error=<code>[x<N>], \
+         download-error=<code>[x<N>], signature, md5)"
     )]
     Unknown(String),
     /// The fault's value does not parse or is out of range.
@@ -87,35 +104,52 @@ impl FromStr for Fault {
             ("dns-fail", None) => Ok(Fault::DnsFail),
             ("signature", None) => Ok(Fault::Signature),
             ("md5", None) => Ok(Fault::Md5),
-            ("power-cut", Some(v)) => match digits(v) {
-                Some(p @ 1..=100) => Ok(Fault::PowerCut(u8::try_from(p).map_err(|_| bad())?)),
-                _ => Err(bad()),
-            },
+            ("power-cut", Some(v)) => Ok(Fault::PowerCut(percent(v).ok_or_else(bad)?)),
+            ("download-power-cut", Some(v)) => {
+                Ok(Fault::DownloadPowerCut(percent(v).ok_or_else(bad)?))
+            }
             ("upgrade-error", Some(v)) => {
-                let (code, attempts) = match v.split_once(['x', 'X']) {
-                    Some((c, n)) => (c, Some(n)),
-                    None => (v, None),
-                };
-                let code = digits(code)
-                    .and_then(|c| u16::try_from(c).ok())
-                    .filter(|c| *c != 0)
-                    .ok_or_else(bad)?;
-                let attempts = match attempts {
-                    None => None,
-                    Some(n) => Some(
-                        digits(n)
-                            .and_then(|n| u8::try_from(n).ok())
-                            .filter(|n| *n != 0)
-                            .ok_or_else(bad)?,
-                    ),
-                };
+                let (code, attempts) = code_times(v).ok_or_else(bad)?;
                 Ok(Fault::UpgradeError { code, attempts })
             }
+            ("download-error", Some(v)) => {
+                let (code, downloads) = code_times(v).ok_or_else(bad)?;
+                Ok(Fault::DownloadError { code, downloads })
+            }
             ("network-down" | "dns-fail" | "signature" | "md5", Some(_))
-            | ("power-cut" | "upgrade-error", None) => Err(bad()),
+            | ("power-cut" | "download-power-cut" | "upgrade-error" | "download-error", None) => {
+                Err(bad())
+            }
             _ => Err(FaultError::Unknown(s.to_string())),
         }
     }
+}
+
+/// A percentage 1–100.
+fn percent(v: &str) -> Option<u8> {
+    digits(v)
+        .filter(|p| (1..=100).contains(p))
+        .and_then(|p| u8::try_from(p).ok())
+}
+
+/// `<code>[x<N>]`: a non-zero code and an optional non-zero count.
+fn code_times(v: &str) -> Option<(u16, Option<u8>)> {
+    let (code, times) = match v.split_once(['x', 'X']) {
+        Some((c, n)) => (c, Some(n)),
+        None => (v, None),
+    };
+    let code = digits(code)
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| *c != 0)?;
+    let times = match times {
+        None => None,
+        Some(n) => Some(
+            digits(n)
+                .and_then(|n| u8::try_from(n).ok())
+                .filter(|n| *n != 0)?,
+        ),
+    };
+    Some((code, times))
 }
 
 /// A decimal number of at most 5 digits, nothing else.
@@ -132,6 +166,15 @@ impl fmt::Display for Fault {
             Fault::NetworkDown => f.write_str("network-down"),
             Fault::DnsFail => f.write_str("dns-fail"),
             Fault::PowerCut(p) => write!(f, "power-cut={p}"),
+            Fault::DownloadPowerCut(p) => write!(f, "download-power-cut={p}"),
+            Fault::DownloadError {
+                code,
+                downloads: None,
+            } => write!(f, "download-error={code}"),
+            Fault::DownloadError {
+                code,
+                downloads: Some(n),
+            } => write!(f, "download-error={code}x{n}"),
             Fault::UpgradeError {
                 code,
                 attempts: None,
@@ -161,11 +204,14 @@ impl Fault {
         };
         let has_code = |code: u16| profile.upgrade_codes.contains(&code);
         match *self {
-            Fault::NetworkDown | Fault::DnsFail => Ok(()),
-            Fault::PowerCut(_) if !profile.power_cut_resumes => refuse(
-                "a power cut there ruins the upgrade for good (seed 001 §5), it does not resume",
-            ),
-            Fault::PowerCut(_) => Ok(()),
+            Fault::NetworkDown
+            | Fault::DnsFail
+            | Fault::PowerCut(_)
+            | Fault::DownloadPowerCut(_) => Ok(()),
+            Fault::DownloadError { code, .. } if !profile.download_codes.has(code) => {
+                refuse("the family does not report this <ftp_err>/<http_err> code (SPEC §4)")
+            }
+            Fault::DownloadError { .. } => Ok(()),
             Fault::UpgradeError { code, .. } if !has_code(code) => {
                 refuse("the family does not report this <err> code (SPEC §4)")
             }
@@ -190,6 +236,8 @@ pub(crate) struct FaultPlan {
     pub md5: bool,
     /// Power cuts still to come, as `UPDATING` percentages.
     power_cuts: Vec<u8>,
+    /// Power cut during the download, as a percentage of the package.
+    pub download_power_cut: Option<u8>,
     /// Injected `<err>` codes and how many attempts each still fails.
     upgrade_errors: VecDeque<(u16, u8)>,
 }
@@ -205,6 +253,9 @@ impl FaultPlan {
                 Fault::Signature => plan.signature = true,
                 Fault::Md5 => plan.md5 = true,
                 Fault::PowerCut(p) => plan.power_cuts.push(p),
+                Fault::DownloadPowerCut(p) => plan.download_power_cut = Some(p),
+                // Counted across runs, in the module's state.
+                Fault::DownloadError { .. } => {}
                 Fault::UpgradeError { code, attempts } => plan
                     .upgrade_errors
                     .push_back((code, attempts.unwrap_or(max_attempts))),
@@ -259,6 +310,9 @@ mod tests {
             "power-cut=40",
             "upgrade-error=520",
             "upgrade-error=520x2",
+            "download-power-cut=30",
+            "download-error=608",
+            "download-error=723x2",
             "signature",
             "md5",
         ] {
@@ -291,6 +345,10 @@ mod tests {
             "upgrade-error=520x256",
             "upgrade-error=99999999",
             "md5=1",
+            "download-power-cut=0",
+            "download-error",
+            "download-error=0",
+            "download-error=608x0",
         ] {
             assert!(
                 matches!(text.parse::<Fault>(), Err(FaultError::BadValue(_))),
@@ -307,7 +365,27 @@ mod tests {
         assert!(Fault::Md5.check(profile("ec200")).is_ok());
         assert!(Fault::Md5.check(profile("eg06xk")).is_err());
         assert!(Fault::PowerCut(50).check(profile("ec2x")).is_ok());
-        assert!(Fault::PowerCut(50).check(profile("ec200")).is_err());
+        // On ec200 a power cut loses the firmware (seed 001 §5): simulated.
+        assert!(Fault::PowerCut(50).check(profile("ec200")).is_ok());
+        let e608 = "download-error=608".parse::<Fault>().unwrap();
+        assert!(e608.check(profile("ec200")).is_ok());
+        assert!(e608.check(profile("ec2x")).is_err());
+        let e701 = "download-error=701x1".parse::<Fault>().unwrap();
+        assert!(e701.check(profile("ec2x")).is_ok());
+        assert!(
+            "download-error=631"
+                .parse::<Fault>()
+                .unwrap()
+                .check(profile("ec200"))
+                .is_err()
+        );
+        assert!(
+            "download-error=700"
+                .parse::<Fault>()
+                .unwrap()
+                .check(profile("ec200"))
+                .is_err()
+        );
         let e520 = Fault::UpgradeError {
             code: 520,
             attempts: None,

@@ -4,8 +4,11 @@
 //! # Parts and how data flows
 //!
 //! 1. [`command`] parses `AT+QFOTADL=<args>` against the family's
-//!    [`Profile`](crate::profile::Profile): a bad URL or parameter is
-//!    `ERROR`, nothing more.
+//!    [`Profile`](crate::profile::Profile): a bad URL, local path or
+//!    parameter is `ERROR`, nothing more. The package comes from a server
+//!    (URL), from the module's file system ([`ufs`], SPEC §9) or, on
+//!    `ec200`, over the AT port (`FILE:<length>`, fed through
+//!    [`FileSender`]).
 //! 2. [`module`] is the front door: [`Module::fotadl`] accepts the command
 //!    (or refuses it while a run is in progress) and spawns a `run`,
 //!    which goes phase by phase: `OK`, then [`download`] fetches the
@@ -33,8 +36,9 @@
 //! - [`download`] and [`upgrade`], the steps a run drives;
 //! - bottom: `clock` (module time: realistic timings × the time scale),
 //!   `emit` (the event channel), [`command`], [`fault`], [`urc`],
-//!   [`package`], [`transcript`] (version tokens live in
-//!   [`crate::package::version`], shared with the catalog).
+//!   [`package`], [`transcript`], [`ufs`] (the module's file system,
+//!   shared by the module and its runs, surviving reboots); version
+//!   tokens live in [`crate::package::version`], shared with the catalog.
 //!
 //! `testing` holds the unit tests' shared helpers.
 //!
@@ -54,12 +58,16 @@ pub(crate) mod state;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod transcript;
+pub mod ufs;
 pub mod upgrade;
 pub mod urc;
 
 pub use command::{FotaUrl, FotadlArgs, FotadlCommand};
 pub use download::DownloadError;
 pub use fault::Fault;
-pub use module::{ConfigError, FotaRun, Module, ModuleBuilder, ModuleSettings};
+pub use module::{
+    ConfigError, FileClosed, FileSender, FotaRun, Module, ModuleBuilder, ModuleSettings,
+};
 pub use transcript::{RunSummary, TimedEvent, Transcript};
+pub use ufs::{FileError, FileInfo, Space, Stored, Ufs};
 pub use urc::{AtResult, Event, PowerOff, Urc};

@@ -13,8 +13,10 @@
 //! This is the top of the simulator's core: it imports the parts below it
 //! and none of them imports this file.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,15 +27,16 @@ use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::profile::Profile;
+use crate::profile::{DownloadCodes, Profile};
 use crate::sim::clock::Clock;
-use crate::sim::command::{FotadlCommand, test_command_response};
+use crate::sim::command::{FotadlCommand, Source, test_command_response};
 use crate::sim::download::tls;
-use crate::sim::emit::Emitter;
+use crate::sim::emit::{BootHook, Emitter};
 use crate::sim::fault::{Fault, FaultError};
 use crate::sim::run::{self, Run};
-use crate::sim::state::{BusyGuard, Config, RunLog, State, lock};
+use crate::sim::state::{BusyGuard, Config, Phase, RunLog, State, lock};
 use crate::sim::transcript::{RunSummary, TimedEvent, Transcript};
+use crate::sim::ufs::{self, Ufs};
 use crate::sim::urc::{AtResult, Event};
 
 /// Default no-progress timeout for downloads: 60 s.
@@ -43,6 +46,14 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_TIME_SCALE: f64 = 0.01;
 /// Largest accepted time scale (realistic × 1000).
 pub const MAX_TIME_SCALE: f64 = 1000.0;
+/// The PDP context active after boot and used by FOTA unless set
+/// otherwise: 1, the LTE default bearer (seed `000_318699ddba19ea03.txt`
+/// §3.3.3 note 3: "The first APN is used for data call during FOTA upgrade
+/// by default"; seed 001 §3.2.1.1 sets it with `AT+QFOTA="fota/cid"`).
+pub const DEFAULT_CID: u8 = 1;
+/// Context ids a module has: 1–16 (3GPP TS 27.007 `<cid>` on Quectel
+/// modules).
+pub const CIDS: std::ops::RangeInclusive<u8> = 1..=16;
 
 /// A module configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +82,9 @@ pub enum ConfigError {
     /// The CA PEM holds no certificate, or one that does not parse.
     #[error("bad CA certificates: {0}")]
     CaPem(String),
+    /// A PDP context id outside [`CIDS`].
+    #[error("context id {0} must be 1-16")]
+    Cid(u8),
 }
 
 /// The module settings the command lines share (`simulate`, `modem`,
@@ -91,6 +105,10 @@ pub struct ModuleSettings {
     pub ca: Option<std::path::PathBuf>,
     /// Download throttle, bytes per second (`None`: unthrottled).
     pub rate: Option<u64>,
+    /// PDP contexts active after every boot (`None`: context 1 only).
+    pub active_contexts: Option<Vec<u8>>,
+    /// The context FOTA downloads use (`None`: 1).
+    pub fota_cid: Option<u8>,
 }
 
 impl Default for ModuleSettings {
@@ -103,6 +121,8 @@ impl Default for ModuleSettings {
             free_space: None,
             ca: None,
             rate: None,
+            active_contexts: None,
+            fota_cid: None,
         }
     }
 }
@@ -125,6 +145,12 @@ impl ModuleSettings {
         if let Some(ca) = &self.ca {
             b = b.ca_file(ca);
         }
+        if let Some(cids) = &self.active_contexts {
+            b = b.active_contexts(cids.iter().copied());
+        }
+        if let Some(cid) = self.fota_cid {
+            b = b.fota_cid(cid);
+        }
         b
     }
 }
@@ -140,9 +166,26 @@ pub struct ModuleBuilder {
     timeout: Duration,
     ca: Option<Result<Vec<u8>, ConfigError>>,
     rate: Option<u64>,
+    contexts: BTreeSet<u8>,
+    fota_cid: u8,
 }
 
 impl ModuleBuilder {
+    /// The PDP contexts active after every boot (default: 1 only). A
+    /// download over a context that is not active fails with the family's
+    /// network error (`ec200`: 605 / 707). Ids must be 1–16.
+    pub fn active_contexts(mut self, cids: impl IntoIterator<Item = u8>) -> Self {
+        self.contexts = cids.into_iter().collect();
+        self
+    }
+
+    /// The context FOTA downloads use (`AT+QFOTA="fota/cid",<cid>`,
+    /// default [`DEFAULT_CID`]); 1–16.
+    pub fn fota_cid(mut self, cid: u8) -> Self {
+        self.fota_cid = cid;
+        self
+    }
+
     /// The module's current firmware version (what `ATI` shows), checked
     /// against the package name (SPEC §5). Unset: no version check.
     pub fn version(mut self, version: impl Into<String>) -> Self {
@@ -150,8 +193,11 @@ impl ModuleBuilder {
         self
     }
 
-    /// Free space in the module's file system, in bytes; a larger package
-    /// ends `END,511`. Unset: unlimited.
+    /// Size of the module's file system (UFS), in bytes: its free space
+    /// while no file is stored. A downloaded package larger than the free
+    /// space ends `END,511` (`ec200`: the download fails with 611 / 729);
+    /// an upload larger than it gets `+CME ERROR: 403`. Unset:
+    /// [`ufs::DEFAULT_SIZE`].
     pub fn free_space(mut self, bytes: u64) -> Self {
         self.free_space = Some(bytes);
         self
@@ -230,23 +276,43 @@ impl ModuleBuilder {
             // It is printed inside AT responses (`ATI`, `AT+QGMR`).
             return Err(ConfigError::Version(v.clone()));
         }
+        if let Some(bad) = self
+            .contexts
+            .iter()
+            .chain([&self.fota_cid])
+            .find(|c| !CIDS.contains(c))
+        {
+            return Err(ConfigError::Cid(*bad));
+        }
         let ca = self.ca.map(ca_certificates).transpose()?;
         let tls =
             tls::client_config(ca.as_deref()).map_err(|e| ConfigError::CaPem(e.to_string()))?;
+        let download_errors: VecDeque<(u16, Option<u8>)> = self
+            .faults
+            .iter()
+            .filter_map(|f| match *f {
+                Fault::DownloadError { code, downloads } => Some((code, downloads)),
+                _ => None,
+            })
+            .collect();
         Ok(Module {
+            state: Arc::new(Mutex::new(State {
+                version: self.version,
+                active_contexts: self.contexts.clone(),
+                fota_cid: self.fota_cid,
+                download_errors,
+                ..State::default()
+            })),
             config: Arc::new(Config {
                 profile: self.profile,
-                free_space: self.free_space,
                 faults: self.faults,
                 clock: Clock::new(self.time_scale),
                 timeout: self.timeout,
                 tls,
                 rate: self.rate,
+                boot_contexts: self.contexts,
+                ufs: Ufs::new(self.free_space.unwrap_or(ufs::DEFAULT_SIZE)),
             }),
-            state: Arc::new(Mutex::new(State {
-                version: self.version,
-                busy: false,
-            })),
         })
     }
 }
@@ -310,6 +376,8 @@ impl Module {
             timeout: DEFAULT_TIMEOUT,
             ca: None,
             rate: None,
+            contexts: BTreeSet::from([DEFAULT_CID]),
+            fota_cid: DEFAULT_CID,
         }
     }
 
@@ -332,9 +400,86 @@ impl Module {
     }
 
     /// Whether a FOTA run is in progress (a second `AT+QFOTADL` gets
-    /// `ERROR`).
+    /// `ERROR`, or on `ec200` during a download `OK` and a busy code).
     pub fn is_busy(&self) -> bool {
-        lock(&self.state).busy
+        lock(&self.state).busy()
+    }
+
+    /// The module's file system (UFS): upload (`AT+QFUPL`:
+    /// [`Ufs::prepare`] before `CONNECT`, [`Ufs::write`] after the data),
+    /// list (`AT+QFLST`: [`Ufs::list`]), delete (`AT+QFDEL`:
+    /// [`Ufs::delete`]), sizes (`AT+QFLDS`: [`Ufs::space`]). The files
+    /// survive reboots and are what `AT+QFOTADL="<local path>"` reads.
+    pub fn ufs(&self) -> &Ufs {
+        &self.config.ufs
+    }
+
+    /// The context FOTA downloads use (`AT+QFOTA="fota/cid"`).
+    pub fn fota_cid(&self) -> u8 {
+        lock(&self.state).fota_cid
+    }
+
+    /// Sets the context FOTA downloads use (`AT+QFOTA="fota/cid",<cid>`;
+    /// seed `001_2f648264def3e0b1.txt` §3.2.1.1). A non-volatile setting:
+    /// it survives reboots.
+    ///
+    /// # Errors
+    /// [`ConfigError::Cid`] outside 1–16.
+    pub fn set_fota_cid(&self, cid: u8) -> Result<(), ConfigError> {
+        if !CIDS.contains(&cid) {
+            return Err(ConfigError::Cid(cid));
+        }
+        lock(&self.state).fota_cid = cid;
+        Ok(())
+    }
+
+    /// The PDP contexts active now.
+    pub fn active_contexts(&self) -> BTreeSet<u8> {
+        lock(&self.state).active_contexts.clone()
+    }
+
+    /// Activates or deactivates context `cid` (`AT+QIACT` / `AT+QIDEACT`,
+    /// `AT+CGACT`) until the next boot, which restores the configured set
+    /// ([`ModuleBuilder::active_contexts`]).
+    ///
+    /// # Errors
+    /// [`ConfigError::Cid`] outside 1–16.
+    pub fn set_context_active(&self, cid: u8, active: bool) -> Result<(), ConfigError> {
+        if !CIDS.contains(&cid) {
+            return Err(ConfigError::Cid(cid));
+        }
+        let mut state = lock(&self.state);
+        if active {
+            state.active_contexts.insert(cid);
+        } else {
+            state.active_contexts.remove(&cid);
+        }
+        Ok(())
+    }
+
+    /// Whether the firmware is ruined: an `ec200` lost power during its
+    /// upgrade (seed `001_2f648264def3e0b1.txt` §5, "cannot be restored").
+    /// Such a module never prints `RDY` and answers nothing until
+    /// [`repair`](Self::repair).
+    pub fn firmware_lost(&self) -> bool {
+        lock(&self.state).firmware_lost
+    }
+
+    /// Boots the module, as the AT layer's own power-on or reset does
+    /// (`AT+CFUN=1,1`, power-on after `AT+QPOWD`): resets what a boot
+    /// resets (the active contexts). Returns whether it comes up (`RDY`):
+    /// `false` when the firmware is lost.
+    pub fn power_on(&self) -> bool {
+        let mut state = lock(&self.state);
+        state.active_contexts = self.config.boot_contexts.clone();
+        !state.firmware_lost
+    }
+
+    /// Repairs a module whose firmware was lost (re-flashed over USB by the
+    /// vendor's tool): it runs its old version again and boots. Does
+    /// nothing to a working module.
+    pub fn repair(&self) {
+        lock(&self.state).firmware_lost = false;
     }
 
     /// The answer to `AT+QFOTADL=?`, lines without framing (SPEC §3).
@@ -353,16 +498,45 @@ impl Module {
     /// module is back in normal mode. Dropping it stops the run.
     pub fn fotadl(&self, at_args: &str) -> FotaRun {
         let (emit, rx) = Emitter::channel();
+        let emit = emit.on_boot(self.boot_hook());
         let log = RunLog::default();
         let version_before = self.version();
+        let clock = self.config.clock;
+        let mut file_input = None;
         let task = match self.accept(at_args) {
-            Ok((command, busy)) => {
-                let run = Run::new(Arc::clone(&self.config), busy, command, emit, log.clone());
+            _ if self.firmware_lost() => {
+                // No firmware, no AT parser: nothing answers.
+                log.note("the module has no working firmware (see Module::repair)".to_string());
+                tokio::spawn(async {})
+            }
+            Ok(Accepted::Run(command, busy)) => {
+                let input = match command.source {
+                    Source::Uart { length } => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        file_input = Some(FileSender {
+                            tx,
+                            remaining: Arc::new(AtomicU64::new(length)),
+                        });
+                        Some(rx)
+                    }
+                    _ => None,
+                };
+                let run = Run::new(
+                    Arc::clone(&self.config),
+                    busy,
+                    command,
+                    emit,
+                    log.clone(),
+                    input,
+                );
                 tokio::spawn(run.execute())
+            }
+            Ok(Accepted::Busy(url, uart)) => {
+                log.note("download: a download is already running".to_string());
+                tokio::spawn(async move { run::answer_busy(clock, &emit, &url, uart).await })
             }
             Err(why) => {
                 log.note(format!("ERROR: {why}"));
-                let clock = self.config.clock;
                 tokio::spawn(async move { run::answer(clock, &emit, AtResult::Error).await })
             }
         };
@@ -375,20 +549,105 @@ impl Module {
             version_before,
             state: Arc::clone(&self.state),
             log,
+            file_input,
         }
     }
 
+    /// What every boot during a run does: the configured contexts become
+    /// the active ones.
+    fn boot_hook(&self) -> BootHook {
+        let state = Arc::clone(&self.state);
+        let contexts = self.config.boot_contexts.clone();
+        BootHook(Arc::new(move || {
+            lock(&state).active_contexts = contexts.clone();
+        }))
+    }
+
     /// Parses `AT+QFOTADL=<at_args>` and claims the module for the run.
+    /// On `ec200`, a download while another download runs is accepted and
+    /// ends with the busy code (603 / 703 / 704, seed 001 tables 2 and 3).
     ///
     /// # Errors
     /// Why the module answers `ERROR`: the command's fault (checked first),
     /// or a run already in progress.
-    fn accept(&self, at_args: &str) -> Result<(FotadlCommand, BusyGuard), String> {
+    fn accept(&self, at_args: &str) -> Result<Accepted, String> {
         let command =
             FotadlCommand::parse(at_args, self.config.profile).map_err(|e| e.to_string())?;
-        let busy = BusyGuard::claim(&self.state)
-            .ok_or_else(|| "a FOTA run is already in progress".to_string())?;
-        Ok((command, busy))
+        let phase = match command.source {
+            Source::Url(_) => Phase::Downloading { uart: false },
+            Source::Uart { .. } => Phase::Downloading { uart: true },
+            Source::Local { .. } | Source::ProtocolMode => Phase::Upgrading,
+        };
+        if let Some(busy) = BusyGuard::claim(&self.state, phase) {
+            return Ok(Accepted::Run(command, busy));
+        }
+        let running = lock(&self.state).phase;
+        match (&command.source, running) {
+            (Source::Url(url), Phase::Downloading { uart })
+                if self.config.profile.download_codes == DownloadCodes::Detailed =>
+            {
+                Ok(Accepted::Busy(url.clone(), uart))
+            }
+            _ => Err("a FOTA run is already in progress".to_string()),
+        }
+    }
+}
+
+/// What [`Module::accept`] makes of a command.
+#[derive(Debug)]
+enum Accepted {
+    /// A run, holding the module.
+    Run(FotadlCommand, BusyGuard),
+    /// `ec200`: a download while another one runs (over the AT port when
+    /// `true`).
+    Busy(crate::sim::command::FotaUrl, bool),
+}
+
+/// The AT layer's end of an `ec200` `AT+QFOTADL="FILE:<length>"` run
+/// ([`FotaRun::file_input`]): the raw bytes the host sends on the AT port
+/// after `FILESTART` go in here. At most `<length>` bytes are taken; the
+/// run ends the transfer with `FILEEND,0` when all have arrived, or
+/// `FILEEND,500` when none comes within the module's timeout or this sender
+/// is dropped first.
+#[derive(Debug)]
+pub struct FileSender {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    remaining: Arc<AtomicU64>,
+}
+
+/// The `FILE:<length>` transfer is over (complete, failed or stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the FILE: transfer is over")]
+pub struct FileClosed;
+
+impl FileSender {
+    /// Bytes the module still takes.
+    pub fn remaining(&self) -> u64 {
+        self.remaining.load(Ordering::Relaxed)
+    }
+
+    /// Hands `bytes` to the module; returns how many it took (at most
+    /// [`remaining`](Self::remaining); the rest is not package data and
+    /// belongs to the AT parser again).
+    ///
+    /// # Errors
+    /// [`FileClosed`] when the run no longer reads (it ended or was
+    /// dropped).
+    pub fn send(&self, bytes: &[u8]) -> Result<usize, FileClosed> {
+        let remaining = self.remaining();
+        let take = usize::try_from(remaining).map_or(bytes.len(), |r| r.min(bytes.len()));
+        if take == 0 {
+            return if self.tx.is_closed() {
+                Err(FileClosed)
+            } else {
+                Ok(0)
+            };
+        }
+        self.tx
+            .send(bytes[..take].to_vec())
+            .map_err(|_| FileClosed)?;
+        self.remaining.fetch_sub(take as u64, Ordering::Relaxed);
+        Ok(take)
     }
 }
 
@@ -404,9 +663,18 @@ pub struct FotaRun {
     version_before: Option<String>,
     state: Arc<Mutex<State>>,
     log: RunLog,
+    file_input: Option<FileSender>,
 }
 
 impl FotaRun {
+    /// Takes the sender for the package bytes of an `ec200`
+    /// `AT+QFOTADL="FILE:<length>"` run (`None` for any other command, or
+    /// once taken). Send after `FILESTART`; dropping it before `<length>`
+    /// bytes ends the transfer with `FILEEND,500`.
+    pub fn file_input(&mut self) -> Option<FileSender> {
+        self.file_input.take()
+    }
+
     /// The command as sent: `AT+QFOTADL=<args>`.
     pub fn command_line(&self) -> &str {
         &self.command_line
@@ -569,7 +837,9 @@ mod tests {
     #[test]
     fn accept_checks_the_command_first_then_claims_the_module() {
         let m = module("ec2x");
-        let (_, busy) = m.accept(r#""ftp://h/p.zip""#).expect("accepted");
+        let Ok(Accepted::Run(_, busy)) = m.accept(r#""ftp://h/p.zip""#) else {
+            panic!("accepted");
+        };
         assert!(m.is_busy());
         // A bad command is refused for what is wrong with it, busy or not.
         let bad = m.accept(r#""gopher://h/p.zip""#).unwrap_err();
@@ -579,6 +849,59 @@ mod tests {
         drop(busy);
         assert!(!m.is_busy());
         assert!(m.accept(r#""ftp://h/p.zip""#).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ec200_answers_a_second_download_with_the_busy_code() {
+        let m = Module::builder(Profile::by_name("ec200").unwrap())
+            .time_scale(1.0)
+            .build()
+            .unwrap();
+        let mut first = m.fotadl(r#""FILE:100""#);
+        assert_eq!(
+            bounded(first.next()).await,
+            Some(Event::Response(AtResult::Ok))
+        );
+        let http = bounded(m.fotadl(r#""http://127.0.0.1/p.bin""#).transcript()).await;
+        assert_eq!(http.summary.download_code, Some(704), "UART busy");
+        let ftp = bounded(m.fotadl(r#""ftp://127.0.0.1/p.bin""#).transcript()).await;
+        assert_eq!(ftp.summary.download_code, Some(603));
+        // ec2x has no busy code: ERROR.
+        let ec2x = Module::builder(Profile::by_name("ec2x").unwrap())
+            .build()
+            .unwrap();
+        let _hold = ec2x.fotadl(r#""/data/ufs/p.zip""#);
+        let second = bounded(ec2x.fotadl(r#""ftp://h/p.zip""#).transcript()).await;
+        assert_eq!(second.summary.response, Some(AtResult::Error));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inactive_fota_context_fails_the_download_and_boots_reset_it() {
+        let m = Module::builder(Profile::by_name("ec200").unwrap())
+            .active_contexts([1, 2])
+            .build()
+            .unwrap();
+        m.set_fota_cid(3).unwrap();
+        let t = bounded(m.fotadl(r#""http://127.0.0.1:1/p.bin""#).transcript()).await;
+        assert_eq!(t.summary.download_code, Some(707));
+        m.set_fota_cid(2).unwrap();
+        m.set_context_active(2, false).unwrap();
+        let t = bounded(m.fotadl(r#""ftp://127.0.0.1:1/p.bin""#).transcript()).await;
+        assert_eq!(t.summary.download_code, Some(605));
+        assert!(
+            t.summary.notes[0].contains("context 2"),
+            "{:?}",
+            t.summary.notes
+        );
+        assert!(m.power_on());
+        assert_eq!(m.active_contexts(), BTreeSet::from([1, 2]));
+        assert!(m.set_fota_cid(0).is_err() && m.set_context_active(17, true).is_err());
+        assert!(matches!(
+            Module::builder(Profile::by_name("ec2x").unwrap())
+                .fota_cid(17)
+                .build(),
+            Err(ConfigError::Cid(17))
+        ));
     }
 
     #[test]

@@ -14,7 +14,9 @@ use crate::sim::fault::{FaultPlan, MD5_CODE, SIGNATURE_CODE};
 /// (SPEC §4); also what a family reports for a check whose own code it
 /// does not have.
 pub const FORMAT_CODE: u16 = 504;
-/// `<err>` "package does not match the module's source firmware".
+/// `<err>` "package does not match the module's source firmware" (the
+/// version rule's code on most families; see
+/// [`Profile::version_mismatch`](crate::profile::Profile::version_mismatch)).
 pub const VERSION_CODE: u16 = 510;
 /// `<err>` "not enough space in the file system".
 pub const SPACE_CODE: u16 = 511;
@@ -79,7 +81,7 @@ pub(crate) fn check(facts: &PackageFacts<'_>, faults: &FaultPlan) -> Option<(u16
     ) && !change.applies_to(current)
     {
         return Some((
-            family_code(profile, VERSION_CODE),
+            profile.version_mismatch.code(),
             format!(
                 "package is for {} but the module runs {current}",
                 change.from
@@ -187,6 +189,16 @@ pub(crate) mod tests {
             check(&facts("ec200", &zip, Some("v11")), &plan).map(|c| c.0),
             Some(504)
         );
+    }
+
+    #[test]
+    fn eg06xk_dfota_reports_a_version_mismatch_as_505() {
+        let zip = sample_zip();
+        let got = check(
+            &facts("eg06xk-dfota", &zip, Some("v11")),
+            &FaultPlan::default(),
+        );
+        assert_eq!(got.map(|c| c.0), Some(505));
     }
 
     #[test]

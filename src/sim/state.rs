@@ -7,6 +7,7 @@
 //! builds these and the run ([`crate::sim::run`]) that reads and updates
 //! them — so neither imports the other's file back.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use crate::profile::Profile;
 use crate::sim::clock::Clock;
 use crate::sim::fault::Fault;
+use crate::sim::ufs::Ufs;
 
 /// Fixed configuration of a module, checked by
 /// [`ModuleBuilder::build`](crate::sim::module::ModuleBuilder::build).
@@ -21,8 +23,6 @@ use crate::sim::fault::Fault;
 pub(crate) struct Config {
     /// Family.
     pub profile: &'static Profile,
-    /// Free space in the module's file system, bytes; `None` = unlimited.
-    pub free_space: Option<u64>,
     /// Module-side faults, each one the family has.
     pub faults: Vec<Fault>,
     /// Scaled module time.
@@ -33,6 +33,27 @@ pub(crate) struct Config {
     pub tls: Arc<rustls::ClientConfig>,
     /// Download throttle, bytes per second; `None` = unthrottled.
     pub rate: Option<u64>,
+    /// Contexts active after every boot (default: 1, the LTE default
+    /// bearer).
+    pub boot_contexts: BTreeSet<u8>,
+    /// The module's file system (a shared handle: it outlives runs and
+    /// reboots).
+    pub ufs: Ufs,
+}
+
+/// What a FOTA run is doing, as far as a second `AT+QFOTADL` cares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// No run.
+    #[default]
+    Idle,
+    /// Fetching the package; `uart`: over the AT port (`FILE:<length>`).
+    Downloading {
+        /// The package comes over the AT port.
+        uart: bool,
+    },
+    /// Checking and upgrading (recovery mode, reboots).
+    Upgrading,
 }
 
 /// What changes as the module runs.
@@ -40,8 +61,40 @@ pub(crate) struct Config {
 pub(crate) struct State {
     /// Firmware version; `None` = not set or unknown.
     pub version: Option<String>,
-    /// A FOTA run is in progress.
-    pub busy: bool,
+    /// What the run in progress does ([`Phase::Idle`]: none).
+    pub phase: Phase,
+    /// Contexts active now (reset to the configured ones at every boot).
+    pub active_contexts: BTreeSet<u8>,
+    /// The context FOTA downloads use (`AT+QFOTA="fota/cid"`, default 1).
+    pub fota_cid: u8,
+    /// An upgrade lost power on a family where that is unrecoverable
+    /// (`ec200`, seed 001 §5): no firmware boots until the module is
+    /// repaired.
+    pub firmware_lost: bool,
+    /// `download-error` faults still to fire: (code, downloads left;
+    /// `None` = every download).
+    pub download_errors: VecDeque<(u16, Option<u8>)>,
+}
+
+impl State {
+    /// Whether a FOTA run is in progress.
+    pub(crate) fn busy(&self) -> bool {
+        self.phase != Phase::Idle
+    }
+
+    /// The injected `download-error` code for the next download over FTP
+    /// (`ftp`) or HTTP(S), if one is due; uses one of its downloads.
+    pub(crate) fn next_download_error(&mut self, ftp: bool) -> Option<u16> {
+        let wanted = if ftp { 600..700 } else { 700..800 };
+        let (code, left) = self
+            .download_errors
+            .iter_mut()
+            .find(|(code, left)| wanted.contains(code) && *left != Some(0))?;
+        if let Some(n) = left {
+            *n -= 1;
+        }
+        Some(*code)
+    }
 }
 
 /// Locks `m`, whether or not a holder panicked.
@@ -56,15 +109,25 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct BusyGuard(Arc<Mutex<State>>);
 
 impl BusyGuard {
-    /// Claims the module whose state is `state`; `None` when a run already
-    /// holds it.
-    pub(crate) fn claim(state: &Arc<Mutex<State>>) -> Option<BusyGuard> {
+    /// Claims the module whose state is `state` for a run starting in
+    /// `phase`; `None` when a run already holds it.
+    pub(crate) fn claim(state: &Arc<Mutex<State>>, phase: Phase) -> Option<BusyGuard> {
         let mut now = lock(state);
-        if now.busy {
+        if now.busy() {
             return None;
         }
-        now.busy = true;
+        now.phase = phase;
         Some(BusyGuard(Arc::clone(state)))
+    }
+
+    /// The shared state, locked.
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.0)
+    }
+
+    /// Sets what the run is doing.
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        lock(&self.0).phase = phase;
     }
 
     /// The firmware version now.
@@ -80,7 +143,7 @@ impl BusyGuard {
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        lock(&self.0).busy = false;
+        lock(&self.0).phase = Phase::Idle;
     }
 }
 
@@ -121,11 +184,26 @@ mod tests {
     #[test]
     fn one_claim_at_a_time_released_on_drop() {
         let state = Arc::new(Mutex::new(State::default()));
-        let first = BusyGuard::claim(&state).expect("free module");
-        assert!(lock(&state).busy);
-        assert!(BusyGuard::claim(&state).is_none(), "already claimed");
+        let first = BusyGuard::claim(&state, Phase::Upgrading).expect("free module");
+        assert!(lock(&state).busy());
+        assert!(
+            BusyGuard::claim(&state, Phase::Upgrading).is_none(),
+            "already claimed"
+        );
         drop(first);
-        assert!(!lock(&state).busy);
-        assert!(BusyGuard::claim(&state).is_some());
+        assert!(!lock(&state).busy());
+        assert!(BusyGuard::claim(&state, Phase::Upgrading).is_some());
+    }
+
+    #[test]
+    fn download_errors_fire_per_protocol_and_count_down() {
+        let mut state = State {
+            download_errors: VecDeque::from([(608, Some(1)), (723, None)]),
+            ..State::default()
+        };
+        assert_eq!(state.next_download_error(true), Some(608));
+        assert_eq!(state.next_download_error(true), None);
+        assert_eq!(state.next_download_error(false), Some(723));
+        assert_eq!(state.next_download_error(false), Some(723));
     }
 }

@@ -47,7 +47,8 @@ pub struct RunSummary {
     pub profile: &'static str,
     /// `OK` / `ERROR`; `None` when the run was stopped before answering.
     pub response: Option<AtResult>,
-    /// `FTPEND` / `HTTPEND` code; `None` when there was no download.
+    /// `FTPEND` / `HTTPEND` / `FILEEND` code; `None` when there was no
+    /// download (a local-file run, or one stopped by a power cut).
     pub download_code: Option<u16>,
     /// Each upgrade attempt's `END` code, in order.
     pub upgrade_codes: Vec<u16>,
@@ -87,7 +88,9 @@ impl RunSummary {
         for TimedEvent { event, .. } in events {
             match event {
                 Event::Response(r) => summary.response = summary.response.or(Some(*r)),
-                Event::Urc(Urc::FtpEnd(n) | Urc::HttpEnd(n)) => summary.download_code = Some(*n),
+                Event::Urc(Urc::FtpEnd(n) | Urc::HttpEnd(n) | Urc::FileEnd(n)) => {
+                    summary.download_code = Some(*n)
+                }
                 Event::Urc(Urc::End(n)) => summary.upgrade_codes.push(*n),
                 Event::Ready => summary.boots += 1,
                 Event::Urc(_) | Event::PowerOff(_) => {}

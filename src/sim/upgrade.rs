@@ -2,8 +2,13 @@
 //! `END,<err>`, and the retry rule — on a non-zero `<err>` the module
 //! reboots and tries again, `profile.max_attempts` (five) attempts in all
 //! (seeds `000_318699ddba19ea03.txt` §4.1, `004_88405b99851b7db5.txt`
-//! §4.1; SPEC §4, §5). A power cut during `UPDATING` reboots the module and
-//! the upgrade continues without counting as an attempt.
+//! §4.1; SPEC §4, §5). On `eg06xk`, attempts failing with 520–530 do not
+//! count: the module retries "until the upgrade is successful" (seed 000
+//! table 5, `Profile::retry_until_success`). A power cut during `UPDATING`
+//! reboots the module and the upgrade continues without counting as an
+//! attempt, except on `ec200`, where it leaves the module without a
+//! working firmware (seed `001_2f648264def3e0b1.txt` §5: "the upgrade will
+//! be failed and cannot be restored").
 //!
 //! After an error or a power cut, progress resumes at the last percentage
 //! reported, as seed 000 §4.1 shows (`UPDATING,20`, `END,<err>`, restart,
@@ -32,6 +37,21 @@ const FAIL_PERCENT: u16 = 20;
 /// come before any `UPDATING`"). Other codes (502, 520–530, 540–546) come
 /// during `UPDATING`.
 pub const CHECK_CODES: [u16; 7] = [504, 505, 506, 510, 511, 513, 550];
+
+/// Most attempts one upgrade makes, counted or not: a bound on the
+/// "until successful" retries of seed 000, which only injected faults
+/// (each failing at most 255 attempts) can prolong.
+pub const MAX_ATTEMPTS_IN_ALL: u16 = 1000;
+
+/// How an upgrade ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// Each attempt's `<err>`, in order; the last is 0 on success.
+    pub codes: Vec<u16>,
+    /// Power was lost on a family where that ruins the firmware: the
+    /// module does not boot again.
+    pub firmware_lost: bool,
+}
 
 /// One upgrade, from the first `START` to the last `END`.
 pub(crate) struct Upgrade<'a> {
@@ -97,29 +117,43 @@ impl Updating {
 }
 
 impl Upgrade<'_> {
-    /// Runs the attempts; returns each attempt's `<err>`, ending at the
-    /// first 0 or after `max_attempts`. Every attempt after the first
-    /// follows a reboot.
-    pub(crate) async fn run(mut self) -> Vec<u16> {
+    /// Runs the attempts, ending at the first `END,0`, after
+    /// `max_attempts` counted failures (codes in `retry_until_success` do
+    /// not count), or when power is lost for good. Every attempt after the
+    /// first follows a reboot.
+    pub(crate) async fn run(mut self) -> Outcome {
         let mut updating = Updating::new(self.updating_lines, self.faults);
-        let mut codes = Vec::new();
-        for attempt in 1..=self.profile.max_attempts.max(1) {
-            if attempt > 1 {
+        let mut outcome = Outcome {
+            codes: Vec::new(),
+            firmware_lost: false,
+        };
+        let mut counted = 0u8;
+        while counted < self.profile.max_attempts.max(1)
+            && outcome.codes.len() < usize::from(MAX_ATTEMPTS_IN_ALL)
+        {
+            if !outcome.codes.is_empty() {
                 self.clock.pause(timing::BEFORE_REBOOT).await;
                 reboot(self.clock, self.emit, PowerOff::RebootToRetry).await;
             }
-            let code = self.attempt(&mut updating).await;
-            codes.push(code);
+            let Some(code) = self.attempt(&mut updating).await else {
+                outcome.firmware_lost = true;
+                break;
+            };
+            outcome.codes.push(code);
             if code == 0 {
                 break;
             }
+            if !self.profile.retry_until_success.contains(&code) {
+                counted += 1;
+            }
         }
-        codes
+        outcome
     }
 
     /// One attempt: `START`, the package check, `UPDATING` unless the
-    /// check failed, `END,<err>`; returns the `<err>`.
-    async fn attempt(&mut self, updating: &mut Updating) -> u16 {
+    /// check failed, `END,<err>`; returns the `<err>`, or `None` when the
+    /// power was lost for good.
+    async fn attempt(&mut self, updating: &mut Updating) -> Option<u16> {
         self.start().await;
         self.clock.pause(timing::CHECK).await;
         // Drawn on every attempt, so a planned error is used up even when
@@ -128,18 +162,19 @@ impl Upgrade<'_> {
         let failure = self.check.or(injected);
         let code = match failure {
             Some(code) if CHECK_CODES.contains(&code) => code,
-            _ => self.update(updating, failure).await,
+            _ => self.update(updating, failure).await?,
         };
         let end_time = updating.step_time.min(Duration::from_secs(1));
         self.clock.pause(end_time).await;
         self.emit.urc(Urc::End(code));
-        code
+        Some(code)
     }
 
     /// The `UPDATING` steps from where the last attempt stopped. A power
     /// cut reboots the module and repeats the step; `failure` ends the
-    /// attempt at [`FAIL_PERCENT`]. Returns the `<err>` (0: upgraded).
-    async fn update(&self, updating: &mut Updating, failure: Option<u16>) -> u16 {
+    /// attempt at [`FAIL_PERCENT`]. Returns the `<err>` (0: upgraded), or
+    /// `None` when the power cut ruined the firmware (`ec200`).
+    async fn update(&self, updating: &mut Updating, failure: Option<u16>) -> Option<u16> {
         let mut step = updating.resume_at;
         while step <= updating.steps {
             self.clock.pause(updating.step_time).await;
@@ -148,17 +183,21 @@ impl Upgrade<'_> {
             }
             updating.resume_at = step;
             if updating.cut_at(step) {
+                if !self.profile.power_cut_resumes {
+                    self.emit.send(Event::PowerOff(PowerOff::PowerCut));
+                    return None;
+                }
                 reboot(self.clock, self.emit, PowerOff::PowerCut).await;
                 // The interrupted step runs again.
                 self.start().await;
                 continue;
             }
             if let Some(err) = failure.filter(|_| step >= updating.fail_step) {
-                return err;
+                return Some(err);
             }
             step += 1;
         }
-        0
+        Some(0)
     }
 
     /// `START` after the module's start-up time.
@@ -267,6 +306,34 @@ mod tests {
         assert_eq!(events[cut + 2], Event::Urc(Urc::Start));
         assert_eq!(events[cut + 3], Event::Urc(Urc::Updating(40)));
         assert_eq!(events[cut + 4], Event::Urc(Urc::Updating(41)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eg06xk_retries_520_to_530_until_successful() {
+        // Seed 000 table 5: 520–530 "retry ... until the upgrade is
+        // successful"; they do not count toward the five.
+        let events = run("eg06xk", None, 100, &["upgrade-error=520x7"]).await;
+        assert_eq!(ends(&events), [vec![520; 7], vec![0]].concat());
+        // 502 counts: five failures and the module gives up.
+        let events = run("eg06xk", None, 100, &["upgrade-error=502"]).await;
+        assert_eq!(ends(&events), vec![502; 5]);
+        // Seeds 002 and 004 count 520 like any failure.
+        for family in ["ec2x", "eg06xk-dfota"] {
+            let events = run(family, None, 100, &["upgrade-error=520x7"]).await;
+            assert_eq!(ends(&events), vec![520; 5], "{family}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ec200_power_cut_loses_the_firmware() {
+        let events = run("ec200", None, 100, &["power-cut=30"]).await;
+        assert_eq!(
+            events.last(),
+            Some(&Event::PowerOff(PowerOff::PowerCut)),
+            "no RDY, no END after the cut"
+        );
+        assert!(!events.contains(&Event::Ready));
+        assert!(!events.iter().any(|e| matches!(e, Event::Urc(Urc::End(_)))));
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,6 +19,11 @@ pub enum AtResult {
     Ok,
     /// `ERROR`: the command was refused; no URC follows (SPEC §3).
     Error,
+    /// `010003`: `ec200`'s only answer to `AT+QFOTADL="FILE:<length>",2`,
+    /// the vendor's protocol-download mode (seed `001_2f648264def3e0b1.txt`
+    /// §3.2.1.4); nothing of that mode is simulated further.
+    #[serde(rename = "010003")]
+    ProtocolMode,
 }
 
 impl fmt::Display for AtResult {
@@ -26,6 +31,7 @@ impl fmt::Display for AtResult {
         f.write_str(match self {
             AtResult::Ok => "OK",
             AtResult::Error => "ERROR",
+            AtResult::ProtocolMode => "010003",
         })
     }
 }
@@ -48,6 +54,12 @@ pub enum Urc {
     /// progress lines (`ec200` only, seed `001_2f648264def3e0b1.txt`
     /// §3.2.1), k = 1..=max.
     Downloading(u8),
+    /// `+QIND: "FOTA","FILESTART"`: `ec200` waits for the package over the
+    /// AT port (`FILE:<length>`, seed 001 §3.2.1.3).
+    FileStart,
+    /// `+QIND: "FOTA","FILEEND",<file_err>`: the package over the AT port
+    /// is in (0) or stopped short (500, seed 001 §4).
+    FileEnd(u16),
     /// `+QIND: "FOTA","START"`: an upgrade attempt begins.
     Start,
     /// `+QIND: "FOTA","UPDATING",<p>`: upgrade progress, 1..=100 (or the
@@ -67,6 +79,8 @@ impl Urc {
             Urc::HttpStart => ("HTTPSTART", None),
             Urc::HttpEnd(n) => ("HTTPEND", Some(n)),
             Urc::Downloading(k) => ("DOWNLOADING", Some(u16::from(k))),
+            Urc::FileStart => ("FILESTART", None),
+            Urc::FileEnd(n) => ("FILEEND", Some(n)),
             Urc::Start => ("START", None),
             Urc::Updating(p) => ("UPDATING", Some(u16::from(p))),
             Urc::End(n) => ("END", Some(n)),
@@ -96,8 +110,13 @@ pub enum PowerOff {
     /// Reboot into normal mode: after `END,0` with the new firmware, or
     /// after the last failed attempt with the old one.
     RebootToNormal,
-    /// Power lost during `UPDATING` (fault `power-cut`).
+    /// Power lost during `UPDATING` (fault `power-cut`): the module boots
+    /// into recovery mode to go on, or, on `ec200`, never boots again
+    /// (no [`Event::Ready`] follows; see `Module::repair`).
     PowerCut,
+    /// Power lost during the download (fault `download-power-cut`): the
+    /// module boots its old firmware in normal mode.
+    DownloadPowerCut,
 }
 
 /// One thing the simulated module does, in order, as seen from its AT port.
@@ -152,6 +171,12 @@ mod tests {
             r#"+QIND: "FOTA","UPDATING",1"#
         );
         assert_eq!(Urc::End(504).to_string(), r#"+QIND: "FOTA","END",504"#);
+        assert_eq!(Urc::FileStart.to_string(), r#"+QIND: "FOTA","FILESTART""#);
+        assert_eq!(
+            Urc::FileEnd(500).to_string(),
+            r#"+QIND: "FOTA","FILEEND",500"#
+        );
+        assert_eq!(AtResult::ProtocolMode.to_string(), "010003");
     }
 
     #[test]

@@ -87,7 +87,67 @@ pub enum DownloadError {
     /// The TLS handshake failed (certificate, protocol version, suites).
     #[error("TLS handshake failed: {0}")]
     Tls(String),
-    /// Anything else (malformed replies, more bytes than announced, …).
+    /// The host is neither an IP address nor a valid DNS name (RFC 1123
+    /// §2.1 labels): the module's stack refuses it before any lookup.
+    #[error("{0:?} is not a valid host name")]
+    BadHost(String),
+    /// The host looks like an IPv4 address (digits and dots only) but is
+    /// not one (`256.1.1.1`).
+    #[error("{0:?} is not a valid IP address")]
+    BadIp(String),
+    /// The PDP context FOTA uses (`AT+QFOTA="fota/cid"`) is not active.
+    #[error("PDP context {cid} is not active")]
+    ContextInactive {
+        /// The FOTA context id.
+        cid: u8,
+    },
+    /// The peer reset the connection mid-transfer (TCP RST).
+    #[error("connection reset by the server after {received} bytes")]
+    PeerReset {
+        /// Bytes received before the reset.
+        received: u64,
+    },
+    /// The server sent more bytes than it announced (FTP `SIZE`).
+    #[error("received {received} bytes, {expected} announced")]
+    Overrun {
+        /// Bytes received.
+        received: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
+    /// The response is not valid HTTP/1.1 (status line, headers, chunked
+    /// framing).
+    #[error("malformed HTTP response: {0}")]
+    HttpDecode(String),
+    /// The module cannot create the package file: it is larger than the
+    /// file system's free space (`ec200`, which has no `END,511`).
+    #[error("cannot store {needed} bytes, {free} free in the file system")]
+    NoSpace {
+        /// Bytes announced or received.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// A download is already running (`ec200` answers a second
+    /// `AT+QFOTADL` with a busy code); `uart`: the running one takes its
+    /// package over the AT port (`FILE:<length>`).
+    #[error("a download is already running")]
+    Busy {
+        /// The running download is a `FILE:<length>` transfer.
+        uart: bool,
+    },
+    /// Fault `download-error=<code>`.
+    #[error("fault download-error={0}")]
+    Injected(u16),
+    /// Fault `download-power-cut`: the module lost power mid-download (no
+    /// `FTPEND`/`HTTPEND` follows; the run reboots the module).
+    #[error("power cut after {received} bytes (fault download-power-cut)")]
+    PowerCut {
+        /// Bytes received before the cut.
+        received: u64,
+    },
+    /// Anything else (malformed FTP replies, a package over the simulator's
+    /// limit, …).
     #[error("{0}")]
     Other(String),
 }
@@ -109,7 +169,7 @@ impl DownloadError {
 
     /// [`DownloadError::Stalled`]: no data for `timeout` after `received`
     /// bytes.
-    pub(super) fn stalled(received: u64, timeout: Duration) -> DownloadError {
+    pub(crate) fn stalled(received: u64, timeout: Duration) -> DownloadError {
         DownloadError::Stalled {
             received,
             timeout_ms: millis(timeout),
@@ -128,11 +188,23 @@ impl DownloadError {
         }
     }
 
-    /// The `ec200` codes for this cause over FTP and over HTTP(S), as the
-    /// SPEC §4 cause table gives them; a cause the table marks "—" for a
-    /// protocol is "anything else" there (601 / 701).
+    /// The `ec200` codes for this cause over FTP and over HTTP(S) (seed
+    /// `001_2f648264def3e0b1.txt` tables 2 and 3), as README's cause table
+    /// lists them; a cause with no code of its own for a protocol is
+    /// "unknown" there (601 / 701).
     pub fn detailed_codes(&self) -> (u16, u16) {
         match self {
+            DownloadError::BadHost(_) => (610, 711),
+            DownloadError::BadIp(_) => (610, 713),
+            DownloadError::ContextInactive { .. } => (605, 707),
+            DownloadError::PeerReset { .. } => (608, 717),
+            DownloadError::Overrun { .. } => (612, HTTP_UNKNOWN),
+            DownloadError::HttpDecode(_) => (FTP_UNKNOWN, 721),
+            DownloadError::NoSpace { .. } => (611, 729),
+            DownloadError::Busy { uart: false } => (603, 703),
+            DownloadError::Busy { uart: true } => (603, 704),
+            DownloadError::Injected(code) => (*code, *code),
+            DownloadError::PowerCut { .. } => (FTP_UNKNOWN, HTTP_UNKNOWN),
             DownloadError::Dns { .. } => (604, 714),
             DownloadError::Connect { .. } => (605, 716),
             DownloadError::NetworkDown => (605, 707),
@@ -145,6 +217,36 @@ impl DownloadError {
             DownloadError::Tls(_) => (FTP_UNKNOWN, HTTP_UNKNOWN),
             DownloadError::Other(_) => (FTP_UNKNOWN, HTTP_UNKNOWN),
         }
+    }
+}
+
+/// Checks a URL host the way a module's stack does before a lookup: an
+/// IPv4/IPv6 literal, or a DNS name of letters, digits and `-` in dot
+/// separated labels of 1–63 bytes (RFC 1123 §2.1; `_` is tolerated as many
+/// resolvers do).
+///
+/// # Errors
+/// [`DownloadError::BadIp`] for dotted digits that are no IPv4 address,
+/// [`DownloadError::BadHost`] for anything else invalid.
+pub fn check_host(host: &str) -> Result<(), DownloadError> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(DownloadError::BadIp(host.to_string()));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(DownloadError::BadHost(host.to_string()))
     }
 }
 
@@ -213,6 +315,18 @@ mod tests {
             DownloadError::HttpStatus(404),
             DownloadError::Tls("x".into()),
             DownloadError::Other("x".into()),
+            DownloadError::BadHost("a_b".into()),
+            DownloadError::BadIp("256.1.1.1".into()),
+            DownloadError::ContextInactive { cid: 2 },
+            DownloadError::PeerReset { received: 1 },
+            DownloadError::Overrun {
+                received: 3,
+                expected: 2,
+            },
+            DownloadError::HttpDecode("x".into()),
+            DownloadError::NoSpace { needed: 2, free: 1 },
+            DownloadError::Busy { uart: false },
+            DownloadError::Busy { uart: true },
         ]
     }
 
@@ -233,6 +347,15 @@ mod tests {
                 (601, 723),
                 (601, 701),
                 (601, 701),
+                (610, 711),
+                (610, 713),
+                (605, 707),
+                (608, 717),
+                (612, 701),
+                (601, 721),
+                (611, 729),
+                (603, 703),
+                (603, 704),
             ]
         );
     }
@@ -247,6 +370,32 @@ mod tests {
         let dns = &every_cause()[0];
         assert_eq!(dns.code(Scheme::Ftp, DownloadCodes::Detailed), 604);
         assert_eq!(dns.code(Scheme::Https, DownloadCodes::Detailed), 714);
+    }
+
+    #[test]
+    fn host_names_are_checked_before_a_lookup() {
+        for ok in [
+            "127.0.0.1",
+            "::1",
+            "localhost",
+            "www.example.com",
+            "a-b.c",
+            "x.y.",
+        ] {
+            assert!(check_host(ok).is_ok(), "{ok}");
+        }
+        for ip in ["256.1.1.1", "1.2.3", "1..2.3.4"] {
+            assert!(
+                matches!(check_host(ip), Err(DownloadError::BadIp(_))),
+                "{ip}"
+            );
+        }
+        for bad in ["-a.com", "a..b", "a b", "a!b", &"x".repeat(64)] {
+            assert!(
+                matches!(check_host(bad), Err(DownloadError::BadHost(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

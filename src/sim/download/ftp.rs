@@ -65,6 +65,11 @@ pub(super) async fn fetch(
             Err(_) => {
                 return Err(DownloadError::stalled(progress.received(), timeout));
             }
+            Ok(Err(e)) if e.kind() == ErrorKind::ConnectionReset => {
+                return Err(DownloadError::PeerReset {
+                    received: progress.received(),
+                });
+            }
             Ok(Err(_)) => {
                 return Err(DownloadError::Truncated {
                     received: progress.received(),
@@ -87,9 +92,10 @@ pub(super) async fn fetch(
         });
     }
     if received > size {
-        return Err(DownloadError::Other(format!(
-            "received {received} bytes, SIZE said {size}"
-        )));
+        return Err(DownloadError::Overrun {
+            received,
+            expected: size,
+        });
     }
     progress.complete();
     // A module does not wait on QUIT to use the package.

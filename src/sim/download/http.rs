@@ -129,6 +129,12 @@ where
 
 /// The cause behind a hyper error after `received` bytes of the body.
 fn cause(error: hyper::Error, received: u64, expected: Option<u64>) -> DownloadError {
+    if error.is_parse() {
+        return DownloadError::HttpDecode(error.to_string());
+    }
+    if io_kind(&error) == Some(std::io::ErrorKind::ConnectionReset) && received > 0 {
+        return DownloadError::PeerReset { received };
+    }
     let closed = error.is_incomplete_message()
         || error.is_closed()
         || error.is_canceled()

@@ -15,7 +15,7 @@
 pub mod cause;
 mod ftp;
 mod http;
-mod progress;
+pub(crate) mod progress;
 pub(crate) mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -54,6 +54,17 @@ pub(crate) struct Download<'a> {
     pub emit: &'a Emitter,
     /// Bytes received so far, readable while the download runs.
     pub received: Arc<AtomicU64>,
+    /// Fault `download-error`: the code this download fails with.
+    pub injected: Option<u16>,
+    /// The FOTA context, when it is not active.
+    pub inactive_context: Option<u8>,
+    /// Free space the package must fit, bytes, checked as it arrives
+    /// (`ec200`, whose downloader fails with 611/729); `None`: not checked
+    /// here (the package check's `END,511` does it).
+    pub space: Option<u64>,
+    /// Fault `download-power-cut`: the percentage of the package at which
+    /// the power goes.
+    pub power_cut: Option<u8>,
 }
 
 /// Downloads the package; returns its bytes — exactly as many as the server
@@ -66,8 +77,17 @@ pub(crate) async fn download(job: Download<'_>) -> Result<Vec<u8>, DownloadError
     if job.network_down {
         return Err(DownloadError::NetworkDown);
     }
+    if let Some(cid) = job.inactive_context {
+        return Err(DownloadError::ContextInactive { cid });
+    }
+    if let Some(code) = job.injected {
+        return Err(DownloadError::Injected(code));
+    }
+    cause::check_host(&job.url.host)?;
     let mut progress = Progress::new(job.downloading_lines, job.rate, job.emit)
-        .count_into(Arc::clone(&job.received));
+        .count_into(Arc::clone(&job.received))
+        .limit(job.space)
+        .power_cut(job.power_cut);
     let addrs = resolve(&job.url.host, job.url.port, job.dns_fail, job.timeout).await?;
     let tcp = connect(&addrs, job.timeout).await?;
     match job.url.scheme {

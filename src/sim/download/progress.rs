@@ -35,7 +35,7 @@ fn too_large(bytes: u64) -> DownloadError {
 }
 
 /// A receive buffer for a package of `expected` bytes.
-pub(super) fn package_buffer(expected: Option<u64>) -> Vec<u8> {
+pub(crate) fn package_buffer(expected: Option<u64>) -> Vec<u8> {
     let reserve = expected.unwrap_or(0).min(MAX_PREALLOCATION);
     Vec::with_capacity(usize::try_from(reserve).unwrap_or(0))
 }
@@ -44,7 +44,7 @@ pub(super) fn package_buffer(expected: Option<u64>) -> Vec<u8> {
 /// fractions of the package arrives (seed `001_2f648264def3e0b1.txt`
 /// §3.2.1: "the 25th URC means half of the downloading is completed"), and
 /// throttles to `rate` bytes/s.
-pub(super) struct Progress<'a> {
+pub(crate) struct Progress<'a> {
     lines: u8,
     printed: u8,
     total: Option<u64>,
@@ -54,12 +54,16 @@ pub(super) struct Progress<'a> {
     emit: &'a Emitter,
     /// Mirror of `received` for observers outside the download.
     counter: Option<Arc<AtomicU64>>,
+    /// Free space the package must fit, bytes.
+    space: Option<u64>,
+    /// Percentage of the package at which the power goes.
+    cut_at: Option<u8>,
 }
 
 impl<'a> Progress<'a> {
     /// Progress towards `lines` `DOWNLOADING` lines, throttled to `rate`
     /// bytes/s (`None` or 0: unthrottled).
-    pub(super) fn new(lines: u8, rate: Option<u64>, emit: &'a Emitter) -> Progress<'a> {
+    pub(crate) fn new(lines: u8, rate: Option<u64>, emit: &'a Emitter) -> Progress<'a> {
         Progress {
             lines,
             printed: 0,
@@ -69,12 +73,35 @@ impl<'a> Progress<'a> {
             rate: rate.filter(|r| *r > 0),
             emit,
             counter: None,
+            space: None,
+            cut_at: None,
+        }
+    }
+
+    /// Fails the download with [`DownloadError::NoSpace`] when the package
+    /// (announced or received) is larger than `space` bytes.
+    pub(crate) fn limit(mut self, space: Option<u64>) -> Progress<'a> {
+        self.space = space;
+        self
+    }
+
+    /// Fails the download with [`DownloadError::PowerCut`] once `percent`
+    /// of an announced size has arrived.
+    pub(crate) fn power_cut(mut self, percent: Option<u8>) -> Progress<'a> {
+        self.cut_at = percent;
+        self
+    }
+
+    fn check_space(&self, needed: u64) -> Result<(), DownloadError> {
+        match self.space {
+            Some(free) if needed > free => Err(DownloadError::NoSpace { needed, free }),
+            _ => Ok(()),
         }
     }
 
     /// Mirrors the received byte count into `counter`, for observers
     /// outside the download (the run's summary).
-    pub(super) fn count_into(mut self, counter: Arc<AtomicU64>) -> Progress<'a> {
+    pub(crate) fn count_into(mut self, counter: Arc<AtomicU64>) -> Progress<'a> {
         self.counter = Some(counter);
         self
     }
@@ -83,16 +110,19 @@ impl<'a> Progress<'a> {
     ///
     /// # Errors
     /// A size over [`MAX_PACKAGE`].
-    pub(super) fn expect(&mut self, total: Option<u64>) -> Result<(), DownloadError> {
+    pub(crate) fn expect(&mut self, total: Option<u64>) -> Result<(), DownloadError> {
         if let Some(total) = total.filter(|t| *t > MAX_PACKAGE) {
             return Err(too_large(total));
+        }
+        if let Some(total) = total {
+            self.check_space(total)?;
         }
         self.total = total;
         Ok(())
     }
 
     /// Bytes received so far.
-    pub(super) fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.received
     }
 
@@ -101,13 +131,21 @@ impl<'a> Progress<'a> {
     ///
     /// # Errors
     /// More than [`MAX_PACKAGE`] bytes in all.
-    pub(super) async fn advance(&mut self, n: usize) -> Result<(), DownloadError> {
+    pub(crate) async fn advance(&mut self, n: usize) -> Result<(), DownloadError> {
         self.received = self.received.saturating_add(n as u64);
         if let Some(counter) = &self.counter {
             counter.store(self.received, Ordering::Relaxed);
         }
         if self.received > MAX_PACKAGE {
             return Err(too_large(self.received));
+        }
+        self.check_space(self.received)?;
+        if let (Some(cut), Some(total)) = (self.cut_at, self.total)
+            && u128::from(self.received) * 100 >= u128::from(cut) * u128::from(total)
+        {
+            return Err(DownloadError::PowerCut {
+                received: self.received,
+            });
         }
         if let Some(total) = self.total.filter(|t| *t > 0) {
             let done = u128::from(self.received.min(total));
@@ -127,7 +165,7 @@ impl<'a> Progress<'a> {
 
     /// Prints the remaining progress lines once the whole package is in
     /// (all of them when the size was unknown or zero).
-    pub(super) fn complete(&mut self) {
+    pub(crate) fn complete(&mut self) {
         self.print_up_to(self.lines);
     }
 
@@ -210,6 +248,32 @@ mod tests {
         assert!(matches!(
             bounded(p.advance(1)).await,
             Err(DownloadError::Other(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn space_and_power_cut_stop_the_download() {
+        let (emit, _rx) = Emitter::channel();
+        let mut p = Progress::new(0, None, &emit).limit(Some(10));
+        assert!(matches!(
+            p.expect(Some(11)),
+            Err(DownloadError::NoSpace {
+                needed: 11,
+                free: 10
+            })
+        ));
+        p.expect(None).unwrap();
+        assert!(bounded(p.advance(10)).await.is_ok());
+        assert!(matches!(
+            bounded(p.advance(1)).await,
+            Err(DownloadError::NoSpace { .. })
+        ));
+        let mut cut = Progress::new(0, None, &emit).power_cut(Some(50));
+        cut.expect(Some(100)).unwrap();
+        assert!(bounded(cut.advance(49)).await.is_ok());
+        assert!(matches!(
+            bounded(cut.advance(1)).await,
+            Err(DownloadError::PowerCut { received: 50 })
         ));
     }
 
