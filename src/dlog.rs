@@ -433,6 +433,7 @@ mod tests {
         attempt.user = Some("test".into());
         attempt.package = Some((100, "ab".repeat(32)));
         attempt.bytes_sent = 50;
+        attempt.bytes_acked = 40;
         let rec = attempt.record(426, Outcome::Aborted, "client closed the data connection");
         assert_eq!(
             rec,

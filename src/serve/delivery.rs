@@ -469,11 +469,20 @@ impl AckTracker {
         body.min(sent)
     }
 
-    /// Waits until the peer acknowledged every byte written so far, the
-    /// connection is gone, no new byte is acknowledged for `stall`, or
-    /// `cancel` fires. Polls the kernel at growing intervals (2 ms → 200 ms).
+    /// Bytes the peer acknowledged since the connection opened, as last
+    /// seen.
+    pub fn acked_total(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// Waits until the peer acknowledged the connection's byte stream up
+    /// to `target` (a [`Snapshot::written`] count; `None`: every byte
+    /// written so far), the connection is gone, no new byte is acknowledged
+    /// for `stall`, or `cancel` fires. Polls the kernel at growing intervals
+    /// (2 ms → 200 ms).
     pub async fn wait_all_acked(
         &self,
+        target: Option<u64>,
         stall: Duration,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Delivery {
@@ -485,7 +494,9 @@ impl AckTracker {
             }
             match self.refresh() {
                 None => return Delivery::Gone,
-                Some(s) if s.unacked == 0 => return Delivery::Acked,
+                Some(s) if target.map_or(s.unacked == 0, |t| s.bytes_acked >= t) => {
+                    return Delivery::Acked;
+                }
                 Some(_) if self.since_progress() >= stall => return Delivery::Stalled,
                 Some(_) => {}
             }

@@ -866,13 +866,25 @@ impl Conn {
             _ = flushed => true,
             _ = self.close.cancelled() => false,
         };
-        let mut delivery = ack.wait_all_acked(self.timeouts.stall, cancel).await;
+        // Where the body ends in the connection's byte stream: what the
+        // kernel holds once the last flush is done (a TLS close_notify or a
+        // next response may follow; they are not the body).
+        let target = all_written
+            .then(|| ack.refresh().map(|s| s.written()))
+            .flatten();
+        let mut delivery = ack
+            .wait_all_acked(target, self.timeouts.stall, cancel)
+            .await;
         if delivery == Delivery::Gone {
             // Closed before a look saw the end: the kernel's final
-            // counters say whether everything written was acknowledged.
+            // counters say whether the body was acknowledged.
             attempt.end_now();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
-            if all_written && ack.is_closed() && ack.all_acked() {
+            let covered = match target {
+                Some(t) => ack.acked_total() >= t,
+                None => ack.is_closed() && ack.all_acked(),
+            };
+            if all_written && covered {
                 delivery = Delivery::Acked;
             }
         }
