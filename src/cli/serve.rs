@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::catalog::validate::FtpCredentials;
 use crate::cli::report::banner;
@@ -158,15 +159,29 @@ impl ServeArgs {
 }
 
 /// Runs `qfota-serve [OPTIONS] <DIR>`: starts the server, prints the
-/// banner, serves until `shutdown` resolves, then lets in-flight downloads
-/// finish (`--grace-secs`).
+/// banner, serves until `shutdown` resolves (reopening the download log on
+/// each `SIGHUP`, logrotate's `postrotate`), then lets in-flight downloads
+/// finish (`--grace-secs`) and writes the queued download records.
 ///
 /// # Errors
-/// The server cannot start (port in use, unreadable folder): exit 1.
+/// The server cannot start (port in use, unreadable folder), or `SIGHUP`
+/// cannot be caught: exit 1.
 pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<ExitCode> {
+    // Caught before the banner, so a SIGHUP never finds the default action
+    // (terminate) once the server is up.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
     let server = args.to_builder().start().await.context("cannot start")?;
     print!("{}", banner(&server, &args.log));
-    shutdown.await;
+    let reopen_on_hangup = async {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reopening the download log");
+            server.reopen_log();
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = reopen_on_hangup => {}
+    }
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
