@@ -300,11 +300,12 @@ async fn records_wait_out_a_full_disk_and_drops_are_counted() {
     let disk = FullDisk::new();
     let log = DownloadLog::to_file(&disk.log()).unwrap();
     let peer = "127.0.0.1:9".parse().unwrap();
-    // One record before the disk fills leaves the file's last page part
-    // used, so a later write can end short (and must be taken back).
+    // On the tmpfs, one record before the disk fills leaves the file's
+    // last page part used, so a later write can end short (and must be
+    // taken back). On /dev/full it is the first record queued.
     let first = Attempt::start(Protocol::Http, peer, "r00000");
     log.emit(first.record(404, Outcome::NotFound, "no such package"));
-    assert_eq!(bounded("flush", log.flush()).await, Some(0));
+    assert!(bounded("flush", log.flush()).await.is_some());
     disk.fill();
     // ~1.5 KB lines: more than the queue holds.
     let total = QUEUE_BYTES / 1000;
@@ -329,6 +330,7 @@ async fn records_wait_out_a_full_disk_and_drops_are_counted() {
         .iter()
         .filter_map(|r| r.get("dropped_before").and_then(|d| d.as_u64()))
         .sum();
+    eprintln!("{} records written, {dropped} dropped and counted", lines.len());
     assert!(dropped > 0, "the queue is bounded: some records were dropped");
     assert_eq!(
         lines.len() as u64 + dropped,
