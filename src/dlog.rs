@@ -385,7 +385,7 @@ impl DownloadLog {
             "download"
         );
         let unsent = match &self.inner.file {
-            Some(sink) => sink.send(record).err(),
+            Some(sink) => sink.send(record),
             None => Some(record),
         };
         if let Some(record) = unsent {
@@ -414,7 +414,12 @@ impl DownloadLog {
 
     /// The last records emitted (at most [`RECENT_CAPACITY`]), oldest first.
     pub fn recent(&self) -> Vec<DownloadRecord> {
-        let recent = self.inner.memory.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = self
+            .inner
+            .memory
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         recent.iter().cloned().collect()
     }
 
@@ -498,7 +503,11 @@ mod tests {
     /// A 60 KB request path once made a 60 KB log line (and ring entry).
     #[test]
     fn long_fields_are_cut_on_a_char_boundary_and_marked() {
-        let mut attempt = Attempt::start(Protocol::Http, "192.0.2.7:1".parse().unwrap(), "é".repeat(30_000));
+        let mut attempt = Attempt::start(
+            Protocol::Http,
+            "192.0.2.7:1".parse().unwrap(),
+            "é".repeat(30_000),
+        );
         attempt.user = Some("u".repeat(100));
         attempt.fault = Some("f".repeat(300));
         let rec = attempt.record(404, Outcome::NotFound, "r".repeat(600));
@@ -508,12 +517,21 @@ mod tests {
             (&rec.reason, REASON_MAX_BYTES),
             (rec.fault.as_ref().unwrap(), FAULT_MAX_BYTES),
         ] {
-            assert!(field.len() <= max && field.len() > max - 8, "{} > {max}", field.len());
+            assert!(
+                field.len() <= max && field.len() > max - 8,
+                "{} > {max}",
+                field.len()
+            );
             assert!(field.ends_with(CUT_MARK), "{field}");
             assert!(field.capacity() <= max, "capacity {}", field.capacity());
         }
         // 2-byte 'é': the cut lands between characters.
-        assert!(rec.path.trim_end_matches(CUT_MARK).chars().all(|c| c == 'é'));
+        assert!(
+            rec.path
+                .trim_end_matches(CUT_MARK)
+                .chars()
+                .all(|c| c == 'é')
+        );
         // Within the limit nothing changes, so capping again is a no-op.
         assert_eq!(rec.clone().capped(), rec);
         assert_eq!(cap_field("short", 5), "short");

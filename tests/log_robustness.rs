@@ -27,7 +27,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_qfota-serve");
 const FILE_EVENT: Duration = Duration::from_secs(10);
 
 /// `qfota-serve --http 0` on 127.0.0.1 over the sample packages, logging
-/// to `<tmp>/downloads.jsonl`; killed on drop.
+/// to `<tmp>/downloads.jsonl`, stderr to `<tmp>/stderr.txt`; killed on drop.
 struct Serve {
     child: Child,
     http: String,
@@ -45,8 +45,8 @@ impl Serve {
             .arg("--certs-dir")
             .arg(work.path().join("certs"))
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("packages"))
+            .stderr(std::fs::File::create(work.path().join("stderr.txt")).unwrap())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -75,8 +75,7 @@ impl Serve {
         let mut conn = bounded("connect", TcpStream::connect(&self.http))
             .await
             .unwrap();
-        let request =
-            format!("GET {target} HTTP/1.1\r\nHost: qfota\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {target} HTTP/1.1\r\nHost: qfota\r\nConnection: close\r\n\r\n");
         bounded("request", conn.write_all(request.as_bytes()))
             .await
             .unwrap();
@@ -88,6 +87,10 @@ impl Serve {
         head.get(9..12)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no status line: {head:?}"))
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log.with_file_name("stderr.txt")).unwrap()
     }
 
     async fn signal(&self, name: &str) {
@@ -114,22 +117,31 @@ fn records(path: &Path) -> Vec<serde_json::Value> {
 
 /// Waits until `path` holds `n` records, and returns them.
 async fn wait_records(path: &Path, n: usize) -> Vec<serde_json::Value> {
-    eventually(&format!("{n} records in {}", path.display()), DEADLINE, || async {
-        let all = records(path);
-        (all.len() >= n).then_some(all)
-    })
+    eventually(
+        &format!("{n} records in {}", path.display()),
+        DEADLINE,
+        || async {
+            let all = records(path);
+            (all.len() >= n).then_some(all)
+        },
+    )
     .await
 }
 
 async fn wait_exists(path: &Path) {
-    eventually(&format!("{} to appear", path.display()), FILE_EVENT, || async {
-        path.exists().then_some(())
-    })
+    eventually(
+        &format!("{} to appear", path.display()),
+        FILE_EVENT,
+        || async { path.exists().then_some(()) },
+    )
     .await;
 }
 
 fn paths(records: &[serde_json::Value]) -> Vec<&str> {
-    records.iter().map(|r| r["path"].as_str().unwrap()).collect()
+    records
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect()
 }
 
 /// `kill -HUP` used to kill the server (exit 129); now it reopens the log,
@@ -149,7 +161,16 @@ async fn sighup_reopens_the_log_after_logrotate_moved_it() {
         ["after-rotation"]
     );
     assert_eq!(paths(&records(&rotated)), ["before-rotation"]);
-    assert_eq!(serve.stop().await, Some(0), "SIGHUP must not end the server");
+    assert!(
+        serve.stderr().contains("download log reopened"),
+        "{}",
+        serve.stderr()
+    );
+    assert_eq!(
+        serve.stop().await,
+        Some(0),
+        "SIGHUP must not end the server"
+    );
 }
 
 /// A log renamed or deleted without a signal used to swallow every later
@@ -310,7 +331,11 @@ async fn records_wait_out_a_full_disk_and_drops_are_counted() {
     // ~1.5 KB lines: more than the queue holds.
     let total = QUEUE_BYTES / 1000;
     for i in 1..total {
-        let attempt = Attempt::start(Protocol::Http, peer, format!("r{i:05}-{}", "x".repeat(1400)));
+        let attempt = Attempt::start(
+            Protocol::Http,
+            peer,
+            format!("r{i:05}-{}", "x".repeat(1400)),
+        );
         log.emit(attempt.record(404, Outcome::NotFound, "no such package"));
     }
     let queued = bounded("flush", log.flush()).await.expect("writer answers");
@@ -330,14 +355,23 @@ async fn records_wait_out_a_full_disk_and_drops_are_counted() {
         .iter()
         .filter_map(|r| r.get("dropped_before").and_then(|d| d.as_u64()))
         .sum();
-    eprintln!("{} records written, {dropped} dropped and counted", lines.len());
-    assert!(dropped > 0, "the queue is bounded: some records were dropped");
+    eprintln!(
+        "{} records written, {dropped} dropped and counted",
+        lines.len()
+    );
+    assert!(
+        dropped > 0,
+        "the queue is bounded: some records were dropped"
+    );
     assert_eq!(
         lines.len() as u64 + dropped,
         total as u64 + 1,
         "every record (r00000..=r{total}) is written or counted"
     );
-    let order: Vec<u32> = paths(&lines).iter().map(|p| p[1..6].parse().unwrap()).collect();
+    let order: Vec<u32> = paths(&lines)
+        .iter()
+        .map(|p| p[1..6].parse().unwrap())
+        .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {order:?}");
     assert_eq!(*order.last().unwrap() as usize, total);
 }

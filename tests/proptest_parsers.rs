@@ -168,7 +168,10 @@ mod at {
     /// every line is bounded and free of ASCII control bytes.
     #[test]
     fn framing_does_not_depend_on_chunking_and_lines_are_bounded() {
-        let strategy = (port_bytes(), proptest::collection::vec(any::<usize>(), 0..6));
+        let strategy = (
+            port_bytes(),
+            proptest::collection::vec(any::<usize>(), 0..6),
+        );
         check("at", "framer_chunking", strategy, |(bytes, cuts)| {
             let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
             cuts.sort_unstable();
@@ -263,36 +266,52 @@ mod fotadl {
         let scheme = prop_oneof![Just(Scheme::Ftp), Just(Scheme::Http), Just(Scheme::Https)];
         let strategy = (
             scheme,
-            proptest::option::of(("[A-Za-z0-9._-]{1,10}", proptest::option::of("[A-Za-z0-9._!~-]{0,10}"))),
+            proptest::option::of((
+                "[A-Za-z0-9._-]{1,10}",
+                proptest::option::of("[A-Za-z0-9._!~-]{0,10}"),
+            )),
             host(),
             proptest::option::of(1u16..),
             "[A-Za-z0-9._-]{1,16}(/[A-Za-z0-9._-]{1,16}){0,2}",
         );
         let profile = Profile::by_name("eg06xk").expect("profile");
-        check("fotadl", "url_round_trip", strategy, |(scheme, cred, (host, v6), port, path)| {
-            let cred = if scheme.is_ftp() { cred } else { None };
-            let userinfo = match &cred {
-                Some((u, Some(p))) => format!("{u}:{p}@"),
-                Some((u, None)) => format!("{u}@"),
-                None => String::new(),
-            };
-            let host_text = if v6 { format!("[{host}]") } else { host.clone() };
-            let port_text = port.map(|p| format!(":{p}")).unwrap_or_default();
-            let url = format!("{scheme}://{userinfo}{host_text}{port_text}/{path}");
-            let parsed = FotaUrl::parse(&url, profile)
-                .map_err(|e| TestCaseError::fail(format!("{url}: {e}")))?;
-            prop_assert_eq!(parsed.scheme, scheme);
-            prop_assert_eq!(&parsed.host, &host);
-            prop_assert_eq!(parsed.port, port.unwrap_or(scheme.default_port()));
-            prop_assert_eq!(parsed.user.as_deref(), cred.as_ref().map(|c| c.0.as_str()));
-            prop_assert_eq!(
-                parsed.password.as_deref(),
-                cred.as_ref().and_then(|c| c.1.as_deref())
-            );
-            let want_path = if scheme.is_ftp() { path } else { format!("/{path}") };
-            prop_assert_eq!(parsed.path, want_path);
-            Ok(())
-        });
+        check(
+            "fotadl",
+            "url_round_trip",
+            strategy,
+            |(scheme, cred, (host, v6), port, path)| {
+                let cred = if scheme.is_ftp() { cred } else { None };
+                let userinfo = match &cred {
+                    Some((u, Some(p))) => format!("{u}:{p}@"),
+                    Some((u, None)) => format!("{u}@"),
+                    None => String::new(),
+                };
+                let host_text = if v6 {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                let port_text = port.map(|p| format!(":{p}")).unwrap_or_default();
+                let url = format!("{scheme}://{userinfo}{host_text}{port_text}/{path}");
+                let parsed = FotaUrl::parse(&url, profile)
+                    .map_err(|e| TestCaseError::fail(format!("{url}: {e}")))?;
+                prop_assert_eq!(parsed.scheme, scheme);
+                prop_assert_eq!(&parsed.host, &host);
+                prop_assert_eq!(parsed.port, port.unwrap_or(scheme.default_port()));
+                prop_assert_eq!(parsed.user.as_deref(), cred.as_ref().map(|c| c.0.as_str()));
+                prop_assert_eq!(
+                    parsed.password.as_deref(),
+                    cred.as_ref().and_then(|c| c.1.as_deref())
+                );
+                let want_path = if scheme.is_ftp() {
+                    path
+                } else {
+                    format!("/{path}")
+                };
+                prop_assert_eq!(parsed.path, want_path);
+                Ok(())
+            },
+        );
     }
 
     /// `FotadlArgs::to_at_args` → `FotadlCommand::parse` keeps the URL and
@@ -307,29 +326,34 @@ mod fotadl {
             proptest::option::of(urc),
         );
         let profile = Profile::by_name("ec200").expect("profile");
-        check("fotadl", "args_round_trip", strategy, |(url, mode, down, up)| {
-            let args = FotadlArgs {
-                url: url.clone(),
-                upgrade_mode: mode,
-                download_urc_max: down,
-                update_urc_max: up,
-            };
-            let text = args.to_at_args();
-            let cmd = FotadlCommand::parse(&text, profile)
-                .map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
-            prop_assert_eq!(&cmd.url.text, &url);
-            let narrow = |n: Option<u32>| n.map(|n| u8::try_from(n).expect("in range"));
-            // A parameter before a given one is sent as its default.
-            let given = [mode, down, up].iter().rposition(Option::is_some);
-            let filled = |i: usize, n: Option<u32>, default: u8| match given {
-                Some(last) if i <= last => Some(narrow(n).unwrap_or(default)),
-                _ => None,
-            };
-            prop_assert_eq!(cmd.params.upgrade_mode, filled(0, mode, 1));
-            prop_assert_eq!(cmd.params.download_urc_max, filled(1, down, 0));
-            prop_assert_eq!(cmd.params.update_urc_max, filled(2, up, 100));
-            Ok(())
-        });
+        check(
+            "fotadl",
+            "args_round_trip",
+            strategy,
+            |(url, mode, down, up)| {
+                let args = FotadlArgs {
+                    url: url.clone(),
+                    upgrade_mode: mode,
+                    download_urc_max: down,
+                    update_urc_max: up,
+                };
+                let text = args.to_at_args();
+                let cmd = FotadlCommand::parse(&text, profile)
+                    .map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+                prop_assert_eq!(&cmd.url.text, &url);
+                let narrow = |n: Option<u32>| n.map(|n| u8::try_from(n).expect("in range"));
+                // A parameter before a given one is sent as its default.
+                let given = [mode, down, up].iter().rposition(Option::is_some);
+                let filled = |i: usize, n: Option<u32>, default: u8| match given {
+                    Some(last) if i <= last => Some(narrow(n).unwrap_or(default)),
+                    _ => None,
+                };
+                prop_assert_eq!(cmd.params.upgrade_mode, filled(0, mode, 1));
+                prop_assert_eq!(cmd.params.download_urc_max, filled(1, down, 0));
+                prop_assert_eq!(cmd.params.update_urc_max, filled(2, up, 100));
+                Ok(())
+            },
+        );
     }
 }
 

@@ -122,18 +122,18 @@ impl FileSink {
         })
     }
 
-    /// Hands `record` to the writer without waiting; gives it back when
-    /// the channel is full or the writer is gone (the caller publishes it
-    /// to memory itself; the file loses it, counted).
-    pub(super) fn send(&self, record: DownloadRecord) -> Result<(), DownloadRecord> {
+    /// Hands `record` to the writer without waiting. Gives it back when
+    /// the channel is full or the writer is gone: the caller publishes it
+    /// to memory itself, and the file's loss is counted.
+    pub(super) fn send(&self, record: DownloadRecord) -> Option<DownloadRecord> {
         let Some(tx) = &self.tx else {
-            return Err(record);
+            return Some(record);
         };
         match tx.try_send(Some(Box::new(record))) {
-            Ok(()) => Ok(()),
+            Ok(()) => None,
             Err(TrySendError::Full(r) | TrySendError::Disconnected(r)) => {
                 self.requests.overflow.fetch_add(1, Ordering::Relaxed);
-                Err(*r.expect("a record was sent"))
+                r.map(|r| *r)
             }
         }
     }
