@@ -99,7 +99,7 @@ impl Serve {
     }
 
     /// SIGTERM, then the exit code.
-    async fn stop(mut self) -> Option<i32> {
+    async fn stop(&mut self) -> Option<i32> {
         self.signal("-TERM").await;
         bounded("exit", self.child.wait()).await.unwrap().code()
     }
@@ -148,7 +148,7 @@ fn paths(records: &[serde_json::Value]) -> Vec<&str> {
 /// as logrotate's `postrotate` expects.
 #[tokio::test]
 async fn sighup_reopens_the_log_after_logrotate_moved_it() {
-    let serve = Serve::start().await;
+    let mut serve = Serve::start().await;
     assert_eq!(serve.get("/before-rotation").await, 404);
     wait_records(&serve.log, 1).await;
     let rotated = serve.log.with_extension("jsonl.1");
@@ -166,10 +166,16 @@ async fn sighup_reopens_the_log_after_logrotate_moved_it() {
         "{}",
         serve.stderr()
     );
+    // SIGTERM right after a request: its record is written before exit.
+    assert_eq!(serve.get("/just-before-sigterm").await, 404);
     assert_eq!(
         serve.stop().await,
         Some(0),
         "SIGHUP must not end the server"
+    );
+    assert_eq!(
+        paths(&records(&serve.log)),
+        ["after-rotation", "just-before-sigterm"]
     );
 }
 
@@ -177,7 +183,7 @@ async fn sighup_reopens_the_log_after_logrotate_moved_it() {
 /// record; the server now opens a new file at the path by itself.
 #[tokio::test]
 async fn a_renamed_or_deleted_log_is_replaced_by_a_new_file() {
-    let serve = Serve::start().await;
+    let mut serve = Serve::start().await;
     assert_eq!(serve.get("/one").await, 404);
     wait_records(&serve.log, 1).await;
     let moved = serve.log.with_extension("moved");
