@@ -4,7 +4,7 @@
 //! The record stream is the product's answer to "why did the module say
 //! 601/701?". The FTP and HTTP front-ends build records; [`DownloadLog`]
 //! writes each one as a JSON line to the `--log` file (through a writer
-//! thread, [`file`]: whole lines, reopened on rotation, queued through a
+//! thread, [`file`](mod@file): whole lines, reopened on rotation, queued through a
 //! full disk), as a `tracing` event on stderr, to an in-memory ring the
 //! test-fixture API reads, and to a broadcast channel any further sink
 //! (metrics, a remote collector) can subscribe to.
@@ -332,7 +332,7 @@ impl Memory {
 
 impl DownloadLog {
     /// A log that appends JSON lines to `path` (created if missing,
-    /// `O_APPEND`), written by a writer thread of its own ([`file`]).
+    /// `O_APPEND`), written by a writer thread of its own ([`file`](mod@file)).
     ///
     /// # Errors
     /// The file cannot be opened for appending, or the thread not started.

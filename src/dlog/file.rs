@@ -8,17 +8,18 @@
 //!   `write(2)` of the full line. A short write (the disk filled up in the
 //!   middle of the line) is taken back with `ftruncate`, and the record
 //!   stays queued: no torn or merged line is ever left in the file.
-//! - **Rotation.** [`FileSink::reopen`] (the serve command calls it on
-//!   `SIGHUP`, logrotate's `postrotate`) reopens the path; the writer also
-//!   compares the path's device/inode with the open file's every
+//! - **Rotation.** [`DownloadLog::reopen`](super::DownloadLog::reopen)
+//!   (the serve command calls it on `SIGHUP`, logrotate's `postrotate`)
+//!   reopens the path; the writer also compares the path's device/inode with the open file's every
 //!   [`CHECK_INTERVAL`] and reopens when the file was renamed or deleted.
 //! - **Full or failing disk.** On `ENOSPC`/`EIO` records wait in a queue of
 //!   at most [`QUEUE_BYTES`] and are retried on the next record and every
 //!   [`CHECK_INTERVAL`]. Records that do not fit are dropped, counted, said
 //!   on stderr (`tracing`), and the next record written carries the count
 //!   as `"dropped_before": N`.
-//! - **Shutdown.** [`FileSink::flush`] writes everything queued; dropping
-//!   the sink lets the writer drain the channel and the queue before the
+//! - **Shutdown.** [`DownloadLog::flush`](super::DownloadLog::flush)
+//!   writes everything queued (`Server::shutdown` awaits it); dropping the
+//!   sink lets the writer drain the channel and the queue before the
 //!   process goes on (bounded by [`FINAL_FLUSH_TIMEOUT`]).
 //!
 //! Why not `tracing-appender`'s `non_blocking`: it hands bytes to a writer
