@@ -4,10 +4,10 @@
 //! The record stream is the product's answer to "why did the module say
 //! 601/701?". The FTP and HTTP front-ends build records; [`DownloadLog`]
 //! writes each one as a JSON line to the `--log` file (through a writer
-//! thread, [`file`](mod@file): whole lines, reopened on rotation, queued through a
-//! full disk), as a `tracing` event on stderr, to an in-memory ring the
-//! test-fixture API reads, and to a broadcast channel any further sink
-//! (metrics, a remote collector) can subscribe to.
+//! thread, [`file`](mod@file): whole lines, reopened on rotation, queued
+//! through a full disk), as a `tracing` event on stderr, to an in-memory
+//! ring the test-fixture API reads, and to a broadcast channel any further
+//! sink (metrics, a remote collector) can subscribe to.
 //!
 //! Every string a client controls is capped when the record is built
 //! ([`DownloadRecord::capped`]: [`PATH_MAX_BYTES`], [`USER_MAX_BYTES`],
