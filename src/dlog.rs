@@ -288,7 +288,9 @@ impl Attempt {
     }
 }
 
-/// How many records [`DownloadLog::recent`] keeps in memory.
+/// How many records [`DownloadLog::recent`] keeps in memory. With the
+/// field caps ([`DownloadRecord::capped`]) a record holds at most about
+/// 2 KiB, so the ring stays under about 9 MiB whatever clients send.
 pub const RECENT_CAPACITY: usize = 4096;
 
 /// Fan-out of download records to the log file, `tracing`, an in-memory
