@@ -3,14 +3,21 @@
 //!
 //! The record stream is the product's answer to "why did the module say
 //! 601/701?". The FTP and HTTP front-ends build records; [`DownloadLog`]
-//! writes each one as a JSON line to the `--log` file (flushed per record),
-//! as a `tracing` event on stderr, to an in-memory ring the test-fixture API
-//! reads, and to a broadcast channel any further sink (metrics, a remote
-//! collector) can subscribe to.
+//! writes each one as a JSON line to the `--log` file (through a writer
+//! thread, [`file`](mod@file): whole lines, reopened on rotation, queued
+//! through a full disk), as a `tracing` event on stderr, to an in-memory
+//! ring the test-fixture API reads, and to a broadcast channel any further
+//! sink (metrics, a remote collector) can subscribe to.
+//!
+//! Every string a client controls is capped when the record is built
+//! ([`DownloadRecord::capped`]: [`PATH_MAX_BYTES`], [`USER_MAX_BYTES`],
+//! [`REASON_MAX_BYTES`], [`FAULT_MAX_BYTES`]), so one record is at most
+//! about 2 KiB in memory and the ring of [`RECENT_CAPACITY`] records at
+//! most about 9 MiB, whatever the requests look like.
+
+pub mod file;
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -78,7 +85,49 @@ impl Outcome {
     }
 }
 
+/// Longest `path` kept in a record, in bytes: a 60 KB request path would
+/// otherwise make a 60 KB log line and hold as much in the in-memory ring
+/// for each of its [`RECENT_CAPACITY`] records. Longer paths are cut (see
+/// [`CUT_MARK`]).
+pub const PATH_MAX_BYTES: usize = 1024;
+
+/// Longest FTP `user` kept in a record, in bytes (cut beyond).
+pub const USER_MAX_BYTES: usize = 64;
+
+/// Longest `reason` kept in a record, in bytes (cut beyond): reasons can
+/// quote client input (a bad header, an unknown command).
+pub const REASON_MAX_BYTES: usize = 512;
+
+/// Longest `fault` (the rule's text) kept in a record, in bytes.
+pub const FAULT_MAX_BYTES: usize = 256;
+
+/// Ends a string field that was cut to its limit; the cut string with the
+/// mark fits the limit, on a UTF-8 character boundary.
+pub const CUT_MARK: &str = "…[cut]";
+
+/// `text` cut to at most `max` bytes on a character boundary, ending in
+/// [`CUT_MARK`] when anything was cut. A string within `max` is unchanged,
+/// so capping twice is capping once.
+pub fn cap_field(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(CUT_MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    // Built anew so the allocation is the capped size, not the input's.
+    let mut out = String::with_capacity(end + CUT_MARK.len());
+    out.push_str(&text[..end]);
+    out.push_str(CUT_MARK);
+    out
+}
+
 /// One download attempt, as written to the log (one JSON object per line).
+///
+/// In the file, a record written after others were dropped (the disk was
+/// full longer than the queue lasts, see [`file::QUEUE_BYTES`]) carries one
+/// more field, `"dropped_before": N`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DownloadRecord {
     /// When the attempt started (RFC 3339, UTC, milliseconds).
@@ -123,6 +172,28 @@ pub struct DownloadRecord {
     /// Name of the server fault rule that hit this attempt, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<String>,
+}
+
+impl DownloadRecord {
+    /// The record with every string field cut to its limit
+    /// ([`PATH_MAX_BYTES`], [`USER_MAX_BYTES`], [`REASON_MAX_BYTES`],
+    /// [`FAULT_MAX_BYTES`]; `sha256` is always 64 hex digits).
+    pub fn capped(mut self) -> Self {
+        fn cap(field: &mut String, max: usize) {
+            if field.len() > max {
+                *field = cap_field(field, max);
+            }
+        }
+        cap(&mut self.path, PATH_MAX_BYTES);
+        cap(&mut self.reason, REASON_MAX_BYTES);
+        if let Some(user) = &mut self.user {
+            cap(user, USER_MAX_BYTES);
+        }
+        if let Some(fault) = &mut self.fault {
+            cap(fault, FAULT_MAX_BYTES);
+        }
+        self
+    }
 }
 
 mod rfc3339_ms {
@@ -220,7 +291,8 @@ impl Attempt {
     }
 
     /// The record for this attempt ending now with `status` (HTTP status or
-    /// FTP reply code), `outcome` and `reason` (in words).
+    /// FTP reply code), `outcome` and `reason` (in words), its string
+    /// fields capped ([`DownloadRecord::capped`]).
     pub fn record(
         &self,
         status: u16,
@@ -232,8 +304,8 @@ impl Attempt {
             duration_ms: self.elapsed_ms(),
             protocol: self.protocol,
             peer: self.peer,
-            user: self.user.clone(),
-            path: self.path.clone(),
+            user: self.user.as_deref().map(|u| cap_field(u, USER_MAX_BYTES)),
+            path: cap_field(&self.path, PATH_MAX_BYTES),
             size: self.package.as_ref().map(|(size, _)| *size),
             sha256: self.package.as_ref().map(|(_, sha)| sha.clone()),
             range_start: self.range_start,
@@ -241,18 +313,22 @@ impl Attempt {
             bytes_acked: self.bytes_acked,
             status,
             outcome,
-            reason: reason.into(),
-            fault: self.fault.clone(),
+            reason: cap_field(&reason.into(), REASON_MAX_BYTES),
+            fault: self.fault.as_deref().map(|f| cap_field(f, FAULT_MAX_BYTES)),
         }
     }
 }
 
-/// How many records [`DownloadLog::recent`] keeps in memory.
+/// How many records [`DownloadLog::recent`] keeps in memory. With the
+/// field caps ([`DownloadRecord::capped`]) a record holds at most about
+/// 2 KiB, so the ring stays under about 9 MiB whatever clients send.
 pub const RECENT_CAPACITY: usize = 4096;
 
 /// Fan-out of download records to the log file, `tracing`, an in-memory
 /// ring of the last [`RECENT_CAPACITY`] records and a broadcast channel.
-/// Cheap to clone; clones share the sinks.
+/// Cheap to clone; clones share the sinks. Dropping the last clone waits
+/// (at most [`file::FINAL_FLUSH_TIMEOUT`]) for the file writer to write
+/// what is queued.
 #[derive(Debug, Clone)]
 pub struct DownloadLog {
     inner: Arc<LogInner>,
@@ -260,7 +336,15 @@ pub struct DownloadLog {
 
 #[derive(Debug)]
 struct LogInner {
-    file: Option<Mutex<File>>,
+    file: Option<file::FileSink>,
+    memory: Arc<Memory>,
+}
+
+/// The in-memory sinks: the ring and the broadcast channel. With a file,
+/// the writer thread publishes each record once its write was tried, so a
+/// record seen here is in the file (or queued for it).
+#[derive(Debug)]
+struct Memory {
     recent: Mutex<Ring>,
     tx: broadcast::Sender<DownloadRecord>,
 }
@@ -272,36 +356,60 @@ struct Ring {
     next_seq: u64,
 }
 
+impl Memory {
+    fn publish(&self, record: DownloadRecord) {
+        {
+            let mut ring = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if ring.records.len() == RECENT_CAPACITY {
+                ring.records.pop_front();
+            }
+            let seq = ring.next_seq;
+            ring.next_seq += 1;
+            ring.records.push_back((seq, record.clone()));
+        }
+        // No subscriber is fine: the send error only says nobody listens.
+        let _ = self.tx.send(record);
+    }
+}
+
 impl DownloadLog {
-    /// A log that appends JSON lines to `path` (created if missing).
+    /// A log that appends JSON lines to `path` (created if missing,
+    /// `O_APPEND`), written by a writer thread of its own ([`file`](mod@file)).
     ///
     /// # Errors
-    /// The file cannot be opened for appending.
+    /// The file cannot be opened for appending, or the thread not started.
     pub fn to_file(path: &Path) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self::with_file(Some(file)))
+        let memory = Self::memory();
+        let sink = file::FileSink::open(path, Arc::clone(&memory))?;
+        Ok(Self::with(Some(sink), memory))
     }
 
     /// A log with no file sink (records still go to `tracing`, the ring and
     /// subscribers).
     pub fn in_memory() -> Self {
-        Self::with_file(None)
+        Self::with(None, Self::memory())
     }
 
-    fn with_file(file: Option<File>) -> Self {
+    fn memory() -> Arc<Memory> {
         let (tx, _) = broadcast::channel(1024);
+        Arc::new(Memory {
+            recent: Mutex::new(Ring::default()),
+            tx,
+        })
+    }
+
+    fn with(file: Option<file::FileSink>, memory: Arc<Memory>) -> Self {
         DownloadLog {
-            inner: Arc::new(LogInner {
-                file: file.map(Mutex::new),
-                recent: Mutex::new(Ring::default()),
-                tx,
-            }),
+            inner: Arc::new(LogInner { file, memory }),
         }
     }
 
-    /// Emits one record to every sink. A failing file write is reported
-    /// through `tracing` and does not stop serving.
+    /// Emits one record to every sink, its string fields capped
+    /// ([`DownloadRecord::capped`]). Never waits for the disk: the file
+    /// write happens on the writer thread, and a failing file is reported
+    /// there and does not stop serving.
     pub fn emit(&self, record: DownloadRecord) {
+        let record = record.capped();
         tracing::info!(
             target: "qfota_serve::download",
             protocol = record.protocol.as_str(),
@@ -318,63 +426,69 @@ impl DownloadLog {
             reason = %record.reason,
             "download"
         );
-        if let Some(file) = &self.inner.file {
-            match serde_json::to_string(&record) {
-                Ok(mut line) => {
-                    line.push('\n');
-                    let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
-                    // One write per record keeps lines whole; File is
-                    // unbuffered, so the record is on disk when this returns.
-                    if let Err(err) = file.write_all(line.as_bytes()) {
-                        tracing::error!(error = %err, "cannot write download log");
-                    }
-                }
-                Err(err) => tracing::error!(error = %err, "cannot encode download record"),
-            }
+        let unsent = match &self.inner.file {
+            Some(sink) => sink.send(record),
+            None => Some(record),
+        };
+        if let Some(record) = unsent {
+            self.inner.memory.publish(record);
         }
-        {
-            let mut ring = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if ring.records.len() == RECENT_CAPACITY {
-                ring.records.pop_front();
-            }
-            let seq = ring.next_seq;
-            ring.next_seq += 1;
-            ring.records.push_back((seq, record.clone()));
+    }
+
+    /// Reopens the log file at its path (logrotate's `postrotate`, sent as
+    /// `SIGHUP`), within [`file::CHECK_INTERVAL`]. No-op without a file.
+    pub fn reopen(&self) {
+        if let Some(sink) = &self.inner.file {
+            sink.reopen();
         }
-        // No subscriber is fine: the send error only says nobody listens.
-        let _ = self.inner.tx.send(record);
+    }
+
+    /// Waits until every record emitted before the call was written to the
+    /// file, or found it unwritable. Returns how many records are still
+    /// queued (0: all in the file; always 0 without a file), or `None`
+    /// when the writer did not answer within [`file::FINAL_FLUSH_TIMEOUT`].
+    pub async fn flush(&self) -> Option<usize> {
+        match &self.inner.file {
+            Some(sink) => sink.flush().await,
+            None => Some(0),
+        }
     }
 
     /// The last records emitted (at most [`RECENT_CAPACITY`]), oldest first.
     pub fn recent(&self) -> Vec<DownloadRecord> {
-        let ring = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let ring = self.ring();
         ring.records.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.inner
+            .memory
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The records still in memory whose sequence number is `seq` or more,
     /// oldest first, each with its number. Records are numbered from 0 in
-    /// the order they are emitted, per process; the number is not written
-    /// to the log file. Records older than the last [`RECENT_CAPACITY`] are
-    /// gone, so the first number returned can be above `seq`.
+    /// the order they are published, per process; the number is not
+    /// written to the log file. Records older than the last
+    /// [`RECENT_CAPACITY`] are gone, so the first number returned can be
+    /// above `seq`.
     pub fn since(&self, seq: u64) -> Vec<(u64, DownloadRecord)> {
-        let ring = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let ring = self.ring();
         let skip = ring.records.partition_point(|(n, _)| *n < seq);
         ring.records.iter().skip(skip).cloned().collect()
     }
 
-    /// The sequence number the next record will get (the count emitted).
+    /// The sequence number the next record will get (the count published).
     pub fn next_seq(&self) -> u64 {
-        self.inner
-            .recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_seq
+        self.ring().next_seq
     }
 
     /// A receiver of every record emitted from now on. A receiver that
     /// falls more than 1,024 records behind gets `RecvError::Lagged`.
     pub fn subscribe(&self) -> broadcast::Receiver<DownloadRecord> {
-        self.inner.tx.subscribe()
+        self.inner.memory.tx.subscribe()
     }
 }
 
@@ -450,14 +564,53 @@ mod tests {
         );
     }
 
+    /// A 60 KB request path once made a 60 KB log line (and ring entry).
     #[test]
-    fn file_sink_appends_one_line_per_record() {
+    fn long_fields_are_cut_on_a_char_boundary_and_marked() {
+        let mut attempt = Attempt::start(
+            Protocol::Http,
+            "192.0.2.7:1".parse().unwrap(),
+            "é".repeat(30_000),
+        );
+        attempt.user = Some("u".repeat(100));
+        attempt.fault = Some("f".repeat(300));
+        let rec = attempt.record(404, Outcome::NotFound, "r".repeat(600));
+        for (field, max) in [
+            (&rec.path, PATH_MAX_BYTES),
+            (rec.user.as_ref().unwrap(), USER_MAX_BYTES),
+            (&rec.reason, REASON_MAX_BYTES),
+            (rec.fault.as_ref().unwrap(), FAULT_MAX_BYTES),
+        ] {
+            assert!(
+                field.len() <= max && field.len() > max - 8,
+                "{} > {max}",
+                field.len()
+            );
+            assert!(field.ends_with(CUT_MARK), "{field}");
+            assert!(field.capacity() <= max, "capacity {}", field.capacity());
+        }
+        // 2-byte 'é': the cut lands between characters.
+        assert!(
+            rec.path
+                .trim_end_matches(CUT_MARK)
+                .chars()
+                .all(|c| c == 'é')
+        );
+        // Within the limit nothing changes, so capping again is a no-op.
+        assert_eq!(rec.clone().capped(), rec);
+        assert_eq!(cap_field("short", 5), "short");
+        assert_eq!(cap_field("abcdefghij", 9), "a…[cut]");
+    }
+
+    #[tokio::test]
+    async fn file_sink_appends_one_line_per_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.jsonl");
         let log = DownloadLog::to_file(&path).unwrap();
         let mut rx = log.subscribe();
         log.emit(sample());
         log.emit(sample());
+        assert_eq!(log.flush().await, Some(0));
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert_eq!(log.recent().len(), 2);

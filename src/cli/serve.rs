@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use ipnet::IpNet;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::Admin;
 use crate::catalog::validate::FtpCredentials;
@@ -194,15 +195,20 @@ impl ServeArgs {
 /// Runs `qfota-serve [OPTIONS] <DIR>`: starts the admin listener (when
 /// `--admin`), then the server, marks the admin listener ready, writes
 /// `--ready-json`, prints the banner, serves until `shutdown` resolves,
-/// then lets in-flight downloads finish (`--grace-secs`).
+/// reopening the download log on each `SIGHUP` (logrotate's
+/// `postrotate`), then lets in-flight downloads finish (`--grace-secs`)
+/// and writes the queued download records.
 ///
 /// # Errors
-/// The server cannot start (port in use, unreadable folder) or the ready
-/// file cannot be written: exit 1.
+/// The server cannot start (port in use, unreadable folder), the ready
+/// file cannot be written, or `SIGHUP` cannot be caught: exit 1.
 pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<ExitCode> {
     if let Some(target) = &args.ready_json {
         ready::clear(target).with_context(|| format!("ready file {}", target.display()))?;
     }
+    // Caught before the banner, so a SIGHUP never finds the default action
+    // (terminate) once the server is up.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
     let admin = start_admin(&args).await?;
     let server = args.to_builder().start().await.context("cannot start")?;
     let admin_addr = admin.as_ref().map(Admin::local_addr);
@@ -233,7 +239,16 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     if let Err(err) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %err, "cannot notify systemd of readiness");
     }
-    shutdown.await;
+    let reopen_on_hangup = async {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reopening the download log");
+            server.reopen_log();
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = reopen_on_hangup => {}
+    }
     tracing::info!("shutting down");
     if let Some(admin) = &admin {
         admin.set_stopping();

@@ -696,9 +696,15 @@ impl Server {
         }
     }
 
+    /// Reopens the download log file at its path (logrotate's
+    /// `postrotate`; the serve command calls it on `SIGHUP`).
+    pub fn reopen_log(&self) {
+        self.shared.log.reopen();
+    }
+
     /// Stops accepting, lets in-flight downloads run for the grace period,
-    /// then returns. Connections still open after it are closed when the
-    /// runtime ends.
+    /// writes every queued download record to the log file, then returns.
+    /// Connections still open after it are closed when the runtime ends.
     pub async fn shutdown(mut self) {
         self.shared.shutdown.cancel();
         self.shared.transfers.close();
@@ -713,6 +719,7 @@ impl Server {
         if tokio::time::timeout(self.grace, wait).await.is_err() {
             tracing::warn!("shutdown grace period over with downloads still running");
         }
+        self.shared.log.flush().await;
     }
 }
 
