@@ -558,8 +558,17 @@ mod destroy {
         trackers
     }
 
+    /// Receive buffer of the destroy listener: every TCP socket of the
+    /// host that closes is broadcast, and a burst (thousands of short
+    /// connections) must not overflow it (ENOBUFS loses broadcasts). The
+    /// kernel caps it at `net.core.rmem_max`.
+    const RX_BUFFER: usize = 4 * 1024 * 1024;
+
     fn open() -> std::io::Result<Socket> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        // Best effort: a smaller buffer still works, with more loss under
+        // bursts.
+        let _ = socket.set_rx_buf_sz(RX_BUFFER);
         socket.bind(&NetlinkAddr::new(0, 0))?;
         for group in GROUPS {
             socket.add_membership(group)?;
