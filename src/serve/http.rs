@@ -881,7 +881,7 @@ impl Conn {
             attempt.end_now();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
             let covered = match target {
-                Some(t) => ack.acked_total() >= t,
+                Some(t) => ack.reached(ack.acked_total(), t),
                 None => ack.is_closed() && ack.all_acked(),
             };
             if all_written && covered {
