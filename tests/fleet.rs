@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Fixture, run};
+use qfota_serve::dlog::Outcome;
 use qfota_serve::profile::Profile;
 use qfota_serve::serve::fault::FaultRule;
 use qfota_serve::sim::fleet::{FleetConfig, run_fleet};
@@ -25,9 +26,63 @@ async fn a_fleet_of_200_with_a_random_drop_fault_reports_0_and_701() {
     // Every module received at least half the package; the full ones more.
     let size = fx.package_bytes(PKG).len() as u64;
     assert!(report.bytes >= 200 * (size / 2), "{report:?}");
-    // The server logged one attempt per module.
+    // The server logged one attempt per module, and agrees with the
+    // modules: every HTTPEND,0 has a complete record, every cut-short
+    // module an aborted record whose acknowledged bytes fall short.
     let logged = fx.wait_records("one per module", 200, |_| true).await;
     assert_eq!(logged.len(), 200);
+    let complete: Vec<_> = logged
+        .iter()
+        .filter(|r| r.outcome == Outcome::Complete)
+        .collect();
+    let aborted: Vec<_> = logged
+        .iter()
+        .filter(|r| r.outcome == Outcome::Aborted)
+        .collect();
+    assert_eq!((complete.len(), aborted.len()), (ok, failed), "{report:?}");
+    assert!(
+        complete.iter().all(|r| r.bytes_acked == size),
+        "{complete:?}"
+    );
+    assert!(
+        aborted
+            .iter()
+            .all(|r| r.fault.is_some() && r.bytes_acked < size),
+        "{aborted:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_cut_by_stall_after_over_ftp_matches_the_server_records() {
+    // Every second module's transfer stops after 1,000 bytes until the
+    // (short) stall timeout ends it; the modules time out sooner.
+    let fault: FaultRule = "stall-after=1000,rate=0.5".parse().unwrap();
+    let fx = Fixture::start(move |b| {
+        b.fault_seed(5)
+            .fault(fault)
+            .stall_timeout(std::time::Duration::from_secs(2))
+    })
+    .await;
+    let profile = Profile::for_model("EC25").unwrap();
+    let mut config = FleetConfig::new(fx.ftp_url(PKG), profile, 20);
+    config.settings.timeout = std::time::Duration::from_secs(1);
+    let report = run_fleet(&config).await.unwrap();
+    let (ok, failed) = (report.count("0"), report.count("601"));
+    assert!(ok > 0 && failed > 0, "{report:?}");
+    assert_eq!(ok + failed, 20, "{report:?}");
+    let size = fx.package_bytes(PKG).len() as u64;
+    let logged = fx
+        .wait_records("one RETR record per module", 20, |r| r.bytes_sent > 0)
+        .await;
+    let complete = logged
+        .iter()
+        .filter(|r| r.outcome == Outcome::Complete && r.bytes_acked == size)
+        .count();
+    let cut = logged
+        .iter()
+        .filter(|r| r.outcome == Outcome::Aborted && r.bytes_acked < size)
+        .count();
+    assert_eq!((complete, cut), (ok, failed), "{logged:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

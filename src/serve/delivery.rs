@@ -77,12 +77,6 @@ const TLS_RECORD_PLAINTEXT: u64 = 16_384;
 /// (22). The larger one is used, which under-counts by at most one record.
 const TLS_RECORD_OVERHEAD: u64 = 29;
 
-/// Bytes a TLS `close_notify` alert takes on the wire (a 2-byte alert in a
-/// TLS 1.2 AES-GCM record: 5 + 8 + 2 + 16): written when the connection
-/// closes, possibly right after the body and before the body's end is
-/// measured, and never acknowledged by a client that has already left.
-const TLS_CLOSE_NOTIFY: u64 = 31;
-
 /// The two ends of one TCP connection, as the server's socket sees them
 /// (IPv4-mapped IPv6 addresses stay mapped: that is how the kernel files a
 /// dual-stack socket).
@@ -481,23 +475,26 @@ impl AckTracker {
         self.acked.load(Ordering::Acquire)
     }
 
-    /// Whether the peer acknowledged the stream up to `target` (a
-    /// [`Snapshot::written`] count at the body's end). Over TLS a
-    /// `close_notify` may already be counted in `target`; it is not the
-    /// body, so it is allowed for.
-    pub fn reached(&self, acked: u64, target: u64) -> bool {
-        let slack = if self.tls { TLS_CLOSE_NOTIFY } else { 0 };
-        acked + slack >= target
+    /// Whether the peer acknowledged a body of `sent` bytes whole: the
+    /// stream acknowledged past the body's start covers it. Exact over
+    /// plain TCP; over TLS the ciphertext also carries record overhead, so
+    /// this holds within one record (a TLS `close_notify` or a next
+    /// response after the body never counts against it).
+    pub fn delivered(&self, sent: u64) -> bool {
+        let past_start = self
+            .acked
+            .load(Ordering::Acquire)
+            .saturating_sub(self.base.load(Ordering::Acquire));
+        past_start >= sent
     }
 
-    /// Waits until the peer acknowledged the connection's byte stream up
-    /// to `target` (a [`Snapshot::written`] count; `None`: every byte
-    /// written so far), the connection is gone, no new byte is acknowledged
-    /// for `stall`, or `cancel` fires. Polls the kernel at growing intervals
-    /// (2 ms → 200 ms).
+    /// Waits until the peer acknowledged a body of `sent` bytes whole
+    /// ([`AckTracker::delivered`]), the connection is gone, no new byte is
+    /// acknowledged for `stall`, or `cancel` fires. Polls the kernel at
+    /// growing intervals (2 ms → 200 ms).
     pub async fn wait_all_acked(
         &self,
-        target: Option<u64>,
+        sent: u64,
         stall: Duration,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Delivery {
@@ -509,9 +506,7 @@ impl AckTracker {
             }
             match self.refresh() {
                 None => return Delivery::Gone,
-                Some(s) if target.map_or(s.unacked == 0, |t| self.reached(s.bytes_acked, t)) => {
-                    return Delivery::Acked;
-                }
+                Some(_) if self.delivered(sent) => return Delivery::Acked,
                 Some(_) if self.since_progress() >= stall => return Delivery::Stalled,
                 Some(_) => {}
             }

@@ -883,11 +883,8 @@ impl RetrRecord {
             return Ok(sent);
         };
         let shutdown = self.session.shared.shutdown.clone();
-        // Everything was written and flushed: the body ends where the
-        // kernel's written count is now.
-        let target = ack.refresh().map(|s| s.written());
         let delivery = ack
-            .wait_all_acked(target, stall, shutdown.cancelled_owned())
+            .wait_all_acked(sent, stall, shutdown.cancelled_owned())
             .await;
         if delivery == Delivery::Acked {
             self.attempt.bytes_acked = sent;

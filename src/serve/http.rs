@@ -866,25 +866,14 @@ impl Conn {
             _ = flushed => true,
             _ = self.close.cancelled() => false,
         };
-        // Where the body ends in the connection's byte stream: what the
-        // kernel holds once the last flush is done (a TLS close_notify or a
-        // next response may follow; they are not the body).
-        let target = all_written
-            .then(|| ack.refresh().map(|s| s.written()))
-            .flatten();
-        let mut delivery = ack
-            .wait_all_acked(target, self.timeouts.stall, cancel)
-            .await;
+        let mut delivery = ack.wait_all_acked(sent, self.timeouts.stall, cancel).await;
         if delivery == Delivery::Gone {
             // Closed before a look saw the end: the kernel's final
-            // counters say whether the body was acknowledged.
+            // counters (at the socket's destruction) say whether the body
+            // was acknowledged.
             attempt.end_now();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
-            let covered = match target {
-                Some(t) => ack.reached(ack.acked_total(), t),
-                None => ack.is_closed() && ack.all_acked(),
-            };
-            if all_written && covered {
+            if ack.delivered(sent) {
                 delivery = Delivery::Acked;
             }
         }
