@@ -66,6 +66,8 @@ def test_a_fault_set_mid_test_hits_the_next_download_and_clears(qfota_server, pa
     assert srv.set_faults([]) == []
     with urllib.request.urlopen(srv.url(PACKAGE), timeout=10) as resp:
         assert resp.status == 200
+        # Read it all: a client that leaves unread is (rightly) aborted.
+        resp.read()
     rec = srv.wait_download(since=rec["seq"] + 1)
     assert (rec["status"], rec["outcome"], "fault" in rec) == (200, "complete", False)
 
