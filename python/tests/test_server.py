@@ -69,7 +69,7 @@ def test_a_fault_set_mid_test_hits_the_next_download_and_clears(qfota_server, pa
         # Read it all: a client that leaves unread is (rightly) aborted.
         resp.read()
     rec = srv.wait_download(since=rec["seq"] + 1)
-    assert (rec["status"], rec["outcome"], "fault" in rec) == (200, "complete", False)
+    assert (rec["status"], rec["outcome"], "fault" in rec) == (200, "complete", False), rec
 
 
 def test_a_bad_fault_rule_is_refused_and_changes_nothing(qfota_server, packages):

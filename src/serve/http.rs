@@ -886,33 +886,27 @@ impl Conn {
             Delivery::Acked => sent,
             _ => ack.body_acked(sent),
         };
-        let total = sent;
-        let (outcome, reason) = match delivery {
-            Delivery::Acked => (Outcome::Complete, "acknowledged".to_string()),
-            Delivery::Gone => (
-                Outcome::Aborted,
-                cut_short(attempt.bytes_acked, total, "then closed the connection"),
-            ),
-            Delivery::Stalled => {
-                self.close.cancel();
-                let ending = format!(
-                    "then stopped acknowledging for {} s",
-                    self.timeouts.stall.as_secs()
-                );
-                (
-                    Outcome::Aborted,
-                    cut_short(attempt.bytes_acked, total, &ending),
-                )
-            }
-            Delivery::Cancelled => (
-                Outcome::Aborted,
-                cut_short(attempt.bytes_acked, total, "then the server shut down"),
-            ),
-        };
+        if delivery == Delivery::Stalled {
+            // Nothing more will come of it: free the connection.
+            self.close.cancel();
+        }
+        let (outcome, reason) = verdict(delivery, attempt.bytes_acked, sent, self.timeouts.stall);
         self.shared
             .log
             .emit(attempt.record(status, outcome, reason));
     }
+}
+
+/// The record's outcome and reason for a body of `sent` bytes whose
+/// delivery ended as `delivery`, with `acked` bytes acknowledged.
+fn verdict(delivery: Delivery, acked: u64, sent: u64, stall: Duration) -> (Outcome, String) {
+    let ending = match delivery {
+        Delivery::Acked => return (Outcome::Complete, "acknowledged".to_string()),
+        Delivery::Gone => "then closed the connection".to_string(),
+        Delivery::Stalled => format!("then stopped acknowledging for {} s", stall.as_secs()),
+        Delivery::Cancelled => "then the server shut down".to_string(),
+    };
+    (Outcome::Aborted, cut_short(acked, sent, &ending))
 }
 
 impl Body for PackageBody {
@@ -965,6 +959,28 @@ impl Drop for PackageBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verdict_names_how_far_the_peer_got() {
+        let stall = Duration::from_secs(120);
+        assert_eq!(
+            verdict(Delivery::Acked, 1_048_576, 1_048_576, stall),
+            (Outcome::Complete, "acknowledged".to_string())
+        );
+        assert_eq!(
+            verdict(Delivery::Gone, 65_536, 1_048_576, stall),
+            (
+                Outcome::Aborted,
+                "peer acknowledged 65,536 of 1,048,576 bytes, then closed the connection".into()
+            )
+        );
+        let (outcome, reason) = verdict(Delivery::Stalled, 0, 10, stall);
+        assert_eq!(outcome, Outcome::Aborted);
+        assert!(
+            reason.ends_with("then stopped acknowledging for 120 s"),
+            "{reason}"
+        );
+    }
 
     #[test]
     fn escapes_html() {
