@@ -359,3 +359,34 @@ async fn a_dual_stack_listener_logs_an_ipv4_client_unmapped() {
         "{line}"
     );
 }
+
+/// Prints the address of a `PASV` reply from the FTP server on port argv[1].
+const PASV_ADDRESS: &str = r#"
+import ftplib, sys
+ftp = ftplib.FTP()
+ftp.connect("127.0.0.1", int(sys.argv[1]), timeout=20)
+ftp.login("test", "test")
+print(ftplib.parse227(ftp.sendcmd("PASV"))[0])
+ftp.quit()
+"#;
+
+// Regression: bound to 0.0.0.0 without --public-host, PASV advertised the
+// machine's LAN address while the passive listener answered on the address
+// the client used, so a client on 127.0.0.1 ended 601.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pasv_names_the_control_connections_address_unless_a_public_host_is_set() {
+    let fx = Fixture::start(|b| b.bind("0.0.0.0".parse().unwrap())).await;
+    let out = python(PASV_ADDRESS, &[&fx.ftp_port().to_string()]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "127.0.0.1",
+        "{out:?}"
+    );
+    let fx = Fixture::start(|b| b.public_host("127.0.0.2")).await;
+    let out = python(PASV_ADDRESS, &[&fx.ftp_port().to_string()]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "127.0.0.2",
+        "{out:?}"
+    );
+}

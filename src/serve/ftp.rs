@@ -51,8 +51,11 @@ pub struct FtpOptions {
     pub users: Vec<(String, String)>,
     /// Ports offered in `PASV`/`EPSV` replies.
     pub passive_ports: RangeInclusive<u16>,
-    /// Host or IPv4 address advertised in `PASV` replies.
-    pub passive_host: String,
+    /// Host or IPv4 address advertised in `PASV` replies (`--public-host`,
+    /// for NAT); `None`: the control connection's local address, which is
+    /// where the passive listener answers — as vsftpd does without
+    /// `pasv_address`.
+    pub passive_host: Option<String>,
     /// Seconds an idle control connection is kept.
     pub idle_timeout_secs: u64,
     /// Longest a data-connection write may make no progress.
@@ -153,12 +156,17 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
         tracing::warn!("no --user given: FTP accepts any user name and password (read-only)");
     }
     let users = Arc::new(opts.users.clone());
-    let passive_host = match opts.passive_host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(v4)) => PassiveHost::Ip(v4),
+    let passive_host = match opts
+        .passive_host
+        .as_deref()
+        .map(|h| (h, h.parse::<IpAddr>()))
+    {
+        None => PassiveHost::FromConnection,
+        Some((_, Ok(IpAddr::V4(v4)))) => PassiveHost::Ip(v4),
         // PASV can only carry IPv4; for an IPv6 public host answer with the
         // control connection's address (EPSV carries no address at all).
-        Ok(IpAddr::V6(_)) => PassiveHost::FromConnection,
-        Err(_) => PassiveHost::Dns(opts.passive_host.clone()),
+        Some((_, Ok(IpAddr::V6(_)))) => PassiveHost::FromConnection,
+        Some((host, Err(_))) => PassiveHost::Dns(host.to_string()),
     };
     let tracker = TaskTracker::new();
     let shutdown = shared.shutdown.clone();

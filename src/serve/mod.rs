@@ -369,7 +369,7 @@ impl ServerBuilder {
                 shared.shutdown.clone(),
             )));
         }
-        tasks.extend(self.spawn_front_ends(listeners, tls, &shared, public_host));
+        tasks.extend(self.spawn_front_ends(listeners, tls, &shared));
         Ok(Server {
             addrs,
             advertised,
@@ -498,14 +498,13 @@ impl ServerBuilder {
         listeners: Listeners,
         tls: Option<TlsAcceptor>,
         shared: &Arc<Shared>,
-        public_host: String,
     ) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         if let Some(listener) = listeners.ftp {
             let opts = ftp::FtpOptions {
                 users: self.users.clone(),
                 passive_ports: self.passive_ports.clone(),
-                passive_host: public_host,
+                passive_host: self.public_host.clone(),
                 idle_timeout_secs: 600,
                 stall: self.stall,
             };
