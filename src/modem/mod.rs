@@ -96,6 +96,7 @@
 
 pub mod at;
 pub mod commands;
+pub mod data;
 pub mod port;
 pub mod pty;
 pub mod reply;

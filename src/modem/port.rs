@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::modem::at::{LineFramer, frame};
+use crate::modem::data::DataPhase;
 use crate::modem::pty::{DATA_POLL, NO_HOST_POLL, PortRead, Pty};
 
 /// Frames a port may have queued before more are dropped.
@@ -79,6 +80,9 @@ pub(crate) struct Channel {
     pub attached: bool,
     /// The command line being typed on this port.
     pub framer: LineFramer,
+    /// The binary data phase under way (`AT+QFUPL`, `FILE:`): while there
+    /// is one, input goes to it, not to [`Channel::framer`].
+    pub data: Option<DataPhase>,
     frames: mpsc::Sender<Bytes>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
@@ -104,6 +108,7 @@ impl Channel {
             kind,
             attached,
             framer: LineFramer::new(),
+            data: None,
             frames,
             cancel,
             task,

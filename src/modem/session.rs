@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::modem::Link;
 use crate::modem::at::Input;
 use crate::modem::commands::{self, Context, Device, End, Settings};
+use crate::modem::data::{self, DataPhase, Upload};
 use crate::modem::port::{self, Channel, ChannelId, PortEvent, PortKind};
 use crate::modem::pty::{Pty, PtyLink};
 use crate::modem::reply::{self, CmeError, PortSettings};
@@ -218,6 +219,7 @@ impl Session {
     /// Runs until cancelled; then closes the ports and removes the link.
     pub(crate) async fn run(mut self) {
         loop {
+            self.expire_uploads();
             self.advance();
             let wake = self.next_wake();
             tokio::select! {
@@ -331,6 +333,19 @@ impl Session {
     }
 
     fn next_wake(&self) -> Option<Instant> {
+        let upload = self
+            .channels
+            .iter()
+            .filter_map(|c| c.data.as_ref().and_then(DataPhase::deadline))
+            .min();
+        let module = self.next_module_wake();
+        match (upload, module) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn next_module_wake(&self) -> Option<Instant> {
         let own_boot = match self.power {
             Power::Down {
                 boot_at,
@@ -374,6 +389,11 @@ impl Session {
                 if matches!(urc, Urc::FtpEnd(_) | Urc::HttpEnd(_)) {
                     self.downloading = None;
                 }
+                if matches!(urc, Urc::FileEnd(_)) {
+                    // The module reads no more package bytes: what the
+                    // host sends next is command-line input again.
+                    self.end_file_phases();
+                }
                 if urc == Urc::Start {
                     self.recovery = true;
                     self.publish(|_| {});
@@ -404,6 +424,10 @@ impl Session {
         self.held.clear();
         self.origin = None;
         self.deferred.clear();
+        // A data phase does not survive the module going down.
+        for channel in &mut self.channels {
+            channel.data = None;
+        }
         if self.link_type == Link::Usb {
             for channel in self.channels.drain(..) {
                 channel.close();
@@ -469,6 +493,7 @@ impl Session {
 
     /// Ends the FOTA run, whatever it was doing.
     fn end_run(&mut self) {
+        self.end_file_phases();
         self.run = None;
         self.pending.clear();
         self.recovery = false;
@@ -598,9 +623,11 @@ impl Session {
                         tracing::info!(port = id, "host closed the PTY");
                         let channel = &mut self.channels[index];
                         channel.attached = false;
-                        // A half-typed line does not carry over to the next
-                        // host.
+                        // A half-typed line, or an upload under way, does
+                        // not carry over to the next host: nothing of it
+                        // is stored.
                         channel.framer = Default::default();
+                        channel.data = None;
                     }
                     PortKind::Tcp => {
                         tracing::info!(port = id, "TCP host disconnected");
@@ -645,30 +672,141 @@ impl Session {
         self.flush_held(id);
     }
 
+    /// Input from port `id`: to its data phase while one is active, else
+    /// command lines.
     fn on_input(&mut self, id: ChannelId, bytes: &[u8]) {
-        // One line at a time, so that `ATE0` stops the echo of what
-        // follows it in the same chunk.
-        for piece in bytes.split_inclusive(|b| *b == b'\r' || *b == b'\n') {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.channel(id).is_some_and(|c| c.data.is_some()) {
+                // Takes all of `rest`, or ends the phase.
+                let taken = self.feed_data(id, rest);
+                rest = &rest[taken..];
+                continue;
+            }
             if self.recovery || !matches!(self.power, Power::On) {
                 // The recovery image has no AT parser.
                 return;
             }
-            let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) else {
-                return;
-            };
-            let kind = channel.kind;
-            let (inputs, echo) = channel.framer.push(piece);
-            if self.port_settings(kind).echo && !echo.is_empty() {
-                self.send_to(id, echo);
+            // One line at a time, so that `ATE0` stops the echo of what
+            // follows it in the same chunk, and a data phase that a line
+            // starts gets the bytes after it.
+            let end = rest
+                .iter()
+                .position(|b| *b == b'\r' || *b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            let (piece, tail) = rest.split_at(end);
+            rest = tail;
+            self.on_line_input(id, piece);
+            // The `\n` of the `\r\n` that ended a line starting a data
+            // phase (fwupd ends `AT+QFUPL=…` so) is not data, when it
+            // arrives with the line.
+            if piece.ends_with(b"\r")
+                && rest.first() == Some(&b'\n')
+                && self.channel(id).is_some_and(|c| c.data.is_some())
+            {
+                rest = &rest[1..];
             }
-            for input in inputs {
-                if self.origin == Some(id) {
-                    if self.deferred.len() < MAX_DEFERRED {
-                        self.deferred.push_back(input);
-                    }
-                } else {
-                    self.execute(id, input);
+        }
+    }
+
+    /// A piece of command-line input (at most one line terminator, at its
+    /// end) from port `id`.
+    fn on_line_input(&mut self, id: ChannelId, piece: &[u8]) {
+        let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        let kind = channel.kind;
+        let (inputs, echo) = channel.framer.push(piece);
+        if self.port_settings(kind).echo && !echo.is_empty() {
+            self.send_to(id, echo);
+        }
+        for input in inputs {
+            if self.origin == Some(id) {
+                if self.deferred.len() < MAX_DEFERRED {
+                    self.deferred.push_back(input);
                 }
+            } else {
+                self.execute(id, input);
+            }
+        }
+    }
+
+    /// Hands `chunk` to port `id`'s data phase; returns how many bytes it
+    /// took. Takes all of `chunk` or ends the phase.
+    fn feed_data(&mut self, id: ChannelId, chunk: &[u8]) -> usize {
+        let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) else {
+            return chunk.len();
+        };
+        let Some(phase) = channel.data.as_mut() else {
+            return 0;
+        };
+        let taken = phase.push(chunk, Instant::now());
+        if taken.acks > 0 {
+            let acks = usize::try_from(taken.acks).unwrap_or(usize::MAX);
+            channel.send(Bytes::from(vec![data::ACK; acks]));
+        }
+        if taken.complete || taken.bytes < chunk.len() {
+            let phase = channel.data.take();
+            self.end_phase(id, phase);
+        }
+        taken.bytes
+    }
+
+    /// A data phase is over: an upload is stored and answered
+    /// (`+QFUPL: <upload_size>,<checksum>` and `OK`, or `+CME ERROR`).
+    fn end_phase(&mut self, id: ChannelId, phase: Option<DataPhase>) {
+        let Some(DataPhase::Upload(upload)) = phase else {
+            return;
+        };
+        let Some(kind) = self.channel(id).map(|c| c.kind) else {
+            return;
+        };
+        let port = *self.port_settings(kind);
+        match upload.finish(self.module.ufs()) {
+            Ok(stored) => {
+                tracing::info!(port = id, bytes = stored.size, "AT+QFUPL: file stored");
+                // The checksum in hex: fwupd's DFOTA plugin parses it so.
+                let line = format!("+QFUPL: {},{:x}", stored.size, stored.checksum);
+                self.send_to(id, reply::info(&[vec![line]], &port));
+                self.send_to(id, reply::result(Ok(()), &port));
+            }
+            Err(error) => {
+                tracing::info!(port = id, %error, "AT+QFUPL failed");
+                self.send_to(id, reply::result(Err(CmeError::File(error.code())), &port));
+            }
+        }
+    }
+
+    /// Uploads whose `<timeout>` passed without data end (SPEC §9).
+    fn expire_uploads(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|c| {
+                c.data
+                    .as_ref()
+                    .and_then(DataPhase::deadline)
+                    .is_some_and(|d| d <= now)
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in expired {
+            let phase = self
+                .channels
+                .iter_mut()
+                .find(|c| c.id == id)
+                .and_then(|c| c.data.take());
+            self.end_phase(id, phase);
+        }
+    }
+
+    /// The `FILE:<length>` transfer is over: its ports take command lines
+    /// again.
+    fn end_file_phases(&mut self) {
+        for channel in &mut self.channels {
+            if matches!(channel.data, Some(DataPhase::File(_))) {
+                channel.data = None;
             }
         }
     }
@@ -750,6 +888,20 @@ impl Session {
                 return;
             }
             End::Fotadl(args) => self.fotadl(id, &args),
+            End::Upload(request) => {
+                self.send_to(id, reply::connect(&port));
+                let upload = Upload::new(
+                    request.name,
+                    request.size,
+                    request.timeout,
+                    request.ack,
+                    Instant::now(),
+                );
+                if let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) {
+                    channel.data = Some(DataPhase::Upload(upload));
+                }
+                return;
+            }
         }
         let urcs = commands::registration_urcs(&self.settings, stat_before, stat_after);
         if !urcs.is_empty() {
@@ -786,7 +938,14 @@ impl Session {
             self.download_failed(scheme);
             return;
         }
-        self.run = Some(self.module.fotadl(args));
+        let mut run = self.module.fotadl(args);
+        if let Some(sender) = run.file_input()
+            && let Some(channel) = self.channels.iter_mut().find(|c| c.id == id)
+        {
+            // `ec200`'s `FILE:<length>`: the package comes over this port.
+            channel.data = Some(DataPhase::File(sender));
+        }
+        self.run = Some(run);
         self.downloading = scheme;
         self.origin = Some(id);
         self.publish(|_| {});
