@@ -265,9 +265,10 @@ async fn family_and_faults_change_the_answers() {
 async fn garbage_is_error_or_ignored_and_the_modem_still_answers() {
     let modem = tcp_modem(module("ec2x", &[]), |b| b).await;
     let mut host = Host::connect(&modem).await;
-    // Echo on: junk is echoed as typed, then refused.
-    host.send(b"\xff\xfe\x80junk\r").await;
-    host.expect(b"\xff\xfe\x80junk\r\r\nERROR\r\n").await;
+    // Echo on: junk is echoed as typed, then refused; bytes above 0x7f
+    // before a line starts (upload padding) are dropped.
+    host.send(b"\xff\xffjunk\xfe\x80\r").await;
+    host.expect(b"junk\xfe\x80\r\r\nERROR\r\n").await;
     host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
     // NUL and other control bytes are dropped from the line.
     host.send(b"A\0T\x01\x02+C\0GMI\r").await;
@@ -877,5 +878,140 @@ async fn radio_off_fails_a_download_and_qpowd_waits_for_the_power_key() {
         .await;
     host.at("AT", "AT\r\r\nOK\r\n").await;
     assert!(!modem.status().off);
+    stop(modem).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fwupds_dfota_flow_uploads_in_ack_mode_and_flashes_the_local_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("modem");
+    let modem = Modem::builder(module("ec2x", &[]))
+        .pty(&link)
+        .reboot_time(REBOOT)
+        .start()
+        .unwrap();
+    let image = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packages")
+        .join(PKG);
+    let args = [
+        "--port",
+        link.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+    ];
+    let transcript = python_host("fwupd_host.py", &args).await;
+    let size = format!("+QFUPL: {},", std::fs::metadata(&image).unwrap().len());
+    let order = [
+        size.as_str(),
+        "== port gone",
+        "\"START\"",
+        "\"UPDATING\",100",
+        "\"END\",0",
+        "== PASS",
+    ]
+    .map(|needle| {
+        transcript
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{transcript}"))
+    });
+    assert!(order.is_sorted(), "{transcript}");
+    // The file stays in the UFS, byte for byte; the module went on with
+    // the upgrade.
+    let stored = modem.module().ufs().read("dfota_update.bin").unwrap();
+    assert_eq!(*stored, std::fs::read(&image).unwrap());
+    wait_status(&modem, "the reboot after END", |s| s.boots >= 1).await;
+    stop(modem).await;
+}
+
+/// `+QFUPL: <size>,<checksum>` and `OK` for `data`, echo off.
+fn qfupl_answer(data: &[u8]) -> String {
+    format!(
+        "\r\n+QFUPL: {},{:x}\r\n\r\nOK\r\n",
+        data.len(),
+        qfota_serve::sim::ufs::checksum(data)
+    )
+}
+
+#[tokio::test]
+async fn qfupl_takes_raw_bytes_acks_each_kilobyte_and_times_out_with_what_came() {
+    let modem = tcp_modem(module("ec2x", &[]), |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    host.at("AT+CMEE=1", "\r\nOK\r\n").await;
+    // Command lines, CR, LF, NUL and 0xFF inside the data are data.
+    let mut data = b"AT+CFUN=1,1\r\nATI\r\n+++\r".to_vec();
+    data.extend((0..2500u32).map(|i| (i % 256) as u8));
+    let data = &data[..2500];
+    host.at("AT+QFUPL=\"UFS:raw.bin\",2500,5,1", "\r\nCONNECT\r\n")
+        .await;
+    host.send(&data[..1000]).await;
+    host.send(&data[1000..1030]).await;
+    host.expect("A").await;
+    // The last block, then a command: the bytes past <size> are a line.
+    let mut rest = data[1030..].to_vec();
+    rest.extend_from_slice(b"AT+QFLST=\"raw.bin\"\r");
+    host.send(&rest).await;
+    host.expect(format!(
+        "A{}\r\n+QFLST: \"raw.bin\",2500\r\n\r\nOK\r\n",
+        qfupl_answer(data)
+    ))
+    .await;
+    assert_eq!(*modem.module().ufs().read("raw.bin").unwrap(), data);
+    // Exists already: refused before CONNECT.
+    host.at("AT+QFUPL=\"raw.bin\",10", "\r\n+CME ERROR: 407\r\n")
+        .await;
+    // <timeout> 1 s without data: what came is stored; nothing: 421.
+    host.at("AT+QFUPL=\"part.bin\",100,1", "\r\nCONNECT\r\n")
+        .await;
+    host.send(b"0123456789").await;
+    host.expect(qfupl_answer(b"0123456789")).await;
+    host.at("AT+QFUPL=\"none.bin\",100,1", "\r\nCONNECT\r\n")
+        .await;
+    host.expect("\r\n+CME ERROR: 421\r\n").await;
+    let total = modem.module().ufs().space().total;
+    let space = format!("\r\n+QFLDS: {},{total}\r\n\r\nOK\r\n", total - 2510);
+    host.at("AT+QFLDS", &space).await;
+    host.at("AT+QFDEL=\"*\"", "\r\nOK\r\n").await;
+    assert_eq!(modem.module().ufs().list("*").unwrap(), vec![]);
+    stop(modem).await;
+}
+
+#[tokio::test]
+async fn ec200_takes_a_file_package_over_the_port_and_upgrades() {
+    let modem = tcp_modem(module("ec200", &[]), |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    let package = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packages")
+            .join(PKG),
+    )
+    .unwrap();
+    let cmd = format!("AT+QFOTADL=\"FILE:{}\",1,5", package.len());
+    host.at(&cmd, "\r\nOK\r\n").await;
+    host.expect(q("\"FILESTART\"")).await;
+    // The package, raw, then a command line after its last byte.
+    let mut bytes = package.clone();
+    bytes.extend_from_slice(b"AT\r");
+    host.send(&bytes).await;
+    let text = host.until_closed().await;
+    assert_eq!(text.matches("\r\nOK\r\n").count(), 1, "{text}");
+    let order = [
+        q("\"DOWNLOADING\",5"),
+        q("\"FILEEND\",0"),
+        q("\"START\""),
+        q("\"END\",0"),
+    ]
+    .map(|needle| {
+        text.find(&needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in {text:?}"))
+    });
+    assert!(order.is_sorted(), "{text}");
+    let mut host = Host::reconnect(&modem).await;
+    host.expect("\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n")
+        .await;
+    // A `FILE:` package has no name to take a version from (SPEC §5).
+    host.at("AT+QGMR", "AT+QGMR\r\r\nunknown\r\n\r\nOK\r\n")
+        .await;
     stop(modem).await;
 }

@@ -2,7 +2,7 @@
 //! what the host sends is raw data, not command lines — nothing of it is
 //! echoed or parsed (SPEC §9).
 //!
-//! - [`Upload`]: `AT+QFUPL=<name>[,<file_size>[,<timeout>[,<ackmode>]]]`
+//! - [`Upload`], for `AT+QFUPL=<name>[,<file_size>[,<timeout>[,<ackmode>]]]`
 //!   after `CONNECT`: exactly `<file_size>` bytes are taken; `<ackmode>` 1
 //!   answers `A` after each [`ACK_BLOCK`] bytes received; `<timeout>`
 //!   seconds without a byte end the phase (Quectel's FILE AT Commands
