@@ -760,6 +760,18 @@ async fn bad_command_lines_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir/modem"));
 }
 
+/// Asserts that `needles` all occur in `text`, in this order.
+fn assert_in_order(text: &str, needles: &[&str]) {
+    let at: Vec<usize> = needles
+        .iter()
+        .map(|needle| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("no {needle:?} in\n{text}"))
+        })
+        .collect();
+    assert!(at.is_sorted(), "{text}");
+}
+
 /// Runs a Python host script of `tests/` (bounded) and returns its
 /// transcript, failing the test with it when the script fails.
 async fn python_host(script: &str, args: &[&str]) -> String {
@@ -825,18 +837,15 @@ async fn a_uart_host_that_never_reopens_its_port_gets_through_a_fota() {
     let url = fx.http_url(PKG);
     let args = ["--port", link_arg, "--url", &url, "--expect-version", "v13"];
     let transcript = python_host("uart_host.py", &args).await;
-    let order = [
-        "\"HTTPEND\",0",
-        "== RDY on the same port (reboot",
-        "\"END\",0",
-        "== PASS",
-    ]
-    .map(|needle| {
-        transcript
-            .find(needle)
-            .unwrap_or_else(|| panic!("no {needle:?} in\n{transcript}"))
-    });
-    assert!(order.is_sorted(), "{transcript}");
+    assert_in_order(
+        &transcript,
+        &[
+            "\"HTTPEND\",0",
+            "== RDY on the same port (reboot",
+            "\"END\",0",
+            "== PASS",
+        ],
+    );
     // Two reboots, and the same PTY throughout: one `pty` line only.
     modem.line("up (boot 2)").await;
     let ptys = modem
@@ -901,20 +910,17 @@ async fn fwupds_dfota_flow_uploads_in_ack_mode_and_flashes_the_local_file() {
     ];
     let transcript = python_host("fwupd_host.py", &args).await;
     let size = format!("+QFUPL: {},", std::fs::metadata(&image).unwrap().len());
-    let order = [
-        size.as_str(),
-        "== port gone",
-        "\"START\"",
-        "\"UPDATING\",100",
-        "\"END\",0",
-        "== PASS",
-    ]
-    .map(|needle| {
-        transcript
-            .find(needle)
-            .unwrap_or_else(|| panic!("no {needle:?} in\n{transcript}"))
-    });
-    assert!(order.is_sorted(), "{transcript}");
+    assert_in_order(
+        &transcript,
+        &[
+            size.as_str(),
+            "== port gone",
+            "\"START\"",
+            "\"UPDATING\",100",
+            "\"END\",0",
+            "== PASS",
+        ],
+    );
     // The file stays in the UFS, byte for byte; the module went on with
     // the upgrade.
     let stored = modem.module().ufs().read("dfota_update.bin").unwrap();
@@ -996,17 +1002,13 @@ async fn ec200_takes_a_file_package_over_the_port_and_upgrades() {
     host.send(&bytes).await;
     let text = host.until_closed().await;
     assert_eq!(text.matches("\r\nOK\r\n").count(), 1, "{text}");
-    let order = [
+    let urcs = [
         q("\"DOWNLOADING\",5"),
         q("\"FILEEND\",0"),
         q("\"START\""),
         q("\"END\",0"),
-    ]
-    .map(|needle| {
-        text.find(&needle)
-            .unwrap_or_else(|| panic!("no {needle:?} in {text:?}"))
-    });
-    assert!(order.is_sorted(), "{text}");
+    ];
+    assert_in_order(&text, &urcs.each_ref().map(String::as_str));
     let mut host = Host::reconnect(&modem).await;
     host.expect("\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n")
         .await;

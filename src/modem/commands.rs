@@ -50,7 +50,7 @@
 //! | `AT+QURCCFG="urcport"[,"usbat"/"usbmodem"/"uart1"]` | the URC port setting (stored: this modem has one AT port and prints URCs there) |
 //! | `AT+QFOTADL=?` | the family's test answer ([`Module::test_command`]) |
 //! | `AT+QFOTADL=<args>` | handed to the simulator ([`Module::fotadl`]); local files (`"/data/ufs/<name>"`, SPEC §9) need no network; `ec200`'s `"FILE:<length>"` takes the package over this port (a data phase, `data.rs`) |
-//! | `AT+QFUPL=<name>[,<file_size>[,<timeout>[,<ackmode>]]]` | checks name, existence and space ([`Ufs::prepare`]), then `CONNECT` and the data phase (`data.rs`): `+QFUPL: <upload_size>,<checksum>` (checksum in hex, as fwupd parses it), `OK`; or `+CME ERROR: <err>` (400–421) |
+//! | `AT+QFUPL=<name>[,<file_size>[,<timeout>[,<ackmode>]]]` | checks name, existence and space ([`Ufs::prepare`](crate::sim::Ufs::prepare)), then `CONNECT` and the data phase (`data.rs`): `+QFUPL: <upload_size>,<checksum>` (checksum in hex, as fwupd parses it), `OK`; or `+CME ERROR: <err>` (400–421) |
 //! | `AT+QFUPL=?` | `+QFUPL: <name>,(1-<free_size>),(1-65535),(0,1)` |
 //! | `AT+QFLST[=<pattern>]` | `+QFLST: "<name>",<size>` per matching file, `OK`; a name without `*`/`?` that matches nothing is `+CME ERROR: 405` (fwupd's DFOTA plugin relies on it) |
 //! | `AT+QFDEL=<name>` | deletes the file (`"*"`: all), `OK`; `+CME ERROR: 405` when absent |

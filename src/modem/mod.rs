@@ -11,7 +11,10 @@
 //!   [`syntax`]: a V.250 command line split into its commands;
 //!   [`commands`]: parsing and answering the AT commands (the table is
 //!   there); [`reply`]: result-code settings (`ATV`, `ATQ`, `AT+CMEE`) and
-//!   how answers are framed under them.
+//!   how answers are framed under them; [`data`]: the binary data phases
+//!   (`AT+QFUPL` uploads into the module's UFS, `ec200`'s
+//!   `AT+QFOTADL="FILE:<length>"`) that take a port's raw bytes instead of
+//!   command lines.
 //! - [`session`]: the state machine, one task that owns the module, the
 //!   ports and every byte written, so a URC never lands inside a response.
 //!   `AT+QFOTADL` goes to [`Module::fotadl`]; the run's events become the
@@ -90,6 +93,12 @@
 //! - **Port settings** (`ATE`, `ATV`, `ATQ`, `AT+CMEE`, `AT+IFC`, …) are
 //!   per port; each boot starts from the profile `AT&W` saved (factory:
 //!   echo on, verbose, `+CMEE=0`).
+//! - **Data phases** (`AT+QFUPL` after `CONNECT`, `FILE:<length>` after
+//!   `OK`): the port's bytes go to the phase, unechoed and unparsed, until
+//!   it has what it wants (the rest of the chunk is command lines again),
+//!   its timeout passes, the host closes the port (nothing is stored) or
+//!   the module goes down. A `\n` arriving in the same chunk right after
+//!   the `\r` that ended the command is that line's end, not data.
 //! - **Garbage** (binary, NUL bytes, over-long lines, unknown commands)
 //!   is `ERROR` or ignored (see [`at`], [`commands`]); nothing in the
 //!   input can stop the modem.

@@ -4,8 +4,10 @@
 //!
 //! # What the task reacts to
 //!
-//! - bytes from a port: line framing and echo ([`crate::modem::at`]), then
-//!   [`commands`] — except while the module upgrades, see below;
+//! - bytes from a port: to the port's data phase while one is active
+//!   ([`crate::modem::data`]: `AT+QFUPL`, `FILE:<length>`), else line
+//!   framing and echo ([`crate::modem::at`]), then [`commands`] — except
+//!   while the module upgrades, see below;
 //! - the running `AT+QFOTADL` ([`FotaRun`]): its answer goes to the port
 //!   that sent the command, its URCs to every port a host has open;
 //! - power: [`Event::PowerOff`] and `AT+CFUN=1,1` close the ports and, after
