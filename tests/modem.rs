@@ -1017,3 +1017,120 @@ async fn ec200_takes_a_file_package_over_the_port_and_upgrades() {
         .await;
     stop(modem).await;
 }
+
+/// One control request (a JSON line) and its answer.
+async fn control(
+    lines: &mut tokio::io::Lines<BufReader<TcpStream>>,
+    request: &str,
+) -> serde_json::Value {
+    let stream = lines.get_mut().get_mut();
+    bounded(
+        "control write",
+        stream.write_all(format!("{request}\n").as_bytes()),
+    )
+    .await
+    .unwrap();
+    let line = bounded("control answer", lines.next_line())
+        .await
+        .unwrap()
+        .expect("an answer line");
+    serde_json::from_str(&line).unwrap()
+}
+
+#[tokio::test]
+async fn the_control_port_cuts_the_network_mid_download_and_more() {
+    let fx = Fixture::start(|b| b).await;
+    // 1 MB/s: the 8 MiB package takes seconds, long enough to cut it.
+    let module = Module::builder(Profile::by_name("ec200").unwrap())
+        .version("v12")
+        .time_scale(SCALE)
+        .timeout(Duration::from_secs(10))
+        .rate(Some(1_000_000))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let modem = tcp_modem(module, |b| b.control(listener)).await;
+    let stream = TcpStream::connect(modem.control_addr().unwrap())
+        .await
+        .unwrap();
+    let mut ctl = BufReader::new(stream).lines();
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    host.at("AT+CREG=1", "\r\nOK\r\n").await;
+    let ok = serde_json::json!({"ok": true});
+
+    // ec200 with 50 DOWNLOADING URCs: cut once bytes have come.
+    let cmd = format!("AT+QFOTADL=\"{}\",1,50", fx.http_url(BIG));
+    host.at(&cmd, "\r\nOK\r\n").await;
+    host.expect(q("\"HTTPSTART\"")).await;
+    while !String::from_utf8_lossy(&host.buf).contains("\"DOWNLOADING\",") {
+        assert!(host.fill().await > 0, "the port closed");
+    }
+    let cut = r#"{"cmd":"fault","set":"network-down"}"#;
+    assert_eq!(control(&mut ctl, cut).await, ok);
+    // Whatever DOWNLOADING came before the cut, then registration lost
+    // and ec200's no-network code for HTTP.
+    let end = format!("\r\n+CREG: 2\r\n{}", q("\"HTTPEND\",707"));
+    let text = loop {
+        let text = String::from_utf8_lossy(&host.buf).into_owned();
+        if text.contains("HTTPEND") {
+            break text;
+        }
+        assert!(host.fill().await > 0, "the port closed");
+    };
+    assert!(text.ends_with(&end), "{text:?}");
+    let before = &text[..text.len() - end.len()];
+    assert!(
+        before
+            .split("\r\n")
+            .all(|l| l.is_empty() || l.contains("\"DOWNLOADING\",")),
+        "{text:?}"
+    );
+    host.buf.clear();
+    let record = bounded(
+        "the server's record of the cut download",
+        fx.server.wait_download(DEADLINE, |r| r.path == BIG),
+    )
+    .await
+    .expect("a record");
+    assert_eq!(record.outcome, Outcome::Aborted, "{record:?}");
+    let state = control(&mut ctl, r#"{"cmd":"state"}"#).await;
+    assert_eq!(
+        state["last_fota"],
+        serde_json::json!({"urc": "HTTPEND", "code": 707})
+    );
+    assert_eq!(state["network_down"], true);
+    assert_eq!(state["version"], "v12");
+    // Still cut: the next download fails at once; then the network is back.
+    host.at(&cmd, "\r\nOK\r\n").await;
+    host.expect(q("\"HTTPSTART\"") + &q("\"HTTPEND\",707"))
+        .await;
+    let back = r#"{"cmd":"fault","clear":"network-down"}"#;
+    assert_eq!(control(&mut ctl, back).await, ok);
+    host.expect("\r\n+CREG: 1\r\n").await;
+
+    // Signal, an injected URC, refusals.
+    assert_eq!(control(&mut ctl, r#"{"cmd":"signal","csq":20}"#).await, ok);
+    host.at("AT+CSQ", "\r\n+CSQ: 20,99\r\n\r\nOK\r\n").await;
+    let urc = r#"{"cmd":"urc","line":"+QIND: \"csq\",20,99"}"#;
+    assert_eq!(control(&mut ctl, urc).await, ok);
+    host.expect("\r\n+QIND: \"csq\",20,99\r\n").await;
+    for bad in [r#"{"cmd":"fault","set":"dns-fail"}"#, "{", r#"{"cmd":"x"}"#] {
+        let answer = control(&mut ctl, bad).await;
+        assert_eq!(answer["ok"], false, "{bad}: {answer}");
+        assert!(answer["error"].is_string());
+    }
+    // A file shows in the state; a reboot closes the port and RDY comes.
+    modem.module().ufs().write("a.bin", vec![0; 3]).unwrap();
+    let state = control(&mut ctl, r#"{"cmd":"state"}"#).await;
+    assert_eq!(
+        state["files"],
+        serde_json::json!([{"name": "a.bin", "size": 3}])
+    );
+    assert_eq!(control(&mut ctl, r#"{"cmd":"reboot"}"#).await, ok);
+    host.until_closed().await;
+    let mut host = Host::reconnect(&modem).await;
+    host.expect("\r\nRDY\r\n").await;
+    assert_eq!(modem.status().boots, 1);
+    stop(modem).await;
+}

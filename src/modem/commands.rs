@@ -36,8 +36,8 @@
 //! | `AT+CPIN?` | `+CPIN: READY`, `OK` |
 //! | `AT+CMEE=<0-2>`, `AT+CMEE?` | error reporting of this port |
 //! | `AT+CREG=<0-2>`, `AT+CGREG=…`, `AT+CEREG=…` | `OK`; unsolicited `+CREG: <stat>[,"<lac>","<ci>",7]` when the registration changes (radio on/off) |
-//! | `AT+CREG?`, `AT+CGREG?`, `AT+CEREG?` | `+CREG: <n>,<stat>[,"<lac>","<ci>",7]`: stat 1 registered, 2 searching under fault `network-down`, 0 with the radio off |
-//! | `AT+CSQ` | `+CSQ: 24,99` (`99,99` without network), `OK` |
+//! | `AT+CREG?`, `AT+CGREG?`, `AT+CEREG?` | `+CREG: <n>,<stat>[,"<lac>","<ci>",7]`: stat 1 registered, 2 searching under fault `network-down` (also set at run time, `control.rs`), 0 with the radio off |
+//! | `AT+CSQ` | `+CSQ: 24,99` (the runtime control's `signal` changes 24; `99,99` without network), `OK` |
 //! | `AT+COPS?` | `+COPS: 0,0,"qfota-sim",7` (`+COPS: 0` without network), `OK` |
 //! | `AT+CGACT?` | `+CGACT: <cid>,<0/1>` per defined context, `OK` |
 //! | `AT+QIACT?` / `AT+QIACT=<cid>` | active contexts / activate (`+CME ERROR: 30` without network) |
@@ -71,6 +71,8 @@ use crate::sim::{Fault, FileError, Module};
 
 /// Manufacturer, as `AT+CGMI` and `ATI` print it.
 pub const MANUFACTURER: &str = "Quectel";
+/// `<rssi>` `AT+CSQ` shows while registered, unless set at run time.
+pub const DEFAULT_CSQ: u8 = 24;
 /// Operator name `AT+COPS?` shows while registered.
 pub const OPERATOR: &str = "qfota-sim";
 /// What `ATI`/`AT+GMR` show when the module's version is unset or unknown
@@ -782,6 +784,12 @@ pub struct Settings {
     pub usb_ifc: (u8, u8),
     /// `AT+QURCCFG="urcport"`.
     pub urc_port: String,
+    /// The network is gone (runtime control `network-down`; survives
+    /// boots, as the module's surroundings do).
+    pub network_cut: bool,
+    /// `<rssi>` of `AT+CSQ` while registered (runtime control `signal`;
+    /// default 24).
+    pub csq: u8,
 }
 
 impl Default for Settings {
@@ -794,6 +802,8 @@ impl Default for Settings {
             reg_urc: [0; 3],
             fun: 1,
             usb_ifc: (0, 0),
+            network_cut: false,
+            csq: DEFAULT_CSQ,
             urc_port: URC_PORTS[0].to_string(),
         }
     }
@@ -806,6 +816,12 @@ impl Settings {
         self.active = BTreeSet::from([1]);
         self.reg_urc = [0; 3];
         self.fun = 1;
+    }
+
+    /// Whether a data connection could exist: radio on and the network
+    /// not cut.
+    pub fn network_reachable(&self) -> bool {
+        self.radio_on() && !self.network_cut
     }
 
     /// Whether the radio is on (`AT+CFUN=1`).
@@ -839,7 +855,7 @@ impl Device<'_> {
     pub fn reg_stat(&self, settings: &Settings) -> u8 {
         if !settings.radio_on() {
             0
-        } else if self.module.faults().contains(&Fault::NetworkDown) {
+        } else if settings.network_cut || self.module.faults().contains(&Fault::NetworkDown) {
             2
         } else {
             1
@@ -1004,7 +1020,7 @@ fn execute(command: Command, ctx: &mut Context<'_>) -> Step {
             settings.reg_urc[which.index()] = n;
             ok()
         }
-        Command::SignalQuality => one(if up { "+CSQ: 24,99" } else { "+CSQ: 99,99" }.to_string()),
+        Command::SignalQuality => one(format!("+CSQ: {},99", if up { settings.csq } else { 99 })),
         Command::Operator => one(if up {
             format!("+COPS: 0,0,\"{OPERATOR}\",7")
         } else {

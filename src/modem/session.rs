@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::modem::Link;
 use crate::modem::at::Input;
 use crate::modem::commands::{self, Context, Device, End, Settings};
+use crate::modem::control::{self, Envelope, Request};
 use crate::modem::data::{self, DataPhase, Upload};
 use crate::modem::port::{self, Channel, ChannelId, PortEvent, PortKind};
 use crate::modem::pty::{Pty, PtyLink};
@@ -54,6 +55,7 @@ use crate::modem::reply::{self, CmeError, PortSettings};
 use crate::modem::status::Status;
 use crate::sim::command::{Scheme, Source};
 use crate::sim::{AtResult, DownloadError, Event, FotaRun, FotadlCommand, Module, PowerOff, Urc};
+use serde_json::json;
 
 /// Unsolicited chunks held for a host, at most; older ones are dropped.
 const MAX_HELD: usize = 512;
@@ -102,6 +104,8 @@ pub(crate) struct SessionParts {
     pub urc_hold: Duration,
     pub link_type: Link,
     pub power_key: mpsc::UnboundedReceiver<()>,
+    /// Runtime control requests (`control.rs`), if a listener was asked for.
+    pub control: Option<mpsc::UnboundedReceiver<Envelope>>,
     pub status: watch::Sender<Status>,
     pub cancel: CancellationToken,
 }
@@ -130,6 +134,10 @@ pub(crate) struct Session {
     link_type: Link,
     /// `Modem::power_on` presses.
     power_key: mpsc::UnboundedReceiver<()>,
+    control: Option<mpsc::UnboundedReceiver<Envelope>>,
+    /// The last end URC of a FOTA run (`FTPEND`, `HTTPEND`, `FILEEND`,
+    /// `END`) and its code, for the control's `state`.
+    last_fota: Option<(&'static str, u16)>,
     /// The scheme of the run's download while it is under way (until
     /// `FTPEND`/`HTTPEND`): switching the radio off ends it.
     downloading: Option<Scheme>,
@@ -161,6 +169,14 @@ async fn next_event(run: &mut Option<FotaRun>) -> Option<Event> {
     }
 }
 
+/// The next control request, or never when there is no listener.
+async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Envelope>>) -> Option<Envelope> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -188,6 +204,8 @@ impl Session {
             tcp_port: PortState::default(),
             link_type: parts.link_type,
             power_key: parts.power_key,
+            control: parts.control,
+            last_fota: None,
             downloading: None,
             events_tx,
             events_rx,
@@ -228,6 +246,7 @@ impl Session {
                 _ = self.cancel.cancelled() => break,
                 Some(event) = self.events_rx.recv() => self.on_port(event),
                 Some(()) = self.power_key.recv() => self.power_on(),
+                Some(envelope) = next_control(&mut self.control) => self.on_control(envelope),
                 event = next_event(&mut self.run) => match event {
                     Some(event) => self.pending.push_back((Instant::now() + self.shift, event)),
                     None => self.run = None,
@@ -388,6 +407,7 @@ impl Session {
                 self.publish(|_| {});
             }
             Event::Urc(urc) => {
+                self.note_end(&urc);
                 if matches!(urc, Urc::FtpEnd(_) | Urc::HttpEnd(_)) {
                     self.downloading = None;
                 }
@@ -909,8 +929,8 @@ impl Session {
         if !urcs.is_empty() {
             self.unsolicited(&urcs);
         }
-        if !self.settings.radio_on() {
-            self.radio_off_ends_download();
+        if !self.settings.network_reachable() {
+            self.no_network_ends_download();
         }
     }
 
@@ -929,7 +949,7 @@ impl Session {
         // A local-file FOTA needs no network: only downloads fail with the
         // radio off.
         let needs_network = command.is_none() || scheme.is_some();
-        if !self.settings.radio_on() && needs_network {
+        if !self.settings.network_reachable() && needs_network {
             // The simulated module has no run-time radio switch: the modem
             // answers for it, as the module does under fault
             // `network-down`.
@@ -966,23 +986,118 @@ impl Session {
 
     fn download_failed(&mut self, scheme: Scheme) {
         let (start, end) = self.no_network(scheme);
+        self.note_end(&end);
         self.unsolicited(&[start.to_string(), end.to_string()]);
     }
 
-    /// The radio went off: a download under way (answered, not yet ended)
-    /// ends with the family's no-network code; the module stays up.
-    fn radio_off_ends_download(&mut self) {
+    /// Remembers the end URC of a FOTA run for the control's `state`.
+    fn note_end(&mut self, urc: &Urc) {
+        self.last_fota = match *urc {
+            Urc::FtpEnd(code) => Some(("FTPEND", code)),
+            Urc::HttpEnd(code) => Some(("HTTPEND", code)),
+            Urc::FileEnd(code) => Some(("FILEEND", code)),
+            Urc::End(code) => Some(("END", code)),
+            _ => return,
+        };
+    }
+
+    /// The radio went off or the network was cut: a download under way
+    /// (answered, not yet ended) ends with the family's no-network code;
+    /// the module stays up.
+    fn no_network_ends_download(&mut self) {
         if self.run.is_none() || self.origin.is_some() {
             return;
         }
         let Some(scheme) = self.downloading else {
             return;
         };
-        tracing::info!("radio off: the download ends");
+        tracing::info!("no network: the download ends");
         self.end_run();
         let (_, end) = self.no_network(scheme);
+        self.note_end(&end);
         self.unsolicited(&[end.to_string()]);
         self.publish(|_| {});
+    }
+}
+
+impl Session {
+    // ---- runtime control (`control.rs`) --------------------------------
+
+    fn on_control(&mut self, envelope: Envelope) {
+        tracing::info!(request = ?envelope.request, "control request");
+        let ok = json!({"ok": true});
+        let answer = match envelope.request {
+            Request::Fault { set, .. } => {
+                self.cut_network(set.is_some());
+                ok
+            }
+            Request::Reboot {} if self.recovery => control::refused(
+                "the module is upgrading: a reboot now is a power cut (--fault power-cut=P)",
+            ),
+            Request::Reboot {} if !matches!(self.power, Power::On) => {
+                control::refused("the module is not on")
+            }
+            Request::Reboot {} => {
+                self.end_run();
+                self.power_off(Boot::Normal, false);
+                ok
+            }
+            Request::Urc { line } => {
+                self.unsolicited(&[line]);
+                ok
+            }
+            Request::Signal { csq } => {
+                self.settings.csq = csq;
+                ok
+            }
+            Request::State {} => self.state(),
+        };
+        let _ = envelope.answer.send(answer);
+    }
+
+    /// Cuts the network (`down`) or brings it back: registration URCs as
+    /// for `AT+CFUN`, and a download under way ends.
+    fn cut_network(&mut self, down: bool) {
+        let device = Device {
+            module: &self.module,
+            model: &self.model,
+            imei: &self.imei,
+        };
+        let before = device.reg_stat(&self.settings);
+        self.settings.network_cut = down;
+        let after = device.reg_stat(&self.settings);
+        let urcs = commands::registration_urcs(&self.settings, before, after);
+        if !urcs.is_empty() {
+            self.unsolicited(&urcs);
+        }
+        if down {
+            self.no_network_ends_download();
+        }
+    }
+
+    /// The control's `state` answer.
+    fn state(&self) -> serde_json::Value {
+        let files: Vec<serde_json::Value> = self
+            .module
+            .ufs()
+            .list("*")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| json!({"name": f.name, "size": f.size}))
+            .collect();
+        let status = self.status.borrow();
+        json!({
+            "ok": true,
+            "version": self.module.version(),
+            "model": self.model,
+            "profile": self.module.profile().name,
+            "powered": status.powered,
+            "upgrading": self.recovery,
+            "network_down": self.settings.network_cut,
+            "csq": self.settings.csq,
+            "files": files,
+            "last_fota": self.last_fota.map(|(urc, code)| json!({"urc": urc, "code": code})),
+        })
     }
 }
 
