@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::modem::port;
+
 /// Longest request line, bytes.
 pub const MAX_REQUEST: usize = 4096;
 /// Longest line a `urc` request may inject, bytes.
@@ -117,22 +119,11 @@ pub(crate) fn spawn_listener(
     session: mpsc::UnboundedSender<Envelope>,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tracing::info!(%peer, "control client connected");
-                        tokio::spawn(serve(stream, session.clone(), cancel.child_token()));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "control accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                },
-            }
-        }
+    let token = cancel.clone();
+    port::accept_loop(listener, cancel, move |stream, peer| {
+        tracing::info!(%peer, "control client connected");
+        tokio::spawn(serve(stream, session.clone(), token.child_token()));
+        true
     })
 }
 
