@@ -711,7 +711,22 @@ async fn python_host_updates_through_the_pty_link_and_survives_the_reboots() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_prints_the_bound_tcp_port_and_exits_0_on_sigterm() {
-    let modem = ModemProcess::spawn(&["--tcp", "127.0.0.1:0", "--model", "eg060k"], &[]);
+    let modem = ModemProcess::spawn(
+        &["--tcp", "127.0.0.1:0", "--model", "eg060k"],
+        &[("QFOTA_MODEM_CONTROL", "127.0.0.1:0")],
+    );
+    // The control listener answers a state request with the module's.
+    let line = modem.line("control ").await;
+    let control_addr: std::net::SocketAddr = line["control ".len()..].parse().unwrap();
+    let stream = bounded("connect", TcpStream::connect(control_addr))
+        .await
+        .unwrap();
+    let mut ctl = BufReader::new(stream).lines();
+    let state = control(&mut ctl, r#"{"cmd":"state"}"#).await;
+    assert_eq!(
+        (&state["ok"], &state["model"], &state["profile"]),
+        (&true.into(), &"EG060K".into(), &"eg06xk".into())
+    );
     let line = modem.line("tcp ").await;
     let addr: std::net::SocketAddr = line["tcp ".len()..].parse().unwrap();
     assert_ne!(addr.port(), 0);
