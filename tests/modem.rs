@@ -265,9 +265,10 @@ async fn family_and_faults_change_the_answers() {
 async fn garbage_is_error_or_ignored_and_the_modem_still_answers() {
     let modem = tcp_modem(module("ec2x", &[]), |b| b).await;
     let mut host = Host::connect(&modem).await;
-    // Echo on: junk is echoed as typed, then refused.
-    host.send(b"\xff\xfe\x80junk\r").await;
-    host.expect(b"\xff\xfe\x80junk\r\r\nERROR\r\n").await;
+    // Echo on: junk is echoed as typed, then refused; bytes above 0x7f
+    // before a line starts (upload padding) are dropped.
+    host.send(b"\xff\xffjunk\xfe\x80\r").await;
+    host.expect(b"junk\xfe\x80\r\r\nERROR\r\n").await;
     host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
     // NUL and other control bytes are dropped from the line.
     host.send(b"A\0T\x01\x02+C\0GMI\r").await;
@@ -710,7 +711,22 @@ async fn python_host_updates_through_the_pty_link_and_survives_the_reboots() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_prints_the_bound_tcp_port_and_exits_0_on_sigterm() {
-    let modem = ModemProcess::spawn(&["--tcp", "127.0.0.1:0", "--model", "eg060k"], &[]);
+    let modem = ModemProcess::spawn(
+        &["--tcp", "127.0.0.1:0", "--model", "eg060k"],
+        &[("QFOTA_MODEM_CONTROL", "127.0.0.1:0")],
+    );
+    // The control listener answers a state request with the module's.
+    let line = modem.line("control ").await;
+    let control_addr: std::net::SocketAddr = line["control ".len()..].parse().unwrap();
+    let stream = bounded("connect", TcpStream::connect(control_addr))
+        .await
+        .unwrap();
+    let mut ctl = BufReader::new(stream).lines();
+    let state = control(&mut ctl, r#"{"cmd":"state"}"#).await;
+    assert_eq!(
+        (&state["ok"], &state["model"], &state["profile"]),
+        (&true.into(), &"EG060K".into(), &"eg06xk".into())
+    );
     let line = modem.line("tcp ").await;
     let addr: std::net::SocketAddr = line["tcp ".len()..].parse().unwrap();
     assert_ne!(addr.port(), 0);
@@ -757,6 +773,18 @@ async fn bad_command_lines_exit_2() {
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir/modem"));
+}
+
+/// Asserts that `needles` all occur in `text`, in this order.
+fn assert_in_order(text: &str, needles: &[&str]) {
+    let at: Vec<usize> = needles
+        .iter()
+        .map(|needle| {
+            text.find(needle)
+                .unwrap_or_else(|| panic!("no {needle:?} in\n{text}"))
+        })
+        .collect();
+    assert!(at.is_sorted(), "{text}");
 }
 
 /// Runs a Python host script of `tests/` (bounded) and returns its
@@ -824,18 +852,15 @@ async fn a_uart_host_that_never_reopens_its_port_gets_through_a_fota() {
     let url = fx.http_url(PKG);
     let args = ["--port", link_arg, "--url", &url, "--expect-version", "v13"];
     let transcript = python_host("uart_host.py", &args).await;
-    let order = [
-        "\"HTTPEND\",0",
-        "== RDY on the same port (reboot",
-        "\"END\",0",
-        "== PASS",
-    ]
-    .map(|needle| {
-        transcript
-            .find(needle)
-            .unwrap_or_else(|| panic!("no {needle:?} in\n{transcript}"))
-    });
-    assert!(order.is_sorted(), "{transcript}");
+    assert_in_order(
+        &transcript,
+        &[
+            "\"HTTPEND\",0",
+            "== RDY on the same port (reboot",
+            "\"END\",0",
+            "== PASS",
+        ],
+    );
     // Two reboots, and the same PTY throughout: one `pty` line only.
     modem.line("up (boot 2)").await;
     let ptys = modem
@@ -877,5 +902,250 @@ async fn radio_off_fails_a_download_and_qpowd_waits_for_the_power_key() {
         .await;
     host.at("AT", "AT\r\r\nOK\r\n").await;
     assert!(!modem.status().off);
+    stop(modem).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fwupds_dfota_flow_uploads_in_ack_mode_and_flashes_the_local_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("modem");
+    let modem = Modem::builder(module("ec2x", &[]))
+        .pty(&link)
+        .reboot_time(REBOOT)
+        .start()
+        .unwrap();
+    let image = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packages")
+        .join(PKG);
+    let args = [
+        "--port",
+        link.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+    ];
+    let transcript = python_host("fwupd_host.py", &args).await;
+    let size = format!("+QFUPL: {},", std::fs::metadata(&image).unwrap().len());
+    assert_in_order(
+        &transcript,
+        &[
+            size.as_str(),
+            "== port gone",
+            "\"START\"",
+            "\"UPDATING\",100",
+            "\"END\",0",
+            "== PASS",
+        ],
+    );
+    // The file stays in the UFS, byte for byte; the module went on with
+    // the upgrade.
+    let stored = modem.module().ufs().read("dfota_update.bin").unwrap();
+    assert_eq!(*stored, std::fs::read(&image).unwrap());
+    wait_status(&modem, "the reboot after END", |s| s.boots >= 1).await;
+    stop(modem).await;
+}
+
+/// `+QFUPL: <size>,<checksum>` and `OK` for `data`, echo off.
+fn qfupl_answer(data: &[u8]) -> String {
+    format!(
+        "\r\n+QFUPL: {},{:x}\r\n\r\nOK\r\n",
+        data.len(),
+        qfota_serve::sim::ufs::checksum(data)
+    )
+}
+
+#[tokio::test]
+async fn qfupl_takes_raw_bytes_acks_each_kilobyte_and_times_out_with_what_came() {
+    let modem = tcp_modem(module("ec2x", &[]), |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    host.at("AT+CMEE=1", "\r\nOK\r\n").await;
+    // Command lines, CR, LF, NUL and 0xFF inside the data are data.
+    let mut data = b"AT+CFUN=1,1\r\nATI\r\n+++\r".to_vec();
+    data.extend((0..2500u32).map(|i| (i % 256) as u8));
+    let data = &data[..2500];
+    host.at("AT+QFUPL=\"UFS:raw.bin\",2500,5,1", "\r\nCONNECT\r\n")
+        .await;
+    host.send(&data[..1000]).await;
+    host.send(&data[1000..1030]).await;
+    host.expect("A").await;
+    // The last block, then a command: the bytes past <size> are a line.
+    let mut rest = data[1030..].to_vec();
+    rest.extend_from_slice(b"AT+QFLST=\"raw.bin\"\r");
+    host.send(&rest).await;
+    host.expect(format!(
+        "A{}\r\n+QFLST: \"raw.bin\",2500\r\n\r\nOK\r\n",
+        qfupl_answer(data)
+    ))
+    .await;
+    assert_eq!(*modem.module().ufs().read("raw.bin").unwrap(), data);
+    // Exists already: refused before CONNECT.
+    host.at("AT+QFUPL=\"raw.bin\",10", "\r\n+CME ERROR: 407\r\n")
+        .await;
+    // <timeout> 1 s without data: what came is stored; nothing: 421.
+    host.at("AT+QFUPL=\"part.bin\",100,1", "\r\nCONNECT\r\n")
+        .await;
+    host.send(b"0123456789").await;
+    host.expect(qfupl_answer(b"0123456789")).await;
+    host.at("AT+QFUPL=\"none.bin\",100,1", "\r\nCONNECT\r\n")
+        .await;
+    host.expect("\r\n+CME ERROR: 421\r\n").await;
+    let total = modem.module().ufs().space().total;
+    let space = format!("\r\n+QFLDS: {},{total}\r\n\r\nOK\r\n", total - 2510);
+    host.at("AT+QFLDS", &space).await;
+    host.at("AT+QFDEL=\"*\"", "\r\nOK\r\n").await;
+    assert_eq!(modem.module().ufs().list("*").unwrap(), vec![]);
+    stop(modem).await;
+}
+
+#[tokio::test]
+async fn ec200_takes_a_file_package_over_the_port_and_upgrades() {
+    let modem = tcp_modem(module("ec200", &[]), |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    let package = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packages")
+            .join(PKG),
+    )
+    .unwrap();
+    let cmd = format!("AT+QFOTADL=\"FILE:{}\",1,5", package.len());
+    host.at(&cmd, "\r\nOK\r\n").await;
+    host.expect(q("\"FILESTART\"")).await;
+    // The package, raw, then a command line after its last byte.
+    let mut bytes = package.clone();
+    bytes.extend_from_slice(b"AT\r");
+    host.send(&bytes).await;
+    let text = host.until_closed().await;
+    assert_eq!(text.matches("\r\nOK\r\n").count(), 1, "{text}");
+    let urcs = [
+        q("\"DOWNLOADING\",5"),
+        q("\"FILEEND\",0"),
+        q("\"START\""),
+        q("\"END\",0"),
+    ];
+    assert_in_order(&text, &urcs.each_ref().map(String::as_str));
+    let mut host = Host::reconnect(&modem).await;
+    host.expect("\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n")
+        .await;
+    // A `FILE:` package has no name to take a version from (SPEC §5).
+    host.at("AT+QGMR", "AT+QGMR\r\r\nunknown\r\n\r\nOK\r\n")
+        .await;
+    stop(modem).await;
+}
+
+/// One control request (a JSON line) and its answer.
+async fn control(
+    lines: &mut tokio::io::Lines<BufReader<TcpStream>>,
+    request: &str,
+) -> serde_json::Value {
+    let stream = lines.get_mut().get_mut();
+    bounded(
+        "control write",
+        stream.write_all(format!("{request}\n").as_bytes()),
+    )
+    .await
+    .unwrap();
+    let line = bounded("control answer", lines.next_line())
+        .await
+        .unwrap()
+        .expect("an answer line");
+    serde_json::from_str(&line).unwrap()
+}
+
+#[tokio::test]
+async fn the_control_port_cuts_the_network_mid_download_and_more() {
+    let fx = Fixture::start(|b| b).await;
+    // 1 MB/s: the 8 MiB package takes seconds, long enough to cut it.
+    let module = Module::builder(Profile::by_name("ec200").unwrap())
+        .version("v12")
+        .time_scale(SCALE)
+        .timeout(Duration::from_secs(10))
+        .rate(Some(1_000_000))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let modem = tcp_modem(module, |b| b.control(listener)).await;
+    let stream = TcpStream::connect(modem.control_addr().unwrap())
+        .await
+        .unwrap();
+    let mut ctl = BufReader::new(stream).lines();
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    host.at("AT+CREG=1", "\r\nOK\r\n").await;
+    let ok = serde_json::json!({"ok": true});
+
+    // ec200 with 50 DOWNLOADING URCs: cut once bytes have come.
+    let cmd = format!("AT+QFOTADL=\"{}\",1,50", fx.http_url(BIG));
+    host.at(&cmd, "\r\nOK\r\n").await;
+    host.expect(q("\"HTTPSTART\"")).await;
+    while !String::from_utf8_lossy(&host.buf).contains("\"DOWNLOADING\",") {
+        assert!(host.fill().await > 0, "the port closed");
+    }
+    let cut = r#"{"cmd":"fault","set":"network-down"}"#;
+    assert_eq!(control(&mut ctl, cut).await, ok);
+    // Whatever DOWNLOADING came before the cut, then registration lost
+    // and ec200's no-network code for HTTP.
+    let end = format!("\r\n+CREG: 2\r\n{}", q("\"HTTPEND\",707"));
+    let text = loop {
+        let text = String::from_utf8_lossy(&host.buf).into_owned();
+        if text.contains("HTTPEND") {
+            break text;
+        }
+        assert!(host.fill().await > 0, "the port closed");
+    };
+    assert!(text.ends_with(&end), "{text:?}");
+    let before = &text[..text.len() - end.len()];
+    assert!(
+        before
+            .split("\r\n")
+            .all(|l| l.is_empty() || l.contains("\"DOWNLOADING\",")),
+        "{text:?}"
+    );
+    host.buf.clear();
+    let record = bounded(
+        "the server's record of the cut download",
+        fx.server.wait_download(DEADLINE, |r| r.path == BIG),
+    )
+    .await
+    .expect("a record");
+    assert_eq!(record.outcome, Outcome::Aborted, "{record:?}");
+    let state = control(&mut ctl, r#"{"cmd":"state"}"#).await;
+    assert_eq!(
+        state["last_fota"],
+        serde_json::json!({"urc": "HTTPEND", "code": 707})
+    );
+    assert_eq!(state["network_down"], true);
+    assert_eq!(state["version"], "v12");
+    // Still cut: the next download fails at once; then the network is back.
+    host.at(&cmd, "\r\nOK\r\n").await;
+    host.expect(q("\"HTTPSTART\"") + &q("\"HTTPEND\",707"))
+        .await;
+    let back = r#"{"cmd":"fault","clear":"network-down"}"#;
+    assert_eq!(control(&mut ctl, back).await, ok);
+    host.expect("\r\n+CREG: 1\r\n").await;
+
+    // Signal, an injected URC, refusals.
+    assert_eq!(control(&mut ctl, r#"{"cmd":"signal","csq":20}"#).await, ok);
+    host.at("AT+CSQ", "\r\n+CSQ: 20,99\r\n\r\nOK\r\n").await;
+    let urc = r#"{"cmd":"urc","line":"+QIND: \"csq\",20,99"}"#;
+    assert_eq!(control(&mut ctl, urc).await, ok);
+    host.expect("\r\n+QIND: \"csq\",20,99\r\n").await;
+    for bad in [r#"{"cmd":"fault","set":"dns-fail"}"#, "{", r#"{"cmd":"x"}"#] {
+        let answer = control(&mut ctl, bad).await;
+        assert_eq!(answer["ok"], false, "{bad}: {answer}");
+        assert!(answer["error"].is_string());
+    }
+    // A file shows in the state; a reboot closes the port and RDY comes.
+    modem.module().ufs().write("a.bin", vec![0; 3]).unwrap();
+    let state = control(&mut ctl, r#"{"cmd":"state"}"#).await;
+    assert_eq!(
+        state["files"],
+        serde_json::json!([{"name": "a.bin", "size": 3}])
+    );
+    assert_eq!(control(&mut ctl, r#"{"cmd":"reboot"}"#).await, ok);
+    host.until_closed().await;
+    let mut host = Host::reconnect(&modem).await;
+    host.expect("\r\nRDY\r\n").await;
+    assert_eq!(modem.status().boots, 1);
     stop(modem).await;
 }

@@ -60,6 +60,11 @@ pub struct ModemArgs {
     /// port, printed).
     #[arg(long, env = "QFOTA_MODEM_TCP", value_name = "ADDR:PORT")]
     pub tcp: Option<SocketAddr>,
+    /// Take runtime control requests on TCP, JSON lines (fault
+    /// network-down, reboot, urc, signal, state; port 0: any free port,
+    /// printed).
+    #[arg(long, env = "QFOTA_MODEM_CONTROL", value_name = "ADDR:PORT")]
+    pub control: Option<SocketAddr>,
     /// The simulated module.
     #[command(flatten)]
     pub module: ModuleArgs<ModemEnv>,
@@ -108,6 +113,8 @@ pub struct ModemConfig {
     pub pty: Option<PathBuf>,
     /// The TCP address to listen on, if TCP is wanted.
     pub tcp: Option<SocketAddr>,
+    /// The runtime control listener's address, if wanted.
+    pub control: Option<SocketAddr>,
     /// Reboot time (at least).
     pub reboot: Duration,
     /// How long URCs wait for a host.
@@ -142,6 +149,7 @@ impl TryFrom<ModemArgs> for ModemConfig {
             imei: args.imei,
             pty: args.pty,
             tcp: args.tcp,
+            control: args.control,
             reboot: Duration::from_millis(args.reboot_ms),
             urc_hold: Duration::from_millis(args.urc_hold_ms),
             ready_json: args.ready_json,
@@ -187,6 +195,9 @@ pub async fn run(args: ModemArgs, shutdown: impl Future<Output = ()>) -> ExitCod
     print_pty(&mut out, &modem, &last);
     if let Some(addr) = modem.tcp_addr() {
         let _ = writeln!(out, "tcp {addr}");
+    }
+    if let Some(addr) = modem.control_addr() {
+        let _ = writeln!(out, "control {addr}");
     }
     let _ = out.flush();
     tokio::pin!(shutdown);
@@ -271,6 +282,12 @@ async fn start(config: &ModemConfig) -> anyhow::Result<Modem> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         builder = builder.tcp(listener);
     }
+    if let Some(addr) = config.control {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for control on {addr}"))?;
+        builder = builder.control(listener);
+    }
     Ok(builder.start()?)
 }
 
@@ -324,6 +341,7 @@ mod tests {
         let config = ModemConfig::try_from(parse(&["--pty", "/x/m"]).unwrap()).unwrap();
         assert_eq!(config.pty, Some(PathBuf::from("/x/m")));
         assert_eq!(config.tcp, None);
+        assert_eq!(config.control, None);
         assert_eq!(config.model, "EC25");
         assert_eq!(config.imei, DEFAULT_IMEI);
         assert_eq!(config.reboot, DEFAULT_REBOOT);

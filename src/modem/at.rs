@@ -8,7 +8,11 @@
 //! (`ATE1`) returns the bytes that were accepted into the line as they
 //! arrive, and the terminator as `\r` (a lone `\n` echoes as `\r`).
 //! `A/` at the start of a line (any case) repeats the last command line
-//! at once, without a terminator (V.250 §5.2.4).
+//! at once, without a terminator (V.250 §5.2.4). Bytes above 0x7f before
+//! the first character of a line are dropped unechoed: no command starts
+//! with one, and a host that pads its last `AT+QFUPL` block (fwupd pads
+//! each block to 2,048 bytes with `0xFF`) leaves them after the data
+//! phase.
 
 /// Longest command line kept, in bytes (the longest `AT+QFOTADL` is
 /// `AT+QFOTADL="` + a 512-byte URL + three optional numbers).
@@ -59,6 +63,7 @@ impl LineFramer {
                     }
                 }
                 b if b < 0x20 => {}
+                b if b > 0x7f && self.line.is_empty() && !self.overflow => {}
                 b'/' if self.line.eq_ignore_ascii_case(b"A") && !self.overflow => {
                     self.line.clear();
                     echo.push(b);
@@ -136,6 +141,12 @@ mod tests {
         assert_eq!(lines(&mut f, b"\r"), vec![Input::Overflow]);
         assert_eq!(lines(&mut f, b"AT\r"), vec![Input::Line("AT".into())]);
         assert_eq!(lines(&mut f, b"ATX\x08\r"), vec![Input::Line("AT".into())]);
+        // Upload padding before a line is not part of it, nor echoed.
+        let (done, echo) = f.push(b"\xff\xff\xffAT\r");
+        assert_eq!(
+            (done, echo),
+            (vec![Input::Line("AT".into())], b"AT\r".to_vec())
+        );
     }
 
     #[test]

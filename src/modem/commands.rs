@@ -36,8 +36,8 @@
 //! | `AT+CPIN?` | `+CPIN: READY`, `OK` |
 //! | `AT+CMEE=<0-2>`, `AT+CMEE?` | error reporting of this port |
 //! | `AT+CREG=<0-2>`, `AT+CGREG=…`, `AT+CEREG=…` | `OK`; unsolicited `+CREG: <stat>[,"<lac>","<ci>",7]` when the registration changes (radio on/off) |
-//! | `AT+CREG?`, `AT+CGREG?`, `AT+CEREG?` | `+CREG: <n>,<stat>[,"<lac>","<ci>",7]`: stat 1 registered, 2 searching under fault `network-down`, 0 with the radio off |
-//! | `AT+CSQ` | `+CSQ: 24,99` (`99,99` without network), `OK` |
+//! | `AT+CREG?`, `AT+CGREG?`, `AT+CEREG?` | `+CREG: <n>,<stat>[,"<lac>","<ci>",7]`: stat 1 registered, 2 searching under fault `network-down` (also set at run time, `control.rs`), 0 with the radio off |
+//! | `AT+CSQ` | `+CSQ: 24,99` (the runtime control's `signal` changes 24; `99,99` without network), `OK` |
 //! | `AT+COPS?` | `+COPS: 0,0,"qfota-sim",7` (`+COPS: 0` without network), `OK` |
 //! | `AT+CGACT?` | `+CGACT: <cid>,<0/1>` per defined context, `OK` |
 //! | `AT+QIACT?` / `AT+QIACT=<cid>` | active contexts / activate (`+CME ERROR: 30` without network) |
@@ -49,19 +49,30 @@
 //! | `AT+QCFG="usbifc"[,<0/2>,<0/2>]` | USB flow control setting (stored); other `QCFG` items `+CME ERROR: 4` |
 //! | `AT+QURCCFG="urcport"[,"usbat"/"usbmodem"/"uart1"]` | the URC port setting (stored: this modem has one AT port and prints URCs there) |
 //! | `AT+QFOTADL=?` | the family's test answer ([`Module::test_command`]) |
-//! | `AT+QFOTADL=<args>` | handed to the simulator ([`Module::fotadl`]) |
+//! | `AT+QFOTADL=<args>` | handed to the simulator ([`Module::fotadl`]); local files (`"/data/ufs/<name>"`, SPEC §9) need no network; `ec200`'s `"FILE:<length>"` takes the package over this port (a data phase, `data.rs`) |
+//! | `AT+QFUPL=<name>[,<file_size>[,<timeout>[,<ackmode>]]]` | checks name, existence and space ([`Ufs::prepare`](crate::sim::Ufs::prepare)), then `CONNECT` and the data phase (`data.rs`): `+QFUPL: <upload_size>,<checksum>` (checksum in hex, as fwupd parses it), `OK`; or `+CME ERROR: <err>` (400–421) |
+//! | `AT+QFUPL=?` | `+QFUPL: <name>,(1-<free_size>),(1-65535),(0,1)` |
+//! | `AT+QFLST[=<pattern>]` | `+QFLST: "<name>",<size>` per matching file, `OK`; a name without `*`/`?` that matches nothing is `+CME ERROR: 405` (fwupd's DFOTA plugin relies on it) |
+//! | `AT+QFDEL=<name>` | deletes the file (`"*"`: all), `OK`; `+CME ERROR: 405` when absent |
+//! | `AT+QFLDS[="UFS"]` | `+QFLDS: <free_size>,<total_size>` |
 //!
 //! Error codes (with `AT+CMEE=1`): 3 not allowed now, 4 unknown command or
-//! form, 30 no network, 50 bad arguments, 100 not a command line at all.
+//! form, 30 no network, 50 bad arguments, 100 not a command line at all,
+//! 400–421 the file errors of SPEC §9 ([`crate::sim::FileError::code`]).
+//! File errors follow `AT+CMEE` like every other error (`ERROR` under
+//! `AT+CMEE=0`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::modem::data::{DEFAULT_UPLOAD_SIZE, DEFAULT_UPLOAD_TIMEOUT};
 use crate::modem::reply::{CmeError, PortSettings};
 use crate::modem::syntax::{self, Element, Form};
-use crate::sim::{Fault, Module};
+use crate::sim::{Fault, FileError, Module};
 
 /// Manufacturer, as `AT+CGMI` and `ATI` print it.
 pub const MANUFACTURER: &str = "Quectel";
+/// `<rssi>` `AT+CSQ` shows while registered, unless set at run time.
+pub const DEFAULT_CSQ: u8 = 24;
 /// Operator name `AT+COPS?` shows while registered.
 pub const OPERATOR: &str = "qfota-sim";
 /// What `ATI`/`AT+GMR` show when the module's version is unset or unknown
@@ -275,6 +286,28 @@ pub enum Command {
     Test(String),
     /// `AT+QFOTADL=<args>`, the text after `=` as typed.
     Fotadl(String),
+    /// `AT+QFUPL=<name>[,<file_size>[,<timeout>[,<ackmode>]]]`.
+    Upload(UploadRequest),
+    /// `AT+QFLST[=<pattern>]` (`*` without one).
+    ListFiles(String),
+    /// `AT+QFDEL=<name>`.
+    DeleteFile(String),
+    /// `AT+QFLDS[="UFS"]`.
+    FreeSpace,
+}
+
+/// An `AT+QFUPL` that may start its data phase (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRequest {
+    /// The file name as typed (`UFS:` prefix optional).
+    pub name: String,
+    /// `<file_size>`, bytes (default [`DEFAULT_UPLOAD_SIZE`]).
+    pub size: u64,
+    /// `<timeout>`, seconds without data (1–65535, default
+    /// [`DEFAULT_UPLOAD_TIMEOUT`]).
+    pub timeout: u32,
+    /// `<ackmode>` 1: an `A` after each 1,024 bytes.
+    pub ack: bool,
 }
 
 /// Parses one command line (terminator already removed). `Ok(None)` for
@@ -338,6 +371,8 @@ fn action(name: &str) -> Option<Command> {
         "+GCAP" => Command::Capabilities,
         "+CSQ" => Command::SignalQuality,
         "+QPOWD" => Command::PowerDown,
+        "+QFLST" => Command::ListFiles("*".to_string()),
+        "+QFLDS" => Command::FreeSpace,
         _ => return None,
     })
 }
@@ -347,6 +382,7 @@ const EXTENDED: &[&str] = &[
     "+GMR", "+CGMR", "+QGMR", "+CGMI", "+GMI", "+CGMM", "+GMM", "+GSN", "+CGSN", "+CIMI", "+QCCID",
     "+CCID", "+GCAP", "+CSQ", "+QPOWD", "+CPIN", "+CMEE", "+IFC", "+CREG", "+CGREG", "+CEREG",
     "+COPS", "+CGACT", "+QIACT", "+QICSGP", "+QFOTA", "+CFUN", "+QCFG", "+QURCCFG", "+QFOTADL",
+    "+QFUPL", "+QFLST", "+QFDEL", "+QFLDS",
 ];
 
 fn registration(name: &str) -> Option<Registration> {
@@ -409,6 +445,15 @@ fn extended(name: &str, form: Form) -> Result<Command, ParseError> {
         ("+QCFG", Form::Set(args)) => parse_qcfg(&args)?,
         ("+QURCCFG", Form::Set(args)) => parse_qurccfg(&args)?,
         ("+QFOTADL", Form::Set(args)) => Command::Fotadl(args),
+        ("+QFUPL", Form::Set(args)) => Command::Upload(parse_qfupl(&args)?),
+        ("+QFLST", Form::Set(args)) => Command::ListFiles(file_name(&args, "+QFLST")?),
+        ("+QFDEL", Form::Set(args)) => Command::DeleteFile(file_name(&args, "+QFDEL")?),
+        ("+QFLDS", Form::Set(args)) => {
+            if !file_name(&args, "+QFLDS")?.eq_ignore_ascii_case("UFS") {
+                return Err(bad("+QFLDS", "only the \"UFS\" drive exists"));
+            }
+            Command::FreeSpace
+        }
         _ => return Err(unknown()),
     })
 }
@@ -440,6 +485,10 @@ fn test_answer(name: &str, device: &Device<'_>) -> Option<Vec<String>> {
         "+QPOWD" => one("+QPOWD: (0,1)"),
         "+QCFG" => one("+QCFG: \"usbifc\",(0,2),(0,2)"),
         "+QURCCFG" => one("+QURCCFG: \"urcport\",(\"usbat\",\"usbmodem\",\"uart1\")"),
+        "+QFUPL" => Some(vec![format!(
+            "+QFUPL: <name>,(1-{}),(1-65535),(0,1)",
+            device.module.ufs().space().free
+        )]),
         "+QFOTADL" => {
             let mut lines = device.module.test_command();
             // The simulator's answer ends with its own result code.
@@ -540,7 +589,7 @@ fn parse_cfun(args: &str) -> Result<Command, ParseError> {
 enum Arg {
     /// `"text"` (a quote cannot appear inside).
     Text(String),
-    /// A decimal number of at most 5 digits.
+    /// A decimal number of at most 10 digits (fits `u32`, else refused).
     Number(u32),
 }
 
@@ -556,7 +605,7 @@ fn split_args(s: &str) -> Result<Vec<Arg>, String> {
         } else {
             let end = rest.find(',').unwrap_or(rest.len());
             let token = rest[..end].trim_end_matches([' ', '\t']);
-            if token.is_empty() || token.len() > 5 || !token.bytes().all(|b| b.is_ascii_digit()) {
+            if token.is_empty() || token.len() > 10 || !token.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!("bad number {token:?}"));
             }
             let n = token.parse().map_err(|_| format!("bad number {token:?}"))?;
@@ -605,6 +654,58 @@ fn text(arg: Option<&Arg>, command: &'static str, name: &str) -> Result<String, 
             format!("<{name}> must be a quoted string of at most {MAX_CONTEXT_TEXT} bytes"),
         )),
     }
+}
+
+/// The one quoted argument of `AT+QFLST`, `AT+QFDEL`, `AT+QFLDS`.
+fn file_name(args: &str, command: &'static str) -> Result<String, ParseError> {
+    match split_args(args)
+        .map_err(|why| bad(command, why))?
+        .as_slice()
+    {
+        [Arg::Text(name)] => Ok(name.clone()),
+        _ => Err(bad(command, "expected one quoted name")),
+    }
+}
+
+/// `AT+QFUPL=<name>[,<file_size>[,<timeout>[,<ackmode>]]]`; the name and
+/// the size are checked against the UFS when the command runs.
+fn parse_qfupl(args: &str) -> Result<UploadRequest, ParseError> {
+    const C: &str = "+QFUPL";
+    let args = split_args(args).map_err(|why| bad(C, why))?;
+    let Some(Arg::Text(name)) = args.first() else {
+        return Err(bad(C, "<filename> must be a quoted string"));
+    };
+    if args.len() > 4 {
+        return Err(bad(C, "too many arguments"));
+    }
+    let number = |i: usize, default: u32, range: std::ops::RangeInclusive<u32>, what: &str| {
+        match args.get(i) {
+            None => Ok(default),
+            Some(Arg::Number(n)) if range.contains(n) => Ok(*n),
+            _ => Err(bad(C, format!("<{what}> must be a number in {range:?}"))),
+        }
+    };
+    let default_size = u32::try_from(DEFAULT_UPLOAD_SIZE).unwrap_or(u32::MAX);
+    Ok(UploadRequest {
+        name: name.clone(),
+        size: u64::from(number(1, default_size, 0..=u32::MAX, "file_size")?),
+        timeout: number(2, DEFAULT_UPLOAD_TIMEOUT, 1..=65535, "timeout")?,
+        ack: number(3, 0, 0..=1, "ackmode")? == 1,
+    })
+}
+
+/// `AT+QFLST=<pattern>`: the matching files; an exact name that matches
+/// nothing is 405, as a module answers it (fwupd's DFOTA plugin deletes
+/// the file only when this succeeds).
+fn list_files(device: &Device<'_>, pattern: &str) -> Result<Vec<String>, FileError> {
+    let files = device.module.ufs().list(pattern)?;
+    if files.is_empty() && !pattern.contains(['*', '?']) {
+        return Err(FileError::NotFound(pattern.to_string()));
+    }
+    Ok(files
+        .iter()
+        .map(|f| format!("+QFLST: \"{}\",{}", f.name, f.size))
+        .collect())
 }
 
 fn parse_activate(args: &str) -> Result<u8, ParseError> {
@@ -683,6 +784,12 @@ pub struct Settings {
     pub usb_ifc: (u8, u8),
     /// `AT+QURCCFG="urcport"`.
     pub urc_port: String,
+    /// The network is gone (runtime control `network-down`; survives
+    /// boots, as the module's surroundings do).
+    pub network_cut: bool,
+    /// `<rssi>` of `AT+CSQ` while registered (runtime control `signal`;
+    /// default 24).
+    pub csq: u8,
 }
 
 impl Default for Settings {
@@ -695,6 +802,8 @@ impl Default for Settings {
             reg_urc: [0; 3],
             fun: 1,
             usb_ifc: (0, 0),
+            network_cut: false,
+            csq: DEFAULT_CSQ,
             urc_port: URC_PORTS[0].to_string(),
         }
     }
@@ -707,6 +816,12 @@ impl Settings {
         self.active = BTreeSet::from([1]);
         self.reg_urc = [0; 3];
         self.fun = 1;
+    }
+
+    /// Whether a data connection could exist: radio on and the network
+    /// not cut.
+    pub fn network_reachable(&self) -> bool {
+        self.radio_on() && !self.network_cut
     }
 
     /// Whether the radio is on (`AT+CFUN=1`).
@@ -740,7 +855,7 @@ impl Device<'_> {
     pub fn reg_stat(&self, settings: &Settings) -> u8 {
         if !settings.radio_on() {
             0
-        } else if self.module.faults().contains(&Fault::NetworkDown) {
+        } else if settings.network_cut || self.module.faults().contains(&Fault::NetworkDown) {
             2
         } else {
             1
@@ -802,6 +917,8 @@ pub enum End {
     /// `AT+QFOTADL=<args>`: the simulated module answers (`OK`/`ERROR`)
     /// once it has checked the command.
     Fotadl(String),
+    /// `AT+QFUPL`, checked: `CONNECT`, then the data phase.
+    Upload(UploadRequest),
 }
 
 /// What a command line printed and how it ends.
@@ -903,7 +1020,7 @@ fn execute(command: Command, ctx: &mut Context<'_>) -> Step {
             settings.reg_urc[which.index()] = n;
             ok()
         }
-        Command::SignalQuality => one(if up { "+CSQ: 24,99" } else { "+CSQ: 99,99" }.to_string()),
+        Command::SignalQuality => one(format!("+CSQ: {},99", if up { settings.csq } else { 99 })),
         Command::Operator => one(if up {
             format!("+COPS: 0,0,\"{OPERATOR}\",7")
         } else {
@@ -983,6 +1100,24 @@ fn execute(command: Command, ctx: &mut Context<'_>) -> Step {
             None => Step::Fail(CmeError::NotSupported),
         },
         Command::Fotadl(args) => Step::End(End::Fotadl(args)),
+        Command::Upload(request) => {
+            match device.module.ufs().prepare(&request.name, request.size) {
+                Ok(_) => Step::End(End::Upload(request)),
+                Err(e) => Step::Fail(CmeError::File(e.code())),
+            }
+        }
+        Command::ListFiles(pattern) => match list_files(&device, &pattern) {
+            Ok(lines) => Step::Done(lines),
+            Err(e) => Step::Fail(CmeError::File(e.code())),
+        },
+        Command::DeleteFile(name) => match device.module.ufs().delete(&name) {
+            Ok(_) => ok(),
+            Err(e) => Step::Fail(CmeError::File(e.code())),
+        },
+        Command::FreeSpace => {
+            let space = device.module.ufs().space();
+            one(format!("+QFLDS: {},{}", space.free, space.total))
+        }
     }
 }
 
@@ -1356,6 +1491,83 @@ mod tests {
     }
 
     #[test]
+    fn file_commands_answer_from_the_ufs() {
+        let m = Module::builder(Profile::by_name("ec2x").unwrap())
+            .free_space(100)
+            .build()
+            .unwrap();
+        m.ufs().write("a.bin", vec![1; 10]).unwrap();
+        m.ufs().write("b.zip", vec![2; 20]).unwrap();
+        let mut p = Port::new(&m);
+        p.check(&[
+            ("AT+QFLST=?", "\r\nOK\r\n"),
+            (
+                "AT+QFUPL=?",
+                "\r\n+QFUPL: <name>,(1-70),(1-65535),(0,1)\r\n\r\nOK\r\n",
+            ),
+            (
+                "AT+QFLST",
+                "\r\n+QFLST: \"a.bin\",10\r\n+QFLST: \"b.zip\",20\r\n\r\nOK\r\n",
+            ),
+            (
+                "AT+QFLST=\"UFS:*.zip\"",
+                "\r\n+QFLST: \"b.zip\",20\r\n\r\nOK\r\n",
+            ),
+            ("AT+QFLST=\"*.txt\"", "\r\nOK\r\n"),
+            ("AT+QFLDS", "\r\n+QFLDS: 70,100\r\n\r\nOK\r\n"),
+            ("AT+QFLDS=\"UFS\"", "\r\n+QFLDS: 70,100\r\n\r\nOK\r\n"),
+            ("AT+QFLDS=\"RAM\"", "\r\nERROR\r\n"),
+            ("AT+CMEE=1", "\r\nOK\r\n"),
+            // fwupd's probe for an old file: absent is an error.
+            (
+                "AT+QFLST=\"UFS:dfota_update.bin\"",
+                "\r\n+CME ERROR: 405\r\n",
+            ),
+            ("AT+QFDEL=\"dfota_update.bin\"", "\r\n+CME ERROR: 405\r\n"),
+            ("AT+QFDEL=\"UFS:a.bin\"", "\r\nOK\r\n"),
+            ("AT+QFLDS", "\r\n+QFLDS: 80,100\r\n\r\nOK\r\n"),
+            // Checked before CONNECT: exists, full, bad name, size 0.
+            ("AT+QFUPL=\"b.zip\",1", "\r\n+CME ERROR: 407\r\n"),
+            ("AT+QFUPL=\"c.bin\",81", "\r\n+CME ERROR: 403\r\n"),
+            ("AT+QFUPL=\"c.bin\"", "\r\n+CME ERROR: 403\r\n"),
+            ("AT+QFUPL=\"c/d\",1", "\r\n+CME ERROR: 406\r\n"),
+            ("AT+QFUPL=\"c.bin\",0", "\r\n+CME ERROR: 400\r\n"),
+            ("AT+QFUPL=\"c.bin\",1,0", "\r\n+CME ERROR: 50\r\n"),
+            ("AT+QFUPL=\"c.bin\",1,5,2", "\r\n+CME ERROR: 50\r\n"),
+            ("AT+QFUPL=c.bin,1", "\r\n+CME ERROR: 50\r\n"),
+            ("AT+QFDEL=\"*\"", "\r\nOK\r\n"),
+            ("AT+QFLST", "\r\nOK\r\n"),
+        ]);
+        let request = |name: &str, size: u64, timeout: u32, ack: bool| {
+            End::Upload(UploadRequest {
+                name: name.to_string(),
+                size,
+                timeout,
+                ack,
+            })
+        };
+        let mut p = Port::new(&m);
+        assert_eq!(
+            p.run("AT+QFUPL=\"UFS:dfota_update.bin\",80,5,1")
+                .unwrap()
+                .end,
+            request("UFS:dfota_update.bin", 80, 5, true)
+        );
+        let big = Module::builder(Profile::by_name("ec2x").unwrap())
+            .build()
+            .unwrap();
+        let mut p = Port::new(&big);
+        assert_eq!(
+            p.run("AT+QFUPL=\"x\"").unwrap().end,
+            request("x", 10240, 5, false)
+        );
+        assert_eq!(
+            p.run("AT+QFUPL=\"x\",1048576,65535,0").unwrap().end,
+            request("x", 1_048_576, 65535, false)
+        );
+    }
+
+    #[test]
     fn fota_cid_is_ec200_only() {
         let m = module("ec200", &[]);
         let mut p = Port::new(&m);
@@ -1430,7 +1642,17 @@ mod tests {
             split_args(r#"1, "a,b" ,22"#).unwrap(),
             vec![Arg::Number(1), Arg::Text("a,b".into()), Arg::Number(22)]
         );
-        for bad in ["", ",", "1,", "\"x", "\"x\"y", "123456", "-1", "1 2"] {
+        for bad in [
+            "",
+            ",",
+            "1,",
+            "\"x",
+            "\"x\"y",
+            "12345678901",
+            "4294967296",
+            "-1",
+            "1 2",
+        ] {
             assert!(split_args(bad).is_err(), "{bad:?}");
         }
     }

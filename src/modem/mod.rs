@@ -11,11 +11,16 @@
 //!   [`syntax`]: a V.250 command line split into its commands;
 //!   [`commands`]: parsing and answering the AT commands (the table is
 //!   there); [`reply`]: result-code settings (`ATV`, `ATQ`, `AT+CMEE`) and
-//!   how answers are framed under them.
+//!   how answers are framed under them; [`data`]: the binary data phases
+//!   (`AT+QFUPL` uploads into the module's UFS, `ec200`'s
+//!   `AT+QFOTADL="FILE:<length>"`) that take a port's raw bytes instead of
+//!   command lines.
 //! - [`session`]: the state machine, one task that owns the module, the
 //!   ports and every byte written, so a URC never lands inside a response.
 //!   `AT+QFOTADL` goes to [`Module::fotadl`]; the run's events become the
 //!   port's `OK`, URCs, reboots and `RDY`s.
+//! - [`control`]: runtime control over TCP (JSON lines): cut the
+//!   network, reboot, inject a URC, set the signal, read the state.
 //! - [`status`]: what the modem is doing ([`Status`]), below the session
 //!   that publishes it and the [`Modem`] handle that reports it.
 //!
@@ -90,12 +95,20 @@
 //! - **Port settings** (`ATE`, `ATV`, `ATQ`, `AT+CMEE`, `AT+IFC`, …) are
 //!   per port; each boot starts from the profile `AT&W` saved (factory:
 //!   echo on, verbose, `+CMEE=0`).
+//! - **Data phases** (`AT+QFUPL` after `CONNECT`, `FILE:<length>` after
+//!   `OK`): the port's bytes go to the phase, unechoed and unparsed, until
+//!   it has what it wants (the rest of the chunk is command lines again),
+//!   its timeout passes, the host closes the port (nothing is stored) or
+//!   the module goes down. A `\n` arriving in the same chunk right after
+//!   the `\r` that ended the command is that line's end, not data.
 //! - **Garbage** (binary, NUL bytes, over-long lines, unknown commands)
 //!   is `ERROR` or ignored (see [`at`], [`commands`]); nothing in the
 //!   input can stop the modem.
 
 pub mod at;
 pub mod commands;
+pub mod control;
+pub mod data;
 pub mod port;
 pub mod pty;
 pub mod reply;
@@ -182,9 +195,18 @@ pub struct ModemBuilder {
     reboot: Duration,
     urc_hold: Duration,
     link_type: Link,
+    control: Option<tokio::net::TcpListener>,
 }
 
 impl ModemBuilder {
+    /// Takes runtime control requests (JSON lines, [`control`]) on this
+    /// bound listener: network cut, reboot, URC injection, signal quality,
+    /// state.
+    pub fn control(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.control = Some(listener);
+        self
+    }
+
     /// How the host is wired ([`Link::Usb`] by default): whether the port
     /// vanishes on a reboot or stays and goes quiet.
     pub fn link_type(mut self, link: Link) -> Self {
@@ -266,6 +288,10 @@ impl ModemBuilder {
             Some(listener) => Some(listener.local_addr().map_err(ModemError::Tcp)?),
             None => None,
         };
+        let control_addr = match &self.control {
+            Some(listener) => Some(listener.local_addr().map_err(ModemError::Tcp)?),
+            None => None,
+        };
         let (link, first_pty) = match &self.link {
             Some(path) => {
                 let pty = Pty::open().map_err(ModemError::Pty)?;
@@ -285,6 +311,11 @@ impl ModemBuilder {
         });
         let cancel = CancellationToken::new();
         let (power_key, power_key_rx) = mpsc::unbounded_channel();
+        let control = self.control.map(|listener| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            control::spawn_listener(listener, tx, cancel.child_token());
+            rx
+        });
         let session = Session::new(SessionParts {
             module: self.module.clone(),
             model: model.clone(),
@@ -296,6 +327,7 @@ impl ModemBuilder {
             urc_hold: self.urc_hold,
             link_type: self.link_type,
             power_key: power_key_rx,
+            control,
             status: status_tx,
             cancel: cancel.clone(),
         });
@@ -304,6 +336,7 @@ impl ModemBuilder {
             cancel,
             task: Some(task),
             tcp_addr,
+            control_addr,
             link: self.link,
             status,
             module: self.module,
@@ -338,6 +371,7 @@ pub struct Modem {
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
     tcp_addr: Option<SocketAddr>,
+    control_addr: Option<SocketAddr>,
     link: Option<PathBuf>,
     status: watch::Receiver<Status>,
     module: Module,
@@ -359,6 +393,7 @@ impl Modem {
             reboot: DEFAULT_REBOOT,
             urc_hold: DEFAULT_URC_HOLD,
             link_type: Link::Usb,
+            control: None,
         }
     }
 
@@ -372,6 +407,11 @@ impl Modem {
     /// The TCP port's address (with the real port when bound to port 0).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// The runtime control listener's address ([`ModemBuilder::control`]).
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control_addr
     }
 
     /// The PTY link hosts open.

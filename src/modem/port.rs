@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::modem::at::{LineFramer, frame};
+use crate::modem::data::DataPhase;
 use crate::modem::pty::{DATA_POLL, NO_HOST_POLL, PortRead, Pty};
 
 /// Frames a port may have queued before more are dropped.
@@ -79,6 +80,9 @@ pub(crate) struct Channel {
     pub attached: bool,
     /// The command line being typed on this port.
     pub framer: LineFramer,
+    /// The binary data phase under way (`AT+QFUPL`, `FILE:`): while there
+    /// is one, input goes to it, not to [`Channel::framer`].
+    pub data: Option<DataPhase>,
     frames: mpsc::Sender<Bytes>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
@@ -104,6 +108,7 @@ impl Channel {
             kind,
             attached,
             framer: LineFramer::new(),
+            data: None,
             frames,
             cancel,
             task,
@@ -328,19 +333,33 @@ pub(crate) fn spawn_accept(
     events: mpsc::UnboundedSender<PortEvent>,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
+    accept_loop(listener, cancel, move |stream, peer| {
+        let _ = stream.set_nodelay(true);
+        events
+            .send(PortEvent::Connection(stream, peer, false))
+            .is_ok()
+    })
+}
+
+/// Accepts connections until cancelled or `on_accept` returns `false`;
+/// a failing accept (out of descriptors and the like) backs off and
+/// retries.
+pub(crate) fn accept_loop(
+    listener: TcpListener,
+    cancel: CancellationToken,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr) -> bool + Send + 'static,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        if events.send(PortEvent::Connection(stream, peer, false)).is_err() {
+                        if !on_accept(stream, peer) {
                             return;
                         }
                     }
                     Err(error) => {
-                        // Out of descriptors and the like: back off, retry.
                         tracing::warn!(%error, "accept failed");
                         tokio::time::sleep(NO_HOST_POLL).await;
                     }

@@ -72,6 +72,26 @@ pub enum CmeError {
     /// 100: a line that is not a command at all (garbage, over-long).
     #[error("unknown")]
     Unknown,
+    /// A file command's error: Quectel's file error number
+    /// ([`FileError::code`](crate::sim::FileError::code), 400–421, SPEC §9).
+    #[error("{}", file_error_text(*.0))]
+    File(u16),
+}
+
+/// The text of a file error number (`AT+CMEE=2`), from Quectel's common
+/// file error table (SPEC §9).
+fn file_error_text(code: u16) -> &'static str {
+    match code {
+        400 => "invalid input value",
+        402 => "read zero byte",
+        403 => "drive full",
+        405 => "file not found",
+        406 => "invalid file name",
+        407 => "file already existed",
+        409 => "fail to write the file",
+        421 => "time out",
+        _ => "file error",
+    }
 }
 
 impl CmeError {
@@ -83,6 +103,7 @@ impl CmeError {
             CmeError::NoNetwork => 30,
             CmeError::IncorrectParameters => 50,
             CmeError::Unknown => 100,
+            CmeError::File(code) => code,
         }
     }
 }
@@ -127,6 +148,15 @@ pub fn result(outcome: Result<(), CmeError>, port: &PortSettings) -> Vec<u8> {
         format!("\r\n{verbose}\r\n").into_bytes()
     } else {
         format!("{numeric}\r").into_bytes()
+    }
+}
+
+/// `CONNECT` (V.250 result code 1): a data phase begins.
+pub fn connect(port: &PortSettings) -> Vec<u8> {
+    match (port.quiet, port.verbose) {
+        (true, _) => Vec::new(),
+        (false, true) => b"\r\nCONNECT\r\n".to_vec(),
+        (false, false) => b"1\r".to_vec(),
     }
 }
 
@@ -184,7 +214,16 @@ mod tests {
             text(result(err, &port)),
             "+CME ERROR: incorrect parameters\r"
         );
+        let file = Err(CmeError::File(407));
+        assert_eq!(
+            text(result(file, &port)),
+            "+CME ERROR: file already existed\r"
+        );
+        port.cmee = 1;
+        assert_eq!(text(result(file, &port)), "+CME ERROR: 407\r");
+        assert_eq!(text(connect(&port)), "1\r");
         port.quiet = true;
+        assert_eq!(text(connect(&port)), "");
         assert_eq!(text(result(err, &port)), "");
         assert_eq!(text(result(Ok(()), &port)), "");
     }

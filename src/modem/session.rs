@@ -4,8 +4,10 @@
 //!
 //! # What the task reacts to
 //!
-//! - bytes from a port: line framing and echo ([`crate::modem::at`]), then
-//!   [`commands`] — except while the module upgrades, see below;
+//! - bytes from a port: to the port's data phase while one is active
+//!   ([`crate::modem::data`]: `AT+QFUPL`, `FILE:<length>`), else line
+//!   framing and echo ([`crate::modem::at`]), then [`commands`] — except
+//!   while the module upgrades, see below;
 //! - the running `AT+QFOTADL` ([`FotaRun`]): its answer goes to the port
 //!   that sent the command, its URCs to every port a host has open;
 //! - power: [`Event::PowerOff`] and `AT+CFUN=1,1` close the ports and, after
@@ -45,12 +47,15 @@ use tokio_util::sync::CancellationToken;
 use crate::modem::Link;
 use crate::modem::at::Input;
 use crate::modem::commands::{self, Context, Device, End, Settings};
+use crate::modem::control::{self, Envelope, Request};
+use crate::modem::data::{self, DataPhase, Upload};
 use crate::modem::port::{self, Channel, ChannelId, PortEvent, PortKind};
 use crate::modem::pty::{Pty, PtyLink};
 use crate::modem::reply::{self, CmeError, PortSettings};
 use crate::modem::status::Status;
 use crate::sim::command::{Scheme, Source};
 use crate::sim::{AtResult, DownloadError, Event, FotaRun, FotadlCommand, Module, PowerOff, Urc};
+use serde_json::json;
 
 /// Unsolicited chunks held for a host, at most; older ones are dropped.
 const MAX_HELD: usize = 512;
@@ -99,6 +104,8 @@ pub(crate) struct SessionParts {
     pub urc_hold: Duration,
     pub link_type: Link,
     pub power_key: mpsc::UnboundedReceiver<()>,
+    /// Runtime control requests (`control.rs`), if a listener was asked for.
+    pub control: Option<mpsc::UnboundedReceiver<Envelope>>,
     pub status: watch::Sender<Status>,
     pub cancel: CancellationToken,
 }
@@ -127,6 +134,10 @@ pub(crate) struct Session {
     link_type: Link,
     /// `Modem::power_on` presses.
     power_key: mpsc::UnboundedReceiver<()>,
+    control: Option<mpsc::UnboundedReceiver<Envelope>>,
+    /// The last end URC of a FOTA run (`FTPEND`, `HTTPEND`, `FILEEND`,
+    /// `END`) and its code, for the control's `state`.
+    last_fota: Option<(&'static str, u16)>,
     /// The scheme of the run's download while it is under way (until
     /// `FTPEND`/`HTTPEND`): switching the radio off ends it.
     downloading: Option<Scheme>,
@@ -158,6 +169,14 @@ async fn next_event(run: &mut Option<FotaRun>) -> Option<Event> {
     }
 }
 
+/// The next control request, or never when there is no listener.
+async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Envelope>>) -> Option<Envelope> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -185,6 +204,8 @@ impl Session {
             tcp_port: PortState::default(),
             link_type: parts.link_type,
             power_key: parts.power_key,
+            control: parts.control,
+            last_fota: None,
             downloading: None,
             events_tx,
             events_rx,
@@ -218,12 +239,14 @@ impl Session {
     /// Runs until cancelled; then closes the ports and removes the link.
     pub(crate) async fn run(mut self) {
         loop {
+            self.expire_uploads();
             self.advance();
             let wake = self.next_wake();
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 Some(event) = self.events_rx.recv() => self.on_port(event),
                 Some(()) = self.power_key.recv() => self.power_on(),
+                Some(envelope) = next_control(&mut self.control) => self.on_control(envelope),
                 event = next_event(&mut self.run) => match event {
                     Some(event) => self.pending.push_back((Instant::now() + self.shift, event)),
                     None => self.run = None,
@@ -331,6 +354,19 @@ impl Session {
     }
 
     fn next_wake(&self) -> Option<Instant> {
+        let upload = self
+            .channels
+            .iter()
+            .filter_map(|c| c.data.as_ref().and_then(DataPhase::deadline))
+            .min();
+        let module = self.next_module_wake();
+        match (upload, module) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn next_module_wake(&self) -> Option<Instant> {
         let own_boot = match self.power {
             Power::Down {
                 boot_at,
@@ -371,8 +407,14 @@ impl Session {
                 self.publish(|_| {});
             }
             Event::Urc(urc) => {
+                self.note_end(&urc);
                 if matches!(urc, Urc::FtpEnd(_) | Urc::HttpEnd(_)) {
                     self.downloading = None;
+                }
+                if matches!(urc, Urc::FileEnd(_)) {
+                    // The module reads no more package bytes: what the
+                    // host sends next is command-line input again.
+                    self.end_file_phases();
                 }
                 if urc == Urc::Start {
                     self.recovery = true;
@@ -404,6 +446,10 @@ impl Session {
         self.held.clear();
         self.origin = None;
         self.deferred.clear();
+        // A data phase does not survive the module going down.
+        for channel in &mut self.channels {
+            channel.data = None;
+        }
         if self.link_type == Link::Usb {
             for channel in self.channels.drain(..) {
                 channel.close();
@@ -469,6 +515,7 @@ impl Session {
 
     /// Ends the FOTA run, whatever it was doing.
     fn end_run(&mut self) {
+        self.end_file_phases();
         self.run = None;
         self.pending.clear();
         self.recovery = false;
@@ -598,9 +645,11 @@ impl Session {
                         tracing::info!(port = id, "host closed the PTY");
                         let channel = &mut self.channels[index];
                         channel.attached = false;
-                        // A half-typed line does not carry over to the next
-                        // host.
+                        // A half-typed line, or an upload under way, does
+                        // not carry over to the next host: nothing of it
+                        // is stored.
                         channel.framer = Default::default();
+                        channel.data = None;
                     }
                     PortKind::Tcp => {
                         tracing::info!(port = id, "TCP host disconnected");
@@ -645,30 +694,141 @@ impl Session {
         self.flush_held(id);
     }
 
+    /// Input from port `id`: to its data phase while one is active, else
+    /// command lines.
     fn on_input(&mut self, id: ChannelId, bytes: &[u8]) {
-        // One line at a time, so that `ATE0` stops the echo of what
-        // follows it in the same chunk.
-        for piece in bytes.split_inclusive(|b| *b == b'\r' || *b == b'\n') {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.channel(id).is_some_and(|c| c.data.is_some()) {
+                // Takes all of `rest`, or ends the phase.
+                let taken = self.feed_data(id, rest);
+                rest = &rest[taken..];
+                continue;
+            }
             if self.recovery || !matches!(self.power, Power::On) {
                 // The recovery image has no AT parser.
                 return;
             }
-            let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) else {
-                return;
-            };
-            let kind = channel.kind;
-            let (inputs, echo) = channel.framer.push(piece);
-            if self.port_settings(kind).echo && !echo.is_empty() {
-                self.send_to(id, echo);
+            // One line at a time, so that `ATE0` stops the echo of what
+            // follows it in the same chunk, and a data phase that a line
+            // starts gets the bytes after it.
+            let end = rest
+                .iter()
+                .position(|b| *b == b'\r' || *b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            let (piece, tail) = rest.split_at(end);
+            rest = tail;
+            self.on_line_input(id, piece);
+            // The `\n` of the `\r\n` that ended a line starting a data
+            // phase (fwupd ends `AT+QFUPL=…` so) is not data, when it
+            // arrives with the line.
+            if piece.ends_with(b"\r")
+                && rest.first() == Some(&b'\n')
+                && self.channel(id).is_some_and(|c| c.data.is_some())
+            {
+                rest = &rest[1..];
             }
-            for input in inputs {
-                if self.origin == Some(id) {
-                    if self.deferred.len() < MAX_DEFERRED {
-                        self.deferred.push_back(input);
-                    }
-                } else {
-                    self.execute(id, input);
+        }
+    }
+
+    /// A piece of command-line input (at most one line terminator, at its
+    /// end) from port `id`.
+    fn on_line_input(&mut self, id: ChannelId, piece: &[u8]) {
+        let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        let kind = channel.kind;
+        let (inputs, echo) = channel.framer.push(piece);
+        if self.port_settings(kind).echo && !echo.is_empty() {
+            self.send_to(id, echo);
+        }
+        for input in inputs {
+            if self.origin == Some(id) {
+                if self.deferred.len() < MAX_DEFERRED {
+                    self.deferred.push_back(input);
                 }
+            } else {
+                self.execute(id, input);
+            }
+        }
+    }
+
+    /// Hands `chunk` to port `id`'s data phase; returns how many bytes it
+    /// took. Takes all of `chunk` or ends the phase.
+    fn feed_data(&mut self, id: ChannelId, chunk: &[u8]) -> usize {
+        let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) else {
+            return chunk.len();
+        };
+        let Some(phase) = channel.data.as_mut() else {
+            return 0;
+        };
+        let taken = phase.push(chunk, Instant::now());
+        if taken.acks > 0 {
+            let acks = usize::try_from(taken.acks).unwrap_or(usize::MAX);
+            channel.send(Bytes::from(vec![data::ACK; acks]));
+        }
+        if taken.complete || taken.bytes < chunk.len() {
+            let phase = channel.data.take();
+            self.end_phase(id, phase);
+        }
+        taken.bytes
+    }
+
+    /// A data phase is over: an upload is stored and answered
+    /// (`+QFUPL: <upload_size>,<checksum>` and `OK`, or `+CME ERROR`).
+    fn end_phase(&mut self, id: ChannelId, phase: Option<DataPhase>) {
+        let Some(DataPhase::Upload(upload)) = phase else {
+            return;
+        };
+        let Some(kind) = self.channel(id).map(|c| c.kind) else {
+            return;
+        };
+        let port = *self.port_settings(kind);
+        match upload.finish(self.module.ufs()) {
+            Ok(stored) => {
+                tracing::info!(port = id, bytes = stored.size, "AT+QFUPL: file stored");
+                // The checksum in hex: fwupd's DFOTA plugin parses it so.
+                let line = format!("+QFUPL: {},{:x}", stored.size, stored.checksum);
+                self.send_to(id, reply::info(&[vec![line]], &port));
+                self.send_to(id, reply::result(Ok(()), &port));
+            }
+            Err(error) => {
+                tracing::info!(port = id, %error, "AT+QFUPL failed");
+                self.send_to(id, reply::result(Err(CmeError::File(error.code())), &port));
+            }
+        }
+    }
+
+    /// Uploads whose `<timeout>` passed without data end (SPEC §9).
+    fn expire_uploads(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|c| {
+                c.data
+                    .as_ref()
+                    .and_then(DataPhase::deadline)
+                    .is_some_and(|d| d <= now)
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in expired {
+            let phase = self
+                .channels
+                .iter_mut()
+                .find(|c| c.id == id)
+                .and_then(|c| c.data.take());
+            self.end_phase(id, phase);
+        }
+    }
+
+    /// The `FILE:<length>` transfer is over: its ports take command lines
+    /// again.
+    fn end_file_phases(&mut self) {
+        for channel in &mut self.channels {
+            if matches!(channel.data, Some(DataPhase::File(_))) {
+                channel.data = None;
             }
         }
     }
@@ -750,13 +910,27 @@ impl Session {
                 return;
             }
             End::Fotadl(args) => self.fotadl(id, &args),
+            End::Upload(request) => {
+                self.send_to(id, reply::connect(&port));
+                let upload = Upload::new(
+                    request.name,
+                    request.size,
+                    request.timeout,
+                    request.ack,
+                    Instant::now(),
+                );
+                if let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) {
+                    channel.data = Some(DataPhase::Upload(upload));
+                }
+                return;
+            }
         }
         let urcs = commands::registration_urcs(&self.settings, stat_before, stat_after);
         if !urcs.is_empty() {
             self.unsolicited(&urcs);
         }
-        if !self.settings.radio_on() {
-            self.radio_off_ends_download();
+        if !self.settings.network_reachable() {
+            self.no_network_ends_download();
         }
     }
 
@@ -775,7 +949,7 @@ impl Session {
         // A local-file FOTA needs no network: only downloads fail with the
         // radio off.
         let needs_network = command.is_none() || scheme.is_some();
-        if !self.settings.radio_on() && needs_network {
+        if !self.settings.network_reachable() && needs_network {
             // The simulated module has no run-time radio switch: the modem
             // answers for it, as the module does under fault
             // `network-down`.
@@ -786,7 +960,14 @@ impl Session {
             self.download_failed(scheme);
             return;
         }
-        self.run = Some(self.module.fotadl(args));
+        let mut run = self.module.fotadl(args);
+        if let Some(sender) = run.file_input()
+            && let Some(channel) = self.channels.iter_mut().find(|c| c.id == id)
+        {
+            // `ec200`'s `FILE:<length>`: the package comes over this port.
+            channel.data = Some(DataPhase::File(sender));
+        }
+        self.run = Some(run);
         self.downloading = scheme;
         self.origin = Some(id);
         self.publish(|_| {});
@@ -805,23 +986,118 @@ impl Session {
 
     fn download_failed(&mut self, scheme: Scheme) {
         let (start, end) = self.no_network(scheme);
+        self.note_end(&end);
         self.unsolicited(&[start.to_string(), end.to_string()]);
     }
 
-    /// The radio went off: a download under way (answered, not yet ended)
-    /// ends with the family's no-network code; the module stays up.
-    fn radio_off_ends_download(&mut self) {
+    /// Remembers the end URC of a FOTA run for the control's `state`.
+    fn note_end(&mut self, urc: &Urc) {
+        self.last_fota = match *urc {
+            Urc::FtpEnd(code) => Some(("FTPEND", code)),
+            Urc::HttpEnd(code) => Some(("HTTPEND", code)),
+            Urc::FileEnd(code) => Some(("FILEEND", code)),
+            Urc::End(code) => Some(("END", code)),
+            _ => return,
+        };
+    }
+
+    /// The radio went off or the network was cut: a download under way
+    /// (answered, not yet ended) ends with the family's no-network code;
+    /// the module stays up.
+    fn no_network_ends_download(&mut self) {
         if self.run.is_none() || self.origin.is_some() {
             return;
         }
         let Some(scheme) = self.downloading else {
             return;
         };
-        tracing::info!("radio off: the download ends");
+        tracing::info!("no network: the download ends");
         self.end_run();
         let (_, end) = self.no_network(scheme);
+        self.note_end(&end);
         self.unsolicited(&[end.to_string()]);
         self.publish(|_| {});
+    }
+}
+
+impl Session {
+    // ---- runtime control (`control.rs`) --------------------------------
+
+    fn on_control(&mut self, envelope: Envelope) {
+        tracing::info!(request = ?envelope.request, "control request");
+        let ok = json!({"ok": true});
+        let answer = match envelope.request {
+            Request::Fault { set, .. } => {
+                self.cut_network(set.is_some());
+                ok
+            }
+            Request::Reboot {} if self.recovery => control::refused(
+                "the module is upgrading: a reboot now is a power cut (--fault power-cut=P)",
+            ),
+            Request::Reboot {} if !matches!(self.power, Power::On) => {
+                control::refused("the module is not on")
+            }
+            Request::Reboot {} => {
+                self.end_run();
+                self.power_off(Boot::Normal, false);
+                ok
+            }
+            Request::Urc { line } => {
+                self.unsolicited(&[line]);
+                ok
+            }
+            Request::Signal { csq } => {
+                self.settings.csq = csq;
+                ok
+            }
+            Request::State {} => self.state(),
+        };
+        let _ = envelope.answer.send(answer);
+    }
+
+    /// Cuts the network (`down`) or brings it back: registration URCs as
+    /// for `AT+CFUN`, and a download under way ends.
+    fn cut_network(&mut self, down: bool) {
+        let device = Device {
+            module: &self.module,
+            model: &self.model,
+            imei: &self.imei,
+        };
+        let before = device.reg_stat(&self.settings);
+        self.settings.network_cut = down;
+        let after = device.reg_stat(&self.settings);
+        let urcs = commands::registration_urcs(&self.settings, before, after);
+        if !urcs.is_empty() {
+            self.unsolicited(&urcs);
+        }
+        if down {
+            self.no_network_ends_download();
+        }
+    }
+
+    /// The control's `state` answer.
+    fn state(&self) -> serde_json::Value {
+        let files: Vec<serde_json::Value> = self
+            .module
+            .ufs()
+            .list("*")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| json!({"name": f.name, "size": f.size}))
+            .collect();
+        let status = self.status.borrow();
+        json!({
+            "ok": true,
+            "version": self.module.version(),
+            "model": self.model,
+            "profile": self.module.profile().name,
+            "powered": status.powered,
+            "upgrading": self.recovery,
+            "network_down": self.settings.network_cut,
+            "csq": self.settings.csq,
+            "files": files,
+            "last_fota": self.last_fota.map(|(urc, code)| json!({"urc": urc, "code": code})),
+        })
     }
 }
 
