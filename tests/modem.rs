@@ -906,6 +906,33 @@ async fn radio_off_fails_a_download_and_qpowd_waits_for_the_power_key() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_download_over_an_inactive_fota_context_fails_with_the_network_code() {
+    let fx = Fixture::start(|b| b).await;
+    let modem = tcp_modem(module("ec200", &[]), |b| b.model("EC200T")).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    // Context 2 exists but is not activated: FOTA over it has no network
+    // (ec200: 707 over HTTP, seed 001 table 3).
+    host.at("AT+QFOTA=\"fota/cid\",2", "\r\nOK\r\n").await;
+    host.at(
+        &format!("AT+QFOTADL=\"{}\"", fx.http_url(PKG)),
+        "\r\nOK\r\n",
+    )
+    .await;
+    host.expect(q("\"HTTPSTART\"") + &q("\"HTTPEND\",707"))
+        .await;
+    // Back on the default bearer, the same download goes through.
+    host.at("AT+QFOTA=\"fota/cid\",1", "\r\nOK\r\n").await;
+    host.at(
+        &format!("AT+QFOTADL=\"{}\"", fx.http_url(PKG)),
+        "\r\nOK\r\n",
+    )
+    .await;
+    host.expect(q("\"HTTPSTART\"") + &q("\"HTTPEND\",0")).await;
+    stop(modem).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn fwupds_dfota_flow_uploads_in_ack_mode_and_flashes_the_local_file() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("modem");

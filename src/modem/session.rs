@@ -934,6 +934,19 @@ impl Session {
         }
     }
 
+    /// Hands the module the contexts the AT port activated (`AT+QIACT`)
+    /// and the one FOTA uses (`AT+QFOTA="fota/cid"`), so a download over a
+    /// context that is not active fails with the family's network error
+    /// (seed `001_2f648264def3e0b1.txt` §3.2.1.1).
+    fn sync_contexts(&self) {
+        for cid in 1..=commands::MAX_CID {
+            let _ = self
+                .module
+                .set_context_active(cid, self.settings.active.contains(&cid));
+        }
+        let _ = self.module.set_fota_cid(self.settings.fota_cid);
+    }
+
     /// `AT+QFOTADL=<args>` from port `id`: to the simulated module, which
     /// answers later, unless a run is under way or the radio is off.
     fn fotadl(&mut self, id: ChannelId, args: &str) {
@@ -960,6 +973,7 @@ impl Session {
             self.download_failed(scheme);
             return;
         }
+        self.sync_contexts();
         let mut run = self.module.fotadl(args);
         if let Some(sender) = run.file_input()
             && let Some(channel) = self.channels.iter_mut().find(|c| c.id == id)
