@@ -1,7 +1,9 @@
 """`QfotaModem`: `qfota-serve modem`, the virtual Quectel module behind a
 pseudo-terminal (and optionally TCP), in a child process."""
 
+import json
 import os
+import socket
 import tempfile
 
 from ._process import Child, find_binary
@@ -27,6 +29,8 @@ class QfotaModem:
         self.model = self.ready["model"]
         self.profile = self.ready["profile"]
         self.version = self.ready["version"]
+        # `modem --control` (always on here): runtime control over TCP.
+        self.control_addr = self.ready.get("control")
 
     @classmethod
     def start(
@@ -71,6 +75,7 @@ class QfotaModem:
             argv += ["--time-scale", str(time_scale)]
         if reboot_ms is not None:
             argv += ["--reboot-ms", str(reboot_ms)]
+        argv += ["--control", "127.0.0.1:0"]
         argv += list(extra_args)
         try:
             child = Child(argv, "qfota-serve modem", start_timeout=start_timeout)
@@ -78,6 +83,24 @@ class QfotaModem:
             workdir.cleanup()
             raise
         return cls(child, workdir)
+
+    def control(self, cmd, timeout=10.0, **fields):
+        """Sends one runtime-control request (``modem --control``, JSON
+        lines over TCP) and returns its JSON answer: ``control("fault",
+        set="network-down")`` cuts the module's network now (``clear=`` to
+        restore it), ``control("reboot")``, ``control("urc", line=...)``,
+        ``control("signal", csq=20)``, ``control("state")`` (version, files,
+        last FOTA result). Raises ``RuntimeError`` when the modem refuses
+        (``{"ok": false, "error": ...}``)."""
+        host, port = self.control_addr.rsplit(":", 1)
+        request = dict(fields, cmd=cmd)
+        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+            conn.sendall((json.dumps(request) + "\n").encode())
+            answer = conn.makefile("rb").readline()
+        reply = json.loads(answer)
+        if reply.get("ok") is False:
+            raise RuntimeError(f"modem refused {request}: {reply.get('error')}")
+        return reply
 
     def stderr(self):
         """The modem's stderr so far (status lines, log)."""

@@ -2,6 +2,7 @@
 pseudo-terminal) downloads from ``qfota_server`` over HTTP, driven by a
 pyserial host that retries after a failed download."""
 
+import pytest
 from conftest import PACKAGE
 from host import Host
 
@@ -48,3 +49,13 @@ def test_fota_over_http_with_a_failed_first_attempt_retried_by_the_host(
         (200, None),
     ]
     assert records[1]["outcome"] == "complete" and records[1]["bytes_sent"] == size
+
+
+def test_control_reads_the_state_and_cuts_the_network(qfota_modem):
+    modem = qfota_modem(model="EC25", version="v12")
+    state = modem.control("state")
+    assert state["version"] == "v12", state
+    modem.control("fault", set="network-down")
+    modem.control("fault", clear="network-down")
+    with pytest.raises(RuntimeError):
+        modem.control("no-such-command")

@@ -131,6 +131,9 @@ pub struct ModemReady {
     pub version: Option<String>,
     /// What `AT+GSN` shows.
     pub imei: String,
+    /// The bound runtime-control address `ip:port` (`--control`), or
+    /// `null`.
+    pub control: Option<SocketAddr>,
 }
 
 impl ModemReady {
@@ -140,6 +143,7 @@ impl ModemReady {
             pid: std::process::id(),
             pty: modem.pty_link().map(absolute),
             tcp: modem.tcp_addr(),
+            control: modem.control_addr(),
             model: modem.model().to_string(),
             profile: modem.module().profile().name,
             version: modem.module().version(),
