@@ -1136,6 +1136,13 @@ async fn the_control_port_cuts_the_network_mid_download_and_more() {
     .await
     .expect("a record");
     assert_eq!(record.outcome, Outcome::Aborted, "{record:?}");
+    // The server saw the cut where it happened: after the first
+    // DOWNLOADING (2 % of the package), well before the end.
+    let size = fx.package_bytes(BIG).len() as u64;
+    assert!(
+        record.bytes_acked >= size / 50 && record.bytes_acked < size,
+        "{record:?}"
+    );
     let state = control(&mut ctl, r#"{"cmd":"state"}"#).await;
     assert_eq!(
         state["last_fota"],
