@@ -5,6 +5,7 @@
 //! start), 2 usage errors (from clap, the configuration file, or a
 //! subcommand's own checks).
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
@@ -18,7 +19,10 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("qfota-serve: cannot start the runtime: {err}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "qfota-serve: cannot start the runtime: {err}"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("qfota-serve: {}", error_chain(&err));
+            let _ = writeln!(std::io::stderr(), "qfota-serve: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -56,7 +60,7 @@ fn config_error(err: ConfigError) -> ExitCode {
     match err {
         ConfigError::Usage(e) => e.exit(),
         err => {
-            eprintln!("qfota-serve: {err}");
+            let _ = writeln!(std::io::stderr(), "qfota-serve: {err}");
             ExitCode::from(2)
         }
     }

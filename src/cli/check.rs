@@ -72,12 +72,12 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read {}", args.dir.display()))?;
     let (report, ok) = check_report(&packages, &args.profiles);
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&packages.iter().map(|p| p.as_ref()).collect::<Vec<_>>())?
         );
     } else {
-        print!("{report}");
+        out!("{report}");
     }
     Ok(if ok {
         ExitCode::SUCCESS

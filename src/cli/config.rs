@@ -355,7 +355,7 @@ pub fn render(eff: &Effective) -> String {
 /// The file cannot be used ([`ConfigError`], exit 2).
 pub fn run(matches: &ArgMatches) -> Result<ExitCode, ConfigError> {
     let eff = resolve(matches, false)?;
-    print!("{}", render(&eff));
+    out!("{}", render(&eff));
     Ok(ExitCode::SUCCESS)
 }
 

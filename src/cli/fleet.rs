@@ -92,11 +92,11 @@ pub async fn run(args: FleetArgs) -> ExitCode {
     };
     if json {
         match serde_json::to_string(&report) {
-            Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("qfota-serve fleet: {e}"),
+            Ok(line) => outln!("{line}"),
+            Err(e) => errln!("qfota-serve fleet: {e}"),
         }
     } else {
-        print!("{}", render(&report));
+        out!("{}", render(&report));
     }
     if report.count("unfinished") == 0 {
         ExitCode::SUCCESS

@@ -172,7 +172,7 @@ pub async fn run(args: ModemArgs, shutdown: impl Future<Output = ()>) -> ExitCod
     {
         Ok(modem) => modem,
         Err(e) => {
-            eprintln!("qfota-serve modem: {e:#}");
+            errln!("qfota-serve modem: {e:#}");
             return ExitCode::FAILURE;
         }
     };

@@ -221,7 +221,7 @@ pub enum UsageError {
 /// Prints `qfota-serve <command>: <error>` on stderr and returns the usage
 /// exit status, 2.
 pub fn usage_exit(command: &str, error: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("qfota-serve {command}: {error:#}");
+    errln!("qfota-serve {command}: {error:#}");
     ExitCode::from(USAGE)
 }
 

@@ -73,21 +73,21 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         } else {
             "lines that were not records"
         };
-        eprintln!("qfota-serve: skipped {skipped} {what}");
+        errln!("qfota-serve: skipped {skipped} {what}");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&c)?);
+        outln!("{}", serde_json::to_string_pretty(&c)?);
     } else if let Some(path) = &args.html {
         std::fs::write(path, campaign::html::render(&c, None))
             .with_context(|| format!("cannot write the page {}", path.display()))?;
-        eprintln!(
+        errln!(
             "qfota-serve: wrote {} ({} attempts, {} packages)",
             path.display(),
             c.attempts,
             c.packages.len()
         );
     } else {
-        print!("{}", campaign::text::render(&c));
+        out!("{}", campaign::text::render(&c));
     }
     Ok(ExitCode::SUCCESS)
 }

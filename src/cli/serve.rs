@@ -227,12 +227,12 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
             ready::write(target, &value)
                 .with_context(|| format!("ready file {}", target.display()))?;
             if ready::is_stdout(target) {
-                eprint!("{text}");
+                err!("{text}");
             } else {
-                print!("{text}");
+                out!("{text}");
             }
         }
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     // systemd `Type=notify`: ready once every listener is bound; a no-op
     // without NOTIFY_SOCKET.

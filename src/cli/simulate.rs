@@ -188,7 +188,7 @@ async fn execute(config: &SimulateConfig) -> RunSummary {
         let _ = writeln!(out, "{}", serde_json::json!({ "summary": &summary }));
         let _ = out.flush();
     } else {
-        eprintln!(
+        errln!(
             "simulate: profile {}, download {}, upgrade {:?}, version {} -> {}",
             summary.profile,
             summary
@@ -199,7 +199,7 @@ async fn execute(config: &SimulateConfig) -> RunSummary {
             summary.version.as_deref().unwrap_or("?"),
         );
         for note in &summary.notes {
-            eprintln!("simulate: {note}");
+            errln!("simulate: {note}");
         }
     }
     summary
