@@ -157,7 +157,8 @@ async fn run(listener: TcpListener, state: Arc<State>) {
     let graceful = GracefulShutdown::new();
     let tracker = TaskTracker::new();
     let shutdown = state.shutdown.clone();
-    while let Some((tcp, peer)) = crate::serve::accept(&listener, &shutdown, "admin").await {
+    while let Some((tcp, peer, _)) = crate::serve::accept(&listener, &shutdown, "admin", None).await
+    {
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |req| {
             let state = Arc::clone(&state);

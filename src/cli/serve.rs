@@ -128,6 +128,24 @@ pub struct ServeArgs {
         value_name = "SECS"
     )]
     pub stall_timeout_secs: u64,
+    /// Most connections open at once over all package listeners; over it
+    /// HTTP gets 503 with Retry-After, FTP 421, and a refused record.
+    #[arg(
+        long,
+        env = "QFOTA_MAX_CONNECTIONS",
+        default_value_t = crate::serve::limits::DEFAULT_MAX_CONNECTIONS,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+    /// Most connections open at once from one address (generous: modules
+    /// behind a carrier's NAT share addresses).
+    #[arg(
+        long,
+        env = "QFOTA_MAX_CONNECTIONS_PER_IP",
+        default_value_t = crate::serve::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
+        value_name = "N"
+    )]
+    pub max_connections_per_ip: usize,
     /// Serve the admin routes (/healthz, /readyz and the control routes
     /// /faults, /downloads, /packages/rescan) on this address, its own
     /// listener (port 0 = any free port) [default: off].
@@ -162,7 +180,9 @@ impl ServeArgs {
             .log_file(self.log.clone())
             .allow_invalid(self.allow_invalid)
             .grace_period(Duration::from_secs(self.grace_secs))
-            .stall_timeout(Duration::from_secs(self.stall_timeout_secs.max(1)));
+            .stall_timeout(Duration::from_secs(self.stall_timeout_secs.max(1)))
+            .max_connections(self.max_connections)
+            .max_connections_per_ip(self.max_connections_per_ip);
         if let Some(h) = &self.public_host {
             b = b.public_host(h.clone());
         }

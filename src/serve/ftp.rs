@@ -170,7 +170,9 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
     };
     let tracker = TaskTracker::new();
     let shutdown = shared.shutdown.clone();
-    while let Some((tcp, peer)) = super::accept(&listener, &shutdown, "ftp").await {
+    let limited = Some((&shared.limits, &shared.log, Protocol::Ftp));
+    while let Some((tcp, peer, permit)) = super::accept(&listener, &shutdown, "ftp", limited).await
+    {
         let session = Arc::new(FtpSession {
             peer,
             user: Mutex::new(None),
@@ -210,6 +212,8 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
             }
         };
         tracker.spawn(async move {
+            // Holds this connection's place under the limits until it ends.
+            let _permit = permit;
             tracing::debug!(%peer, "FTP connection");
             if let Err(err) = server.service(tcp).await {
                 tracing::debug!(%peer, error = %err, "FTP connection ended with an error");

@@ -87,7 +87,10 @@ pub(crate) async fn run(
     let graceful = GracefulShutdown::new();
     let tracker = TaskTracker::new();
     let shutdown = shared.shutdown.clone();
-    while let Some((tcp, peer)) = super::accept(&listener, &shutdown, protocol.as_str()).await {
+    let limited = Some((&shared.limits, &shared.log, protocol));
+    while let Some((tcp, peer, permit)) =
+        super::accept(&listener, &shutdown, protocol.as_str(), limited).await
+    {
         let _ = tcp.set_nodelay(true);
         let ack = tcp
             .local_addr()
@@ -110,6 +113,8 @@ pub(crate) async fn run(
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tracker.spawn(async move {
+            // Holds this connection's place under the limits until it ends.
+            let _permit = permit;
             let span = tracing::debug_span!("conn", %peer, protocol = protocol.as_str());
             let _enter = span.enter();
             match tls {

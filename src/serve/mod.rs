@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod fault;
 pub mod ftp;
 pub mod http;
+pub mod limits;
 pub mod range;
 pub mod stall;
 pub mod tls;
@@ -29,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::validate::{Advertised, FtpCredentials};
 use crate::catalog::{Catalog, FsCatalog, Lookup, Package};
-use crate::dlog::{DownloadLog, DownloadRecord, Outcome};
+use crate::dlog::{DownloadLog, DownloadRecord, Outcome, Protocol};
 use fault::{FaultRule, FaultSet};
 use tls::TlsSource;
 use tokio_rustls::TlsAcceptor;
@@ -48,27 +49,50 @@ pub(crate) struct Shared {
     pub(crate) faults: Arc<FaultSet>,
     /// Longest a transfer may make no progress (also ends `stall-after`).
     pub(crate) stall_timeout: Duration,
+    /// Connection limits of the package listeners.
+    pub(crate) limits: Arc<limits::ConnLimits>,
 }
 
 /// The next connection on `listener`, or `None` once shutdown starts.
 /// Accept errors (EMFILE and friends) are logged and retried after a short
-/// back-off instead of spinning. The one place every listener accepts, so
-/// connection limits belong here.
+/// back-off instead of spinning. The one place every listener accepts:
+/// with `limited` (the package listeners), a connection over a limit of
+/// [`limits`] is answered and closed here, and an accepted one comes with
+/// the [`limits::Permit`] it must hold while open.
 pub(crate) async fn accept(
     listener: &TcpListener,
     shutdown: &CancellationToken,
     protocol: &'static str,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    limited: Option<(&Arc<limits::ConnLimits>, &DownloadLog, Protocol)>,
+) -> Option<(tokio::net::TcpStream, SocketAddr, Option<limits::Permit>)> {
     loop {
-        tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return None,
             accepted = listener.accept() => match accepted {
-                Ok(a) => return Some(a),
+                Ok(a) => a,
                 Err(err) => {
                     tracing::warn!(error = %err, protocol, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
                 }
             },
+        };
+        let Some((limits, log, proto)) = limited else {
+            return Some((tcp, peer, None));
+        };
+        match limits.acquire(peer.ip()) {
+            Ok(permit) => return Some((tcp, peer, Some(permit))),
+            Err(hit) => {
+                tracing::info!(%peer, protocol, ?hit, "connection refused: over a limit");
+                tokio::spawn(limits::refuse(
+                    tcp,
+                    peer,
+                    proto,
+                    hit,
+                    Arc::clone(limits),
+                    log.clone(),
+                ));
+            }
         }
     }
 }
@@ -180,6 +204,8 @@ pub struct ServerBuilder {
     allow_invalid: bool,
     grace: Duration,
     stall: Duration,
+    max_connections: usize,
+    max_connections_per_ip: usize,
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
     faults: Vec<FaultRule>,
@@ -205,6 +231,8 @@ impl Default for ServerBuilder {
             allow_invalid: false,
             grace: Duration::from_secs(10),
             stall: Duration::from_secs(120),
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
             header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(30),
             faults: Vec::new(),
@@ -298,6 +326,22 @@ impl ServerBuilder {
         self
     }
 
+    /// Most connections open at once over all package listeners
+    /// (`--max-connections`, default
+    /// [`limits::DEFAULT_MAX_CONNECTIONS`]).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Most connections open at once from one address
+    /// (`--max-connections-per-ip`, default
+    /// [`limits::DEFAULT_MAX_CONNECTIONS_PER_IP`]).
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.max_connections_per_ip = n;
+        self
+    }
+
     /// Adds a fault rule (see [`fault`]); rules apply in the order added.
     pub fn fault(mut self, rule: FaultRule) -> Self {
         self.faults.push(rule);
@@ -356,6 +400,7 @@ impl ServerBuilder {
             transfers: TaskTracker::new(),
             faults,
             stall_timeout: self.stall,
+            limits: limits::ConnLimits::new(self.max_connections, self.max_connections_per_ip),
         });
         let mut tasks = vec![tokio::spawn(
             Arc::clone(&catalog).watch(shared.shutdown.clone()),

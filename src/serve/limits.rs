@@ -1,0 +1,216 @@
+//! Connection limits, enforced in the one accept loop ([`super::accept`]).
+//!
+//! Every connection of every package listener holds a [`Permit`] for its
+//! whole life. Over a limit the server answers at once — HTTP `503` with
+//! `Retry-After`, FTP `421`, HTTPS a close (a reply would need a TLS
+//! handshake first) — and logs a `refused` record, at most one per peer
+//! address per second (the next one says how many were left out), so a
+//! flood cannot grow the log without bound. Anchors: nginx `limit_conn`,
+//! vsftpd `max_clients` / `max_per_ip`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::dlog::{Attempt, DownloadLog, Outcome, Protocol};
+
+/// Default of `--max-connections`: open connections over all listeners.
+/// Stops one host (or a flood from many) exhausting file descriptors and
+/// memory; 10,000 slow module downloads fit below it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Default of `--max-connections-per-ip`. Generous on purpose: modules
+/// behind a carrier's NAT share public addresses, and a FOTA campaign
+/// starts many of them at once; it still stops one host holding thousands
+/// of idle connections.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+
+/// How often one peer address leaves a `refused` record for going over a
+/// limit (the count of the others goes into the next one).
+const REFUSED_RECORD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `Retry-After` of the `503` over a limit, in seconds.
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// The limits and the connections open now.
+#[derive(Debug)]
+pub struct ConnLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    open: Mutex<Open>,
+    refused: Mutex<HashMap<IpAddr, (Instant, u64)>>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Which limit a connection went over, with its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// `--max-connections`.
+    Total(usize),
+    /// `--max-connections-per-ip`.
+    PerIp(usize),
+}
+
+/// One open connection's place under the limits; dropping it frees it.
+#[derive(Debug)]
+pub struct Permit {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut open = lock(&self.limits.open);
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnLimits {
+    /// Limits of `max_total` connections in all and `max_per_ip` from one
+    /// address (IPv4-mapped IPv6 counted as IPv4). Zero is read as one.
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnLimits {
+            max_total: max_total.max(1),
+            max_per_ip: max_per_ip.max(1),
+            open: Mutex::default(),
+            refused: Mutex::default(),
+        })
+    }
+
+    /// A permit for a new connection from `ip`, or the limit it would go
+    /// over.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, LimitHit> {
+        let ip = ip.to_canonical();
+        let mut open = lock(&self.open);
+        if open.total >= self.max_total {
+            return Err(LimitHit::Total(self.max_total));
+        }
+        let from_ip = open.per_ip.entry(ip).or_default();
+        if *from_ip >= self.max_per_ip {
+            return Err(LimitHit::PerIp(self.max_per_ip));
+        }
+        *from_ip += 1;
+        open.total += 1;
+        Ok(Permit {
+            limits: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Whether a refusal of `ip` now gets a record: `Some(n)` with the
+    /// number of refusals left out since the last one, `None` to leave it
+    /// out (counted).
+    fn record_refusal(&self, ip: IpAddr) -> Option<u64> {
+        let mut refused = lock(&self.refused);
+        let now = Instant::now();
+        // Bound the table itself: forget peers quiet for a while.
+        if refused.len() > 10_000 {
+            refused.retain(|_, (at, _)| now.duration_since(*at) < REFUSED_RECORD_INTERVAL);
+        }
+        match refused.get_mut(&ip) {
+            Some((at, skipped)) if now.duration_since(*at) < REFUSED_RECORD_INTERVAL => {
+                *skipped += 1;
+                None
+            }
+            Some((at, skipped)) => {
+                *at = now;
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                refused.insert(ip, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// Answers a connection over a limit the way its protocol understands
+/// (HTTP `503` + `Retry-After`, FTP `421`, HTTPS a close), logs the
+/// rate-limited `refused` record, and closes it.
+pub(crate) async fn refuse(
+    mut tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    protocol: Protocol,
+    hit: LimitHit,
+    limits: Arc<ConnLimits>,
+    log: DownloadLog,
+) {
+    let (status, reply) = match protocol {
+        Protocol::Http => (
+            503,
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {RETRY_AFTER_SECS}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        ),
+        Protocol::Ftp => (421, "421 Too many connections, try again later.\r\n".into()),
+        Protocol::Https => (503, String::new()),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(reply.as_bytes())).await;
+    let _ = tcp.shutdown().await;
+    if let Some(skipped) = limits.record_refusal(peer.ip().to_canonical()) {
+        let mut reason = match hit {
+            LimitHit::Total(n) => {
+                format!("connection limit: {n} connections open (--max-connections)")
+            }
+            LimitHit::PerIp(n) => format!(
+                "connection limit: {n} connections open from {} (--max-connections-per-ip)",
+                peer.ip().to_canonical()
+            ),
+        };
+        if skipped > 0 {
+            reason.push_str(&format!("; {skipped} more refused since the last record"));
+        }
+        log.emit(Attempt::start(protocol, peer, "").record(status, Outcome::Refused, reason));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_count_per_address_and_in_all_and_free_on_drop() {
+        let limits = ConnLimits::new(3, 2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let p1 = limits.acquire(a).unwrap();
+        let _p2 = limits.acquire(mapped).unwrap();
+        assert_eq!(limits.acquire(a).unwrap_err(), LimitHit::PerIp(2));
+        let _p3 = limits.acquire(b).unwrap();
+        assert_eq!(limits.acquire(b).unwrap_err(), LimitHit::Total(3));
+        drop(p1);
+        assert!(limits.acquire(a).is_ok());
+    }
+
+    #[test]
+    fn refusals_are_recorded_once_a_second_per_address_with_a_count() {
+        let limits = ConnLimits::new(1, 1);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(limits.record_refusal(a), Some(0));
+        assert_eq!(limits.record_refusal(a), None);
+        assert_eq!(limits.record_refusal(a), None);
+        assert_eq!(limits.record_refusal("127.0.0.2".parse().unwrap()), Some(0));
+        lock(&limits.refused).get_mut(&a).unwrap().0 -= REFUSED_RECORD_INTERVAL;
+        assert_eq!(limits.record_refusal(a), Some(2));
+    }
+}

@@ -1,0 +1,97 @@
+//! Connection limits end to end: real sockets from 127.0.0.1 and
+//! 127.0.0.2, curl as the well-behaved client.
+
+mod common;
+
+use common::{Fixture, bounded, run};
+use qfota_serve::dlog::{Outcome, Protocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PKG: &str = "update-v12-to-v13.zip";
+
+/// What the server sends on a fresh connection before closing it (up to
+/// 4 KiB), after sending `hello`.
+async fn first_words(addr: std::net::SocketAddr, hello: &[u8]) -> String {
+    let mut tcp = bounded("connect", TcpStream::connect(addr)).await.unwrap();
+    let _ = tcp.write_all(hello).await;
+    let mut buf = vec![0u8; 4096];
+    let mut got = 0;
+    while got < buf.len() {
+        match bounded("read", tcp.read(&mut buf[got..])).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    String::from_utf8_lossy(&buf[..got]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_per_address_limit_http_gets_503_ftp_421_and_others_go_on() {
+    let fx = Fixture::start(|b| b.max_connections_per_ip(2).max_connections(3)).await;
+    let http = fx.server.http_addr().unwrap();
+    let ftp = fx.server.ftp_addr().unwrap();
+    // Two idle connections from 127.0.0.1 use up its share.
+    let held = [
+        TcpStream::connect(http).await.unwrap(),
+        TcpStream::connect(http).await.unwrap(),
+    ];
+    let reply = first_words(http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
+    assert!(reply.contains("Retry-After: 5"), "{reply:?}");
+    let greeting = first_words(ftp, b"").await;
+    assert!(greeting.starts_with("421 "), "{greeting:?}");
+    // Another address still gets served.
+    let url = fx.http_url(PKG);
+    let out = run(
+        "curl",
+        &["-sf", "--interface", "127.0.0.2", "-o", "/dev/null", &url],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let refused = fx
+        .wait_record("a refused record for the limit", |r| {
+            r.outcome == Outcome::Refused && r.reason.contains("--max-connections-per-ip")
+        })
+        .await;
+    assert_eq!(refused.peer.ip().to_string(), "127.0.0.1");
+    assert!(matches!(refused.protocol, Protocol::Http | Protocol::Ftp));
+    // Closing the idle connections frees their places.
+    drop(held);
+    common::eventually(
+        "a place is free again",
+        std::time::Duration::from_secs(10),
+        || async {
+            let out = run("curl", &["-sf", "-o", "/dev/null", &url]).await;
+            out.status.success().then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_over_the_limit_leaves_one_record_a_second_with_a_count() {
+    let fx = Fixture::start(|b| b.max_connections_per_ip(1)).await;
+    let http = fx.server.http_addr().unwrap();
+    let _held = TcpStream::connect(http).await.unwrap();
+    // 50 refused connections in well under a second.
+    for _ in 0..50 {
+        let reply = first_words(http, b"").await;
+        assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
+    }
+    fx.wait_record("the first refusal's record", |r| {
+        r.outcome == Outcome::Refused
+    })
+    .await;
+    let refused: Vec<_> = fx
+        .server
+        .downloads()
+        .into_iter()
+        .filter(|r| r.outcome == Outcome::Refused)
+        .collect();
+    assert!(
+        !refused.is_empty() && refused.len() < 50,
+        "{} records for 50 refusals",
+        refused.len()
+    );
+}
