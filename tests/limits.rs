@@ -95,3 +95,51 @@ async fn a_flood_over_the_limit_leaves_one_record_a_second_with_a_count() {
         refused.len()
     );
 }
+
+/// Tries argv[2] logins with a wrong password on the FTP port argv[1],
+/// each on its own connection, then one with the right password; prints
+/// the reply codes.
+const LOGINS: &str = r#"
+import ftplib, sys
+codes = []
+for i in range(int(sys.argv[2])):
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", int(sys.argv[1]), timeout=30)
+    try:
+        ftp.login("test", "wrong")
+        codes.append("230")
+    except ftplib.error_perm as e:
+        codes.append(str(e)[:3])
+    ftp.close()
+ftp = ftplib.FTP()
+ftp.connect("127.0.0.1", int(sys.argv[1]), timeout=30)
+codes.append(ftp.login("test", "test")[:3])
+ftp.quit()
+print(" ".join(codes))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_logins_are_answered_late_and_a_right_password_is_not() {
+    let fx = Fixture::start(|b| b).await;
+    let port = fx.ftp_port().to_string();
+    let out = common::python(LOGINS, &[&port, "5"]).await;
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(codes.trim(), "530 530 530 530 530 230", "{out:?}");
+    let failed: Vec<_> = fx
+        .server
+        .downloads()
+        .into_iter()
+        .filter(|r| r.outcome == Outcome::AuthFailed)
+        .map(|r| r.reason)
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "wrong password",
+            "wrong password",
+            "wrong password",
+            "wrong password (answered after 1 s: 4 failed logins in a row from this address)",
+            "wrong password (answered after 2 s: 5 failed logins in a row from this address)",
+        ]
+    );
+}

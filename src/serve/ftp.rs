@@ -341,20 +341,35 @@ impl Authenticator for SessionAuthenticator {
                 .users
                 .iter()
                 .any(|(u, p)| u == username && constant_time_eq(p.as_bytes(), password.as_bytes()));
+        let ip = self.session.peer.ip();
         if accepted {
             tracing::debug!(peer = %self.session.peer, user = username, "FTP login");
+            self.session.shared.logins.succeeded(ip);
             return Ok(Principal {
                 username: username.to_string(),
             });
         }
-        let reason = if self.users.iter().any(|(u, _)| u == username) {
+        let known = self.users.iter().any(|(u, _)| u == username);
+        let what = if known {
             "wrong password"
         } else {
             "unknown user"
         };
+        // Repeated failures from one address are answered late (a correct
+        // password never is).
+        let (delay, failures) = self.session.shared.logins.failed(ip);
+        let reason = if delay.is_zero() {
+            what.to_string()
+        } else {
+            tokio::time::sleep(delay).await;
+            format!(
+                "{what} (answered after {} s: {failures} failed logins in a row from this address)",
+                delay.as_secs()
+            )
+        };
         self.session
             .emit(&attempt, 530, Outcome::AuthFailed, reason);
-        if reason == "unknown user" {
+        if !known {
             Err(AuthenticationError::BadUser)
         } else {
             Err(AuthenticationError::BadPassword)

@@ -12,6 +12,7 @@ pub mod fault;
 pub mod ftp;
 pub mod http;
 pub mod limits;
+pub mod logins;
 pub mod range;
 pub mod stall;
 pub mod tls;
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) stall_timeout: Duration,
     /// Connection limits of the package listeners.
     pub(crate) limits: Arc<limits::ConnLimits>,
+    /// Failed FTP logins by address (delays after repeated failures).
+    pub(crate) logins: logins::LoginGuard,
 }
 
 /// The next connection on `listener`, or `None` once shutdown starts.
@@ -401,6 +404,7 @@ impl ServerBuilder {
             faults,
             stall_timeout: self.stall,
             limits: limits::ConnLimits::new(self.max_connections, self.max_connections_per_ip),
+            logins: logins::LoginGuard::default(),
         });
         let mut tasks = vec![tokio::spawn(
             Arc::clone(&catalog).watch(shared.shutdown.clone()),
