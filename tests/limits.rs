@@ -143,3 +143,40 @@ async fn repeated_failed_logins_are_answered_late_and_a_right_password_is_not() 
         ]
     );
 }
+
+/// Logs in (argv[2] = "login") or not, waits argv[3] seconds, then sends
+/// NOOP; prints its reply or "closed".
+const IDLE: &str = r#"
+import ftplib, sys, time
+ftp = ftplib.FTP()
+ftp.connect("127.0.0.1", int(sys.argv[1]), timeout=30)
+if sys.argv[2] == "login":
+    ftp.login("test", "test")
+time.sleep(float(sys.argv[3]))
+try:
+    print(ftp.voidcmd("NOOP")[:3])
+except (EOFError, OSError) + ftplib.all_errors:
+    print("closed")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_does_not_log_in_is_closed_and_a_logged_in_one_stays() {
+    let fx = Fixture::start(|b| b.login_timeout(std::time::Duration::from_secs(1))).await;
+    let port = fx.ftp_port().to_string();
+    let silent_args = [port.as_str(), "no", "2"];
+    let working_args = [port.as_str(), "login", "2"];
+    let (silent, working) = tokio::join!(
+        common::python(IDLE, &silent_args),
+        common::python(IDLE, &working_args),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&silent.stdout).trim(),
+        "closed",
+        "{silent:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&working.stdout).trim(),
+        "200",
+        "{working:?}"
+    );
+}

@@ -146,6 +146,23 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub max_connections_per_ip: usize,
+    /// Seconds an FTP control connection may stay idle after login.
+    #[arg(
+        long,
+        env = "QFOTA_FTP_IDLE_SECS",
+        default_value_t = 120,
+        value_name = "SECS"
+    )]
+    pub ftp_idle_secs: u64,
+    /// Seconds an FTP control connection may take to log in before it is
+    /// closed.
+    #[arg(
+        long,
+        env = "QFOTA_LOGIN_TIMEOUT_SECS",
+        default_value_t = 30,
+        value_name = "SECS"
+    )]
+    pub login_timeout_secs: u64,
     /// Serve the admin routes (/healthz, /readyz and the control routes
     /// /faults, /downloads, /packages/rescan) on this address, its own
     /// listener (port 0 = any free port) [default: off].
@@ -182,7 +199,9 @@ impl ServeArgs {
             .grace_period(Duration::from_secs(self.grace_secs))
             .stall_timeout(Duration::from_secs(self.stall_timeout_secs.max(1)))
             .max_connections(self.max_connections)
-            .max_connections_per_ip(self.max_connections_per_ip);
+            .max_connections_per_ip(self.max_connections_per_ip)
+            .ftp_idle_timeout(Duration::from_secs(self.ftp_idle_secs.max(1)))
+            .login_timeout(Duration::from_secs(self.login_timeout_secs.max(1)));
         if let Some(h) = &self.public_host {
             b = b.public_host(h.clone());
         }

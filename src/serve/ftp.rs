@@ -26,6 +26,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -56,8 +57,13 @@ pub struct FtpOptions {
     /// where the passive listener answers — as vsftpd does without
     /// `pasv_address`.
     pub passive_host: Option<String>,
-    /// Seconds an idle control connection is kept.
+    /// Seconds an idle control connection is kept after login
+    /// (`--ftp-idle-secs`).
     pub idle_timeout_secs: u64,
+    /// How long a control connection may take to log in
+    /// (`--login-timeout-secs`): stops idle unauthenticated connections
+    /// holding slots (vsftpd `accept_timeout`/`idle_session_timeout`).
+    pub login_timeout: Duration,
     /// Longest a data-connection write may make no progress.
     pub stall: Duration,
 }
@@ -68,6 +74,8 @@ pub struct FtpSession {
     peer: SocketAddr,
     user: Mutex<Option<String>>,
     shared: Arc<Shared>,
+    /// Set once a login succeeded.
+    logged_in: std::sync::atomic::AtomicBool,
     /// The address of the session's latest passive listener: its data
     /// connection is the established socket on that port from the control
     /// peer's address (how [`crate::serve::delivery`] finds it).
@@ -178,12 +186,15 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
             user: Mutex::new(None),
             shared: Arc::clone(&shared),
             passive: Mutex::new(None),
+            logged_in: std::sync::atomic::AtomicBool::new(false),
         });
         if let Some(fault) = session.fault(None, |cmd| cmd == "CONNECT") {
             tracker.spawn(refuse_connection(tcp, Arc::clone(&session), fault));
             continue;
         }
         let storage_session = Arc::clone(&session);
+        let login_session = Arc::clone(&session);
+        let login_timeout = opts.login_timeout;
         let stall = opts.stall;
         let authenticator = Arc::new(SessionAuthenticator {
             session: Arc::clone(&session),
@@ -215,7 +226,22 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
             // Holds this connection's place under the limits until it ends.
             let _permit = permit;
             tracing::debug!(%peer, "FTP connection");
-            if let Err(err) = server.service(tcp).await {
+            let service = server.service(tcp);
+            tokio::pin!(service);
+            let ended = tokio::select! {
+                ended = &mut service => Some(ended),
+                () = tokio::time::sleep(login_timeout) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None if login_session.logged_in.load(Ordering::Acquire) => service.await,
+                None => {
+                    // Dropping the service closes the control connection.
+                    tracing::info!(%peer, "FTP connection closed: no login within the login timeout");
+                    return;
+                }
+            };
+            if let Err(err) = ended {
                 tracing::debug!(%peer, error = %err, "FTP connection ended with an error");
             }
         });
@@ -345,6 +371,7 @@ impl Authenticator for SessionAuthenticator {
         if accepted {
             tracing::debug!(peer = %self.session.peer, user = username, "FTP login");
             self.session.shared.logins.succeeded(ip);
+            self.session.logged_in.store(true, Ordering::Release);
             return Ok(Principal {
                 username: username.to_string(),
             });

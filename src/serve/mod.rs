@@ -209,6 +209,8 @@ pub struct ServerBuilder {
     stall: Duration,
     max_connections: usize,
     max_connections_per_ip: usize,
+    ftp_idle: Duration,
+    login_timeout: Duration,
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
     faults: Vec<FaultRule>,
@@ -236,6 +238,8 @@ impl Default for ServerBuilder {
             stall: Duration::from_secs(120),
             max_connections: limits::DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            ftp_idle: Duration::from_secs(120),
+            login_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(30),
             faults: Vec::new(),
@@ -342,6 +346,20 @@ impl ServerBuilder {
     /// [`limits::DEFAULT_MAX_CONNECTIONS_PER_IP`]).
     pub fn max_connections_per_ip(mut self, n: usize) -> Self {
         self.max_connections_per_ip = n;
+        self
+    }
+
+    /// How long an FTP control connection may stay idle after login
+    /// (`--ftp-idle-secs`, default 120 s; whole seconds).
+    pub fn ftp_idle_timeout(mut self, idle: Duration) -> Self {
+        self.ftp_idle = idle;
+        self
+    }
+
+    /// How long an FTP control connection may take to log in
+    /// (`--login-timeout-secs`, default 30 s); it is closed then.
+    pub fn login_timeout(mut self, timeout: Duration) -> Self {
+        self.login_timeout = timeout;
         self
     }
 
@@ -554,7 +572,8 @@ impl ServerBuilder {
                 users: self.users.clone(),
                 passive_ports: self.passive_ports.clone(),
                 passive_host: self.public_host.clone(),
-                idle_timeout_secs: 600,
+                idle_timeout_secs: self.ftp_idle.as_secs().max(1),
+                login_timeout: self.login_timeout,
                 stall: self.stall,
             };
             tasks.push(tokio::spawn(ftp::run(listener, Arc::clone(shared), opts)));
