@@ -15,7 +15,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
 use super::validate::Advertised;
@@ -52,6 +51,67 @@ impl FileStamp {
             ctime_nsec: meta.ctime_nsec(),
         }
     }
+}
+
+/// Opens a package file without blocking on a FIFO or device swapped in
+/// under its name (`O_NONBLOCK`), and only if it is still the regular file
+/// that was validated (`stamp`).
+fn open_pinned(path: &Path, stamp: FileStamp) -> Result<fs::File, OpenError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || FileStamp::of(&meta) != stamp {
+        return Err(OpenError::Changed);
+    }
+    Ok(file)
+}
+
+/// Bytes read from a package file per step of [`pinned_reader`].
+const PINNED_CHUNK: usize = 64 * 1024;
+
+/// The bytes `range` of `file`, read in chunks on the blocking pool; after
+/// each chunk the file is checked against the validated `stamp`, so a
+/// package rewritten, truncated or grown in place mid-download ends the
+/// download with an error ("package changed during the download") instead
+/// of sending a spliced body — every byte handed out was read while the
+/// file was still the validated one.
+fn pinned_reader(
+    file: fs::File,
+    stamp: FileStamp,
+    range: Range<u64>,
+) -> impl tokio::io::AsyncRead + Send + Sync + Unpin {
+    use futures_util::stream;
+    use std::os::unix::fs::FileExt;
+    let file = Arc::new(file);
+    let chunks = stream::try_unfold(range.start, move |at| {
+        let file = Arc::clone(&file);
+        let end = range.end;
+        async move {
+            if at >= end {
+                return Ok::<_, io::Error>(None);
+            }
+            let len = usize::try_from(end - at)
+                .unwrap_or(usize::MAX)
+                .min(PINNED_CHUNK);
+            let chunk = tokio::task::spawn_blocking(move || -> io::Result<bytes::Bytes> {
+                let mut buf = vec![0u8; len];
+                let n = file.read_at(&mut buf, at)?;
+                if n == 0 || FileStamp::of(&file.metadata()?) != stamp {
+                    return Err(io::Error::other("package changed during the download"));
+                }
+                buf.truncate(n);
+                Ok(bytes::Bytes::from(buf))
+            })
+            .await
+            .map_err(io::Error::other)??;
+            let next = at + chunk.len() as u64;
+            Ok(Some((chunk, next)))
+        }
+    });
+    tokio_util::io::StreamReader::new(Box::pin(chunks))
 }
 
 fn modified(meta: &fs::Metadata) -> SystemTime {
@@ -286,14 +346,11 @@ impl Catalog for FsCatalog {
         let scan = self.current();
         // The file must also still look as it did when validated.
         let on_disk = scan.snapshot.source(&scan.files, package, &range)?;
-        let mut file = tokio::fs::File::open(&on_disk.fs_path).await?;
-        if FileStamp::of(&file.metadata().await?) != on_disk.stamp {
-            return Err(OpenError::Changed);
-        }
-        if range.start > 0 {
-            file.seek(io::SeekFrom::Start(range.start)).await?;
-        }
-        Ok(Box::new(file.take(range.end - range.start)))
+        let (path, stamp) = (on_disk.fs_path.clone(), on_disk.stamp);
+        let file = tokio::task::spawn_blocking(move || open_pinned(&path, stamp))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(Box::new(pinned_reader(file, stamp, range)))
     }
 
     async fn rescan_now(self: Arc<Self>) -> io::Result<()> {
