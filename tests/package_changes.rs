@@ -1,0 +1,116 @@
+//! A package changed under the server while modules download it: every
+//! download carries one version or ends short — never a full-length body
+//! mixing two — and a FIFO swapped in under a package name is refused
+//! without blocking. Real sockets, real files.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BIG, Fixture, python, run};
+use qfota_serve::dlog::Outcome;
+
+/// Downloads argv[2] from argv[1] (`host:port`) over a socket with a
+/// 16 KiB receive buffer at about argv[3] bytes a second; prints the body
+/// length and its SHA-256.
+const SLOW_GET: &str = r#"
+import hashlib, socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+rate = int(sys.argv[3])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+s.connect((host, int(port)))
+s.sendall(f"GET /{sys.argv[2]} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+data = b""
+while b"\r\n\r\n" not in data:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+body = data.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in data else b""
+h = hashlib.sha256(body)
+n = len(body)
+deadline = time.time() + 60
+while time.time() < deadline:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    h.update(chunk)
+    n += len(chunk)
+    time.sleep(len(chunk) / rate)
+print(n, h.hexdigest())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_rewritten_in_place_mid_download_is_never_spliced() {
+    let fx = Fixture::start(|b| b).await;
+    let path = fx.dir.path().join(BIG);
+    let old = std::fs::read(&path).unwrap();
+    let size = old.len();
+    let old_sha = common::sha256(&old);
+    let addr = fx.server.http_addr().unwrap().to_string();
+    let args = [addr.as_str(), BIG, "4000000"];
+    let readers = (0..4).map(|_| python(SLOW_GET, &args));
+    let rewrite = async {
+        // Once the downloads are under way, rewrite the file in place:
+        // same length, same inode, other bytes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut new = old.clone();
+        new.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all(&new).unwrap();
+    };
+    let (outs, ()) = tokio::join!(futures_util::future::join_all(readers), rewrite);
+    for out in &outs {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut fields = text.split_whitespace();
+        let n: usize = fields.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let sha = fields.next().unwrap_or("");
+        assert!(
+            n < size || sha == old_sha,
+            "a full-length body that is not the old version: {text} ({out:?})"
+        );
+    }
+    let records = fx
+        .wait_records("one record per download", 4, |r| r.path == BIG)
+        .await;
+    for r in &records {
+        assert_eq!(r.sha256.as_deref(), Some(old_sha.as_str()), "{r:?}");
+        if r.outcome == Outcome::Complete {
+            assert_eq!(r.bytes_acked, size as u64, "{r:?}");
+        }
+    }
+    assert!(
+        records.iter().any(|r| r.reason.contains("package changed")),
+        "no download noticed the change: {records:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_swapped_in_under_a_package_name_is_refused_without_blocking() {
+    let fx = Fixture::start(|b| b).await;
+    let name = "update-v12-to-v13.zip";
+    let fifo = fx.dir.path().join(".swap.fifo");
+    let made = run("mkfifo", &[fifo.to_str().unwrap()]).await;
+    assert!(made.status.success(), "{made:?}");
+    std::fs::rename(&fifo, fx.dir.path().join(name)).unwrap();
+    // Before or after the next scan: a refusal (503 changed, or 404 once
+    // the scan excluded it), never a hang.
+    let out = run(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            &fx.http_url(name),
+        ],
+    )
+    .await;
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(code == "503" || code == "404", "curl: {code} {out:?}");
+}
