@@ -966,6 +966,12 @@ async fn symlinks_leaving_the_folder_are_refused() {
     .unwrap();
     let alias = poll_until_status(&fx, "alias-v12-to-v13.zip", 200).await;
     assert!(alias.body == fx.package_bytes(PKG));
+    // Its record comes once the client acknowledged the body: let it pass
+    // before watching for the refusals' records.
+    fx.wait_record("the alias download", |r| {
+        r.path == "alias-v12-to-v13.zip" && r.outcome == Outcome::Complete
+    })
+    .await;
 
     for rel in [
         "leak-v1-to-v2.zip",
