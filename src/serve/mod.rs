@@ -140,6 +140,46 @@ impl Shared {
     }
 }
 
+/// Checks `--public-host`: an IP address or a DNS name (RFC 1123 labels of
+/// letters, digits and `-`, at most 63 bytes each, 253 in all) — what goes
+/// into module URLs and FTP `PASV` replies. `Err` says what is wrong: empty,
+/// a scheme, a port, a path, spaces or other URL characters.
+pub fn check_public_host(host: &str) -> Result<(), String> {
+    if host.trim().is_empty() {
+        return Err("the public host is empty".into());
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = |why: &str| {
+        Err(format!(
+            "public host {host:?}: {why} (give an IP address or a DNS name)"
+        ))
+    };
+    if host.contains("://") {
+        return bad("no scheme");
+    }
+    if host.contains(':') {
+        return bad("no port (the ports come from --ftp/--http/--https)");
+    }
+    if host.len() > 253 {
+        return bad("longer than 253 bytes");
+    }
+    let labels_ok = host.trim_end_matches('.').split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if !labels_ok {
+        return bad("only letters, digits, '-' and '.' in non-empty labels");
+    }
+    Ok(())
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -460,12 +500,8 @@ impl ServerBuilder {
                 self.passive_ports.end()
             )));
         }
-        if self
-            .public_host
-            .as_deref()
-            .is_some_and(|h| h.trim().is_empty())
-        {
-            return Err(ServeError::Config("the public host is empty".into()));
+        if let Some(host) = &self.public_host {
+            check_public_host(host).map_err(ServeError::Config)?;
         }
         Ok(())
     }
@@ -864,6 +900,18 @@ pub async fn check_packages(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_hosts_are_addresses_or_dns_names() {
+        for ok in ["192.0.2.2", "::1", "fota.example.com", "my-host", "a.b.c."] {
+            assert!(check_public_host(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", " ", "http://h", "h:21", "h/x", "a b", "-h", "h_1", "a..b", "h\"@\"",
+        ] {
+            assert!(check_public_host(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[tokio::test]
     async fn settings_that_cannot_work_are_start_up_errors() {
