@@ -18,6 +18,14 @@ pub enum ZipError {
     /// An entry is encrypted; modules cannot decrypt it.
     #[error("zip entry {0}: encrypted")]
     Encrypted(String),
+    /// Two entries share bytes of the archive: a zip bomb that inflates one
+    /// compressed stream many times.
+    #[error("zip entries {0} and {1} overlap")]
+    Overlap(String, String),
+    /// The archive is over a validation budget (entry count, declared
+    /// uncompressed size, compression ratio).
+    #[error("zip archive over budget: {0}")]
+    OverBudget(String),
     /// An entry fails its CRC-32 or cannot be decompressed.
     #[error("zip entry {name}: {detail}")]
     BadEntry {
@@ -37,8 +45,64 @@ pub struct ZipSummary {
     pub uncompressed_bytes: u64,
 }
 
-/// Reads the central directory, then every entry through to its end so the
-/// zip crate checks each CRC-32. Encrypted entries are refused.
+/// Most entries a package may have (delta packages have a handful).
+pub const MAX_ENTRIES: usize = 10_000;
+
+/// Most uncompressed bytes a package may declare in all: 8 GiB, far above
+/// any module's flash, far below what a bomb declares.
+pub const MAX_UNCOMPRESSED: u64 = 8 << 30;
+
+/// Highest uncompressed / compressed ratio of one entry (deflate tops out
+/// near 1,032:1 on runs of one byte; firmware diffs compress a few times).
+/// Stops a small package making validation inflate gigabytes.
+pub const MAX_RATIO: u64 = 200;
+
+/// Entries' byte ranges in the archive, checked against the budget and
+/// for overlaps before anything is decompressed.
+fn check_layout<R: Read + Seek>(archive: &mut zip::ZipArchive<R>) -> Result<(), ZipError> {
+    if archive.len() > MAX_ENTRIES {
+        return Err(ZipError::OverBudget(format!(
+            "{} entries (at most {MAX_ENTRIES})",
+            archive.len()
+        )));
+    }
+    let mut spans = Vec::with_capacity(archive.len());
+    let mut declared = 0u64;
+    for i in 0..archive.len() {
+        let raw = archive.by_index_raw(i).map_err(|e| ZipError::BadEntry {
+            name: format!("#{i}"),
+            detail: e.to_string(),
+        })?;
+        let (size, packed) = (raw.size(), raw.compressed_size());
+        if size > packed.max(1).saturating_mul(MAX_RATIO) && size > 1 << 20 {
+            return Err(ZipError::OverBudget(format!(
+                "entry {} declares {size} bytes from {packed} (ratio over {MAX_RATIO}:1)",
+                raw.name()
+            )));
+        }
+        declared = declared.saturating_add(size);
+        let start = raw.header_start();
+        let end = raw.data_start().saturating_add(packed);
+        spans.push((start, end, raw.name().to_string()));
+    }
+    if declared > MAX_UNCOMPRESSED {
+        return Err(ZipError::OverBudget(format!(
+            "{declared} uncompressed bytes declared (at most {MAX_UNCOMPRESSED})"
+        )));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        if pair[1].0 < pair[0].1 {
+            return Err(ZipError::Overlap(pair[0].2.clone(), pair[1].2.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the central directory, checks the budget ([`MAX_ENTRIES`],
+/// [`MAX_UNCOMPRESSED`], [`MAX_RATIO`]) and that no two entries overlap,
+/// then reads every entry through to its end so the zip crate checks each
+/// CRC-32. Encrypted entries are refused.
 ///
 /// # Errors
 /// [`ZipError`] naming the first entry that fails.
@@ -48,6 +112,7 @@ pub fn check_zip<R: Read + Seek>(reader: R) -> Result<ZipSummary, ZipError> {
     if archive.is_empty() {
         return Err(ZipError::Empty);
     }
+    check_layout(&mut archive)?;
     let mut uncompressed_bytes = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     for i in 0..archive.len() {
@@ -97,6 +162,42 @@ mod tests {
             w.write_all(data).unwrap();
         }
         w.finish().unwrap().into_inner()
+    }
+
+    /// A zip whose central directory lists its one entry twice, under
+    /// two names: both point at the same compressed bytes (how "400 GiB"
+    /// bombs share one stream).
+    fn doubled_entry_zip() -> Vec<u8> {
+        let z = zip_bytes(&[("a.bin", &[7u8; 5000])]);
+        let eocd = z.len() - 22;
+        let le32 = |at: usize| u32::from_le_bytes(z[at..at + 4].try_into().unwrap()) as usize;
+        let (cd_size, cd_offset) = (le32(eocd + 12), le32(eocd + 16));
+        let entry = z[cd_offset..cd_offset + cd_size].to_vec();
+        let mut twin = entry.clone();
+        let name_at = 46;
+        twin[name_at] = b'b';
+        let mut out = z[..cd_offset].to_vec();
+        out.extend_from_slice(&entry);
+        out.extend_from_slice(&twin);
+        let mut end = z[eocd..].to_vec();
+        end[8..10].copy_from_slice(&2u16.to_le_bytes());
+        end[10..12].copy_from_slice(&2u16.to_le_bytes());
+        end[12..16].copy_from_slice(&((2 * cd_size) as u32).to_le_bytes());
+        out.extend_from_slice(&end);
+        out
+    }
+
+    #[test]
+    fn an_entry_inflating_far_beyond_its_size_is_over_budget() {
+        let zeros = vec![0u8; 4 << 20];
+        let err = check_zip(Cursor::new(zip_bytes(&[("bomb.bin", &zeros)]))).unwrap_err();
+        assert!(matches!(err, ZipError::OverBudget(_)), "{err}");
+    }
+
+    #[test]
+    fn entries_sharing_compressed_bytes_are_refused_before_inflating() {
+        let err = check_zip(Cursor::new(doubled_entry_zip())).unwrap_err();
+        assert_eq!(err, ZipError::Overlap("a.bin".into(), "b.bin".into()));
     }
 
     #[test]
