@@ -639,15 +639,28 @@ async fn bind(
         return Ok(None);
     };
     let addr = SocketAddr::new(addr, port);
-    TcpListener::bind(addr)
-        .await
-        .map(Some)
-        .map_err(|source| ServeError::Bind {
-            protocol,
-            addr,
-            source,
-        })
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As std does: a restarted server binds while old connections of
+        // the port sit in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map(Some).map_err(|source| ServeError::Bind {
+        protocol,
+        addr,
+        source,
+    })
 }
+
+/// Pending connections the kernel queues per listener before the accept
+/// loop takes them (capped by `net.core.somaxconn`). std's default of 128
+/// drops SYNs when a fleet of modules connects at once.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// The bound listeners, one per protocol that is on.
 struct Listeners {
