@@ -158,3 +158,40 @@ async fn control_routes_change_faults_stream_records_and_rescan() {
     assert_eq!(curl(&base, "/packages/rescan", &[]).await.0, 405);
     bounded("admin shutdown", admin.shutdown()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_downloads_bytes_and_packages_in_the_prometheus_format() {
+    let fx = Fixture::start(|b| b).await;
+    let admin = admin().await;
+    admin.set_ready(fx.server.control());
+    let base = admin.local_addr().to_string();
+    let pkg = fx.http_url("update-v12-to-v13.zip");
+    let size = fx.package_bytes("update-v12-to-v13.zip").len();
+    let got = run("curl", &["-sf", "-o", "/dev/null", &pkg]).await;
+    assert!(got.status.success(), "{got:?}");
+    let missing = run(
+        "curl",
+        &["-s", "-o", "/dev/null", &fx.http_url("nope-v1-to-v2.zip")],
+    )
+    .await;
+    assert!(missing.status.success(), "{missing:?}");
+    fx.wait_records("both records", 2, |_| true).await;
+    let want = [
+        "qfota_downloads_total{protocol=\"http\",outcome=\"complete\"} 1".to_string(),
+        "qfota_downloads_total{protocol=\"http\",outcome=\"not_found\"} 1".to_string(),
+        format!("qfota_body_bytes_acked_total{{protocol=\"http\"}} {size}"),
+        "qfota_download_duration_seconds_count{protocol=\"http\"} 1".to_string(),
+    ];
+    // The metrics task counts records as they are broadcast: wait for it.
+    let text = common::eventually(
+        "the metrics",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (code, text) = curl(&base, "/metrics", &[]).await;
+            (code == 200 && want.iter().all(|w| text.contains(w.as_str()))).then_some(text)
+        },
+    )
+    .await;
+    assert!(text.contains("# TYPE qfota_downloads counter"), "{text}");
+    assert!(text.contains("qfota_packages{state=\"valid\"}"), "{text}");
+}

@@ -199,13 +199,15 @@ pub enum Route {
     Downloads,
     /// `POST /packages/rescan`.
     Rescan,
+    /// `GET /metrics`: Prometheus text format.
+    Metrics,
 }
 
 impl Route {
     /// Whether the route changes or reads the server (403 to peers not
     /// allowed by [`control_allowed`]).
     pub fn is_control(self) -> bool {
-        !matches!(self, Route::Healthz | Route::Readyz)
+        !matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
     }
 }
 
@@ -220,7 +222,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, (StatusCode, &'static
         "/faults" if method == Method::PUT => Ok(Route::PutFaults),
         "/downloads" if get => Ok(Route::Downloads),
         "/packages/rescan" if method == Method::POST => Ok(Route::Rescan),
-        "/healthz" | "/readyz" | "/downloads" => Err((StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD")),
+        "/metrics" if get => Ok(Route::Metrics),
+        "/healthz" | "/readyz" | "/downloads" | "/metrics" => {
+            Err((StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD"))
+        }
         "/faults" => Err((StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD, PUT")),
         "/packages/rescan" => Err((StatusCode::METHOD_NOT_ALLOWED, "POST")),
         _ => Err((StatusCode::NOT_FOUND, "")),
@@ -272,6 +277,11 @@ async fn dispatch(route: Route, req: Request<Incoming>, state: &State) -> Respon
             control::downloads(c, req.uri().query(), &state.shutdown).await
         }
         (Route::Rescan, Some(c)) => control::rescan(c).await,
+        (Route::Metrics, Some(c)) => with_type(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            c.metrics_text(),
+        ),
     }
 }
 

@@ -178,7 +178,7 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
     };
     let tracker = TaskTracker::new();
     let shutdown = shared.shutdown.clone();
-    let limited = Some((&shared.limits, &shared.log, Protocol::Ftp));
+    let limited = Some((&*shared, Protocol::Ftp));
     while let Some((tcp, peer, permit)) = super::accept(&listener, &shutdown, "ftp", limited).await
     {
         let session = Arc::new(FtpSession {

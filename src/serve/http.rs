@@ -87,7 +87,7 @@ pub(crate) async fn run(
     let graceful = GracefulShutdown::new();
     let tracker = TaskTracker::new();
     let shutdown = shared.shutdown.clone();
-    let limited = Some((&shared.limits, &shared.log, protocol));
+    let limited = Some((&*shared, protocol));
     while let Some((tcp, peer, permit)) =
         super::accept(&listener, &shutdown, protocol.as_str(), limited).await
     {

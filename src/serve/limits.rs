@@ -91,6 +91,11 @@ impl ConnLimits {
         })
     }
 
+    /// Connections open now (permits held).
+    pub fn open_count(&self) -> usize {
+        lock(&self.open).total
+    }
+
     /// A permit for a new connection from `ip`, or the limit it would go
     /// over.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, LimitHit> {

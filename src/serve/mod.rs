@@ -13,6 +13,7 @@ pub mod ftp;
 pub mod http;
 pub mod limits;
 pub mod logins;
+pub mod metrics;
 pub mod range;
 pub mod stall;
 pub mod tls;
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<limits::ConnLimits>,
     /// Failed FTP logins by address (delays after repeated failures).
     pub(crate) logins: logins::LoginGuard,
+    /// Prometheus metrics (`/metrics` on the admin listener).
+    pub(crate) metrics: Arc<metrics::Metrics>,
 }
 
 /// The next connection on `listener`, or `None` once shutdown starts.
@@ -66,7 +69,7 @@ pub(crate) async fn accept(
     listener: &TcpListener,
     shutdown: &CancellationToken,
     protocol: &'static str,
-    limited: Option<(&Arc<limits::ConnLimits>, &DownloadLog, Protocol)>,
+    limited: Option<(&Shared, Protocol)>,
 ) -> Option<(tokio::net::TcpStream, SocketAddr, Option<limits::Permit>)> {
     loop {
         let (tcp, peer) = tokio::select! {
@@ -80,20 +83,21 @@ pub(crate) async fn accept(
                 }
             },
         };
-        let Some((limits, log, proto)) = limited else {
+        let Some((shared, proto)) = limited else {
             return Some((tcp, peer, None));
         };
-        match limits.acquire(peer.ip()) {
+        match shared.limits.acquire(peer.ip()) {
             Ok(permit) => return Some((tcp, peer, Some(permit))),
             Err(hit) => {
                 tracing::info!(%peer, protocol, ?hit, "connection refused: over a limit");
+                shared.metrics.refused_connection();
                 tokio::spawn(limits::refuse(
                     tcp,
                     peer,
                     proto,
                     hit,
-                    Arc::clone(limits),
-                    log.clone(),
+                    Arc::clone(&shared.limits),
+                    shared.log.clone(),
                 ));
             }
         }
@@ -463,10 +467,14 @@ impl ServerBuilder {
             stall_timeout: self.stall,
             limits: limits::ConnLimits::new(self.max_connections, self.max_connections_per_ip),
             logins: logins::LoginGuard::default(),
+            metrics: metrics::Metrics::new(),
         });
-        let mut tasks = vec![tokio::spawn(
-            Arc::clone(&catalog).watch(shared.shutdown.clone()),
-        )];
+        let mut tasks = vec![
+            tokio::spawn(Arc::clone(&catalog).watch(shared.shutdown.clone())),
+            tokio::spawn(
+                Arc::clone(&shared.metrics).follow(shared.log.subscribe(), shared.shutdown.clone()),
+            ),
+        ];
         if let Some(path) = self.fault_file.clone() {
             tasks.push(tokio::spawn(fault::file::watch(
                 path,
@@ -850,6 +858,17 @@ pub struct ServerControl {
 }
 
 impl ServerControl {
+    /// The Prometheus text exposition of the server's metrics (see
+    /// [`metrics`]), with connections and packages as of now.
+    pub fn metrics_text(&self) -> String {
+        let packages = self.catalog.packages();
+        let valid = packages.iter().filter(|p| p.is_valid()).count();
+        self.shared.metrics.render(
+            self.shared.limits.open_count(),
+            (valid, packages.len() - valid),
+        )
+    }
+
     /// The fault rules in force.
     pub fn faults(&self) -> Vec<FaultRule> {
         self.shared.faults.rules()

@@ -1,0 +1,227 @@
+//! Prometheus metrics of the server (the text exposition format, served
+//! as `/metrics` on the admin listener), kept with `prometheus-client`.
+//!
+//! Most figures come from the download records themselves: one task
+//! subscribes to the log's broadcast ([`Metrics::follow`]), so the serving
+//! path pays nothing for them. The rest (connections open, packages valid)
+//! are read when scraped.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::dlog::{DownloadRecord, Outcome};
+
+/// Labels of a download counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DownloadLabels {
+    protocol: String,
+    outcome: String,
+}
+
+/// A protocol label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: String,
+}
+
+/// A package state label (`valid`, `invalid`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    downloads: Family<DownloadLabels, Counter>,
+    bytes_sent: Family<ProtocolLabel, Counter>,
+    bytes_acked: Family<ProtocolLabel, Counter>,
+    duration: Family<ProtocolLabel, Histogram>,
+    failed_logins: Counter,
+    refused_connections: Counter,
+    connections_open: Gauge,
+    packages: Family<StateLabel, Gauge>,
+    records_missed: Counter,
+}
+
+impl Metrics {
+    /// A registry with every metric at zero.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("qfota");
+        let downloads = Family::<DownloadLabels, Counter>::default();
+        registry.register(
+            "downloads",
+            "Download attempts by protocol and outcome (one per record)",
+            downloads.clone(),
+        );
+        let bytes_sent = Family::<ProtocolLabel, Counter>::default();
+        registry.register(
+            "body_bytes_sent",
+            "Package bytes written to connections",
+            bytes_sent.clone(),
+        );
+        let bytes_acked = Family::<ProtocolLabel, Counter>::default();
+        registry.register(
+            "body_bytes_acked",
+            "Package bytes the peers' TCP stacks acknowledged",
+            bytes_acked.clone(),
+        );
+        let duration = Family::<ProtocolLabel, Histogram>::new_with_constructor(|| {
+            // 50 ms to about 3.6 h: cellular downloads take minutes.
+            Histogram::new(exponential_buckets(0.05, 2.0, 18))
+        });
+        registry.register(
+            "download_duration_seconds",
+            "Duration of downloads with a body, to the last acknowledgement",
+            duration.clone(),
+        );
+        let failed_logins = Counter::default();
+        registry.register("failed_logins", "Failed FTP logins", failed_logins.clone());
+        let refused_connections = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused over --max-connections or --max-connections-per-ip",
+            refused_connections.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections open on the package listeners",
+            connections_open.clone(),
+        );
+        let packages = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "packages",
+            "Packages in the catalog by validity",
+            packages.clone(),
+        );
+        let records_missed = Counter::default();
+        registry.register(
+            "records_missed",
+            "Download records the metrics task fell behind on (not counted above)",
+            records_missed.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            downloads,
+            bytes_sent,
+            bytes_acked,
+            duration,
+            failed_logins,
+            refused_connections,
+            connections_open,
+            packages,
+            records_missed,
+        })
+    }
+
+    /// Counts one download record.
+    pub fn observe(&self, record: &DownloadRecord) {
+        let protocol = record.protocol.as_str().to_string();
+        self.downloads
+            .get_or_create(&DownloadLabels {
+                protocol: protocol.clone(),
+                outcome: record.outcome.as_str().to_string(),
+            })
+            .inc();
+        if record.outcome == Outcome::AuthFailed {
+            self.failed_logins.inc();
+        }
+        if record.bytes_sent > 0 {
+            let label = ProtocolLabel { protocol };
+            self.bytes_sent
+                .get_or_create(&label)
+                .inc_by(record.bytes_sent);
+            self.bytes_acked
+                .get_or_create(&label)
+                .inc_by(record.bytes_acked);
+            self.duration
+                .get_or_create(&label)
+                .observe(record.duration_ms as f64 / 1000.0);
+        }
+    }
+
+    /// Counts a connection refused over a limit.
+    pub fn refused_connection(&self) {
+        self.refused_connections.inc();
+    }
+
+    /// Counts every record from `records` until `cancel` fires.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut records: broadcast::Receiver<DownloadRecord>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                next = records.recv() => match next {
+                    Ok(record) => self.observe(&record),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        self.records_missed.inc_by(n);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// The text exposition, with the scrape-time gauges set from
+    /// `connections_open` and the catalog's `(valid, invalid)` counts.
+    pub fn render(&self, connections_open: usize, packages: (usize, usize)) -> String {
+        self.connections_open
+            .set(i64::try_from(connections_open).unwrap_or(i64::MAX));
+        for (state, n) in [("valid", packages.0), ("invalid", packages.1)] {
+            self.packages
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlog::{Attempt, Protocol};
+
+    #[test]
+    fn records_become_counters_and_a_histogram() {
+        let metrics = Metrics::new();
+        let mut a = Attempt::start(Protocol::Http, "127.0.0.1:1".parse().unwrap(), "p.zip");
+        a.bytes_sent = 1000;
+        a.bytes_acked = 600;
+        metrics.observe(&a.record(200, Outcome::Aborted, "cut"));
+        let login = Attempt::start(Protocol::Ftp, "127.0.0.1:2".parse().unwrap(), "");
+        metrics.observe(&login.record(530, Outcome::AuthFailed, "wrong password"));
+        metrics.refused_connection();
+        let text = metrics.render(3, (2, 1));
+        for line in [
+            "qfota_downloads_total{protocol=\"http\",outcome=\"aborted\"} 1",
+            "qfota_body_bytes_sent_total{protocol=\"http\"} 1000",
+            "qfota_body_bytes_acked_total{protocol=\"http\"} 600",
+            "qfota_failed_logins_total 1",
+            "qfota_connections_refused_total 1",
+            "qfota_connections_open 3",
+            "qfota_packages{state=\"invalid\"} 1",
+            "qfota_download_duration_seconds_count{protocol=\"http\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}
