@@ -169,13 +169,25 @@ async fn serve_job_with_wget_lftp_and_curl() {
             assert_eq!(sha256(&got), want, "{client} {url}");
         }
     }
-    let text = std::fs::read_to_string(&log).unwrap();
-    let complete = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["outcome"] == "complete" && v["bytes_sent"] == v["size"])
-        .count();
-    assert!(complete >= 18, "{text}");
+    // A record is written once the client acknowledged the last byte, a
+    // moment after the client itself is done: wait for all 18.
+    let count_complete = |text: &str| {
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["outcome"] == "complete" && v["bytes_sent"] == v["size"])
+            .count()
+    };
+    let log_path = log.clone();
+    common::eventually(
+        "18 complete records",
+        std::time::Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let done = count_complete(&text) >= 18;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
 
     let pid = child.id().unwrap().to_string();
     assert!(run("kill", &["-TERM", &pid]).await.status.success());
