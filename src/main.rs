@@ -33,8 +33,8 @@ fn main() -> ExitCode {
             Some(Command::Fleet(args)) => Ok(cli::fleet::run(args).await),
             Some(Command::Modem(args)) => Ok(cli::modem::run(args, cli::shutdown_signal()).await),
             Some(Command::Report(args)) => cli::report::run(args),
-            Some(Command::Completions(args)) => Ok(cli::docs::completions(&args)),
-            Some(Command::Man) => Ok(cli::docs::man()?),
+            Some(Command::Completions(args)) => Ok(cli::docs::completions(&args, Cli::command())),
+            Some(Command::Man) => Ok(cli::docs::man(Cli::command())?),
             Some(Command::Config(_)) => {
                 let sub = matches.subcommand_matches("config").unwrap_or(&matches);
                 Ok(config::run(sub).unwrap_or_else(config_error))

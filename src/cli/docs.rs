@@ -6,10 +6,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 use clap_complete::Shell;
-
-use crate::cli::Cli;
 
 /// `qfota-serve completions <SHELL>`.
 #[derive(Debug, Args)]
@@ -20,8 +18,7 @@ pub struct CompletionsArgs {
 }
 
 /// Prints the completion script for `args.shell` to stdout.
-pub fn completions(args: &CompletionsArgs) -> ExitCode {
-    let mut cmd = Cli::command();
+pub fn completions(args: &CompletionsArgs, mut cmd: clap::Command) -> ExitCode {
     clap_complete::generate(args.shell, &mut cmd, "qfota-serve", &mut std::io::stdout());
     ExitCode::SUCCESS
 }
@@ -31,9 +28,9 @@ pub fn completions(args: &CompletionsArgs) -> ExitCode {
 ///
 /// # Errors
 /// stdout cannot be written.
-pub fn man() -> std::io::Result<ExitCode> {
+pub fn man(cmd: clap::Command) -> std::io::Result<ExitCode> {
     let mut page = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    clap_mangen::Man::new(cmd).render(&mut page)?;
     std::io::stdout().write_all(&page)?;
     Ok(ExitCode::SUCCESS)
 }

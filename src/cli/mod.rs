@@ -21,8 +21,9 @@
 //!   own `QFOTA_SIM_*` / `QFOTA_FLEET_*` / `QFOTA_MODEM_*` variables).
 //!
 //! Arrows point down: this file imports the subcommand files, they import
-//! [`module_args`], [`output`] and [`values`], and only [`docs`] imports
-//! this file (for the whole command definition).
+//! [`module_args`], [`output`] and [`values`]; [`docs`] is handed the whole
+//! command definition (`Cli::command()`) by `main.rs` instead of importing
+//! this file.
 //! Exit codes: 0 success, 1 failure, 2 usage errors.
 
 /// `println!` to stdout that never panics: a closed pipe

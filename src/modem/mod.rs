@@ -109,6 +109,7 @@ pub mod at;
 pub mod commands;
 pub mod control;
 pub mod data;
+pub mod link;
 pub mod port;
 pub mod pty;
 pub mod reply;
@@ -116,6 +117,7 @@ pub mod session;
 pub mod status;
 pub mod syntax;
 
+pub use link::Link;
 pub use status::Status;
 
 use std::net::SocketAddr;
@@ -141,19 +143,6 @@ pub const DEFAULT_IMEI: &str = "867675040000011";
 pub const DEFAULT_LINK: &str = "/tmp/qfota-modem";
 /// Longest model name `ATI`/`AT+CGMM` show, in bytes.
 pub const MAX_MODEL: usize = 64;
-
-/// How the host is wired to the module's AT port, which decides what a
-/// reboot does to the port.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Link {
-    /// The USB AT port (`/dev/ttyUSB2`): it vanishes on every reboot and a
-    /// new one appears (seed `004_88405b99851b7db5.txt` §3.1).
-    #[default]
-    Usb,
-    /// A UART (or a USB-UART adapter): the same port through reboots; the
-    /// line goes quiet, then `RDY` arrives on it.
-    Uart,
-}
 
 /// Why a modem cannot start.
 #[derive(Debug, thiserror::Error)]

@@ -44,11 +44,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::modem::Link;
 use crate::modem::at::Input;
 use crate::modem::commands::{self, Context, Device, End, Settings};
 use crate::modem::control::{self, Envelope, Request};
 use crate::modem::data::{self, DataPhase, Upload};
+use crate::modem::link::Link;
 use crate::modem::port::{self, Channel, ChannelId, PortEvent, PortKind};
 use crate::modem::pty::{Pty, PtyLink};
 use crate::modem::reply::{self, CmeError, PortSettings};

@@ -419,8 +419,8 @@ fn parse_param(
 }
 
 /// Largest `FILE:<length>` the simulator takes, bytes: the largest
-/// package it holds ([`crate::sim::download::MAX_PACKAGE`]).
-pub const MAX_FILE_LENGTH: u64 = crate::sim::download::MAX_PACKAGE;
+/// package it holds ([`crate::sim::download::progress::MAX_PACKAGE`]).
+pub const MAX_FILE_LENGTH: u64 = crate::sim::download::progress::MAX_PACKAGE;
 
 /// `<n>` of `AT+QFOTADL="FILE:<length>",<n>` that selects the vendor's
 /// protocol-download mode (seed `001_2f648264def3e0b1.txt` §3.2.1.4).

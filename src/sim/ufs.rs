@@ -26,9 +26,9 @@ pub const MAX_NAME: usize = 80;
 /// The drive prefix a name may carry (`UFS:dfota_update.bin`), any case.
 pub const DRIVE: &str = "UFS:";
 /// UFS size when the module's free space is not set: 1 GiB, the
-/// simulator's largest package ([`crate::sim::download::MAX_PACKAGE`]), so
+/// simulator's largest package ([`crate::sim::download::progress::MAX_PACKAGE`]), so
 /// an unset free space never refuses a package a download could hold.
-pub const DEFAULT_SIZE: u64 = crate::sim::download::MAX_PACKAGE;
+pub const DEFAULT_SIZE: u64 = crate::sim::download::progress::MAX_PACKAGE;
 
 /// A file operation that fails, with Quectel's file error number
 /// (`+CME ERROR: <err>`, SPEC §9 "file errors").
