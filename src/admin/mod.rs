@@ -5,7 +5,7 @@
 //! [`Admin::start`] serves a bound listener until [`Admin::shutdown`] (or
 //! drop) cancels it. Every request goes through [`route`], the one `match`
 //! that maps a method and path to a [`Route`]; adding a page means adding a
-//! variant there and its handler in [`dispatch`]. The listener comes up
+//! variant there and its handler in `dispatch`. The listener comes up
 //! before the server scans its packages, so `/readyz` answers 503 until
 //! [`Admin::set_ready`] hands it the server's [`ServerControl`].
 //!

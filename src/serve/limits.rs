@@ -1,4 +1,4 @@
-//! Connection limits, enforced in the one accept loop ([`super::accept`]).
+//! Connection limits, enforced in the one accept loop (`serve::accept`).
 //!
 //! Every connection of every package listener holds a [`Permit`] for its
 //! whole life. Over a limit the server answers at once — HTTP `503` with

@@ -802,7 +802,7 @@ impl Server {
     }
 
     /// Re-scans the package folder now (instead of waiting for the next
-    /// [`crate::catalog::SCAN_INTERVAL`] tick) and returns when done.
+    /// `SCAN_INTERVAL` tick) and returns when done.
     ///
     /// # Errors
     /// The folder can no longer be read.
