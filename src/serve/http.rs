@@ -47,6 +47,7 @@ use super::fault::{Action, AttemptInfo, FaultedReader};
 use super::range::{self, Precondition, RangeDecision, Validators};
 use super::stall::{FlushSignal, StallGuard};
 use super::{Access, Shared};
+use crate::campaign::html::escape as escape_html;
 use crate::catalog::{Lookup, OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, Outcome, Protocol};
 
@@ -624,15 +625,15 @@ fn index_html(shared: &Shared, folder: &str) -> Response<ResponseBody> {
             format!("invalid: {}", p.problems.join("; "))
         };
         let link = if p.is_valid() || shared.allow_invalid {
-            format!("<a href=\"/{0}\">{0}</a>", html_escape(&p.path))
+            format!("<a href=\"/{0}\">{0}</a>", escape_html(&p.path))
         } else {
-            html_escape(&p.path)
+            escape_html(&p.path)
         };
         rows.push_str(&format!(
             "<tr><td>{link}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>\n",
             p.size,
             p.sha256,
-            html_escape(&status)
+            escape_html(&status)
         ));
     }
     let html = format!(
@@ -640,24 +641,9 @@ fn index_html(shared: &Shared, folder: &str) -> Response<ResponseBody> {
          <body><h1>Firmware packages in /{}</h1>\n<table border=\"1\" cellpadding=\"4\">\n\
          <tr><th>name</th><th>size (bytes)</th><th>SHA-256</th><th>validity</th></tr>\n{rows}</table>\n\
          <p><a href=\"/packages.json\">packages.json</a></p></body></html>\n",
-        html_escape(folder)
+        escape_html(folder)
     );
     body_response(StatusCode::OK, "text/html; charset=utf-8", html)
-}
-
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Emits the download record when the body is finished or dropped.
@@ -990,7 +976,7 @@ mod tests {
     #[test]
     fn escapes_html() {
         assert_eq!(
-            html_escape("<a href=\"x\">&'"),
+            escape_html("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
     }
