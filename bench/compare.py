@@ -517,6 +517,9 @@ def start_qfota(procs, exe, work, www, cert, key, http, https, ftp):
         "--http", str(http), "--https", str(https), "--ftp", str(ftp),
         "--passive-ports", f"{lo}-{hi}", "--tls-cert", cert, "--tls-key", key,
         "--certs-dir", os.path.join(d, "certs"), "--log", os.path.join(d, "downloads.jsonl"),
+        # Every bench client comes from 127.0.0.1: lift the per-address
+        # limit (default 256) above S5's and S6's connection counts.
+        "--max-connections", "20000", "--max-connections-per-ip", "20000",
         "--grace-secs", "1", www], stdout=errf, stderr=errf, env=env)
     for port in (http, https, ftp):
         wait_port(port, p, "qfota-serve")
