@@ -39,7 +39,8 @@ use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, DefaultU
 use unftp_core::storage::{self, ErrorKind, Fileinfo, Permissions, StorageBackend};
 
 use super::delivery::{self, AckTracker, Delivery, cut_short};
-use super::fault::{Action, Applied, AttemptInfo, FaultedReader};
+use super::fault::apply_data_fault;
+use super::fault::{Action, Applied, AttemptInfo};
 use super::stall::StallGuard;
 use super::{Access, Shared};
 use crate::catalog::{Catalog, Entry, OpenError, Package, PackageReader, path};
@@ -614,21 +615,17 @@ impl CatalogStorage {
                 return Err(self.refuse(attempt, status, Outcome::Refused, reason, error));
             }
         };
-        let Some(applied) = self
+        let applied = self
             .session
-            .select_fault(Some(&attempt.path), Action::is_data)
-        else {
-            return Ok(reader);
-        };
-        attempt.fault = Some(applied.name);
-        Ok(Box::new(FaultedReader::new(
+            .select_fault(Some(&attempt.path), Action::is_data);
+        Ok(apply_data_fault(
             reader,
-            applied.action,
-            attempt.range_start,
+            applied,
+            attempt,
             package.size,
             shared.shutdown.clone(),
             self.stall,
-        )))
+        ))
     }
 
     /// `RETR` step 5: copies the bytes to the data connection, waits until

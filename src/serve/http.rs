@@ -43,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::delivery::{self, AckTracker, Delivery, TcpEnds, cut_short};
-use super::fault::{Action, AttemptInfo, FaultedReader};
+use super::fault::apply_data_fault;
+use super::fault::{Action, AttemptInfo};
 use super::range::{self, Precondition, RangeDecision, Validators};
 use super::stall::{FlushSignal, StallGuard};
 use super::{Access, Shared};
@@ -321,7 +322,6 @@ impl Conn {
         range: std::ops::Range<u64>,
         attempt: &mut Attempt,
     ) -> Result<PackageReader, Answer> {
-        let start = range.start;
         let reader = match self.shared.catalog.open(package, range).await {
             Ok(reader) => reader,
             Err(err @ OpenError::Changed) => {
@@ -340,22 +340,18 @@ impl Conn {
                 ));
             }
         };
-        let Some(applied) = self
+        let applied = self
             .shared
             .faults
-            .select(&self.fault_info(attempt), Action::is_data)
-        else {
-            return Ok(reader);
-        };
-        attempt.fault = Some(applied.name);
-        Ok(Box::new(FaultedReader::new(
+            .select(&self.fault_info(attempt), Action::is_data);
+        Ok(apply_data_fault(
             reader,
-            applied.action,
-            start,
+            applied,
+            attempt,
             package.size,
             self.shared.shutdown.clone(),
             self.shared.stall_timeout,
-        )))
+        ))
     }
 
     /// The body of `span` read from `reader`; it records `attempt` when it

@@ -34,5 +34,6 @@ mod set;
 pub use file::parse_fault_file;
 pub use parse::FaultParseError;
 pub use reader::FaultedReader;
+pub(crate) use reader::apply_data_fault;
 pub use rule::{Action, Amount, FTP_REPLY_SUPPORT, FaultRule, Matchers};
 pub use set::{Applied, AttemptInfo, FaultSet};

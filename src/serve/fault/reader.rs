@@ -13,6 +13,9 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::rule::Action;
+use super::set::Applied;
+use crate::catalog::PackageReader;
+use crate::dlog::Attempt;
 
 /// Applies a data action to a package body read from `offset` onwards.
 pub struct FaultedReader<R> {
@@ -180,6 +183,31 @@ impl<R: AsyncRead + Unpin> AsyncRead for FaultedReader<R> {
         }
         poll
     }
+}
+
+/// `reader` with the byte-stream fault `applied` (if any) of an attempt
+/// on a package of `size` bytes read from `attempt.range_start`; names the
+/// rule in `attempt.fault`. The one place both front-ends wrap a body.
+pub(crate) fn apply_data_fault(
+    reader: PackageReader,
+    applied: Option<Applied>,
+    attempt: &mut Attempt,
+    size: u64,
+    shutdown: CancellationToken,
+    stall_limit: Duration,
+) -> PackageReader {
+    let Some(applied) = applied else {
+        return reader;
+    };
+    attempt.fault = Some(applied.name);
+    Box::new(FaultedReader::new(
+        reader,
+        applied.action,
+        attempt.range_start,
+        size,
+        shutdown,
+        stall_limit,
+    ))
 }
 
 #[cfg(test)]
