@@ -255,6 +255,7 @@ pub struct ServerBuilder {
     max_connections_per_ip: usize,
     ftp_idle: Duration,
     login_timeout: Duration,
+    data_timeout: Duration,
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
     faults: Vec<FaultRule>,
@@ -284,6 +285,7 @@ impl Default for ServerBuilder {
             max_connections_per_ip: limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
             ftp_idle: Duration::from_secs(120),
             login_timeout: Duration::from_secs(30),
+            data_timeout: ftp::PASSIVE_ACCEPT_TIMEOUT,
             header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(30),
             faults: Vec::new(),
@@ -404,6 +406,15 @@ impl ServerBuilder {
     /// (`--login-timeout-secs`, default 30 s); it is closed then.
     pub fn login_timeout(mut self, timeout: Duration) -> Self {
         self.login_timeout = timeout;
+        self
+    }
+
+    /// How long an FTP data command (`RETR`, `LIST`…) answered `150` waits
+    /// for its data connection before the client is told `425` (and a
+    /// `RETR` recorded as `aborted`). At most, and by default,
+    /// [`ftp::PASSIVE_ACCEPT_TIMEOUT`] (15 s): libunftp stops listening then.
+    pub fn data_connection_timeout(mut self, timeout: Duration) -> Self {
+        self.data_timeout = timeout.min(ftp::PASSIVE_ACCEPT_TIMEOUT);
         self
     }
 
@@ -618,6 +629,7 @@ impl ServerBuilder {
                 passive_host: self.public_host.clone(),
                 idle_timeout_secs: self.ftp_idle.as_secs().max(1),
                 login_timeout: self.login_timeout,
+                data_timeout: self.data_timeout,
                 stall: self.stall,
             };
             tasks.push(tokio::spawn(ftp::run(listener, Arc::clone(shared), opts)));

@@ -46,6 +46,11 @@ use super::{Access, Shared};
 use crate::catalog::{Catalog, Entry, OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, Outcome, Protocol};
 
+mod passive;
+
+pub use passive::PASSIVE_ACCEPT_TIMEOUT;
+use passive::{PassiveBinder, PassiveRegistry, PassiveState};
+
 /// FTP listener settings.
 #[derive(Debug, Clone)]
 pub struct FtpOptions {
@@ -65,6 +70,9 @@ pub struct FtpOptions {
     /// (`--login-timeout-secs`): stops idle unauthenticated connections
     /// holding slots (vsftpd `accept_timeout`/`idle_session_timeout`).
     pub login_timeout: Duration,
+    /// How long a passive listener waits for its data connection before it
+    /// is closed and the wait recorded (at most [`PASSIVE_ACCEPT_TIMEOUT`]).
+    pub data_timeout: Duration,
     /// Longest a data-connection write may make no progress.
     pub stall: Duration,
 }
@@ -81,6 +89,18 @@ pub struct FtpSession {
     /// connection is the established socket on that port from the control
     /// peer's address (how [`crate::serve::delivery`] finds it).
     passive: Mutex<Option<SocketAddr>>,
+    /// The control connection's local address (where passive listeners
+    /// bind, and what `PASV` advertises without `--public-host`).
+    local: SocketAddr,
+    /// The session's one outstanding passive listener.
+    passive_state: Arc<PassiveState>,
+    /// Outstanding passive listeners per address, over all sessions.
+    passive_registry: Arc<PassiveRegistry>,
+    /// The package path the session last named (`SIZE`, `MDTM`, `RETR`),
+    /// for the record of a data connection that never came.
+    last_path: Mutex<Option<String>>,
+    /// [`FtpOptions::data_timeout`].
+    data_timeout: Duration,
 }
 
 impl FtpSession {
@@ -143,6 +163,17 @@ impl FtpSession {
         }
     }
 
+    /// A data connection arrived and its transfer or listing starts: the
+    /// passive listener is no longer needed.
+    fn data_connected(&self) {
+        self.passive_state.take();
+    }
+
+    /// Notes the package path a command named.
+    fn named(&self, path: &str) {
+        *lock(&self.last_path) = Some(path.chars().take(1024).collect());
+    }
+
     /// A new attempt on `path` by this connection's peer and user.
     fn attempt(&self, path: impl Into<String>) -> Attempt {
         let mut attempt = Attempt::start(Protocol::Ftp, self.peer, path);
@@ -158,6 +189,15 @@ impl FtpSession {
     }
 }
 
+impl Drop for FtpSession {
+    fn drop(&mut self) {
+        if let Some(listener) = self.passive_state.take() {
+            let why = "control connection closed with no data connection after PASV/EPSV";
+            self.passive_unused(listener, why);
+        }
+    }
+}
+
 /// Accepts FTP control connections until shutdown. Each connection gets its
 /// own libunftp server instance bound to an [`FtpSession`].
 pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOptions) {
@@ -165,89 +205,128 @@ pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOpt
         tracing::warn!("no --user given: FTP accepts any user name and password (read-only)");
     }
     let users = Arc::new(opts.users.clone());
-    let passive_host = match opts
-        .passive_host
-        .as_deref()
-        .map(|h| (h, h.parse::<IpAddr>()))
-    {
-        None => PassiveHost::FromConnection,
-        Some((_, Ok(IpAddr::V4(v4)))) => PassiveHost::Ip(v4),
-        // PASV can only carry IPv4; for an IPv6 public host answer with the
-        // control connection's address (EPSV carries no address at all).
-        Some((_, Ok(IpAddr::V6(_)))) => PassiveHost::FromConnection,
-        Some((host, Err(_))) => PassiveHost::Dns(host.to_string()),
-    };
+    let registry = PassiveRegistry::new(&opts.passive_ports);
     let tracker = TaskTracker::new();
     let shutdown = shared.shutdown.clone();
     let limited = Some((&*shared, Protocol::Ftp));
     while let Some((tcp, peer, permit)) = super::accept(&listener, &shutdown, "ftp", limited).await
     {
+        let Ok(local) = tcp.local_addr() else {
+            continue;
+        };
         let session = Arc::new(FtpSession {
             peer,
             user: Mutex::new(None),
             shared: Arc::clone(&shared),
             passive: Mutex::new(None),
             logged_in: std::sync::atomic::AtomicBool::new(false),
+            local,
+            passive_state: Arc::default(),
+            passive_registry: Arc::clone(&registry),
+            last_path: Mutex::new(None),
+            data_timeout: opts.data_timeout,
         });
         if let Some(fault) = session.fault(None, |cmd| cmd == "CONNECT") {
             tracker.spawn(refuse_connection(tcp, Arc::clone(&session), fault));
             continue;
         }
-        let storage_session = Arc::clone(&session);
-        let login_session = Arc::clone(&session);
-        let login_timeout = opts.login_timeout;
-        let stall = opts.stall;
-        let authenticator = Arc::new(SessionAuthenticator {
-            session: Arc::clone(&session),
-            users: Arc::clone(&users),
-        });
-        let server = libunftp::ServerBuilder::with_authenticator(
-            Box::new(move || CatalogStorage {
-                session: Arc::clone(&storage_session),
-                stall,
-            }),
-            authenticator,
-        )
-        .greeting("qfota-serve FTP ready (read-only)")
-        .passive_ports(opts.passive_ports.clone())
-        .passive_host(passive_host.clone())
-        .idle_session_timeout(opts.idle_timeout_secs)
-        .binder(FaultBinder {
-            session: Arc::clone(&session),
-        })
-        .build();
-        let server = match server {
+        let server = match session_server(&session, &users, &opts) {
             Ok(s) => s,
             Err(err) => {
                 tracing::error!(%peer, error = %err, "cannot set up FTP session");
                 continue;
             }
         };
+        let login_timeout = opts.login_timeout;
         tracker.spawn(async move {
             // Holds this connection's place under the limits until it ends.
             let _permit = permit;
             tracing::debug!(%peer, "FTP connection");
-            let service = server.service(tcp);
-            tokio::pin!(service);
-            let ended = tokio::select! {
-                ended = &mut service => Some(ended),
-                () = tokio::time::sleep(login_timeout) => None,
-            };
-            let ended = match ended {
-                Some(ended) => ended,
-                None if login_session.logged_in.load(Ordering::Acquire) => service.await,
-                None => {
-                    // Dropping the service closes the control connection.
-                    tracing::info!(%peer, "FTP connection closed: no login within the login timeout");
-                    return;
-                }
-            };
-            if let Err(err) = ended {
-                tracing::debug!(%peer, error = %err, "FTP connection ended with an error");
-            }
+            serve_session(server, tcp, login_timeout, &session).await;
         });
     }
     tracker.close();
+}
+
+/// The libunftp server for one session: its authenticator and storage
+/// share `session`; passive listeners bind on the control connection's
+/// own address.
+fn session_server(
+    session: &Arc<FtpSession>,
+    users: &Arc<Vec<(String, String)>>,
+    opts: &FtpOptions,
+) -> Result<libunftp::Server<CatalogStorage, DefaultUser>, libunftp::ServerError> {
+    // The PASV address: --public-host, else the control connection's
+    // local one (where the passive listener binds).
+    let local = session.local.ip().to_canonical();
+    let passive_host = match (opts.passive_host.as_deref(), local) {
+        (Some(host), _) => match host.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => PassiveHost::Ip(v4),
+            // PASV can only carry IPv4; for an IPv6 public host answer with
+            // the control connection's address (EPSV carries no address).
+            Ok(IpAddr::V6(_)) => from_connection(local),
+            Err(_) => PassiveHost::Dns(host.to_string()),
+        },
+        (None, _) => from_connection(local),
+    };
+    let storage_session = Arc::clone(session);
+    let stall = opts.stall;
+    let authenticator = Arc::new(SessionAuthenticator {
+        session: Arc::clone(session),
+        users: Arc::clone(users),
+    });
+    libunftp::ServerBuilder::with_authenticator(
+        Box::new(move || CatalogStorage {
+            session: Arc::clone(&storage_session),
+            stall,
+        }),
+        authenticator,
+    )
+    .greeting("qfota-serve FTP ready (read-only)")
+    .passive_ports(opts.passive_ports.clone())
+    .passive_host(passive_host)
+    .idle_session_timeout(opts.idle_timeout_secs)
+    .binder(PassiveBinder {
+        session: Arc::clone(session),
+    })
+    .build()
+}
+
+/// The `PASV` address for a control connection on `local`.
+fn from_connection(local: IpAddr) -> PassiveHost {
+    match local {
+        IpAddr::V4(v4) => PassiveHost::Ip(v4),
+        IpAddr::V6(_) => PassiveHost::FromConnection,
+    }
+}
+
+/// Runs libunftp on its end of the relay; a connection that has not
+/// logged in within `login_timeout` is closed.
+async fn serve_session(
+    server: libunftp::Server<CatalogStorage, DefaultUser>,
+    tcp: tokio::net::TcpStream,
+    login_timeout: Duration,
+    session: &FtpSession,
+) {
+    let peer = session.peer;
+    let service = server.service(tcp);
+    tokio::pin!(service);
+    let ended = tokio::select! {
+        ended = &mut service => Some(ended),
+        () = tokio::time::sleep(login_timeout) => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None if session.logged_in.load(Ordering::Acquire) => service.await,
+        None => {
+            // Dropping the service closes the control connection.
+            tracing::info!(%peer, "FTP connection closed: no login within the login timeout");
+            return;
+        }
+    };
+    if let Err(err) = ended {
+        tracing::debug!(%peer, error = %err, "FTP connection ended with an error");
+    }
 }
 
 /// Answers a connection with a fault rule's reply instead of the greeting,
@@ -287,48 +366,6 @@ fn error_kind_for(code: u16) -> ErrorKind {
         552 => ErrorKind::ExceededStorageAllocationError,
         553 => ErrorKind::FileNameNotAllowedError,
         _ => ErrorKind::PermanentFileNotAvailable,
-    }
-}
-
-/// Binds passive data ports like libunftp's default (a random port of the
-/// range, a few tries), unless an `ftp-reply` rule for `PASV`/`EPSV`
-/// matches, in which case binding fails and libunftp answers 425. The
-/// binder cannot tell PASV from EPSV, so a rule naming either covers both.
-#[derive(Debug)]
-struct FaultBinder {
-    session: Arc<FtpSession>,
-}
-
-#[async_trait]
-impl libunftp::options::Binder for FaultBinder {
-    async fn bind(
-        &mut self,
-        local_addr: IpAddr,
-        passive_ports: RangeInclusive<u16>,
-    ) -> io::Result<tokio::net::TcpSocket> {
-        if let Some(fault) = self.session.fault(None, |c| c == "PASV" || c == "EPSV") {
-            let _ = self.session.fault_reply(&fault, "PASV/EPSV", "");
-            return Err(io::Error::other("fault: passive port refused"));
-        }
-        let span = u32::from(passive_ports.end() - passive_ports.start()) + 1;
-        let mut last = io::Error::new(io::ErrorKind::AddrInUse, "no free passive port");
-        for _ in 0..16 {
-            let port = *passive_ports.start() as u32 + rand::random::<u32>() % span;
-            let socket = match local_addr {
-                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-            };
-            socket.set_reuseaddr(true)?;
-            let addr = SocketAddr::new(local_addr, port as u16);
-            match socket.bind(addr) {
-                Ok(()) => {
-                    *lock(&self.session.passive) = Some(addr);
-                    return Ok(socket);
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
     }
 }
 
@@ -751,6 +788,7 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         path: P,
     ) -> storage::Result<Self::Metadata> {
         let key = Self::key(path.as_ref()).map_err(|_| not_available())?;
+        self.session.named(&key);
         let Some(entry) = self.catalog().metadata(&key).filter(|e| self.visible(e)) else {
             // A module's downloader asks SIZE before RETR: a missing or
             // invalid package leaves a record here, as over HTTP.
@@ -771,6 +809,7 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
     where
         Self::Metadata: storage::Metadata,
     {
+        self.session.data_connected();
         let dir = Self::key(path.as_ref()).map_err(|_| not_available())?;
         let entries = self.catalog().list(&dir).ok_or_else(not_available)?;
         // LIST, NLST and MLSD all come here.
@@ -816,7 +855,9 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         W: AsyncWrite + Unpin + Sync + Send,
         P: AsRef<Path> + Send + Debug,
     {
+        self.session.data_connected();
         let requested = path.as_ref().to_string_lossy();
+        self.session.named(requested.trim_start_matches('/'));
         let mut attempt = self.session.attempt(requested.trim_start_matches('/'));
         attempt.range_start = start_pos;
         let key = self.resolve(&attempt, path.as_ref())?;
@@ -836,6 +877,8 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         path: P,
         _start_pos: u64,
     ) -> storage::Result<u64> {
+        // STOR/APPE come with a data connection.
+        self.session.data_connected();
         Err(self.refuse_write("STOR/APPE", path.as_ref()))
     }
 

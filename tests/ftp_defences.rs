@@ -1,0 +1,184 @@
+//! FTP data-connection defences end to end: passive listeners that only
+//! the control peer can reach, one outstanding listener per session and a
+//! share per address, and a record for a data connection that never
+//! comes. Real sockets from
+//! 127.0.0.1 and 127.0.0.2; Python's ftplib as the well-behaved client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Fixture, sha256};
+use qfota_serve::dlog::Outcome;
+
+const PKG: &str = "update-v12-to-v13.zip";
+
+/// PASV as ftplib would parse it: the port.
+const PASV: &str = r#"
+import ftplib, hashlib, json, re, socket, sys
+PORT = int(sys.argv[1])
+PKG = "update-v12-to-v13.zip"
+
+def session(src="127.0.0.1"):
+    ftp = ftplib.FTP(source_address=(src, 0))
+    ftp.connect("127.0.0.1", PORT, timeout=10)
+    ftp.login("test", "test")
+    ftp.voidcmd("TYPE I")
+    return ftp
+
+def pasv(ftp):
+    try:
+        reply = ftp.sendcmd("PASV")
+    except ftplib.error_temp as e:
+        return str(e)[:3]
+    n = re.search(r"\((.*)\)", reply).group(1).split(",")
+    return int(n[4]) * 256 + int(n[5])
+
+def fetch(ftp, port, src="127.0.0.1"):
+    data = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(src, 0))
+    first = ftp.sendcmd("RETR " + PKG)[:3]
+    body = b""
+    while True:
+        chunk = data.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    data.close()
+    return [first, ftp.voidresp()[:3], hashlib.sha256(body).hexdigest()]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_control_peer_reaches_a_passive_listener_and_it_is_not_consumed() {
+    let fx = Fixture::start(|b| b).await;
+    let script = format!(
+        "{PASV}{}",
+        r#"
+res = {}
+ftp = session()
+port = pasv(ftp)
+intruder = socket.socket()
+intruder.bind(("127.0.0.2", 0))
+intruder.settimeout(1.0)
+try:
+    intruder.connect(("127.0.0.1", port))
+    res["intruder"] = "connected"
+except OSError:
+    res["intruder"] = "kept out"
+intruder.close()
+res["victim"] = fetch(ftp, port)
+print(json.dumps(res))
+"#
+    );
+    let port = fx.ftp_port().to_string();
+    let out = common::python(&script, &[&port]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(v["intruder"], "kept out", "{v}");
+    let want = sha256(&fx.package_bytes(PKG));
+    assert_eq!(v["victim"], serde_json::json!(["150", "226", want]), "{v}");
+    let rec = fx
+        .wait_record("the victim's complete RETR", |r| {
+            r.outcome == Outcome::Complete && r.path == PKG
+        })
+        .await;
+    assert_eq!(rec.peer.ip().to_string(), "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pasv_replaces_the_old_and_one_address_holds_half_the_ports() {
+    // Four passive ports: each address may hold two outstanding listeners.
+    let fx = Fixture::start(|b| b.passive_ports(41000..=41003)).await;
+    let script = format!(
+        "{PASV}{}",
+        r#"
+res = {}
+a = session()
+ports = [pasv(a) for _ in range(51)]
+res["a_pasv"] = sorted(set(p if isinstance(p, str) else "227" for p in ports))
+b = session("127.0.0.2")
+res["b_fetch"] = fetch(b, pasv(b), "127.0.0.2")
+c = session()
+res["c_pasv"] = "227" if isinstance(pasv(c), int) else "425"
+d = session()
+r = pasv(d)
+res["d_pasv"] = r if isinstance(r, str) else "227"
+e = session("127.0.0.2")
+res["e_fetch"] = fetch(e, pasv(e), "127.0.0.2")
+res["a_fetch"] = fetch(a, pasv(a))
+print(json.dumps(res))
+"#
+    );
+    let port = fx.ftp_port().to_string();
+    let out = common::python(&script, &[&port]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let want = sha256(&fx.package_bytes(PKG));
+    let ok = serde_json::json!(["150", "226", want]);
+    // 51 PASVs from one session: every one answered, one port held.
+    assert_eq!(v["a_pasv"], serde_json::json!(["227"]), "{v}");
+    assert_eq!(v["b_fetch"], ok, "{v}");
+    // 127.0.0.1 holds A's and C's listeners: D is refused, 127.0.0.2 not.
+    assert_eq!(v["c_pasv"], "227", "{v}");
+    assert_eq!(v["d_pasv"], "425", "{v}");
+    assert_eq!(v["e_fetch"], ok, "{v}");
+    assert_eq!(v["a_fetch"], ok, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_connection_that_never_comes_is_recorded_and_the_session_goes_on() {
+    let fx = Fixture::start(|b| b.data_connection_timeout(Duration::from_secs(1))).await;
+    let script = format!(
+        "{PASV}{}",
+        r#"
+import time
+res = {}
+ftp = session()
+res["size"] = ftp.sendcmd("SIZE " + PKG)[:3]
+port = pasv(ftp)
+# The module's RETR, whose data connection a firewall blocks.
+res["retr"] = ftp.sendcmd("RETR " + PKG)[:3]
+time.sleep(1.5)
+# Past the data timeout the listener is closed.
+probe = socket.socket()
+probe.settimeout(2)
+try:
+    probe.connect(("127.0.0.1", port))
+    res["old_port"] = "open"
+except ConnectionRefusedError:
+    res["old_port"] = "closed"
+# The session goes on: the next transfer works.
+res["next"] = fetch(ftp, pasv(ftp))
+print(json.dumps(res))
+"#
+    );
+    let port = fx.ftp_port().to_string();
+    let out = common::python(&script, &[&port]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(v["size"], "213", "{v}");
+    assert_eq!(v["retr"], "150", "{v}");
+    assert_eq!(v["old_port"], "closed", "{v}");
+    let want = sha256(&fx.package_bytes(PKG));
+    assert_eq!(v["next"], serde_json::json!(["150", "226", want]), "{v}");
+    let aborted = fx
+        .wait_record("the RETR whose data connection never came", |r| {
+            r.outcome == Outcome::Aborted && r.status == 425
+        })
+        .await;
+    assert_eq!(aborted.path, PKG);
+    assert_eq!(aborted.bytes_sent, 0);
+    assert_eq!(aborted.user.as_deref(), Some("test"));
+    assert!(
+        aborted.reason.contains("no data connection within 1 s after PASV"),
+        "{aborted:?}"
+    );
+    // Exactly one such record: the transfer that worked released its
+    // listener without one.
+    let waits = fx
+        .server
+        .downloads()
+        .iter()
+        .filter(|r| r.status == 425)
+        .count();
+    assert_eq!(waits, 1, "{:#?}", fx.server.downloads());
+}
