@@ -71,8 +71,8 @@ print(json.dumps(res))
     );
     let port = fx.ftp_port().to_string();
     let out = common::python(&script, &[&port]).await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     assert_eq!(v["intruder"], "kept out", "{v}");
     let want = sha256(&fx.package_bytes(PKG));
     assert_eq!(v["victim"], serde_json::json!(["150", "226", want]), "{v}");
@@ -110,8 +110,8 @@ print(json.dumps(res))
     );
     let port = fx.ftp_port().to_string();
     let out = common::python(&script, &[&port]).await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     let want = sha256(&fx.package_bytes(PKG));
     let ok = serde_json::json!(["150", "226", want]);
     // 51 PASVs from one session: every one answered, one port held.
@@ -153,8 +153,8 @@ print(json.dumps(res))
     );
     let port = fx.ftp_port().to_string();
     let out = common::python(&script, &[&port]).await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     assert_eq!(v["size"], "213", "{v}");
     assert_eq!(v["retr"], "150", "{v}");
     assert_eq!(v["old_port"], "closed", "{v}");
@@ -169,7 +169,9 @@ print(json.dumps(res))
     assert_eq!(aborted.bytes_sent, 0);
     assert_eq!(aborted.user.as_deref(), Some("test"));
     assert!(
-        aborted.reason.contains("no data connection within 1 s after PASV"),
+        aborted
+            .reason
+            .contains("no data connection within 1 s after PASV"),
         "{aborted:?}"
     );
     // Exactly one such record: the transfer that worked released its

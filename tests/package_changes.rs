@@ -114,3 +114,90 @@ async fn a_fifo_swapped_in_under_a_package_name_is_refused_without_blocking() {
     let code = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(code == "503" || code == "404", "curl: {code} {out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_under_validation_answers_503_and_450_and_never_holds_back_others() {
+    let fx = Fixture::start(|b| b).await;
+    // 64 GiB of holes: far longer than this test to hash, no disk used
+    // (removing the file stops the validation).
+    let huge = fx.dir.path().join("huge-firmware.bin");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    // Wait until the catalog's next scan has seen it.
+    let url = fx.http_url("huge-firmware.bin");
+    let mut head = String::new();
+    for _ in 0..100 {
+        let out = run("curl", &["-sS", "-o", "/dev/null", "-D", "-", &url]).await;
+        head = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !head.starts_with("HTTP/1.1 404") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 2"),
+        "{head}"
+    );
+    // A package copied in now is served while the huge one is checked.
+    let small = fx.package_bytes("update-v12-to-v13.zip");
+    std::fs::write(fx.dir.path().join("new-v13-to-v14.zip"), &small).unwrap();
+    let small_url = fx.http_url("new-v13-to-v14.zip");
+    let mut code = String::new();
+    for _ in 0..100 {
+        let out = run(
+            "curl",
+            &["-sS", "-o", "/dev/null", "-w", "%{http_code}", &small_url],
+        )
+        .await;
+        code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "200" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(code, "200");
+    // Still validating: FTP answers SIZE and RETR with 450.
+    let port = fx.ftp_port().to_string();
+    let ftp = python(
+        r#"
+import ftplib, sys
+ftp = ftplib.FTP()
+ftp.connect("127.0.0.1", int(sys.argv[1]), timeout=10)
+ftp.login("test", "test")
+try:
+    ftp.sendcmd("SIZE huge-firmware.bin")
+    print("served")
+except ftplib.error_temp as e:
+    print(str(e)[:3])
+"#,
+        &[&port],
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&ftp.stdout).trim(),
+        "450",
+        "{ftp:?}"
+    );
+    let refused = fx
+        .wait_record("a 503 for the package being validated", |r| {
+            r.status == 503 && r.path == "huge-firmware.bin"
+        })
+        .await;
+    assert_eq!(refused.outcome, Outcome::Refused);
+    assert!(refused.reason.contains("being validated"), "{refused:?}");
+    // Removed, its validation stops: a rescan settles at once.
+    std::fs::remove_file(&huge).unwrap();
+    let catalog = std::sync::Arc::clone(fx.server.catalog());
+    common::bounded("rescan after removal", catalog.rescan_now())
+        .await
+        .unwrap();
+    let out = run(
+        "curl",
+        &["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+}

@@ -5,13 +5,22 @@
 //! [`SCAN_INTERVAL`] so a package copied in while running is served within
 //! two seconds. Hidden files, symlinks that leave the folder and anything
 //! that is not a regular file are excluded with a reason.
+//!
+//! A scan only reads metadata; new and changed files are validated in the
+//! background (files of [`LARGE_PACKAGE`] bytes or more [`MAX_VALIDATIONS`]
+//! at a time), and join the catalog one by
+//! one as each passes. Meanwhile such a file looks up as
+//! [`Lookup::Validating`](super::Lookup::Validating) (HTTP `503` with
+//! `Retry-After`, FTP `450`), so a slow or hostile package never delays
+//! the catalog's view of the others.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -118,11 +127,13 @@ fn modified(meta: &fs::Metadata) -> SystemTime {
     meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// One scan: the snapshot served, and where each package's bytes are.
+/// One scan: the snapshot served, where each package's bytes are, and the
+/// files waiting for (or under) validation.
 #[derive(Debug, Default)]
 struct Scan {
     snapshot: Arc<Snapshot>,
     files: BTreeMap<String, OnDisk>,
+    pending: BTreeMap<String, OnDisk>,
 }
 
 /// Folder-backed catalog.
@@ -131,7 +142,24 @@ pub struct FsCatalog {
     root: PathBuf,
     advertised: Advertised,
     scan: RwLock<Arc<Scan>>,
+    /// Files being validated now: what each looked like, and the flag
+    /// that stops its validation (the file changed again or went away).
+    in_flight: Mutex<BTreeMap<String, (OnDisk, Arc<AtomicBool>)>>,
+    /// How many validations are in flight (wakes [`FsCatalog::rescan`]).
+    busy: tokio::sync::watch::Sender<usize>,
+    /// Validations of large files allowed at once.
+    slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Validations of large files ([`LARGE_PACKAGE`] bytes or more) run at once
+/// in the background, each on a blocking thread: two leave a core for
+/// serving on a 2-core machine. Smaller files never wait for a slot, so
+/// large or hostile packages cannot hold back a small one.
+pub const MAX_VALIDATIONS: usize = 2;
+
+/// Size from which a file's validation takes one of the
+/// [`MAX_VALIDATIONS`] slots (64 MiB: well under a second to check).
+pub const LARGE_PACKAGE: u64 = 64 << 20;
 
 /// How often [`FsCatalog`]'s [`Catalog::watch`] re-scans (1 s: changes are
 /// served within 2 s).
@@ -155,6 +183,9 @@ impl FsCatalog {
             root,
             advertised,
             scan: RwLock::new(Arc::new(Scan::default())),
+            in_flight: Mutex::new(BTreeMap::new()),
+            busy: tokio::sync::watch::Sender::new(0),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_VALIDATIONS)),
         });
         catalog.rescan().await?;
         Ok(catalog)
@@ -170,33 +201,147 @@ impl FsCatalog {
         &self.advertised
     }
 
-    /// Re-scans the folder, re-validating only files whose size,
-    /// modification time, inode, ctime or symlink target changed, and logs
-    /// additions, changes and removals.
+    /// Re-scans the folder and waits until every new or changed file is
+    /// validated (files whose size, modification time, inode, ctime or
+    /// symlink target are unchanged are not re-read).
     ///
     /// # Errors
     /// The folder itself can no longer be read.
     pub async fn rescan(self: &Arc<Self>) -> io::Result<()> {
+        self.scan_once().await?;
+        let mut busy = self.busy.subscribe();
+        // Validation is bounded by the zip budget: this ends.
+        let _ = busy.wait_for(|n| *n == 0).await;
+        Ok(())
+    }
+
+    /// Scans the folder's metadata, publishes what it found and starts the
+    /// validation of new and changed files, without waiting for them.
+    async fn scan_once(self: &Arc<Self>) -> io::Result<()> {
         let this = Arc::clone(self);
         let previous = self.current();
-        let next = tokio::task::spawn_blocking(move || this.scan_blocking(&previous))
+        let mut next = tokio::task::spawn_blocking(move || this.scan_blocking(&previous))
             .await
             .map_err(io::Error::other)??;
-        let previous = Arc::clone(&self.current().snapshot);
-        for pkg in next.snapshot.packages() {
-            match previous.package(&pkg.path) {
-                None => log_package("package added", &pkg),
-                Some(old) if !Arc::ptr_eq(old, &pkg) => log_package("package changed", &pkg),
-                _ => {}
+        {
+            let mut scan = self.scan.write().unwrap_or_else(|p| p.into_inner());
+            // A validation may have finished while the folder was read.
+            let done: Vec<String> = next
+                .pending
+                .iter()
+                .filter(|(key, on_disk)| scan.files.get(*key) == Some(on_disk))
+                .map(|(key, _)| key.clone())
+                .collect();
+            let snapshot = Arc::make_mut(&mut next.snapshot);
+            for key in done {
+                if let (Some(pkg), Some(on_disk)) =
+                    (scan.snapshot.package(&key), next.pending.remove(&key))
+                {
+                    snapshot.add_package(Arc::clone(pkg));
+                    next.files.insert(key, on_disk);
+                }
+            }
+            for old in scan.snapshot.packages() {
+                if next.snapshot.package(&old.path).is_none()
+                    && !next.pending.contains_key(&old.path)
+                {
+                    tracing::info!(path = %old.path, "package removed");
+                }
+            }
+            *scan = Arc::new(next);
+        }
+        let pending = self.current().pending.clone();
+        // Validations of files that changed again or went away stop.
+        for (key, (on_disk, stop)) in self.in_flight().iter() {
+            if pending.get(key) != Some(on_disk) {
+                stop.store(true, Ordering::Release);
             }
         }
-        for old in previous.packages() {
-            if next.snapshot.package(&old.path).is_none() {
-                tracing::info!(path = %old.path, "package removed");
-            }
+        for (key, on_disk) in pending {
+            self.validate_in_background(key, on_disk);
         }
-        *self.scan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(())
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (OnDisk, Arc<AtomicBool>)>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops every validation in flight (the server is shutting down).
+    fn stop_validations(&self) {
+        for (_, stop) in self.in_flight().values() {
+            stop.store(true, Ordering::Release);
+        }
+    }
+
+    /// Validates `key` as `on_disk` on a blocking thread, unless that very
+    /// file is already being validated, then adds it to the catalog.
+    fn validate_in_background(self: &Arc<Self>, key: String, on_disk: OnDisk) {
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let mut in_flight = self.in_flight();
+            if in_flight.get(&key).is_some_and(|(d, _)| *d == on_disk) {
+                return;
+            }
+            let previous = in_flight.insert(key.clone(), (on_disk.clone(), Arc::clone(&stop)));
+            if let Some((_, old)) = previous {
+                old.store(true, Ordering::Release);
+            }
+        }
+        self.busy.send_modify(|n| *n += 1);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let permit = if on_disk.stamp.len >= LARGE_PACKAGE {
+                Arc::clone(&this.slots).acquire_owned().await.ok()
+            } else {
+                None
+            };
+            let worker = Arc::clone(&this);
+            let (k, d, flag) = (key.clone(), on_disk.clone(), Arc::clone(&stop));
+            let checked = tokio::task::spawn_blocking(move || worker.validate_one(&k, &d, &flag))
+                .await
+                .unwrap_or(Checked::Unreadable);
+            drop(permit);
+            this.finish(&key, &on_disk, checked);
+            {
+                let mut in_flight = this.in_flight();
+                if in_flight
+                    .get(&key)
+                    .is_some_and(|(_, s)| Arc::ptr_eq(s, &stop))
+                {
+                    in_flight.remove(&key);
+                }
+            }
+            this.busy.send_modify(|n| *n -= 1);
+        });
+    }
+
+    /// Publishes the result of validating `key` as `on_disk`, if the file
+    /// is still pending as that (a newer change waits for its own).
+    fn finish(&self, key: &str, on_disk: &OnDisk, checked: Checked) {
+        let mut scan = self.scan.write().unwrap_or_else(|p| p.into_inner());
+        if scan.pending.get(key) != Some(on_disk) {
+            return;
+        }
+        let mut snapshot = Snapshot::clone(&scan.snapshot);
+        let mut files = scan.files.clone();
+        let mut pending = scan.pending.clone();
+        pending.remove(key);
+        snapshot.settle(key);
+        match checked {
+            Checked::Package(pkg) => {
+                log_package("package validated", &pkg);
+                snapshot.add_package(Arc::new(pkg));
+                files.insert(key.to_string(), on_disk.clone());
+            }
+            Checked::Crashed => snapshot.exclude(key, "validation crashed"),
+            Checked::Unreadable => {}
+        }
+        *scan = Arc::new(Scan {
+            snapshot: Arc::new(snapshot),
+            files,
+            pending,
+        });
     }
 
     fn current(&self) -> Arc<Scan> {
@@ -209,6 +354,7 @@ impl FsCatalog {
         fs::read_dir(&self.root)?;
         let mut snap = Snapshot::new(modified(&root_meta));
         let mut files = BTreeMap::new();
+        let mut pending = BTreeMap::new();
         let mut stack = vec![(self.root.clone(), String::new())];
         while let Some((dir, prefix)) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
@@ -244,15 +390,14 @@ impl FsCatalog {
                     files.insert(key, on_disk);
                     continue;
                 }
-                if let Some(pkg) = self.validate_one(&key, &on_disk, &mut snap) {
-                    snap.add_package(Arc::new(pkg));
-                    files.insert(key, on_disk);
-                }
+                snap.add_validating(key.clone(), on_disk.stamp.modified);
+                pending.insert(key, on_disk);
             }
         }
         Ok(Scan {
             snapshot: Arc::new(snap),
             files,
+            pending,
         })
     }
 
@@ -300,28 +445,69 @@ impl FsCatalog {
         Some((target, meta))
     }
 
-    /// Validates one file; `None` (logged, or excluded) when it cannot be.
-    fn validate_one(&self, key: &str, on_disk: &OnDisk, snap: &mut Snapshot) -> Option<Package> {
-        // One hostile file must not stop the scan: a panic inside the zip
-        // reader excludes that file only.
+    /// Validates one file (blocking), until `stop` is set.
+    fn validate_one(&self, key: &str, on_disk: &OnDisk, stop: &AtomicBool) -> Checked {
+        // One hostile file must not stop the others: a panic inside the
+        // zip reader excludes that file only.
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let file = fs::File::open(&on_disk.fs_path)?;
-            let content = io::BufReader::new(file);
+            let content = io::BufReader::new(Stoppable { inner: file, stop });
             Package::validate(key, content, on_disk.stamp.modified, &self.advertised)
         }));
         match checked {
-            Ok(Ok(pkg)) => Some(pkg),
+            Ok(Ok(pkg)) => Checked::Package(pkg),
+            Ok(Err(err)) if err.get_ref().is_some_and(|e| e.is::<Stopped>()) => {
+                tracing::debug!(path = %key, "validation stopped: the file changed or went away");
+                Checked::Unreadable
+            }
             Ok(Err(err)) => {
                 tracing::warn!(path = %key, error = %err, "cannot read package");
-                None
+                Checked::Unreadable
             }
             Err(_) => {
                 tracing::error!(path = %key, "package validation crashed; not served");
-                snap.exclude(key, "validation crashed");
-                None
+                Checked::Crashed
             }
         }
     }
+}
+
+/// Why a [`Stoppable`] read failed (not `Interrupted`: readers retry that).
+#[derive(Debug, thiserror::Error)]
+#[error("validation stopped: the file changed or went away")]
+struct Stopped;
+
+/// A reader that fails with [`Stopped`] once `stop` is set, so a
+/// validation whose file changed again stops within one read.
+struct Stoppable<'a> {
+    inner: fs::File,
+    stop: &'a AtomicBool,
+}
+
+impl io::Read for Stoppable<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Acquire) {
+            return Err(io::Error::other(Stopped));
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl io::Seek for Stoppable<'_> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+/// How validating one file ended.
+#[derive(Debug)]
+enum Checked {
+    /// Read through: a package, valid or not.
+    Package(Package),
+    /// The file could not be read (it is tried again at the next scan).
+    Unreadable,
+    /// The validator panicked: the file is excluded.
+    Crashed,
 }
 
 fn log_package(what: &str, pkg: &Package) {
@@ -362,9 +548,12 @@ impl Catalog for FsCatalog {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => {
+                    self.stop_validations();
+                    return;
+                }
                 _ = tick.tick() => {
-                    if let Err(err) = self.rescan().await {
+                    if let Err(err) = self.scan_once().await {
                         tracing::warn!(error = %err, root = %self.root.display(), "package folder scan failed");
                     }
                 }

@@ -174,6 +174,9 @@ pub enum Lookup {
     Excluded(String),
     /// Nothing at that key.
     Missing,
+    /// A new or changed file at that key is being validated: not served
+    /// until it passes (a temporary refusal).
+    Validating,
 }
 
 /// A folder or a package as a listing shows it.

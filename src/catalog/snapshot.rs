@@ -20,6 +20,7 @@ pub struct Snapshot {
     packages: BTreeMap<String, Arc<Package>>,
     folders: BTreeMap<String, SystemTime>,
     excluded: BTreeMap<String, String>,
+    validating: BTreeMap<String, SystemTime>,
 }
 
 impl Snapshot {
@@ -38,14 +39,36 @@ impl Snapshot {
     /// Adds a package under its key, and any parent folder not added yet
     /// (dated like the package).
     pub fn add_package(&mut self, package: Arc<Package>) {
-        let mut parent = package.path.as_str();
+        self.add_parents(&package.path, package.modified);
+        self.validating.remove(&package.path);
+        self.packages.insert(package.path.clone(), package);
+    }
+
+    /// Marks `key` as a file being validated (modified at `modified`): it
+    /// looks up as [`Lookup::Validating`] until [`Snapshot::add_package`]
+    /// or [`Snapshot::settle`]. Its folders are listed meanwhile.
+    pub fn add_validating(&mut self, key: impl Into<String>, modified: SystemTime) {
+        let key = key.into();
+        self.add_parents(&key, modified);
+        self.validating.insert(key, modified);
+    }
+
+    /// Ends the validation mark of `key`.
+    pub fn settle(&mut self, key: &str) {
+        self.validating.remove(key);
+    }
+
+    /// Keys being validated.
+    pub fn validating(&self) -> impl Iterator<Item = &str> {
+        self.validating.keys().map(String::as_str)
+    }
+
+    fn add_parents(&mut self, key: &str, modified: SystemTime) {
+        let mut parent = key;
         while let Some((up, _)) = parent.rsplit_once('/') {
-            self.folders
-                .entry(up.to_string())
-                .or_insert(package.modified);
+            self.folders.entry(up.to_string()).or_insert(modified);
             parent = up;
         }
-        self.packages.insert(package.path.clone(), package);
     }
 
     /// Removes the package at `key`, if any (its folders stay).
@@ -70,6 +93,9 @@ impl Snapshot {
         }
         if let Some(pkg) = self.packages.get(key) {
             return Lookup::Package(Arc::clone(pkg));
+        }
+        if self.validating.contains_key(key) {
+            return Lookup::Validating;
         }
         // A key under an excluded folder is excluded too.
         let mut probe = key;
@@ -96,7 +122,7 @@ impl Snapshot {
                     .copied()
                     .unwrap_or(SystemTime::UNIX_EPOCH),
             }),
-            Lookup::Excluded(_) | Lookup::Missing => None,
+            Lookup::Excluded(_) | Lookup::Missing | Lookup::Validating => None,
         }
     }
 

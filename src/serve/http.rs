@@ -70,6 +70,11 @@ type ResponseBody = Either<Full<Bytes>, PackageBody>;
 /// Bytes read from a package per body chunk.
 const BODY_CHUNK: usize = 32 * 1024;
 
+/// `Retry-After` (RFC 9110 §10.2.3), in seconds, on a `503` for a package
+/// being validated or changed under a request: a re-scan and validation
+/// normally settle within it.
+const RETRY_AFTER_SECS: &str = "2";
+
 const SERVER_NAME: &str = concat!("qfota-serve/", env!("CARGO_PKG_VERSION"));
 
 /// Accepts connections on `listener` until `shutdown` fires, then lets
@@ -264,7 +269,8 @@ impl Conn {
     }
 
     /// Resolves the attempt's path to a package that may be served (see
-    /// [`Shared::resolve`]); a refusal is a 404.
+    /// [`Shared::resolve`]); a refusal is a 404, or a 503 while the
+    /// package is being validated.
     fn authorize(&self, attempt: &mut Attempt) -> Result<Arc<Package>, Answer> {
         let facts = |p: &Package| (p.size, p.sha256.clone());
         match self.shared.resolve(&attempt.path) {
@@ -276,8 +282,13 @@ impl Conn {
                 outcome,
                 reason,
                 package,
+                retry,
             } => {
                 attempt.package = package.as_deref().map(facts);
+                if retry {
+                    let busy = Answer::new(StatusCode::SERVICE_UNAVAILABLE, outcome, reason);
+                    return Err(busy.header(RETRY_AFTER, RETRY_AFTER_SECS));
+                }
                 Err(Answer::new(StatusCode::NOT_FOUND, outcome, reason))
             }
         }
@@ -330,7 +341,7 @@ impl Conn {
                     Outcome::Refused,
                     err.to_string(),
                 );
-                return Err(answer.header(RETRY_AFTER, "2"));
+                return Err(answer.header(RETRY_AFTER, RETRY_AFTER_SECS));
             }
             Err(err) => {
                 return Err(Answer::new(

@@ -112,6 +112,9 @@ pub(crate) enum Access {
         outcome: Outcome,
         reason: String,
         package: Option<Arc<Package>>,
+        /// The refusal is temporary (the package is being validated):
+        /// HTTP `503` with `Retry-After`, FTP `450`.
+        retry: bool,
     },
 }
 
@@ -124,21 +127,31 @@ impl Shared {
                 outcome: Outcome::InvalidPackage,
                 reason: format!("invalid package: {}", p.problems.join("; ")),
                 package: Some(p),
+                retry: false,
             },
             Lookup::Directory => Access::Refuse {
                 outcome: Outcome::NotFound,
                 reason: "is a folder, not a package".into(),
                 package: None,
+                retry: false,
             },
             Lookup::Excluded(why) => Access::Refuse {
                 outcome: Outcome::Refused,
                 reason: format!("not served: {why}"),
                 package: None,
+                retry: false,
             },
             Lookup::Missing => Access::Refuse {
                 outcome: Outcome::NotFound,
                 reason: "no such package".into(),
                 package: None,
+                retry: false,
+            },
+            Lookup::Validating => Access::Refuse {
+                outcome: Outcome::Refused,
+                reason: "package being validated (new or changed): try again shortly".into(),
+                package: None,
+                retry: true,
             },
         }
     }

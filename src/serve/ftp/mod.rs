@@ -551,13 +551,15 @@ impl CatalogStorage {
             outcome,
             reason,
             package,
+            retry,
         } = self.session.shared.resolve(key)
         else {
             return not_available();
         };
         attempt.package = package.map(|p| (p.size, p.sha256.clone()));
         let reason = format!("SIZE/MDTM: {reason}");
-        self.refuse(&attempt, 550, outcome, reason, not_available())
+        let (status, error) = refusal(retry);
+        self.refuse(&attempt, status, outcome, reason, error)
     }
 
     fn refuse_write(&self, command: &str, path: &Path) -> storage::Error {
@@ -591,9 +593,11 @@ impl CatalogStorage {
                 outcome,
                 reason,
                 package,
+                retry,
             } => {
                 attempt.package = package.map(|p| (p.size, p.sha256.clone()));
-                return Err(self.refuse(attempt, 550, outcome, reason, not_available()));
+                let (status, error) = refusal(retry);
+                return Err(self.refuse(attempt, status, outcome, reason, error));
             }
         };
         attempt.package = Some((package.size, package.sha256.clone()));
@@ -717,6 +721,17 @@ impl CatalogStorage {
 
 fn not_available() -> storage::Error {
     storage::Error::from(ErrorKind::PermanentFileNotAvailable)
+}
+
+/// The reply to a refused path: `450` (try again: the package is being
+/// validated) or `550`.
+fn refusal(retry: bool) -> (u16, storage::Error) {
+    if retry {
+        let busy = storage::Error::from(ErrorKind::TransientFileNotAvailable);
+        (450, busy)
+    } else {
+        (550, not_available())
+    }
 }
 
 /// Why a transfer stopped part-way: the reply, the record's reason and the
