@@ -1,7 +1,9 @@
 //! A package changed under the server while modules download it: every
-//! download carries one version or ends short — never a full-length body
-//! mixing two — and a FIFO swapped in under a package name is refused
-//! without blocking. Real sockets, real files.
+//! download carries one version — the resident copy it started on, or,
+//! read from the file, the old one or a short end — never a full-length
+//! body mixing two; a FIFO swapped in under a package name is refused
+//! without blocking; a package being validated holds back no other.
+//! Real sockets, real files.
 
 mod common;
 
@@ -43,7 +45,9 @@ print(n, h.hexdigest())
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_package_rewritten_in_place_mid_download_is_never_spliced() {
-    let fx = Fixture::start(|b| b).await;
+    // Read from the file for each download (no resident copy): the
+    // change is noticed mid-download.
+    let fx = Fixture::start(|b| b.package_memory(0)).await;
     let path = fx.dir.path().join(BIG);
     let old = std::fs::read(&path).unwrap();
     let size = old.len();
@@ -88,8 +92,59 @@ async fn a_package_rewritten_in_place_mid_download_is_never_spliced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fifo_swapped_in_under_a_package_name_is_refused_without_blocking() {
+async fn downloads_from_the_resident_copy_finish_with_the_version_they_started_on() {
     let fx = Fixture::start(|b| b).await;
+    let path = fx.dir.path().join(BIG);
+    let old = std::fs::read(&path).unwrap();
+    let old_sha = common::sha256(&old);
+    let mut new = old.clone();
+    new.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+    let new_sha = common::sha256(&new);
+    let addr = fx.server.http_addr().unwrap().to_string();
+    let args = [addr.as_str(), BIG, "4000000"];
+    let readers = (0..4).map(|_| python(SLOW_GET, &args));
+    let rewrite = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all(&new).unwrap();
+    };
+    let (outs, ()) = tokio::join!(futures_util::future::join_all(readers), rewrite);
+    let want = format!("{} {old_sha}", old.len());
+    for out in &outs {
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{out:?}");
+    }
+    let records = fx
+        .wait_records("one record per download", 4, |r| r.path == BIG)
+        .await;
+    for r in &records {
+        assert_eq!(r.outcome, Outcome::Complete, "{r:?}");
+        assert_eq!(r.sha256.as_deref(), Some(old_sha.as_str()), "{r:?}");
+    }
+    // Once the change is seen, the old copy is gone: the new bytes (a
+    // broken zip) are what the catalog judges, and refuses.
+    let catalog = std::sync::Arc::clone(fx.server.catalog());
+    common::bounded("rescan", catalog.rescan_now())
+        .await
+        .unwrap();
+    let url = fx.http_url(BIG);
+    let out = run(
+        "curl",
+        &["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404", "{out:?}");
+    let refused = fx
+        .wait_record("the refusal of the new version", |r| {
+            r.path == BIG && r.outcome == Outcome::InvalidPackage
+        })
+        .await;
+    assert_eq!(refused.sha256.as_deref(), Some(new_sha.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_swapped_in_under_a_package_name_is_refused_without_blocking() {
+    let fx = Fixture::start(|b| b.package_memory(0)).await;
     let name = "update-v12-to-v13.zip";
     let fifo = fx.dir.path().join(".swap.fifo");
     let made = run("mkfifo", &[fifo.to_str().unwrap()]).await;

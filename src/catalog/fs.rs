@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::validate::Advertised;
@@ -129,11 +130,19 @@ fn modified(meta: &fs::Metadata) -> SystemTime {
 
 /// One scan: the snapshot served, where each package's bytes are, and the
 /// files waiting for (or under) validation.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Scan {
     snapshot: Arc<Snapshot>,
     files: BTreeMap<String, OnDisk>,
     pending: BTreeMap<String, OnDisk>,
+    /// Resident copies of valid packages (see [`Catalog::resident`]).
+    resident: BTreeMap<String, Bytes>,
+}
+
+impl Scan {
+    fn resident_bytes(&self) -> u64 {
+        self.resident.values().map(|b| b.len() as u64).sum()
+    }
 }
 
 /// Folder-backed catalog.
@@ -149,6 +158,8 @@ pub struct FsCatalog {
     busy: tokio::sync::watch::Sender<usize>,
     /// Validations of large files allowed at once.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Memory for resident copies, in bytes (0: none).
+    resident_total: u64,
 }
 
 /// Validations of large files ([`LARGE_PACKAGE`] bytes or more) run at once
@@ -156,6 +167,15 @@ pub struct FsCatalog {
 /// serving on a 2-core machine. Smaller files never wait for a slot, so
 /// large or hostile packages cannot hold back a small one.
 pub const MAX_VALIDATIONS: usize = 2;
+
+/// Largest package kept resident in memory (256 MiB): bigger ones are
+/// read from their file for each download.
+pub const RESIDENT_MAX_PACKAGE: u64 = 256 << 20;
+
+/// Default memory for resident package copies over all packages (1 GiB,
+/// `--package-memory-mib 1024`); past it packages are read from their
+/// files.
+pub const RESIDENT_TOTAL: u64 = 1 << 30;
 
 /// Size from which a file's validation takes one of the
 /// [`MAX_VALIDATIONS`] slots (64 MiB: well under a second to check).
@@ -172,6 +192,20 @@ impl FsCatalog {
     /// # Errors
     /// `root` does not exist or is not a readable directory.
     pub async fn open(root: &Path, advertised: Advertised) -> io::Result<Arc<Self>> {
+        Self::open_with_memory(root, advertised, RESIDENT_TOTAL).await
+    }
+
+    /// Like [`FsCatalog::open`], keeping resident copies of valid packages
+    /// (each at most [`RESIDENT_MAX_PACKAGE`]) in up to `memory` bytes
+    /// (`--package-memory-mib`); 0 reads every download from its file.
+    ///
+    /// # Errors
+    /// As [`FsCatalog::open`].
+    pub async fn open_with_memory(
+        root: &Path,
+        advertised: Advertised,
+        memory: u64,
+    ) -> io::Result<Arc<Self>> {
         let root = tokio::fs::canonicalize(root).await?;
         if !tokio::fs::metadata(&root).await?.is_dir() {
             return Err(io::Error::new(
@@ -186,6 +220,7 @@ impl FsCatalog {
             in_flight: Mutex::new(BTreeMap::new()),
             busy: tokio::sync::watch::Sender::new(0),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_VALIDATIONS)),
+            resident_total: memory,
         });
         catalog.rescan().await?;
         Ok(catalog)
@@ -238,6 +273,9 @@ impl FsCatalog {
                     (scan.snapshot.package(&key), next.pending.remove(&key))
                 {
                     snapshot.add_package(Arc::clone(pkg));
+                    if let Some(copy) = scan.resident.get(&key) {
+                        next.resident.insert(key.clone(), copy.clone());
+                    }
                     next.files.insert(key, on_disk);
                 }
             }
@@ -323,25 +361,27 @@ impl FsCatalog {
         if scan.pending.get(key) != Some(on_disk) {
             return;
         }
-        let mut snapshot = Snapshot::clone(&scan.snapshot);
-        let mut files = scan.files.clone();
-        let mut pending = scan.pending.clone();
-        pending.remove(key);
+        let mut next = Scan::clone(&scan);
+        next.pending.remove(key);
+        next.resident.remove(key);
+        let resident_bytes = next.resident_bytes();
+        let snapshot = Arc::make_mut(&mut next.snapshot);
         snapshot.settle(key);
         match checked {
-            Checked::Package(pkg) => {
+            Checked::Package(pkg, copy) => {
                 log_package("package validated", &pkg);
+                if let Some(copy) = copy.filter(|_| pkg.is_valid())
+                    && resident_bytes + copy.len() as u64 <= self.resident_total
+                {
+                    next.resident.insert(key.to_string(), copy);
+                }
                 snapshot.add_package(Arc::new(pkg));
-                files.insert(key.to_string(), on_disk.clone());
+                next.files.insert(key.to_string(), on_disk.clone());
             }
             Checked::Crashed => snapshot.exclude(key, "validation crashed"),
             Checked::Unreadable => {}
         }
-        *scan = Arc::new(Scan {
-            snapshot: Arc::new(snapshot),
-            files,
-            pending,
-        });
+        *scan = Arc::new(next);
     }
 
     fn current(&self) -> Arc<Scan> {
@@ -355,6 +395,7 @@ impl FsCatalog {
         let mut snap = Snapshot::new(modified(&root_meta));
         let mut files = BTreeMap::new();
         let mut pending = BTreeMap::new();
+        let mut resident = BTreeMap::new();
         let mut stack = vec![(self.root.clone(), String::new())];
         while let Some((dir, prefix)) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
@@ -387,6 +428,9 @@ impl FsCatalog {
                     && previous.files.get(&key) == Some(&on_disk)
                 {
                     snap.add_package(Arc::clone(old));
+                    if let Some(copy) = previous.resident.get(&key) {
+                        resident.insert(key.clone(), copy.clone());
+                    }
                     files.insert(key, on_disk);
                     continue;
                 }
@@ -398,6 +442,7 @@ impl FsCatalog {
             snapshot: Arc::new(snap),
             files,
             pending,
+            resident,
         })
     }
 
@@ -451,11 +496,22 @@ impl FsCatalog {
         // zip reader excludes that file only.
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let file = fs::File::open(&on_disk.fs_path)?;
-            let content = io::BufReader::new(Stoppable { inner: file, stop });
-            Package::validate(key, content, on_disk.stamp.modified, &self.advertised)
+            let mut content = Stoppable { inner: file, stop };
+            let modified = on_disk.stamp.modified;
+            if on_disk.stamp.len > RESIDENT_MAX_PACKAGE.min(self.resident_total) {
+                let content = io::BufReader::new(content);
+                return Package::validate(key, content, modified, &self.advertised)
+                    .map(|pkg| (pkg, None));
+            }
+            // Validate the very bytes that will be served.
+            let mut copy = Vec::with_capacity(on_disk.stamp.len as usize);
+            io::Read::read_to_end(&mut content, &mut copy)?;
+            let copy = Bytes::from(copy);
+            let pkg = Package::validate(key, io::Cursor::new(&copy), modified, &self.advertised)?;
+            Ok((pkg, Some(copy)))
         }));
         match checked {
-            Ok(Ok(pkg)) => Checked::Package(pkg),
+            Ok(Ok((pkg, copy))) => Checked::Package(pkg, copy),
             Ok(Err(err)) if err.get_ref().is_some_and(|e| e.is::<Stopped>()) => {
                 tracing::debug!(path = %key, "validation stopped: the file changed or went away");
                 Checked::Unreadable
@@ -502,8 +558,9 @@ impl io::Seek for Stoppable<'_> {
 /// How validating one file ended.
 #[derive(Debug)]
 enum Checked {
-    /// Read through: a package, valid or not.
-    Package(Package),
+    /// Read through: a package, valid or not, and its bytes when they
+    /// were read into memory.
+    Package(Package, Option<Bytes>),
     /// The file could not be read (it is tried again at the next scan).
     Unreadable,
     /// The validator panicked: the file is excluded.
@@ -537,6 +594,16 @@ impl Catalog for FsCatalog {
             .await
             .map_err(io::Error::other)??;
         Ok(Box::new(pinned_reader(file, stamp, range)))
+    }
+
+    fn resident(&self, package: &Package) -> Option<Bytes> {
+        let scan = self.current();
+        let current = scan.snapshot.package(&package.path)?;
+        // Only for the very version asked about.
+        if current.sha256 != package.sha256 || current.size != package.size {
+            return None;
+        }
+        scan.resident.get(&package.path).cloned()
     }
 
     async fn rescan_now(self: Arc<Self>) -> io::Result<()> {

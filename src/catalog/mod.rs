@@ -295,6 +295,17 @@ pub trait Catalog: Send + Sync + std::fmt::Debug + 'static {
     /// [`OpenError::Io`] when it cannot be read.
     async fn open(&self, package: &Package, range: Range<u64>) -> Result<PackageReader, OpenError>;
 
+    /// The validated bytes of `package` held in memory, if the catalog
+    /// keeps a resident copy of it: one shared, read-only copy that every
+    /// download slices (no per-connection reads or buffers). It is exactly
+    /// the content whose SHA-256 [`Package::sha256`] gives, so a download
+    /// served from it carries one version even if the source changes.
+    /// `None`: use [`Catalog::open`]. The default keeps none.
+    fn resident(&self, package: &Package) -> Option<bytes::Bytes> {
+        let _ = package;
+        None
+    }
+
     /// What `key` (from [`path::normalize`]) names.
     fn lookup(&self, key: &str) -> Lookup {
         self.snapshot().lookup(key)

@@ -163,6 +163,17 @@ pub struct ServeArgs {
         value_name = "SECS"
     )]
     pub login_timeout_secs: u64,
+    /// Memory for resident copies of valid packages, in MiB: each package
+    /// up to 256 MiB is held once and every download slices it (fast, no
+    /// per-connection buffers, one version per download); 0 reads every
+    /// download from its file.
+    #[arg(
+        long,
+        env = "QFOTA_PACKAGE_MEMORY_MIB",
+        default_value_t = 1024,
+        value_name = "MIB"
+    )]
+    pub package_memory_mib: u64,
     /// Serve the admin routes (/healthz, /readyz and the control routes
     /// /faults, /downloads, /packages/rescan) on this address, its own
     /// listener (port 0 = any free port) [default: off].
@@ -201,7 +212,8 @@ impl ServeArgs {
             .max_connections(self.max_connections)
             .max_connections_per_ip(self.max_connections_per_ip)
             .ftp_idle_timeout(Duration::from_secs(self.ftp_idle_secs.max(1)))
-            .login_timeout(Duration::from_secs(self.login_timeout_secs.max(1)));
+            .login_timeout(Duration::from_secs(self.login_timeout_secs.max(1)))
+            .package_memory(self.package_memory_mib.saturating_mul(1 << 20));
         if let Some(h) = &self.public_host {
             b = b.public_host(h.clone());
         }

@@ -168,12 +168,12 @@ async fn serve_connection<S>(
     let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header_read)
-        // Bound what one connection holds in user space. With the default
-        // vectored writes hyper queues up to 16 body chunks per connection
-        // (about 1 MiB here) whenever the client reads slowly; a flat
-        // buffer caps it at `BODY_CHUNK` + headers. A fleet of modules on
-        // tens of kB/s each is mostly slow connections.
-        .writev(false)
+        // Vectored writes: hyper queues body frames as they are. A frame of
+        // a resident copy is a reference to the shared package, so a slow
+        // connection holds no buffer of its own; frames read from a file
+        // are bounded by `max_buf_size` (hyper stops polling the body
+        // while more than that is queued).
+        .writev(true)
         .max_buf_size(2 * BODY_CHUNK)
         .serve_connection(TokioIo::new(io), service);
     tokio::select! {
@@ -332,7 +332,19 @@ impl Conn {
         package: &Package,
         range: std::ops::Range<u64>,
         attempt: &mut Attempt,
-    ) -> Result<PackageReader, Answer> {
+    ) -> Result<BodySource, Answer> {
+        let applied = self
+            .shared
+            .faults
+            .select(&self.fault_info(attempt), Action::is_data);
+        if applied.is_none()
+            && let Some(copy) = self.shared.catalog.resident(package)
+        {
+            // The shared, validated copy: sliced, never copied.
+            return Ok(BodySource::Resident(
+                copy.slice(range.start as usize..range.end as usize),
+            ));
+        }
         let reader = match self.shared.catalog.open(package, range).await {
             Ok(reader) => reader,
             Err(err @ OpenError::Changed) => {
@@ -351,30 +363,29 @@ impl Conn {
                 ));
             }
         };
-        let applied = self
-            .shared
-            .faults
-            .select(&self.fault_info(attempt), Action::is_data);
-        Ok(apply_data_fault(
-            reader,
-            applied,
-            attempt,
-            package.size,
-            self.shared.shutdown.clone(),
-            self.shared.stall_timeout,
-        ))
+        Ok(BodySource::Reader(ReaderStream::with_capacity(
+            apply_data_fault(
+                reader,
+                applied,
+                attempt,
+                package.size,
+                self.shared.shutdown.clone(),
+                self.shared.stall_timeout,
+            ),
+            BODY_CHUNK,
+        )))
     }
 
     /// The body of `span` read from `reader`; it records `attempt` when it
     /// ends.
     fn package_body(
         self: &Arc<Self>,
-        reader: PackageReader,
+        source: BodySource,
         span: &Span,
         attempt: Attempt,
     ) -> PackageBody {
         PackageBody {
-            stream: ReaderStream::with_capacity(reader, BODY_CHUNK),
+            stream: source,
             expected: span.len,
             sent: 0,
             status: span.status,
@@ -677,7 +688,7 @@ enum BodyPhase {
 /// write stalled, the server shut down — it records at once how many bytes
 /// were handed over and how many the peer acknowledged.
 pub(crate) struct PackageBody {
-    stream: ReaderStream<PackageReader>,
+    stream: BodySource,
     expected: u64,
     sent: u64,
     status: StatusCode,
@@ -905,6 +916,35 @@ fn verdict(delivery: Delivery, acked: u64, sent: u64, stall: Duration) -> (Outco
         Delivery::Cancelled => "then the server shut down".to_string(),
     };
     (Outcome::Aborted, cut_short(acked, sent, &ending))
+}
+
+/// Where a response body's bytes come from.
+pub(crate) enum BodySource {
+    /// The catalog's resident copy of the range, handed out in
+    /// [`RESIDENT_FRAME`] slices (no copy, no per-connection buffer).
+    Resident(Bytes),
+    /// Read from the catalog (and through a data fault rule, if one
+    /// applies) in [`BODY_CHUNK`] buffers.
+    Reader(ReaderStream<PackageReader>),
+}
+
+/// Bytes per body frame from a resident copy: large writes, and hyper
+/// queues references, not copies.
+const RESIDENT_FRAME: usize = 256 * 1024;
+
+impl futures_util::Stream for BodySource {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut *self {
+            BodySource::Resident(rest) if rest.is_empty() => Poll::Ready(None),
+            BodySource::Resident(rest) => {
+                let n = rest.len().min(RESIDENT_FRAME);
+                Poll::Ready(Some(Ok(rest.split_to(n))))
+            }
+            BodySource::Reader(stream) => Pin::new(stream).poll_next(cx),
+        }
+    }
 }
 
 impl Body for PackageBody {

@@ -269,6 +269,7 @@ pub struct ServerBuilder {
     ftp_idle: Duration,
     login_timeout: Duration,
     data_timeout: Duration,
+    package_memory: u64,
     header_read_timeout: Duration,
     tls_handshake_timeout: Duration,
     faults: Vec<FaultRule>,
@@ -299,6 +300,7 @@ impl Default for ServerBuilder {
             ftp_idle: Duration::from_secs(120),
             login_timeout: Duration::from_secs(30),
             data_timeout: ftp::PASSIVE_ACCEPT_TIMEOUT,
+            package_memory: crate::catalog::fs::RESIDENT_TOTAL,
             header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(30),
             faults: Vec::new(),
@@ -428,6 +430,16 @@ impl ServerBuilder {
     /// [`ftp::PASSIVE_ACCEPT_TIMEOUT`] (15 s): libunftp stops listening then.
     pub fn data_connection_timeout(mut self, timeout: Duration) -> Self {
         self.data_timeout = timeout.min(ftp::PASSIVE_ACCEPT_TIMEOUT);
+        self
+    }
+
+    /// Memory for resident copies of valid packages, in bytes
+    /// (`--package-memory-mib`, default 1 GiB): each package of at most
+    /// 256 MiB is held once, validated, and every download slices it (no
+    /// per-connection reads or buffers, one version per download even if
+    /// the file changes). 0 reads every download from its file.
+    pub fn package_memory(mut self, bytes: u64) -> Self {
+        self.package_memory = bytes;
         self
     }
 
@@ -568,7 +580,7 @@ impl ServerBuilder {
         if let Some(catalog) = &self.catalog {
             return Ok(Arc::clone(catalog));
         }
-        let catalog = FsCatalog::open(&self.packages, advertised)
+        let catalog = FsCatalog::open_with_memory(&self.packages, advertised, self.package_memory)
             .await
             .map_err(|source| ServeError::Packages {
                 path: self.packages.clone(),
@@ -951,7 +963,10 @@ pub async fn check_packages(
     dir: &Path,
     advertised: Advertised,
 ) -> std::io::Result<Vec<Arc<Package>>> {
-    Ok(FsCatalog::open(dir, advertised).await?.packages())
+    // Nothing is served: no resident copies.
+    Ok(FsCatalog::open_with_memory(dir, advertised, 0)
+        .await?
+        .packages())
 }
 
 #[cfg(test)]

@@ -634,15 +634,20 @@ impl CatalogStorage {
         }
     }
 
-    /// `RETR` step 4: the package's bytes from the `REST` offset, through
-    /// a data fault rule if one applies.
-    async fn open(
-        &self,
-        attempt: &mut Attempt,
-        package: &Package,
-    ) -> storage::Result<PackageReader> {
+    /// `RETR` step 4: the package's bytes from the `REST` offset: the
+    /// catalog's resident copy, or read through a data fault rule if one
+    /// applies.
+    async fn open(&self, attempt: &mut Attempt, package: &Package) -> storage::Result<Source> {
         let shared = &self.session.shared;
         let range = attempt.range_start..package.size;
+        let applied = self
+            .session
+            .select_fault(Some(&attempt.path), Action::is_data);
+        if applied.is_none()
+            && let Some(copy) = shared.catalog.resident(package)
+        {
+            return Ok(Source::Resident(copy.slice(range.start as usize..)));
+        }
         let reader = match shared.catalog.open(package, range).await {
             Ok(reader) => reader,
             Err(err) => {
@@ -656,17 +661,14 @@ impl CatalogStorage {
                 return Err(self.refuse(attempt, status, Outcome::Refused, reason, error));
             }
         };
-        let applied = self
-            .session
-            .select_fault(Some(&attempt.path), Action::is_data);
-        Ok(apply_data_fault(
+        Ok(Source::Reader(apply_data_fault(
             reader,
             applied,
             attempt,
             package.size,
             shared.shutdown.clone(),
             self.stall,
-        ))
+        )))
     }
 
     /// `RETR` step 5: copies the bytes to the data connection, waits until
@@ -677,7 +679,7 @@ impl CatalogStorage {
         &self,
         attempt: Attempt,
         package: &Package,
-        mut reader: PackageReader,
+        source: Source,
         output: &mut W,
     ) -> storage::Result<u64>
     where
@@ -696,7 +698,7 @@ impl CatalogStorage {
             ack,
             done: false,
         };
-        if let Err(failure) = copy(&mut reader, &mut out, &mut record.attempt).await {
+        if let Err(failure) = copy(source, &mut out, &mut record.attempt).await {
             record.finish(failure.status, Outcome::Aborted, failure.reason);
             return Err(failure.error);
         }
@@ -753,16 +755,34 @@ impl Failure {
     }
 }
 
-/// Copies `reader` to `out`, counting into `attempt.bytes_sent`, and
+/// Where a `RETR`'s bytes come from.
+enum Source {
+    /// The catalog's resident copy from the `REST` offset: written as it
+    /// is, no read buffer.
+    Resident(bytes::Bytes),
+    /// Read from the catalog (through a data fault rule, if one applies).
+    Reader(PackageReader),
+}
+
+/// Bytes per write from a resident copy.
+const RESIDENT_WRITE: usize = 256 * 1024;
+
+/// Copies `source` to `out`, counting into `attempt.bytes_sent`, and
 /// flushes.
-async fn copy<O>(
-    reader: &mut PackageReader,
-    out: &mut O,
-    attempt: &mut Attempt,
-) -> Result<(), Failure>
+async fn copy<O>(source: Source, out: &mut O, attempt: &mut Attempt) -> Result<(), Failure>
 where
     O: AsyncWrite + Unpin + ?Sized,
 {
+    let mut reader = match source {
+        Source::Resident(copy) => {
+            for part in copy.chunks(RESIDENT_WRITE) {
+                out.write_all(part).await.map_err(Failure::closed)?;
+                attempt.bytes_sent += part.len() as u64;
+            }
+            return out.flush().await.map_err(Failure::closed);
+        }
+        Source::Reader(reader) => reader,
+    };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match reader.read(&mut buf).await {
@@ -878,8 +898,8 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         let key = self.resolve(&attempt, path.as_ref())?;
         let package = self.authorize(&mut attempt, key)?;
         self.apply_reply_faults(&mut attempt)?;
-        let reader = self.open(&mut attempt, &package).await?;
-        self.send(attempt, &package, reader, output).await
+        let source = self.open(&mut attempt, &package).await?;
+        self.send(attempt, &package, source, output).await
     }
 
     async fn put<
