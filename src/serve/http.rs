@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -98,45 +99,35 @@ pub(crate) async fn run(
     while let Some((tcp, peer, permit)) =
         super::accept(&listener, &shutdown, protocol.as_str(), limited).await
     {
-        let _ = tcp.set_nodelay(true);
-        let ack = tcp
-            .local_addr()
-            .ok()
-            .and_then(|local| delivery::track(TcpEnds { local, peer }, tls.is_some()));
-        let mut guard = StallGuard::new(tcp, timeouts.stall);
-        if let Some(ack) = &ack {
-            guard = guard.with_ack(Arc::clone(ack));
-        }
-        let conn = Arc::new(Conn {
-            shared: Arc::clone(&shared),
-            peer,
-            protocol,
-            stalled: guard.stalled_flag(),
-            flushes: guard.flush_signal(),
-            ack,
-            close: CancellationToken::new(),
-            timeouts,
-        });
         let tls = tls.clone();
         let watcher = graceful.watcher();
+        let shared = Arc::clone(&shared);
         tracker.spawn(async move {
             // Holds this connection's place under the limits until it ends.
             let _permit = permit;
-            let span = tracing::debug_span!("conn", %peer, protocol = protocol.as_str());
-            let _enter = span.enter();
-            match tls {
-                None => serve_connection(guard, conn, timeouts, watcher).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(guard)).await
-                    {
-                        Ok(Ok(stream)) => serve_connection(stream, conn, timeouts, watcher).await,
-                        Ok(Err(err)) => {
-                            tracing::info!(%peer, error = %err, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+            // Until its first byte a connection costs its socket and this
+            // small task: no buffers, no TLS state, no kernel tracking.
+            let shutdown = shared.shutdown.clone();
+            tokio::select! {
+                first = tokio::time::timeout(timeouts.header_read, tcp.readable()) => {
+                    if !matches!(first, Ok(Ok(()))) {
+                        tracing::debug!(%peer, "connection closed: nothing sent within the header timeout");
+                        return;
                     }
                 }
+                () = shutdown.cancelled() => return,
             }
+            let span = tracing::debug_span!("conn", %peer, protocol = protocol.as_str());
+            let accepted = Accepted {
+                tcp,
+                peer,
+                protocol,
+                tls,
+                shared,
+                timeouts,
+            };
+            // Boxed: the idle task above stays small.
+            Box::pin(accepted.serve(watcher)).instrument(span).await;
         });
     }
     tracker.close();
@@ -148,6 +139,60 @@ pub(crate) async fn run(
             protocol = protocol.as_str(),
             "grace period over; closing remaining connections"
         );
+    }
+}
+
+/// A connection that has sent its first byte, ready to be served.
+struct Accepted {
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    protocol: Protocol,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    timeouts: HttpTimeouts,
+}
+
+impl Accepted {
+    /// Sets up delivery tracking and the stall guard, completes the TLS
+    /// handshake if any, and serves HTTP on the connection until it ends.
+    async fn serve(self, watcher: hyper_util::server::graceful::Watcher) {
+        let Accepted {
+            tcp,
+            peer,
+            protocol,
+            tls,
+            shared,
+            timeouts,
+        } = self;
+        let _ = tcp.set_nodelay(true);
+        let ack = tcp
+            .local_addr()
+            .ok()
+            .and_then(|local| delivery::track(TcpEnds { local, peer }, tls.is_some()));
+        let mut guard = StallGuard::new(tcp, timeouts.stall);
+        if let Some(ack) = &ack {
+            guard = guard.with_ack(Arc::clone(ack));
+        }
+        let conn = Arc::new(Conn {
+            shared,
+            peer,
+            protocol,
+            stalled: guard.stalled_flag(),
+            flushes: guard.flush_signal(),
+            ack,
+            close: CancellationToken::new(),
+            timeouts,
+        });
+        match tls {
+            None => serve_connection(guard, conn, timeouts, watcher).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(guard)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, conn, timeouts, watcher).await,
+                    Ok(Err(err)) => tracing::info!(%peer, error = %err, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
     }
 }
 
