@@ -108,9 +108,12 @@ pub(crate) async fn run(
             // Until its first byte a connection costs its socket and this
             // small task: no buffers, no TLS state, no kernel tracking.
             let shutdown = shared.shutdown.clone();
+            let mut first_byte = [0u8; 1];
             tokio::select! {
-                first = tokio::time::timeout(timeouts.header_read, tcp.readable()) => {
-                    if !matches!(first, Ok(Ok(()))) {
+                // A peek, not `readable()`: readiness may be reported
+                // before any byte is there.
+                first = tokio::time::timeout(timeouts.header_read, tcp.peek(&mut first_byte)) => {
+                    if !matches!(first, Ok(Ok(1))) {
                         tracing::debug!(%peer, "connection closed: nothing sent within the header timeout");
                         return;
                     }
