@@ -469,6 +469,7 @@ impl ServerBuilder {
             logins: logins::LoginGuard::default(),
             metrics: metrics::Metrics::new(),
         });
+        shared.faults.count_into(shared.metrics.fault_counter());
         let mut tasks = vec![
             tokio::spawn(Arc::clone(&catalog).watch(shared.shutdown.clone())),
             tokio::spawn(
@@ -863,10 +864,11 @@ impl ServerControl {
     pub fn metrics_text(&self) -> String {
         let packages = self.catalog.packages();
         let valid = packages.iter().filter(|p| p.is_valid()).count();
-        self.shared.metrics.render(
-            self.shared.limits.open_count(),
-            (valid, packages.len() - valid),
-        )
+        self.shared.metrics.render(&metrics::Scrape {
+            connections_open: self.shared.limits.open_count(),
+            packages: (valid, packages.len() - valid),
+            log: self.shared.log.health(),
+        })
     }
 
     /// The fault rules in force.
