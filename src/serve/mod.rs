@@ -12,6 +12,7 @@ pub mod fault;
 pub mod ftp;
 pub mod http;
 pub mod limits;
+pub mod listing;
 pub mod logins;
 pub mod metrics;
 pub mod range;
@@ -57,6 +58,9 @@ pub(crate) struct Shared {
     pub(crate) logins: logins::LoginGuard,
     /// Prometheus metrics (`/metrics` on the admin listener).
     pub(crate) metrics: Arc<metrics::Metrics>,
+    /// What modules are told (host, ports, FTP account): the listing
+    /// page's URLs.
+    pub(crate) advertised: Advertised,
 }
 
 /// The next connection on `listener`, or `None` once shutdown starts.
@@ -116,6 +120,12 @@ pub(crate) enum Access {
 }
 
 impl Shared {
+    /// The HTML listing page of the packages under `folder` ([`listing`]).
+    pub(crate) fn listing(&self, folder: &str) -> String {
+        let packages = self.catalog.packages();
+        listing::render(&packages, &self.advertised, folder, self.allow_invalid)
+    }
+
     /// The one place that decides what is served (both protocols).
     pub(crate) fn resolve(&self, key: &str) -> Access {
         match self.catalog.lookup(key) {
@@ -468,6 +478,7 @@ impl ServerBuilder {
             limits: limits::ConnLimits::new(self.max_connections, self.max_connections_per_ip),
             logins: logins::LoginGuard::default(),
             metrics: metrics::Metrics::new(),
+            advertised: advertised.clone(),
         });
         shared.faults.count_into(shared.metrics.fault_counter());
         let mut tasks = vec![
