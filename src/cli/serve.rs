@@ -257,7 +257,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     let mut text = banner(&server, &args.log);
     if let Some(addr) = admin_addr {
         text.push_str(&format!(
-            "\nadmin listening on {addr} (/healthz /readyz /faults /downloads /packages/rescan)\n"
+            "\nadmin listening on {addr} (/healthz /readyz /metrics /campaign /faults /downloads /packages/rescan)\n"
         ));
     }
     match &args.ready_json {
