@@ -10,7 +10,7 @@
 //! and prints (the transcript on stdout, the summary on stderr). Moved here
 //! from `sim::cli`: the simulator itself never sees clap. On a terminal,
 //! stderr also shows the download's progress (bytes received, rate) while
-//! the run goes on ([`RunProgress`]).
+//! the run goes on (`RunProgress`).
 
 use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
