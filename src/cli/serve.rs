@@ -163,13 +163,14 @@ pub struct ServeArgs {
         value_name = "SECS"
     )]
     pub login_timeout_secs: u64,
-    /// Serve the admin routes (/healthz, /readyz and the control routes
-    /// /faults, /downloads, /packages/rescan) on this address, its own
-    /// listener (port 0 = any free port) [default: off].
+    /// Serve the admin routes (/healthz, /readyz, /metrics, the live
+    /// /campaign page and the control routes /faults, /downloads,
+    /// /packages/rescan) on this address, its own listener (port 0 = any
+    /// free port) [default: off].
     #[arg(long, env = "QFOTA_ADMIN", value_name = "ADDR:PORT")]
     pub admin: Option<SocketAddr>,
     /// Network (CIDR or IP) besides loopback allowed to use the admin
-    /// control routes, repeatable (env: comma-separated).
+    /// control routes and the campaign, repeatable (env: comma-separated).
     #[arg(long = "admin-allow", env = "QFOTA_ADMIN_ALLOW", value_name = "CIDR", value_parser = parse_net, value_delimiter = ',', requires = "admin")]
     pub admin_allow: Vec<IpNet>,
     /// Write one JSON object (bound ports, URLs per package, PID, log) to
