@@ -17,6 +17,8 @@
 
 pub mod file;
 
+pub use file::LogHealth;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -452,6 +454,16 @@ impl DownloadLog {
             Some(sink) => sink.flush().await,
             None => Some(0),
         }
+    }
+
+    /// The file writer's queue, drops and error state now ([`LogHealth`]);
+    /// all zero and no error without a file.
+    pub fn health(&self) -> LogHealth {
+        self.inner
+            .file
+            .as_ref()
+            .map(file::FileSink::health)
+            .unwrap_or_default()
     }
 
     /// The last records emitted (at most [`RECENT_CAPACITY`]), oldest first.

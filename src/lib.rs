@@ -20,12 +20,15 @@
 //! - [`serve`]: the listeners. [`serve::Server::builder`] binds FTP
 //!   ([`serve::ftp`], libunftp), HTTP and HTTPS ([`serve::http`], hyper +
 //!   rustls); both ask the catalog what to serve, apply [`serve::fault`]
-//!   rules, and emit one [`dlog::DownloadRecord`] per attempt.
+//!   rules, and emit one [`dlog::DownloadRecord`] per attempt;
+//!   [`serve::listing`] renders the package listing page (`/`) and
+//!   [`serve::metrics`] keeps the Prometheus figures.
 //!   [`serve::delivery`] reads from the kernel how many body bytes each
 //!   peer acknowledged, so a record is `complete` only when the module's
 //!   TCP stack has every byte.
 //! - [`admin`]: the admin listener (`--admin`), its own port beside the
-//!   package listeners: `/healthz`, `/readyz` and the control routes that
+//!   package listeners: `/healthz`, `/readyz`, `/metrics`, the live
+//!   campaign page ([`admin::campaign`]) and the control routes that
 //!   change fault rules, stream download records and re-scan packages.
 //! - [`dlog`]: the download log — records fanned out to the JSON-lines file,
 //!   `tracing`, an in-memory ring and subscribers.

@@ -1,7 +1,9 @@
 //! The admin listener driven by curl: `/readyz` before and after the
 //! server is up and while it stops, `/healthz`, and every control route —
 //! `PUT`/`GET /faults` (applied to the next real download), the
-//! `/downloads` long-poll woken by a download, `POST /packages/rescan`.
+//! `/downloads` long-poll woken by a download, `POST /packages/rescan`;
+//! `/metrics` and the live campaign (`/campaign`, `/campaign.json`) after
+//! real downloads; `/readyz` naming a download log on a full disk.
 //! (The 403 for non-loopback peers is unit-tested in `admin`: tests stay
 //! on loopback.)
 
@@ -161,12 +163,16 @@ async fn control_routes_change_faults_stream_records_and_rescan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_downloads_bytes_and_packages_in_the_prometheus_format() {
-    let fx = Fixture::start(|b| b).await;
+    let rule = "status=503,path=/update-*.zip,times=1";
+    let fx = Fixture::start(|b| b.fault(rule.parse().unwrap())).await;
     let admin = admin().await;
     admin.set_ready(fx.server.control());
     let base = admin.local_addr().to_string();
     let pkg = fx.http_url("update-v12-to-v13.zip");
     let size = fx.package_bytes("update-v12-to-v13.zip").len();
+    // The first download meets the fault rule (503), the second completes.
+    let refused = run("curl", &["-sf", "-o", "/dev/null", &pkg]).await;
+    assert!(!refused.status.success(), "{refused:?}");
     let got = run("curl", &["-sf", "-o", "/dev/null", &pkg]).await;
     assert!(got.status.success(), "{got:?}");
     let missing = run(
@@ -175,12 +181,17 @@ async fn metrics_count_downloads_bytes_and_packages_in_the_prometheus_format() {
     )
     .await;
     assert!(missing.status.success(), "{missing:?}");
-    fx.wait_records("both records", 2, |_| true).await;
+    fx.wait_records("three records", 3, |_| true).await;
     let want = [
         "qfota_downloads_total{protocol=\"http\",outcome=\"complete\"} 1".to_string(),
         "qfota_downloads_total{protocol=\"http\",outcome=\"not_found\"} 1".to_string(),
         format!("qfota_body_bytes_acked_total{{protocol=\"http\"}} {size}"),
         "qfota_download_duration_seconds_count{protocol=\"http\"} 1".to_string(),
+        "qfota_downloads_total{protocol=\"http\",outcome=\"refused\"} 1".to_string(),
+        format!("qfota_fault_rules_applied_total{{rule=\"{rule}\"}} 1"),
+        "qfota_log_records_queued 0".to_string(),
+        "qfota_log_records_dropped_total 0".to_string(),
+        "qfota_log_writable 1".to_string(),
     ];
     // The metrics task counts records as they are broadcast: wait for it.
     let text = common::eventually(
@@ -194,4 +205,104 @@ async fn metrics_count_downloads_bytes_and_packages_in_the_prometheus_format() {
     .await;
     assert!(text.contains("# TYPE qfota_downloads counter"), "{text}");
     assert!(text.contains("qfota_packages{state=\"valid\"}"), "{text}");
+    // Every package of the fixture was validated (process-wide count).
+    let validations: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("qfota_package_validation_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        validations >= fx.server.catalog().packages().len() as u64,
+        "{text}"
+    );
+}
+
+/// The live campaign after real downloads over HTTP and FTP: the JSON has
+/// `report --json`'s shape plus the in-memory window; the page reloads
+/// itself and shows the rows; filters and bad parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_campaign_counts_real_downloads() {
+    let fx = Fixture::start(|b| b).await;
+    let admin = admin().await;
+    admin.set_ready(fx.server.control());
+    let base = admin.local_addr().to_string();
+    const PKG: &str = "update-v12-to-v13.zip";
+    for url in [
+        fx.http_url(PKG),
+        fx.ftp_url(PKG),
+        fx.http_url("nope-v1-to-v2.zip"),
+    ] {
+        run("curl", &["-s", "-o", "/dev/null", &url]).await;
+    }
+    fx.wait_records("three records", 3, |_| true).await;
+    let (code, body) = curl(&base, "/campaign.json", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["attempts"], 3, "{body}");
+    assert_eq!(v["window"], serde_json::json!({"kept": 3, "total": 3}));
+    assert_eq!(v["packages"][0]["path"], PKG);
+    assert_eq!(v["packages"][0]["attempts"], 2);
+    // By FTP user, else peer IP: `test` and 127.0.0.1.
+    assert_eq!(v["packages"][0]["modules"], 2);
+    assert_eq!(v["packages"][0]["outcomes"]["complete"], 2);
+    assert_eq!(v["recent"].as_array().unwrap().len(), 3);
+    assert!(!v["timeline"]["buckets"].as_array().unwrap().is_empty());
+
+    let (code, body) = curl(&base, "/campaign.json?package=nope-*&recent=1", &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((code, &v["attempts"]), (200, &1.into()), "{body}");
+    assert_eq!(v["packages"][0]["top_failures"][0]["outcome"], "not_found");
+
+    let (code, page) = curl(&base, "/campaign?refresh=7", &[]).await;
+    assert_eq!(code, 200);
+    assert!(page.contains("<meta http-equiv=\"refresh\" content=\"7\">"));
+    assert!(
+        page.contains(&format!("<tr data-package=\"{PKG}\">")),
+        "{page}"
+    );
+    assert_eq!(page.matches("<tr data-outcome=").count(), 3, "{page}");
+    assert!(page.contains("the last 3 of 3 attempts"), "{page}");
+    let (code, body) = curl(&base, "/campaign?recent=0", &[]).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("recent=0"), "{body}");
+    assert_eq!(curl(&base, "/campaign", &["-X", "POST"]).await.0, 405);
+    bounded("admin shutdown", admin.shutdown()).await;
+}
+
+/// A download log on a full disk (`/dev/full`: every write is ENOSPC)
+/// makes `/readyz` answer 503 naming the log and its error, and
+/// `/metrics` show the record queued and the log not writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_a_download_log_that_cannot_be_written() {
+    let logs = tempfile::tempdir().unwrap();
+    let full = logs.path().join("downloads.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+    let fx = Fixture::start(|b| b.log_file(&full)).await;
+    let admin = admin().await;
+    admin.set_ready(fx.server.control());
+    let base = admin.local_addr().to_string();
+    assert_eq!(curl(&base, "/readyz", &[]).await.0, 200);
+    run(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            &fx.http_url("update-v12-to-v13.zip"),
+        ],
+    )
+    .await;
+    // The record reaches memory once its write was tried (and failed).
+    fx.wait_records("the record", 1, |_| true).await;
+    let (code, body) = curl(&base, "/readyz", &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(v["not_ready"], serde_json::json!(["log"]), "{body}");
+    let error = v["log"].as_str().unwrap();
+    assert!(error.contains("downloads.jsonl"), "{error}");
+    assert!(error.contains("No space left on device"), "{error}");
+    let (_, text) = curl(&base, "/metrics", &[]).await;
+    assert!(text.contains("qfota_log_writable 0"), "{text}");
+    assert!(text.contains("qfota_log_records_queued 1"), "{text}");
+    bounded("admin shutdown", admin.shutdown()).await;
 }

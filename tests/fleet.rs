@@ -125,6 +125,61 @@ async fn fleet_command_prints_json_and_exits_0() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Off a terminal, `fleet` reports progress as plain lines on stderr and
+/// prints the cause behind each non-zero code; on a terminal (a PTY made
+/// by `script`) it draws a live bar that it clears before the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_shows_progress_and_the_causes_behind_failing_codes() {
+    let fault: FaultRule = "status=503,times=3".parse().unwrap();
+    let fx = Fixture::start(move |b| b.fault(fault)).await;
+    let url = fx.http_url(PKG);
+    let bin = env!("CARGO_BIN_EXE_qfota-serve");
+    let args = ["fleet", &url, "--modules", "10"];
+    let out = run(bin, &args).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // One line per tenth, the last one naming all ten; no control codes.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("fleet: "))
+        .collect();
+    assert_eq!(lines.len(), 10, "{stderr}");
+    assert!(
+        lines[9].starts_with("fleet: 10/10 modules ended, 3 failed · "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b') && !stderr.contains('\r'),
+        "{stderr:?}"
+    );
+    // The three modules that got 503 share one code and one cause.
+    let failing = stdout
+        .lines()
+        .position(|l| l.starts_with("  code") && !l.ends_with(": 7") && !l.contains(" 0: "))
+        .unwrap_or_else(|| panic!("no failing code in {stdout}"));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[failing].ends_with(": 3"), "{stdout}");
+    assert!(
+        lines[failing + 1].starts_with("      3× download: "),
+        "{stdout}"
+    );
+
+    if run("sh", &["-c", "command -v script"]).await.status.code() != Some(0) {
+        println!("skipped: the terminal part needs script (util-linux)");
+        return;
+    }
+    let command = format!("{bin} fleet {url} --modules 10");
+    let tty = run("script", &["-qec", &command, "/dev/null"]).await;
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert_eq!(tty.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("/10 modules · "), "{shown:?}");
+    // Redrawn in place, then cleared before the report.
+    assert!(shown.contains("\r\x1b[2K"), "{shown:?}");
+    assert!(!shown.contains("fleet: "), "{shown:?}");
+    assert!(shown.contains("10 modules in "), "{shown:?}");
+}
+
 /// `examples/fixture.rs` (built by `cargo test`) runs to the end, exit 0.
 #[tokio::test]
 async fn the_fixture_example_runs_end_to_end() {

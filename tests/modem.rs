@@ -1183,3 +1183,55 @@ async fn the_control_port_cuts_the_network_mid_download_and_more() {
     assert_eq!(modem.status().boots, 1);
     stop(modem).await;
 }
+
+/// A host in a reconnect loop does not flood the modem's stderr: 200
+/// connections to the `qfota-serve modem` binary's TCP port leave at most
+/// `BURST` (20) per-connection lines per 10 s window
+/// (`qfota_serve::modem::ratelog`).
+#[tokio::test(flavor = "multi_thread")]
+async fn per_connection_log_lines_are_rate_limited() {
+    use qfota_serve::modem::ratelog::{BURST, WINDOW};
+    let started = std::time::Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qfota-serve"))
+        .args(["modem", "--tcp", "127.0.0.1:0", "--ready-json", "-"])
+        .env("QFOTA_LOG_LEVEL", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = bounded("ready line", stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    let addr = ready["tcp"].as_str().unwrap().to_string();
+    let mut stderr = child.stderr.take().unwrap();
+    let collect = tokio::spawn(async move {
+        let mut all = String::new();
+        let _ = stderr.read_to_string(&mut all).await;
+        all
+    });
+    const CONNECTIONS: usize = 200;
+    for _ in 0..CONNECTIONS {
+        let tcp = bounded("connect", TcpStream::connect(&addr)).await.unwrap();
+        drop(tcp);
+    }
+    let pid = child.id().unwrap().to_string();
+    let kill = common::run("kill", &["-TERM", &pid]).await;
+    assert!(kill.status.success());
+    assert!(bounded("modem exit", child.wait()).await.unwrap().success());
+    let log = bounded("stderr", collect).await.unwrap();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("TCP host") || l.contains("port busy"))
+        .count();
+    // Every window that the run touched lets BURST lines through.
+    let windows = started.elapsed().as_secs() / WINDOW.as_secs() + 1;
+    assert!(lines >= 1, "{log}");
+    assert!(
+        lines as u64 <= u64::from(BURST) * windows,
+        "{lines} lines for {CONNECTIONS} connections in {windows} window(s):\n{log}"
+    );
+}

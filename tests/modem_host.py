@@ -47,8 +47,15 @@ class Fail(Exception):
     """A deviation from what a real module does."""
 
 
+LOG_LOCK = threading.Lock()
+
+
 def log(kind, text):
-    print(f"{kind} {text}", flush=True)
+    # One write per line under a lock: the reader thread and the main
+    # thread both log, and print() writes the text and its newline apart.
+    with LOG_LOCK:
+        sys.stdout.write(f"{kind} {text}\n")
+        sys.stdout.flush()
 
 
 class Modem:

@@ -6,6 +6,8 @@
 //! headless Chromium renders with the expected rows (screenshots kept in
 //! `target/screenshots/` for people).
 
+#[path = "support/chromium.rs"]
+mod chromium;
 mod common;
 #[path = "support/served.rs"]
 mod served;
@@ -17,36 +19,10 @@ use served::{BIN, Served};
 
 const PKG: &str = "update-v12-to-v13.zip";
 
-fn packages() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("packages")
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// Makes real download records; returns the log's text.
 async fn real_log(work: &Path) -> String {
     let log = work.join("downloads.jsonl");
-    let log_s = log.to_string_lossy().into_owned();
-    let server = Served::start(
-        &[
-            "--http",
-            "0",
-            "--ftp",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--user",
-            "test:test",
-            "--passive-ports",
-            "42000-42999",
-            "--log",
-            &log_s,
-            &packages(),
-        ],
-        &[],
-    )
-    .await;
+    let server = Served::samples(&log, "42000-42999", &[]).await;
     let http = server.base("http");
     let ftp = server.listeners["ftp"].clone();
     let out = work.join("got").to_string_lossy().into_owned();
@@ -107,30 +83,6 @@ async fn report(args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
-/// Runs headless Chromium on `page` with `extra` arguments; its stdout.
-async fn chromium(page: &Path, extra: &[&str]) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", page.display());
-    let user_data = format!("--user-data-dir={}", profile.path().display());
-    let mut args = vec![
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        &user_data,
-    ];
-    args.extend_from_slice(extra);
-    args.push(&url);
-    let out = run("chromium", &args).await;
-    assert!(
-        out.status.success(),
-        "chromium: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_merges_real_replica_logs_as_table_json_and_html() {
     let work = tempfile::tempdir().unwrap();
@@ -187,7 +139,11 @@ async fn report_merges_real_replica_logs_as_table_json_and_html() {
 
     let page = work.path().join("report.html");
     report(&["--html", page.to_str().unwrap(), a, b]).await;
-    let dom = chromium(&page, &["--dump-dom"]).await;
+    if !chromium::available().await {
+        return;
+    }
+    let url = format!("file://{}", page.display());
+    let dom = chromium::dom(&url).await;
     assert!(
         dom.contains(&format!("<tr data-package=\"{PKG}\">")),
         "{dom}"
@@ -206,33 +162,8 @@ async fn report_merges_real_replica_logs_as_table_json_and_html() {
     assert!(dom.contains("<svg id=\"chart\""), "{dom}");
     assert!(dom.contains("<rect "), "{dom}");
     assert!(dom.contains("skipped 2 log lines"), "{dom}");
-
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    for (name, size) in [
-        ("report.png", "1200,1400"),
-        ("report-narrow.png", "400,1800"),
-    ] {
-        let shot = shots.join(name);
-        let _ = std::fs::remove_file(&shot);
-        chromium(
-            &page,
-            &[
-                &format!("--screenshot={}", shot.display()),
-                &format!("--window-size={size}"),
-            ],
-        )
-        .await;
-        assert!(
-            std::fs::metadata(&shot)
-                .map(|m| m.len() > 0)
-                .unwrap_or(false),
-            "{name}"
-        );
-    }
+    chromium::screenshot(&url, "report.png", "1200,1400").await;
+    chromium::screenshot(&url, "report-narrow.png", "400,1800").await;
 }
 
 #[tokio::test]

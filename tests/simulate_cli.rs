@@ -225,3 +225,40 @@ async fn simulate_runs_local_and_uart_packages() {
         "{full:?}"
     );
 }
+
+/// On a terminal (a PTY made by `script`), stderr shows the run's progress
+/// — bytes received and rate, then the upgrade — redrawn in place and
+/// cleared at the end; the transcript lines are printed whole around it.
+#[tokio::test]
+async fn a_terminal_shows_the_download_progress() {
+    if common::run("sh", &["-c", "command -v script"])
+        .await
+        .status
+        .code()
+        != Some(0)
+    {
+        println!("skipped: needs script (util-linux) for a terminal");
+        return;
+    }
+    let real = start().await;
+    let command = format!(
+        "QFOTA_SIM_TIME_SCALE=0.002 {} simulate --version v12 {}",
+        env!("CARGO_BIN_EXE_qfota-serve"),
+        real.http_url(PKG)
+    );
+    let tty = common::run("script", &["-qec", &command, "/dev/null"]).await;
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert_eq!(tty.status.code(), Some(0), "{shown}");
+    let size = real.package_bytes(PKG).len() as f64 / 1024.0;
+    assert!(
+        shown.contains(&format!("{size:.2} KiB received (")),
+        "{shown:?}"
+    );
+    assert!(shown.contains("\r\x1b[2K"), "{shown:?}");
+    assert!(shown.contains(&q("\"HTTPEND\",0")), "{shown:?}");
+    assert!(shown.contains(&q("\"END\",0")), "{shown:?}");
+    // Without a terminal: the transcript only, no progress.
+    let plain = simulate(&["--version", "v12", &real.http_url(PKG)], &[]).await;
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains("received ("));
+    stop(real).await;
+}

@@ -12,12 +12,16 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `ok` while the process runs |
-//! | `GET /readyz` | 200 `{"ready":true}` once listeners are bound and the catalog scanned; else 503 `{"ready":false,"not_ready":[…]}` |
+//! | `GET /readyz` | 200 `{"ready":true}` once listeners are bound, the catalog scanned and the download log writable; else 503 `{"ready":false,"not_ready":[…]}` naming the checks that failed |
+//! | `GET /metrics` | Prometheus text format ([`crate::serve::metrics`]) |
+//! | `GET /campaign`, `GET /campaign.json` | the live campaign page and its data ([`campaign`]) |
 //! | `GET`/`PUT /faults`, `GET /downloads`, `POST /packages/rescan` | the control routes of [`control`] |
 //!
-//! Control routes answer 403 to peers that are not loopback unless an
+//! Control routes and the campaign (it names modules: peer addresses, FTP
+//! users) answer 403 to peers that are not loopback unless an
 //! `--admin-allow` network holds them, and 503 before the server is ready.
 
+pub mod campaign;
 pub mod control;
 
 use std::convert::Infallible;
@@ -201,11 +205,15 @@ pub enum Route {
     Rescan,
     /// `GET /metrics`: Prometheus text format.
     Metrics,
+    /// `GET /campaign`: the live campaign page.
+    Campaign,
+    /// `GET /campaign.json`: the campaign as JSON.
+    CampaignJson,
 }
 
 impl Route {
-    /// Whether the route changes or reads the server (403 to peers not
-    /// allowed by [`control_allowed`]).
+    /// Whether the route changes the server or shows who downloads (403
+    /// to peers not allowed by [`control_allowed`]).
     pub fn is_control(self) -> bool {
         !matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
     }
@@ -223,7 +231,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, (StatusCode, &'static
         "/downloads" if get => Ok(Route::Downloads),
         "/packages/rescan" if method == Method::POST => Ok(Route::Rescan),
         "/metrics" if get => Ok(Route::Metrics),
-        "/healthz" | "/readyz" | "/downloads" | "/metrics" => {
+        "/campaign" if get => Ok(Route::Campaign),
+        "/campaign.json" if get => Ok(Route::CampaignJson),
+        "/healthz" | "/readyz" | "/downloads" | "/metrics" | "/campaign" | "/campaign.json" => {
             Err((StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD"))
         }
         "/faults" => Err((StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD, PUT")),
@@ -277,6 +287,8 @@ async fn dispatch(route: Route, req: Request<Incoming>, state: &State) -> Respon
             control::downloads(c, req.uri().query(), &state.shutdown).await
         }
         (Route::Rescan, Some(c)) => control::rescan(c).await,
+        (Route::Campaign, Some(c)) => campaign::respond(c, req.uri().query(), false),
+        (Route::CampaignJson, Some(c)) => campaign::respond(c, req.uri().query(), true),
         (Route::Metrics, Some(c)) => with_type(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -285,10 +297,18 @@ async fn dispatch(route: Route, req: Request<Incoming>, state: &State) -> Respon
     }
 }
 
-/// `/readyz`'s status and body for `phase`.
+/// `/readyz`'s status and body for `phase`: once serving, the download
+/// log must be writable too (a full disk: 503 naming `log`, with the
+/// error under `"log"`).
 fn readiness(phase: &Phase) -> (StatusCode, serde_json::Value) {
     match phase {
-        Phase::Ready(_) => (StatusCode::OK, serde_json::json!({"ready": true})),
+        Phase::Ready(control) => match control.log().health().error {
+            None => (StatusCode::OK, serde_json::json!({"ready": true})),
+            Some(error) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"ready": false, "not_ready": ["log"], "log": error}),
+            ),
+        },
         Phase::Starting => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"ready": false, "not_ready": ["listeners", "catalog"]}),
@@ -334,6 +354,15 @@ mod tests {
         assert_eq!(route(&Method::PUT, "/faults"), Ok(Route::PutFaults));
         assert_eq!(route(&Method::GET, "/downloads"), Ok(Route::Downloads));
         assert_eq!(route(&Method::POST, "/packages/rescan"), Ok(Route::Rescan));
+        assert_eq!(route(&Method::GET, "/campaign"), Ok(Route::Campaign));
+        assert_eq!(
+            route(&Method::HEAD, "/campaign.json"),
+            Ok(Route::CampaignJson)
+        );
+        assert_eq!(
+            route(&Method::POST, "/campaign"),
+            Err((StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD"))
+        );
         assert_eq!(
             route(&Method::DELETE, "/faults"),
             Err((StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD, PUT"))
@@ -347,6 +376,7 @@ mod tests {
             Err((StatusCode::NOT_FOUND, ""))
         );
         assert!(!Route::Healthz.is_control() && Route::Downloads.is_control());
+        assert!(Route::Campaign.is_control() && !Route::Metrics.is_control());
     }
 
     #[test]

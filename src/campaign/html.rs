@@ -96,6 +96,17 @@ pub fn render(campaign: &Campaign, refresh: Option<Duration>) -> String {
             c.skipped_lines
         );
     }
+    if let Some(w) = c.window {
+        let _ = write!(
+            out,
+            " · <span id=\"window\">live: the last {} of {} attempts since the server started \
+             (the whole log: <code>qfota-serve report</code>)</span>",
+            w.kept, w.total
+        );
+    }
+    if let Some(every) = refresh {
+        let _ = write!(out, " · refreshes every {} s", every.as_secs().max(1));
+    }
     out.push_str("</p>\n");
     cards(&mut out, c);
     out.push_str("<h2>Attempts over time</h2>\n");

@@ -185,6 +185,22 @@ pub struct Campaign {
     /// Log lines that were not records (torn, not JSON), when read from
     /// files; 0 otherwise.
     pub skipped_lines: u64,
+    /// Set when the view was built from a running server's in-memory
+    /// records (the admin listener's `/campaign`), which hold only the
+    /// most recent attempts; absent for `report` over log files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<MemoryWindow>,
+}
+
+/// Which attempts an in-memory campaign saw: the last `kept` of the
+/// `total` the server recorded since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryWindow {
+    /// Records held in memory and counted (before the filter): at most
+    /// [`crate::dlog::RECENT_CAPACITY`].
+    pub kept: u64,
+    /// Records the server made since it started.
+    pub total: u64,
 }
 
 /// Times in JSON as the log writes them (RFC 3339, UTC, milliseconds).
@@ -352,6 +368,7 @@ impl Campaign {
                 .collect(),
             timeline: timeline(&kept),
             skipped_lines: 0,
+            window: None,
         }
     }
 }

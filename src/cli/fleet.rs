@@ -6,14 +6,19 @@
 //!
 //! Raw flags ([`FleetArgs`], environment `QFOTA_FLEET_*`) become a checked
 //! [`FleetConfig`] once, through [`FleetArgs::into_config`]; [`run`] then
-//! only executes.
+//! only executes. While it runs, stderr shows progress: a live bar
+//! (indicatif) on a terminal, else a plain line at every tenth of the
+//! modules ([`Progress`]).
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
 use crate::cli::module_args::{FleetEnv, ModuleArgs, UsageError, usage_exit};
-use crate::sim::fleet::{FleetConfig, FleetReport, MAX_MODULES, run_fleet};
+use crate::sim::fleet::{FleetConfig, FleetProgress, FleetReport, MAX_MODULES, run_fleet_observed};
 
 /// `qfota-serve fleet`: run N simulated modules against one URL.
 #[derive(Debug, Clone, clap::Args)]
@@ -86,10 +91,12 @@ pub async fn run(args: FleetArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_exit("fleet", &e),
     };
-    let report = match run_fleet(&config).await {
+    let mut progress = Progress::new(config.modules, std::io::stderr().is_terminal());
+    let report = match run_fleet_observed(&config, |p| progress.update(p)).await {
         Ok(r) => r,
         Err(e) => return usage_exit("fleet", &e),
     };
+    progress.finish();
     if json {
         match serde_json::to_string(&report) {
             Ok(line) => outln!("{line}"),
@@ -105,12 +112,83 @@ pub async fn run(args: FleetArgs) -> ExitCode {
     }
 }
 
-/// The report as text: a line for the run, one per final code, the
-/// download-time percentiles and the bytes received.
+/// How a fleet run shows its progress on stderr.
+#[derive(Debug)]
+pub enum Progress {
+    /// A live bar, redrawn in place (stderr is a terminal).
+    Bar(ProgressBar),
+    /// A plain line each time another tenth of the modules ended (stderr
+    /// is a file or a pipe: no control characters in logs).
+    Lines {
+        /// Modules in the run.
+        modules: usize,
+        /// Tenths already reported.
+        tenths: usize,
+    },
+}
+
+impl Progress {
+    /// A bar when `terminal`, else plain lines.
+    pub fn new(modules: usize, terminal: bool) -> Progress {
+        if !terminal {
+            return Progress::Lines { modules, tenths: 0 };
+        }
+        let bar = ProgressBar::with_draw_target(Some(modules as u64), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} [{bar:20}] {pos}/{len} modules · {msg} · {elapsed}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message("0 failed");
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress::Bar(bar)
+    }
+
+    /// One more module ended.
+    pub fn update(&mut self, p: &FleetProgress) {
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_position(p.done as u64);
+                bar.set_message(progress_text(p));
+            }
+            Progress::Lines { modules, tenths } => {
+                let now = p.done * 10 / (*modules).max(1);
+                if now > *tenths {
+                    *tenths = now;
+                    errln!(
+                        "fleet: {}/{} modules ended, {}",
+                        p.done,
+                        p.modules,
+                        progress_text(p)
+                    );
+                }
+            }
+        }
+    }
+
+    /// The run is over: the bar is cleared (the report follows).
+    pub fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `3 failed · 1.18 MiB received`.
+fn progress_text(p: &FleetProgress) -> String {
+    format!("{} failed · {} received", p.failed, HumanBytes(p.bytes))
+}
+
+/// The report as text: a line for the run, one per final code with the
+/// causes behind a non-zero one, the download-time percentiles and the
+/// bytes received.
 pub fn render(r: &FleetReport) -> String {
     let mut out = format!("{} modules in {} ms\n", r.modules, r.elapsed_ms);
     for (code, n) in &r.codes {
         let _ = writeln!(out, "  code {code:>10}: {n}");
+        for cause in r.causes.get(code).into_iter().flatten() {
+            let _ = writeln!(out, "      {}× {}", cause.modules, cause.cause);
+        }
     }
     let _ = write!(
         out,
@@ -179,10 +257,19 @@ mod tests {
             max_ms: 162,
             bytes: 359_400,
             elapsed_ms: 1965,
+            causes: [(
+                "701".to_string(),
+                vec![crate::sim::fleet::Cause {
+                    cause: "download: connection reset by peer".into(),
+                    modules: 1,
+                }],
+            )]
+            .into(),
         };
         assert_eq!(
             render(&report),
             "50 modules in 1965 ms\n  code          0: 49\n  code        701: 1\n\
+             \x20     1× download: connection reset by peer\n\
              download time p50 160 ms, p95 161 ms, max 162 ms\nbytes received 359400\n"
         );
     }

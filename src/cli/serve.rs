@@ -174,13 +174,14 @@ pub struct ServeArgs {
         value_name = "MIB"
     )]
     pub package_memory_mib: u64,
-    /// Serve the admin routes (/healthz, /readyz and the control routes
-    /// /faults, /downloads, /packages/rescan) on this address, its own
-    /// listener (port 0 = any free port) [default: off].
+    /// Serve the admin routes (/healthz, /readyz, /metrics, the live
+    /// /campaign page and the control routes /faults, /downloads,
+    /// /packages/rescan) on this address, its own listener (port 0 = any
+    /// free port) [default: off].
     #[arg(long, env = "QFOTA_ADMIN", value_name = "ADDR:PORT")]
     pub admin: Option<SocketAddr>,
     /// Network (CIDR or IP) besides loopback allowed to use the admin
-    /// control routes, repeatable (env: comma-separated).
+    /// control routes and the campaign, repeatable (env: comma-separated).
     #[arg(long = "admin-allow", env = "QFOTA_ADMIN_ALLOW", value_name = "CIDR", value_parser = parse_net, value_delimiter = ',', requires = "admin")]
     pub admin_allow: Vec<IpNet>,
     /// Write one JSON object (bound ports, URLs per package, PID, log) to
@@ -269,7 +270,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     let mut text = banner(&server, &args.log);
     if let Some(addr) = admin_addr {
         text.push_str(&format!(
-            "\nadmin listening on {addr} (/healthz /readyz /faults /downloads /packages/rescan)\n"
+            "\nadmin listening on {addr} (/healthz /readyz /metrics /campaign /faults /downloads /packages/rescan)\n"
         ));
     }
     match &args.ready_json {

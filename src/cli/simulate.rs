@@ -8,21 +8,25 @@
 //! options are the shared [`ModuleArgs`]) become a checked
 //! [`SimulateConfig`] once, through `TryFrom`; [`run`] then only executes
 //! and prints (the transcript on stdout, the summary on stderr). Moved here
-//! from `sim::cli`: the simulator itself never sees clap.
+//! from `sim::cli`: the simulator itself never sees clap. On a terminal,
+//! stderr also shows the download's progress (bytes received, rate) while
+//! the run goes on (`RunProgress`).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::module_args::{ModuleArgs, SimEnv, UsageError, usage_exit};
 use crate::sim::command::{FotaUrl, FotadlArgs, FotadlCommand, Source};
 use crate::sim::fault::Fault;
-use crate::sim::module::Module;
+use crate::sim::module::{FotaRun, Module};
 use crate::sim::transcript::{RunSummary, TimedEvent};
+use crate::sim::urc::{Event, Urc};
 
 /// Simulate a module's FOTA download and upgrade (`AT+QFOTADL`).
 ///
@@ -175,14 +179,26 @@ async fn execute(config: &SimulateConfig) -> RunSummary {
         let _ = out.flush();
     };
     print(Duration::ZERO, run.command_line());
+    let progress = RunProgress::new(!config.json && std::io::stderr().is_terminal());
     let mut events = Vec::new();
-    while let Some(event) = run.next().await {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        let event = tokio::select! {
+            event = run.next() => event,
+            _ = tick.tick() => {
+                progress.update(&run, None);
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         let at = run.started().elapsed();
+        progress.update(&run, Some(&event));
         if let Some(line) = event.line() {
-            print(at, &line);
+            progress.suspend(|| print(at, &line));
         }
         events.push(TimedEvent { at, event });
     }
+    progress.finish();
     let summary = run.summarize(&events);
     if config.json {
         let _ = writeln!(out, "{}", serde_json::json!({ "summary": &summary }));
@@ -203,6 +219,55 @@ async fn execute(config: &SimulateConfig) -> RunSummary {
         }
     }
     summary
+}
+
+/// The run's progress on stderr when it is a terminal: a spinner with the
+/// bytes received and the rate while downloading, then the upgrade phase;
+/// cleared when the run ends. Off a terminal (or with `--json`) nothing:
+/// the transcript says it all.
+struct RunProgress(Option<ProgressBar>);
+
+impl RunProgress {
+    fn new(terminal: bool) -> RunProgress {
+        if !terminal {
+            return RunProgress(None);
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} {msg}: {bytes} received ({binary_bytes_per_sec}) · {elapsed}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_message("downloading");
+        RunProgress(Some(bar))
+    }
+
+    /// The bytes so far, and the phase after `event` (if one came).
+    fn update(&self, run: &FotaRun, event: Option<&Event>) {
+        let Some(bar) = &self.0 else { return };
+        bar.set_position(run.bytes_received());
+        match event {
+            Some(Event::Urc(Urc::FtpEnd(_) | Urc::HttpEnd(_) | Urc::FileEnd(_))) => {
+                bar.set_message("download over, upgrading");
+            }
+            Some(Event::Ready) => bar.set_message("rebooted"),
+            _ => bar.tick(),
+        }
+    }
+
+    /// Runs `print` with the bar hidden, so lines and bar do not mix.
+    fn suspend(&self, print: impl FnOnce()) {
+        match &self.0 {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,36 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// write what is queued (a disk that hangs must not hang shutdown).
 pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The writer's state as the admin listener reports it (`/readyz`,
+/// `/metrics`): a copy taken with [`super::DownloadLog::health`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogHealth {
+    /// Records waiting for the file (in the writer's queue, not yet
+    /// written): 0 while the file takes every record.
+    pub queued: u64,
+    /// Records dropped since start: the queue was full (a disk full longer
+    /// than [`QUEUE_BYTES`] lasts) or the writer could not keep up.
+    pub dropped: u64,
+    /// The last write or reopen failed and has not succeeded since: the
+    /// error, with the path (`ENOSPC`, `EIO`, a deleted folder). `None`
+    /// while the log is writable.
+    pub error: Option<String>,
+}
+
+/// What the writer shares with [`LogHealth`] readers.
+#[derive(Debug, Default)]
+struct HealthCell {
+    queued: AtomicU64,
+    dropped: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
+impl HealthCell {
+    fn set_error(&self, error: Option<String>) {
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+}
+
 /// Requests the writer takes on its next turn, besides records.
 #[derive(Debug, Default)]
 struct Requests {
@@ -73,6 +103,8 @@ struct Requests {
     /// Callers of [`FileSink::flush`], answered with the records still
     /// queued once everything sent before the call was tried.
     flush: Mutex<Vec<oneshot::Sender<usize>>>,
+    /// Queue length, drops and the last error, for [`LogHealth`].
+    health: HealthCell,
 }
 
 /// The sending side of the writer thread, held by the log.
@@ -136,6 +168,18 @@ impl FileSink {
                 self.requests.overflow.fetch_add(1, Ordering::Relaxed);
                 r.map(|r| *r)
             }
+        }
+    }
+
+    /// The writer's queue, drops (overflows not yet taken by the writer
+    /// included) and error state now.
+    pub(super) fn health(&self) -> LogHealth {
+        let h = &self.requests.health;
+        LogHealth {
+            queued: h.queued.load(Ordering::Relaxed),
+            dropped: h.dropped.load(Ordering::Relaxed)
+                + self.requests.overflow.load(Ordering::Relaxed),
+            error: h.error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 
@@ -274,12 +318,15 @@ impl Writer {
     }
 
     fn enqueue(&mut self, record: &DownloadRecord) {
-        self.gap += self.requests.overflow.swap(0, Ordering::Relaxed);
+        let overflow = self.requests.overflow.swap(0, Ordering::Relaxed);
+        self.gap += overflow;
+        self.dropped(overflow);
         let line = match serde_json::to_string(record) {
             Ok(json) => json + "\n",
             Err(err) => {
                 tracing::error!(error = %err, "cannot encode download record");
                 self.gap += 1;
+                self.dropped(1);
                 return;
             }
         };
@@ -293,6 +340,7 @@ impl Writer {
             }
             self.dropping += 1;
             self.gap += 1;
+            self.dropped(1);
             return;
         }
         self.queued_bytes += line.len();
@@ -300,6 +348,20 @@ impl Writer {
             line,
             dropped_before: std::mem::take(&mut self.gap),
         });
+        self.publish_queue();
+    }
+
+    fn dropped(&self, n: u64) {
+        if n > 0 {
+            self.requests.health.dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn publish_queue(&self) {
+        self.requests
+            .health
+            .queued
+            .store(self.queue.len() as u64, Ordering::Relaxed);
     }
 
     /// Writes queued records in order until the queue is empty or a write
@@ -314,9 +376,13 @@ impl Writer {
                 Ok(()) => {
                     let done = self.queue.pop_front().expect("front exists");
                     self.queued_bytes -= done.line.len();
+                    self.publish_queue();
                     self.recovered(done.dropped_before);
                 }
                 Err(err) => {
+                    self.requests
+                        .health
+                        .set_error(Some(format!("{}: {err}", self.path.display())));
                     if !self.failing {
                         tracing::error!(
                             error = %err,
@@ -335,6 +401,7 @@ impl Writer {
     fn recovered(&mut self, dropped_before: u64) {
         if self.failing {
             self.failing = false;
+            self.requests.health.set_error(None);
             tracing::warn!(path = %self.path.display(), "download log writable again");
         }
         if dropped_before > 0 {
@@ -379,11 +446,17 @@ impl Writer {
                 self.file = Some(file);
                 self.identity = identity;
                 self.unterminated = false;
-                self.reopen_failing = false;
+                if std::mem::take(&mut self.reopen_failing) && !self.failing {
+                    self.requests.health.set_error(None);
+                }
                 tracing::info!(path = %self.path.display(), why, "download log reopened");
                 self.drain();
             }
             Err(err) => {
+                self.requests.health.set_error(Some(format!(
+                    "{}: cannot reopen: {err}",
+                    self.path.display()
+                )));
                 if !self.reopen_failing {
                     tracing::error!(
                         error = %err,

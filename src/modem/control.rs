@@ -121,7 +121,7 @@ pub(crate) fn spawn_listener(
 ) -> JoinHandle<()> {
     let token = cancel.clone();
     port::accept_loop(listener, cancel, move |stream, peer| {
-        tracing::info!(%peer, "control client connected");
+        crate::conn_log!(info, %peer, "control client connected");
         tokio::spawn(serve(stream, session.clone(), token.child_token()));
         true
     })

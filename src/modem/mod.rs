@@ -21,6 +21,8 @@
 //!   port's `OK`, URCs, reboots and `RDY`s.
 //! - [`control`]: runtime control over TCP (JSON lines): cut the
 //!   network, reboot, inject a URC, set the signal, read the state.
+//! - [`ratelog`]: the per-connection log lines (hosts and control
+//!   clients connecting, leaving, refused), rate-limited.
 //! - [`status`]: what the modem is doing ([`Status`]), below the session
 //!   that publishes it and the [`Modem`] handle that reports it.
 //!
@@ -112,6 +114,7 @@ pub mod data;
 pub mod link;
 pub mod port;
 pub mod pty;
+pub mod ratelog;
 pub mod reply;
 pub mod session;
 pub mod status;

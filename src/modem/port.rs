@@ -319,7 +319,7 @@ pub(crate) fn offer_again(
 
 /// Refuses a second TCP host: one [`BUSY_LINE`], then close.
 pub(crate) fn refuse_busy(mut stream: TcpStream, peer: SocketAddr) {
-    tracing::info!(%peer, "second AT host refused: port busy");
+    crate::conn_log!(info, %peer, "second AT host refused: port busy");
     tokio::spawn(async move {
         let line = frame(BUSY_LINE);
         let _ = tokio::time::timeout(WRITE_LIMIT, stream.write_all(line.as_bytes())).await;

@@ -628,7 +628,7 @@ impl Session {
             PortEvent::Attached(id) => {
                 if let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) {
                     channel.attached = true;
-                    tracing::info!(port = id, "host opened the PTY");
+                    crate::conn_log!(info, port = id, "host opened the PTY");
                     self.flush_held(id);
                 }
             }
@@ -642,7 +642,7 @@ impl Session {
                 };
                 match self.channels[index].kind {
                     PortKind::Pty => {
-                        tracing::info!(port = id, "host closed the PTY");
+                        crate::conn_log!(info, port = id, "host closed the PTY");
                         let channel = &mut self.channels[index];
                         channel.attached = false;
                         // A half-typed line, or an upload under way, does
@@ -652,7 +652,7 @@ impl Session {
                         channel.data = None;
                     }
                     PortKind::Tcp => {
-                        tracing::info!(port = id, "TCP host disconnected");
+                        crate::conn_log!(info, port = id, "TCP host disconnected");
                         self.channels.remove(index).close();
                     }
                 }
@@ -665,7 +665,7 @@ impl Session {
     fn on_connection(&mut self, stream: TcpStream, peer: std::net::SocketAddr, again: bool) {
         if !matches!(self.power, Power::On) && self.link_type == Link::Usb {
             // No port while the module is down: the connection just closes.
-            tracing::info!(%peer, "TCP host refused: module is rebooting");
+            crate::conn_log!(info, %peer, "TCP host refused: module is rebooting");
             drop(stream);
             return;
         }
@@ -682,7 +682,7 @@ impl Session {
             }
             return;
         }
-        tracing::info!(%peer, "TCP host connected");
+        crate::conn_log!(info, %peer, "TCP host connected");
         let id = self.new_id();
         let channel = port::spawn_tcp(
             id,

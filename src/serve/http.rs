@@ -49,7 +49,6 @@ use super::fault::{Action, AttemptInfo};
 use super::range::{self, Precondition, RangeDecision, Validators};
 use super::stall::{FlushSignal, StallGuard};
 use super::{Access, Shared};
-use crate::campaign::html::escape as escape_html;
 use crate::catalog::{Lookup, OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, Outcome, Protocol};
 
@@ -673,43 +672,13 @@ fn index_json(shared: &Shared) -> Response<ResponseBody> {
     }
 }
 
-/// HTML table of the packages under `folder` (every package for the root).
+/// The listing page of the packages under `folder` ([`super::listing`]).
 fn index_html(shared: &Shared, folder: &str) -> Response<ResponseBody> {
-    let mut rows = String::new();
-    let prefix = if folder.is_empty() {
-        String::new()
-    } else {
-        format!("{folder}/")
-    };
-    for p in shared.catalog.packages() {
-        if !p.path.starts_with(&prefix) {
-            continue;
-        }
-        let status = if p.is_valid() {
-            "valid".to_string()
-        } else {
-            format!("invalid: {}", p.problems.join("; "))
-        };
-        let link = if p.is_valid() || shared.allow_invalid {
-            format!("<a href=\"/{0}\">{0}</a>", escape_html(&p.path))
-        } else {
-            escape_html(&p.path)
-        };
-        rows.push_str(&format!(
-            "<tr><td>{link}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>\n",
-            p.size,
-            p.sha256,
-            escape_html(&status)
-        ));
-    }
-    let html = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>qfota-serve packages</title></head>\n\
-         <body><h1>Firmware packages in /{}</h1>\n<table border=\"1\" cellpadding=\"4\">\n\
-         <tr><th>name</th><th>size (bytes)</th><th>SHA-256</th><th>validity</th></tr>\n{rows}</table>\n\
-         <p><a href=\"/packages.json\">packages.json</a></p></body></html>\n",
-        escape_html(folder)
-    );
-    body_response(StatusCode::OK, "text/html; charset=utf-8", html)
+    body_response(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        shared.listing(folder),
+    )
 }
 
 /// Emits the download record when the body is finished or dropped.
@@ -1065,14 +1034,6 @@ mod tests {
         assert!(
             reason.ends_with("then stopped acknowledging for 120 s"),
             "{reason}"
-        );
-    }
-
-    #[test]
-    fn escapes_html() {
-        assert_eq!(
-            escape_html("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
     }
 

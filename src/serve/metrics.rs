@@ -3,10 +3,16 @@
 //!
 //! Most figures come from the download records themselves: one task
 //! subscribes to the log's broadcast ([`Metrics::follow`]), so the serving
-//! path pays nothing for them. The rest (connections open, packages valid)
-//! are read when scraped.
+//! path pays nothing for them. Fault rules applied are counted where a rule
+//! is chosen ([`FaultCounter`], handed to the rule set), package validation
+//! time where a package is validated
+//! ([`crate::catalog::ValidationTimer`], process-wide: one histogram shared
+//! by every server of the process). The rest
+//! (connections open, packages valid, the log writer's queue and drops) are
+//! read when scraped ([`Scrape`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,7 +23,41 @@ use prometheus_client::registry::Registry;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::dlog::{DownloadRecord, Outcome};
+use crate::catalog::validation_seconds;
+use crate::dlog::{DownloadRecord, LogHealth, Outcome};
+
+/// A fault rule label (the rule as written, `drop-after=50%,times=1`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+/// Counts fault rules applied, by rule; cheap to clone (clones share the
+/// counters). The rule set holds one ([`crate::serve::fault::FaultSet`]).
+#[derive(Clone, Debug, Default)]
+pub struct FaultCounter(Family<RuleLabel, Counter>);
+
+impl FaultCounter {
+    /// One more attempt hit by `rule` (its text).
+    pub fn inc(&self, rule: &str) {
+        self.0
+            .get_or_create(&RuleLabel {
+                rule: rule.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// What is read when `/metrics` is scraped.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    /// Connections open on the package listeners.
+    pub connections_open: usize,
+    /// Packages in the catalog: `(valid, invalid)`.
+    pub packages: (usize, usize),
+    /// The download log writer's queue, drops and error state.
+    pub log: LogHealth,
+}
 
 /// Labels of a download counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +91,12 @@ pub struct Metrics {
     connections_open: Gauge,
     packages: Family<StateLabel, Gauge>,
     records_missed: Counter,
+    faults_applied: FaultCounter,
+    log_queued: Gauge,
+    log_dropped: Counter,
+    /// `log_dropped` as of the last scrape (the writer counts absolutes).
+    log_dropped_seen: AtomicU64,
+    log_writable: Gauge,
 }
 
 impl Metrics {
@@ -110,6 +156,35 @@ impl Metrics {
             "Download records the metrics task fell behind on (not counted above)",
             records_missed.clone(),
         );
+        registry.register(
+            "package_validation_seconds",
+            "Time to validate one package (SHA-256, zip check, family verdicts), every server of the process",
+            validation_seconds(),
+        );
+        let faults_applied = FaultCounter::default();
+        registry.register(
+            "fault_rules_applied",
+            "Attempts a server fault rule was applied to, by rule",
+            faults_applied.0.clone(),
+        );
+        let log_queued = Gauge::default();
+        registry.register(
+            "log_records_queued",
+            "Download records waiting for the log file (not yet written)",
+            log_queued.clone(),
+        );
+        let log_dropped = Counter::default();
+        registry.register(
+            "log_records_dropped",
+            "Download records dropped before reaching the log file (queue full)",
+            log_dropped.clone(),
+        );
+        let log_writable = Gauge::default();
+        registry.register(
+            "log_writable",
+            "1 while the download log takes writes, 0 after a failed write or reopen",
+            log_writable.clone(),
+        );
         Arc::new(Metrics {
             registry,
             downloads,
@@ -121,7 +196,17 @@ impl Metrics {
             connections_open,
             packages,
             records_missed,
+            faults_applied,
+            log_queued,
+            log_dropped,
+            log_dropped_seen: AtomicU64::new(0),
+            log_writable,
         })
+    }
+
+    /// The counter of fault rules applied, for the rule set to count into.
+    pub fn fault_counter(&self) -> FaultCounter {
+        self.faults_applied.clone()
     }
 
     /// Counts one download record.
@@ -175,11 +260,19 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the scrape-time gauges set from
-    /// `connections_open` and the catalog's `(valid, invalid)` counts.
-    pub fn render(&self, connections_open: usize, packages: (usize, usize)) -> String {
+    /// The text exposition, with the scrape-time figures set from `now`.
+    pub fn render(&self, now: &Scrape) -> String {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.connections_open
-            .set(i64::try_from(connections_open).unwrap_or(i64::MAX));
+            .set(gauge(now.connections_open as u64));
+        self.log_queued.set(gauge(now.log.queued));
+        self.log_writable.set(i64::from(now.log.error.is_none()));
+        let seen = self
+            .log_dropped_seen
+            .swap(now.log.dropped, Ordering::Relaxed);
+        self.log_dropped
+            .inc_by(now.log.dropped.saturating_sub(seen));
+        let packages = now.packages;
         for (state, n) in [("valid", packages.0), ("invalid", packages.1)] {
             self.packages
                 .get_or_create(&StateLabel {
@@ -210,7 +303,18 @@ mod tests {
         let login = Attempt::start(Protocol::Ftp, "127.0.0.1:2".parse().unwrap(), "");
         metrics.observe(&login.record(530, Outcome::AuthFailed, "wrong password"));
         metrics.refused_connection();
-        let text = metrics.render(3, (2, 1));
+        metrics.fault_counter().inc("status=503,times=1");
+        drop(crate::catalog::ValidationTimer::start());
+        let scrape = Scrape {
+            connections_open: 3,
+            packages: (2, 1),
+            log: LogHealth {
+                queued: 4,
+                dropped: 5,
+                error: Some("full".into()),
+            },
+        };
+        let text = metrics.render(&scrape);
         for line in [
             "qfota_downloads_total{protocol=\"http\",outcome=\"aborted\"} 1",
             "qfota_body_bytes_sent_total{protocol=\"http\"} 1000",
@@ -220,8 +324,22 @@ mod tests {
             "qfota_connections_open 3",
             "qfota_packages{state=\"invalid\"} 1",
             "qfota_download_duration_seconds_count{protocol=\"http\"} 1",
+            "qfota_fault_rules_applied_total{rule=\"status=503,times=1\"} 1",
+            "qfota_log_records_queued 4",
+            "qfota_log_records_dropped_total 5",
+            "qfota_log_writable 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+        assert!(
+            text.contains("qfota_package_validation_seconds_count "),
+            "{text}"
+        );
+        // Drops are counted once however often scraped.
+        let again = metrics.render(&scrape);
+        assert!(
+            again.contains("qfota_log_records_dropped_total 5"),
+            "{again}"
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod fault;
 pub mod ftp;
 pub mod http;
 pub mod limits;
+pub mod listing;
 pub mod logins;
 pub mod metrics;
 pub mod range;
@@ -57,6 +58,9 @@ pub(crate) struct Shared {
     pub(crate) logins: logins::LoginGuard,
     /// Prometheus metrics (`/metrics` on the admin listener).
     pub(crate) metrics: Arc<metrics::Metrics>,
+    /// What modules are told (host, ports, FTP account): the listing
+    /// page's URLs.
+    pub(crate) advertised: Advertised,
 }
 
 /// The next connection on `listener`, or `None` once shutdown starts.
@@ -119,6 +123,12 @@ pub(crate) enum Access {
 }
 
 impl Shared {
+    /// The HTML listing page of the packages under `folder` ([`listing`]).
+    pub(crate) fn listing(&self, folder: &str) -> String {
+        let packages = self.catalog.packages();
+        listing::render(&packages, &self.advertised, folder, self.allow_invalid)
+    }
+
     /// The one place that decides what is served (both protocols).
     pub(crate) fn resolve(&self, key: &str) -> Access {
         match self.catalog.lookup(key) {
@@ -504,7 +514,9 @@ impl ServerBuilder {
             limits: limits::ConnLimits::new(self.max_connections, self.max_connections_per_ip),
             logins: logins::LoginGuard::default(),
             metrics: metrics::Metrics::new(),
+            advertised: advertised.clone(),
         });
+        shared.faults.count_into(shared.metrics.fault_counter());
         let mut tasks = vec![
             tokio::spawn(Arc::clone(&catalog).watch(shared.shutdown.clone())),
             tokio::spawn(
@@ -900,10 +912,11 @@ impl ServerControl {
     pub fn metrics_text(&self) -> String {
         let packages = self.catalog.packages();
         let valid = packages.iter().filter(|p| p.is_valid()).count();
-        self.shared.metrics.render(
-            self.shared.limits.open_count(),
-            (valid, packages.len() - valid),
-        )
+        self.shared.metrics.render(&metrics::Scrape {
+            connections_open: self.shared.limits.open_count(),
+            packages: (valid, packages.len() - valid),
+            log: self.shared.log.health(),
+        })
     }
 
     /// The fault rules in force.

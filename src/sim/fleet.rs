@@ -6,7 +6,10 @@
 //! [`run_fleet`] runs [`FleetConfig::modules`] [`Module`]s with at most
 //! [`FleetConfig::concurrency`] in flight, bounded by
 //! [`FleetConfig::deadline`], and sums them up in a [`FleetReport`]:
-//! modules per final code, p50/p95/max download time, and bytes received.
+//! modules per final code with the causes behind the failing ones,
+//! p50/p95/max download time, and bytes received. [`run_fleet_observed`]
+//! also reports each module as it ends ([`FleetProgress`]), for a progress
+//! display.
 //! The engine only: `qfota-serve fleet` (flags, the printed report) lives
 //! in the command-line module, `src/cli/fleet.rs`.
 
@@ -95,6 +98,40 @@ pub struct FleetReport {
     pub bytes: u64,
     /// Wall-clock time of the whole run, ms.
     pub elapsed_ms: u64,
+    /// Per final code other than `0`: the most frequent causes (at most
+    /// [`TOP_CAUSES`], most frequent first) — what the simulator knows of
+    /// why (`download: connection reset by peer`), which a real module
+    /// does not print.
+    pub causes: BTreeMap<String, Vec<Cause>>,
+}
+
+/// How many causes [`FleetReport::causes`] keeps per code.
+pub const TOP_CAUSES: usize = 3;
+
+/// One cause behind a final code, and how many modules it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cause {
+    /// The simulator's notes of the run, `; `-separated (`no cause
+    /// recorded` when it noted nothing).
+    pub cause: String,
+    /// Modules that ended this way.
+    pub modules: usize,
+}
+
+/// Where a fleet run stands, handed to [`run_fleet_observed`]'s observer
+/// each time a module ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetProgress {
+    /// Modules that ended so far.
+    pub done: usize,
+    /// Modules in the run.
+    pub modules: usize,
+    /// Of those ended, how many with a final code other than `0`.
+    pub failed: usize,
+    /// Package bytes received so far, all modules together.
+    pub bytes: u64,
+    /// The final code of the module that just ended.
+    pub code: String,
 }
 
 impl FleetReport {
@@ -138,6 +175,32 @@ fn quantile(v: &[u64], q: f64) -> u64 {
     v[rank - 1]
 }
 
+/// The cause of one module's final code: its notes (see [`Cause`]).
+fn cause(t: &Transcript) -> String {
+    if t.summary.notes.is_empty() {
+        "no cause recorded".into()
+    } else {
+        t.summary.notes.join("; ")
+    }
+}
+
+/// The [`TOP_CAUSES`] most frequent causes per code, most frequent first
+/// (ties by text).
+fn top_causes(counts: BTreeMap<String, BTreeMap<String, usize>>) -> BTreeMap<String, Vec<Cause>> {
+    counts
+        .into_iter()
+        .map(|(code, causes)| {
+            let mut list: Vec<Cause> = causes
+                .into_iter()
+                .map(|(cause, modules)| Cause { cause, modules })
+                .collect();
+            list.sort_by(|a, b| b.modules.cmp(&a.modules).then(a.cause.cmp(&b.cause)));
+            list.truncate(TOP_CAUSES);
+            (code, list)
+        })
+        .collect()
+}
+
 /// Runs the fleet and sums it up. Modules still running at the deadline
 /// are stopped and counted as `unfinished`.
 ///
@@ -145,6 +208,17 @@ fn quantile(v: &[u64], q: f64) -> u64 {
 /// [`ConfigError`] when a module cannot be built (the command line checks
 /// this up front with [`FleetConfig::module`]).
 pub async fn run_fleet(config: &FleetConfig) -> Result<FleetReport, ConfigError> {
+    run_fleet_observed(config, |_| {}).await
+}
+
+/// [`run_fleet`], calling `observe` each time a module ends.
+///
+/// # Errors
+/// As [`run_fleet`].
+pub async fn run_fleet_observed(
+    config: &FleetConfig,
+    mut observe: impl FnMut(&FleetProgress),
+) -> Result<FleetReport, ConfigError> {
     let started = Instant::now();
     // A deadline too far to represent means "no deadline" (a century).
     let deadline = started
@@ -166,15 +240,33 @@ pub async fn run_fleet(config: &FleetConfig) -> Result<FleetReport, ConfigError>
     }
     let mut codes = BTreeMap::new();
     let mut times = Vec::new();
+    let mut causes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     let mut bytes = 0u64;
     let mut done = 0usize;
+    let mut failed = 0usize;
     loop {
         match tokio::time::timeout_at(deadline, set.join_next()).await {
             Ok(Some(Ok(Some(t)))) => {
                 done += 1;
-                *codes.entry(final_code(&t)).or_insert(0) += 1;
+                let code = final_code(&t);
+                *codes.entry(code.clone()).or_insert(0) += 1;
+                if code != "0" {
+                    failed += 1;
+                    *causes
+                        .entry(code.clone())
+                        .or_default()
+                        .entry(cause(&t))
+                        .or_insert(0) += 1;
+                }
                 times.extend(download_ms(&t));
                 bytes += t.summary.bytes_received;
+                observe(&FleetProgress {
+                    done,
+                    modules: config.modules,
+                    failed,
+                    bytes,
+                    code,
+                });
             }
             // A panicked or cancelled module task: count it as unfinished.
             Ok(Some(_)) => {}
@@ -198,6 +290,7 @@ pub async fn run_fleet(config: &FleetConfig) -> Result<FleetReport, ConfigError>
         max_ms: times.last().copied().unwrap_or(0),
         bytes,
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        causes: top_causes(causes),
     })
 }
 
@@ -219,8 +312,38 @@ mod tests {
         let profile = Profile::by_name("eg06xk-dfota").unwrap();
         // 100-byte URL limit (seed 002): every module answers ERROR.
         let url = format!("http://127.0.0.1:1/{}.zip", "a".repeat(100));
-        let report = run_fleet(&FleetConfig::new(url, profile, 5)).await.unwrap();
+        let mut seen = Vec::new();
+        let report = run_fleet_observed(&FleetConfig::new(url, profile, 5), |p| {
+            seen.push((p.done, p.failed, p.code.clone()))
+        })
+        .await
+        .unwrap();
         assert_eq!(report.count("ERROR"), 5);
         assert_eq!(report.bytes, 0);
+        assert_eq!(seen.len(), 5);
+        assert_eq!(seen[4], (5, 5, "ERROR".to_string()));
+        let causes = &report.causes["ERROR"];
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].modules, 5);
+        assert!(causes[0].cause.starts_with("ERROR: "), "{causes:?}");
+    }
+
+    #[test]
+    fn causes_keep_the_most_frequent_per_code() {
+        let counts = BTreeMap::from([(
+            "601".to_string(),
+            BTreeMap::from([
+                ("a".to_string(), 1),
+                ("b".to_string(), 5),
+                ("c".to_string(), 2),
+                ("d".to_string(), 2),
+            ]),
+        )]);
+        let top = top_causes(counts);
+        let names: Vec<(&str, usize)> = top["601"]
+            .iter()
+            .map(|c| (c.cause.as_str(), c.modules))
+            .collect();
+        assert_eq!(names, [("b", 5), ("c", 2), ("d", 2)]);
     }
 }

@@ -685,6 +685,12 @@ impl FotaRun {
         self.started
     }
 
+    /// Package bytes the download has received so far (for a progress
+    /// display; the final figure is in the summary).
+    pub fn bytes_received(&self) -> u64 {
+        self.log.received()
+    }
+
     /// Sums up `events` (this run's, as received) with the module's version
     /// now and the simulator's notes on causes.
     pub fn summarize(&self, events: &[TimedEvent]) -> RunSummary {

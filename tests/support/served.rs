@@ -81,6 +81,31 @@ impl Served {
         }
     }
 
+    /// Serves the shipped sample packages (`packages/`) over HTTP and FTP
+    /// on 127.0.0.1 (user `test:test`, `passive` ports, download log `log`),
+    /// with `extra` flags before the folder.
+    pub async fn samples(log: &std::path::Path, passive: &str, extra: &[&str]) -> Served {
+        let log = log.to_string_lossy();
+        let packages = concat!(env!("CARGO_MANIFEST_DIR"), "/packages");
+        let mut args = vec![
+            "--http",
+            "0",
+            "--ftp",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--user",
+            "test:test",
+            "--passive-ports",
+            passive,
+            "--log",
+            &log,
+        ];
+        args.extend_from_slice(extra);
+        args.push(packages);
+        Served::start(&args, &[]).await
+    }
+
     /// `proto://ip:port` of a listener.
     pub fn base(&self, proto: &str) -> String {
         format!("{proto}://{}", self.listeners[proto])

@@ -5,13 +5,14 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::rule::{Action, FaultRule, Matchers};
 use crate::dlog::Protocol;
+use crate::serve::metrics::FaultCounter;
 
 /// What an attempt looks like when rules are consulted.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +48,8 @@ struct RuleState {
 pub struct FaultSet {
     rules: RwLock<Arc<Vec<Arc<RuleState>>>>,
     rng: Mutex<StdRng>,
+    /// Counts each rule applied (`/metrics`), once set.
+    counter: OnceLock<FaultCounter>,
 }
 
 impl FaultSet {
@@ -55,6 +58,7 @@ impl FaultSet {
         let set = FaultSet {
             rules: RwLock::new(Arc::new(Vec::new())),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            counter: OnceLock::new(),
         };
         set.set(rules);
         set
@@ -72,6 +76,12 @@ impl FaultSet {
             })
             .collect();
         *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(states);
+    }
+
+    /// Counts every rule applied from now on into `counter` (the server's
+    /// metrics); only the first call takes effect.
+    pub fn count_into(&self, counter: FaultCounter) {
+        let _ = self.counter.set(counter);
     }
 
     /// The current rules.
@@ -117,6 +127,9 @@ impl FaultSet {
                 if taken.is_err() {
                     continue;
                 }
+            }
+            if let Some(counter) = self.counter.get() {
+                counter.inc(&rule.text);
             }
             return Some(Applied {
                 name: rule.text.clone(),
