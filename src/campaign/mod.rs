@@ -427,6 +427,7 @@ pub(crate) mod tests {
             outcome,
             reason: reason.into(),
             fault: None,
+            instance: None,
         }
     }
 

@@ -13,16 +13,18 @@
 //!
 //! - [`FsCatalog`] ([`fs`]): the package folder, re-scanned every second;
 //! - [`MemCatalog`] ([`mem`]): packages given as bytes, for tests and
-//!   embedding.
+//!   embedding;
+//! - [`S3Catalog`] ([`s3`]): an `s3://BUCKET/PREFIX` location of an
+//!   S3-compatible object store, listed every `--rescan-secs`, each
+//!   version fetched once into a local cache and served from there.
 //!
-//! Both validate with [`Package::validate`] (SHA-256, zip integrity, names,
-//! per-profile verdicts), so an object-storage catalog that builds its
-//! [`Snapshot`] from a bucket listing and opens objects with a ranged GET
-//! fits the same trait.
+//! All validate with [`Package::validate`] (SHA-256, zip integrity, names,
+//! per-profile verdicts).
 
 pub mod fs;
 pub mod mem;
 pub mod path;
+pub mod s3;
 mod snapshot;
 pub mod validate;
 
@@ -43,6 +45,7 @@ use validate::{Advertised, ProfileVerdict};
 
 pub use fs::FsCatalog;
 pub use mem::MemCatalog;
+pub use s3::S3Catalog;
 pub use snapshot::Snapshot;
 
 /// One package, with its validation report.
