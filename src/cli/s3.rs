@@ -136,10 +136,10 @@ mod tests {
         ]);
         let config = cli
             .replica
-            .s3_config(Some(Path::new("s3://fw/fleet")))
+            .s3_config(Some(Path::new("s3://fota/fleet")))
             .unwrap()
             .unwrap();
-        assert_eq!(config.location.bucket, "fw");
+        assert_eq!(config.location.bucket, "fota");
         assert_eq!(config.location.prefix, "fleet");
         assert!(config.location.path_style);
         assert_eq!(config.rescan, Duration::from_secs(3));

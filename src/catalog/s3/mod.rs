@@ -18,7 +18,8 @@
 //! succeeds; a store lost later leaves the catalog as it was (the cached,
 //! validated packages keep being served) and listings are retried with
 //! backoff (1 s doubling up to `--rescan-secs`); a store that refuses the
-//! credentials or has no such bucket is a start-up error.
+//! credentials, has no such bucket or answers but refuses the listing is
+//! a start-up error.
 
 pub mod cache;
 pub mod store;
@@ -32,7 +33,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +82,14 @@ pub enum S3Error {
     /// The bucket does not exist.
     #[error("{location}: no such bucket: {source}")]
     NoBucket {
+        /// The location, for people.
+        location: String,
+        /// The store's answer.
+        source: object_store::Error,
+    },
+    /// The store answers but refuses to list the prefix (after retries).
+    #[error("{location}: the store refuses the listing: {source}")]
+    Listing {
         /// The location, for people.
         location: String,
         /// The store's answer.
@@ -161,19 +170,38 @@ impl S3Catalog {
             reached: AtomicBool::new(false),
             scanning: tokio::sync::Mutex::new(()),
         });
-        match catalog.rescan().await {
-            Ok(()) => {}
-            Err(source) => match Failure::of(&source) {
+        if let Err(source) = catalog.rescan().await {
+            match catalog.start_failure(&source).await {
                 Failure::Credentials => return Err(S3Error::Credentials { location, source }),
                 Failure::NoBucket => return Err(S3Error::NoBucket { location, source }),
+                Failure::Refused => return Err(S3Error::Listing { location, source }),
                 Failure::Changed | Failure::Unavailable => tracing::warn!(
                     store = %location,
                     error = %source,
                     "object store unreachable at start-up: serving an empty catalog until it is reached"
                 ),
-            },
+            }
         }
         Ok(catalog)
+    }
+
+    /// What a failed first listing means. The client reports a listing's
+    /// HTTP status only inside its message, so a store that answered is
+    /// told from one that did not by a `HEAD` of one object, whose status
+    /// it does report: 401/403 → the credentials; an answer (200, 404) →
+    /// the store is up but refuses the listing; no answer → unreachable.
+    async fn start_failure(&self, listing: &object_store::Error) -> Failure {
+        match Failure::of(listing) {
+            Failure::Unavailable => {}
+            known => return known,
+        }
+        let probe = self.config.location.object(".qfota-serve-probe");
+        match self.store.head(&probe).await {
+            Err(e) if Failure::of(&e) == Failure::Credentials => Failure::Credentials,
+            Ok(_) => Failure::Refused,
+            Err(e) if Failure::of(&e) == Failure::NoBucket => Failure::Refused,
+            Err(_) => Failure::Unavailable,
+        }
     }
 
     /// True when the last listing of the store succeeded.

@@ -76,6 +76,15 @@ impl S3Location {
         if bucket.is_empty() {
             return Err(fail("no bucket name"));
         }
+        // S3's bucket naming rules, loosened to what self-hosted stores
+        // also accept; checked here so a typo is a start-up error rather
+        // than a store that answers 400 on every listing.
+        let bucket_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if !(3..=63).contains(&bucket.len()) || !bucket.chars().all(bucket_chars) {
+            return Err(fail(
+                "a bucket name is 3 to 63 letters, digits, '.', '-', '_'",
+            ));
+        }
         let prefix = crate::catalog::path::normalize(prefix)
             .map_err(|_| fail("the prefix is not a clean key path"))?;
         Ok(S3Location {
@@ -230,6 +239,10 @@ pub enum Failure {
     NoBucket,
     /// The object changed between listing and reading (412 on `If-Match`).
     Changed,
+    /// The store answers but refuses the request in a way waiting will
+    /// not fix (a 4xx on the listing). Never returned by [`Failure::of`]:
+    /// the catalog finds it out at start-up.
+    Refused,
     /// Anything else (unreachable, 5xx after retries): wait and retry.
     Unavailable,
 }
@@ -253,17 +266,24 @@ mod tests {
 
     #[test]
     fn locations_parse_bucket_and_clean_prefix() {
-        let loc = S3Location::parse("s3://fw/fleet/2026/").unwrap();
+        let loc = S3Location::parse("s3://fota/fleet/2026/").unwrap();
         assert_eq!(
             (loc.bucket.as_str(), loc.prefix.as_str()),
-            ("fw", "fleet/2026")
+            ("fota", "fleet/2026")
         );
         assert_eq!(loc.object("Jun/a.zip").as_ref(), "fleet/2026/Jun/a.zip");
-        let whole = S3Location::parse("s3://fw").unwrap();
+        let whole = S3Location::parse("s3://fota").unwrap();
         assert_eq!(whole.prefix, "");
         assert_eq!(whole.object("a.zip").as_ref(), "a.zip");
-        assert_eq!(whole.display(), "s3://fw");
-        for bad in ["s3://", "s3:///x", "http://fw/x", "s3://fw/../x"] {
+        assert_eq!(whole.display(), "s3://fota");
+        for bad in [
+            "s3://",
+            "s3:///x",
+            "http://fota/x",
+            "s3://fota/../x",
+            "s3://fw",
+            "s3://a b/x",
+        ] {
             assert!(S3Location::parse(bad).is_err(), "{bad}");
         }
     }
