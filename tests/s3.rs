@@ -135,7 +135,8 @@ async fn spawn_store(root: &Path, port: u16) -> (Child, u16) {
     (child, port)
 }
 
-/// Starts a replica over `store` with HTTP and FTP on free ports.
+/// Starts a replica over `store` with HTTP, FTP and the admin listener on
+/// free ports.
 async fn replica(store: &Store, id: &str, work: &Path, passive: &str) -> Served {
     let log = work.join(format!("{id}.jsonl"));
     let cache = work.join(format!("{id}-cache"));
@@ -162,6 +163,10 @@ async fn replica(store: &Store, id: &str, work: &Path, passive: &str) -> Served 
         "test:test",
         "--passive-ports",
         passive,
+        "--admin",
+        "127.0.0.1:0",
+        "--ready-json",
+        &work.join(format!("{id}-ready.json")).to_string_lossy(),
     ]
     .map(str::to_string);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -174,6 +179,18 @@ fn credentials(secret: &str) -> [(&'static str, &str); 3] {
         ("AWS_SECRET_ACCESS_KEY", secret),
         ("AWS_REGION", "us-east-1"),
     ]
+}
+
+/// `/readyz` of a replica: status and body.
+async fn readyz(work: &Path, id: &str) -> (String, serde_json::Value) {
+    let ready = std::fs::read(work.join(format!("{id}-ready.json"))).unwrap();
+    let ready: serde_json::Value = serde_json::from_slice(&ready).unwrap();
+    let addr = ready["listeners"]["admin"].as_str().unwrap();
+    let url = format!("http://{addr}/readyz");
+    let out = run("curl", &["-sS", "-w", "\n%{http_code}", &url]).await;
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), serde_json::from_str(body).unwrap())
 }
 
 /// `GET url` with curl; the body, or `None` on failure (404 included).
@@ -403,6 +420,9 @@ async fn a_store_down_at_start_stopped_and_restarted_is_waited_out() {
     );
     let url_a = format!("{}/a-v1-to-v2.zip", r.base("http"));
     assert_eq!(curl_get(&url_a).await, None);
+    let (code, body) = readyz(work.path(), "r1").await;
+    assert_eq!(code, "503", "{body}");
+    assert_eq!(body["not_ready"][0], "store");
     // … and fills once the store is back.
     store.restart().await;
     let body = eventually(
@@ -413,8 +433,24 @@ async fn a_store_down_at_start_stopped_and_restarted_is_waited_out() {
     .await;
     assert_eq!(body, a);
 
-    // Stopped while serving: what is cached keeps being served.
+    assert_eq!(readyz(work.path(), "r1").await.0, "200");
+
+    // Stopped while serving: what is cached keeps being served, and
+    // /readyz says the store is unreachable (still ready).
     store.stop().await;
+    let body = eventually(
+        "/readyz naming the store",
+        Duration::from_secs(20),
+        || async {
+            let (code, body) = readyz(work.path(), "r1").await;
+            (code == "200" && body["store"].is_string()).then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        body["store"].as_str().unwrap().contains("unreachable"),
+        "{body}"
+    );
     for _ in 0..2 {
         assert_eq!(curl_get(&url_a).await.as_deref(), Some(&a[..]));
     }

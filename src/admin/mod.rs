@@ -12,7 +12,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `ok` while the process runs |
-//! | `GET /readyz` | 200 `{"ready":true}` once listeners are bound and the catalog scanned; else 503 `{"ready":false,"not_ready":[…]}` |
+//! | `GET /readyz` | 200 `{"ready":true}` once listeners are bound and the catalog scanned (an object store reached once; lost later: 200 with `"store":"…unreachable"`); else 503 `{"ready":false,"not_ready":[…]}` |
 //! | `GET`/`PUT /faults`, `GET /downloads`, `POST /packages/rescan` | the control routes of [`control`] |
 //!
 //! Control routes answer 403 to peers that are not loopback unless an
@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::catalog::SourceHealth;
 use crate::serve::ServerControl;
 
 /// Longest time to receive a request's headers on the admin listener
@@ -288,7 +289,19 @@ async fn dispatch(route: Route, req: Request<Incoming>, state: &State) -> Respon
 /// `/readyz`'s status and body for `phase`.
 fn readiness(phase: &Phase) -> (StatusCode, serde_json::Value) {
     match phase {
-        Phase::Ready(_) => (StatusCode::OK, serde_json::json!({"ready": true})),
+        // A store never reached leaves the catalog empty: not ready. One
+        // lost later leaves the cached packages served: ready, and said.
+        Phase::Ready(control) => match control.catalog().source_health() {
+            SourceHealth::Ok => (StatusCode::OK, serde_json::json!({"ready": true})),
+            SourceHealth::NotReached(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"ready": false, "not_ready": ["store"], "store": why}),
+            ),
+            SourceHealth::Unreachable(why) => (
+                StatusCode::OK,
+                serde_json::json!({"ready": true, "store": why}),
+            ),
+        },
         Phase::Starting => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"ready": false, "not_ready": ["listeners", "catalog"]}),

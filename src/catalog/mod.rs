@@ -270,6 +270,19 @@ impl OpenError {
     }
 }
 
+/// Whether a catalog's source (a folder, a bucket) can be read, for
+/// `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceHealth {
+    /// Read at the last scan.
+    Ok,
+    /// Never read since start-up (the catalog is empty), and why.
+    NotReached(String),
+    /// Read before, not at the last scan (the catalog is what was last
+    /// read and validated), and why.
+    Unreachable(String),
+}
+
 /// A readable package body: exactly the bytes of the range asked for.
 pub type PackageReader = Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>;
 
@@ -315,6 +328,12 @@ pub trait Catalog: Send + Sync + std::fmt::Debug + 'static {
     /// Every package, sorted by key.
     fn packages(&self) -> Vec<Arc<Package>> {
         self.snapshot().packages()
+    }
+
+    /// Whether the source could be read at the last scan. The default is
+    /// [`SourceHealth::Ok`]: a folder that cannot be read fails at start.
+    fn source_health(&self) -> SourceHealth {
+        SourceHealth::Ok
     }
 
     /// Keeps the catalog current until `cancel` fires (re-scanning a

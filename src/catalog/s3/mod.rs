@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
 use super::validate::Advertised;
-use super::{Catalog, OpenError, Package, PackageReader, Snapshot, path};
+use super::{Catalog, OpenError, Package, PackageReader, Snapshot, SourceHealth, path};
 use cache::{Cache, FillError};
 use store::Failure;
 pub use store::{Listed, LocationError, S3Location};
@@ -402,6 +402,20 @@ impl Catalog for S3Catalog {
 
     fn location(&self) -> String {
         self.config.location.display()
+    }
+
+    fn source_health(&self) -> SourceHealth {
+        let what = || {
+            format!(
+                "object store {} unreachable",
+                self.config.location.display()
+            )
+        };
+        match (self.store_reached(), self.store_healthy()) {
+            (_, true) => SourceHealth::Ok,
+            (false, false) => SourceHealth::NotReached(what()),
+            (true, false) => SourceHealth::Unreachable(what()),
+        }
     }
 
     async fn open(&self, package: &Package, range: Range<u64>) -> Result<PackageReader, OpenError> {
