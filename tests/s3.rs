@@ -138,6 +138,17 @@ async fn spawn_store(root: &Path, port: u16) -> (Child, u16) {
 /// Starts a replica over `store` with HTTP, FTP and the admin listener on
 /// free ports.
 async fn replica(store: &Store, id: &str, work: &Path, passive: &str) -> Served {
+    replica_with(store, id, work, passive, &[]).await
+}
+
+/// [`replica`] with `extra` flags.
+async fn replica_with(
+    store: &Store,
+    id: &str,
+    work: &Path,
+    passive: &str,
+    extra: &[&str],
+) -> Served {
     let log = work.join(format!("{id}.jsonl"));
     let cache = work.join(format!("{id}-cache"));
     let args = [
@@ -169,7 +180,8 @@ async fn replica(store: &Store, id: &str, work: &Path, passive: &str) -> Served 
         &work.join(format!("{id}-ready.json")).to_string_lossy(),
     ]
     .map(str::to_string);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
     Served::start(&args, &credentials(SECRET_KEY)).await
 }
 
@@ -493,4 +505,41 @@ async fn wrong_credentials_are_a_clear_start_up_error() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("refused the credentials"), "{stderr}");
     assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_evicted_from_a_small_cache_are_fetched_again() {
+    let store = Store::start().await;
+    let a = zip_with(&[("system.diff", &noise(30_000, 31))]);
+    let b = zip_with(&[("system.diff", &noise(30_000, 32))]);
+    store.put("a-v1-to-v2.zip", &a).await;
+    store.put("Jun/b-v1-to-v2.zip", &b).await;
+    let work = tempfile::tempdir().unwrap();
+    // Room for one package only.
+    let bound = a.len() + 100;
+    let r = replica_with(
+        &store,
+        "r1",
+        work.path(),
+        "46000-46499",
+        &["--cache-max-bytes", &bound.to_string()],
+    )
+    .await;
+    assert!(
+        r.banner[0].contains("2 packages, 2 valid"),
+        "{:?}",
+        r.banner
+    );
+    let cache = work.path().join("r1-cache");
+    for round in 0..2 {
+        for (key, want) in [("a-v1-to-v2.zip", &a), ("Jun/b-v1-to-v2.zip", &b)] {
+            let got = curl_get(&format!("{}/{key}", r.base("http"))).await;
+            assert_eq!(got.as_deref(), Some(&want[..]), "{key}, round {round}");
+            let held: u64 = cached_files(&cache)
+                .iter()
+                .map(|(p, _)| std::fs::metadata(p).unwrap().len())
+                .sum();
+            assert!(held <= bound as u64, "cache holds {held} bytes");
+        }
+    }
 }

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -261,7 +261,9 @@ impl Cache {
         mut body: futures_util::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
         size: u64,
     ) -> Result<String, FillError> {
-        let mut file = io::BufWriter::with_capacity(1 << 20, fs::File::create(part)?);
+        use tokio::io::AsyncWriteExt;
+        let created = tokio::fs::File::create(part).await?;
+        let mut file = tokio::io::BufWriter::with_capacity(1 << 20, created);
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {
@@ -271,14 +273,12 @@ impl Cache {
                 return Err(FillError::Changed);
             }
             hasher.update(&chunk);
-            // Small synchronous writes into the page cache; the fill runs
-            // on its own task, off the serving path.
-            file.write_all(&chunk)?;
+            file.write_all(&chunk).await?;
         }
         if written != size {
             return Err(FillError::Changed);
         }
-        file.into_inner().map_err(io::IntoInnerError::into_error)?;
+        file.flush().await?;
         Ok(hex::encode(hasher.finalize()))
     }
 
