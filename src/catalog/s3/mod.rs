@@ -430,7 +430,11 @@ impl Catalog for S3Catalog {
         self.cache.evict();
         let mut file = tokio::fs::File::from_std(file);
         file.seek(io::SeekFrom::Start(range.start)).await?;
-        Ok(Box::new(file.take(range.end - range.start)))
+        // Large reads: each read of a tokio file is one trip to the
+        // blocking pool, so the front-ends' small chunks are served from
+        // this buffer.
+        let buffered = tokio::io::BufReader::with_capacity(READ_CHUNK, file);
+        Ok(Box::new(buffered.take(range.end - range.start)))
     }
 
     async fn rescan_now(self: Arc<Self>) -> io::Result<()> {
@@ -459,6 +463,9 @@ impl Catalog for S3Catalog {
         }
     }
 }
+
+/// Bytes read from a cached package per trip to the blocking pool.
+const READ_CHUNK: usize = 512 * 1024;
 
 /// First wait before listing an unreachable store again; it doubles up to
 /// `--rescan-secs`.
