@@ -164,23 +164,16 @@ async fn replica_with(
         &cache.to_string_lossy(),
         "--log",
         &log.to_string_lossy(),
-        "--http",
-        "0",
-        "--ftp",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--user",
-        "test:test",
         "--passive-ports",
         passive,
-        "--admin",
-        "127.0.0.1:0",
         "--ready-json",
         &work.join(format!("{id}-ready.json")).to_string_lossy(),
     ]
     .map(str::to_string);
     let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(
+        "--http 0 --ftp 0 --bind 127.0.0.1 --user test:test --admin 127.0.0.1:0".split(' '),
+    );
     args.extend_from_slice(extra);
     Served::start(&args, &credentials(SECRET_KEY)).await
 }
@@ -481,7 +474,7 @@ async fn a_store_down_at_start_stopped_and_restarted_is_waited_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_credentials_are_a_clear_start_up_error() {
+async fn wrong_or_missing_credentials_are_a_clear_start_up_error() {
     let store = Store::start().await;
     let work = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);
@@ -505,6 +498,16 @@ async fn wrong_credentials_are_a_clear_start_up_error() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("refused the credentials"), "{stderr}");
     assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
+
+    // No credentials at all for a self-hosted store: said at once.
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let out = bounded("qfota-serve without credentials", cmd.output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("needs AWS_ACCESS_KEY_ID"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

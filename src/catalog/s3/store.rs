@@ -119,8 +119,16 @@ impl S3Location {
     /// up after [`IDLE_TIMEOUT`] without data.
     ///
     /// # Errors
-    /// A configuration the client refuses (a malformed endpoint URL).
+    /// A configuration the client refuses (a malformed endpoint URL), or a
+    /// self-hosted endpoint without `AWS_ACCESS_KEY_ID`: the client would
+    /// otherwise ask a cloud instance-metadata service for credentials.
     pub fn client(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        if self.endpoint.is_some() && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            return Err(object_store::Error::Generic {
+                store: "S3",
+                source: "a self-hosted store needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment".into(),
+            });
+        }
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&self.bucket)
             .with_virtual_hosted_style_request(!self.path_style)
