@@ -235,72 +235,97 @@ impl S3Catalog {
     /// is left as it was.
     pub async fn rescan(self: &Arc<Self>) -> Result<(), object_store::Error> {
         let _one_at_a_time = self.scanning.lock().await;
-        let listing = match self.config.location.list(self.store.as_ref()).await {
-            Ok(listing) => listing,
+        let listing = self.list_noting_health().await?;
+        let previous = self.current();
+        let next = self.next_state(&previous, listing).await;
+        for (key, old) in &previous.versions {
+            if next.versions.get(key) != Some(old) {
+                self.cache.remove(key, old);
+                if !next.versions.contains_key(key) {
+                    tracing::info!(path = %key, "package removed");
+                }
+            }
+        }
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.reached.store(true, Ordering::Relaxed);
+        self.cache.evict();
+        Ok(())
+    }
+
+    /// Lists the store, logging when it is lost or back.
+    async fn list_noting_health(&self) -> Result<Vec<(String, Listed)>, object_store::Error> {
+        let store = self.config.location.display();
+        match self.config.location.list(self.store.as_ref()).await {
+            Ok(listing) => {
+                let was_healthy = self.healthy.swap(true, Ordering::Relaxed);
+                if !was_healthy && self.store_reached() {
+                    tracing::info!(%store, "object store reachable again");
+                }
+                Ok(listing)
+            }
             Err(err) => {
                 if self.healthy.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(
-                        store = %self.config.location.display(),
-                        error = %err,
-                        packages = self.current().snapshot.packages().len(),
-                        "object store unreachable: serving the cached, validated packages"
-                    );
+                    let packages = self.current().snapshot.packages().len();
+                    tracing::warn!(%store, error = %err, packages, "object store unreachable: serving the cached, validated packages");
                 }
-                return Err(err);
+                Err(err)
             }
-        };
-        if !self.healthy.swap(true, Ordering::Relaxed) && self.reached.load(Ordering::Relaxed) {
-            tracing::info!(store = %self.config.location.display(), "object store reachable again");
         }
-        let previous = self.current();
+    }
+
+    /// The catalog for `listing`: unchanged objects keep their package;
+    /// the others are loaded, [`FETCHES_AT_ONCE`] at a time; one that
+    /// cannot be loaded keeps its previous version, if any.
+    async fn next_state(&self, previous: &State, listing: Vec<(String, Listed)>) -> State {
+        use futures_util::StreamExt;
         // The root is as new as the newest object (stable between listings).
         let newest = listing.iter().map(|(_, l)| l.modified()).max();
         let mut snap = Snapshot::new(newest.unwrap_or(SystemTime::UNIX_EPOCH));
         let mut versions = BTreeMap::new();
+        let mut to_load = Vec::new();
         for (key, listed) in listing {
+            let kept = previous.snapshot.package(&key);
             if let Some(reason) = unservable(&key) {
                 snap.exclude(key, reason);
-                continue;
-            }
-            let unchanged = previous.versions.get(&key) == Some(&listed);
-            if let (true, Some(pkg)) = (unchanged, previous.snapshot.package(&key)) {
+            } else if let (Some(pkg), true) = (kept, previous.versions.get(&key) == Some(&listed)) {
                 snap.add_package(Arc::clone(pkg));
                 versions.insert(key, listed);
-                continue;
+            } else {
+                to_load.push((key, listed));
             }
-            match self.load(&key, &listed).await {
+        }
+        let loads = futures_util::stream::iter(to_load)
+            .map(|(key, listed)| async move {
+                let loaded = self.load(&key, &listed).await;
+                (key, listed, loaded)
+            })
+            .buffer_unordered(FETCHES_AT_ONCE);
+        let loaded: Vec<_> = loads.collect().await;
+        for (key, listed, result) in loaded {
+            let old = previous
+                .versions
+                .get(&key)
+                .zip(previous.snapshot.package(&key));
+            match result {
                 Ok(Some(pkg)) => {
-                    log_change(previous.snapshot.package(&key).is_some(), &pkg);
+                    log_change(old.is_some(), &pkg);
                     snap.add_package(Arc::new(pkg));
                     versions.insert(key, listed);
                 }
                 Ok(None) => snap.exclude(key, "validation crashed"),
                 Err(err) => {
                     tracing::warn!(path = %key, error = %err, "cannot fetch package; keeping the previous version, if any");
-                    if let (Some(old), Some(pkg)) =
-                        (previous.versions.get(&key), previous.snapshot.package(&key))
-                    {
+                    if let Some((old_listed, pkg)) = old {
                         snap.add_package(Arc::clone(pkg));
-                        versions.insert(key, old.clone());
+                        versions.insert(key, old_listed.clone());
                     }
                 }
             }
         }
-        for (key, old) in &previous.versions {
-            if versions.get(key) != Some(old) {
-                self.cache.remove(key, old);
-                if !versions.contains_key(key) {
-                    tracing::info!(path = %key, "package removed");
-                }
-            }
-        }
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(State {
+        State {
             snapshot: Arc::new(snap),
             versions,
-        });
-        self.reached.store(true, Ordering::Relaxed);
-        self.cache.evict();
-        Ok(())
+        }
     }
 
     /// Validates version `listed` of `key` from its cached copy, fetching
@@ -463,6 +488,9 @@ impl Catalog for S3Catalog {
         }
     }
 }
+
+/// Objects fetched from the store at once during a listing.
+pub const FETCHES_AT_ONCE: usize = 4;
 
 /// Bytes read from a cached package per trip to the blocking pool.
 const READ_CHUNK: usize = 512 * 1024;
