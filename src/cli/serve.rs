@@ -253,7 +253,8 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     // (terminate) once the server is up.
     let mut hangup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
     let admin = start_admin(&args).await?;
-    let builder = (args.replica)
+    let builder = args
+        .replica
         .apply(args.dir.as_deref(), args.to_builder())
         .context("package location")?;
     let server = builder.start().await.context("cannot start")?;

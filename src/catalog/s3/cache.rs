@@ -394,7 +394,7 @@ mod tests {
     }
 
     fn location() -> S3Location {
-        S3Location::parse("s3://b/p").unwrap()
+        S3Location::parse("s3://fota/p").unwrap()
     }
 
     #[test]
