@@ -163,13 +163,16 @@ impl S3Location {
         (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()))
     }
 
-    /// The object path of catalog key `key`.
+    /// The object path of catalog key `key`: the object key as it is
+    /// (`Path::parse`, as the listing made it; `Path::from` would
+    /// percent-encode `%` and non-ASCII characters into another key).
     pub fn object(&self, key: &str) -> StorePath {
-        if self.prefix.is_empty() {
-            StorePath::from(key)
+        let full = if self.prefix.is_empty() {
+            key.to_string()
         } else {
-            StorePath::from(format!("{}/{key}", self.prefix))
-        }
+            format!("{}/{key}", self.prefix)
+        };
+        StorePath::parse(&full).unwrap_or_else(|_| StorePath::from(full))
     }
 
     /// Lists every object under the prefix (all pages), as catalog keys
@@ -280,6 +283,9 @@ mod tests {
             ("fota", "fleet/2026")
         );
         assert_eq!(loc.object("Jun/a.zip").as_ref(), "fleet/2026/Jun/a.zip");
+        // Regression: keys with `%` or non-ASCII letters were re-encoded
+        // into keys that do not exist (404 on every fetch).
+        assert_eq!(loc.object("a%zz ü.zip").as_ref(), "fleet/2026/a%zz ü.zip");
         let whole = S3Location::parse("s3://fota").unwrap();
         assert_eq!(whole.prefix, "");
         assert_eq!(whole.object("a.zip").as_ref(), "a.zip");
