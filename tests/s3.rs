@@ -188,11 +188,19 @@ fn credentials(secret: &str) -> [(&'static str, &str); 3] {
 
 /// `/readyz` of a replica: status and body.
 async fn readyz(work: &Path, id: &str) -> (String, serde_json::Value) {
+    admin(work, id, "/readyz", &[]).await
+}
+
+/// An admin route of a replica (`curl extra… URL`): status and JSON body.
+async fn admin(work: &Path, id: &str, route: &str, extra: &[&str]) -> (String, serde_json::Value) {
     let ready = std::fs::read(work.join(format!("{id}-ready.json"))).unwrap();
     let ready: serde_json::Value = serde_json::from_slice(&ready).unwrap();
     let addr = ready["listeners"]["admin"].as_str().unwrap();
-    let url = format!("http://{addr}/readyz");
-    let out = run("curl", &["-sS", "-w", "\n%{http_code}", &url]).await;
+    let url = format!("http://{addr}{route}");
+    let mut args = vec!["-sS", "-w", "\n%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let out = run("curl", &args).await;
     let text = String::from_utf8(out.stdout).unwrap();
     let (body, code) = text.rsplit_once('\n').unwrap();
     (code.to_string(), serde_json::from_str(body).unwrap())
@@ -339,7 +347,10 @@ async fn a_package_replaced_during_a_download_is_never_spliced() {
     const KEY: &str = "update-v12-to-v13.zip";
     store.put(KEY, &v1).await;
     let work = tempfile::tempdir().unwrap();
-    let r = replica(&store, "r1", work.path(), "45000-45499").await;
+    // The first download is sent at 1 MB/s (a server fault rule), so it
+    // is under way while the package is replaced.
+    let slow_first = ["--fault", "slow=1000000,times=1"];
+    let r = replica_with(&store, "r1", work.path(), "45000-45499", &slow_first).await;
     let url = format!("{}/{KEY}", r.base("http"));
 
     // A slow download (about 1.5 s) of v1 …
@@ -348,7 +359,7 @@ async fn a_package_replaced_during_a_download_is_never_spliced() {
         let out = first_out.to_string_lossy().into_owned();
         let url = url.clone();
         tokio::spawn(
-            async move { run("curl", &["-sSf", "--limit-rate", "1M", "-o", &out, &url]).await },
+            async move { run("curl", &["-sSf", "-o", &out, &url]).await },
         )
     };
     eventually(
@@ -360,8 +371,11 @@ async fn a_package_replaced_during_a_download_is_never_spliced() {
         },
     )
     .await;
-    // … while v2 replaces it in the bucket and the replica picks it up.
+    // … while v2 replaces it in the bucket and the replica picks it up
+    // (listing now, through the admin route, rather than at the next tick).
     store.put(KEY, &v2).await;
+    let (code, body) = admin(work.path(), "r1", "/packages/rescan", &["-X", "POST"]).await;
+    assert_eq!(code, "200", "{body}");
     let etag2 = format!("\"{}\"", sha256(&v2));
     eventually(
         "the replica serving v2",
