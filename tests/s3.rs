@@ -5,7 +5,7 @@
 //! when missing) — with real clients: curl over HTTP, Python ftplib over
 //! FTP, and the `object_store` S3 client putting packages into the bucket.
 //!
-//! Covered: two replicas serving one bucket over HTTP and FTP, each naming
+//! Covered: two replicas serving one bucket over HTTP, HTTPS and FTP, each naming
 //! itself in its download records; a replica restarted on its cache
 //! re-validates the cached versions instead of downloading them again; a
 //! package replaced in the bucket during a download (that download gets
@@ -24,7 +24,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{bounded, eventually, noise, python, run, sha256, zip_with};
+use common::{TEST_CERT, TEST_KEY, bounded, eventually, noise, python, run, sha256, zip_with};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -281,8 +281,16 @@ async fn two_replicas_serve_one_bucket_over_http_and_ftp() {
     store.put("broken-v1-to-v2.zip", b"not a zip").await;
     store.put(".staging/next-v2-to-v3.zip", &root_pkg).await;
     let work = tempfile::tempdir().unwrap();
+    let https = [
+        "--https",
+        "0",
+        "--tls-cert",
+        TEST_CERT,
+        "--tls-key",
+        TEST_KEY,
+    ];
     let (a, b) = tokio::join!(
-        replica(&store, "eu-1", work.path(), "44000-44499"),
+        replica_with(&store, "eu-1", work.path(), "44000-44499", &https),
         replica(&store, "us-1", work.path(), "44500-44999"),
     );
     for r in [&a, &b] {
@@ -302,6 +310,10 @@ async fn two_replicas_serve_one_bucket_over_http_and_ftp() {
     assert_eq!(via_b, jun_pkg);
     let via_b_http = curl_get(&format!("{}/Jun/fw-v1-to-v2.zip", b.base("http"))).await;
     assert_eq!(via_b_http.as_deref(), Some(&jun_pkg[..]));
+    let url = format!("{}/Jun/fw-v1-to-v2.zip", a.base("https"));
+    let via_a_https = run("curl", &["-sSfk", &url]).await;
+    assert!(via_a_https.status.success(), "{via_a_https:?}");
+    assert!(via_a_https.stdout == jun_pkg, "HTTPS body differs");
     // Invalid and hidden objects are not served.
     for key in ["broken-v1-to-v2.zip", ".staging/next-v2-to-v3.zip"] {
         assert_eq!(
@@ -358,9 +370,7 @@ async fn a_package_replaced_during_a_download_is_never_spliced() {
     let first = {
         let out = first_out.to_string_lossy().into_owned();
         let url = url.clone();
-        tokio::spawn(
-            async move { run("curl", &["-sSf", "-o", &out, &url]).await },
-        )
+        tokio::spawn(async move { run("curl", &["-sSf", "-o", &out, &url]).await })
     };
     eventually(
         "the first download under way",
