@@ -5,13 +5,15 @@
 //! when missing) — with real clients: curl over HTTP, Python ftplib over
 //! FTP, and the `object_store` S3 client putting packages into the bucket.
 //!
-//! Covered: two replicas serving one bucket over HTTP, HTTPS and FTP, each naming
-//! itself in its download records; a replica restarted on its cache
-//! re-validates the cached versions instead of downloading them again; a
-//! package replaced in the bucket during a download (that download gets
-//! the old bytes whole, the next one the new; records match); a store down
-//! at start-up (empty catalog, filled once it is reached), stopped while
-//! serving (cached packages keep being served) and restarted; wrong
+//! Covered: two replicas serving one bucket over HTTP, HTTPS and FTP,
+//! each naming itself in its download records; a replica restarted on its
+//! cache re-validates the cached versions instead of downloading them
+//! again; a package replaced in the bucket during a download (that
+//! download gets the old bytes whole, the next one the new; records
+//! match); a store down at start-up (empty catalog, `/readyz` 503, filled
+//! once reached), stopped while serving (cached packages keep being
+//! served, `/readyz` names the store) and restarted; a cache bounded below
+//! the catalog (evicted packages fetched again); wrong or missing
 //! credentials (a clear start-up error).
 
 mod common;
