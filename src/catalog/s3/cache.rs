@@ -13,8 +13,8 @@
 //! again.
 //!
 //! Size bound: past `--cache-max-bytes`, the least recently opened
-//! versions are deleted (LRU; after a restart the order starts from the
-//! files' fill times). A deleted version stays in the catalog: the next
+//! versions are deleted (LRU). Opening a version sets its file's
+//! modification time, so the order survives a restart. A deleted version stays in the catalog: the next
 //! download fetches it again (`If-Match` on its ETag) and checks that its
 //! SHA-256 is still the validated one. Downloads in flight keep reading a
 //! deleted file through their open descriptor.
@@ -187,10 +187,13 @@ impl Cache {
     }
 
     /// Opens the cached copy of version `listed` of `key` for reading and
-    /// marks it used; `None` when it is not (or no longer) here.
+    /// marks it used (also in its modification time, for the next start);
+    /// `None` when it is not (or no longer) here.
     pub fn open_file(&self, key: &str, listed: &Listed) -> Option<fs::File> {
         let name = name_of(key, listed);
         let file = fs::File::open(self.dir.join(format!("{name}.pkg"))).ok()?;
+        // Best effort: the LRU order in memory is what evicts now.
+        let _ = file.set_modified(std::time::SystemTime::now());
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
         self.lock().get_mut(&name)?.used = now;
         Some(file)
@@ -410,6 +413,28 @@ mod tests {
         assert!(cache.get("a", &listed(100)).is_some());
         assert!(cache.get("c", &listed(100)).is_some());
         assert_eq!(cache.bytes(), 200);
+    }
+
+    #[test]
+    fn the_lru_order_survives_a_restart() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = Cache::open(root.path(), &location(), u64::MAX).unwrap();
+        let (a, b) = (listed(100), listed(101));
+        put(&cache, "a", &a);
+        put(&cache, "b", &b);
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        for (key, l, secs) in [("a", &a, 1000), ("b", &b, 2000)] {
+            let file = fs::File::options()
+                .write(true)
+                .open(cache.get(key, l).unwrap());
+            file.unwrap().set_modified(at(secs)).unwrap();
+        }
+        // a, filled first, is opened last: the most recently used.
+        assert!(cache.open_file("a", &a).is_some());
+        drop(cache);
+        let again = Cache::open(root.path(), &location(), 150).unwrap();
+        assert!(again.get("a", &a).is_some());
+        assert!(again.get("b", &b).is_none());
     }
 
     #[test]
