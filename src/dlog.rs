@@ -103,6 +103,9 @@ pub const REASON_MAX_BYTES: usize = 512;
 /// Longest `fault` (the rule's text) kept in a record, in bytes.
 pub const FAULT_MAX_BYTES: usize = 256;
 
+/// Longest `instance` (`--instance-id`) kept in a record, in bytes.
+pub const INSTANCE_MAX_BYTES: usize = 128;
+
 /// Ends a string field that was cut to its limit; the cut string with the
 /// mark fits the limit, on a UTF-8 character boundary.
 pub const CUT_MARK: &str = "…[cut]";
@@ -174,6 +177,10 @@ pub struct DownloadRecord {
     /// Name of the server fault rule that hit this attempt, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<String>,
+    /// The replica that served the attempt (`--instance-id`), when set;
+    /// stamped by [`DownloadLog::emit`]. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl DownloadRecord {
@@ -317,6 +324,7 @@ impl Attempt {
             outcome,
             reason: cap_field(&reason.into(), REASON_MAX_BYTES),
             fault: self.fault.as_deref().map(|f| cap_field(f, FAULT_MAX_BYTES)),
+            instance: None,
         }
     }
 }
@@ -334,6 +342,8 @@ pub const RECENT_CAPACITY: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct DownloadLog {
     inner: Arc<LogInner>,
+    /// Written into every record's `instance` ([`DownloadLog::with_instance`]).
+    instance: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -392,6 +402,13 @@ impl DownloadLog {
         Self::with(None, Self::memory())
     }
 
+    /// This log with every record stamped `instance: id` (`--instance-id`,
+    /// at most [`INSTANCE_MAX_BYTES`]); `None` leaves records unstamped.
+    pub fn with_instance(mut self, id: Option<&str>) -> Self {
+        self.instance = id.map(|id| cap_field(id, INSTANCE_MAX_BYTES).into());
+        self
+    }
+
     fn memory() -> Arc<Memory> {
         let (tx, _) = broadcast::channel(1024);
         Arc::new(Memory {
@@ -403,6 +420,7 @@ impl DownloadLog {
     fn with(file: Option<file::FileSink>, memory: Arc<Memory>) -> Self {
         DownloadLog {
             inner: Arc::new(LogInner { file, memory }),
+            instance: None,
         }
     }
 
@@ -410,7 +428,10 @@ impl DownloadLog {
     /// ([`DownloadRecord::capped`]). Never waits for the disk: the file
     /// write happens on the writer thread, and a failing file is reported
     /// there and does not stop serving.
-    pub fn emit(&self, record: DownloadRecord) {
+    pub fn emit(&self, mut record: DownloadRecord) {
+        if let Some(id) = &self.instance {
+            record.instance = Some(id.to_string());
+        }
         let record = record.capped();
         tracing::info!(
             target: "qfota_serve::download",
@@ -532,6 +553,7 @@ mod tests {
             outcome: Outcome::Aborted,
             reason: "client closed the data connection".into(),
             fault: None,
+            instance: None,
         }
     }
 
@@ -547,6 +569,19 @@ mod tests {
         assert!(v.get("fault").is_none());
         let back: DownloadRecord = serde_json::from_str(&line).unwrap();
         assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn a_log_with_an_instance_id_stamps_every_record() {
+        let plain = DownloadLog::in_memory();
+        let named = plain.clone().with_instance(Some("eu-1"));
+        named.emit(sample());
+        plain.emit(sample());
+        let recent = plain.recent();
+        assert_eq!(recent[0].instance.as_deref(), Some("eu-1"));
+        assert_eq!(recent[1].instance, None);
+        let line = serde_json::to_string(&recent[0]).unwrap();
+        assert!(line.contains(r#""instance":"eu-1""#), "{line}");
     }
 
     #[test]

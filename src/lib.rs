@@ -14,8 +14,10 @@
 //!   [`catalog::Catalog`] interface (lookup, metadata, listing, ranged
 //!   reads): the package folder ([`catalog::FsCatalog`], scanned and
 //!   re-scanned, each file validated once per change: SHA-256, zip CRCs,
-//!   names, per-profile URL verdicts) or packages in memory
-//!   ([`catalog::MemCatalog`]). Request paths become catalog keys in
+//!   names, per-profile URL verdicts), an S3-compatible object store
+//!   ([`catalog::S3Catalog`]: the bucket listed, each version fetched once
+//!   into a local cache, validated, served from there) or packages in
+//!   memory ([`catalog::MemCatalog`]). Request paths become catalog keys in
 //!   [`catalog::path`].
 //! - [`serve`]: the listeners. [`serve::Server::builder`] binds FTP
 //!   ([`serve::ftp`], libunftp), HTTP and HTTPS ([`serve::http`], hyper +

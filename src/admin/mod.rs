@@ -12,7 +12,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `ok` while the process runs |
-//! | `GET /readyz` | 200 `{"ready":true}` once listeners are bound, the catalog scanned and the download log writable; else 503 `{"ready":false,"not_ready":[…]}` naming the checks that failed |
+//! | `GET /readyz` | 200 `{"ready":true}` once listeners are bound, the catalog scanned (an object store reached once; lost later: 200 with `"store":"…unreachable"`) and the download log writable; else 503 `{"ready":false,"not_ready":[…]}` naming the checks that failed |
 //! | `GET /metrics` | Prometheus text format ([`crate::serve::metrics`]) |
 //! | `GET /campaign`, `GET /campaign.json` | the live campaign page and its data ([`campaign`]) |
 //! | `GET`/`PUT /faults`, `GET /downloads`, `POST /packages/rescan` | the control routes of [`control`] |
@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::catalog::SourceHealth;
 use crate::serve::ServerControl;
 
 /// Longest time to receive a request's headers on the admin listener
@@ -302,13 +303,38 @@ async fn dispatch(route: Route, req: Request<Incoming>, state: &State) -> Respon
 /// error under `"log"`).
 fn readiness(phase: &Phase) -> (StatusCode, serde_json::Value) {
     match phase {
-        Phase::Ready(control) => match control.log().health().error {
-            None => (StatusCode::OK, serde_json::json!({"ready": true})),
-            Some(error) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"ready": false, "not_ready": ["log"], "log": error}),
-            ),
-        },
+        // Not ready: an unwritable download log, or an object store never
+        // reached (an empty catalog). A store lost later leaves the cached
+        // packages served: ready, and said.
+        Phase::Ready(control) => {
+            let mut not_ready = Vec::new();
+            let mut body = serde_json::Map::new();
+            if let Some(error) = control.log().health().error {
+                not_ready.push("log");
+                body.insert("log".into(), error.into());
+            }
+            match control.catalog().source_health() {
+                SourceHealth::Ok => {}
+                SourceHealth::NotReached(why) => {
+                    not_ready.push("store");
+                    body.insert("store".into(), why.into());
+                }
+                SourceHealth::Unreachable(why) => {
+                    body.insert("store".into(), why.into());
+                }
+            }
+            let ready = not_ready.is_empty();
+            body.insert("ready".into(), ready.into());
+            if !ready {
+                body.insert("not_ready".into(), serde_json::json!(not_ready));
+            }
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, serde_json::Value::Object(body))
+        }
         Phase::Starting => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"ready": false, "not_ready": ["listeners", "catalog"]}),

@@ -444,6 +444,7 @@ pub(crate) mod tests {
             outcome,
             reason: reason.into(),
             fault: None,
+            instance: None,
         }
     }
 

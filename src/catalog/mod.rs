@@ -13,16 +13,18 @@
 //!
 //! - [`FsCatalog`] ([`fs`]): the package folder, re-scanned every second;
 //! - [`MemCatalog`] ([`mem`]): packages given as bytes, for tests and
-//!   embedding.
+//!   embedding;
+//! - [`S3Catalog`] ([`s3`]): an `s3://BUCKET/PREFIX` location of an
+//!   S3-compatible object store, listed every `--rescan-secs`, each
+//!   version fetched once into a local cache and served from there.
 //!
-//! Both validate with [`Package::validate`] (SHA-256, zip integrity, names,
-//! per-profile verdicts), so an object-storage catalog that builds its
-//! [`Snapshot`] from a bucket listing and opens objects with a ranged GET
-//! fits the same trait.
+//! All validate with [`Package::validate`] (SHA-256, zip integrity, names,
+//! per-profile verdicts).
 
 pub mod fs;
 pub mod mem;
 pub mod path;
+pub mod s3;
 mod snapshot;
 pub mod validate;
 
@@ -44,6 +46,7 @@ use validate::{Advertised, ProfileVerdict};
 
 pub use fs::FsCatalog;
 pub use mem::MemCatalog;
+pub use s3::S3Catalog;
 pub use snapshot::Snapshot;
 
 /// Seconds each package validation took (SHA-256, zip check, verdicts):
@@ -301,6 +304,19 @@ impl OpenError {
     }
 }
 
+/// Whether a catalog's source (a folder, a bucket) can be read, for
+/// `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceHealth {
+    /// Read at the last scan.
+    Ok,
+    /// Never read since start-up (the catalog is empty), and why.
+    NotReached(String),
+    /// Read before, not at the last scan (the catalog is what was last
+    /// read and validated), and why.
+    Unreachable(String),
+}
+
 /// A readable package body: exactly the bytes of the range asked for.
 pub type PackageReader = Box<dyn tokio::io::AsyncRead + Send + Sync + Unpin>;
 
@@ -357,6 +373,12 @@ pub trait Catalog: Send + Sync + std::fmt::Debug + 'static {
     /// Every package, sorted by key.
     fn packages(&self) -> Vec<Arc<Package>> {
         self.snapshot().packages()
+    }
+
+    /// Whether the source could be read at the last scan. The default is
+    /// [`SourceHealth::Ok`]: a folder that cannot be read fails at start.
+    fn source_health(&self) -> SourceHealth {
+        SourceHealth::Ok
     }
 
     /// Keeps the catalog current until `cancel` fires (re-scanning a

@@ -13,6 +13,8 @@
 //!   config`; [`check`]: `qfota-serve check <DIR>`; [`output`]: the texts
 //!   both print (listener banner, `AT+QFOTADL` lines, the check report);
 //!   [`values`]: the value parsers they share.
+//!   [`s3`]: its object-store and replica flags (`s3://BUCKET/PREFIX`,
+//!   `--instance-id`).
 //! - [`report`]: `qfota-serve report <LOG>...`, the campaign view of
 //!   download logs (the model and page are [`crate::campaign`]).
 //! - [`docs`]: `qfota-serve completions <SHELL>` and `qfota-serve man`.
@@ -70,6 +72,7 @@ pub mod module_args;
 pub mod output;
 pub mod ready;
 pub mod report;
+pub mod s3;
 pub mod serve;
 pub mod simulate;
 pub mod values;

@@ -36,9 +36,13 @@ pub struct ServeArgs {
     /// variables override it.
     #[arg(long, env = "QFOTA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Folder holding the firmware packages (scanned recursively, watched).
+    /// Folder holding the firmware packages (scanned recursively, watched),
+    /// or an object store location s3://BUCKET/PREFIX (see --s3-endpoint).
     #[arg(env = "QFOTA_DIR")]
     pub dir: Option<PathBuf>,
+    /// Object store and replica flags.
+    #[command(flatten)]
+    pub replica: crate::cli::s3::ReplicaArgs,
     /// Serve FTP on this port (0 = any free port).
     #[arg(long, env = "QFOTA_FTP", value_name = "PORT")]
     pub ftp: Option<u16>,
@@ -262,7 +266,11 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     // (terminate) once the server is up.
     let mut hangup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
     let admin = start_admin(&args).await?;
-    let server = args.to_builder().start().await.context("cannot start")?;
+    let builder = args
+        .replica
+        .apply(args.dir.as_deref(), args.to_builder())
+        .context("package location")?;
+    let server = builder.start().await.context("cannot start")?;
     let admin_addr = admin.as_ref().map(Admin::local_addr);
     if let Some(admin) = &admin {
         admin.set_ready(server.control());

@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::catalog::s3::{S3Catalog, S3Config};
 use crate::catalog::validate::{Advertised, FtpCredentials};
 use crate::catalog::{Catalog, FsCatalog, Lookup, Package};
 use crate::dlog::{DownloadLog, DownloadRecord, Outcome, Protocol};
@@ -253,6 +254,9 @@ pub enum ServeError {
     /// HTTPS identity could not be loaded or generated.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The object store cannot be used (credentials, bucket, cache).
+    #[error(transparent)]
+    Store(#[from] crate::catalog::s3::S3Error),
 }
 
 /// Configures and starts a [`Server`]. Defaults: bind 127.0.0.1, no
@@ -286,6 +290,8 @@ pub struct ServerBuilder {
     fault_seed: u64,
     fault_file: Option<PathBuf>,
     catalog: Option<Arc<dyn Catalog>>,
+    s3: Option<S3Config>,
+    instance_id: Option<String>,
 }
 
 impl Default for ServerBuilder {
@@ -317,6 +323,8 @@ impl Default for ServerBuilder {
             fault_seed: 0,
             fault_file: None,
             catalog: None,
+            s3: None,
+            instance_id: None,
         }
     }
 }
@@ -333,6 +341,18 @@ impl ServerBuilder {
     /// [`Advertised`]; [`Catalog::watch`] runs until shutdown.
     pub fn catalog(mut self, catalog: Arc<dyn Catalog>) -> Self {
         self.catalog = Some(catalog);
+        self
+    }
+    /// Serves the packages of an object store ([`S3Catalog`]) instead of
+    /// a folder; it is opened with the URLs this server advertises.
+    pub fn s3(mut self, config: S3Config) -> Self {
+        self.s3 = Some(config);
+        self
+    }
+    /// Name of this replica, written in every download record
+    /// (`instance`), so merged logs of several replicas tell them apart.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
         self
     }
     /// Address to listen on (all three protocols).
@@ -592,6 +612,9 @@ impl ServerBuilder {
         if let Some(catalog) = &self.catalog {
             return Ok(Arc::clone(catalog));
         }
+        if let Some(config) = &self.s3 {
+            return Ok(S3Catalog::open(config.clone(), advertised).await?);
+        }
         let catalog = FsCatalog::open_with_memory(&self.packages, advertised, self.package_memory)
             .await
             .map_err(|source| ServeError::Packages {
@@ -610,6 +633,7 @@ impl ServerBuilder {
             }),
             None => Ok(DownloadLog::in_memory()),
         }
+        .map(|log| log.with_instance(self.instance_id.as_deref()))
     }
 
     /// The HTTPS identity, when HTTPS is on: the given PEM files, else the

@@ -1,0 +1,317 @@
+//! The object-store client behind [`S3Catalog`](super::S3Catalog): the
+//! `s3://BUCKET/PREFIX` location, the client built from it and the
+//! `AWS_*` environment, the bucket listing, and what a store error means
+//! for the catalog.
+//!
+//! The client is [`object_store`]'s `AmazonS3` (Apache Arrow project):
+//! SigV4 signing, credentials from `AWS_ACCESS_KEY_ID` /
+//! `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` (and web-identity, ECS
+//! and instance-metadata credentials), paginated `ListObjectsV2`,
+//! conditional ranged GETs (`If-Match`), and retries with exponential
+//! backoff on throttling (429/503), other 5xx and connection errors. It was
+//! chosen over `opendal` because it brings only the S3 client (opendal
+//! carries a layer and service framework for ~50 backends) and reuses this
+//! binary's TLS provider (aws-lc-rs), so it adds little to the build.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as StorePath;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use serde::{Deserialize, Serialize};
+
+/// Where the packages are: an `s3://BUCKET[/PREFIX]` location plus how to
+/// reach the store. The credentials are not here: they come from the
+/// standard `AWS_*` environment variables (see the module header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix the packages live under, without leading or trailing
+    /// `/`; empty for the whole bucket. A package's catalog key is its
+    /// object key less `PREFIX/`.
+    pub prefix: String,
+    /// Endpoint URL of a self-hosted store (`http://127.0.0.1:9000`);
+    /// `None` = AWS (from `AWS_ENDPOINT` when set).
+    pub endpoint: Option<String>,
+    /// Region; `None` = `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style requests (`ENDPOINT/BUCKET/KEY`), as most self-hosted
+    /// stores need; otherwise virtual-hosted style (`BUCKET.ENDPOINT/KEY`).
+    pub path_style: bool,
+}
+
+/// Why an `s3://` location is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{url:?}: {why} (expected s3://BUCKET or s3://BUCKET/PREFIX)")]
+pub struct LocationError {
+    /// The location as given.
+    pub url: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
+impl S3Location {
+    /// True when `arg` (the package argument) names an object store rather
+    /// than a folder.
+    pub fn is_s3_url(arg: &str) -> bool {
+        arg.starts_with("s3://")
+    }
+
+    /// Parses `s3://BUCKET[/PREFIX]`; endpoint, region and addressing style
+    /// are left at their defaults.
+    ///
+    /// # Errors
+    /// [`LocationError`]: not `s3://`, no bucket, or a prefix with `..`,
+    /// control characters or backslashes.
+    pub fn parse(url: &str) -> Result<Self, LocationError> {
+        let fail = |why| LocationError {
+            url: url.to_string(),
+            why,
+        };
+        let rest = url.strip_prefix("s3://").ok_or_else(|| fail("not s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(fail("no bucket name"));
+        }
+        // S3's bucket naming rules, loosened to what self-hosted stores
+        // also accept; checked here so a typo is a start-up error rather
+        // than a store that answers 400 on every listing.
+        let bucket_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if !(3..=63).contains(&bucket.len()) || !bucket.chars().all(bucket_chars) {
+            return Err(fail(
+                "a bucket name is 3 to 63 letters, digits, '.', '-', '_'",
+            ));
+        }
+        let prefix = crate::catalog::path::normalize(prefix)
+            .map_err(|_| fail("the prefix is not a clean key path"))?;
+        Ok(S3Location {
+            bucket: bucket.to_string(),
+            prefix,
+            endpoint: None,
+            region: None,
+            path_style: false,
+        })
+    }
+
+    /// `s3://BUCKET/PREFIX`, plus ` at ENDPOINT` for a self-hosted store.
+    pub fn display(&self) -> String {
+        let mut s = format!("s3://{}", self.bucket);
+        if !self.prefix.is_empty() {
+            s.push('/');
+            s.push_str(&self.prefix);
+        }
+        if let Some(endpoint) = &self.endpoint {
+            s.push_str(" at ");
+            s.push_str(endpoint);
+        }
+        s
+    }
+
+    /// The client for this location, credentials from the environment.
+    /// Retries: at most [`MAX_RETRIES`] per request with backoff from
+    /// 100 ms to 2 s, within [`RETRY_WINDOW`], so a store that is down
+    /// answers the catalog within seconds and the catalog's own backoff
+    /// takes over. Connections time out after [`CONNECT_TIMEOUT`]; a
+    /// transfer has no total time limit (packages can be large) but gives
+    /// up after [`IDLE_TIMEOUT`] without data.
+    ///
+    /// # Errors
+    /// A configuration the client refuses (a malformed endpoint URL), or a
+    /// self-hosted endpoint without `AWS_ACCESS_KEY_ID`: the client would
+    /// otherwise ask a cloud instance-metadata service for credentials.
+    pub fn client(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        if self.endpoint.is_some() && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            return Err(object_store::Error::Generic {
+                store: "S3",
+                source: "a self-hosted store needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment".into(),
+            });
+        }
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&self.bucket)
+            .with_virtual_hosted_style_request(!self.path_style)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: MAX_RETRIES,
+                retry_timeout: RETRY_WINDOW,
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(CONNECT_TIMEOUT)
+                    .with_timeout_disabled()
+                    .with_pool_idle_timeout(IDLE_TIMEOUT),
+            );
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(region) = &self.region {
+            builder = builder.with_region(region);
+        }
+        Ok(Arc::new(builder.build()?))
+    }
+
+    /// The object path of the prefix, `None` for the whole bucket.
+    fn prefix_path(&self) -> Option<StorePath> {
+        (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()))
+    }
+
+    /// The object path of catalog key `key`: the object key as it is
+    /// (`Path::parse`, as the listing made it; `Path::from` would
+    /// percent-encode `%` and non-ASCII characters into another key).
+    pub fn object(&self, key: &str) -> StorePath {
+        let full = if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        };
+        StorePath::parse(&full).unwrap_or_else(|_| StorePath::from(full))
+    }
+
+    /// Lists every object under the prefix (all pages), as catalog keys
+    /// with what the listing says about each.
+    ///
+    /// # Errors
+    /// The listing failed after the client's retries.
+    pub async fn list(
+        &self,
+        store: &dyn ObjectStore,
+    ) -> Result<Vec<(String, Listed)>, object_store::Error> {
+        let prefix = self.prefix_path();
+        let metas: Vec<_> = store.list(prefix.as_ref()).try_collect().await?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        Ok(metas
+            .into_iter()
+            .filter_map(|meta| {
+                let key = meta.location.as_ref().strip_prefix(&strip)?.to_string();
+                Some((
+                    key,
+                    Listed {
+                        size: meta.size,
+                        modified_ms: meta.last_modified.timestamp_millis(),
+                        etag: meta.e_tag,
+                    },
+                ))
+            })
+            .collect())
+    }
+}
+
+/// Most retries of one request to the store.
+pub const MAX_RETRIES: usize = 3;
+/// Longest time one request to the store is retried for.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(10);
+/// Longest wait for a TCP connection to the store.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest time an idle pooled connection to the store is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a bucket listing says about one object: the change detector. An
+/// object whose listing is unchanged is not read again; any change of
+/// size, Last-Modified or ETag (when the store lists one) means a new
+/// version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    /// Size in bytes.
+    pub size: u64,
+    /// Last-Modified, milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+    /// ETag as listed (quotes included), when the store lists one.
+    pub etag: Option<String>,
+}
+
+impl Listed {
+    /// Last-Modified as a [`SystemTime`] (the epoch for a time before it).
+    pub fn modified(&self) -> SystemTime {
+        u64::try_from(self.modified_ms)
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+/// What a failed store request means for the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The store refused who we are (HTTP 401/403: wrong key or secret,
+    /// no permission): a start-up error, not something to wait out.
+    Credentials,
+    /// The bucket does not exist (404 on the listing).
+    NoBucket,
+    /// The object changed between listing and reading (412 on `If-Match`).
+    Changed,
+    /// The store answers but refuses the request in a way waiting will
+    /// not fix (a 4xx on the listing). Never returned by [`Failure::of`]:
+    /// the catalog finds it out at start-up.
+    Refused,
+    /// Anything else (unreachable, 5xx after retries): wait and retry.
+    Unavailable,
+}
+
+impl Failure {
+    /// Sorts an [`object_store::Error`].
+    pub fn of(err: &object_store::Error) -> Self {
+        match err {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => Failure::Credentials,
+            object_store::Error::NotFound { .. } => Failure::NoBucket,
+            object_store::Error::Precondition { .. } => Failure::Changed,
+            _ => Failure::Unavailable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_bucket_and_clean_prefix() {
+        let loc = S3Location::parse("s3://fota/fleet/2026/").unwrap();
+        assert_eq!(
+            (loc.bucket.as_str(), loc.prefix.as_str()),
+            ("fota", "fleet/2026")
+        );
+        assert_eq!(loc.object("Jun/a.zip").as_ref(), "fleet/2026/Jun/a.zip");
+        // Regression: keys with `%` or non-ASCII letters were re-encoded
+        // into keys that do not exist (404 on every fetch).
+        assert_eq!(loc.object("a%zz ü.zip").as_ref(), "fleet/2026/a%zz ü.zip");
+        let whole = S3Location::parse("s3://fota").unwrap();
+        assert_eq!(whole.prefix, "");
+        assert_eq!(whole.object("a.zip").as_ref(), "a.zip");
+        assert_eq!(whole.display(), "s3://fota");
+        for bad in [
+            "s3://",
+            "s3:///x",
+            "http://fota/x",
+            "s3://fota/../x",
+            "s3://fw",
+            "s3://a b/x",
+        ] {
+            assert!(S3Location::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listed_time_is_milliseconds_since_the_epoch() {
+        let l = Listed {
+            size: 1,
+            modified_ms: 1500,
+            etag: None,
+        };
+        assert_eq!(
+            l.modified(),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1500)
+        );
+    }
+}

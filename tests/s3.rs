@@ -1,0 +1,574 @@
+//! Serving from an S3-compatible object store: the real `qfota-serve`
+//! binary (`s3://BUCKET/PREFIX --s3-endpoint … --s3-path-style`) against a
+//! real store on loopback — `s3s-fs` (the s3s project's file-system S3
+//! server, SigV4-checked; `scripts/test` installs it with `cargo install`
+//! when missing) — with real clients: curl over HTTP, Python ftplib over
+//! FTP, and the `object_store` S3 client putting packages into the bucket.
+//!
+//! Covered: two replicas serving one bucket over HTTP, HTTPS and FTP,
+//! each naming itself in its download records; a replica restarted on its
+//! cache re-validates the cached versions instead of downloading them
+//! again; a package replaced in the bucket during a download (that
+//! download gets the old bytes whole, the next one the new; records
+//! match); a store down at start-up (empty catalog, `/readyz` 503, filled
+//! once reached), stopped while serving (cached packages keep being
+//! served, `/readyz` names the store) and restarted; a cache bounded below
+//! the catalog (evicted packages fetched again); wrong or missing
+//! credentials (a clear start-up error).
+
+mod common;
+#[path = "support/served.rs"]
+mod served;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TEST_CERT, TEST_KEY, bounded, eventually, noise, python, run, sha256, zip_with};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use served::{BIN, Served};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BUCKET: &str = "fota";
+const PREFIX: &str = "fleet";
+const ACCESS_KEY: &str = "qfota-test-key";
+const SECRET_KEY: &str = "qfota-test-secret";
+
+/// A running `s3s-fs` over a temporary folder (one sub-folder per bucket);
+/// killed on drop. The folder outlives restarts.
+struct Store {
+    child: Option<Child>,
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+impl Store {
+    /// A store with an empty [`BUCKET`] on a free loopback port.
+    async fn start() -> Store {
+        let root = tempfile::tempdir().unwrap();
+        // s3s-fs keeps a bucket as a folder of its root.
+        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        let (child, port) = spawn_store(root.path(), 0).await;
+        Store {
+            child: Some(child),
+            port,
+            root,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the store process.
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    /// Starts the store again on the same port and folder.
+    async fn restart(&mut self) {
+        self.stop().await;
+        let (child, port) = spawn_store(self.root.path(), self.port).await;
+        assert_eq!(port, self.port);
+        self.child = Some(child);
+    }
+
+    /// The S3 client the tests upload with.
+    fn client(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(self.endpoint())
+                .with_allow_http(true)
+                .with_bucket_name(BUCKET)
+                .with_region("us-east-1")
+                .with_access_key_id(ACCESS_KEY)
+                .with_secret_access_key(SECRET_KEY)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    /// Puts `bytes` at `PREFIX/key`.
+    async fn put(&self, key: &str, bytes: &[u8]) {
+        let path = StorePath::from(format!("{PREFIX}/{key}"));
+        bounded(
+            "put into the bucket",
+            self.client().put(&path, bytes.to_vec().into()),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Starts `s3s-fs` on `port` (0 = any) and returns it with the port it
+/// announced.
+async fn spawn_store(root: &Path, port: u16) -> (Child, u16) {
+    let mut child = Command::new("s3s-fs")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(root)
+        .env("RUST_LOG", "s3s_fs=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("s3s-fs on PATH (scripts/test installs it)");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = bounded("s3s-fs start", lines.next_line())
+            .await
+            .unwrap()
+            .expect("s3s-fs exited before listening");
+        if let Some((_, at)) = line.split_once("server is running at http://127.0.0.1:") {
+            let digits: String = at.chars().take_while(char::is_ascii_digit).collect();
+            break digits.parse().unwrap();
+        }
+    };
+    // Keep the pipe drained: a full pipe would block the store.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
+
+/// Starts a replica over `store` with HTTP, FTP and the admin listener on
+/// free ports.
+async fn replica(store: &Store, id: &str, work: &Path, passive: &str) -> Served {
+    replica_with(store, id, work, passive, &[]).await
+}
+
+/// [`replica`] with `extra` flags.
+async fn replica_with(
+    store: &Store,
+    id: &str,
+    work: &Path,
+    passive: &str,
+    extra: &[&str],
+) -> Served {
+    let log = work.join(format!("{id}.jsonl"));
+    let cache = work.join(format!("{id}-cache"));
+    let args = [
+        &format!("s3://{BUCKET}/{PREFIX}"),
+        "--s3-endpoint",
+        &store.endpoint(),
+        "--s3-path-style",
+        "--rescan-secs",
+        "1",
+        "--instance-id",
+        id,
+        "--cache-dir",
+        &cache.to_string_lossy(),
+        "--log",
+        &log.to_string_lossy(),
+        "--passive-ports",
+        passive,
+        "--ready-json",
+        &work.join(format!("{id}-ready.json")).to_string_lossy(),
+    ]
+    .map(str::to_string);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(
+        "--http 0 --ftp 0 --bind 127.0.0.1 --user test:test --admin 127.0.0.1:0".split(' '),
+    );
+    args.extend_from_slice(extra);
+    Served::start(&args, &credentials(SECRET_KEY)).await
+}
+
+fn credentials(secret: &str) -> [(&'static str, &str); 3] {
+    [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", "us-east-1"),
+    ]
+}
+
+/// `/readyz` of a replica: status and body.
+async fn readyz(work: &Path, id: &str) -> (String, serde_json::Value) {
+    admin(work, id, "/readyz", &[]).await
+}
+
+/// An admin route of a replica (`curl extra… URL`): status and JSON body.
+async fn admin(work: &Path, id: &str, route: &str, extra: &[&str]) -> (String, serde_json::Value) {
+    let ready = std::fs::read(work.join(format!("{id}-ready.json"))).unwrap();
+    let ready: serde_json::Value = serde_json::from_slice(&ready).unwrap();
+    let addr = ready["listeners"]["admin"].as_str().unwrap();
+    let url = format!("http://{addr}{route}");
+    let mut args = vec!["-sS", "-w", "\n%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let out = run("curl", &args).await;
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), serde_json::from_str(body).unwrap())
+}
+
+/// `GET url` with curl; the body, or `None` on failure (404 included).
+async fn curl_get(url: &str) -> Option<Vec<u8>> {
+    let out = run("curl", &["-sSf", "--max-time", "20", url]).await;
+    out.status.success().then_some(out.stdout)
+}
+
+/// `RETR` over FTP (Python ftplib, passive mode).
+async fn ftp_get(addr: &str, key: &str) -> Vec<u8> {
+    const SCRIPT: &str = r#"
+import ftplib, sys
+host, port = sys.argv[1].rsplit(":", 1)
+ftp = ftplib.FTP()
+ftp.connect(host, int(port), timeout=20)
+ftp.login("test", "test")
+chunks = []
+ftp.retrbinary("RETR " + sys.argv[2], chunks.append)
+ftp.quit()
+sys.stdout.buffer.write(b"".join(chunks))
+"#;
+    let out = python(SCRIPT, &[addr, key]).await;
+    assert!(
+        out.status.success(),
+        "ftplib RETR {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The download records in `log`.
+fn records(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("log line is JSON"))
+        .collect()
+}
+
+/// Waits until `log` holds a record for `path` with `outcome`.
+async fn await_record(log: &Path, path: &str, outcome: &str) -> serde_json::Value {
+    eventually(
+        &format!("{outcome} record for {path}"),
+        Duration::from_secs(20),
+        || async {
+            records(log)
+                .into_iter()
+                .find(|r| r["path"] == path && r["outcome"] == outcome)
+        },
+    )
+    .await
+}
+
+/// The cached `.pkg` files under `dir`, with their inode numbers.
+fn cached_files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(dir).unwrap().flatten() {
+        for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
+            if f.path().extension().is_some_and(|e| e == "pkg") {
+                out.push((f.path(), f.metadata().unwrap().ino()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_serve_one_bucket_over_http_and_ftp() {
+    let store = Store::start().await;
+    let root_pkg = zip_with(&[("system.diff", &noise(50_000, 1))]);
+    let jun_pkg = zip_with(&[("boot.diff", &noise(20_000, 2))]);
+    store.put("update-v12-to-v13.zip", &root_pkg).await;
+    store.put("Jun/fw-v1-to-v2.zip", &jun_pkg).await;
+    store.put("broken-v1-to-v2.zip", b"not a zip").await;
+    store.put(".staging/next-v2-to-v3.zip", &root_pkg).await;
+    let work = tempfile::tempdir().unwrap();
+    let https = [
+        "--https",
+        "0",
+        "--tls-cert",
+        TEST_CERT,
+        "--tls-key",
+        TEST_KEY,
+    ];
+    let (a, b) = tokio::join!(
+        replica_with(&store, "eu-1", work.path(), "44000-44499", &https),
+        replica(&store, "us-1", work.path(), "44500-44999"),
+    );
+    for r in [&a, &b] {
+        assert!(
+            r.banner[0].contains("3 packages, 2 valid"),
+            "{:?}",
+            r.banner
+        );
+    }
+
+    let root_url = format!("{}/update-v12-to-v13.zip", a.base("http"));
+    let (via_a, via_b) = tokio::join!(
+        curl_get(&root_url),
+        ftp_get(&b.listeners["ftp"], "Jun/fw-v1-to-v2.zip"),
+    );
+    assert_eq!(via_a.as_deref(), Some(&root_pkg[..]));
+    assert_eq!(via_b, jun_pkg);
+    let via_b_http = curl_get(&format!("{}/Jun/fw-v1-to-v2.zip", b.base("http"))).await;
+    assert_eq!(via_b_http.as_deref(), Some(&jun_pkg[..]));
+    let url = format!("{}/Jun/fw-v1-to-v2.zip", a.base("https"));
+    let via_a_https = run("curl", &["-sSfk", &url]).await;
+    assert!(via_a_https.status.success(), "{via_a_https:?}");
+    assert!(via_a_https.stdout == jun_pkg, "HTTPS body differs");
+    // Invalid and hidden objects are not served.
+    for key in ["broken-v1-to-v2.zip", ".staging/next-v2-to-v3.zip"] {
+        assert_eq!(
+            curl_get(&format!("{}/{key}", a.base("http"))).await,
+            None,
+            "{key}"
+        );
+    }
+
+    let a_log = work.path().join("eu-1.jsonl");
+    let b_log = work.path().join("us-1.jsonl");
+    let rec = await_record(&a_log, "update-v12-to-v13.zip", "complete").await;
+    assert_eq!(rec["instance"], "eu-1");
+    assert_eq!(rec["sha256"], sha256(&root_pkg));
+    let rec = await_record(&b_log, "Jun/fw-v1-to-v2.zip", "complete").await;
+    assert_eq!(rec["instance"], "us-1");
+    assert_eq!(rec["sha256"], sha256(&jun_pkg));
+    assert!(records(&b_log).iter().all(|r| r["instance"] == "us-1"));
+
+    // A restarted replica re-validates its cached versions by listing
+    // (same size, Last-Modified, ETag) instead of downloading them again:
+    // the cache files are the very same files.
+    let cache = work.path().join("eu-1-cache");
+    let before = cached_files(&cache);
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert_eq!(a.stop().await, Some(0));
+    let again = replica(&store, "eu-1", work.path(), "44000-44499").await;
+    assert!(
+        again.banner[0].contains("3 packages, 2 valid"),
+        "{:?}",
+        again.banner
+    );
+    assert_eq!(cached_files(&cache), before);
+    let body = curl_get(&format!("{}/update-v12-to-v13.zip", again.base("http"))).await;
+    assert_eq!(body.as_deref(), Some(&root_pkg[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_replaced_during_a_download_is_never_spliced() {
+    let store = Store::start().await;
+    let v1 = zip_with(&[("system.diff", &noise(1_500_000, 11))]);
+    let v2 = zip_with(&[("system.diff", &noise(1_400_000, 12))]);
+    const KEY: &str = "update-v12-to-v13.zip";
+    store.put(KEY, &v1).await;
+    let work = tempfile::tempdir().unwrap();
+    // The first download is sent at 1 MB/s (a server fault rule), so it
+    // is under way while the package is replaced.
+    let slow_first = ["--fault", "slow=1000000,times=1"];
+    let r = replica_with(&store, "r1", work.path(), "45000-45499", &slow_first).await;
+    let url = format!("{}/{KEY}", r.base("http"));
+
+    // A slow download (about 1.5 s) of v1 …
+    let first_out = work.path().join("first");
+    let first = {
+        let out = first_out.to_string_lossy().into_owned();
+        let url = url.clone();
+        tokio::spawn(async move { run("curl", &["-sSf", "-o", &out, &url]).await })
+    };
+    eventually(
+        "the first download under way",
+        Duration::from_secs(10),
+        || async {
+            let len = std::fs::metadata(&first_out).map(|m| m.len()).unwrap_or(0);
+            (len > 0).then_some(())
+        },
+    )
+    .await;
+    // … while v2 replaces it in the bucket and the replica picks it up
+    // (listing now, through the admin route, rather than at the next tick).
+    store.put(KEY, &v2).await;
+    let (code, body) = admin(work.path(), "r1", "/packages/rescan", &["-X", "POST"]).await;
+    assert_eq!(code, "200", "{body}");
+    let etag2 = format!("\"{}\"", sha256(&v2));
+    eventually(
+        "the replica serving v2",
+        Duration::from_secs(20),
+        || async {
+            let head = run("curl", &["-sSfI", &url]).await;
+            String::from_utf8_lossy(&head.stdout)
+                .to_ascii_lowercase()
+                .contains(&format!("etag: {etag2}"))
+                .then_some(())
+        },
+    )
+    .await;
+    let done = bounded("the first download", first).await.unwrap();
+    assert!(done.status.success(), "{done:?}");
+    let first_body = std::fs::read(&first_out).unwrap();
+    assert!(first_body == v1, "the download begun on v1 got other bytes");
+    assert_eq!(curl_get(&url).await.as_deref(), Some(&v2[..]));
+
+    // Every complete record's SHA-256 is one whole version's.
+    let log = work.path().join("r1.jsonl");
+    await_record(&log, KEY, "complete").await;
+    let shas: Vec<String> = eventually("both GET records", Duration::from_secs(20), || async {
+        let shas: Vec<String> = records(&log)
+            .iter()
+            .filter(|r| {
+                r["outcome"] == "complete"
+                    && r["bytes_sent"] == r["size"]
+                    && r["size"].as_u64() > Some(0)
+            })
+            .map(|r| r["sha256"].as_str().unwrap().to_string())
+            .collect();
+        (shas.len() >= 2).then_some(shas)
+    })
+    .await;
+    assert!(
+        shas.contains(&sha256(&v1)) && shas.contains(&sha256(&v2)),
+        "{shas:?}"
+    );
+    assert!(
+        shas.iter().all(|s| *s == sha256(&v1) || *s == sha256(&v2)),
+        "{shas:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_down_at_start_stopped_and_restarted_is_waited_out() {
+    let mut store = Store::start().await;
+    let a = zip_with(&[("system.diff", &noise(30_000, 21))]);
+    let b = zip_with(&[("system.diff", &noise(30_000, 22))]);
+    store.put("a-v1-to-v2.zip", &a).await;
+    store.stop().await;
+
+    // Down at start-up: the replica starts, empty, and says so …
+    let work = tempfile::tempdir().unwrap();
+    let r = replica(&store, "r1", work.path(), "45500-45999").await;
+    assert!(
+        r.banner[0].contains("(0 packages, 0 valid)"),
+        "{:?}",
+        r.banner
+    );
+    let url_a = format!("{}/a-v1-to-v2.zip", r.base("http"));
+    assert_eq!(curl_get(&url_a).await, None);
+    let (code, body) = readyz(work.path(), "r1").await;
+    assert_eq!(code, "503", "{body}");
+    assert_eq!(body["not_ready"][0], "store");
+    // … and fills once the store is back.
+    store.restart().await;
+    let body = eventually(
+        "a served once the store is up",
+        Duration::from_secs(20),
+        || curl_get(&url_a),
+    )
+    .await;
+    assert_eq!(body, a);
+
+    assert_eq!(readyz(work.path(), "r1").await.0, "200");
+
+    // Stopped while serving: what is cached keeps being served, and
+    // /readyz says the store is unreachable (still ready).
+    store.stop().await;
+    let body = eventually(
+        "/readyz naming the store",
+        Duration::from_secs(20),
+        || async {
+            let (code, body) = readyz(work.path(), "r1").await;
+            (code == "200" && body["store"].is_string()).then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        body["store"].as_str().unwrap().contains("unreachable"),
+        "{body}"
+    );
+    for _ in 0..2 {
+        assert_eq!(curl_get(&url_a).await.as_deref(), Some(&a[..]));
+    }
+    // Restarted with a new package: it appears.
+    store.restart().await;
+    store.put("b-v1-to-v2.zip", &b).await;
+    let url_b = format!("{}/b-v1-to-v2.zip", r.base("http"));
+    let body = eventually(
+        "b served after the restart",
+        Duration::from_secs(20),
+        || curl_get(&url_b),
+    )
+    .await;
+    assert_eq!(body, b);
+    assert_eq!(curl_get(&url_a).await.as_deref(), Some(&a[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_credentials_are_a_clear_start_up_error() {
+    let store = Store::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        &format!("s3://{BUCKET}/{PREFIX}"),
+        "--s3-endpoint",
+        &store.endpoint(),
+        "--s3-path-style",
+        "--http",
+        "0",
+        "--bind",
+        "127.0.0.1",
+    ])
+    .envs(credentials("not-the-secret"))
+    .current_dir(work.path())
+    .kill_on_drop(true);
+    let out = bounded("qfota-serve with wrong credentials", cmd.output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert!(stderr.contains("AWS_SECRET_ACCESS_KEY"), "{stderr}");
+
+    // No credentials at all for a self-hosted store: said at once.
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let out = bounded("qfota-serve without credentials", cmd.output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("needs AWS_ACCESS_KEY_ID"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_evicted_from_a_small_cache_are_fetched_again() {
+    let store = Store::start().await;
+    let a = zip_with(&[("system.diff", &noise(30_000, 31))]);
+    let b = zip_with(&[("system.diff", &noise(30_000, 32))]);
+    store.put("a-v1-to-v2.zip", &a).await;
+    store.put("Jun/b-v1-to-v2.zip", &b).await;
+    let work = tempfile::tempdir().unwrap();
+    // Room for one package only.
+    let bound = a.len() + 100;
+    let r = replica_with(
+        &store,
+        "r1",
+        work.path(),
+        "46000-46499",
+        &["--cache-max-bytes", &bound.to_string()],
+    )
+    .await;
+    assert!(
+        r.banner[0].contains("2 packages, 2 valid"),
+        "{:?}",
+        r.banner
+    );
+    let cache = work.path().join("r1-cache");
+    for round in 0..2 {
+        for (key, want) in [("a-v1-to-v2.zip", &a), ("Jun/b-v1-to-v2.zip", &b)] {
+            let got = curl_get(&format!("{}/{key}", r.base("http"))).await;
+            assert_eq!(got.as_deref(), Some(&want[..]), "{key}, round {round}");
+            let held: u64 = cached_files(&cache)
+                .iter()
+                .map(|(p, _)| std::fs::metadata(p).unwrap().len())
+                .sum();
+            assert!(held <= bound as u64, "cache holds {held} bytes");
+        }
+    }
+}
