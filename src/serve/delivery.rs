@@ -64,10 +64,6 @@ const TCP_LISTEN: u8 = 10;
 /// 20,000 look-ups a second.
 pub const ACK_POLL: Duration = Duration::from_millis(500);
 
-/// The shortest interval between two look-ups for a connection that keeps
-/// writing, so a fast transfer does not pay one look-up per write.
-const REFRESH_MIN: Duration = Duration::from_millis(100);
-
 /// Largest plaintext per TLS record (RFC 8446 §5.1, RFC 5246 §6.2.1).
 const TLS_RECORD_PLAINTEXT: u64 = 16_384;
 
@@ -353,8 +349,6 @@ pub struct AckTracker {
     acked: AtomicU64,
     /// When `acked` last grew (or tracking began).
     progressed: Mutex<Instant>,
-    /// When the kernel was last asked.
-    asked: Mutex<Instant>,
     /// Unacknowledged bytes at the last look (or at destruction).
     unacked: AtomicU64,
     /// Turns true when the kernel destroyed the socket; its final counters
@@ -374,7 +368,6 @@ impl AckTracker {
             base: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             progressed: Mutex::new(Instant::now()),
-            asked: Mutex::new(Instant::now()),
             unacked: AtomicU64::new(0),
             closed: tokio::sync::watch::Sender::new(false),
         });
@@ -401,7 +394,6 @@ impl AckTracker {
     /// Asks the kernel now; records progress. `None` when the connection is
     /// gone (the last figures stay).
     pub fn refresh(&self) -> Option<Snapshot> {
-        *lock(&self.asked) = Instant::now();
         let snap = snapshot(self.ends).ok().flatten()?;
         self.observe(snap.bytes_acked, snap.unacked);
         Some(snap)
@@ -441,12 +433,10 @@ impl AckTracker {
         self.unacked.load(Ordering::Acquire) == 0
     }
 
-    /// [`AckTracker::refresh`], unless the kernel was asked less than
-    /// 100 ms ago.
-    pub fn refresh_if_stale(&self) {
-        if lock(&self.asked).elapsed() >= REFRESH_MIN {
-            self.refresh();
-        }
+    /// Notes progress seen without asking the kernel (a write the socket
+    /// accepted: its buffer had room, so bytes were acknowledged).
+    pub fn note_progress(&self) {
+        *lock(&self.progressed) = Instant::now();
     }
 
     /// Time since the peer last acknowledged a new byte (or since the body

@@ -100,15 +100,21 @@ impl<S> StallGuard<S> {
     fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if poll.is_ready() {
             self.deadline = None;
+            // The kernel took bytes, so the peer's acknowledgements made
+            // room: progress, without asking the kernel (a look-up per
+            // write costs more CPU than the write on slow connections).
             if let Some(ack) = &self.ack {
-                ack.refresh_if_stale();
+                ack.note_progress();
             }
             return poll;
         }
-        // Pending: wake at the next look-up (with a tracker) or at the
-        // timeout (without), and decide then.
+        // Pending: look at the acknowledgements every eighth of the
+        // timeout (between `ACK_POLL` and 15 s), or wait out the timeout
+        // without a tracker, and decide then.
         let step = match &self.ack {
-            Some(_) => ACK_POLL.min(self.timeout),
+            Some(_) => {
+                (self.timeout / 8).clamp(ACK_POLL.min(self.timeout), Duration::from_secs(15))
+            }
             None => self.timeout,
         };
         loop {
