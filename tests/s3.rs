@@ -515,6 +515,9 @@ async fn wrong_or_missing_credentials_are_a_clear_start_up_error() {
         "127.0.0.1",
     ])
     .envs(credentials("not-the-secret"))
+    // No shared files: only what the test gives counts.
+    .env("AWS_SHARED_CREDENTIALS_FILE", work.path().join("absent"))
+    .env("AWS_CONFIG_FILE", work.path().join("absent"))
     .current_dir(work.path())
     .kill_on_drop(true);
     let out = bounded("qfota-serve with wrong credentials", cmd.output())
@@ -534,6 +537,56 @@ async fn wrong_or_missing_credentials_are_a_clear_start_up_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("needs AWS_ACCESS_KEY_ID"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_a_profile_of_the_shared_files_reach_the_store() {
+    let store = Store::start().await;
+    let pkg = zip_with(&[("system.diff", &noise(30_000, 7))]);
+    store.put("update-v12-to-v13.zip", &pkg).await;
+    let work = tempfile::tempdir().unwrap();
+    let creds = work.path().join("credentials");
+    let conf = work.path().join("config");
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n\n\
+             [fleet]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(&conf, "[profile fleet]\nregion = us-east-1\n").unwrap();
+    let location = format!("s3://{BUCKET}/{PREFIX}");
+    let endpoint = store.endpoint();
+    let cache = work.path().join("cache");
+    let cache = cache.to_string_lossy();
+    let args = [
+        location.as_str(),
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-path-style",
+        "--cache-dir",
+        &cache,
+        "--http",
+        "0",
+        "--bind",
+        "127.0.0.1",
+    ];
+    let creds = creds.to_string_lossy();
+    let conf = conf.to_string_lossy();
+    // No AWS_ACCESS_KEY_ID: the profile named by AWS_PROFILE is used.
+    let served = Served::start(
+        &args,
+        &[
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SHARED_CREDENTIALS_FILE", &creds),
+            ("AWS_CONFIG_FILE", &conf),
+            ("AWS_PROFILE", "fleet"),
+        ],
+    )
+    .await;
+    let got = curl_get(&format!("{}/update-v12-to-v13.zip", served.base("http"))).await;
+    assert_eq!(got.map(|b| sha256(&b)), Some(sha256(&pkg)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

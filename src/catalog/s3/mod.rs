@@ -22,6 +22,7 @@
 //! a start-up error.
 
 pub mod cache;
+pub mod profile;
 pub mod store;
 
 use std::collections::BTreeMap;

@@ -6,7 +6,8 @@
 //! The client is [`object_store`]'s `AmazonS3` (Apache Arrow project):
 //! SigV4 signing, credentials from `AWS_ACCESS_KEY_ID` /
 //! `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` (and web-identity, ECS
-//! and instance-metadata credentials), paginated `ListObjectsV2`,
+//! and instance-metadata credentials) or else from the profile of the AWS
+//! shared files ([`super::profile`]), paginated `ListObjectsV2`,
 //! conditional ranged GETs (`If-Match`), and retries with exponential
 //! backoff on throttling (429/503), other 5xx and connection errors. It was
 //! chosen over `opendal` because it brings only the S3 client (opendal
@@ -21,6 +22,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as StorePath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
+
+use super::profile::Profile;
 
 /// Where the packages are: an `s3://BUCKET[/PREFIX]` location plus how to
 /// reach the store. The credentials are not here: they come from the
@@ -123,10 +126,18 @@ impl S3Location {
     /// self-hosted endpoint without `AWS_ACCESS_KEY_ID`: the client would
     /// otherwise ask a cloud instance-metadata service for credentials.
     pub fn client(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
-        if self.endpoint.is_some() && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        let in_env = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty());
+        // The AWS_* variables win; else the shared files' profile.
+        let profile = Profile::from_environment();
+        let from_profile = if in_env {
+            None
+        } else {
+            profile.as_ref().and_then(|p| p.credentials.clone())
+        };
+        if self.endpoint.is_some() && !in_env && from_profile.is_none() {
             return Err(object_store::Error::Generic {
                 store: "S3",
-                source: "a self-hosted store needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment".into(),
+                source: "a self-hosted store needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, or a profile with them in ~/.aws/credentials (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE)".into(),
             });
         }
         let mut builder = AmazonS3Builder::from_env()
@@ -152,7 +163,23 @@ impl S3Location {
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"));
         }
-        if let Some(region) = &self.region {
+        if let Some((key_id, secret)) = from_profile {
+            builder = builder
+                .with_access_key_id(key_id)
+                .with_secret_access_key(secret);
+            if let Some(token) = profile.as_ref().and_then(|p| p.session_token.clone()) {
+                builder = builder.with_token(token);
+            }
+        }
+        let region_in_env = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+        let region = self.region.clone().or_else(|| {
+            (!region_in_env)
+                .then(|| profile.and_then(|p| p.region))
+                .flatten()
+        });
+        if let Some(region) = region {
             builder = builder.with_region(region);
         }
         Ok(Arc::new(builder.build()?))
