@@ -191,7 +191,16 @@ fn read_answers(
     dump: bool,
     mut each: impl FnMut(&InetResponse),
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
+    // One connection's answer (tcp_info and a few attributes) is well
+    // under 4 KiB; a dump of many needs room for a batch.
+    let mut small = [0u8; 4096];
+    let mut large = Vec::new();
+    let buf: &mut [u8] = if dump {
+        large.resize(64 * 1024, 0);
+        &mut large
+    } else {
+        &mut small
+    };
     loop {
         let n = socket.recv(&mut &mut buf[..], 0)?;
         let mut offset = 0;
