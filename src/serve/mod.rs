@@ -728,6 +728,8 @@ async fn bind(
         // As std does: a restarted server binds while old connections of
         // the port sit in TIME_WAIT.
         socket.set_reuseaddr(true)?;
+        // Accepted connections inherit it.
+        socket2::SockRef::from(&socket).set_tcp_notsent_lowat(NOTSENT_LOWAT)?;
         socket.bind(addr)?;
         socket.listen(LISTEN_BACKLOG)
     };
@@ -742,6 +744,16 @@ async fn bind(
 /// loop takes them (capped by `net.core.somaxconn`). std's default of 128
 /// drops SYNs when a fleet of modules connects at once.
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// Most bytes a connection's socket holds not yet sent (`TCP_NOTSENT_LOWAT`,
+/// 128 KiB), set on every listener (passive data listeners included) and
+/// inherited by the connections they accept. A write copies into the
+/// kernel only what the peer will take soon: a slow module's download is
+/// copied as it goes instead of all at once when it starts (thousands of
+/// modules starting together would otherwise spend the CPU copying
+/// megabytes each into socket buffers, and the kernel's memory holding
+/// them), while a fast client still gets large writes.
+pub(crate) const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// The bound listeners, one per protocol that is on.
 struct Listeners {

@@ -775,9 +775,16 @@ where
 {
     let mut reader = match source {
         Source::Resident(copy) => {
-            for part in copy.chunks(RESIDENT_WRITE) {
-                out.write_all(part).await.map_err(Failure::closed)?;
-                attempt.bytes_sent += part.len() as u64;
+            // Counted per write: the socket may take part of a slice.
+            let mut rest = &copy[..];
+            while !rest.is_empty() {
+                let part = &rest[..rest.len().min(RESIDENT_WRITE)];
+                let n = out.write(part).await.map_err(Failure::closed)?;
+                if n == 0 {
+                    return Err(Failure::closed(io::ErrorKind::WriteZero.into()));
+                }
+                attempt.bytes_sent += n as u64;
+                rest = &rest[n..];
             }
             return out.flush().await.map_err(Failure::closed);
         }

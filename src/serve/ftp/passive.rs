@@ -250,6 +250,7 @@ fn bind_filtered(addr: SocketAddr, peer: IpAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    socket.set_tcp_notsent_lowat(crate::serve::NOTSENT_LOWAT)?;
     socket.attach_filter(&only_from(peer))?;
     socket.bind(&addr.into())?;
     Ok(socket)
