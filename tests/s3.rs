@@ -604,7 +604,14 @@ async fn packages_evicted_from_a_small_cache_are_fetched_again() {
         "r1",
         work.path(),
         "46000-46499",
-        &["--cache-max-bytes", &bound.to_string()],
+        // Downloads read the cache files (no resident copies), so an
+        // evicted version must be fetched again.
+        &[
+            "--cache-max-bytes",
+            &bound.to_string(),
+            "--package-memory-mib",
+            "0",
+        ],
     )
     .await;
     assert!(

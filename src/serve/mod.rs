@@ -613,7 +613,11 @@ impl ServerBuilder {
             return Ok(Arc::clone(catalog));
         }
         if let Some(config) = &self.s3 {
-            return Ok(S3Catalog::open(config.clone(), advertised).await?);
+            let config = S3Config {
+                package_memory: self.package_memory,
+                ..config.clone()
+            };
+            return Ok(S3Catalog::open(config, advertised).await?);
         }
         let catalog = FsCatalog::open_with_memory(&self.packages, advertised, self.package_memory)
             .await

@@ -34,10 +34,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
+use super::fs::RESIDENT_MAX_PACKAGE;
 use super::validate::Advertised;
 use super::{Catalog, OpenError, Package, PackageReader, Snapshot, SourceHealth, path};
 use cache::{Cache, FillError};
@@ -57,6 +59,11 @@ pub struct S3Config {
     /// Most bytes the cache keeps (`--cache-max-bytes`); least recently
     /// used versions are deleted past it.
     pub cache_max_bytes: u64,
+    /// Memory for resident copies of valid packages, in bytes
+    /// (`--package-memory-mib`, as for a folder: each version of at most
+    /// [`RESIDENT_MAX_PACKAGE`] is validated from memory and served from
+    /// there); 0 serves every download from its cache file.
+    pub package_memory: u64,
 }
 
 /// Why an [`S3Catalog`] cannot start.
@@ -112,6 +119,8 @@ pub enum S3Error {
 struct State {
     snapshot: Arc<Snapshot>,
     versions: BTreeMap<String, Listed>,
+    /// Resident copies of valid packages (see [`Catalog::resident`]).
+    resident: BTreeMap<String, Bytes>,
 }
 
 /// Catalog over an S3-compatible object store, served from a local cache.
@@ -166,6 +175,7 @@ impl S3Catalog {
             state: RwLock::new(Arc::new(State {
                 snapshot: Arc::new(Snapshot::new(SystemTime::now())),
                 versions: BTreeMap::new(),
+                resident: BTreeMap::new(),
             })),
             healthy: AtomicBool::new(false),
             reached: AtomicBool::new(false),
@@ -283,6 +293,7 @@ impl S3Catalog {
         let newest = listing.iter().map(|(_, l)| l.modified()).max();
         let mut snap = Snapshot::new(newest.unwrap_or(SystemTime::UNIX_EPOCH));
         let mut versions = BTreeMap::new();
+        let mut resident = BTreeMap::new();
         let mut to_load = Vec::new();
         for (key, listed) in listing {
             let kept = previous.snapshot.package(&key);
@@ -290,6 +301,9 @@ impl S3Catalog {
                 snap.exclude(key, reason);
             } else if let (Some(pkg), true) = (kept, previous.versions.get(&key) == Some(&listed)) {
                 snap.add_package(Arc::clone(pkg));
+                if let Some(copy) = previous.resident.get(&key) {
+                    resident.insert(key.clone(), copy.clone());
+                }
                 versions.insert(key, listed);
             } else {
                 to_load.push((key, listed));
@@ -308,8 +322,14 @@ impl S3Catalog {
                 .get(&key)
                 .zip(previous.snapshot.package(&key));
             match result {
-                Ok(Some(pkg)) => {
+                Ok(Some((pkg, copy))) => {
                     log_change(old.is_some(), &pkg);
+                    let held: u64 = resident.values().map(|b: &Bytes| b.len() as u64).sum();
+                    if let Some(copy) = copy.filter(|_| pkg.is_valid())
+                        && held + copy.len() as u64 <= self.config.package_memory
+                    {
+                        resident.insert(key.clone(), copy);
+                    }
                     snap.add_package(Arc::new(pkg));
                     versions.insert(key, listed);
                 }
@@ -318,6 +338,9 @@ impl S3Catalog {
                     tracing::warn!(path = %key, error = %err, "cannot fetch package; keeping the previous version, if any");
                     if let Some((old_listed, pkg)) = old {
                         snap.add_package(Arc::clone(pkg));
+                        if let Some(copy) = previous.resident.get(&key) {
+                            resident.insert(key.clone(), copy.clone());
+                        }
                         versions.insert(key, old_listed.clone());
                     }
                 }
@@ -326,6 +349,7 @@ impl S3Catalog {
         State {
             snapshot: Arc::new(snap),
             versions,
+            resident,
         }
     }
 
@@ -335,7 +359,11 @@ impl S3Catalog {
     ///
     /// # Errors
     /// The object could not be fetched or its copy read.
-    async fn load(&self, key: &str, listed: &Listed) -> Result<Option<Package>, FillError> {
+    async fn load(
+        &self,
+        key: &str,
+        listed: &Listed,
+    ) -> Result<Option<(Package, Option<Bytes>)>, FillError> {
         let path = match self.cache.get(key, listed) {
             Some(path) => path,
             None => {
@@ -346,10 +374,20 @@ impl S3Catalog {
             }
         };
         let (key, adv, modified) = (key.to_string(), self.advertised.clone(), listed.modified());
+        let memory = self.config.package_memory;
         let checked = tokio::task::spawn_blocking(move || {
             std::panic::catch_unwind(|| {
-                let file = io::BufReader::new(std::fs::File::open(&path)?);
-                Package::validate(&key, file, modified, &adv)
+                let mut file = std::fs::File::open(&path)?;
+                if file.metadata()?.len() > RESIDENT_MAX_PACKAGE.min(memory) {
+                    let pkg = Package::validate(&key, io::BufReader::new(file), modified, &adv)?;
+                    return Ok((pkg, None));
+                }
+                // Validate the very bytes that will be served.
+                let mut copy = Vec::new();
+                io::Read::read_to_end(&mut file, &mut copy)?;
+                let copy = Bytes::from(copy);
+                let pkg = Package::validate(&key, io::Cursor::new(&copy), modified, &adv)?;
+                Ok::<_, io::Error>((pkg, Some(copy)))
             })
         })
         .await
@@ -442,6 +480,16 @@ impl Catalog for S3Catalog {
             (false, false) => SourceHealth::NotReached(what()),
             (true, false) => SourceHealth::Unreachable(what()),
         }
+    }
+
+    fn resident(&self, package: &Package) -> Option<Bytes> {
+        let state = self.current();
+        let current = state.snapshot.package(&package.path)?;
+        // Only for the very version asked about.
+        if current.sha256 != package.sha256 || current.size != package.size {
+            return None;
+        }
+        state.resident.get(&package.path).cloned()
     }
 
     async fn open(&self, package: &Package, range: Range<u64>) -> Result<PackageReader, OpenError> {
