@@ -78,6 +78,10 @@ pub(crate) struct Channel {
     pub kind: PortKind,
     /// Whether a host has the port open (always, for TCP).
     pub attached: bool,
+    /// Until when a host that just opened this PTY is left to settle
+    /// before held output is written to it (see the session's
+    /// `HOST_SETTLE`); `None` once it has.
+    pub settling_until: Option<tokio::time::Instant>,
     /// The command line being typed on this port.
     pub framer: LineFramer,
     /// The binary data phase under way (`AT+QFUPL`, `FILE:`): while there
@@ -107,6 +111,7 @@ impl Channel {
             id,
             kind,
             attached,
+            settling_until: None,
             framer: LineFramer::new(),
             data: None,
             frames,

@@ -25,7 +25,8 @@
 //!   later output is delayed by the difference, so it keeps its own pace.
 //! - *No host.* Unsolicited lines (URCs, `RDY`) written while no host has a
 //!   port open are held and written to the first host that opens one, if
-//!   that happens within the hold time; older ones are dropped. A reboot
+//!   that happens within the hold time, once that host has settled
+//!   (`HOST_SETTLE`, or its first write); older ones are dropped. A reboot
 //!   drops everything held (a real module's output buffer does not survive
 //!   it).
 //! - *Upgrade.* From `START` (or the reboot into recovery mode after
@@ -56,6 +57,12 @@ use crate::modem::status::Status;
 use crate::sim::command::{Scheme, Source};
 use crate::sim::{AtResult, DownloadError, Event, FotaRun, FotadlCommand, Module, PowerOff, Urc};
 use serde_json::json;
+
+/// How long a host that has just opened a PTY is left before held output
+/// (an `RDY` from the reboot it reopened for) is written to it, unless it
+/// writes first: pyserial's `open()` flushes the input queue (`tcflush`)
+/// right after opening, and lines written in that instant would be lost.
+const HOST_SETTLE: Duration = Duration::from_millis(100);
 
 /// Unsolicited chunks held for a host, at most; older ones are dropped.
 const MAX_HELD: usize = 512;
@@ -240,6 +247,7 @@ impl Session {
     pub(crate) async fn run(mut self) {
         loop {
             self.expire_uploads();
+            self.settle_due();
             self.advance();
             let wake = self.next_wake();
             tokio::select! {
@@ -360,10 +368,8 @@ impl Session {
             .filter_map(|c| c.data.as_ref().and_then(DataPhase::deadline))
             .min();
         let module = self.next_module_wake();
-        match (upload, module) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let settle = self.channels.iter().filter_map(|c| c.settling_until).min();
+        [upload, module, settle].into_iter().flatten().min()
     }
 
     fn next_module_wake(&self) -> Option<Instant> {
@@ -585,12 +591,18 @@ impl Session {
             return;
         }
         let mut written = false;
-        for channel in self.channels.iter().filter(|c| c.attached) {
+        // A settling host gets these with what is held, once it settles.
+        let settling = self.channels.iter().any(|c| c.settling_until.is_some());
+        for channel in self
+            .channels
+            .iter()
+            .filter(|c| c.attached && c.settling_until.is_none())
+        {
             let bytes = reply::unsolicited(lines, self.port_settings(channel.kind));
             channel.send(Bytes::from(bytes));
             written = true;
         }
-        if !written {
+        if !written || settling {
             let now = Instant::now();
             while self
                 .held
@@ -601,6 +613,31 @@ impl Session {
                 self.held.pop_front();
             }
             self.held.push_back((now, lines.to_vec()));
+        }
+    }
+
+    /// Ends port `id`'s settling time, if it has one: it gets what was
+    /// held.
+    fn settle(&mut self, id: ChannelId) {
+        let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        if channel.settling_until.take().is_some() {
+            self.flush_held(id);
+        }
+    }
+
+    /// Ports whose settling time is over get what was held.
+    fn settle_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|c| c.settling_until.is_some_and(|t| t <= now))
+            .map(|c| c.id)
+            .collect();
+        for id in due {
+            self.settle(id);
         }
     }
 
@@ -628,8 +665,8 @@ impl Session {
             PortEvent::Attached(id) => {
                 if let Some(channel) = self.channels.iter_mut().find(|c| c.id == id) {
                     channel.attached = true;
+                    channel.settling_until = Some(Instant::now() + HOST_SETTLE);
                     crate::conn_log!(info, port = id, "host opened the PTY");
-                    self.flush_held(id);
                 }
             }
             PortEvent::Detached(id) => {
@@ -657,7 +694,12 @@ impl Session {
                     }
                 }
             }
-            PortEvent::Input(id, bytes) => self.on_input(id, &bytes),
+            PortEvent::Input(id, bytes) => {
+                // A host that writes is past its open(): what was held
+                // comes first.
+                self.settle(id);
+                self.on_input(id, &bytes);
+            }
             PortEvent::Connection(stream, peer, again) => self.on_connection(stream, peer, again),
         }
     }
