@@ -171,9 +171,14 @@ impl Accepted {
             .local_addr()
             .ok()
             .and_then(|local| delivery::track(TcpEnds { local, peer }, tls.is_some()));
+        // Judged on its first MiB: a fast client gets larger writes.
+        let speed_check = socket2::SockRef::from(&tcp).try_clone();
         let mut guard = StallGuard::new(tcp, timeouts.stall);
         if let Some(ack) = &ack {
             guard = guard.with_ack(Arc::clone(ack));
+        }
+        if let Ok(socket) = speed_check {
+            guard = guard.with_speed_check(socket);
         }
         let conn = Arc::new(Conn {
             shared,

@@ -756,7 +756,8 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// copied as it goes instead of all at once when it starts (thousands of
 /// modules starting together would otherwise spend the CPU copying
 /// megabytes each into socket buffers, and the kernel's memory holding
-/// them), while a fast client still gets large writes.
+/// them). A client that proves fast on its first MiB gets a larger value
+/// (see [`stall::FAST_LOWAT`]), so bulk transfers keep large writes.
 pub(crate) const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// The bound listeners, one per protocol that is on.

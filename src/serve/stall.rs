@@ -65,7 +65,28 @@ pub struct StallGuard<S> {
     stalled: Arc<AtomicBool>,
     flushes: Arc<FlushSignal>,
     ack: Option<Arc<AckTracker>>,
+    boost: Option<Boost>,
 }
+
+/// A connection's first [`FAST_BYTES`]: if the socket took them within
+/// [`FAST_WINDOW`], the client is fast and its `TCP_NOTSENT_LOWAT` is
+/// raised to [`FAST_LOWAT`] (fewer, larger writes); else it keeps the
+/// listener's small value that suits slow modules. The duplicate of the
+/// socket is held only until that is decided.
+#[derive(Debug)]
+struct Boost {
+    socket: socket2::Socket,
+    since: std::time::Instant,
+    written: u64,
+}
+
+/// Bytes a connection writes before its speed is judged (1 MiB).
+pub const FAST_BYTES: u64 = 1 << 20;
+/// Time within which a fast connection writes [`FAST_BYTES`] (50 ms, i.e.
+/// over 20 MB/s: no cellular module).
+pub const FAST_WINDOW: Duration = Duration::from_millis(50);
+/// `TCP_NOTSENT_LOWAT` of a fast connection (4 MiB).
+pub const FAST_LOWAT: u32 = 4 << 20;
 
 impl<S> StallGuard<S> {
     /// Guards `inner`; `timeout` is the longest a write may make no progress.
@@ -77,6 +98,37 @@ impl<S> StallGuard<S> {
             stalled: Arc::new(AtomicBool::new(false)),
             flushes: Arc::default(),
             ack: None,
+            boost: None,
+        }
+    }
+
+    /// Judges the connection's speed on its first [`FAST_BYTES`] through
+    /// `socket` (a duplicate of the guarded socket, dropped once judged).
+    pub fn with_speed_check(mut self, socket: socket2::Socket) -> Self {
+        self.boost = Some(Boost {
+            socket,
+            since: std::time::Instant::now(),
+            written: 0,
+        });
+        self
+    }
+
+    /// Counts `n` bytes written toward the speed check.
+    fn wrote(&mut self, n: usize) {
+        let Some(boost) = &mut self.boost else {
+            return;
+        };
+        boost.written += n as u64;
+        let elapsed = boost.since.elapsed();
+        if boost.written >= FAST_BYTES {
+            if elapsed <= FAST_WINDOW
+                && let Err(error) = boost.socket.set_tcp_notsent_lowat(FAST_LOWAT)
+            {
+                tracing::debug!(%error, "cannot raise TCP_NOTSENT_LOWAT");
+            }
+            self.boost = None;
+        } else if elapsed > FAST_WINDOW {
+            self.boost = None;
         }
     }
 
@@ -160,6 +212,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            self.wrote(n);
+        }
         self.check(cx, poll)
     }
 
@@ -182,6 +237,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = poll {
+            self.wrote(n);
+        }
         self.check(cx, poll)
     }
 
