@@ -1118,7 +1118,8 @@ async fn valid_package_copied_in_is_served_within_two_seconds() {
 async fn replaced_package_is_never_spliced_into_a_resume() {
     let fx = Fixture::start(|b| b).await;
     let url = fx.http_url(PKG);
-    let old_etag = quoted_sha(&fx.package_bytes(PKG));
+    let old = fx.package_bytes(PKG);
+    let old_etag = quoted_sha(&old);
     let new = common::zip_with(&[("system.diff", &common::noise(20_000, 11))]);
     // Replace atomically, as a careful operator would.
     let staged = fx.dir.path().join(".staged.zip");
@@ -1132,9 +1133,15 @@ async fn replaced_package_is_never_spliced_into_a_resume() {
         &format!("If-Range: {old_etag}"),
         &url,
     ];
-    // Before the next scan the server knows the file changed under it.
+    // Before the next scan: the rest of the old version from its resident
+    // copy (what the module's partial file holds), or a 503 when read from
+    // the changed file; after it, the whole new version.
     let reply = curl_ok(&resume).await;
     match reply.status {
+        206 => {
+            assert!(reply.body == old[100..], "{reply:?}");
+            assert_eq!(reply.header("etag"), Some(old_etag.as_str()));
+        }
         503 => assert!(reply.header("retry-after").is_some(), "{reply:?}"),
         200 => assert!(reply.body == new),
         other => panic!("resume across a replacement gave {other}"),
