@@ -208,6 +208,15 @@ async fn admin(work: &Path, id: &str, route: &str, extra: &[&str]) -> (String, s
     (code.to_string(), serde_json::from_str(body).unwrap())
 }
 
+/// The Prometheus text of a replica's `/metrics`.
+async fn metrics(work: &Path, id: &str) -> String {
+    let ready = std::fs::read(work.join(format!("{id}-ready.json"))).unwrap();
+    let ready: serde_json::Value = serde_json::from_slice(&ready).unwrap();
+    let addr = ready["listeners"]["admin"].as_str().unwrap();
+    let out = run("curl", &["-fsS", &format!("http://{addr}/metrics")]).await;
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// `GET url` with curl; the body, or `None` on failure (404 included).
 async fn curl_get(url: &str) -> Option<Vec<u8>> {
     let out = run("curl", &["-sSf", "--max-time", "20", url]).await;
@@ -482,6 +491,8 @@ async fn a_store_down_at_start_stopped_and_restarted_is_waited_out() {
         body["store"].as_str().unwrap().contains("unreachable"),
         "{body}"
     );
+    let down = metrics(work.path(), "r1").await;
+    assert!(down.contains("qfota_package_source_up 0"), "{down}");
     for _ in 0..2 {
         assert_eq!(curl_get(&url_a).await.as_deref(), Some(&a[..]));
     }
@@ -497,6 +508,8 @@ async fn a_store_down_at_start_stopped_and_restarted_is_waited_out() {
     .await;
     assert_eq!(body, b);
     assert_eq!(curl_get(&url_a).await.as_deref(), Some(&a[..]));
+    let up = metrics(work.path(), "r1").await;
+    assert!(up.contains("qfota_package_source_up 1"), "{up}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

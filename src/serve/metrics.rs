@@ -57,6 +57,9 @@ pub struct Scrape {
     pub packages: (usize, usize),
     /// The download log writer's queue, drops and error state.
     pub log: LogHealth,
+    /// Whether the package source (a folder, an object store) was read at
+    /// the last scan.
+    pub source_up: bool,
 }
 
 /// Labels of a download counter.
@@ -97,6 +100,7 @@ pub struct Metrics {
     /// `log_dropped` as of the last scrape (the writer counts absolutes).
     log_dropped_seen: AtomicU64,
     log_writable: Gauge,
+    source_up: Gauge,
 }
 
 impl Metrics {
@@ -185,6 +189,12 @@ impl Metrics {
             "1 while the download log takes writes, 0 after a failed write or reopen",
             log_writable.clone(),
         );
+        let source_up = Gauge::default();
+        registry.register(
+            "package_source_up",
+            "1 while the package source (folder or object store) was read at the last scan, 0 while it cannot be (cached packages are still served)",
+            source_up.clone(),
+        );
         Arc::new(Metrics {
             registry,
             downloads,
@@ -201,6 +211,7 @@ impl Metrics {
             log_dropped,
             log_dropped_seen: AtomicU64::new(0),
             log_writable,
+            source_up,
         })
     }
 
@@ -267,6 +278,7 @@ impl Metrics {
             .set(gauge(now.connections_open as u64));
         self.log_queued.set(gauge(now.log.queued));
         self.log_writable.set(i64::from(now.log.error.is_none()));
+        self.source_up.set(i64::from(now.source_up));
         let seen = self
             .log_dropped_seen
             .swap(now.log.dropped, Ordering::Relaxed);
@@ -313,6 +325,7 @@ mod tests {
                 dropped: 5,
                 error: Some("full".into()),
             },
+            source_up: false,
         };
         let text = metrics.render(&scrape);
         for line in [
@@ -328,6 +341,7 @@ mod tests {
             "qfota_log_records_queued 4",
             "qfota_log_records_dropped_total 5",
             "qfota_log_writable 0",
+            "qfota_package_source_up 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

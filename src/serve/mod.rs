@@ -957,6 +957,10 @@ impl ServerControl {
             connections_open: self.shared.limits.open_count(),
             packages: (valid, packages.len() - valid),
             log: self.shared.log.health(),
+            source_up: matches!(
+                self.catalog.source_health(),
+                crate::catalog::SourceHealth::Ok
+            ),
         })
     }
 
