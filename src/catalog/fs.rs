@@ -28,7 +28,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::validate::Advertised;
-use super::{Catalog, OpenError, Package, PackageReader, Snapshot};
+use super::{Catalog, OpenError, Package, PackageReader, RESIDENT_TOTAL, Snapshot};
 
 /// Where a package's bytes live and what they looked like when validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,15 +168,6 @@ pub struct FsCatalog {
 /// large or hostile packages cannot hold back a small one.
 pub const MAX_VALIDATIONS: usize = 2;
 
-/// Largest package kept resident in memory (256 MiB): bigger ones are
-/// read from their file for each download.
-pub const RESIDENT_MAX_PACKAGE: u64 = 256 << 20;
-
-/// Default memory for resident package copies over all packages (1 GiB,
-/// `--package-memory-mib 1024`); past it packages are read from their
-/// files.
-pub const RESIDENT_TOTAL: u64 = 1 << 30;
-
 /// Size from which a file's validation takes one of the
 /// [`MAX_VALIDATIONS`] slots (64 MiB: well under a second to check).
 pub const LARGE_PACKAGE: u64 = 64 << 20;
@@ -196,7 +187,7 @@ impl FsCatalog {
     }
 
     /// Like [`FsCatalog::open`], keeping resident copies of valid packages
-    /// (each at most [`RESIDENT_MAX_PACKAGE`]) in up to `memory` bytes
+    /// (each at most [`RESIDENT_MAX_PACKAGE`](super::RESIDENT_MAX_PACKAGE)) in up to `memory` bytes
     /// (`--package-memory-mib`); 0 reads every download from its file.
     ///
     /// # Errors
@@ -496,19 +487,14 @@ impl FsCatalog {
         // zip reader excludes that file only.
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let file = fs::File::open(&on_disk.fs_path)?;
-            let mut content = Stoppable { inner: file, stop };
-            let modified = on_disk.stamp.modified;
-            if on_disk.stamp.len > RESIDENT_MAX_PACKAGE.min(self.resident_total) {
-                let content = io::BufReader::new(content);
-                return Package::validate(key, content, modified, &self.advertised)
-                    .map(|pkg| (pkg, None));
-            }
-            // Validate the very bytes that will be served.
-            let mut copy = Vec::with_capacity(on_disk.stamp.len as usize);
-            io::Read::read_to_end(&mut content, &mut copy)?;
-            let copy = Bytes::from(copy);
-            let pkg = Package::validate(key, io::Cursor::new(&copy), modified, &self.advertised)?;
-            Ok((pkg, Some(copy)))
+            Package::validate_keeping(
+                key,
+                Stoppable { inner: file, stop },
+                on_disk.stamp.len,
+                self.resident_total,
+                on_disk.stamp.modified,
+                &self.advertised,
+            )
         }));
         match checked {
             Ok(Ok((pkg, copy))) => Checked::Package(pkg, copy),
@@ -597,13 +583,10 @@ impl Catalog for FsCatalog {
     }
 
     fn resident(&self, package: &Package) -> Option<Bytes> {
-        let scan = self.current();
-        let current = scan.snapshot.package(&package.path)?;
         // Only for the very version asked about.
-        if current.sha256 != package.sha256 || current.size != package.size {
-            return None;
-        }
-        scan.resident.get(&package.path).cloned()
+        let scan = self.current();
+        let whole = 0..package.size;
+        scan.snapshot.source(&scan.resident, package, &whole).ok().cloned()
     }
 
     async fn rescan_now(self: Arc<Self>) -> io::Result<()> {

@@ -34,6 +34,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -103,7 +104,43 @@ pub struct Package {
     pub profiles: Vec<ProfileVerdict>,
 }
 
+/// Largest package kept resident in memory (256 MiB): bigger ones are
+/// read from their file for each download (see [`Catalog::resident`]).
+pub const RESIDENT_MAX_PACKAGE: u64 = 256 << 20;
+
+/// Default memory for resident package copies over all packages (1 GiB,
+/// `--package-memory-mib 1024`); past it packages are read from their
+/// files.
+pub const RESIDENT_TOTAL: u64 = 1 << 30;
+
 impl Package {
+    /// [`Package::validate`] for `content` of `len` bytes, keeping a
+    /// resident copy when one may be kept (`len` at most
+    /// [`RESIDENT_MAX_PACKAGE`] and `memory` bytes): then the content is
+    /// read into memory first and those very bytes are validated and
+    /// returned, so what is served is exactly what was checked. Blocking.
+    ///
+    /// # Errors
+    /// `content` cannot be read or rewound.
+    pub fn validate_keeping<R: Read + Seek>(
+        key: &str,
+        mut content: R,
+        len: u64,
+        memory: u64,
+        modified: SystemTime,
+        adv: &Advertised,
+    ) -> io::Result<(Package, Option<Bytes>)> {
+        if len > RESIDENT_MAX_PACKAGE.min(memory) {
+            let pkg = Package::validate(key, io::BufReader::new(content), modified, adv)?;
+            return Ok((pkg, None));
+        }
+        let mut copy = Vec::with_capacity(len as usize);
+        content.read_to_end(&mut copy)?;
+        let copy = Bytes::from(copy);
+        let pkg = Package::validate(key, io::Cursor::new(&copy), modified, adv)?;
+        Ok((pkg, Some(copy)))
+    }
+
     /// Validates one package's content: SHA-256, zip integrity (unless
     /// `.bin`), names and per-profile verdicts against `adv`. Reads `content`
     /// to its end, then again from the start for the zip check. Blocking: call

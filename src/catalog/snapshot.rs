@@ -58,11 +58,6 @@ impl Snapshot {
         self.validating.remove(key);
     }
 
-    /// Keys being validated.
-    pub fn validating(&self) -> impl Iterator<Item = &str> {
-        self.validating.keys().map(String::as_str)
-    }
-
     fn add_parents(&mut self, key: &str, modified: SystemTime) {
         let mut parent = key;
         while let Some((up, _)) = parent.rsplit_once('/') {

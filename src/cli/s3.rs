@@ -90,7 +90,7 @@ impl ReplicaArgs {
             rescan: Duration::from_secs(self.rescan_secs),
             cache_dir: self.cache_dir.clone(),
             cache_max_bytes: self.cache_max_bytes,
-            package_memory: crate::catalog::fs::RESIDENT_TOTAL,
+            package_memory: crate::catalog::RESIDENT_TOTAL,
         }))
     }
 

@@ -316,7 +316,7 @@ impl Default for ServerBuilder {
             ftp_idle: Duration::from_secs(120),
             login_timeout: Duration::from_secs(30),
             data_timeout: ftp::PASSIVE_ACCEPT_TIMEOUT,
-            package_memory: crate::catalog::fs::RESIDENT_TOTAL,
+            package_memory: crate::catalog::RESIDENT_TOTAL,
             header_read_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(30),
             faults: Vec::new(),

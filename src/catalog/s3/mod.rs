@@ -39,7 +39,6 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
-use super::fs::RESIDENT_MAX_PACKAGE;
 use super::validate::Advertised;
 use super::{Catalog, OpenError, Package, PackageReader, Snapshot, SourceHealth, path};
 use cache::{Cache, FillError};
@@ -61,7 +60,7 @@ pub struct S3Config {
     pub cache_max_bytes: u64,
     /// Memory for resident copies of valid packages, in bytes
     /// (`--package-memory-mib`, as for a folder: each version of at most
-    /// [`RESIDENT_MAX_PACKAGE`] is validated from memory and served from
+    /// [`RESIDENT_MAX_PACKAGE`](crate::catalog::RESIDENT_MAX_PACKAGE) is validated from memory and served from
     /// there); 0 serves every download from its cache file.
     pub package_memory: u64,
 }
@@ -293,7 +292,7 @@ impl S3Catalog {
         let newest = listing.iter().map(|(_, l)| l.modified()).max();
         let mut snap = Snapshot::new(newest.unwrap_or(SystemTime::UNIX_EPOCH));
         let mut versions = BTreeMap::new();
-        let mut resident = BTreeMap::new();
+        let mut resident: BTreeMap<String, Bytes> = BTreeMap::new();
         let mut to_load = Vec::new();
         for (key, listed) in listing {
             let kept = previous.snapshot.package(&key);
@@ -324,7 +323,7 @@ impl S3Catalog {
             match result {
                 Ok(Some((pkg, copy))) => {
                     log_change(old.is_some(), &pkg);
-                    let held: u64 = resident.values().map(|b: &Bytes| b.len() as u64).sum();
+                    let held: u64 = resident.values().map(|b| b.len() as u64).sum();
                     if let Some(copy) = copy.filter(|_| pkg.is_valid())
                         && held + copy.len() as u64 <= self.config.package_memory
                     {
@@ -377,17 +376,9 @@ impl S3Catalog {
         let memory = self.config.package_memory;
         let checked = tokio::task::spawn_blocking(move || {
             std::panic::catch_unwind(|| {
-                let mut file = std::fs::File::open(&path)?;
-                if file.metadata()?.len() > RESIDENT_MAX_PACKAGE.min(memory) {
-                    let pkg = Package::validate(&key, io::BufReader::new(file), modified, &adv)?;
-                    return Ok((pkg, None));
-                }
-                // Validate the very bytes that will be served.
-                let mut copy = Vec::new();
-                io::Read::read_to_end(&mut file, &mut copy)?;
-                let copy = Bytes::from(copy);
-                let pkg = Package::validate(&key, io::Cursor::new(&copy), modified, &adv)?;
-                Ok::<_, io::Error>((pkg, Some(copy)))
+                let file = std::fs::File::open(&path)?;
+                let len = file.metadata()?.len();
+                Package::validate_keeping(&key, file, len, memory, modified, &adv)
             })
         })
         .await
@@ -483,13 +474,10 @@ impl Catalog for S3Catalog {
     }
 
     fn resident(&self, package: &Package) -> Option<Bytes> {
-        let state = self.current();
-        let current = state.snapshot.package(&package.path)?;
         // Only for the very version asked about.
-        if current.sha256 != package.sha256 || current.size != package.size {
-            return None;
-        }
-        state.resident.get(&package.path).cloned()
+        let state = self.current();
+        let whole = 0..package.size;
+        state.snapshot.source(&state.resident, package, &whole).ok().cloned()
     }
 
     async fn open(&self, package: &Package, range: Range<u64>) -> Result<PackageReader, OpenError> {
