@@ -586,7 +586,10 @@ impl Catalog for FsCatalog {
         // Only for the very version asked about.
         let scan = self.current();
         let whole = 0..package.size;
-        scan.snapshot.source(&scan.resident, package, &whole).ok().cloned()
+        scan.snapshot
+            .source(&scan.resident, package, &whole)
+            .ok()
+            .cloned()
     }
 
     async fn rescan_now(self: Arc<Self>) -> io::Result<()> {

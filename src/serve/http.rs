@@ -47,7 +47,7 @@ use super::delivery::{self, AckTracker, Delivery, TcpEnds, cut_short};
 use super::fault::apply_data_fault;
 use super::fault::{Action, AttemptInfo};
 use super::range::{self, Precondition, RangeDecision, Validators};
-use super::stall::{FlushSignal, StallGuard};
+use super::stall::{self, FlushSignal, StallGuard};
 use super::{Access, Shared};
 use crate::catalog::{Lookup, OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, Outcome, Protocol};
@@ -172,13 +172,11 @@ impl Accepted {
             .ok()
             .and_then(|local| delivery::track(TcpEnds { local, peer }, tls.is_some()));
         // Judged on its first MiB: a fast client gets larger writes.
-        let speed_check = socket2::SockRef::from(&tcp).try_clone();
-        let mut guard = StallGuard::new(tcp, timeouts.stall);
+        let mut guard = StallGuard::new(tcp, timeouts.stall).with_speed_check(|tcp| {
+            socket2::SockRef::from(tcp).set_tcp_notsent_lowat(stall::FAST_LOWAT)
+        });
         if let Some(ack) = &ack {
             guard = guard.with_ack(Arc::clone(ack));
-        }
-        if let Ok(socket) = speed_check {
-            guard = guard.with_speed_check(socket);
         }
         let conn = Arc::new(Conn {
             shared,

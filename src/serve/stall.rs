@@ -65,17 +65,17 @@ pub struct StallGuard<S> {
     stalled: Arc<AtomicBool>,
     flushes: Arc<FlushSignal>,
     ack: Option<Arc<AckTracker>>,
-    boost: Option<Boost>,
+    boost: Option<Boost<S>>,
 }
 
 /// A connection's first [`FAST_BYTES`]: if the socket took them within
 /// [`FAST_WINDOW`], the client is fast and its `TCP_NOTSENT_LOWAT` is
 /// raised to [`FAST_LOWAT`] (fewer, larger writes); else it keeps the
-/// listener's small value that suits slow modules. The duplicate of the
-/// socket is held only until that is decided.
+/// listener's small value that suits slow modules.
 #[derive(Debug)]
-struct Boost {
-    socket: socket2::Socket,
+struct Boost<S> {
+    /// Raises the guarded stream's `TCP_NOTSENT_LOWAT`.
+    raise: fn(&S) -> io::Result<()>,
     since: std::time::Instant,
     written: u64,
 }
@@ -102,11 +102,12 @@ impl<S> StallGuard<S> {
         }
     }
 
-    /// Judges the connection's speed on its first [`FAST_BYTES`] through
-    /// `socket` (a duplicate of the guarded socket, dropped once judged).
-    pub fn with_speed_check(mut self, socket: socket2::Socket) -> Self {
+    /// Judges the connection's speed on its first [`FAST_BYTES`]; a fast
+    /// one gets `raise(&stream)`, which sets its `TCP_NOTSENT_LOWAT` to
+    /// [`FAST_LOWAT`].
+    pub fn with_speed_check(mut self, raise: fn(&S) -> io::Result<()>) -> Self {
         self.boost = Some(Boost {
-            socket,
+            raise,
             since: std::time::Instant::now(),
             written: 0,
         });
@@ -122,7 +123,7 @@ impl<S> StallGuard<S> {
         let elapsed = boost.since.elapsed();
         if boost.written >= FAST_BYTES {
             if elapsed <= FAST_WINDOW
-                && let Err(error) = boost.socket.set_tcp_notsent_lowat(FAST_LOWAT)
+                && let Err(error) = (boost.raise)(&self.inner)
             {
                 tracing::debug!(%error, "cannot raise TCP_NOTSENT_LOWAT");
             }

@@ -477,7 +477,11 @@ impl Catalog for S3Catalog {
         // Only for the very version asked about.
         let state = self.current();
         let whole = 0..package.size;
-        state.snapshot.source(&state.resident, package, &whole).ok().cloned()
+        state
+            .snapshot
+            .source(&state.resident, package, &whole)
+            .ok()
+            .cloned()
     }
 
     async fn open(&self, package: &Package, range: Range<u64>) -> Result<PackageReader, OpenError> {
