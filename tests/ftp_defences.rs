@@ -184,3 +184,92 @@ print(json.dumps(res))
         .count();
     assert_eq!(waits, 1, "{:#?}", fx.server.downloads());
 }
+
+/// The resident set of this process (the in-process server), in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_line_with_no_end_gets_500_and_is_not_buffered() {
+    let fx = Fixture::start(|b| b).await;
+    // Two connections, one before login and one after, each trying to send
+    // a 256 MiB command line (libunftp alone would buffer all of it).
+    let script = format!(
+        "{PASV}{}",
+        r#"
+import threading
+res = {}
+def flood(name, ftp=None):
+    if ftp is None:
+        s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+        s.recv(200)
+        s.sendall(b"USER ")
+    else:
+        s = ftp.sock
+        s.sendall(b"RETR ")
+    sent = 0
+    chunk = b"x" * 65536
+    try:
+        while sent < 256 << 20:
+            s.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass
+    s.settimeout(5)
+    answer = b""
+    try:
+        while not answer.endswith(b"\r\n"):
+            part = s.recv(200)
+            if not part:
+                break
+            answer += part
+    except OSError:
+        pass
+    res[name] = {"sent": sent, "answer": answer.decode()[:3]}
+ftp = session()
+threads = [threading.Thread(target=flood, args=("before_login",)),
+           threading.Thread(target=flood, args=("after_login", ftp))]
+for t in threads: t.start()
+for t in threads: t.join()
+# Everyone else is still served.
+good = session()
+res["other"] = fetch(good, pasv(good))
+print(json.dumps(res))
+"#
+    );
+    let before = rss_kib();
+    let port = fx.ftp_port().to_string();
+    let out = common::python(&script, &[&port]).await;
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    for name in ["before_login", "after_login"] {
+        assert_eq!(v[name]["answer"], "500", "{name}: {v}");
+        // The sender was stopped long before its 256 MiB.
+        let sent = v[name]["sent"].as_u64().unwrap();
+        assert!(sent < 64 << 20, "{name} sent {sent} bytes: {v}");
+    }
+    let want = sha256(&fx.package_bytes(PKG));
+    assert_eq!(v["other"], serde_json::json!(["150", "226", want]), "{v}");
+    // Two 256 MiB lines used to add over 500 MB to the server.
+    assert!(grown_mib < 64, "the server grew by {grown_mib} MiB");
+    let records = fx
+        .wait_records("two refused over-long command lines", 2, |r| {
+            r.outcome == Outcome::Refused && r.status == 500
+        })
+        .await;
+    for r in &records {
+        assert!(r.reason.contains("command line too long"), "{r:?}");
+        assert!(r.reason.contains("limit 4,096"), "{r:?}");
+    }
+    assert!(
+        records.iter().any(|r| r.user.as_deref() == Some("test")),
+        "{records:#?}"
+    );
+}

@@ -95,6 +95,12 @@ pub struct Snapshot {
     pub unacked: u64,
     /// Kernel TCP state (`TCP_ESTABLISHED` = 1, …).
     pub state: u8,
+    /// Payload bytes received from the peer since the connection opened
+    /// (`tcpi_bytes_received`, RFC 4898 `tcpEStatsAppHCThruOctetsReceived`).
+    pub bytes_received: u64,
+    /// Payload bytes the server sent since the connection opened, first
+    /// transmissions only (`tcpi_bytes_sent`, Linux 4.19+; 0 before).
+    pub bytes_sent: u64,
 }
 
 impl Snapshot {
@@ -181,6 +187,8 @@ fn snapshot_of(response: &InetResponse) -> Option<Snapshot> {
         bytes_acked: info.bytes_acked,
         unacked: u64::from(response.header.send_queue),
         state: response.header.state,
+        bytes_received: info.bytes_received,
+        bytes_sent: info.bytes_sent,
     })
 }
 

@@ -20,6 +20,10 @@
 //! storage back-end, which refuses them with 550 and logs them. `RNFR` is
 //! answered by libunftp itself (350 when the file exists); the `RNTO` that
 //! must follow is refused, so nothing is ever renamed.
+//!
+//! Around each session: connection limits at accept, a login timeout, a
+//! command-line cap watched from beside libunftp ([`line_cap`]), and
+//! passive listeners only the control peer can reach ([`passive`]).
 
 use std::fmt::Debug;
 use std::io;
@@ -46,8 +50,10 @@ use super::{Access, Shared};
 use crate::catalog::{Catalog, Entry, OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, Outcome, Protocol};
 
+mod line_cap;
 mod passive;
 
+use line_cap::LineCap;
 pub use passive::PASSIVE_ACCEPT_TIMEOUT;
 use passive::{PassiveBinder, PassiveRegistry, PassiveState};
 
@@ -189,6 +195,20 @@ impl FtpSession {
     }
 }
 
+impl FtpSession {
+    /// Records a control connection closed for a command line over the
+    /// cap (`unanswered`: bytes the peer had sent with no answer).
+    fn command_line_too_long(&self, unanswered: u64) {
+        tracing::warn!(peer = %self.peer, unanswered, "FTP command line over the cap: connection closed");
+        let reason = format!(
+            "command line too long: {} bytes sent with no line end (limit {}); answered 500 and closed",
+            delivery::grouped(unanswered),
+            delivery::grouped(line_cap::COMMAND_LINE_MAX),
+        );
+        self.emit(&self.attempt(""), 500, Outcome::Refused, reason);
+    }
+}
+
 impl Drop for FtpSession {
     fn drop(&mut self) {
         if let Some(listener) = self.passive_state.take() {
@@ -300,8 +320,10 @@ fn from_connection(local: IpAddr) -> PassiveHost {
     }
 }
 
-/// Runs libunftp on its end of the relay; a connection that has not
-/// logged in within `login_timeout` is closed.
+/// Runs libunftp on the control connection; a connection that has not
+/// logged in within `login_timeout` is closed, and one that sends a
+/// command line over [`line_cap::COMMAND_LINE_MAX`] bytes gets `500` and is
+/// closed.
 async fn serve_session(
     server: libunftp::Server<CatalogStorage, DefaultUser>,
     tcp: tokio::net::TcpStream,
@@ -309,23 +331,48 @@ async fn serve_session(
     session: &FtpSession,
 ) {
     let peer = session.peer;
+    let mut cap = match LineCap::watch(&tcp) {
+        Ok(cap) => Some(cap),
+        Err(err) => {
+            tracing::warn!(%peer, error = %err, "FTP command-line cap unavailable for this connection");
+            None
+        }
+    };
     let service = server.service(tcp);
     tokio::pin!(service);
-    let ended = tokio::select! {
-        ended = &mut service => Some(ended),
-        () = tokio::time::sleep(login_timeout) => None,
-    };
-    let ended = match ended {
-        Some(ended) => ended,
-        None if session.logged_in.load(Ordering::Acquire) => service.await,
-        None => {
-            // Dropping the service closes the control connection.
-            tracing::info!(%peer, "FTP connection closed: no login within the login timeout");
-            return;
+    let login_deadline = tokio::time::sleep(login_timeout);
+    tokio::pin!(login_deadline);
+    let mut deadline_passed = false;
+    let ended = loop {
+        tokio::select! {
+            ended = &mut service => break ended,
+            () = &mut login_deadline, if !deadline_passed => {
+                if !session.logged_in.load(Ordering::Acquire) {
+                    // Dropping the service closes the control connection.
+                    tracing::info!(%peer, "FTP connection closed: no login within the login timeout");
+                    return;
+                }
+                deadline_passed = true;
+            }
+            unanswered = overrun(&mut cap) => {
+                if let Some(cap) = cap.take() {
+                    cap.refuse();
+                }
+                session.command_line_too_long(unanswered);
+                return;
+            }
         }
     };
     if let Err(err) = ended {
         tracing::debug!(%peer, error = %err, "FTP connection ended with an error");
+    }
+}
+
+/// [`LineCap::overrun`] of a connection that has a cap; pending otherwise.
+async fn overrun(cap: &mut Option<LineCap>) -> u64 {
+    match cap {
+        Some(cap) => cap.overrun().await,
+        None => std::future::pending().await,
     }
 }
 
