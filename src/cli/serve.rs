@@ -248,6 +248,38 @@ impl ServeArgs {
     }
 }
 
+/// Descriptors besides connections: listeners, the log, the package
+/// folder's watch, netlink, the runtime.
+const FDS_BESIDES: u64 = 64;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (a shell's soft limit is
+/// often 1,024, far below `--max-connections`' 10,000), as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do, and warns when even that
+/// cannot hold `max_connections` connections (`setrlimit(2)`). Each
+/// connection holds one descriptor; an FTP session two (the command-line
+/// cap's duplicate), three while a data connection is open.
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let need = max_connections as u64 + FDS_BESIDES;
+    if limit < need {
+        tracing::warn!(
+            limit,
+            need,
+            "the file descriptor limit cannot hold --max-connections connections \
+             (an FTP session needs 2, 3 while downloading); raise it (ulimit -n, LimitNOFILE=) \
+             or lower --max-connections"
+        );
+    }
+}
+
 /// Runs `qfota-serve [OPTIONS] <DIR>`: starts the admin listener (when
 /// `--admin`), then the server, marks the admin listener ready, writes
 /// `--ready-json`, prints the banner, serves until `shutdown` resolves,
@@ -265,6 +297,7 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
     // Caught before the banner, so a SIGHUP never finds the default action
     // (terminate) once the server is up.
     let mut hangup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
+    raise_fd_limit(args.max_connections);
     let admin = start_admin(&args).await?;
     let builder = args
         .replica
