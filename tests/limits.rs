@@ -183,3 +183,110 @@ async fn a_connection_that_does_not_log_in_is_closed_and_a_logged_in_one_stays()
         "{working:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_new_clients_are_answered_and_recorded() {
+    use std::path::Path;
+    use std::time::Duration;
+    let work = tempfile::tempdir().unwrap();
+    let ready = work.path().join("ready.json");
+    let log = work.path().join("downloads.jsonl");
+    let packages = Path::new(env!("CARGO_MANIFEST_DIR")).join("packages");
+    // The real binary with room for 64 descriptors (and the hard limit
+    // the same, so the server cannot raise it).
+    let _server = tokio::process::Command::new("prlimit")
+        .args(["--nofile=64:64", "--", env!("CARGO_BIN_EXE_qfota-serve")])
+        .args("--ftp 0 --http 0 --bind 127.0.0.1 --user test:test".split(' '))
+        .arg("--log")
+        .arg(&log)
+        .arg("--ready-json")
+        .arg(&ready)
+        .arg(&packages)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let v: serde_json::Value =
+        common::eventually("the ready file", Duration::from_secs(20), || {
+            let ready = ready.clone();
+            async move { serde_json::from_slice(&std::fs::read(ready).ok()?).ok() }
+        })
+        .await;
+    let ftp: std::net::SocketAddr = v["listeners"]["ftp"].as_str().unwrap().parse().unwrap();
+    let url = format!("http://{}/{PKG}", v["listeners"]["http"].as_str().unwrap());
+    // Idle FTP connections (two descriptors each) until the server has no
+    // descriptor left: the ones it cannot serve are told so (421) instead
+    // of waiting unanswered in the backlog.
+    let mut held = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..40 {
+        let tcp = bounded("connect", TcpStream::connect(ftp)).await.unwrap();
+        let mut first = [0u8; 3];
+        let mut tcp = tcp;
+        match tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut first)).await {
+            Ok(Ok(_)) => answers.push(String::from_utf8_lossy(&first).into_owned()),
+            _ => answers.push("nothing".into()),
+        }
+        held.push(tcp);
+    }
+    assert!(answers.iter().any(|a| a == "220"), "{answers:?}");
+    assert!(answers.iter().any(|a| a == "421"), "{answers:?}");
+    assert!(!answers.iter().any(|a| a == "nothing"), "{answers:?}");
+    // A download from another address is answered 503, not left hanging.
+    let out = run(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "10",
+            "--interface",
+            "127.0.0.2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "503", "{out:?}");
+    let records = common::eventually("refused records", Duration::from_secs(10), || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(log).ok()?;
+            let refused: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|r: &serde_json::Value| {
+                    r["reason"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("out of file descriptors")
+                })
+                .collect();
+            let peers = |ip: &str| {
+                refused
+                    .iter()
+                    .any(|r| r["peer"].as_str().unwrap_or("").starts_with(ip))
+            };
+            (peers("127.0.0.1:") && peers("127.0.0.2:")).then_some(refused)
+        }
+    })
+    .await;
+    assert!(
+        records.iter().all(|r| r["outcome"] == "refused"),
+        "{records:?}"
+    );
+    // Once the idle connections go, downloads work again.
+    drop(held);
+    common::eventually(
+        "a download once descriptors are free",
+        Duration::from_secs(10),
+        || async {
+            let out = run("curl", &["-sf", "-o", "/dev/null", &url]).await;
+            out.status.success().then_some(())
+        },
+    )
+    .await;
+}

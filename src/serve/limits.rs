@@ -42,6 +42,12 @@ pub struct ConnLimits {
     max_per_ip: usize,
     open: Mutex<Open>,
     refused: Mutex<HashMap<IpAddr, (Instant, u64)>>,
+    /// A descriptor held in reserve (`/dev/null`): when `accept` fails for
+    /// want of descriptors it is closed, the waiting connection accepted on
+    /// it, answered and closed, and the spare opened again — the client
+    /// hears why instead of waiting in the backlog (libuv's and nginx's
+    /// `EMFILE` remedy).
+    spare: Mutex<Option<std::fs::File>>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +63,9 @@ pub enum LimitHit {
     Total(usize),
     /// `--max-connections-per-ip`.
     PerIp(usize),
+    /// The process ran out of file descriptors (`EMFILE`/`ENFILE`): the
+    /// connection was accepted on the spare descriptor to be answered.
+    Descriptors,
 }
 
 /// One open connection's place under the limits; dropping it frees it.
@@ -88,7 +97,24 @@ impl ConnLimits {
             max_per_ip: max_per_ip.max(1),
             open: Mutex::default(),
             refused: Mutex::default(),
+            spare: Mutex::new(std::fs::File::open("/dev/null").ok()),
         })
+    }
+
+    /// Closes the spare descriptor so one connection can be accepted and
+    /// answered; `false` when it is already in use (or could not be
+    /// opened).
+    pub(crate) fn release_spare(&self) -> bool {
+        lock(&self.spare).take().is_some()
+    }
+
+    /// Opens the spare descriptor again once the answered connection is
+    /// closed.
+    pub(crate) fn restore_spare(&self) {
+        let mut spare = lock(&self.spare);
+        if spare.is_none() {
+            *spare = std::fs::File::open("/dev/null").ok();
+        }
     }
 
     /// Connections open now (permits held).
@@ -176,6 +202,9 @@ pub(crate) async fn refuse(
                 "connection limit: {n} connections open from {} (--max-connections-per-ip)",
                 peer.ip().to_canonical()
             ),
+            LimitHit::Descriptors => {
+                "out of file descriptors: the process's limit (ulimit -n) is reached".into()
+            }
         };
         if skipped > 0 {
             reason.push_str(&format!("; {skipped} more refused since the last record"));

@@ -83,6 +83,12 @@ pub(crate) async fn accept(
                 Ok(a) => a,
                 Err(err) => {
                     tracing::warn!(error = %err, protocol, "accept failed");
+                    if let Some((shared, proto)) = limited
+                        && out_of_descriptors(&err)
+                        && shared.limits.release_spare()
+                    {
+                        answer_on_spare(listener, shared, proto).await;
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
@@ -107,6 +113,40 @@ pub(crate) async fn accept(
             }
         }
     }
+}
+
+/// Whether `err` is the process (`EMFILE`) or the system (`ENFILE`) being
+/// out of file descriptors.
+fn out_of_descriptors(err: &std::io::Error) -> bool {
+    let code = err.raw_os_error();
+    code == Some(nix::errno::Errno::EMFILE as i32) || code == Some(nix::errno::Errno::ENFILE as i32)
+}
+
+/// With the spare descriptor closed: accepts the connection waiting in the
+/// backlog, answers it as over a limit ([`limits::LimitHit::Descriptors`],
+/// with its `refused` record) and opens the spare again once it is closed.
+async fn answer_on_spare(listener: &TcpListener, shared: &Shared, protocol: Protocol) {
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), listener.accept());
+    let Ok(Ok((tcp, peer))) = waiting.await else {
+        shared.limits.restore_spare();
+        return;
+    };
+    tracing::warn!(%peer, "connection refused: out of file descriptors");
+    shared.metrics.refused_connection();
+    let limits = Arc::clone(&shared.limits);
+    let log = shared.log.clone();
+    tokio::spawn(async move {
+        limits::refuse(
+            tcp,
+            peer,
+            protocol,
+            limits::LimitHit::Descriptors,
+            Arc::clone(&limits),
+            log,
+        )
+        .await;
+        limits.restore_spare();
+    });
 }
 
 /// Whether a catalog key may be served, and if not, what to log.
