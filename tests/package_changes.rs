@@ -256,3 +256,94 @@ except ftplib.error_temp as e:
     .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_clients_each_get_exactly_one_version_while_the_package_is_replaced() {
+    let fx = Fixture::start(|b| b).await;
+    let path = fx.dir.path().join(BIG);
+    let old_sha = common::sha256(&std::fs::read(&path).unwrap());
+    let new = common::zip_with(&[("system.diff", &common::noise(common::BIG_ENTRY, 8))]);
+    let new_sha = common::sha256(&new);
+    let out_dir = tempfile::tempdir().unwrap();
+    // 25 HTTP and 25 FTP downloads (curl, 8 MB/s each): the first 25
+    // start 20 ms apart, the package is replaced (a new valid version
+    // renamed over it, as a deployment does) once the first has bytes, and
+    // the other 25 start 20 ms apart once the catalog has the new version.
+    // A download that meets the new version under validation is told to
+    // retry (503 / 450) and does.
+    let replaced = tokio::sync::Notify::new();
+    let first_file = out_dir.path().join("0.zip");
+    let clients = (0..50u64).map(|i| {
+        let url = if i % 2 == 0 {
+            fx.http_url(BIG)
+        } else {
+            fx.ftp_url(BIG)
+        };
+        let file = out_dir.path().join(format!("{i}.zip"));
+        let replaced = &replaced;
+        async move {
+            if i >= 25 {
+                replaced.notified().await;
+            }
+            tokio::time::sleep(Duration::from_millis(20 * (i % 25))).await;
+            let file_arg = file.to_str().unwrap().to_string();
+            let args = [
+                "-sSf",
+                "--limit-rate",
+                "8M",
+                "--retry",
+                "10",
+                "--retry-delay",
+                "1",
+                "-o",
+                &file_arg,
+                &url,
+            ];
+            let out = run("curl", &args).await;
+            assert!(out.status.success(), "client {i}: {out:?}");
+            common::sha256(&std::fs::read(&file).unwrap())
+        }
+    });
+    let replace = async {
+        common::eventually(
+            "the first download under way",
+            Duration::from_secs(20),
+            || {
+                let started = std::fs::metadata(&first_file).is_ok_and(|m| m.len() > 0);
+                async move { started.then_some(()) }
+            },
+        )
+        .await;
+        let staged = fx.dir.path().join(".big.partial");
+        std::fs::write(&staged, &new).unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        let catalog = std::sync::Arc::clone(fx.server.catalog());
+        common::bounded("rescan", catalog.rescan_now())
+            .await
+            .unwrap();
+        replaced.notify_waiters();
+    };
+    let (hashes, ()) = tokio::join!(futures_util::future::join_all(clients), replace);
+    for (i, sha) in hashes.iter().enumerate() {
+        assert!(
+            *sha == old_sha || *sha == new_sha,
+            "client {i} got bytes of neither version: {sha}"
+        );
+    }
+    // The replacement really happened during the run: the first client
+    // got the old version and the last one the new one.
+    assert_eq!(hashes[0], old_sha);
+    assert_eq!(hashes[49], new_sha);
+    // Every complete record names the version its client received.
+    let records = fx
+        .wait_records("a complete record per client", 50, |r| {
+            r.path == BIG && r.outcome == Outcome::Complete
+        })
+        .await;
+    let old_records = records
+        .iter()
+        .filter(|r| r.sha256.as_deref() == Some(old_sha.as_str()))
+        .count();
+    let old_clients = hashes.iter().filter(|s| **s == old_sha).count();
+    assert_eq!(old_records, old_clients, "{records:#?}");
+}
