@@ -1278,20 +1278,48 @@ def raw(payloads, login=False):
     s.close()
     return codes
 
+def over_cap(payload, login=False):
+    """Sends one payload over the 4,096-byte command-line cap and reads
+    every reply line until the server hangs up ('timeout' if it does not)."""
+    s = socket.create_connection((HOST, PORT), timeout=10)
+    f = s.makefile('rb')
+    f.readline()
+    if login:
+        for cmd in [b'USER test\r\n', b'PASS test\r\n']:
+            s.sendall(cmd)
+            f.readline()
+    lines = []
+    try:
+        s.sendall(payload)
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            lines.append(line.decode('latin-1').strip())
+    except socket.timeout:
+        lines.append('timeout')
+    except OSError:
+        pass
+    s.close()
+    return lines
+
 noise = bytes((i * 151 + 7) % 256 for i in range(512)).replace(b'\n', b'')
 long = b'A' * 10240
+name = b'A' * 2000
 res = {
     'binary': raw([noise + b'\r\n', b'NOOP\r\n']),
     'telnet_interrupt': raw([b'\xff\xf4\xff\xf2ABOR\r\n', b'NOOP\r\n']),
-    'long_line': raw([long + b'\r\n', b'NOOP\r\n']),
-    'long_line_logged_in': raw([long + b'\r\n', b'NOOP\r\n'], login=True),
-    'long_path': raw([b'SIZE ' + b'a/' * 5120 + b'\r\n', b'CWD ' + long + b'\r\n', b'NOOP\r\n'], login=True),
+    'long_line': over_cap(long + b'\r\n'),
+    'long_line_logged_in': over_cap(long + b'\r\n', login=True),
+    'long_path': over_cap(b'SIZE ' + b'a/' * 5120 + b'\r\n', login=True),
+    'long_cwd': over_cap(b'CWD ' + long + b'\r\n', login=True),
+    'path_under_cap': raw([b'SIZE ' + b'a/' * 1500 + b'\r\n', b'NOOP\r\n'], login=True),
     'nul': raw([b'\x00\r\n', b'NOOP\r\n']),
     'nul_logged_in': raw([b'\x00\r\n', b'NOOP\r\n'], login=True),
     'nul_in_path': raw([b'SIZE update-v12-to-v13\x00.zip\r\n', b'CWD J\x00un\r\n', b'NOOP\r\n'], login=True),
     'empty_line': raw([b'\r\n', b'NOOP\r\n']),
     'before_login': raw([b'RETR update-v12-to-v13.zip\r\n', b'STOR x.zip\r\n', b'DELE x\r\n', b'NOOP\r\n']),
-    'long_user': raw([b'USER ' + long + b'\r\n', b'PASS test\r\n', b'NOOP\r\n']),
+    'long_user': raw([b'USER ' + name + b'\r\n', b'PASS test\r\n', b'NOOP\r\n']),
     'nul_in_user': raw([b'USER te\x00st\r\n', b'PASS test\r\n', b'NOOP\r\n']),
 }
 # Half a line, then a hang-up.
@@ -1312,9 +1340,7 @@ out(res)
     for key in [
         "binary",
         "telnet_interrupt",
-        "long_line",
-        "long_line_logged_in",
-        "long_path",
+        "path_under_cap",
         "nul",
         "nul_logged_in",
         "nul_in_path",
@@ -1331,6 +1357,18 @@ out(res)
             "{key}: {codes:?}"
         );
         assert!(last == "200" || last == "closed", "{key}: {codes:?}");
+    }
+    // A line over the 4,096-byte cap gets 500 (libunftp may answer the
+    // line itself first) and the connection is closed.
+    for key in ["long_line", "long_line_logged_in", "long_path", "long_cwd"] {
+        let lines = strings(&v, key);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("500 Command line too long")),
+            "{key}: {lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l == "timeout"), "{key}: {lines:?}");
     }
     // A long or odd user name is just a user name: the password then fails.
     assert_eq!(strings(&v, "long_user"), ["331", "530", "200"], "{v}");
