@@ -25,7 +25,6 @@ pub mod fs;
 pub mod mem;
 pub mod path;
 pub mod s3;
-pub mod sealed;
 mod snapshot;
 pub mod validate;
 
@@ -119,10 +118,7 @@ impl Package {
     /// resident copy when one may be kept (`len` at most
     /// [`RESIDENT_MAX_PACKAGE`] and `memory` bytes): then the content is
     /// read into memory first and those very bytes are validated and
-    /// returned, so what is served is exactly what was checked. The copy of
-    /// a valid package of at least [`sealed::SEALED_MIN`] bytes gets a
-    /// sealed twin for `sendfile(2)` and counts twice against `memory`
-    /// ([`sealed::footprint`]). Blocking.
+    /// returned, so what is served is exactly what was checked. Blocking.
     ///
     /// # Errors
     /// `content` cannot be read or rewound.
@@ -134,19 +130,14 @@ impl Package {
         modified: SystemTime,
         adv: &Advertised,
     ) -> io::Result<(Package, Option<Bytes>)> {
-        if len > RESIDENT_MAX_PACKAGE || sealed::cost(len) > memory {
+        if len > RESIDENT_MAX_PACKAGE.min(memory) {
             let pkg = Package::validate(key, io::BufReader::new(content), modified, adv)?;
             return Ok((pkg, None));
         }
         let mut copy = Vec::with_capacity(len as usize);
         content.read_to_end(&mut copy)?;
+        let copy = Bytes::from(copy);
         let pkg = Package::validate(key, io::Cursor::new(&copy), modified, adv)?;
-        // Only a copy that will be served gets its sealed twin.
-        let copy = if pkg.is_valid() {
-            sealed::resident(copy)
-        } else {
-            Bytes::from(copy)
-        };
         Ok((pkg, Some(copy)))
     }
 

@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
 use super::validate::Advertised;
-use super::{Catalog, OpenError, Package, PackageReader, Snapshot, SourceHealth, path, sealed};
+use super::{Catalog, OpenError, Package, PackageReader, Snapshot, SourceHealth, path};
 use cache::{Cache, FillError};
 use store::Failure;
 pub use store::{Listed, LocationError, S3Location};
@@ -323,9 +323,9 @@ impl S3Catalog {
             match result {
                 Ok(Some((pkg, copy))) => {
                     log_change(old.is_some(), &pkg);
-                    let held: u64 = resident.values().map(sealed::footprint).sum();
+                    let held: u64 = resident.values().map(|b| b.len() as u64).sum();
                     if let Some(copy) = copy.filter(|_| pkg.is_valid())
-                        && held + sealed::footprint(&copy) <= self.config.package_memory
+                        && held + copy.len() as u64 <= self.config.package_memory
                     {
                         resident.insert(key.clone(), copy);
                     }
