@@ -284,8 +284,16 @@ pub fn track(ends: TcpEnds, tls: bool) -> Option<Arc<AckTracker>> {
 /// whose peer address is `peer_ip` — how an FTP data connection accepted by
 /// libunftp on a passive port is found. Dumps the family's TCP sockets, so
 /// call it once per transfer, then use [`snapshot`].
+///
+/// Passive ports are reused, and a client behind one address (a NAT, or
+/// loopback) can still hold an earlier data connection on the same port
+/// whose end the server has not closed yet (`CLOSE_WAIT`): an
+/// `ESTABLISHED` connection wins over that, and among equals the newest
+/// socket (the highest inode number: the kernel numbers sockets in
+/// creation order).
 pub fn find_by_local_port(local_port: u16, peer_ip: IpAddr) -> io::Result<Option<TcpEnds>> {
-    let mut found = None;
+    // (established?, inode, ends) of the best match so far.
+    let mut found: Option<(bool, u32, TcpEnds)> = None;
     for family in [AF_INET, AF_INET6] {
         with_diag(|socket| {
             let id = if family == AF_INET {
@@ -297,15 +305,18 @@ pub fn find_by_local_port(local_port: u16, peer_ip: IpAddr) -> io::Result<Option
             read_answers(socket, true, |response| {
                 let id = &response.header.socket_id;
                 let state = response.header.state;
-                if found.is_none()
-                    && (state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT)
+                if (state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT)
                     && id.source_port == local_port
                     && crate::net::same_ip(id.destination_address, peer_ip)
                 {
-                    found = Some(TcpEnds {
-                        local: SocketAddr::new(id.source_address, id.source_port),
-                        peer: SocketAddr::new(id.destination_address, id.destination_port),
-                    });
+                    let rank = (state == TCP_ESTABLISHED, response.header.inode);
+                    if found.is_none_or(|(established, inode, _)| rank > (established, inode)) {
+                        let ends = TcpEnds {
+                            local: SocketAddr::new(id.source_address, id.source_port),
+                            peer: SocketAddr::new(id.destination_address, id.destination_port),
+                        };
+                        found = Some((rank.0, rank.1, ends));
+                    }
                 }
             })
         })?;
@@ -313,7 +324,7 @@ pub fn find_by_local_port(local_port: u16, peer_ip: IpAddr) -> io::Result<Option
             break;
         }
     }
-    Ok(found)
+    Ok(found.map(|(_, _, ends)| ends))
 }
 
 /// Plaintext bytes carried by `ciphertext` bytes of TLS records of at most
@@ -742,6 +753,28 @@ mod tests {
         while snapshot(ends).unwrap().is_some_and(|s| s.state != 7) {
             assert!(Instant::now() < deadline, "closed connection still listed");
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A reused passive port: an earlier connection from the same address
+    /// that the peer closed and the server did not (`CLOSE_WAIT`) is not
+    /// taken for the new one, whichever the kernel lists first.
+    #[test]
+    fn find_by_local_port_prefers_the_live_newest_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for _ in 0..3 {
+            let old_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (_old_server, _) = listener.accept().unwrap();
+            drop(old_client); // the server side stays open: CLOSE_WAIT
+            let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (server, peer) = listener.accept().unwrap();
+            let want = TcpEnds {
+                local: server.local_addr().unwrap(),
+                peer,
+            };
+            let found = find_by_local_port(port, peer.ip()).unwrap();
+            assert_eq!(found, Some(want));
         }
     }
 }
