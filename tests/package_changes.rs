@@ -347,3 +347,96 @@ async fn fifty_clients_each_get_exactly_one_version_while_the_package_is_replace
     let old_clients = hashes.iter().filter(|s| **s == old_sha).count();
     assert_eq!(old_records, old_clients, "{records:#?}");
 }
+
+/// Downloads `BIG` over HTTP and FTP with curl at 4 MB/s (2 s each) and
+/// removes the file 300 ms in; every client ends with the version it
+/// started on or short, never with other bytes, and the package is gone
+/// for the next client.
+async fn removed_mid_download(fx: &Fixture) {
+    let path = fx.dir.path().join(BIG);
+    let old = std::fs::read(&path).unwrap();
+    let old_sha = common::sha256(&old);
+    let out_dir = tempfile::tempdir().unwrap();
+    let urls = [
+        fx.http_url(BIG),
+        fx.http_url(BIG),
+        fx.ftp_url(BIG),
+        fx.ftp_url(BIG),
+    ];
+    let clients = urls.iter().enumerate().map(|(i, url)| {
+        let file = out_dir.path().join(format!("{i}.zip"));
+        async move {
+            let file_arg = file.to_str().unwrap().to_string();
+            run("curl", &["-s", "--limit-rate", "4M", "-o", &file_arg, url]).await;
+            std::fs::read(&file).unwrap_or_default()
+        }
+    });
+    let remove = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::remove_file(&path).unwrap();
+    };
+    let (bodies, ()) = tokio::join!(futures_util::future::join_all(clients), remove);
+    for (i, body) in bodies.iter().enumerate() {
+        assert!(
+            body.len() < old.len() || common::sha256(body) == old_sha,
+            "client {i}: a full-length body that is not the old version"
+        );
+        assert!(
+            old.starts_with(body),
+            "client {i}: {} bytes that are not a prefix of the old version",
+            body.len()
+        );
+    }
+    let records = fx
+        .wait_records("one record per download", 4, |r| r.path == BIG)
+        .await;
+    for r in &records {
+        assert_eq!(r.sha256.as_deref(), Some(old_sha.as_str()), "{r:?}");
+        if r.outcome == Outcome::Complete {
+            assert_eq!(r.bytes_acked, old.len() as u64, "{r:?}");
+        }
+    }
+    // The server goes on, and the package is gone for the next client.
+    let catalog = std::sync::Arc::clone(fx.server.catalog());
+    common::bounded("rescan", catalog.rescan_now())
+        .await
+        .unwrap();
+    let url = fx.http_url(BIG);
+    let out = run(
+        "curl",
+        &["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404", "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_removed_mid_download_from_its_resident_copy_finishes_intact() {
+    let fx = Fixture::start(|b| b).await;
+    removed_mid_download(&fx).await;
+    // From the resident copy every download finishes with its version.
+    let records = fx.server.downloads();
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.path == BIG && r.outcome != Outcome::NotFound)
+            .all(|r| r.outcome == Outcome::Complete),
+        "{records:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_removed_mid_download_from_its_file_ends_short_or_intact() {
+    // No resident copy: each download reads the file it opened.
+    let fx = Fixture::start(|b| b.package_memory(0)).await;
+    removed_mid_download(&fx).await;
+    // The removal is noticed while the file is read (its inode's change
+    // time moves with the unlink).
+    let records = fx.server.downloads();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.path == BIG && r.reason.contains("package changed")),
+        "{records:#?}"
+    );
+}
