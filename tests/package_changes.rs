@@ -349,10 +349,10 @@ async fn fifty_clients_each_get_exactly_one_version_while_the_package_is_replace
 }
 
 /// Downloads `BIG` over HTTP and FTP with curl at 4 MB/s (2 s each) and
-/// removes the file 300 ms in; every client ends with the version it
-/// started on or short, never with other bytes, and the package is gone
-/// for the next client.
-async fn removed_mid_download(fx: &Fixture) {
+/// applies `change` to the file 300 ms in (removed, truncated); every
+/// client ends with the version it started on or short, never with other
+/// bytes, and the next client gets no package (gone, or a broken zip).
+async fn changed_mid_download(fx: &Fixture, change: fn(&std::path::Path)) {
     let path = fx.dir.path().join(BIG);
     let old = std::fs::read(&path).unwrap();
     let old_sha = common::sha256(&old);
@@ -373,7 +373,7 @@ async fn removed_mid_download(fx: &Fixture) {
     });
     let remove = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        std::fs::remove_file(&path).unwrap();
+        change(&path);
     };
     let (bodies, ()) = tokio::join!(futures_util::future::join_all(clients), remove);
     for (i, body) in bodies.iter().enumerate() {
@@ -396,7 +396,7 @@ async fn removed_mid_download(fx: &Fixture) {
             assert_eq!(r.bytes_acked, old.len() as u64, "{r:?}");
         }
     }
-    // The server goes on, and the package is gone for the next client.
+    // The server goes on, and there is no package for the next client.
     let catalog = std::sync::Arc::clone(fx.server.catalog());
     common::bounded("rescan", catalog.rescan_now())
         .await
@@ -413,7 +413,7 @@ async fn removed_mid_download(fx: &Fixture) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_package_removed_mid_download_from_its_resident_copy_finishes_intact() {
     let fx = Fixture::start(|b| b).await;
-    removed_mid_download(&fx).await;
+    changed_mid_download(&fx, remove).await;
     // From the resident copy every download finishes with its version.
     let records = fx.server.downloads();
     assert!(
@@ -429,7 +429,7 @@ async fn a_package_removed_mid_download_from_its_resident_copy_finishes_intact()
 async fn a_package_removed_mid_download_from_its_file_ends_short_or_intact() {
     // No resident copy: each download reads the file it opened.
     let fx = Fixture::start(|b| b.package_memory(0)).await;
-    removed_mid_download(&fx).await;
+    changed_mid_download(&fx, remove).await;
     // The removal is noticed while the file is read (its inode's change
     // time moves with the unlink).
     let records = fx.server.downloads();
@@ -439,4 +439,28 @@ async fn a_package_removed_mid_download_from_its_file_ends_short_or_intact() {
             .any(|r| r.path == BIG && r.reason.contains("package changed")),
         "{records:#?}"
     );
+}
+
+fn remove(path: &std::path::Path) {
+    std::fs::remove_file(path).unwrap();
+}
+
+/// Cuts the file to half its length in place (same inode).
+fn truncate(path: &std::path::Path) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len / 2).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_truncated_mid_download_never_crashes_or_splices() {
+    // Both ways of serving: the resident copy and the file itself.
+    for memory in [None, Some(0)] {
+        let fx = Fixture::start(|b| match memory {
+            Some(m) => b.package_memory(m),
+            None => b,
+        })
+        .await;
+        changed_mid_download(&fx, truncate).await;
+    }
 }
