@@ -273,3 +273,35 @@ print(json.dumps(res))
         "{records:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retr_with_no_data_connection_is_answered_425_and_recorded() {
+    let fx = Fixture::start(|b| b).await;
+    let script = format!(
+        "{PASV}{}",
+        r#"
+ftp = session()
+try:
+    ftp.sendcmd("RETR " + PKG)
+    retr = "no error"
+except ftplib.error_temp as e:
+    retr = str(e)[:3]
+print(json.dumps({"retr": retr, "next": ftp.sendcmd("NOOP")[:3]}))
+"#
+    );
+    let port = fx.ftp_port().to_string();
+    let out = common::python(&script, &[&port]).await;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(v, serde_json::json!({"retr": "425", "next": "200"}));
+    let rec = fx
+        .wait_record("the RETR with no data connection", |r| r.status == 425)
+        .await;
+    assert_eq!(rec.outcome, Outcome::Aborted);
+    assert_eq!(rec.path, PKG);
+    assert_eq!(rec.user.as_deref(), Some("test"));
+    assert!(
+        rec.reason.contains("RETR with no data connection"),
+        "{rec:?}"
+    );
+}

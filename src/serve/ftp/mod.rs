@@ -52,6 +52,7 @@ use crate::dlog::{Attempt, Outcome, Protocol};
 
 mod line_cap;
 mod passive;
+mod unftp_log;
 
 use line_cap::LineCap;
 pub use passive::PASSIVE_ACCEPT_TIMEOUT;
@@ -196,6 +197,16 @@ impl FtpSession {
 }
 
 impl FtpSession {
+    /// Records a `RETR` of `path` that libunftp answered `425` itself
+    /// because no data connection was set up before it.
+    fn retr_without_data_connection(&self, path: &str) {
+        let path = path.trim_start_matches('/');
+        self.named(path);
+        let attempt = self.attempt(lock(&self.last_path).clone().unwrap_or_default());
+        let reason = "RETR with no data connection (no PASV/EPSV before it): answered 425";
+        self.emit(&attempt, 425, Outcome::Aborted, reason);
+    }
+
     /// Records a control connection closed for a command line over the
     /// cap (`unanswered`: bytes the peer had sent with no answer).
     fn command_line_too_long(&self, unanswered: u64) {
@@ -306,6 +317,7 @@ fn session_server(
     .passive_ports(opts.passive_ports.clone())
     .passive_host(passive_host)
     .idle_session_timeout(opts.idle_timeout_secs)
+    .logger(unftp_log::SessionDrain::logger(Arc::downgrade(session)))
     .binder(PassiveBinder {
         session: Arc::clone(session),
     })
