@@ -47,12 +47,19 @@ def fetch(ftp, port, src="127.0.0.1"):
     return [first, ftp.voidresp()[:3], hashlib.sha256(body).hexdigest()]
 "#;
 
+/// Runs `body` after the [`PASV`] helpers against the fixture's FTP port;
+/// the JSON object it prints.
+async fn ftp_script(fx: &Fixture, body: &str) -> serde_json::Value {
+    let script = format!("{PASV}{body}");
+    let port = fx.ftp_port().to_string();
+    let out = common::python(&script, &[&port]).await;
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_control_peer_reaches_a_passive_listener_and_it_is_not_consumed() {
     let fx = Fixture::start(|b| b).await;
-    let script = format!(
-        "{PASV}{}",
-        r#"
+    let script = r#"
 res = {}
 ftp = session()
 port = pasv(ftp)
@@ -67,12 +74,8 @@ except OSError:
 intruder.close()
 res["victim"] = fetch(ftp, port)
 print(json.dumps(res))
-"#
-    );
-    let port = fx.ftp_port().to_string();
-    let out = common::python(&script, &[&port]).await;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+"#;
+    let v = ftp_script(&fx, script).await;
     assert_eq!(v["intruder"], "kept out", "{v}");
     let want = sha256(&fx.package_bytes(PKG));
     assert_eq!(v["victim"], serde_json::json!(["150", "226", want]), "{v}");
@@ -88,9 +91,7 @@ print(json.dumps(res))
 async fn a_new_pasv_replaces_the_old_and_one_address_holds_half_the_ports() {
     // Four passive ports: each address may hold two outstanding listeners.
     let fx = Fixture::start(|b| b.passive_ports(41000..=41003)).await;
-    let script = format!(
-        "{PASV}{}",
-        r#"
+    let script = r#"
 res = {}
 a = session()
 ports = [pasv(a) for _ in range(51)]
@@ -106,12 +107,8 @@ e = session("127.0.0.2")
 res["e_fetch"] = fetch(e, pasv(e), "127.0.0.2")
 res["a_fetch"] = fetch(a, pasv(a))
 print(json.dumps(res))
-"#
-    );
-    let port = fx.ftp_port().to_string();
-    let out = common::python(&script, &[&port]).await;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+"#;
+    let v = ftp_script(&fx, script).await;
     let want = sha256(&fx.package_bytes(PKG));
     let ok = serde_json::json!(["150", "226", want]);
     // 51 PASVs from one session: every one answered, one port held.
@@ -127,9 +124,7 @@ print(json.dumps(res))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_connection_that_never_comes_is_recorded_and_the_session_goes_on() {
     let fx = Fixture::start(|b| b.data_connection_timeout(Duration::from_secs(1))).await;
-    let script = format!(
-        "{PASV}{}",
-        r#"
+    let script = r#"
 import time
 res = {}
 ftp = session()
@@ -149,12 +144,8 @@ except ConnectionRefusedError:
 # The session goes on: the next transfer works.
 res["next"] = fetch(ftp, pasv(ftp))
 print(json.dumps(res))
-"#
-    );
-    let port = fx.ftp_port().to_string();
-    let out = common::python(&script, &[&port]).await;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+"#;
+    let v = ftp_script(&fx, script).await;
     assert_eq!(v["size"], "213", "{v}");
     assert_eq!(v["retr"], "150", "{v}");
     assert_eq!(v["old_port"], "closed", "{v}");
@@ -200,9 +191,7 @@ async fn a_command_line_with_no_end_gets_500_and_is_not_buffered() {
     let fx = Fixture::start(|b| b).await;
     // Two connections, one before login and one after, each trying to send
     // a 256 MiB command line (libunftp alone would buffer all of it).
-    let script = format!(
-        "{PASV}{}",
-        r#"
+    let script = r#"
 import threading
 res = {}
 def flood(name, ftp=None):
@@ -241,14 +230,10 @@ for t in threads: t.join()
 good = session()
 res["other"] = fetch(good, pasv(good))
 print(json.dumps(res))
-"#
-    );
+"#;
     let before = rss_kib();
-    let port = fx.ftp_port().to_string();
-    let out = common::python(&script, &[&port]).await;
+    let v = ftp_script(&fx, script).await;
     let grown_mib = rss_kib().saturating_sub(before) / 1024;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     for name in ["before_login", "after_login"] {
         assert_eq!(v[name]["answer"], "500", "{name}: {v}");
         // The sender was stopped long before its 256 MiB.
@@ -277,9 +262,7 @@ print(json.dumps(res))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retr_with_no_data_connection_is_answered_425_and_recorded() {
     let fx = Fixture::start(|b| b).await;
-    let script = format!(
-        "{PASV}{}",
-        r#"
+    let script = r#"
 ftp = session()
 try:
     ftp.sendcmd("RETR " + PKG)
@@ -287,12 +270,8 @@ try:
 except ftplib.error_temp as e:
     retr = str(e)[:3]
 print(json.dumps({"retr": retr, "next": ftp.sendcmd("NOOP")[:3]}))
-"#
-    );
-    let port = fx.ftp_port().to_string();
-    let out = common::python(&script, &[&port]).await;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+"#;
+    let v = ftp_script(&fx, script).await;
     assert_eq!(v, serde_json::json!({"retr": "425", "next": "200"}));
     let rec = fx
         .wait_record("the RETR with no data connection", |r| r.status == 425)

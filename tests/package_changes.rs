@@ -43,6 +43,22 @@ while time.time() < deadline:
 print(n, h.hexdigest())
 "#;
 
+/// The HTTP status a new client gets for `key` once the catalog has seen
+/// every change (a rescan that waits for validations).
+async fn status_after_rescan(fx: &Fixture, key: &str) -> String {
+    let catalog = std::sync::Arc::clone(fx.server.catalog());
+    common::bounded("rescan", catalog.rescan_now())
+        .await
+        .unwrap();
+    let url = fx.http_url(key);
+    let out = run(
+        "curl",
+        &["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+    )
+    .await;
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_package_rewritten_in_place_mid_download_is_never_spliced() {
     // Read from the file for each download (no resident copy): the
@@ -123,17 +139,7 @@ async fn downloads_from_the_resident_copy_finish_with_the_version_they_started_o
     }
     // Once the change is seen, the old copy is gone: the new bytes (a
     // broken zip) are what the catalog judges, and refuses.
-    let catalog = std::sync::Arc::clone(fx.server.catalog());
-    common::bounded("rescan", catalog.rescan_now())
-        .await
-        .unwrap();
-    let url = fx.http_url(BIG);
-    let out = run(
-        "curl",
-        &["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
-    )
-    .await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "404", "{out:?}");
+    assert_eq!(status_after_rescan(&fx, BIG).await, "404");
     let refused = fx
         .wait_record("the refusal of the new version", |r| {
             r.path == BIG && r.outcome == Outcome::InvalidPackage
@@ -397,17 +403,7 @@ async fn changed_mid_download(fx: &Fixture, change: fn(&std::path::Path)) {
         }
     }
     // The server goes on, and there is no package for the next client.
-    let catalog = std::sync::Arc::clone(fx.server.catalog());
-    common::bounded("rescan", catalog.rescan_now())
-        .await
-        .unwrap();
-    let url = fx.http_url(BIG);
-    let out = run(
-        "curl",
-        &["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
-    )
-    .await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "404", "{out:?}");
+    assert_eq!(status_after_rescan(fx, BIG).await, "404");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,7 +171,8 @@ impl ConnLimits {
 
 /// Answers a connection over a limit the way its protocol understands
 /// (HTTP `503` + `Retry-After`, FTP `421`, HTTPS a close), logs the
-/// rate-limited `refused` record, and closes it.
+/// rate-limited `refused` record, and closes it; for
+/// [`LimitHit::Descriptors`] then opens the spare descriptor again.
 pub(crate) async fn refuse(
     mut tcp: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -193,6 +194,11 @@ pub(crate) async fn refuse(
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(reply.as_bytes())).await;
     let _ = tcp.shutdown().await;
+    drop(tcp);
+    if hit == LimitHit::Descriptors {
+        // The connection held the spare descriptor; it is closed now.
+        limits.restore_spare();
+    }
     if let Some(skipped) = limits.record_refusal(peer.ip().to_canonical()) {
         let mut reason = match hit {
             LimitHit::Total(n) => {

@@ -99,18 +99,7 @@ pub(crate) async fn accept(
         };
         match shared.limits.acquire(peer.ip()) {
             Ok(permit) => return Some((tcp, peer, Some(permit))),
-            Err(hit) => {
-                tracing::info!(%peer, protocol, ?hit, "connection refused: over a limit");
-                shared.metrics.refused_connection();
-                tokio::spawn(limits::refuse(
-                    tcp,
-                    peer,
-                    proto,
-                    hit,
-                    Arc::clone(&shared.limits),
-                    shared.log.clone(),
-                ));
-            }
+            Err(hit) => refuse_over_limit(shared, tcp, peer, proto, hit),
         }
     }
 }
@@ -123,30 +112,38 @@ fn out_of_descriptors(err: &std::io::Error) -> bool {
 }
 
 /// With the spare descriptor closed: accepts the connection waiting in the
-/// backlog, answers it as over a limit ([`limits::LimitHit::Descriptors`],
-/// with its `refused` record) and opens the spare again once it is closed.
+/// backlog and answers it as over a limit
+/// ([`limits::LimitHit::Descriptors`], which opens the spare again once the
+/// connection is closed).
 async fn answer_on_spare(listener: &TcpListener, shared: &Shared, protocol: Protocol) {
     let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), listener.accept());
-    let Ok(Ok((tcp, peer))) = waiting.await else {
-        shared.limits.restore_spare();
-        return;
-    };
-    tracing::warn!(%peer, "connection refused: out of file descriptors");
+    match waiting.await {
+        Ok(Ok((tcp, peer))) => {
+            refuse_over_limit(shared, tcp, peer, protocol, limits::LimitHit::Descriptors);
+        }
+        _ => shared.limits.restore_spare(),
+    }
+}
+
+/// Counts and logs a connection over `hit`, and answers and closes it in
+/// the background ([`limits::refuse`]).
+fn refuse_over_limit(
+    shared: &Shared,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    protocol: Protocol,
+    hit: limits::LimitHit,
+) {
+    tracing::info!(%peer, protocol = protocol.as_str(), ?hit, "connection refused: over a limit");
     shared.metrics.refused_connection();
-    let limits = Arc::clone(&shared.limits);
-    let log = shared.log.clone();
-    tokio::spawn(async move {
-        limits::refuse(
-            tcp,
-            peer,
-            protocol,
-            limits::LimitHit::Descriptors,
-            Arc::clone(&limits),
-            log,
-        )
-        .await;
-        limits.restore_spare();
-    });
+    tokio::spawn(limits::refuse(
+        tcp,
+        peer,
+        protocol,
+        hit,
+        Arc::clone(&shared.limits),
+        shared.log.clone(),
+    ));
 }
 
 /// Whether a catalog key may be served, and if not, what to log.

@@ -202,7 +202,8 @@ impl FtpSession {
     fn retr_without_data_connection(&self, path: &str) {
         let path = path.trim_start_matches('/');
         self.named(path);
-        let attempt = self.attempt(lock(&self.last_path).clone().unwrap_or_default());
+        // The record caps the path's length itself.
+        let attempt = self.attempt(path);
         let reason = "RETR with no data connection (no PASV/EPSV before it): answered 425";
         self.emit(&attempt, 425, Outcome::Aborted, reason);
     }
