@@ -367,7 +367,7 @@ async fn serve_session(
                 }
                 deadline_passed = true;
             }
-            unanswered = overrun(&mut cap) => {
+            unanswered = overrun(&mut cap, &session.logged_in) => {
                 if let Some(cap) = cap.take() {
                     cap.refuse();
                 }
@@ -382,9 +382,9 @@ async fn serve_session(
 }
 
 /// [`LineCap::overrun`] of a connection that has a cap; pending otherwise.
-async fn overrun(cap: &mut Option<LineCap>) -> u64 {
+async fn overrun(cap: &mut Option<LineCap>, logged_in: &std::sync::atomic::AtomicBool) -> u64 {
     match cap {
-        Some(cap) => cap.overrun().await,
+        Some(cap) => cap.overrun(logged_in).await,
         None => std::future::pending().await,
     }
 }
