@@ -82,12 +82,11 @@ pub(crate) async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(err) => {
-                    tracing::warn!(error = %err, protocol, "accept failed");
+                    warn_accept_failed(&err, protocol);
                     if let Some((shared, proto)) = limited
                         && out_of_descriptors(&err)
-                        && shared.limits.release_spare()
                     {
-                        answer_on_spare(listener, shared, proto).await;
+                        answer_on_spare(listener, shared, proto);
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
@@ -104,6 +103,21 @@ pub(crate) async fn accept(
     }
 }
 
+/// Logs a failed accept; out of descriptors, accept fails every retry
+/// (100 ms) until one frees up, so that is logged at most every 10 s.
+fn warn_accept_failed(err: &std::io::Error, protocol: &'static str) {
+    static LAST_EXHAUSTED: std::sync::Mutex<Option<std::time::Instant>> =
+        std::sync::Mutex::new(None);
+    if out_of_descriptors(err) {
+        let mut last = LAST_EXHAUSTED.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(10)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+    }
+    tracing::warn!(error = %err, protocol, "accept failed");
+}
+
 /// Whether `err` is the process (`EMFILE`) or the system (`ENFILE`) being
 /// out of file descriptors.
 fn out_of_descriptors(err: &std::io::Error) -> bool {
@@ -111,18 +125,51 @@ fn out_of_descriptors(err: &std::io::Error) -> bool {
     code == Some(nix::errno::Errno::EMFILE as i32) || code == Some(nix::errno::Errno::ENFILE as i32)
 }
 
-/// With the spare descriptor closed: accepts the connection waiting in the
-/// backlog and answers it as over a limit
-/// ([`limits::LimitHit::Descriptors`], which opens the spare again once the
-/// connection is closed).
-async fn answer_on_spare(listener: &TcpListener, shared: &Shared, protocol: Protocol) {
-    let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), listener.accept());
-    match waiting.await {
-        Ok(Ok((tcp, peer))) => {
+/// Out of descriptors with a connection waiting in the backlog: closes the
+/// spare descriptor, accepts the connection on the one it frees and answers
+/// it as over a limit ([`limits::LimitHit::Descriptors`], which opens the
+/// spare again once the connection is closed).
+///
+/// `accept(2)` reports `EMFILE` before it looks at the backlog, so the
+/// error alone does not mean a client waits: with none waiting the spare
+/// stays open, else the next open anywhere in the process (a session's
+/// `dup`, a netlink socket) would take its place for good. Spare, accept
+/// and answer happen without yielding, so no other task of this process
+/// runs in between; a thread that still takes the freed descriptor leaves
+/// the spare closed until [`limits::ConnLimits::restore_spare`] succeeds at
+/// a later `EMFILE`.
+fn answer_on_spare(listener: &TcpListener, shared: &Shared, protocol: Protocol) {
+    if !connection_waiting(listener) {
+        return;
+    }
+    if !shared.limits.release_spare() {
+        shared.limits.restore_spare();
+        return;
+    }
+    let accepted = socket2::SockRef::from(listener)
+        .accept()
+        .and_then(|(socket, addr)| {
+            socket.set_nonblocking(true)?;
+            let peer = addr.as_socket().ok_or(std::io::ErrorKind::InvalidData)?;
+            Ok((tokio::net::TcpStream::from_std(socket.into())?, peer))
+        });
+    match accepted {
+        Ok((tcp, peer)) => {
             refuse_over_limit(shared, tcp, peer, protocol, limits::LimitHit::Descriptors);
         }
-        _ => shared.limits.restore_spare(),
+        Err(_) => shared.limits.restore_spare(),
     }
+}
+
+/// Whether a connection waits in `listener`'s backlog (`poll(2)` reports
+/// a listening socket readable then), without accepting it.
+fn connection_waiting(listener: &TcpListener) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        listener.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
 }
 
 /// Counts and logs a connection over `hit`, and answers and closes it in
