@@ -285,15 +285,17 @@ pub fn track(ends: TcpEnds, tls: bool) -> Option<Arc<AckTracker>> {
 /// libunftp on a passive port is found. Dumps the family's TCP sockets, so
 /// call it once per transfer, then use [`snapshot`].
 ///
-/// Passive ports are reused, and a client behind one address (a NAT, or
-/// loopback) can still hold an earlier data connection on the same port
-/// whose end the server has not closed yet (`CLOSE_WAIT`): an
-/// `ESTABLISHED` connection wins over that, and among equals the newest
-/// socket (the highest inode number: the kernel numbers sockets in
-/// creation order).
+/// Passive ports are reused as soon as a data connection is accepted, so
+/// clients behind one address (a NAT, or loopback) can hold several
+/// connections on the same port: an earlier transfer still sending, one
+/// whose end the server has not closed yet (`CLOSE_WAIT`). Called before
+/// the transfer writes its first byte, the look-up ranks an `ESTABLISHED`
+/// connection first, then one the server has written nothing to, then the
+/// newest socket (the highest inode number — only roughly creation order:
+/// the kernel hands out inode numbers in per-CPU batches).
 pub fn find_by_local_port(local_port: u16, peer_ip: IpAddr) -> io::Result<Option<TcpEnds>> {
-    // (established?, inode, ends) of the best match so far.
-    let mut found: Option<(bool, u32, TcpEnds)> = None;
+    // (established?, nothing written?, inode) and ends of the best match.
+    let mut found: Option<((bool, bool, u32), TcpEnds)> = None;
     for family in [AF_INET, AF_INET6] {
         with_diag(|socket| {
             let id = if family == AF_INET {
@@ -309,13 +311,14 @@ pub fn find_by_local_port(local_port: u16, peer_ip: IpAddr) -> io::Result<Option
                     && id.source_port == local_port
                     && crate::net::same_ip(id.destination_address, peer_ip)
                 {
-                    let rank = (state == TCP_ESTABLISHED, response.header.inode);
-                    if found.is_none_or(|(established, inode, _)| rank > (established, inode)) {
+                    let fresh = snapshot_of(response).is_some_and(|s| s.written() == 0);
+                    let rank = (state == TCP_ESTABLISHED, fresh, response.header.inode);
+                    if found.is_none_or(|(best, _)| rank > best) {
                         let ends = TcpEnds {
                             local: SocketAddr::new(id.source_address, id.source_port),
                             peer: SocketAddr::new(id.destination_address, id.destination_port),
                         };
-                        found = Some((rank.0, rank.1, ends));
+                        found = Some((rank, ends));
                     }
                 }
             })
@@ -324,7 +327,7 @@ pub fn find_by_local_port(local_port: u16, peer_ip: IpAddr) -> io::Result<Option
             break;
         }
     }
-    Ok(found.map(|(_, _, ends)| ends))
+    Ok(found.map(|(_, ends)| ends))
 }
 
 /// Plaintext bytes carried by `ciphertext` bytes of TLS records of at most
@@ -775,6 +778,29 @@ mod tests {
             };
             let found = find_by_local_port(port, peer.ip()).unwrap();
             assert_eq!(found, Some(want));
+        }
+    }
+
+    /// A passive port is handed to the next session while the previous
+    /// transfer on it still sends: the new transfer's look-up (before its
+    /// first byte) must not take the busy connection, even when that one
+    /// is the newer socket.
+    #[test]
+    fn find_by_local_port_prefers_the_connection_nothing_was_written_to() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for _ in 0..3 {
+            let _fresh_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (fresh, peer) = listener.accept().unwrap();
+            let _busy_client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (mut busy, _) = listener.accept().unwrap();
+            busy.write_all(&[7; 4096]).unwrap();
+            let want = TcpEnds {
+                local: fresh.local_addr().unwrap(),
+                peer,
+            };
+            assert_eq!(find_by_local_port(port, peer.ip()).unwrap(), Some(want));
         }
     }
 }
