@@ -141,7 +141,7 @@ struct Scan {
 
 impl Scan {
     fn resident_bytes(&self) -> u64 {
-        self.resident.values().map(|b| b.len() as u64).sum()
+        self.resident.values().map(super::twin::footprint).sum()
     }
 }
 
@@ -362,7 +362,7 @@ impl FsCatalog {
             Checked::Package(pkg, copy) => {
                 log_package("package validated", &pkg);
                 if let Some(copy) = copy.filter(|_| pkg.is_valid())
-                    && resident_bytes + copy.len() as u64 <= self.resident_total
+                    && resident_bytes + super::twin::footprint(&copy) <= self.resident_total
                 {
                     next.resident.insert(key.to_string(), copy);
                 }

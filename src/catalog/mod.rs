@@ -26,6 +26,7 @@ pub mod mem;
 pub mod path;
 pub mod s3;
 mod snapshot;
+pub mod twin;
 pub mod validate;
 
 use std::io::{self, Read, Seek};
@@ -118,7 +119,10 @@ impl Package {
     /// resident copy when one may be kept (`len` at most
     /// [`RESIDENT_MAX_PACKAGE`] and `memory` bytes): then the content is
     /// read into memory first and those very bytes are validated and
-    /// returned, so what is served is exactly what was checked. Blocking.
+    /// returned, so what is served is exactly what was checked. The copy of
+    /// a valid package of at least [`twin::TWIN_MIN`] bytes gets a file
+    /// twin for `sendfile(2)`, which counts against `memory` too when the
+    /// temporary folder is in memory ([`twin::footprint`]). Blocking.
     ///
     /// # Errors
     /// `content` cannot be read or rewound.
@@ -130,14 +134,19 @@ impl Package {
         modified: SystemTime,
         adv: &Advertised,
     ) -> io::Result<(Package, Option<Bytes>)> {
-        if len > RESIDENT_MAX_PACKAGE.min(memory) {
+        if len > RESIDENT_MAX_PACKAGE || twin::cost(len) > memory {
             let pkg = Package::validate(key, io::BufReader::new(content), modified, adv)?;
             return Ok((pkg, None));
         }
         let mut copy = Vec::with_capacity(len as usize);
         content.read_to_end(&mut copy)?;
-        let copy = Bytes::from(copy);
         let pkg = Package::validate(key, io::Cursor::new(&copy), modified, adv)?;
+        // Only a copy that will be served gets a twin.
+        let copy = if pkg.is_valid() {
+            twin::resident(copy)
+        } else {
+            Bytes::from(copy)
+        };
         Ok((pkg, Some(copy)))
     }
 

@@ -101,6 +101,9 @@ pub struct Snapshot {
     /// Payload bytes the server sent since the connection opened, first
     /// transmissions only (`tcpi_bytes_sent`, Linux 4.19+; 0 before).
     pub bytes_sent: u64,
+    /// The socket's inode number (`idiag_inode`): what `/proc/<pid>/fd`
+    /// links name as `socket:[inode]`.
+    pub inode: u32,
 }
 
 impl Snapshot {
@@ -189,6 +192,7 @@ fn snapshot_of(response: &InetResponse) -> Option<Snapshot> {
         state: response.header.state,
         bytes_received: info.bytes_received,
         bytes_sent: info.bytes_sent,
+        inode: response.header.inode,
     })
 }
 

@@ -36,6 +36,8 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
+
+use super::zerocopy::ZeroCopyStream;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -171,9 +173,11 @@ impl Accepted {
             .local_addr()
             .ok()
             .and_then(|local| delivery::track(TcpEnds { local, peer }, tls.is_some()));
-        // Judged on its first MiB: a fast client gets larger writes.
-        let mut guard = StallGuard::new(tcp, timeouts.stall).with_speed_check(|tcp| {
-            socket2::SockRef::from(tcp).set_tcp_notsent_lowat(stall::FAST_LOWAT)
+        // Judged on its first 8 MiB: a fast client gets larger writes.
+        // Slices of resident copies go out with sendfile(2).
+        let stream = ZeroCopyStream::new(tcp);
+        let mut guard = StallGuard::new(stream, timeouts.stall).with_speed_check(|stream| {
+            socket2::SockRef::from(stream.get_ref()).set_tcp_notsent_lowat(stall::FAST_LOWAT)
         });
         if let Some(ack) = &ack {
             guard = guard.with_ack(Arc::clone(ack));

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod range;
 pub mod stall;
 pub mod tls;
+pub mod zerocopy;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;

@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
 use super::validate::Advertised;
-use super::{Catalog, OpenError, Package, PackageReader, Snapshot, SourceHealth, path};
+use super::{Catalog, OpenError, Package, PackageReader, Snapshot, SourceHealth, path, twin};
 use cache::{Cache, FillError};
 use store::Failure;
 pub use store::{Listed, LocationError, S3Location};
@@ -323,9 +323,9 @@ impl S3Catalog {
             match result {
                 Ok(Some((pkg, copy))) => {
                     log_change(old.is_some(), &pkg);
-                    let held: u64 = resident.values().map(|b| b.len() as u64).sum();
+                    let held: u64 = resident.values().map(twin::footprint).sum();
                     if let Some(copy) = copy.filter(|_| pkg.is_valid())
-                        && held + copy.len() as u64 <= self.config.package_memory
+                        && held + twin::footprint(&copy) <= self.config.package_memory
                     {
                         resident.insert(key.clone(), copy);
                     }

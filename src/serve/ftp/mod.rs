@@ -46,6 +46,7 @@ use super::delivery::{self, AckTracker, Delivery, cut_short};
 use super::fault::apply_data_fault;
 use super::fault::{Action, Applied, AttemptInfo};
 use super::stall::StallGuard;
+use super::zerocopy::{self, ZeroCopyStream};
 use super::{Access, Shared};
 use crate::catalog::{Catalog, Entry, OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, Outcome, Protocol};
@@ -748,17 +749,35 @@ impl CatalogStorage {
         // Held for the whole transfer so shutdown waits for it.
         let _transfer = self.session.shared.transfers.token();
         let ack = self.session.data_ack();
-        let mut out = StallGuard::new(output, self.stall);
-        if let Some(ack) = &ack {
-            out = out.with_ack(Arc::clone(ack));
-        }
+        // A resident copy goes out with sendfile(2) through a second handle
+        // on the data socket when one can be had; libunftp's writer is
+        // left untouched (it only shuts the connection down afterwards).
+        let direct = match (&source, &ack) {
+            (Source::Resident(_), Some(ack)) => data_socket(ack),
+            _ => None,
+        };
         let mut record = RetrRecord {
             session: Arc::clone(&self.session),
             attempt,
-            ack,
+            ack: ack.clone(),
             done: false,
         };
-        if let Err(failure) = copy(source, &mut out, &mut record.attempt).await {
+        let copied = match direct {
+            Some(socket) => {
+                let out = StallGuard::new(ZeroCopyStream::new(socket), self.stall)
+                    .with_speed_check(|stream| {
+                        socket2::SockRef::from(stream.get_ref())
+                            .set_tcp_notsent_lowat(super::stall::FAST_LOWAT)
+                    });
+                let mut out = guarded(out, ack.as_ref());
+                copy(source, &mut out, &mut record.attempt).await
+            }
+            None => {
+                let mut out = guarded(StallGuard::new(output, self.stall), ack.as_ref());
+                copy(source, &mut out, &mut record.attempt).await
+            }
+        };
+        if let Err(failure) = copied {
             record.finish(failure.status, Outcome::Aborted, failure.reason);
             return Err(failure.error);
         }
@@ -778,6 +797,31 @@ impl CatalogStorage {
         let reason = format!("package shorter than its validated size ({expected} bytes expected)");
         record.finish(451, Outcome::Aborted, reason);
         Err(storage::Error::from(ErrorKind::LocalError))
+    }
+}
+
+/// `out` with acknowledgement tracking when the kernel's counters can be
+/// read for the data connection.
+fn guarded<W>(out: StallGuard<W>, ack: Option<&Arc<AckTracker>>) -> StallGuard<W> {
+    match ack {
+        Some(ack) => out.with_ack(Arc::clone(ack)),
+        None => out,
+    }
+}
+
+/// A second handle on the data connection's socket, for `sendfile`; `None`
+/// (the bytes then go through libunftp's writer) when it cannot be had.
+fn data_socket(ack: &AckTracker) -> Option<tokio::net::TcpStream> {
+    let inode = ack.refresh()?.inode;
+    match zerocopy::own_socket(inode) {
+        Ok(socket) => socket,
+        Err(err) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(error = %err, "no handle on FTP data sockets (pidfd_getfd): package bytes are copied");
+            });
+            None
+        }
     }
 }
 
