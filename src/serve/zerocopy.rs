@@ -60,6 +60,29 @@ impl ZeroCopyStream {
         }
     }
 
+    /// Sends `run` with `MSG_MORE` (`send(2)`): the kernel waits for what
+    /// follows before it makes a segment.
+    fn poll_send_more(
+        &self,
+        cx: &mut Context<'_>,
+        run: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        use rustix::net::{SendAncillaryBuffer, SendFlags};
+        loop {
+            let sent = self.tcp.try_io(Interest::WRITABLE, || {
+                let mut control = SendAncillaryBuffer::default();
+                rustix::net::sendmsg(&self.tcp, run, &mut control, SendFlags::MORE)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.tcp.poll_write_ready(cx))?;
+                }
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
     /// Writes `bufs[start..]`: runs of ordinary slices with one `writev`,
     /// slices of resident copies with `sendfile`, until the socket takes no
     /// more. Pending only when nothing was written.
@@ -83,7 +106,14 @@ impl ZeroCopyStream {
                     }
                     let run = &bufs[i..end];
                     let len = run.iter().map(|b| b.len()).sum();
-                    let poll = Pin::new(&mut self.tcp).poll_write_vectored(cx, run);
+                    let poll = if end < bufs.len() {
+                        // Headers before a body from a twin: held back
+                        // (MSG_MORE) to leave in the body's first segment
+                        // instead of a small one of their own.
+                        self.poll_send_more(cx, run)
+                    } else {
+                        Pin::new(&mut self.tcp).poll_write_vectored(cx, run)
+                    };
                     (poll, len, end)
                 }
             };
