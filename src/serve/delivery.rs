@@ -296,10 +296,25 @@ pub fn track(ends: TcpEnds, tls: bool) -> Option<Arc<AckTracker>> {
 /// the transfer writes its first byte, the look-up ranks an `ESTABLISHED`
 /// connection first, then one the server has written nothing to, then the
 /// newest socket (the highest inode number — only roughly creation order:
-/// the kernel hands out inode numbers in per-CPU batches).
+/// the kernel hands out inode numbers in per-CPU batches). That is a best
+/// guess — two connections just accepted on one port both have nothing
+/// written —, so the FTP transfer checks the candidates of
+/// [`candidates_by_local_port`] for the mark its passive listener left.
 pub fn find_by_local_port(local_port: u16, peer_ip: IpAddr) -> io::Result<Option<TcpEnds>> {
-    // (established?, nothing written?, inode) and ends of the best match.
-    let mut found: Option<((bool, bool, u32), TcpEnds)> = None;
+    Ok(candidates_by_local_port(local_port, peer_ip)?
+        .first()
+        .map(|(ends, _)| *ends))
+}
+
+/// Every connection [`find_by_local_port`] considers, best first, each
+/// with its socket's inode number (what `/proc/<pid>/fd` links name): for
+/// a caller that can tell the right one for certain.
+pub fn candidates_by_local_port(
+    local_port: u16,
+    peer_ip: IpAddr,
+) -> io::Result<Vec<(TcpEnds, u32)>> {
+    // (established?, nothing written?, inode) and ends of each match.
+    let mut found: Vec<((bool, bool, u32), TcpEnds)> = Vec::new();
     for family in [AF_INET, AF_INET6] {
         with_diag(|socket| {
             let id = if family == AF_INET {
@@ -317,21 +332,23 @@ pub fn find_by_local_port(local_port: u16, peer_ip: IpAddr) -> io::Result<Option
                 {
                     let fresh = snapshot_of(response).is_some_and(|s| s.written() == 0);
                     let rank = (state == TCP_ESTABLISHED, fresh, response.header.inode);
-                    if found.is_none_or(|(best, _)| rank > best) {
-                        let ends = TcpEnds {
-                            local: SocketAddr::new(id.source_address, id.source_port),
-                            peer: SocketAddr::new(id.destination_address, id.destination_port),
-                        };
-                        found = Some((rank, ends));
-                    }
+                    let ends = TcpEnds {
+                        local: SocketAddr::new(id.source_address, id.source_port),
+                        peer: SocketAddr::new(id.destination_address, id.destination_port),
+                    };
+                    found.push((rank, ends));
                 }
             })
         })?;
-        if found.is_some() {
+        if !found.is_empty() {
             break;
         }
     }
-    Ok(found.map(|(_, ends)| ends))
+    found.sort_by_key(|(rank, _)| std::cmp::Reverse(*rank));
+    Ok(found
+        .into_iter()
+        .map(|((_, _, inode), ends)| (ends, inode))
+        .collect())
 }
 
 /// Plaintext bytes carried by `ciphertext` bytes of TLS records of at most

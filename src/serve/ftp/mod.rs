@@ -93,10 +93,11 @@ pub struct FtpSession {
     shared: Arc<Shared>,
     /// Set once a login succeeded.
     logged_in: std::sync::atomic::AtomicBool,
-    /// The address of the session's latest passive listener: its data
-    /// connection is the established socket on that port from the control
-    /// peer's address (how [`crate::serve::delivery`] finds it).
-    passive: Mutex<Option<SocketAddr>>,
+    /// The session's latest passive listener: its data connection is an
+    /// established socket on that port from the control peer's address
+    /// (how [`crate::serve::delivery`] finds candidates) carrying the
+    /// listener's mark (how [`FtpSession::data_connection`] is sure).
+    passive: Mutex<Option<passive::PassivePort>>,
     /// The control connection's local address (where passive listeners
     /// bind, and what `PASV` advertises without `--public-host`).
     local: SocketAddr,
@@ -157,18 +158,33 @@ impl FtpSession {
         lock(&self.user).clone()
     }
 
-    /// The kernel's counters for the data connection of the session's
-    /// current passive listener, if it is established and readable.
-    fn data_ack(&self) -> Option<Arc<AckTracker>> {
-        let passive = (*lock(&self.passive))?;
-        match delivery::find_by_local_port(passive.port(), self.peer.ip()) {
-            Ok(Some(ends)) => delivery::track(ends, false),
-            Ok(None) => None,
-            Err(err) => {
-                tracing::debug!(error = %err, "cannot look up the data connection");
-                None
-            }
+    /// The data connection of the session's current passive listener: the
+    /// kernel's counters for it, if they are readable, and a second handle
+    /// on its socket (for `sendfile`) when it could be told for certain —
+    /// the candidate on the listener's port whose `TCP_NOTSENT_LOWAT` is the
+    /// listener's mark ([`passive::PassivePort`]). A candidate that is not
+    /// certain gets no handle, so no transfer can write into another
+    /// client's connection; its counters are still the best guess
+    /// ([`delivery::find_by_local_port`]).
+    fn data_connection(&self) -> (Option<Arc<AckTracker>>, Option<tokio::net::TcpStream>) {
+        let Some(passive) = *lock(&self.passive) else {
+            return (None, None);
+        };
+        let candidates =
+            match delivery::candidates_by_local_port(passive.addr.port(), self.peer.ip()) {
+                Ok(candidates) => candidates,
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot look up the data connection");
+                    return (None, None);
+                }
+            };
+        if let Some((ends, socket)) = marked(&candidates, passive.lowat) {
+            return (delivery::track(ends, false), Some(socket));
         }
+        let guess = candidates
+            .first()
+            .and_then(|(ends, _)| delivery::track(*ends, false));
+        (guess, None)
     }
 
     /// A data connection arrived and its transfer or listing starts: the
@@ -748,13 +764,13 @@ impl CatalogStorage {
     {
         // Held for the whole transfer so shutdown waits for it.
         let _transfer = self.session.shared.transfers.token();
-        let ack = self.session.data_ack();
-        // A resident copy goes out with sendfile(2) through a second handle
-        // on the data socket when one can be had; libunftp's writer is
+        let (ack, socket) = self.session.data_connection();
+        // A resident copy goes out with sendfile(2) through the second
+        // handle on the data socket when there is one; libunftp's writer is
         // left untouched (it only shuts the connection down afterwards).
-        let direct = match (&source, &ack) {
-            (Source::Resident(_), Some(ack)) => data_socket(ack),
-            _ => None,
+        let direct = match &source {
+            Source::Resident(_) => socket,
+            Source::Reader(_) => None,
         };
         let mut record = RetrRecord {
             session: Arc::clone(&self.session),
@@ -809,10 +825,23 @@ fn guarded<W>(out: StallGuard<W>, ack: Option<&Arc<AckTracker>>) -> StallGuard<W
     }
 }
 
-/// A second handle on the data connection's socket, for `sendfile`; `None`
-/// (the bytes then go through libunftp's writer) when it cannot be had.
-fn data_socket(ack: &AckTracker) -> Option<tokio::net::TcpStream> {
-    let inode = ack.refresh()?.inode;
+/// The candidate (connection and socket inode) whose `TCP_NOTSENT_LOWAT`
+/// is `lowat`, with a second handle on its socket.
+fn marked(
+    candidates: &[(delivery::TcpEnds, u32)],
+    lowat: u32,
+) -> Option<(delivery::TcpEnds, tokio::net::TcpStream)> {
+    candidates.iter().find_map(|(ends, inode)| {
+        let socket = own_socket(*inode)?;
+        let mark = socket2::SockRef::from(&socket).tcp_notsent_lowat().ok();
+        (mark == Some(lowat)).then_some((*ends, socket))
+    })
+}
+
+/// A second handle on this process's socket with inode number `inode`;
+/// `None` when there is none or the system refuses (`pidfd_getfd`; warned
+/// once: the bytes then go through libunftp's writer, copied).
+fn own_socket(inode: u32) -> Option<tokio::net::TcpStream> {
     match zerocopy::own_socket(inode) {
         Ok(socket) => socket,
         Err(err) => {
@@ -1195,6 +1224,37 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A passive port handed to the next session while the previous data
+    /// connection on it, from the same address, has not been written to
+    /// yet: both are candidates, and only the mark tells them apart.
+    #[tokio::test]
+    async fn the_data_connection_is_the_one_with_its_listeners_mark() {
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std.local_addr().unwrap();
+        let socket2 = socket2::SockRef::from(&std);
+        let mut accepted = Vec::new();
+        let mut clients = Vec::new();
+        for mark in [131_073, 131_074] {
+            // The kernel copies the listener's value at accept time.
+            socket2.set_tcp_notsent_lowat(mark).unwrap();
+            clients.push(std::net::TcpStream::connect(addr).unwrap());
+            accepted.push(std.accept().unwrap());
+        }
+        let candidates = delivery::candidates_by_local_port(addr.port(), addr.ip()).unwrap();
+        assert_eq!(candidates.len(), 2, "{candidates:?}");
+        for (mark, (server, peer)) in [131_073, 131_074].into_iter().zip(&accepted) {
+            let (ends, socket) = marked(&candidates, mark).expect("a marked candidate");
+            assert_eq!(ends.peer, *peer);
+            assert_eq!(ends.local, server.local_addr().unwrap());
+            assert_eq!(
+                socket.peer_addr().unwrap(),
+                *peer,
+                "the handle is on that connection's socket"
+            );
+        }
+        assert!(marked(&candidates, 131_075).is_none());
+    }
 
     #[test]
     fn constant_time_eq_compares_whole_secrets() {

@@ -228,13 +228,14 @@ impl libunftp::options::Binder for PassiveBinder {
         for _ in 0..16 {
             let port = *passive_ports.start() as u32 + rand::random::<u32>() % span;
             let addr = SocketAddr::new(local, port as u16);
-            match bind_filtered(addr, peer) {
+            let lowat = crate::serve::NOTSENT_LOWAT + next_mark();
+            match bind_filtered(addr, peer, lowat) {
                 Ok(socket) => {
                     let keep = socket.try_clone()?;
                     let generation = session.passive_state.install(keep, slot);
                     let weak = Arc::downgrade(session);
                     FtpSession::expire_later(weak, generation, session.data_timeout);
-                    *lock(&session.passive) = Some(addr);
+                    *lock(&session.passive) = Some(PassivePort { addr, lowat });
                     let std: std::net::TcpStream = socket.into();
                     return Ok(tokio::net::TcpSocket::from_std_stream(std));
                 }
@@ -245,12 +246,34 @@ impl libunftp::options::Binder for PassiveBinder {
     }
 }
 
-/// A non-blocking TCP socket bound to `addr` that only `peer` can reach.
-fn bind_filtered(addr: SocketAddr, peer: IpAddr) -> io::Result<Socket> {
+/// A session's latest passive listener, and how to know its data
+/// connection for certain.
+#[derive(Debug, Clone, Copy)]
+pub struct PassivePort {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The `TCP_NOTSENT_LOWAT` it was given, in bytes: the kernel copies it
+    /// into the connection it accepts, and it differs from every other
+    /// listener's of the last 4,096 ([`next_mark`]), so among the
+    /// connections on a reused port from one address the one with this
+    /// value is the data connection.
+    pub lowat: u32,
+}
+
+/// A listener's mark: 1 to 4,096 bytes added to [`crate::serve::NOTSENT_LOWAT`]
+/// (at most 3 % more), different from the previous 4,095 listeners'.
+fn next_mark() -> u32 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    (NEXT.fetch_add(1, Ordering::Relaxed) % 4096) as u32 + 1
+}
+
+/// A non-blocking TCP socket bound to `addr` that only `peer` can reach,
+/// with `lowat` as its `TCP_NOTSENT_LOWAT` (inherited by what it accepts).
+fn bind_filtered(addr: SocketAddr, peer: IpAddr, lowat: u32) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
-    socket.set_tcp_notsent_lowat(crate::serve::NOTSENT_LOWAT)?;
+    socket.set_tcp_notsent_lowat(lowat)?;
     socket.attach_filter(&only_from(peer))?;
     socket.bind(&addr.into())?;
     Ok(socket)
@@ -294,7 +317,12 @@ mod tests {
     use super::*;
 
     fn listen(peer: &str) -> std::net::TcpListener {
-        let socket = bind_filtered("127.0.0.1:0".parse().unwrap(), peer.parse().unwrap()).unwrap();
+        let socket = bind_filtered(
+            "127.0.0.1:0".parse().unwrap(),
+            peer.parse().unwrap(),
+            crate::serve::NOTSENT_LOWAT,
+        )
+        .unwrap();
         socket.set_nonblocking(false).unwrap();
         socket.listen(8).unwrap();
         socket.into()
@@ -324,7 +352,12 @@ mod tests {
     #[test]
     fn the_ipv6_filter_compares_the_whole_address() {
         let listen6 = |peer: &str| -> Option<std::net::TcpListener> {
-            let socket = bind_filtered("[::1]:0".parse().unwrap(), peer.parse().unwrap()).ok()?;
+            let socket = bind_filtered(
+                "[::1]:0".parse().unwrap(),
+                peer.parse().unwrap(),
+                crate::serve::NOTSENT_LOWAT,
+            )
+            .ok()?;
             socket.set_nonblocking(false).unwrap();
             socket.listen(8).unwrap();
             Some(socket.into())
