@@ -249,7 +249,8 @@ impl ServeArgs {
 }
 
 /// Descriptors besides connections: listeners, the log, the package
-/// folder's watch, netlink, the runtime.
+/// folder's watch, netlink, the runtime, and the file twins of resident
+/// packages (one each; [`crate::catalog::twin`]) for a few dozen packages.
 const FDS_BESIDES: u64 = 64;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard one (a shell's soft limit is
