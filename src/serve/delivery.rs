@@ -101,9 +101,6 @@ pub struct Snapshot {
     /// Payload bytes the server sent since the connection opened, first
     /// transmissions only (`tcpi_bytes_sent`, Linux 4.19+; 0 before).
     pub bytes_sent: u64,
-    /// The socket's inode number (`idiag_inode`): what `/proc/<pid>/fd`
-    /// links name as `socket:[inode]`.
-    pub inode: u32,
 }
 
 impl Snapshot {
@@ -192,7 +189,6 @@ fn snapshot_of(response: &InetResponse) -> Option<Snapshot> {
         state: response.header.state,
         bytes_received: info.bytes_received,
         bytes_sent: info.bytes_sent,
-        inode: response.header.inode,
     })
 }
 
@@ -284,31 +280,26 @@ pub fn track(ends: TcpEnds, tls: bool) -> Option<Arc<AckTracker>> {
     }
 }
 
-/// Finds the established connection whose local port is `local_port` and
-/// whose peer address is `peer_ip` — how an FTP data connection accepted by
-/// libunftp on a passive port is found. Dumps the family's TCP sockets, so
-/// call it once per transfer, then use [`snapshot`].
+/// The connections whose local port is `local_port` and whose peer
+/// address is `peer_ip`, best first, each with its socket's inode number
+/// (what `/proc/<pid>/fd` links name) — how an FTP data connection accepted
+/// by libunftp on a passive port is found. Dumps the family's TCP sockets,
+/// so call it once per transfer, then use [`snapshot`].
 ///
 /// Passive ports are reused as soon as a data connection is accepted, so
 /// clients behind one address (a NAT, or loopback) can hold several
 /// connections on the same port: an earlier transfer still sending, one
 /// whose end the server has not closed yet (`CLOSE_WAIT`). Called before
-/// the transfer writes its first byte, the look-up ranks an `ESTABLISHED`
+/// the transfer writes its first byte, the ranking puts an `ESTABLISHED`
 /// connection first, then one the server has written nothing to, then the
 /// newest socket (the highest inode number — only roughly creation order:
-/// the kernel hands out inode numbers in per-CPU batches). That is a best
-/// guess — two connections just accepted on one port both have nothing
-/// written —, so the FTP transfer checks the candidates of
-/// [`candidates_by_local_port`] for the mark its passive listener left.
-pub fn find_by_local_port(local_port: u16, peer_ip: IpAddr) -> io::Result<Option<TcpEnds>> {
-    Ok(candidates_by_local_port(local_port, peer_ip)?
-        .first()
-        .map(|(ends, _)| *ends))
-}
-
-/// Every connection [`find_by_local_port`] considers, best first, each
-/// with its socket's inode number (what `/proc/<pid>/fd` links name): for
-/// a caller that can tell the right one for certain.
+/// the kernel hands out inode numbers in per-CPU batches). The first is a
+/// best guess — two connections just accepted on one port both have
+/// nothing written —, so the FTP transfer looks among them for the mark
+/// its passive listener left.
+///
+/// # Errors
+/// `NETLINK_SOCK_DIAG` cannot be opened or answered.
 pub fn candidates_by_local_port(
     local_port: u16,
     peer_ip: IpAddr,
@@ -769,7 +760,7 @@ mod tests {
         };
         assert_eq!(after.bytes_acked, 10_000);
         assert_eq!(after.written(), 10_000);
-        let found = find_by_local_port(ends.local.port(), peer.ip()).unwrap();
+        let found = best_by_local_port(ends.local.port(), peer.ip());
         assert_eq!(found, Some(ends));
         drop(client);
         drop(server);
@@ -780,11 +771,17 @@ mod tests {
         }
     }
 
+    /// The first of [`candidates_by_local_port`]'s ranking.
+    fn best_by_local_port(port: u16, peer: IpAddr) -> Option<TcpEnds> {
+        let candidates = candidates_by_local_port(port, peer).unwrap();
+        candidates.first().map(|(ends, _)| *ends)
+    }
+
     /// A reused passive port: an earlier connection from the same address
     /// that the peer closed and the server did not (`CLOSE_WAIT`) is not
     /// taken for the new one, whichever the kernel lists first.
     #[test]
-    fn find_by_local_port_prefers_the_live_newest_connection() {
+    fn the_live_newest_connection_ranks_first() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         for _ in 0..3 {
@@ -797,7 +794,7 @@ mod tests {
                 local: server.local_addr().unwrap(),
                 peer,
             };
-            let found = find_by_local_port(port, peer.ip()).unwrap();
+            let found = best_by_local_port(port, peer.ip());
             assert_eq!(found, Some(want));
         }
     }
@@ -807,7 +804,7 @@ mod tests {
     /// first byte) must not take the busy connection, even when that one
     /// is the newer socket.
     #[test]
-    fn find_by_local_port_prefers_the_connection_nothing_was_written_to() {
+    fn the_connection_nothing_was_written_to_ranks_first() {
         use std::io::Write;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -821,7 +818,7 @@ mod tests {
                 local: fresh.local_addr().unwrap(),
                 peer,
             };
-            assert_eq!(find_by_local_port(port, peer.ip()).unwrap(), Some(want));
+            assert_eq!(best_by_local_port(port, peer.ip()), Some(want));
         }
     }
 }

@@ -164,8 +164,8 @@ impl FtpSession {
     /// the candidate on the listener's port whose `TCP_NOTSENT_LOWAT` is the
     /// listener's mark ([`passive::PassivePort`]). A candidate that is not
     /// certain gets no handle, so no transfer can write into another
-    /// client's connection; its counters are still the best guess
-    /// ([`delivery::find_by_local_port`]).
+    /// client's connection; its counters are still the best guess (the
+    /// first of [`delivery::candidates_by_local_port`]).
     fn data_connection(&self) -> (Option<Arc<AckTracker>>, Option<tokio::net::TcpStream>) {
         let Some(passive) = *lock(&self.passive) else {
             return (None, None);
