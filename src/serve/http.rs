@@ -36,8 +36,6 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-
-use super::zerocopy::ZeroCopyStream;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -49,7 +47,8 @@ use super::delivery::{self, AckTracker, Delivery, TcpEnds, cut_short};
 use super::fault::apply_data_fault;
 use super::fault::{Action, AttemptInfo};
 use super::range::{self, Precondition, RangeDecision, Validators};
-use super::stall::{self, FlushSignal, StallGuard};
+use super::stall::{FlushSignal, StallGuard};
+use super::zerocopy::ZeroCopyStream;
 use super::{Access, Shared};
 use crate::catalog::{Lookup, OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, Outcome, Protocol};
@@ -176,9 +175,8 @@ impl Accepted {
         // Judged on its first 8 MiB: a fast client gets larger writes.
         // Slices of resident copies go out with sendfile(2).
         let stream = ZeroCopyStream::new(tcp);
-        let mut guard = StallGuard::new(stream, timeouts.stall).with_speed_check(|stream| {
-            socket2::SockRef::from(stream.get_ref()).set_tcp_notsent_lowat(stall::FAST_LOWAT)
-        });
+        let mut guard =
+            StallGuard::new(stream, timeouts.stall).with_speed_check(ZeroCopyStream::raise_lowat);
         if let Some(ack) = &ack {
             guard = guard.with_ack(Arc::clone(ack));
         }

@@ -38,6 +38,16 @@ impl ZeroCopyStream {
         &self.tcp
     }
 
+    /// Raises the socket's `TCP_NOTSENT_LOWAT` to
+    /// [`crate::serve::stall::FAST_LOWAT`]: what the stall guard's speed
+    /// check does for a fast client (`StallGuard::with_speed_check`).
+    ///
+    /// # Errors
+    /// `setsockopt(2)` refused.
+    pub fn raise_lowat(&self) -> io::Result<()> {
+        socket2::SockRef::from(&self.tcp).set_tcp_notsent_lowat(crate::serve::stall::FAST_LOWAT)
+    }
+
     /// Sends up to `len` bytes of `twin` from `offset`; the count sent.
     fn poll_sendfile(
         &self,
@@ -181,29 +191,48 @@ impl AsyncWrite for ZeroCopyStream {
     }
 }
 
-/// A second handle on this process's own socket whose inode number is
-/// `inode` — how the FTP transfer reaches the data connection libunftp
-/// accepted (libunftp hands the storage back-end only a boxed writer).
-/// The descriptor is found by its `/proc/self/fd` link and duplicated with
-/// `pidfd_getfd(2)` (Linux 5.6+; a process may always take its own
-/// descriptors), then checked to be that socket. `Ok(None)` when no
-/// descriptor is that socket; `Err` when the system refuses.
-pub fn own_socket(inode: u32) -> io::Result<Option<TcpStream>> {
-    let want = format!("socket:[{inode}]");
-    let mut number = None;
+/// Second handles on this process's own sockets whose inode numbers are
+/// in `inodes`, in the order found — how the FTP transfer reaches the data
+/// connection libunftp accepted (libunftp hands the storage back-end only a
+/// boxed writer). The descriptors are found by their `/proc/self/fd` links
+/// in one pass and duplicated with `pidfd_getfd(2)` (Linux 5.6+; a process
+/// may always take its own descriptors), each then checked to be that
+/// socket (a number closed and reused in between is left out). An inode no
+/// descriptor names is left out too.
+///
+/// # Errors
+/// `/proc/self/fd` cannot be read, or the system refuses `pidfd_open` or
+/// `pidfd_getfd` (a system-call filter, a kernel before 5.6).
+pub fn own_sockets(inodes: &[u32]) -> io::Result<Vec<(u32, TcpStream)>> {
+    let links: Vec<(u32, String)> = inodes
+        .iter()
+        .map(|inode| (*inode, format!("socket:[{inode}]")))
+        .collect();
+    let mut numbers = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
-        if std::fs::read_link(entry.path()).is_ok_and(|target| target.as_os_str() == want.as_str())
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let Some((inode, _)) = links
+            .iter()
+            .find(|(_, link)| target.as_os_str() == link.as_str())
+        else {
+            continue;
+        };
+        if let Some(number) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
         {
-            number = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok());
-            break;
+            numbers.push((*inode, number));
+            if numbers.len() == links.len() {
+                break;
+            }
         }
     }
-    let Some(number) = number else {
-        return Ok(None);
-    };
+    if numbers.is_empty() {
+        return Ok(Vec::new());
+    }
     use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
     static OWN: OnceLock<Option<OwnedFd>> = OnceLock::new();
     let own = OWN.get_or_init(|| pidfd_open(getpid(), PidfdFlags::empty()).ok());
@@ -213,14 +242,17 @@ pub fn own_socket(inode: u32) -> io::Result<Option<TcpStream>> {
             "pidfd_open refused",
         ));
     };
-    let fd = pidfd_getfd(own, number, PidfdGetfdFlags::empty())?;
-    // The number may have been closed and reused in between.
-    if rustix::fs::fstat(&fd)?.st_ino != u64::from(inode) {
-        return Ok(None);
+    let mut sockets = Vec::with_capacity(numbers.len());
+    for (inode, number) in numbers {
+        let fd = pidfd_getfd(own, number, PidfdGetfdFlags::empty())?;
+        if rustix::fs::fstat(&fd)?.st_ino != u64::from(inode) {
+            continue;
+        }
+        let std = std::net::TcpStream::from(fd);
+        std.set_nonblocking(true)?;
+        sockets.push((inode, TcpStream::from_std(std)?));
     }
-    let std = std::net::TcpStream::from(fd);
-    std.set_nonblocking(true)?;
-    TcpStream::from_std(std).map(Some)
+    Ok(sockets)
 }
 
 #[cfg(test)]

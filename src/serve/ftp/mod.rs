@@ -211,9 +211,7 @@ impl FtpSession {
             .log
             .emit(attempt.record(status, outcome, reason));
     }
-}
 
-impl FtpSession {
     /// Records a `RETR` of `path` that libunftp answered `425` itself
     /// because no data connection was set up before it.
     fn retr_without_data_connection(&self, path: &str) {
@@ -781,10 +779,7 @@ impl CatalogStorage {
         let copied = match direct {
             Some(socket) => {
                 let out = StallGuard::new(ZeroCopyStream::new(socket), self.stall)
-                    .with_speed_check(|stream| {
-                        socket2::SockRef::from(stream.get_ref())
-                            .set_tcp_notsent_lowat(super::stall::FAST_LOWAT)
-                    });
+                    .with_speed_check(ZeroCopyStream::raise_lowat);
                 let mut out = guarded(out, ack.as_ref());
                 copy(source, &mut out, &mut record.attempt).await
             }
@@ -826,32 +821,29 @@ fn guarded<W>(out: StallGuard<W>, ack: Option<&Arc<AckTracker>>) -> StallGuard<W
 }
 
 /// The candidate (connection and socket inode) whose `TCP_NOTSENT_LOWAT`
-/// is `lowat`, with a second handle on its socket.
+/// is `lowat`, with a second handle on its socket; `None` when none has it
+/// or no handle can be had (`pidfd_getfd` refused: warned once, and the
+/// bytes then go through libunftp's writer, copied).
 fn marked(
     candidates: &[(delivery::TcpEnds, u32)],
     lowat: u32,
 ) -> Option<(delivery::TcpEnds, tokio::net::TcpStream)> {
-    candidates.iter().find_map(|(ends, inode)| {
-        let socket = own_socket(*inode)?;
-        let mark = socket2::SockRef::from(&socket).tcp_notsent_lowat().ok();
-        (mark == Some(lowat)).then_some((*ends, socket))
-    })
-}
-
-/// A second handle on this process's socket with inode number `inode`;
-/// `None` when there is none or the system refuses (`pidfd_getfd`; warned
-/// once: the bytes then go through libunftp's writer, copied).
-fn own_socket(inode: u32) -> Option<tokio::net::TcpStream> {
-    match zerocopy::own_socket(inode) {
-        Ok(socket) => socket,
+    let inodes: Vec<u32> = candidates.iter().map(|(_, inode)| *inode).collect();
+    let sockets = match zerocopy::own_sockets(&inodes) {
+        Ok(sockets) => sockets,
         Err(err) => {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
                 tracing::warn!(error = %err, "no handle on FTP data sockets (pidfd_getfd): package bytes are copied");
             });
-            None
+            return None;
         }
-    }
+    };
+    let (inode, socket) = sockets.into_iter().find(|(_, socket)| {
+        socket2::SockRef::from(socket).tcp_notsent_lowat().ok() == Some(lowat)
+    })?;
+    let (ends, _) = candidates.iter().find(|(_, i)| *i == inode)?;
+    Some((*ends, socket))
 }
 
 fn not_available() -> storage::Error {
