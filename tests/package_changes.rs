@@ -59,6 +59,26 @@ async fn status_after_rescan(fx: &Fixture, key: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The records of the 4 downloads of `BIG` the tests start: each names the
+/// version every download started on (`old_sha`), and a complete one had
+/// all `size` bytes acknowledged.
+async fn records_of_the_old_version(
+    fx: &Fixture,
+    old_sha: &str,
+    size: u64,
+) -> Vec<qfota_serve::dlog::DownloadRecord> {
+    let records = fx
+        .wait_records("one record per download", 4, |r| r.path == BIG)
+        .await;
+    for r in &records {
+        assert_eq!(r.sha256.as_deref(), Some(old_sha), "{r:?}");
+        if r.outcome == Outcome::Complete {
+            assert_eq!(r.bytes_acked, size, "{r:?}");
+        }
+    }
+    records
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_package_rewritten_in_place_mid_download_is_never_spliced() {
     // Read from the file for each download (no resident copy): the
@@ -92,15 +112,7 @@ async fn a_package_rewritten_in_place_mid_download_is_never_spliced() {
             "a full-length body that is not the old version: {text} ({out:?})"
         );
     }
-    let records = fx
-        .wait_records("one record per download", 4, |r| r.path == BIG)
-        .await;
-    for r in &records {
-        assert_eq!(r.sha256.as_deref(), Some(old_sha.as_str()), "{r:?}");
-        if r.outcome == Outcome::Complete {
-            assert_eq!(r.bytes_acked, size as u64, "{r:?}");
-        }
-    }
+    let records = records_of_the_old_version(&fx, &old_sha, size as u64).await;
     assert!(
         records.iter().any(|r| r.reason.contains("package changed")),
         "no download noticed the change: {records:#?}"
@@ -393,15 +405,7 @@ async fn changed_mid_download(fx: &Fixture, change: fn(&std::path::Path)) {
             body.len()
         );
     }
-    let records = fx
-        .wait_records("one record per download", 4, |r| r.path == BIG)
-        .await;
-    for r in &records {
-        assert_eq!(r.sha256.as_deref(), Some(old_sha.as_str()), "{r:?}");
-        if r.outcome == Outcome::Complete {
-            assert_eq!(r.bytes_acked, old.len() as u64, "{r:?}");
-        }
-    }
+    records_of_the_old_version(fx, &old_sha, old.len() as u64).await;
     // The server goes on, and there is no package for the next client.
     assert_eq!(status_after_rescan(fx, BIG).await, "404");
 }
