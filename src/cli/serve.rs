@@ -258,7 +258,8 @@ const FDS_BESIDES: u64 = 64;
 /// `worker_rlimit_nofile` and Go's runtime do, and warns when even that
 /// cannot hold `max_connections` connections (`setrlimit(2)`). Each
 /// connection holds one descriptor; an FTP session two (the command-line
-/// cap's duplicate), three while a data connection is open.
+/// cap's duplicate), three while a data connection is open, four while a
+/// resident package goes out on it (the handle `sendfile` writes to).
 fn raise_fd_limit(max_connections: usize) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
@@ -275,7 +276,7 @@ fn raise_fd_limit(max_connections: usize) {
             limit,
             need,
             "the file descriptor limit cannot hold --max-connections connections \
-             (an FTP session needs 2, 3 while downloading); raise it (ulimit -n, LimitNOFILE=) \
+             (an FTP session needs 2, up to 4 while downloading); raise it (ulimit -n, LimitNOFILE=) \
              or lower --max-connections"
         );
     }
