@@ -1146,6 +1146,12 @@ async fn replaced_package_is_never_spliced_into_a_resume() {
         200 => assert!(reply.body == new),
         other => panic!("resume across a replacement gave {other}"),
     }
+    // Until the catalog's next scan a full GET still gets the old resident
+    // copy (200 as well): wait for the scan to have seen the replacement.
+    let catalog = std::sync::Arc::clone(fx.server.catalog());
+    common::bounded("rescan", catalog.rescan_now())
+        .await
+        .unwrap();
     let reply = poll_until_status(&fx, PKG, 200).await;
     assert!(reply.body == new);
     assert_eq!(reply.header("etag"), Some(quoted_sha(&new).as_str()));
