@@ -434,6 +434,16 @@ impl AckTracker {
         *lock(&self.progressed) = Instant::now();
     }
 
+    /// Takes `written`, the connection's own count of bytes written so far
+    /// (the same as the kernel's for a connection written only through the
+    /// count, as the stall guard's [`crate::serve::stall::FlushSignal`]),
+    /// as the body's start: [`AckTracker::mark_body_start`] without asking
+    /// the kernel.
+    pub fn mark_body_start_at(&self, written: u64) {
+        self.base.store(written, Ordering::Release);
+        *lock(&self.progressed) = Instant::now();
+    }
+
     /// Asks the kernel now; records progress. `None` when the connection is
     /// gone (the last figures stay).
     pub fn refresh(&self) -> Option<Snapshot> {
@@ -524,7 +534,7 @@ impl AckTracker {
     /// Waits until the peer acknowledged a body of `sent` bytes whole
     /// ([`AckTracker::delivered`]), the connection is gone, no new byte is
     /// acknowledged for `stall`, or `cancel` fires. Polls the kernel at
-    /// growing intervals (2 ms → 200 ms).
+    /// growing intervals (2 ms → 200 ms), the first look after 2 ms.
     pub async fn wait_all_acked(
         &self,
         sent: u64,
@@ -534,6 +544,13 @@ impl AckTracker {
         let mut cancel = std::pin::pin!(cancel);
         let mut interval = Duration::from_millis(2);
         loop {
+            // The last bytes were just written: the first look waits the
+            // first interval too (one at once seldom finds them acknowledged).
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = &mut cancel => return Delivery::Cancelled,
+            }
+            interval = (interval * 2).min(Duration::from_millis(200));
             if self.is_closed() {
                 return Delivery::Gone;
             }
@@ -543,11 +560,6 @@ impl AckTracker {
                 Some(_) if self.since_progress() >= stall => return Delivery::Stalled,
                 Some(_) => {}
             }
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = &mut cancel => return Delivery::Cancelled,
-            }
-            interval = (interval * 2).min(Duration::from_millis(200));
         }
     }
 }

@@ -821,8 +821,13 @@ impl PackageBody {
             }
             BodyPhase::HeadersFlushing => {
                 self.phase = BodyPhase::Streaming;
-                if let Some(ack) = self.finish.as_ref().and_then(|f| f.conn.ack.as_ref()) {
-                    ack.mark_body_start();
+                // The headers are written: the connection's own count
+                // (the kernel's, the guard wraps the socket from its
+                // start) is where the body begins.
+                if let Some(f) = &self.finish
+                    && let Some(ack) = &f.conn.ack
+                {
+                    ack.mark_body_start_at(f.conn.flushes.written());
                 }
                 Poll::Ready(())
             }
