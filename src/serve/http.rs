@@ -176,7 +176,7 @@ impl Accepted {
         // Slices of resident copies go out with sendfile(2).
         let stream = ZeroCopyStream::new(tcp);
         let mut guard =
-            StallGuard::new(stream, timeouts.stall).with_speed_check(ZeroCopyStream::raise_lowat);
+            StallGuard::new(stream, timeouts.stall).with_speed_check(ZeroCopyStream::set_lowat);
         if let Some(ack) = &ack {
             guard = guard.with_ack(Arc::clone(ack));
         }

@@ -98,12 +98,14 @@ pub const TURN_BYTES: usize = 64 * 1024;
 /// A connection's first [`FAST_BYTES`]: if the socket took them within
 /// [`FAST_WINDOW`], the client is fast: its `TCP_NOTSENT_LOWAT` is raised
 /// to [`FAST_LOWAT`] and its turns are no longer capped (fewer, larger
-/// writes); else it keeps the listener's small value that suits slow
-/// modules and the cap of [`TURN_BYTES`] per turn.
+/// writes). Else it keeps the cap of [`TURN_BYTES`] per turn, and its
+/// `TCP_NOTSENT_LOWAT` becomes [`SLOW_LOWAT`] if it took less than
+/// [`SLOW_RATE`] (a module's link), or stays the listener's small value
+/// (many clients on a fast network, which share the server fairly).
 #[derive(Debug)]
 struct Boost<S> {
-    /// Raises the guarded stream's `TCP_NOTSENT_LOWAT`.
-    raise: fn(&S) -> io::Result<()>,
+    /// Sets the guarded stream's `TCP_NOTSENT_LOWAT`, in bytes.
+    set_lowat: fn(&S, u32) -> io::Result<()>,
     since: std::time::Instant,
     written: u64,
 }
@@ -121,6 +123,15 @@ pub const FAST_BYTES: u64 = 8 << 20;
 pub const FAST_WINDOW: Duration = Duration::from_millis(100);
 /// `TCP_NOTSENT_LOWAT` of a fast connection (4 MiB).
 pub const FAST_LOWAT: u32 = 4 << 20;
+/// Rate under which a connection judged after [`FAST_WINDOW`] counts as a
+/// slow link (1,000,000 bytes per second: a cellular module's download,
+/// not a client on a LAN).
+pub const SLOW_RATE: u64 = 1_000_000;
+/// `TCP_NOTSENT_LOWAT` of a slow link (128 KiB): the link, not the
+/// server, sets its pace, so larger writes cost fewer wake-ups per byte
+/// (`bench/compare.py` S6: 10,000 downloads at 20 kB/s took 1.4× the CPU
+/// with the listener's 16 KiB).
+pub const SLOW_LOWAT: u32 = 128 * 1024;
 
 impl<S> StallGuard<S> {
     /// Guards `inner`; `timeout` is the longest a write may make no progress.
@@ -139,14 +150,14 @@ impl<S> StallGuard<S> {
     }
 
     /// Judges the connection's speed on its first [`FAST_BYTES`]; a fast
-    /// one gets `raise(&stream)`, which sets its `TCP_NOTSENT_LOWAT` to
-    /// [`FAST_LOWAT`], and writes without a cap per turn from then on.
-    /// Until then, and for good on a slow one, a turn writes at most
-    /// [`TURN_BYTES`].
-    pub fn with_speed_check(mut self, raise: fn(&S) -> io::Result<()>) -> Self {
+    /// one gets `set_lowat(&stream, FAST_LOWAT)` and writes without a cap
+    /// per turn from then on. Until then, and for good on a slower one, a
+    /// turn writes at most [`TURN_BYTES`]; a slow link gets
+    /// `set_lowat(&stream, SLOW_LOWAT)`.
+    pub fn with_speed_check(mut self, set_lowat: fn(&S, u32) -> io::Result<()>) -> Self {
         self.turn_cap = TURN_BYTES;
         self.boost = Some(Boost {
-            raise,
+            set_lowat,
             since: std::time::Instant::now(),
             written: 0,
         });
@@ -162,19 +173,21 @@ impl<S> StallGuard<S> {
         };
         boost.written += n as u64;
         let elapsed = boost.since.elapsed();
-        if boost.written >= FAST_BYTES {
-            if elapsed <= FAST_WINDOW
-                && let Err(error) = (boost.raise)(&self.inner)
-            {
-                tracing::debug!(%error, "cannot raise TCP_NOTSENT_LOWAT");
-            }
-            if elapsed <= FAST_WINDOW {
-                self.turn_cap = usize::MAX;
-            }
-            self.boost = None;
-        } else if elapsed > FAST_WINDOW {
-            self.boost = None;
+        let lowat = if boost.written >= FAST_BYTES && elapsed <= FAST_WINDOW {
+            self.turn_cap = usize::MAX;
+            Some(FAST_LOWAT)
+        } else if boost.written >= FAST_BYTES || elapsed > FAST_WINDOW {
+            let rate = u128::from(boost.written) * 1_000_000 / elapsed.as_micros().max(1);
+            (rate < u128::from(SLOW_RATE)).then_some(SLOW_LOWAT)
+        } else {
+            return;
+        };
+        if let Some(lowat) = lowat
+            && let Err(error) = (boost.set_lowat)(&self.inner, lowat)
+        {
+            tracing::debug!(%error, "cannot set TCP_NOTSENT_LOWAT");
         }
+        self.boost = None;
     }
 
     /// Measures progress by `ack`'s acknowledged bytes instead of by
@@ -380,7 +393,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_connection_writes_at_most_a_turn_then_yields_once() {
         let (a, mut b) = tokio::io::duplex(4 * TURN_BYTES);
-        let mut guard = StallGuard::new(a, Duration::from_secs(5)).with_speed_check(|_| Ok(()));
+        let mut guard = StallGuard::new(a, Duration::from_secs(5)).with_speed_check(|_, _| Ok(()));
         let data = vec![7u8; 3 * TURN_BYTES];
         let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
         let waker = std::task::Waker::from(Arc::clone(&wakes));
@@ -409,6 +422,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got, data, "every byte, in order");
+    }
+
+    /// The last value a test's `set_lowat` was given.
+    static LOWAT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    #[tokio::test]
+    async fn the_speed_check_sets_a_fast_and_a_slow_link_apart() {
+        let record = |_: &tokio::io::DuplexStream, bytes| {
+            LOWAT.store(bytes, Ordering::SeqCst);
+            Ok(())
+        };
+        // Fast: 8 MiB taken at once; turns are no longer capped after it.
+        let (a, _b) = tokio::io::duplex(FAST_BYTES as usize + 4 * TURN_BYTES);
+        let mut fast = StallGuard::new(a, Duration::from_secs(5)).with_speed_check(record);
+        let data = vec![1u8; FAST_BYTES as usize];
+        fast.write_all(&data).await.unwrap();
+        assert_eq!(LOWAT.load(Ordering::SeqCst), FAST_LOWAT);
+        assert_eq!(
+            fast.write(&[1u8; 2 * TURN_BYTES]).await.unwrap(),
+            2 * TURN_BYTES
+        );
+        // Slow: 1 KiB, then nothing past the window: a module's link.
+        let (a, _b) = tokio::io::duplex(64 * 1024);
+        let mut slow = StallGuard::new(a, Duration::from_secs(5)).with_speed_check(record);
+        slow.write_all(&[2u8; 1024]).await.unwrap();
+        tokio::time::sleep(FAST_WINDOW + Duration::from_millis(20)).await;
+        slow.write_all(&[2u8; 1024]).await.unwrap();
+        assert_eq!(LOWAT.load(Ordering::SeqCst), SLOW_LOWAT);
+        assert_eq!(slow.turn_cap, TURN_BYTES, "a slow link keeps the cap");
     }
 
     #[tokio::test]

@@ -38,14 +38,14 @@ impl ZeroCopyStream {
         &self.tcp
     }
 
-    /// Raises the socket's `TCP_NOTSENT_LOWAT` to
-    /// [`crate::serve::stall::FAST_LOWAT`]: what the stall guard's speed
-    /// check does for a fast client (`StallGuard::with_speed_check`).
+    /// Sets the socket's `TCP_NOTSENT_LOWAT` to `bytes`: what the stall
+    /// guard's speed check does once it has judged the client
+    /// (`StallGuard::with_speed_check`).
     ///
     /// # Errors
     /// `setsockopt(2)` refused.
-    pub fn raise_lowat(&self) -> io::Result<()> {
-        socket2::SockRef::from(&self.tcp).set_tcp_notsent_lowat(crate::serve::stall::FAST_LOWAT)
+    pub fn set_lowat(&self, bytes: u32) -> io::Result<()> {
+        socket2::SockRef::from(&self.tcp).set_tcp_notsent_lowat(bytes)
     }
 
     /// Sends up to `len` bytes of `twin` from `offset`; the count sent.

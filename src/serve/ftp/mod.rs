@@ -779,7 +779,7 @@ impl CatalogStorage {
         let copied = match direct {
             Some(socket) => {
                 let out = StallGuard::new(ZeroCopyStream::new(socket), self.stall)
-                    .with_speed_check(ZeroCopyStream::raise_lowat);
+                    .with_speed_check(ZeroCopyStream::set_lowat);
                 let mut out = guarded(out, ack.as_ref());
                 copy(source, &mut out, &mut record.attempt).await
             }
