@@ -285,7 +285,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_turn(cx));
-        let buf = &buf[..buf.len().min(self.turn_cap - self.turn)];
+        let room = self.turn_cap - self.turn;
+        let buf = if buf.len() <= room.saturating_add(CUT_SLACK) {
+            buf
+        } else {
+            &buf[..room]
+        };
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
             self.wrote(n);
@@ -329,10 +334,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
 /// Most slices [`within`] copies to cut the last one short.
 const CUT_SLICES: usize = 16;
 
-/// The first `limit` bytes of `bufs`: `bufs` itself when it holds no
-/// more; else its leading slices with the last one cut short, copied into
-/// `cut` (or, past [`CUT_SLICES`] slices, only whole slices, at least one
-/// byte).
+/// A slice that would be cut with less than this left (4 KiB) is taken
+/// whole: a turn may overrun its cap by that much rather than leave a
+/// remnant for a write of its own (response headers counted in a turn
+/// would otherwise leave one at the end of every body frame).
+const CUT_SLACK: usize = 4096;
+
+/// The first `limit` bytes of `bufs` (or up to [`CUT_SLACK`] more, to end
+/// on a slice's end): `bufs` itself when it holds no more; else its
+/// leading slices with the last one cut short, copied into `cut` (or, past
+/// [`CUT_SLICES`] slices, only whole slices, at least one).
 fn within<'a>(
     bufs: &'a [io::IoSlice<'a>],
     limit: usize,
@@ -340,8 +351,11 @@ fn within<'a>(
 ) -> &'a [io::IoSlice<'a>] {
     let mut total = 0;
     for (i, buf) in bufs.iter().enumerate() {
-        if total + buf.len() <= limit {
+        if total + buf.len() <= limit.saturating_add(CUT_SLACK) {
             total += buf.len();
+            if total >= limit {
+                return &bufs[..=i];
+            }
             continue;
         }
         if limit == total || i >= CUT_SLICES {
@@ -385,9 +399,17 @@ mod tests {
         };
         assert_eq!(lens(60), [10, 20, 30]);
         assert_eq!(lens(100), [10, 20, 30]);
-        assert_eq!(lens(25), [10, 15]);
+        assert_eq!(lens(25), [10, 20], "5 bytes left: taken whole");
         assert_eq!(lens(30), [10, 20]);
-        assert_eq!(lens(5), [5]);
+        assert_eq!(lens(5), [10]);
+        let big = vec![4u8; 3 * CUT_SLACK];
+        let bufs = [io::IoSlice::new(&a), io::IoSlice::new(&big)];
+        let mut cut = [io::IoSlice::new(&[]); CUT_SLICES];
+        let lens: Vec<_> = within(&bufs, 1000, &mut cut)
+            .iter()
+            .map(|s| s.len())
+            .collect();
+        assert_eq!(lens, [10, 990], "cut where the rest is more than the slack");
     }
 
     #[tokio::test]
