@@ -534,7 +534,8 @@ impl AckTracker {
     /// Waits until the peer acknowledged a body of `sent` bytes whole
     /// ([`AckTracker::delivered`]), the connection is gone, no new byte is
     /// acknowledged for `stall`, or `cancel` fires. Polls the kernel at
-    /// growing intervals (2 ms → 200 ms), the first look after 2 ms.
+    /// growing intervals (2 ms → 200 ms); the first look is at once for a
+    /// body of up to [`LOOK_AT_ONCE_BYTES`], after 2 ms for a larger one.
     pub async fn wait_all_acked(
         &self,
         sent: u64,
@@ -543,14 +544,16 @@ impl AckTracker {
     ) -> Delivery {
         let mut cancel = std::pin::pin!(cancel);
         let mut interval = Duration::from_millis(2);
+        let mut wait = sent > LOOK_AT_ONCE_BYTES;
         loop {
-            // The last bytes were just written: the first look waits the
-            // first interval too (one at once seldom finds them acknowledged).
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = &mut cancel => return Delivery::Cancelled,
+            if wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = &mut cancel => return Delivery::Cancelled,
+                }
+                interval = (interval * 2).min(Duration::from_millis(200));
             }
-            interval = (interval * 2).min(Duration::from_millis(200));
+            wait = true;
             if self.is_closed() {
                 return Delivery::Gone;
             }
@@ -563,6 +566,14 @@ impl AckTracker {
         }
     }
 }
+
+/// Largest body whose acknowledgements [`AckTracker::wait_all_acked`] looks
+/// at as soon as its last byte is written (64 KiB, about a window's worth):
+/// a peer on a fast path has often acknowledged it already. The last bytes
+/// of a larger body are still on their way then, and the look a
+/// `sock_diag` round trip spent for nothing (hundreds of 1 MiB responses
+/// a second: a few per cent of the server's CPU).
+pub const LOOK_AT_ONCE_BYTES: u64 = 64 * 1024;
 
 impl Drop for AckTracker {
     fn drop(&mut self) {
