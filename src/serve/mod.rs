@@ -843,9 +843,10 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// and the server's writes, not the client's acknowledgements, send each
 /// next part, which keeps hundreds of concurrent clients at even speeds
 /// (`bench/compare.py` S3: 128 KiB gave fewer requests per second and a
-/// longer tail; S6's slow downloads cost the same CPU). A client that
-/// proves fast on its first 8 MiB gets a larger value (see
-/// [`stall::FAST_LOWAT`]), so bulk transfers keep large writes.
+/// longer tail). The stall guard's speed check then sets each connection's
+/// own value: [`stall::SLOW_LOWAT`] for a module's slow link (fewer
+/// wake-ups per byte), [`stall::FAST_LOWAT`] for a bulk client (large
+/// writes).
 pub(crate) const NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// The bound listeners, one per protocol that is on.

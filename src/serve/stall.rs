@@ -90,9 +90,10 @@ pub struct StallGuard<S> {
 /// grows only for a receiver that gets data faster than it reads) waited a
 /// full round for each window's worth: with 256 clients fetching a 1 MiB
 /// file, one in ten made a third as many requests as the others
-/// (`bench/compare.py` S3, p99 latency about twice nginx's; with the cap,
-/// 1.1–1.3× nginx's at more requests per second). A turn ends when the
-/// socket is full or the cap is reached; a yield arms no stall timer.
+/// (`bench/compare.py` S3, p99 latency 1.4–1.8× nginx's; with the cap,
+/// 0.94–1.17× nginx's at 0.99–1.19× its requests per second). A turn ends
+/// when the socket is full or the cap is reached; a yield arms no stall
+/// timer.
 pub const TURN_BYTES: usize = 64 * 1024;
 
 /// A connection's first [`FAST_BYTES`]: if the socket took them within
@@ -164,7 +165,9 @@ impl<S> StallGuard<S> {
         self
     }
 
-    /// Counts `n` bytes written toward the speed check.
+    /// Counts `n` bytes written: toward the turn, the connection's written
+    /// count ([`FlushSignal::written`]) and the speed check, which judges
+    /// the connection once it has seen enough.
     fn wrote(&mut self, n: usize) {
         self.turn = self.turn.saturating_add(n);
         self.flushes.written.fetch_add(n as u64, Ordering::AcqRel);
@@ -285,12 +288,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_turn(cx));
-        let room = self.turn_cap - self.turn;
-        let buf = if buf.len() <= room.saturating_add(CUT_SLACK) {
-            buf
-        } else {
-            &buf[..room]
-        };
+        let buf = &buf[..taken(buf.len(), self.turn_cap - self.turn)];
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
             self.wrote(n);
@@ -340,10 +338,20 @@ const CUT_SLICES: usize = 16;
 /// would otherwise leave one at the end of every body frame).
 const CUT_SLACK: usize = 4096;
 
+/// Bytes of a `len`-byte slice a turn with `room` bytes left takes: all
+/// of it when that overruns `room` by at most [`CUT_SLACK`], else `room`.
+fn taken(len: usize, room: usize) -> usize {
+    if len <= room.saturating_add(CUT_SLACK) {
+        len
+    } else {
+        room
+    }
+}
+
 /// The first `limit` bytes of `bufs` (or up to [`CUT_SLACK`] more, to end
-/// on a slice's end): `bufs` itself when it holds no more; else its
-/// leading slices with the last one cut short, copied into `cut` (or, past
-/// [`CUT_SLICES`] slices, only whole slices, at least one).
+/// on a slice's end, see [`taken`]): `bufs` itself when it holds no more;
+/// else its leading slices with the last one cut short, copied into `cut`
+/// (or, past [`CUT_SLICES`] slices, only the whole ones before it).
 fn within<'a>(
     bufs: &'a [io::IoSlice<'a>],
     limit: usize,
@@ -351,19 +359,19 @@ fn within<'a>(
 ) -> &'a [io::IoSlice<'a>] {
     let mut total = 0;
     for (i, buf) in bufs.iter().enumerate() {
-        if total + buf.len() <= limit.saturating_add(CUT_SLACK) {
-            total += buf.len();
+        let take = taken(buf.len(), limit - total);
+        if take == buf.len() {
+            total += take;
             if total >= limit {
                 return &bufs[..=i];
             }
-            continue;
+        } else if i >= CUT_SLICES {
+            return &bufs[..i];
+        } else {
+            cut[..i].copy_from_slice(&bufs[..i]);
+            cut[i] = io::IoSlice::new(&buf[..take]);
+            return &cut[..=i];
         }
-        if limit == total || i >= CUT_SLICES {
-            return &bufs[..i.max(1)];
-        }
-        cut[..i].copy_from_slice(&bufs[..i]);
-        cut[i] = io::IoSlice::new(&buf[..limit - total]);
-        return &cut[..=i];
     }
     bufs
 }

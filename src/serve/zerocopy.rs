@@ -33,11 +33,6 @@ impl ZeroCopyStream {
         Self { tcp }
     }
 
-    /// The socket (for socket options).
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.tcp
-    }
-
     /// Sets the socket's `TCP_NOTSENT_LOWAT` to `bytes`: what the stall
     /// guard's speed check does once it has judged the client
     /// (`StallGuard::with_speed_check`).
