@@ -186,48 +186,32 @@ impl AsyncWrite for ZeroCopyStream {
     }
 }
 
-/// Second handles on this process's own sockets whose inode numbers are
-/// in `inodes`, in the order found — how the FTP transfer reaches the data
-/// connection libunftp accepted (libunftp hands the storage back-end only a
-/// boxed writer). The descriptors are found by their `/proc/self/fd` links
-/// in one pass and duplicated with `pidfd_getfd(2)` (Linux 5.6+; a process
-/// may always take its own descriptors), each then checked to be that
-/// socket (a number closed and reused in between is left out). An inode no
-/// descriptor names is left out too.
+/// A second handle on one of this process's own sockets: the first whose
+/// inode number is in `inodes` and that `wanted` accepts, with that inode —
+/// how the FTP transfer reaches the data connection libunftp accepted
+/// (libunftp hands the storage back-end only a boxed writer). `None` when
+/// no descriptor is such a socket.
+///
+/// Descriptors are taken by number with `pidfd_getfd(2)` (Linux 5.6+; a
+/// process may always take its own) and checked with `fstat(2)` to be a
+/// socket with one of those inodes, so a number closed and reused in
+/// between is passed over. The kernel gives a new descriptor the lowest free
+/// number (POSIX `open(2)`, `accept(2)`), so `near` — the lowest free number
+/// when the listener that accepted the socket was bound
+/// ([`lowest_free_descriptor`]) — is usually the socket's own: the numbers
+/// within [`NEAR_TRIES`] of it are tried first, a few system calls however
+/// many connections are open. Only when none is the socket are all numbers
+/// in `/proc/self/fd` tried.
 ///
 /// # Errors
 /// `/proc/self/fd` cannot be read, or the system refuses `pidfd_open` or
 /// `pidfd_getfd` (a system-call filter, a kernel before 5.6).
-pub fn own_sockets(inodes: &[u32]) -> io::Result<Vec<(u32, TcpStream)>> {
-    let links: Vec<(u32, String)> = inodes
-        .iter()
-        .map(|inode| (*inode, format!("socket:[{inode}]")))
-        .collect();
-    let mut numbers = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue;
-        };
-        let Some((inode, _)) = links
-            .iter()
-            .find(|(_, link)| target.as_os_str() == link.as_str())
-        else {
-            continue;
-        };
-        if let Some(number) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        {
-            numbers.push((*inode, number));
-            if numbers.len() == links.len() {
-                break;
-            }
-        }
-    }
-    if numbers.is_empty() {
-        return Ok(Vec::new());
-    }
+pub fn own_socket(
+    inodes: &[u32],
+    near: Option<i32>,
+    wanted: impl Fn(&std::net::TcpStream) -> bool,
+) -> io::Result<Option<(u32, TcpStream)>> {
+    use rustix::fs::FileType;
     use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
     static OWN: OnceLock<Option<OwnedFd>> = OnceLock::new();
     let own = OWN.get_or_init(|| pidfd_open(getpid(), PidfdFlags::empty()).ok());
@@ -237,23 +221,130 @@ pub fn own_sockets(inodes: &[u32]) -> io::Result<Vec<(u32, TcpStream)>> {
             "pidfd_open refused",
         ));
     };
-    let mut sockets = Vec::with_capacity(numbers.len());
-    for (inode, number) in numbers {
-        let fd = pidfd_getfd(own, number, PidfdGetfdFlags::empty())?;
-        if rustix::fs::fstat(&fd)?.st_ino != u64::from(inode) {
+    let take = |number: i32| -> io::Result<Option<(u32, std::net::TcpStream)>> {
+        let fd = match pidfd_getfd(own, number, PidfdGetfdFlags::empty()) {
+            Ok(fd) => fd,
+            // Not open (any more).
+            Err(rustix::io::Errno::BADF) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        let stat = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
+            return Ok(None);
+        }
+        let Some(inode) = inodes.iter().find(|i| u64::from(**i) == stat.st_ino) else {
+            return Ok(None);
+        };
+        let std = std::net::TcpStream::from(fd);
+        Ok(wanted(&std).then_some((*inode, std)))
+    };
+    let into_tokio = |(inode, std): (u32, std::net::TcpStream)| -> io::Result<_> {
+        std.set_nonblocking(true)?;
+        Ok(Some((inode, TcpStream::from_std(std)?)))
+    };
+    let near: Vec<i32> = near.map(around).unwrap_or_default();
+    for &number in &near {
+        if let Some(found) = take(number)? {
+            return into_tokio(found);
+        }
+    }
+    for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
+        let Some(number) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if near.contains(&number) {
             continue;
         }
-        let std = std::net::TcpStream::from(fd);
-        std.set_nonblocking(true)?;
-        sockets.push((inode, TcpStream::from_std(std)?));
+        if let Some(found) = take(number)? {
+            return into_tokio(found);
+        }
     }
-    Ok(sockets)
+    Ok(None)
+}
+
+/// Descriptor numbers [`own_socket`] tries around its hint before it
+/// tries them all.
+pub const NEAR_TRIES: usize = 32;
+
+/// The [`NEAR_TRIES`] numbers nearest `hint`, nearest first, the higher
+/// one first at each distance (a number taken between the hint and the
+/// accept pushes the socket up): `hint, hint+1, hint-1, hint+2, …`, none
+/// negative.
+fn around(hint: i32) -> Vec<i32> {
+    let mut numbers = Vec::with_capacity(NEAR_TRIES);
+    numbers.push(hint);
+    let mut distance = 1;
+    while numbers.len() < NEAR_TRIES && distance <= i32::MAX / 2 {
+        numbers.push(hint.saturating_add(distance));
+        if hint >= distance && numbers.len() < NEAR_TRIES {
+            numbers.push(hint - distance);
+        }
+        distance += 1;
+    }
+    numbers
+}
+
+/// The number the kernel would give this process's next descriptor (the
+/// lowest free one), found by duplicating `fd` and closing the duplicate;
+/// `None` if duplicating fails (the descriptor limit reached).
+pub fn lowest_free_descriptor(fd: impl std::os::fd::AsFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    rustix::io::fcntl_dupfd_cloexec(fd, 0)
+        .ok()
+        .map(|dup| dup.as_raw_fd())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn around_tries_the_hint_then_outwards_never_below_zero() {
+        assert_eq!(&around(10)[..5], &[10, 11, 9, 12, 8]);
+        let low = around(1);
+        assert_eq!(&low[..4], &[1, 2, 0, 3]);
+        assert!(low.iter().all(|n| *n >= 0));
+        assert_eq!(low.len(), NEAR_TRIES);
+        let mut unique = low.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), NEAR_TRIES, "no number twice");
+    }
+
+    #[tokio::test]
+    async fn own_socket_finds_an_accepted_socket_by_hint_or_by_scan() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Other sockets, so the one sought is not the only one.
+        let others: Vec<_> = (0..64)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let hint = lowest_free_descriptor(&listener).unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let number = accepted.as_raw_fd();
+        let inode = rustix::fs::fstat(&accepted).unwrap().st_ino as u32;
+        let other = rustix::fs::fstat(&others[0]).unwrap().st_ino as u32;
+        for near in [Some(hint), Some(number + 1000), None] {
+            let (found, mut socket) = own_socket(&[other, inode], near, |s| s.peer_addr().is_ok())
+                .unwrap()
+                .unwrap_or_else(|| panic!("found with hint {near:?}"));
+            assert_eq!(found, inode);
+            assert_ne!(socket.as_raw_fd(), number, "a second handle");
+            // The handle writes to the same connection.
+            socket.write_all(b"ok").await.unwrap();
+            let mut got = [0; 2];
+            std::io::Read::read_exact(&mut client, &mut got).unwrap();
+            assert_eq!(&got, b"ok");
+        }
+        let refused = own_socket(&[inode], Some(hint), |_| false).unwrap();
+        assert!(refused.is_none(), "`wanted` decides");
+        let absent = own_socket(&[u32::MAX - 7], Some(hint), |_| true).unwrap();
+        assert!(absent.is_none(), "no socket has that inode");
+        drop(others);
+    }
 
     #[tokio::test]
     async fn resident_and_ordinary_slices_arrive_in_order_and_intact() {

@@ -178,7 +178,7 @@ impl FtpSession {
                     return (None, None);
                 }
             };
-        if let Some((ends, socket)) = marked(&candidates, passive.lowat) {
+        if let Some((ends, socket)) = marked(&candidates, passive) {
             return (delivery::track(ends, false), Some(socket));
         }
         let guess = candidates
@@ -821,16 +821,19 @@ fn guarded<W>(out: StallGuard<W>, ack: Option<&Arc<AckTracker>>) -> StallGuard<W
 }
 
 /// The candidate (connection and socket inode) whose `TCP_NOTSENT_LOWAT`
-/// is `lowat`, with a second handle on its socket; `None` when none has it
-/// or no handle can be had (`pidfd_getfd` refused: warned once, and the
-/// bytes then go through libunftp's writer, copied).
+/// is `passive`'s mark, with a second handle on its socket; `None` when
+/// none has it or no handle can be had (`pidfd_getfd` refused: warned once,
+/// and the bytes then go through libunftp's writer, copied).
 fn marked(
     candidates: &[(delivery::TcpEnds, u32)],
-    lowat: u32,
+    passive: passive::PassivePort,
 ) -> Option<(delivery::TcpEnds, tokio::net::TcpStream)> {
     let inodes: Vec<u32> = candidates.iter().map(|(_, inode)| *inode).collect();
-    let sockets = match zerocopy::own_sockets(&inodes) {
-        Ok(sockets) => sockets,
+    let is_marked = |socket: &std::net::TcpStream| {
+        socket2::SockRef::from(socket).tcp_notsent_lowat().ok() == Some(passive.lowat)
+    };
+    let (inode, socket) = match zerocopy::own_socket(&inodes, passive.next_fd, is_marked) {
+        Ok(found) => found?,
         Err(err) => {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
@@ -839,9 +842,6 @@ fn marked(
             return None;
         }
     };
-    let (inode, socket) = sockets.into_iter().find(|(_, socket)| {
-        socket2::SockRef::from(socket).tcp_notsent_lowat().ok() == Some(lowat)
-    })?;
     let (ends, _) = candidates.iter().find(|(_, i)| *i == inode)?;
     Some((*ends, socket))
 }
@@ -1235,8 +1235,13 @@ mod tests {
         }
         let candidates = delivery::candidates_by_local_port(addr.port(), addr.ip()).unwrap();
         assert_eq!(candidates.len(), 2, "{candidates:?}");
+        let port = |lowat| passive::PassivePort {
+            addr,
+            lowat,
+            next_fd: None,
+        };
         for (mark, (server, peer)) in [131_073, 131_074].into_iter().zip(&accepted) {
-            let (ends, socket) = marked(&candidates, mark).expect("a marked candidate");
+            let (ends, socket) = marked(&candidates, port(mark)).expect("a marked candidate");
             assert_eq!(ends.peer, *peer);
             assert_eq!(ends.local, server.local_addr().unwrap());
             assert_eq!(
@@ -1245,7 +1250,7 @@ mod tests {
                 "the handle is on that connection's socket"
             );
         }
-        assert!(marked(&candidates, 131_075).is_none());
+        assert!(marked(&candidates, port(131_075)).is_none());
     }
 
     #[test]

@@ -232,10 +232,16 @@ impl libunftp::options::Binder for PassiveBinder {
             match bind_filtered(addr, peer, lowat) {
                 Ok(socket) => {
                     let keep = socket.try_clone()?;
+                    // The data connection will most likely get this number.
+                    let next_fd = crate::serve::zerocopy::lowest_free_descriptor(&keep);
                     let generation = session.passive_state.install(keep, slot);
                     let weak = Arc::downgrade(session);
                     FtpSession::expire_later(weak, generation, session.data_timeout);
-                    *lock(&session.passive) = Some(PassivePort { addr, lowat });
+                    *lock(&session.passive) = Some(PassivePort {
+                        addr,
+                        lowat,
+                        next_fd,
+                    });
                     let std: std::net::TcpStream = socket.into();
                     return Ok(tokio::net::TcpSocket::from_std_stream(std));
                 }
@@ -258,6 +264,10 @@ pub struct PassivePort {
     /// connections on a reused port from one address the one with this
     /// value is the data connection.
     pub lowat: u32,
+    /// The lowest free descriptor number when the listener was bound: the
+    /// one the accepted data connection most likely has
+    /// ([`crate::serve::zerocopy::own_socket`]).
+    pub next_fd: Option<i32>,
 }
 
 /// A listener's mark: 1 to 4,096 bytes added to [`crate::serve::NOTSENT_LOWAT`]
