@@ -32,7 +32,8 @@ by nginx's workers counted once). MB and GB are decimal (10^6, 10^9).
 On loopback the kernel runs part of the sender's TCP work (transmitting
 queued data when an acknowledgement arrives) in the process that triggers
 it, often the client: the clients' CPU rows of S1, S2 and S4 show where it
-went.
+went, and their machine CPU rows what the whole transfer cost (the busy
+time of every CPU, from /proc/stat, over the scenario's wall time).
 
 Every loop is bounded in count and time; every process started here is
 stopped by its PID at the end, also on Ctrl-C or SIGTERM. `--quick` runs
@@ -198,6 +199,16 @@ def tree_pids(root):
         out.append(pid)
         todo.extend(children.get(pid, []))
     return out
+
+
+def machine_cpu():
+    """CPU seconds the whole machine has been busy (every process, interrupts
+    and softirqs, from the `cpu` line of /proc/stat: all but idle and
+    iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu(root):
@@ -540,6 +551,7 @@ def bulk(procs, server, url, sz, size, curl_opts, deadline):
     base_n = len(tree_pids(server.pid))
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, t0 = tree_cpu(server.pid), time.monotonic()
+    machine0 = machine_cpu()
     argv = ["curl", "-sS", "--max-time", str(deadline), "-w", "%{size_download}\\n", *curl_opts]
     for _ in range(sz["rounds"]):
         argv += ["-o", "/dev/null", url]
@@ -556,6 +568,7 @@ def bulk(procs, server, url, sz, size, curl_opts, deadline):
         if c.returncode != 0:
             errors.append(err.strip()[:200])
     wall = time.monotonic() - t0
+    machine = machine_cpu() - machine0
     settle(server.pid, base_n)
     cpu = tree_cpu(server.pid) - cpu0
     procs.procs = [(n, p) for n, p in procs.procs if p not in clients]
@@ -565,7 +578,8 @@ def bulk(procs, server, url, sz, size, curl_opts, deadline):
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_cpu = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)
     return {"MB/s": got / 1e6 / wall, "CPU s/GB": cpu / (got / 1e9),
-            "client CPU s/GB": client_cpu / (got / 1e9)}
+            "client CPU s/GB": client_cpu / (got / 1e9),
+            "machine CPU s/GB": machine / (got / 1e9)}
 
 
 def wrk_run(wrk, url, conns, secs):
@@ -847,6 +861,10 @@ def main():
                 # where a server's low figure went.
                 rows.append(row(scn, "client CPU s/GB (curl)", a_name, a["client CPU s/GB"],
                                 q["client CPU s/GB"], "", None))
+                # Everything the transfer cost the machine, wherever the
+                # kernel charged it (server, clients, softirq threads).
+                rows.append(row(scn, "machine CPU s/GB (server + clients + kernel)", a_name,
+                                a["machine CPU s/GB"], q["machine CPU s/GB"], "", None))
                 if scn == "S4":
                     n = sz["slow_ftp"]
                     a = slow_ftp(procs, vsftpd, url["vsftpd"] + big, n)
