@@ -70,7 +70,7 @@ fn open_pinned(path: &Path, stamp: FileStamp) -> Result<fs::File, OpenError> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() || FileStamp::of(&meta) != stamp {

@@ -261,14 +261,30 @@ const FDS_BESIDES: u64 = 64;
 /// cap's duplicate), three while a data connection is open, four while a
 /// resident package goes out on it (the handle `sendfile` writes to).
 fn raise_fd_limit(max_connections: usize) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let Rlimit {
+        current: Some(soft),
+        maximum,
+    } = getrlimit(Resource::Nofile)
+    else {
+        // Unlimited.
         return;
     };
-    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
+    let limit = match maximum {
+        Some(hard) if soft < hard => {
+            let raised = Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        // Linux never reports an unlimited hard limit for descriptors
+        // (it is at most fs.nr_open).
+        _ => soft,
     };
     let need = max_connections as u64 + FDS_BESIDES;
     if limit < need {

@@ -19,18 +19,19 @@
 //! is non-blocking and polled: every [`DATA_POLL`] while a host is
 //! attached, every [`NO_HOST_POLL`] while none is. An AT port carries a few
 //! hundred bytes a second; the cost is a few dozen system calls a second.
-//! Everything goes through `nix`'s safe wrappers: no `unsafe`.
+//! Everything goes through `rustix`'s safe wrappers: no `unsafe`.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
-use nix::sys::termios::{self, FlushArg, SetArg};
+use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+use rustix::io::Errno;
+use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+use rustix::termios::{OptionalActions, QueueSelector, tcflush, tcgetattr, tcsetattr};
 use tokio::time::Instant;
 
 /// How often the master is polled for input while a host has it open:
@@ -60,7 +61,8 @@ pub enum PortRead {
 /// (the host's reads fail).
 #[derive(Debug)]
 pub struct Pty {
-    master: PtyMaster,
+    /// The master (`posix_openpt(3)`), as a file for reads and writes.
+    master: File,
     slave: PathBuf,
 }
 
@@ -71,10 +73,11 @@ impl Pty {
     /// # Errors
     /// The system has no free PTY, or the slave cannot be configured.
     pub fn open() -> io::Result<Pty> {
-        let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY)?;
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY)?;
         grantpt(&master)?;
         unlockpt(&master)?;
-        let slave = PathBuf::from(ptsname_r(&master)?);
+        let name = ptsname(&master, Vec::new())?.into_bytes();
+        let slave = PathBuf::from(std::ffi::OsString::from_vec(name));
         // Configure the line discipline once through a short-lived slave
         // descriptor; the settings stay with the PTY while the master is
         // open.
@@ -82,14 +85,14 @@ impl Pty {
             let fd = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .custom_flags(OFlag::O_NOCTTY.bits())
+                .custom_flags(no_ctty(OFlags::empty()))
                 .open(&slave)?;
-            let mut t = termios::tcgetattr(fd.as_fd())?;
-            termios::cfmakeraw(&mut t);
-            termios::tcsetattr(fd.as_fd(), SetArg::TCSANOW, &t)?;
+            let mut t = tcgetattr(&fd)?;
+            t.make_raw();
+            tcsetattr(&fd, OptionalActions::Now, &t)?;
         }
-        let flags = OFlag::from_bits_truncate(fcntl(&master, FcntlArg::F_GETFL)?);
-        fcntl(&master, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        fcntl_setfl(&master, fcntl_getfl(&master)? | OFlags::NONBLOCK)?;
+        let master = File::from(master);
         Ok(Pty { master, slave })
     }
 
@@ -109,7 +112,7 @@ impl Pty {
             // A master reads 0 only when no slave is open on some kernels.
             Ok(0) => Ok(PortRead::NoHost),
             Ok(n) => Ok(PortRead::Data(n)),
-            Err(e) if e.raw_os_error() == Some(Errno::EIO as i32) => Ok(PortRead::NoHost),
+            Err(e) if e.raw_os_error() == Some(Errno::IO.raw_os_error()) => Ok(PortRead::NoHost),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -181,15 +184,21 @@ impl Pty {
         // Written bytes sit first in the slave's flip buffer (flushed from
         // the master side), then move to its line discipline (flushed from
         // the slave side, through a descriptor opened for just this).
-        termios::tcflush(&self.master, FlushArg::TCOFLUSH)?;
+        tcflush(&self.master, QueueSelector::OFlush)?;
         let slave = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags((OFlag::O_NOCTTY | OFlag::O_NONBLOCK).bits())
+            .custom_flags(no_ctty(OFlags::NONBLOCK))
             .open(&self.slave)?;
-        termios::tcflush(slave.as_fd(), FlushArg::TCIFLUSH)?;
+        tcflush(&slave, QueueSelector::IFlush)?;
         Ok(())
     }
+}
+
+/// `flags` with `O_NOCTTY` (opening the slave must not make it this
+/// process's controlling terminal), as `open(2)`'s flag bits.
+fn no_ctty(flags: OFlags) -> i32 {
+    (flags | OFlags::NOCTTY).bits() as i32
 }
 
 /// A symlink kept pointing at the current PTY; removed on drop.

@@ -123,7 +123,8 @@ fn warn_accept_failed(err: &std::io::Error, protocol: &'static str) {
 /// out of file descriptors.
 fn out_of_descriptors(err: &std::io::Error) -> bool {
     let code = err.raw_os_error();
-    code == Some(nix::errno::Errno::EMFILE as i32) || code == Some(nix::errno::Errno::ENFILE as i32)
+    use rustix::io::Errno;
+    code == Some(Errno::MFILE.raw_os_error()) || code == Some(Errno::NFILE.raw_os_error())
 }
 
 /// Out of descriptors with a connection waiting in the backlog: closes the
@@ -165,12 +166,13 @@ fn answer_on_spare(listener: &TcpListener, shared: &Shared, protocol: Protocol) 
 /// Whether a connection waits in `listener`'s backlog (`poll(2)` reports
 /// a listening socket readable then), without accepting it.
 fn connection_waiting(listener: &TcpListener) -> bool {
-    use std::os::fd::AsFd;
-    let mut fds = [nix::poll::PollFd::new(
-        listener.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(listener, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut fds, Some(&now)).is_ok_and(|ready| ready > 0)
 }
 
 /// Counts and logs a connection over `hit`, and answers and closes it in
