@@ -203,12 +203,13 @@ def tree_pids(root):
 
 def machine_cpu():
     """CPU seconds the whole machine has been busy (every process, interrupts
-    and softirqs, from the `cpu` line of /proc/stat: all but idle and
-    iowait)."""
+    and softirqs, from the `cpu` line of /proc/stat: user, nice, system, irq
+    and softirq; not idle, iowait, or steal, the time a hypervisor gave to
+    other guests)."""
     with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu(root):
@@ -568,8 +569,9 @@ def bulk(procs, server, url, sz, size, curl_opts, deadline):
         if c.returncode != 0:
             errors.append(err.strip()[:200])
     wall = time.monotonic() - t0
-    machine = machine_cpu() - machine0
+    # Both CPU figures end after the server's session processes are gone.
     settle(server.pid, base_n)
+    machine = machine_cpu() - machine0
     cpu = tree_cpu(server.pid) - cpu0
     procs.procs = [(n, p) for n, p in procs.procs if p not in clients]
     want = sz["clients"] * sz["rounds"] * size

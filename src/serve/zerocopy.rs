@@ -192,16 +192,21 @@ impl AsyncWrite for ZeroCopyStream {
 /// (libunftp hands the storage back-end only a boxed writer). `None` when
 /// no descriptor is such a socket.
 ///
-/// Descriptors are taken by number with `pidfd_getfd(2)` (Linux 5.6+; a
-/// process may always take its own) and checked with `fstat(2)` to be a
-/// socket with one of those inodes, so a number closed and reused in
-/// between is passed over. The kernel gives a new descriptor the lowest free
-/// number (POSIX `open(2)`, `accept(2)`), so `near` — the lowest free number
-/// when the listener that accepted the socket was bound
-/// ([`lowest_free_descriptor`]) — is usually the socket's own: the numbers
-/// within [`NEAR_TRIES`] of it are tried first, a few system calls however
-/// many connections are open. Only when none is the socket are all numbers
-/// in `/proc/self/fd` tried.
+/// Each number is first looked at through its `/proc/self/fd` link
+/// (`stat(2)`, no new descriptor): only a socket with one of those inodes
+/// is then taken with `pidfd_getfd(2)` (Linux 5.6+; a process may always
+/// take its own) and checked again with `fstat(2)`, so a number closed and
+/// reused in between is passed over. No other file is ever duplicated:
+/// closing a duplicate of a file would drop the process's POSIX record
+/// locks on it (`fcntl(2)`), which an embedding program (SQLite, say) may
+/// hold. The kernel gives a new descriptor the lowest free number (POSIX
+/// `open(2)`, `accept(2)`), so `near` — the lowest free number when the
+/// listener that accepted the socket was bound ([`lowest_free_descriptor`])
+/// — is usually the socket's own: the numbers within [`NEAR_TRIES`] of it
+/// are tried first, a few system calls however many connections are open.
+/// Only when none is the socket are all numbers in `/proc/self/fd` tried.
+/// Out of descriptors (`EMFILE`, `ENFILE`), there is no handle to be had:
+/// `None`.
 ///
 /// # Errors
 /// `/proc/self/fd` cannot be read, or the system refuses `pidfd_open` or
@@ -211,6 +216,29 @@ pub fn own_socket(
     near: Option<i32>,
     wanted: impl Fn(&std::net::TcpStream) -> bool,
 ) -> io::Result<Option<(u32, TcpStream)>> {
+    use rustix::io::Errno;
+    if inodes.is_empty() {
+        return Ok(None);
+    }
+    match find_own_socket(inodes, near, wanted) {
+        Err(err)
+            if err.raw_os_error() == Some(Errno::MFILE.raw_os_error())
+                || err.raw_os_error() == Some(Errno::NFILE.raw_os_error()) =>
+        {
+            Ok(None)
+        }
+        found => found,
+    }
+}
+
+/// [`own_socket`] without the special cases.
+fn find_own_socket(
+    inodes: &[u32],
+    near: Option<i32>,
+    wanted: impl Fn(&std::net::TcpStream) -> bool,
+) -> io::Result<Option<(u32, TcpStream)>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
     use rustix::fs::FileType;
     use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
     static OWN: OnceLock<Option<OwnedFd>> = OnceLock::new();
@@ -221,22 +249,32 @@ pub fn own_socket(
             "pidfd_open refused",
         ));
     };
+    let sought = |inode: u64| inodes.iter().find(|i| u64::from(**i) == inode).copied();
     let take = |number: i32| -> io::Result<Option<(u32, std::net::TcpStream)>> {
+        // A look through the link first: nothing but a sought socket is
+        // ever duplicated.
+        let Ok(meta) = std::fs::metadata(format!("/proc/self/fd/{number}")) else {
+            return Ok(None);
+        };
+        if !meta.file_type().is_socket() || sought(meta.ino()).is_none() {
+            return Ok(None);
+        }
         let fd = match pidfd_getfd(own, number, PidfdGetfdFlags::empty()) {
             Ok(fd) => fd,
-            // Not open (any more).
+            // Closed since.
             Err(rustix::io::Errno::BADF) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
+        // The number may have been reused in between: check again.
         let stat = rustix::fs::fstat(&fd)?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::Socket {
             return Ok(None);
         }
-        let Some(inode) = inodes.iter().find(|i| u64::from(**i) == stat.st_ino) else {
+        let Some(inode) = sought(stat.st_ino) else {
             return Ok(None);
         };
         let std = std::net::TcpStream::from(fd);
-        Ok(wanted(&std).then_some((*inode, std)))
+        Ok(wanted(&std).then_some((inode, std)))
     };
     let into_tokio = |(inode, std): (u32, std::net::TcpStream)| -> io::Result<_> {
         std.set_nonblocking(true)?;
@@ -343,6 +381,8 @@ mod tests {
         assert!(refused.is_none(), "`wanted` decides");
         let absent = own_socket(&[u32::MAX - 7], Some(hint), |_| true).unwrap();
         assert!(absent.is_none(), "no socket has that inode");
+        let none = own_socket(&[], Some(hint), |_| true).unwrap();
+        assert!(none.is_none(), "nothing sought");
         drop(others);
     }
 
