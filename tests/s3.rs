@@ -14,7 +14,9 @@
 //! once reached), stopped while serving (cached packages keep being
 //! served, `/readyz` names the store) and restarted; a cache bounded below
 //! the catalog (evicted packages fetched again); wrong or missing
-//! credentials (a clear start-up error).
+//! credentials (a clear start-up error); `check s3://…` (the bucket's
+//! packages validated, a broken one failing the check, a stopped store an
+//! error).
 
 mod common;
 #[path = "support/served.rs"]
@@ -644,4 +646,63 @@ async fn packages_evicted_from_a_small_cache_are_fetched_again() {
             assert!(held <= bound as u64, "cache holds {held} bytes");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_validates_the_packages_of_a_bucket_prefix() {
+    let mut store = Store::start().await;
+    let good = zip_with(&[("system.diff", &noise(30_000, 3))]);
+    store.put("update-v12-to-v13.zip", &good).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let location = format!("s3://{BUCKET}/{PREFIX}");
+    let endpoint = store.endpoint();
+    let check = |json: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", &location, "--s3-endpoint", &endpoint])
+            .args(["--s3-path-style", "--public-host", "192.0.2.2"])
+            .args(json.then_some("--json"))
+            .envs(credentials(SECRET_KEY))
+            // The check's downloads go to a temporary folder of its own.
+            .env("TMPDIR", scratch.path())
+            .kill_on_drop(true);
+        cmd
+    };
+    let out = bounded("check of a valid bucket", check(false).output())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("update-v12-to-v13.zip"), "{text}");
+    assert!(text.contains(&sha256(&good)), "{text}");
+    assert!(text.contains("check passed"), "{text}");
+
+    // A broken package fails the check and is named with why.
+    store.put("bad-v1-to-v2.zip", &common::broken_zip()).await;
+    let out = bounded("check of a bucket with a broken zip", check(true).output())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = |path: &str| {
+        report
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["path"] == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("{path} in {report}"))
+    };
+    assert!(entry("bad-v1-to-v2.zip")["problems"][0].is_string());
+    assert_eq!(entry("update-v12-to-v13.zip")["sha256"], sha256(&good));
+    let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().collect();
+    assert!(left.is_empty(), "the downloads are removed: {left:?}");
+
+    // A store that cannot be reached is an error, not an empty pass.
+    store.stop().await;
+    let out = bounded("check of a stopped store", check(false).output())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unreachable"), "{stderr}");
 }

@@ -1,24 +1,34 @@
-//! `qfota-serve check <DIR>`: validate a folder without serving it, print
-//! the report (or JSON), exit 1 when a package is invalid or misfits a
-//! family named with `--profile`.
+//! `qfota-serve check <DIR | s3://BUCKET/PREFIX>`: validate a folder, or
+//! the packages under an object-store prefix, without serving them; print
+//! the report (or JSON); exit 1 when a package is invalid or misfits a
+//! family named with `--profile`, or the store cannot be read.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
+use crate::catalog::Catalog;
+use crate::catalog::Package;
+use crate::catalog::s3::{S3Catalog, S3Config, S3Location};
 use crate::catalog::validate::{Advertised, FtpCredentials};
 use crate::cli::output::check_report;
+use crate::cli::s3::{DEFAULT_CACHE_MAX_BYTES, StoreArgs};
 use crate::cli::values::{parse_profile, parse_user};
 use crate::profile::Profile;
 use crate::serve::{check_packages, default_public_host};
 
-/// `qfota-serve check <DIR>`.
+/// `qfota-serve check <DIR | s3://BUCKET/PREFIX>`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Folder holding the firmware packages.
+    /// Folder holding the firmware packages, or an s3://BUCKET/PREFIX
+    /// location (each object is downloaded to a temporary folder and
+    /// validated as the server would).
+    #[arg(value_name = "DIR | s3://BUCKET/PREFIX")]
     pub dir: PathBuf,
     /// Host modules will be given [default: first non-loopback IPv4].
     #[arg(long, env = "QFOTA_PUBLIC_HOST", value_name = "HOST")]
@@ -42,6 +52,9 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Where an s3:// location's store is.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 impl CheckArgs {
@@ -65,11 +78,16 @@ impl CheckArgs {
 /// Runs `qfota-serve check`: exit 0 when the check passes, 1 when it fails.
 ///
 /// # Errors
-/// The folder cannot be read (exit 1).
+/// The folder cannot be read; the location is not a valid `s3://` URL;
+/// the store refuses the credentials, has no such bucket or cannot be
+/// reached (exit 1).
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let packages = check_packages(&args.dir, args.advertised())
-        .await
-        .with_context(|| format!("cannot read {}", args.dir.display()))?;
+    let packages = match args.store.location(Some(&args.dir))? {
+        Some(location) => check_store(location, args.advertised()).await?,
+        None => check_packages(&args.dir, args.advertised())
+            .await
+            .with_context(|| format!("cannot read {}", args.dir.display()))?,
+    };
     let (report, ok) = check_report(&packages, &args.profiles);
     if args.json {
         outln!(
@@ -84,4 +102,57 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The packages under `location`, each downloaded once into a temporary
+/// folder (removed afterwards) and validated by the code that serves them
+/// ([`S3Catalog`]).
+///
+/// # Errors
+/// The store refuses the client configuration or the credentials, has no
+/// such bucket, refuses the listing, or cannot be reached; the temporary
+/// folder cannot be made.
+async fn check_store(
+    location: S3Location,
+    advertised: Advertised,
+) -> anyhow::Result<Vec<Arc<Package>>> {
+    let shown = location.display();
+    let scratch = Scratch::new()?;
+    let config = S3Config {
+        location,
+        // One listing only.
+        rescan: Duration::from_secs(3600),
+        cache_dir: scratch.0.clone(),
+        cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
+        // Validated from the downloaded files, not held in memory.
+        package_memory: 0,
+    };
+    let catalog = S3Catalog::open(config, advertised).await?;
+    anyhow::ensure!(
+        catalog.store_reached(),
+        "object store unreachable: {shown} (see the warning above)"
+    );
+    Ok(catalog.packages())
+}
+
+/// A temporary folder for a check's downloads, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Scratch> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("qfota-serve-check-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("temporary folder {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -10,7 +10,7 @@
 //!   and passes to the long-running commands.
 //! - [`serve`]: `qfota-serve [OPTIONS] <DIR>`, the default job, with
 //!   [`config`]: the configuration file under the flags and `qfota-serve
-//!   config`; [`check`]: `qfota-serve check <DIR>`; [`output`]: the texts
+//!   config`; [`check`]: `qfota-serve check <DIR | s3://…>`; [`output`]: the texts
 //!   both print (listener banner, `AT+QFOTADL` lines, the check report);
 //!   [`values`]: the value parsers they share.
 //!   [`s3`]: its object-store and replica flags (`s3://BUCKET/PREFIX`,
@@ -110,8 +110,9 @@ pub struct Cli {
 /// Jobs other than serving.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate the packages in a folder and print the report; exit 1 when
-    /// any is invalid or misfits a profile named with --profile.
+    /// Validate the packages in a folder or under an s3:// prefix and print
+    /// the report; exit 1 when any is invalid or misfits a profile named
+    /// with --profile.
     Check(CheckArgs),
     /// Simulate a module's FOTA download and upgrade (`AT+QFOTADL`) against
     /// a server, printing the AT transcript; exit 0 on `END,0`.

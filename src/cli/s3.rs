@@ -4,7 +4,8 @@
 //! credentials from the standard `AWS_*` environment variables) and
 //! naming the replica in its download records (`--instance-id`). Flattened
 //! into [`ServeArgs`](super::serve::ServeArgs), so the configuration file
-//! takes them by the same names.
+//! takes them by the same names; `check` takes the store's own flags
+//! ([`StoreArgs`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,10 +18,11 @@ use crate::serve::ServerBuilder;
 /// Default `--cache-max-bytes`: 8 GiB.
 pub const DEFAULT_CACHE_MAX_BYTES: u64 = 8 << 30;
 
-/// Flags for serving from an object store and for running as one of
-/// several replicas.
+/// Where an `s3://BUCKET/PREFIX` location's store is and how to address
+/// it: the flags `serve` and `check` share (credentials come from the
+/// standard `AWS_*` environment variables or profile).
 #[derive(Debug, Clone, Args)]
-pub struct ReplicaArgs {
+pub struct StoreArgs {
     /// Endpoint URL of a self-hosted S3-compatible store
     /// (`http://minio.lan:9000`) [default: AWS, or AWS_ENDPOINT].
     #[arg(long, env = "QFOTA_S3_ENDPOINT", value_name = "URL")]
@@ -32,6 +34,37 @@ pub struct ReplicaArgs {
     /// stores need, instead of virtual-hosted style (BUCKET.ENDPOINT/KEY).
     #[arg(long, env = "QFOTA_S3_PATH_STYLE")]
     pub s3_path_style: bool,
+}
+
+impl StoreArgs {
+    /// The location `dir` names with these flags applied, when it is an
+    /// `s3://` URL; `None` for a folder.
+    ///
+    /// # Errors
+    /// [`LocationError`]: an `s3://` location without a bucket or with an
+    /// unclean prefix.
+    pub fn location(&self, dir: Option<&Path>) -> Result<Option<S3Location>, LocationError> {
+        let Some(url) = dir
+            .and_then(Path::to_str)
+            .filter(|d| S3Location::is_s3_url(d))
+        else {
+            return Ok(None);
+        };
+        let mut location = S3Location::parse(url)?;
+        location.endpoint = self.s3_endpoint.clone();
+        location.region = self.s3_region.clone();
+        location.path_style = self.s3_path_style;
+        Ok(Some(location))
+    }
+}
+
+/// Flags for serving from an object store and for running as one of
+/// several replicas.
+#[derive(Debug, Clone, Args)]
+pub struct ReplicaArgs {
+    /// Where the store is.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Seconds between listings of an s3:// location (unchanged objects
     /// are not read again).
     #[arg(
@@ -75,16 +108,9 @@ impl ReplicaArgs {
     /// [`LocationError`]: an `s3://` location without a bucket or with an
     /// unclean prefix.
     pub fn s3_config(&self, dir: Option<&Path>) -> Result<Option<S3Config>, LocationError> {
-        let Some(url) = dir
-            .and_then(Path::to_str)
-            .filter(|d| S3Location::is_s3_url(d))
-        else {
+        let Some(location) = self.store.location(dir)? else {
             return Ok(None);
         };
-        let mut location = S3Location::parse(url)?;
-        location.endpoint = self.s3_endpoint.clone();
-        location.region = self.s3_region.clone();
-        location.path_style = self.s3_path_style;
         Ok(Some(S3Config {
             location,
             rescan: Duration::from_secs(self.rescan_secs),
