@@ -6,7 +6,8 @@
 //! FTP, and the `object_store` S3 client putting packages into the bucket.
 //!
 //! Covered: two replicas serving one bucket over HTTP, HTTPS and FTP,
-//! each naming itself in its download records; a replica restarted on its
+//! each naming itself in its download records (and `report` over both
+//! logs counting each replica apart); a replica restarted on its
 //! cache re-validates the cached versions instead of downloading them
 //! again; a package replaced in the bucket during a download (that
 //! download gets the old bytes whole, the next one the new; records
@@ -345,6 +346,28 @@ async fn two_replicas_serve_one_bucket_over_http_and_ftp() {
     assert_eq!(rec["instance"], "us-1");
     assert_eq!(rec["sha256"], sha256(&jun_pkg));
     assert!(records(&b_log).iter().all(|r| r["instance"] == "us-1"));
+    // `report` reads the replicas' logs together and counts each apart.
+    let (a_path, b_path) = (a_log.to_str().unwrap(), b_log.to_str().unwrap());
+    let out = run(BIN, &["report", "--json", a_path, b_path]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let instances = view["instances"].as_array().unwrap();
+    let names: Vec<_> = instances.iter().map(|i| i["instance"].clone()).collect();
+    assert_eq!(names, ["eu-1", "us-1"], "{view}");
+    let per_replica: u64 = instances
+        .iter()
+        .map(|i| i["attempts"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_replica, view["attempts"].as_u64().unwrap());
+    assert!(
+        instances
+            .iter()
+            .all(|i| i["outcomes"]["complete"].as_u64() >= Some(1))
+    );
+    let out = run(BIN, &["report", a_path, b_path]).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().any(|l| l.starts_with("replica ")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("us-1 ")), "{table}");
 
     // A restarted replica re-validates its cached versions by listing
     // (same size, Last-Modified, ETag) instead of downloading them again:

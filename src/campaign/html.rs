@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::text::{PACKAGE_COLUMNS, bytes, duration, module_label, package_cells};
+use super::text::{PACKAGE_COLUMNS, bytes, duration, instance_cells, module_label, package_cells};
 use super::{Campaign, Outcomes, Timeline, path_label};
 use crate::dlog::format_ts;
 
@@ -112,6 +112,7 @@ pub fn render(campaign: &Campaign, refresh: Option<Duration>) -> String {
     out.push_str("<h2>Attempts over time</h2>\n");
     chart(&mut out, &c.timeline);
     packages(&mut out, c);
+    instances(&mut out, c);
     recent(&mut out, c);
     out.push_str("</body></html>\n");
     out
@@ -258,6 +259,33 @@ fn packages(out: &mut String, c: &Campaign) {
     out.push_str("</tbody></table></div>\n");
 }
 
+/// One row per replica, when the records name several (`--instance-id`).
+fn instances(out: &mut String, c: &Campaign) {
+    if c.instances.is_empty() {
+        return;
+    }
+    out.push_str(
+        "<h2>Replicas</h2>\n<div class=\"scroll\"><table id=\"instances\"><thead><tr>\
+         <th class=\"l\">replica</th>",
+    );
+    for column in PACKAGE_COLUMNS {
+        let _ = write!(out, "<th>{column}</th>");
+    }
+    out.push_str("</tr></thead><tbody>\n");
+    for i in &c.instances {
+        let name = escape(&i.instance);
+        let _ = write!(
+            out,
+            "<tr data-instance=\"{name}\"><td class=\"l\"><code>{name}</code></td>"
+        );
+        for (cell, column) in instance_cells(i).iter().zip(PACKAGE_COLUMNS) {
+            let _ = write!(out, "<td class=\"o-{column}\">{cell}</td>");
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</tbody></table></div>\n");
+}
+
 fn recent(out: &mut String, c: &Campaign) {
     out.push_str(
         "<h2>Most recent attempts</h2>\n<div class=\"scroll\"><table id=\"recent\"><thead><tr>\
@@ -288,7 +316,7 @@ fn recent(out: &mut String, c: &Campaign) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::campaign::tests::{rec, sample};
+    use crate::campaign::tests::{rec, sample, sample_of_replicas};
     use crate::campaign::{DEFAULT_RECENT, Filter};
     use crate::dlog::Outcome;
 
@@ -308,6 +336,26 @@ mod tests {
         assert_eq!(page.matches("://").count(), 1);
         let live = render(&c, Some(Duration::from_secs(5)));
         assert!(live.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
+    }
+
+    #[test]
+    fn replicas_get_a_table_when_records_name_them() {
+        let plain = render(
+            &Campaign::build(&sample(), &Filter::default(), DEFAULT_RECENT),
+            None,
+        );
+        assert!(!plain.contains("id=\"instances\""));
+        let c = Campaign::build(&sample_of_replicas(), &Filter::default(), DEFAULT_RECENT);
+        let page = render(&c, None);
+        assert!(page.contains("<h2>Replicas</h2>"), "{page}");
+        for name in ["eu-1", "eu-2", "-"] {
+            assert!(
+                page.contains(&format!("data-instance=\"{name}\"")),
+                "{name}"
+            );
+        }
+        let row = &page[page.find("data-instance=\"eu-1\"").unwrap()..];
+        assert!(row.starts_with("data-instance=\"eu-1\"><td class=\"l\"><code>eu-1</code></td><td class=\"o-attempts\">5</td>"), "{row}");
     }
 
     #[test]

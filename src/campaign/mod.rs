@@ -138,6 +138,27 @@ pub struct PackageStats {
     pub top_failures: Vec<FailureReason>,
 }
 
+/// The campaign figures of one replica (`--instance-id`): what
+/// [`PackageStats`] counts, over every package that replica served.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceStats {
+    /// The records' `instance`; `-` for records without one, among
+    /// records that have one.
+    pub instance: String,
+    /// Attempts of any outcome.
+    pub attempts: u64,
+    /// Distinct modules: FTP user names, else peer IP addresses.
+    pub modules: u64,
+    /// Attempts per outcome class.
+    pub outcomes: Outcomes,
+    /// Package bytes sent, over every attempt.
+    pub bytes_sent: u64,
+    /// Median duration of the complete attempts, milliseconds.
+    pub p50_ms: Option<u64>,
+    /// 95th percentile duration of the complete attempts, milliseconds.
+    pub p95_ms: Option<u64>,
+}
+
 /// Attempts that started in one time bucket, per outcome class.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Bucket {
@@ -178,6 +199,9 @@ pub struct Campaign {
     pub outcomes: Outcomes,
     /// Per package path, most attempts first (ties by path).
     pub packages: Vec<PackageStats>,
+    /// Per replica, by name, when the records name more than one (logs of
+    /// several replicas read together); empty otherwise.
+    pub instances: Vec<InstanceStats>,
     /// The most recent attempts, newest first.
     pub recent: Vec<DownloadRecord>,
     /// Attempts and outcomes over time.
@@ -340,13 +364,35 @@ impl Campaign {
         // Stable: records with the same ts keep their log order.
         kept.sort_by_key(|r| r.ts);
         let mut per_package: BTreeMap<&str, PackageAcc> = BTreeMap::new();
+        let mut per_instance: BTreeMap<&str, PackageAcc> = BTreeMap::new();
         let mut modules = HashSet::new();
         let mut outcomes = Outcomes::default();
         for r in &kept {
             per_package.entry(&r.path).or_default().add(r);
+            let instance = r.instance.as_deref().unwrap_or("-");
+            per_instance.entry(instance).or_default().add(r);
             modules.insert(module_key(r));
             outcomes.add(r.outcome);
         }
+        // A breakdown only when records name replicas and there is more
+        // than one (one replica's own view needs none).
+        let named = kept.iter().any(|r| r.instance.is_some()) && per_instance.len() > 1;
+        let instances = per_instance
+            .into_iter()
+            .filter(|_| named)
+            .map(|(instance, acc)| {
+                let p = acc.finish(instance.to_string());
+                InstanceStats {
+                    instance: p.path,
+                    attempts: p.attempts,
+                    modules: p.modules,
+                    outcomes: p.outcomes,
+                    bytes_sent: p.bytes_sent,
+                    p50_ms: p.p50_ms,
+                    p95_ms: p.p95_ms,
+                }
+            })
+            .collect();
         let mut packages: Vec<PackageStats> = per_package
             .into_iter()
             .map(|(path, acc)| acc.finish(path.to_string()))
@@ -360,6 +406,7 @@ impl Campaign {
             modules: modules.len() as u64,
             outcomes,
             packages,
+            instances,
             recent: kept
                 .iter()
                 .rev()
@@ -468,6 +515,56 @@ pub(crate) mod tests {
             ),
             rec(40, "nope.zip", "10.0.0.4:1", None, NotFound, 1, "no such"),
         ]
+    }
+
+    /// [`sample`] as served by two replicas: a.zip by `eu-1`, b.zip by
+    /// `eu-2`, the last record by one without `--instance-id`.
+    pub(crate) fn sample_of_replicas() -> Vec<DownloadRecord> {
+        let mut records = sample();
+        for r in &mut records {
+            r.instance = match r.path.as_str() {
+                "a.zip" => Some("eu-1".into()),
+                "b.zip" => Some("eu-2".into()),
+                _ => None,
+            };
+        }
+        records
+    }
+
+    #[test]
+    fn replicas_are_counted_apart_only_when_records_name_several() {
+        let plain = Campaign::build(&sample(), &Filter::default(), DEFAULT_RECENT);
+        assert!(plain.instances.is_empty());
+        let mut one = sample();
+        for r in &mut one {
+            r.instance = Some("eu-1".into());
+        }
+        let single = Campaign::build(&one, &Filter::default(), DEFAULT_RECENT);
+        assert!(single.instances.is_empty(), "one replica: no breakdown");
+        let c = Campaign::build(&sample_of_replicas(), &Filter::default(), DEFAULT_RECENT);
+        let names: Vec<_> = c.instances.iter().map(|i| i.instance.as_str()).collect();
+        assert_eq!(names, ["-", "eu-1", "eu-2"]);
+        let eu1 = &c.instances[1];
+        assert_eq!((eu1.attempts, eu1.modules), (5, 3));
+        assert_eq!(
+            eu1.outcomes,
+            Outcomes {
+                complete: 2,
+                aborted: 2,
+                refused: 1,
+                other: 0
+            }
+        );
+        assert_eq!(eu1.bytes_sent, 2300);
+        assert_eq!((eu1.p50_ms, eu1.p95_ms), (Some(100), Some(300)));
+        let eu2 = &c.instances[2];
+        assert_eq!(
+            (eu2.attempts, eu2.outcomes.complete, eu2.outcomes.other),
+            (2, 1, 1)
+        );
+        assert_eq!(c.instances[0].attempts, 1, "the unnamed record");
+        let total: u64 = c.instances.iter().map(|i| i.attempts).sum();
+        assert_eq!(total, c.attempts);
     }
 
     #[test]

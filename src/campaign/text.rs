@@ -1,10 +1,11 @@
 //! The campaign as a terminal table: a summary line, one row per package
 //! (attempts, modules, outcomes, bytes, p50/p95), its top failure reasons
-//! under it, then the most recent attempts.
+//! under it, one row per replica when the records name several, then the most
+//! recent attempts.
 
 use std::fmt::Write as _;
 
-use super::{Campaign, PackageStats, path_label};
+use super::{Campaign, InstanceStats, Outcomes, PackageStats, path_label};
 use crate::dlog::DownloadRecord;
 use crate::dlog::format_ts;
 
@@ -41,17 +42,43 @@ pub const PACKAGE_COLUMNS: [&str; 9] = [
 /// A package row's cells after the path: attempts, modules, the four
 /// outcome classes, bytes sent, p50 and p95 duration.
 pub fn package_cells(p: &PackageStats) -> [String; 9] {
-    let o = &p.outcomes;
+    cells(
+        p.attempts,
+        p.modules,
+        &p.outcomes,
+        p.bytes_sent,
+        [p.p50_ms, p.p95_ms],
+    )
+}
+
+/// A replica row's cells after its name, in [`PACKAGE_COLUMNS`] order.
+pub fn instance_cells(i: &InstanceStats) -> [String; 9] {
+    cells(
+        i.attempts,
+        i.modules,
+        &i.outcomes,
+        i.bytes_sent,
+        [i.p50_ms, i.p95_ms],
+    )
+}
+
+fn cells(
+    attempts: u64,
+    modules: u64,
+    o: &Outcomes,
+    bytes_sent: u64,
+    [p50, p95]: [Option<u64>; 2],
+) -> [String; 9] {
     [
-        p.attempts.to_string(),
-        p.modules.to_string(),
+        attempts.to_string(),
+        modules.to_string(),
         o.complete.to_string(),
         o.aborted.to_string(),
         o.refused.to_string(),
         o.other.to_string(),
-        bytes(p.bytes_sent),
-        duration(p.p50_ms),
-        duration(p.p95_ms),
+        bytes(bytes_sent),
+        duration(p50),
+        duration(p95),
     ]
 }
 
@@ -113,6 +140,19 @@ pub fn render(c: &Campaign) -> String {
             let _ = writeln!(out, "    {:>4}× {}: {}", f.count, f.outcome, f.reason);
         }
     }
+    if !c.instances.is_empty() {
+        let name_w = c
+            .instances
+            .iter()
+            .map(|i| i.instance.len())
+            .max()
+            .unwrap_or(0)
+            .max("replica".len());
+        let _ = writeln!(out, "\n{}", row("replica", name_w, &titles));
+        for i in &c.instances {
+            let _ = writeln!(out, "{}", row(&i.instance, name_w, &instance_cells(i)));
+        }
+    }
     if !c.recent.is_empty() {
         let _ = writeln!(out, "\nmost recent attempts");
         for r in &c.recent {
@@ -136,7 +176,8 @@ pub fn render(c: &Campaign) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::campaign::{DEFAULT_RECENT, Filter, tests::sample};
+    use crate::campaign::tests::{sample, sample_of_replicas};
+    use crate::campaign::{DEFAULT_RECENT, Filter};
 
     #[test]
     fn table_has_a_row_per_package_and_its_failures() {
@@ -151,6 +192,23 @@ mod tests {
         assert_eq!(&cols[..7], ["a.zip", "5", "3", "2", "2", "1", "0"], "{row}");
         assert!(t.contains("   2× aborted: client closed"), "{t}");
         assert!(t.contains("most recent attempts"), "{t}");
+    }
+
+    #[test]
+    fn replicas_get_rows_of_their_own_when_named() {
+        let plain = render(&Campaign::build(
+            &sample(),
+            &Filter::default(),
+            DEFAULT_RECENT,
+        ));
+        assert!(!plain.contains("replica"), "{plain}");
+        let c = Campaign::build(&sample_of_replicas(), &Filter::default(), DEFAULT_RECENT);
+        let t = render(&c);
+        assert!(t.lines().any(|l| l.starts_with("replica ")), "{t}");
+        let row = t.lines().find(|l| l.starts_with("eu-1")).unwrap();
+        let cols: Vec<_> = row.split_whitespace().collect();
+        assert_eq!(&cols[..7], ["eu-1", "5", "3", "2", "2", "1", "0"], "{row}");
+        assert!(t.lines().any(|l| l.starts_with("eu-2 ")), "{t}");
     }
 
     #[test]
