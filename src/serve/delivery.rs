@@ -498,12 +498,20 @@ impl AckTracker {
         lock(&self.progressed).elapsed()
     }
 
-    /// Body bytes acknowledged so far, capped at `sent` (body bytes written).
-    pub fn body_acked(&self, sent: u64) -> u64 {
-        let stream = self
-            .acked
-            .load(Ordering::Acquire)
-            .saturating_sub(self.base.load(Ordering::Acquire));
+    /// Where the body last marked ([`AckTracker::mark_body_start`],
+    /// [`AckTracker::mark_body_start_at`]) starts in the connection's byte
+    /// stream, in bytes. A body must keep its own: on a keep-alive
+    /// connection the next response marks its start while the previous
+    /// one's acknowledgements may still be awaited.
+    pub fn body_start(&self) -> u64 {
+        self.base.load(Ordering::Acquire)
+    }
+
+    /// Bytes acknowledged so far of the body that starts at stream offset
+    /// `start` ([`AckTracker::body_start`]), capped at `sent` (body bytes
+    /// written).
+    pub fn body_acked(&self, start: u64, sent: u64) -> u64 {
+        let stream = self.acked.load(Ordering::Acquire).saturating_sub(start);
         let body = if self.tls {
             tls_plaintext_estimate(stream)
         } else {
@@ -518,26 +526,25 @@ impl AckTracker {
         self.acked.load(Ordering::Acquire)
     }
 
-    /// Whether the peer acknowledged a body of `sent` bytes whole: the
-    /// stream acknowledged past the body's start covers it. Exact over
-    /// plain TCP; over TLS the ciphertext also carries record overhead, so
-    /// this holds within one record (a TLS `close_notify` or a next
-    /// response after the body never counts against it).
-    pub fn delivered(&self, sent: u64) -> bool {
-        let past_start = self
-            .acked
-            .load(Ordering::Acquire)
-            .saturating_sub(self.base.load(Ordering::Acquire));
-        past_start >= sent
+    /// Whether the peer acknowledged a body of `sent` bytes that starts at
+    /// stream offset `start` whole: the stream acknowledged past the start
+    /// covers it. Exact over plain TCP; over TLS the ciphertext also
+    /// carries record overhead, so this holds within one record (a TLS
+    /// `close_notify` or a next response after the body never counts
+    /// against it).
+    pub fn delivered(&self, start: u64, sent: u64) -> bool {
+        self.acked.load(Ordering::Acquire).saturating_sub(start) >= sent
     }
 
-    /// Waits until the peer acknowledged a body of `sent` bytes whole
-    /// ([`AckTracker::delivered`]), the connection is gone, no new byte is
+    /// Waits until the peer acknowledged a body of `sent` bytes from
+    /// stream offset `start` whole ([`AckTracker::delivered`]), the
+    /// connection is gone, no new byte is
     /// acknowledged for `stall`, or `cancel` fires. Polls the kernel at
     /// growing intervals (2 ms → 200 ms); the first look is at once for a
     /// body of up to [`LOOK_AT_ONCE_BYTES`], after 2 ms for a larger one.
     pub async fn wait_all_acked(
         &self,
+        start: u64,
         sent: u64,
         stall: Duration,
         cancel: impl std::future::Future<Output = ()>,
@@ -559,7 +566,7 @@ impl AckTracker {
             }
             match self.refresh() {
                 None => return Delivery::Gone,
-                Some(_) if self.delivered(sent) => return Delivery::Acked,
+                Some(_) if self.delivered(start, sent) => return Delivery::Acked,
                 Some(_) if self.since_progress() >= stall => return Delivery::Stalled,
                 Some(_) => {}
             }

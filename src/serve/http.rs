@@ -444,6 +444,7 @@ impl Conn {
             draining: None,
             phase: BodyPhase::Fresh,
             final_flush: None,
+            start: None,
             finish: Some(Finish {
                 conn: Arc::clone(self),
                 attempt,
@@ -721,6 +722,11 @@ pub(crate) struct PackageBody {
     /// The connection's flush count when the last byte was handed over: a
     /// later completed flush has written it to the kernel.
     final_flush: Option<u64>,
+    /// Where this body starts in the connection's byte stream (bytes
+    /// written before it), once its headers are flushed: its own, since
+    /// the next response on the connection marks a new start while this
+    /// one's acknowledgements may still be awaited.
+    start: Option<u64>,
 }
 
 impl PackageBody {
@@ -736,10 +742,11 @@ impl PackageBody {
             let flushed_before = self.final_flush.unwrap_or_else(|| f.conn.flushes.count());
             let conn = Arc::clone(&f.conn);
             let status = self.status.as_u16();
+            let start = self.start;
             f.conn
                 .shared
                 .transfers
-                .spawn(conn.deliver(f.attempt, status, flushed_before));
+                .spawn(conn.deliver(f.attempt, status, flushed_before, start));
             return;
         }
         let status = self.status.as_u16();
@@ -763,10 +770,11 @@ impl PackageBody {
         // kernel destroys the socket.
         let transfers = f.conn.shared.transfers.clone();
         f.attempt.end_now();
+        let start = self.start.unwrap_or_else(|| ack.body_start());
         transfers.spawn(async move {
             ack.refresh();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
-            f.attempt.bytes_acked = ack.body_acked(f.attempt.bytes_sent);
+            f.attempt.bytes_acked = ack.body_acked(start, f.attempt.bytes_sent);
             let reason = abort_reason(&f, cause, expected);
             f.conn
                 .shared
@@ -827,7 +835,9 @@ impl PackageBody {
                 if let Some(f) = &self.finish
                     && let Some(ack) = &f.conn.ack
                 {
-                    ack.mark_body_start_at(f.conn.flushes.written());
+                    let start = f.conn.flushes.written();
+                    ack.mark_body_start_at(start);
+                    self.start = Some(start);
                 }
                 Poll::Ready(())
             }
@@ -863,9 +873,16 @@ fn abort_reason(f: &Finish, cause: Option<String>, expected: u64) -> String {
 impl Conn {
     /// After the last body byte was handed to hyper: waits until hyper has
     /// written it to the kernel (a flush past `flushed_before`) and the peer
-    /// acknowledged every byte, then records the attempt — `complete` only
-    /// then. A connection that stalls here is closed.
-    async fn deliver(self: Arc<Self>, mut attempt: Attempt, status: u16, flushed_before: u64) {
+    /// acknowledged every byte from the body's `start` (its stream offset;
+    /// `None`: the tracker's last mark), then records the attempt —
+    /// `complete` only then. A connection that stalls here is closed.
+    async fn deliver(
+        self: Arc<Self>,
+        mut attempt: Attempt,
+        status: u16,
+        flushed_before: u64,
+        start: Option<u64>,
+    ) {
         let sent = attempt.bytes_sent;
         let Some(ack) = self.ack.clone() else {
             // No kernel counters: the best this host can say.
@@ -902,14 +919,19 @@ impl Conn {
             _ = flushed => true,
             _ = self.close.cancelled() => false,
         };
-        let mut delivery = ack.wait_all_acked(sent, self.timeouts.stall, cancel).await;
+        // This body's own start (the tracker's moves on with the next
+        // response on the connection).
+        let start = start.unwrap_or_else(|| ack.body_start());
+        let mut delivery = ack
+            .wait_all_acked(start, sent, self.timeouts.stall, cancel)
+            .await;
         if delivery == Delivery::Gone {
             // Closed before a look saw the end: the kernel's final
             // counters (at the socket's destruction) say whether the body
             // was acknowledged.
             attempt.end_now();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
-            if ack.delivered(sent) {
+            if ack.delivered(start, sent) {
                 delivery = Delivery::Acked;
             }
         }
@@ -920,7 +942,7 @@ impl Conn {
         }
         attempt.bytes_acked = match delivery {
             Delivery::Acked => sent,
-            _ => ack.body_acked(sent),
+            _ => ack.body_acked(start, sent),
         };
         if delivery == Delivery::Stalled {
             // Nothing more will come of it: free the connection.

@@ -1144,8 +1144,9 @@ impl RetrRecord {
             return Ok(sent);
         };
         let shutdown = self.session.shared.shutdown.clone();
+        // A data connection carries one body.
         let delivery = ack
-            .wait_all_acked(sent, stall, shutdown.cancelled_owned())
+            .wait_all_acked(ack.body_start(), sent, stall, shutdown.cancelled_owned())
             .await;
         if delivery == Delivery::Acked {
             self.attempt.bytes_acked = sent;
@@ -1180,7 +1181,7 @@ impl RetrRecord {
         transfers.spawn(async move {
             ack.refresh();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
-            attempt.bytes_acked = ack.body_acked(attempt.bytes_sent);
+            attempt.bytes_acked = ack.body_acked(ack.body_start(), attempt.bytes_sent);
             let total = attempt
                 .package
                 .as_ref()
