@@ -142,8 +142,8 @@ pub struct PackageStats {
 /// [`PackageStats`] counts, over every package that replica served.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InstanceStats {
-    /// The records' `instance`; `-` for records without one, among
-    /// records that have one.
+    /// The records' `instance`; `-` for records without one, beside the
+    /// named replicas.
     pub instance: String,
     /// Attempts of any outcome.
     pub attempts: u64,
@@ -364,24 +364,27 @@ impl Campaign {
         // Stable: records with the same ts keep their log order.
         kept.sort_by_key(|r| r.ts);
         let mut per_package: BTreeMap<&str, PackageAcc> = BTreeMap::new();
-        let mut per_instance: BTreeMap<&str, PackageAcc> = BTreeMap::new();
+        let mut per_instance: BTreeMap<Option<&str>, PackageAcc> = BTreeMap::new();
         let mut modules = HashSet::new();
         let mut outcomes = Outcomes::default();
         for r in &kept {
             per_package.entry(&r.path).or_default().add(r);
-            let instance = r.instance.as_deref().unwrap_or("-");
-            per_instance.entry(instance).or_default().add(r);
+            per_instance
+                .entry(r.instance.as_deref())
+                .or_default()
+                .add(r);
             modules.insert(module_key(r));
             outcomes.add(r.outcome);
         }
-        // A breakdown only when records name replicas and there is more
-        // than one (one replica's own view needs none).
-        let named = kept.iter().any(|r| r.instance.is_some()) && per_instance.len() > 1;
+        // A breakdown only when the records name more than one replica
+        // (one replica's own view, older records without a name beside
+        // it, needs none).
+        let named = per_instance.keys().filter(|k| k.is_some()).count() > 1;
         let instances = per_instance
             .into_iter()
             .filter(|_| named)
             .map(|(instance, acc)| {
-                let p = acc.finish(instance.to_string());
+                let p = acc.finish(instance.unwrap_or("-").to_string());
                 InstanceStats {
                     instance: p.path,
                     attempts: p.attempts,
@@ -541,6 +544,12 @@ pub(crate) mod tests {
         }
         let single = Campaign::build(&one, &Filter::default(), DEFAULT_RECENT);
         assert!(single.instances.is_empty(), "one replica: no breakdown");
+        one[0].instance = None;
+        let older = Campaign::build(&one, &Filter::default(), DEFAULT_RECENT);
+        assert!(
+            older.instances.is_empty(),
+            "one replica and unnamed records"
+        );
         let c = Campaign::build(&sample_of_replicas(), &Filter::default(), DEFAULT_RECENT);
         let names: Vec<_> = c.instances.iter().map(|i| i.instance.as_str()).collect();
         assert_eq!(names, ["-", "eu-1", "eu-2"]);

@@ -82,13 +82,26 @@ impl CheckArgs {
 /// the store refuses the credentials, has no such bucket or cannot be
 /// reached (exit 1).
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let packages = match args.store.location(Some(&args.dir))? {
-        Some(location) => check_store(location, args.advertised()).await?,
-        None => check_packages(&args.dir, args.advertised())
-            .await
-            .with_context(|| format!("cannot read {}", args.dir.display()))?,
+    let (packages, unfetched) = match args.store.location(Some(&args.dir))? {
+        Some(location) => {
+            // Interrupted, the temporary folder is still removed.
+            tokio::select! {
+                checked = check_store(location, args.advertised()) => checked?,
+                () = crate::cli::shutdown_signal() => anyhow::bail!("interrupted"),
+            }
+        }
+        None => {
+            let packages = check_packages(&args.dir, args.advertised())
+                .await
+                .with_context(|| format!("cannot read {}", args.dir.display()))?;
+            (packages, Vec::new())
+        }
     };
-    let (report, ok) = check_report(&packages, &args.profiles);
+    let (report, mut ok) = check_report(&packages, &args.profiles);
+    for (key, why) in &unfetched {
+        errln!("qfota-serve: cannot fetch {key} from the store: {why}");
+        ok = false;
+    }
     if args.json {
         outln!(
             "{}",
@@ -106,7 +119,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 
 /// The packages under `location`, each downloaded once into a temporary
 /// folder (removed afterwards) and validated by the code that serves them
-/// ([`S3Catalog`]).
+/// ([`S3Catalog`]), and the listed keys that could not be fetched, with
+/// why.
 ///
 /// # Errors
 /// The store refuses the client configuration or the credentials, has no
@@ -115,7 +129,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 async fn check_store(
     location: S3Location,
     advertised: Advertised,
-) -> anyhow::Result<Vec<Arc<Package>>> {
+) -> anyhow::Result<(Vec<Arc<Package>>, Vec<(String, String)>)> {
     let shown = location.display();
     let scratch = Scratch::new()?;
     let config = S3Config {
@@ -132,7 +146,7 @@ async fn check_store(
         catalog.store_reached(),
         "object store unreachable: {shown} (see the warning above)"
     );
-    Ok(catalog.packages())
+    Ok((catalog.packages(), catalog.unfetched()))
 }
 
 /// A temporary folder for a check's downloads, removed on drop.
@@ -146,7 +160,10 @@ impl Scratch {
             .subsec_nanos();
         let dir =
             std::env::temp_dir().join(format!("qfota-serve-check-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&dir).with_context(|| format!("temporary folder {}", dir.display()))?;
+        // Owner only: a private bucket's packages stay private.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .with_context(|| format!("temporary folder {}", dir.display()))?;
         Ok(Scratch(dir))
     }
 }

@@ -96,8 +96,19 @@ pub struct ReplicaArgs {
     pub cache_max_bytes: u64,
     /// Name of this replica, written as `instance` in every download
     /// record (merged logs of several replicas tell them apart).
-    #[arg(long, env = "QFOTA_INSTANCE_ID", value_name = "ID")]
+    #[arg(long, env = "QFOTA_INSTANCE_ID", value_name = "ID", value_parser = parse_instance_id)]
     pub instance_id: Option<String>,
+}
+
+/// An `--instance-id`: not empty, not `-` (what `report` shows for
+/// records without one), no control characters.
+fn parse_instance_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s == "-" || s.chars().any(char::is_control) {
+        return Err(format!(
+            "{s:?}: an instance id is a name (not empty, not \"-\", no control characters)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 impl ReplicaArgs {
@@ -179,5 +190,13 @@ mod tests {
         );
         assert!(cli.replica.s3_config(Some(Path::new("s3://"))).is_err());
         assert!(Cli::try_parse_from(["x", "--rescan-secs", "0"]).is_err());
+        for bad in ["", "-", "eu\n1"] {
+            assert!(
+                Cli::try_parse_from(["x", "--instance-id", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let named = Cli::parse_from(["x", "--instance-id", "eu-1"]);
+        assert_eq!(named.replica.instance_id.as_deref(), Some("eu-1"));
     }
 }

@@ -120,6 +120,9 @@ struct State {
     versions: BTreeMap<String, Listed>,
     /// Resident copies of valid packages (see [`Catalog::resident`]).
     resident: BTreeMap<String, Bytes>,
+    /// Listed keys whose version could not be fetched at this listing,
+    /// with why (a previous version, if any, is still served).
+    unfetched: BTreeMap<String, String>,
 }
 
 /// Catalog over an S3-compatible object store, served from a local cache.
@@ -175,6 +178,7 @@ impl S3Catalog {
                 snapshot: Arc::new(Snapshot::new(SystemTime::now())),
                 versions: BTreeMap::new(),
                 resident: BTreeMap::new(),
+                unfetched: BTreeMap::new(),
             })),
             healthy: AtomicBool::new(false),
             reached: AtomicBool::new(false),
@@ -222,6 +226,16 @@ impl S3Catalog {
     /// True once a listing has succeeded (the catalog reflects the store).
     pub fn store_reached(&self) -> bool {
         self.reached.load(Ordering::Relaxed)
+    }
+
+    /// Keys of the last listing whose version could not be fetched, with
+    /// why (each keeps its previous version, if it had one).
+    pub fn unfetched(&self) -> Vec<(String, String)> {
+        self.current()
+            .unfetched
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
     }
 
     /// The folder holding this location's cached versions.
@@ -293,6 +307,7 @@ impl S3Catalog {
         let mut snap = Snapshot::new(newest.unwrap_or(SystemTime::UNIX_EPOCH));
         let mut versions = BTreeMap::new();
         let mut resident: BTreeMap<String, Bytes> = BTreeMap::new();
+        let mut unfetched = BTreeMap::new();
         let mut to_load = Vec::new();
         for (key, listed) in listing {
             let kept = previous.snapshot.package(&key);
@@ -335,6 +350,7 @@ impl S3Catalog {
                 Ok(None) => snap.exclude(key, "validation crashed"),
                 Err(err) => {
                     tracing::warn!(path = %key, error = %err, "cannot fetch package; keeping the previous version, if any");
+                    unfetched.insert(key.clone(), err.to_string());
                     if let Some((old_listed, pkg)) = old {
                         snap.add_package(Arc::clone(pkg));
                         if let Some(copy) = previous.resident.get(&key) {
@@ -349,6 +365,7 @@ impl S3Catalog {
             snapshot: Arc::new(snap),
             versions,
             resident,
+            unfetched,
         }
     }
 
