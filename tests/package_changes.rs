@@ -9,8 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BIG, Fixture, python, run};
-use qfota_serve::dlog::Outcome;
+use common::{BIG, Fixture, bounded, python, run};
+use qfota_serve::dlog::{Outcome, Protocol};
 
 /// Downloads argv[2] from argv[1] (`host:port`) over a socket with a
 /// 16 KiB receive buffer at about argv[3] bytes a second; prints the body
@@ -463,4 +463,94 @@ async fn a_package_truncated_mid_download_never_crashes_or_splices() {
         .await;
         changed_mid_download(&fx, truncate).await;
     }
+}
+
+/// An FTP client that sends `RETR` of argv[2] to 127.0.0.1:argv[1], prints
+/// `150` once the server has said it is sending, then reads the data
+/// connection to its end and prints the byte count, the SHA-256 and the
+/// final reply's code.
+const RETR_AFTER_150: &str = r#"
+import ftplib, hashlib, sys
+ftp = ftplib.FTP()
+ftp.connect("127.0.0.1", int(sys.argv[1]), timeout=30)
+ftp.login("test", "test")
+ftp.sendcmd("TYPE I")
+conn = ftp.transfercmd("RETR " + sys.argv[2])
+print("150", flush=True)
+data = b""
+while True:
+    chunk = conn.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+conn.close()
+try:
+    reply = ftp.voidresp()
+except ftplib.all_errors as e:
+    reply = str(e)
+print(len(data), hashlib.sha256(data).hexdigest(), reply[:3], flush=True)
+"#;
+
+/// libunftp answers `150` before the storage is asked for the package, so
+/// a `RETR` that meets a package under validation can no longer be told to
+/// retry: it waits for the validation and gets the version that passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retr_that_meets_a_validation_waits_for_it_and_gets_the_new_version() {
+    use tokio::io::AsyncBufReadExt;
+    let fx = Fixture::start(|b| b).await;
+    let name = "late-v1-to-v2.zip";
+    let path = fx.dir.path().join(name);
+    // 64 GiB of holes: validated for far longer than this test.
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let url = fx.http_url(name);
+    common::eventually(
+        "the package under validation",
+        Duration::from_secs(20),
+        || {
+            let url = url.clone();
+            async move {
+                let out = run(
+                    "curl",
+                    &["-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+                )
+                .await;
+                (out.stdout == b"503").then_some(())
+            }
+        },
+    )
+    .await;
+    let port = fx.ftp_port().to_string();
+    let mut client = tokio::process::Command::new("python3")
+        .args(["-c", RETR_AFTER_150, &port, name])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    let first = bounded("150 to the RETR", lines.next_line()).await.unwrap();
+    assert_eq!(first.as_deref(), Some("150"));
+    // Now the real package replaces the file being validated.
+    let new = fx.package_bytes("update-v12-to-v13.zip");
+    let staged = fx.dir.path().join(".staged.zip");
+    std::fs::write(&staged, &new).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    let last = bounded("the transfer's end", lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let fields: Vec<&str> = last.split(' ').collect();
+    assert_eq!(
+        fields,
+        [new.len().to_string().as_str(), &common::sha256(&new), "226"],
+        "{last}"
+    );
+    let rec = fx
+        .wait_record("the RETR", |r| {
+            r.path == name && r.protocol == Protocol::Ftp
+        })
+        .await;
+    assert_eq!(rec.outcome, Outcome::Complete, "{rec:?}");
 }

@@ -658,6 +658,28 @@ impl CatalogStorage {
         })
     }
 
+    /// `RETR` step 1½: libunftp has already answered `150` and the client
+    /// waits on the data connection, so a `450` for a package under
+    /// validation (a new version just copied in) would reach it only as a
+    /// data connection closed empty — curl's error 18, a module's `601` —
+    /// and neither retries. So the transfer waits for the validation, at
+    /// most [`RETR_VALIDATION_WAIT`], checking every 50 ms; the catalog's
+    /// verdict then decides as usual (`450` only if it is still running).
+    async fn await_validation(&self, key: &str) {
+        let shared = &self.session.shared;
+        let validating = || matches!(shared.resolve(key), Access::Refuse { retry: true, .. });
+        if !validating() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + RETR_VALIDATION_WAIT;
+        while validating() && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = shared.shutdown.cancelled() => return,
+            }
+        }
+    }
+
     /// `RETR` step 2: the package at `key`, if it may be served from the
     /// `REST` offset.
     fn authorize(&self, attempt: &mut Attempt, key: String) -> storage::Result<Arc<Package>> {
@@ -889,6 +911,11 @@ enum Source {
     Reader(PackageReader),
 }
 
+/// Longest a `RETR` waits for the package it names to finish validation
+/// (10 s: a 256 MiB package read at 100 MB/s and hashed takes about 3 s;
+/// a module's FTP client waits longer than this for its first data byte).
+pub const RETR_VALIDATION_WAIT: Duration = Duration::from_secs(10);
+
 /// Bytes per write from a resident copy.
 const RESIDENT_WRITE: usize = 256 * 1024;
 
@@ -1028,6 +1055,7 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         let mut attempt = self.session.attempt(requested.trim_start_matches('/'));
         attempt.range_start = start_pos;
         let key = self.resolve(&attempt, path.as_ref())?;
+        self.await_validation(&key).await;
         let package = self.authorize(&mut attempt, key)?;
         self.apply_reply_faults(&mut attempt)?;
         let source = self.open(&mut attempt, &package).await?;
