@@ -287,8 +287,8 @@ async fn fifty_clients_each_get_exactly_one_version_while_the_package_is_replace
     // start 20 ms apart, the package is replaced (a new valid version
     // renamed over it, as a deployment does) once the first has bytes, and
     // the other 25 start 20 ms apart once the catalog has the new version.
-    // A download that meets the new version under validation is told to
-    // retry (503 / 450) and does.
+    // An HTTP download that meets the new version under validation is told
+    // to retry (503) and does; an FTP RETR waits for the validation.
     let replaced = tokio::sync::Notify::new();
     let first_file = out_dir.path().join("0.zip");
     let clients = (0..50u64).map(|i| {
