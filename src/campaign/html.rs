@@ -10,8 +10,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::text::{PACKAGE_COLUMNS, bytes, duration, instance_cells, module_label, package_cells};
-use super::{Campaign, Outcomes, Timeline, path_label};
+use super::text::{PACKAGE_COLUMNS, bytes, duration, figure_cells, module_label};
+use super::{Campaign, Figures, Outcomes, Timeline, path_label};
 use crate::dlog::format_ts;
 
 /// Colours of the outcome classes, chart and legend alike.
@@ -217,27 +217,40 @@ fn counts(o: &Outcomes) -> [u64; 4] {
     [o.complete, o.aborted, o.refused, o.other]
 }
 
-fn packages(out: &mut String, c: &Campaign) {
-    out.push_str(
-        "<h2>Packages</h2>\n<div class=\"scroll\"><table id=\"packages\"><thead><tr>\
-         <th class=\"l\">package</th>",
+/// Opens a table of [`Figures`] rows: its heading, the name column and
+/// the [`PACKAGE_COLUMNS`] (the header row is left open for more).
+fn figures_table(out: &mut String, heading: &str, id: &str, name: &str) {
+    let _ = write!(
+        out,
+        "<h2>{heading}</h2>\n<div class=\"scroll\"><table id=\"{id}\"><thead><tr>\
+         <th class=\"l\">{name}</th>"
     );
     for column in PACKAGE_COLUMNS {
         let _ = write!(out, "<th>{column}</th>");
     }
+}
+
+/// A row's name cell (`data-{key}` on the row) and its figure cells; the
+/// row is left open for more.
+fn figures_row(out: &mut String, key: &str, name: &str, figures: &Figures) {
+    let name = escape(name);
+    let _ = write!(
+        out,
+        "<tr data-{key}=\"{name}\"><td class=\"l\"><code>{name}</code></td>"
+    );
+    for (cell, column) in figure_cells(figures).iter().zip(PACKAGE_COLUMNS) {
+        let _ = write!(out, "<td class=\"o-{column}\">{cell}</td>");
+    }
+}
+
+fn packages(out: &mut String, c: &Campaign) {
+    figures_table(out, "Packages", "packages", "package");
     out.push_str("<th class=\"l\">top failure reasons</th></tr></thead><tbody>\n");
     if c.packages.is_empty() {
         out.push_str("<tr><td class=\"l\" colspan=\"11\">no attempts</td></tr>\n");
     }
     for p in &c.packages {
-        let path = escape(path_label(&p.path));
-        let _ = write!(
-            out,
-            "<tr data-package=\"{path}\"><td class=\"l\"><code>{path}</code></td>"
-        );
-        for (cell, column) in package_cells(p).iter().zip(PACKAGE_COLUMNS) {
-            let _ = write!(out, "<td class=\"o-{column}\">{cell}</td>");
-        }
+        figures_row(out, "package", path_label(&p.path), &p.figures);
         out.push_str("<td class=\"reasons\">");
         if p.top_failures.is_empty() {
             out.push_str("<span class=\"n\">none</span>");
@@ -264,23 +277,10 @@ fn instances(out: &mut String, c: &Campaign) {
     if c.instances.is_empty() {
         return;
     }
-    out.push_str(
-        "<h2>Replicas</h2>\n<div class=\"scroll\"><table id=\"instances\"><thead><tr>\
-         <th class=\"l\">replica</th>",
-    );
-    for column in PACKAGE_COLUMNS {
-        let _ = write!(out, "<th>{column}</th>");
-    }
+    figures_table(out, "Replicas", "instances", "replica");
     out.push_str("</tr></thead><tbody>\n");
     for i in &c.instances {
-        let name = escape(&i.instance);
-        let _ = write!(
-            out,
-            "<tr data-instance=\"{name}\"><td class=\"l\"><code>{name}</code></td>"
-        );
-        for (cell, column) in instance_cells(i).iter().zip(PACKAGE_COLUMNS) {
-            let _ = write!(out, "<td class=\"o-{column}\">{cell}</td>");
-        }
+        figures_row(out, "instance", &i.instance, &i.figures);
         out.push_str("</tr>\n");
     }
     out.push_str("</tbody></table></div>\n");

@@ -115,11 +115,10 @@ pub struct FailureReason {
     pub count: u64,
 }
 
-/// The campaign figures of one package path.
+/// What the campaign counts of a set of attempts (one package's, one
+/// replica's).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PackageStats {
-    /// Package path as logged (relative to the package folder).
-    pub path: String,
+pub struct Figures {
     /// Attempts of any outcome.
     pub attempts: u64,
     /// Distinct modules: FTP user names, else peer IP addresses.
@@ -133,30 +132,31 @@ pub struct PackageStats {
     pub p50_ms: Option<u64>,
     /// 95th percentile duration of the complete attempts, milliseconds.
     pub p95_ms: Option<u64>,
+}
+
+/// The campaign figures of one package path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PackageStats {
+    /// Package path as logged (relative to the package folder).
+    pub path: String,
+    /// Its figures (flattened into the JSON object).
+    #[serde(flatten)]
+    pub figures: Figures,
     /// The most frequent failure reasons (at most [`TOP_FAILURES`]), most
     /// frequent first.
     pub top_failures: Vec<FailureReason>,
 }
 
-/// The campaign figures of one replica (`--instance-id`): what
-/// [`PackageStats`] counts, over every package that replica served.
+/// The campaign figures of one replica (`--instance-id`), over every
+/// package that replica served.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InstanceStats {
     /// The records' `instance`; `-` for records without one, beside the
     /// named replicas.
     pub instance: String,
-    /// Attempts of any outcome.
-    pub attempts: u64,
-    /// Distinct modules: FTP user names, else peer IP addresses.
-    pub modules: u64,
-    /// Attempts per outcome class.
-    pub outcomes: Outcomes,
-    /// Package bytes sent, over every attempt.
-    pub bytes_sent: u64,
-    /// Median duration of the complete attempts, milliseconds.
-    pub p50_ms: Option<u64>,
-    /// 95th percentile duration of the complete attempts, milliseconds.
-    pub p95_ms: Option<u64>,
+    /// Its figures (flattened into the JSON object).
+    #[serde(flatten)]
+    pub figures: Figures,
 }
 
 /// Attempts that started in one time bucket, per outcome class.
@@ -257,8 +257,10 @@ fn percentile(sorted: &[u64], p: u64) -> Option<u64> {
     sorted.get(rank - 1).copied()
 }
 
+/// Accumulates the [`Figures`] (and failure reasons) of a set of
+/// attempts.
 #[derive(Default)]
-struct PackageAcc {
+struct Acc {
     attempts: u64,
     modules: HashSet<String>,
     outcomes: Outcomes,
@@ -267,7 +269,7 @@ struct PackageAcc {
     failures: HashMap<(&'static str, String), u64>,
 }
 
-impl PackageAcc {
+impl Acc {
     fn add(&mut self, r: &DownloadRecord) {
         self.attempts += 1;
         self.modules.insert(module_key(r));
@@ -283,7 +285,8 @@ impl PackageAcc {
         }
     }
 
-    fn finish(mut self, path: String) -> PackageStats {
+    /// The figures and the [`TOP_FAILURES`] most frequent failure reasons.
+    fn finish(mut self) -> (Figures, Vec<FailureReason>) {
         self.durations.sort_unstable();
         let mut failures: Vec<FailureReason> = self
             .failures
@@ -296,16 +299,15 @@ impl PackageAcc {
             .collect();
         failures.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
         failures.truncate(TOP_FAILURES);
-        PackageStats {
-            path,
+        let figures = Figures {
             attempts: self.attempts,
             modules: self.modules.len() as u64,
             outcomes: self.outcomes,
             bytes_sent: self.bytes_sent,
             p50_ms: percentile(&self.durations, 50),
             p95_ms: percentile(&self.durations, 95),
-            top_failures: failures,
-        }
+        };
+        (figures, failures)
     }
 }
 
@@ -363,8 +365,8 @@ impl Campaign {
             records.into_iter().filter(|r| filter.accepts(r)).collect();
         // Stable: records with the same ts keep their log order.
         kept.sort_by_key(|r| r.ts);
-        let mut per_package: BTreeMap<&str, PackageAcc> = BTreeMap::new();
-        let mut per_instance: BTreeMap<Option<&str>, PackageAcc> = BTreeMap::new();
+        let mut per_package: BTreeMap<&str, Acc> = BTreeMap::new();
+        let mut per_instance: BTreeMap<Option<&str>, Acc> = BTreeMap::new();
         let mut modules = HashSet::new();
         let mut outcomes = Outcomes::default();
         for r in &kept {
@@ -383,24 +385,27 @@ impl Campaign {
         let instances = per_instance
             .into_iter()
             .filter(|_| named)
-            .map(|(instance, acc)| {
-                let p = acc.finish(instance.unwrap_or("-").to_string());
-                InstanceStats {
-                    instance: p.path,
-                    attempts: p.attempts,
-                    modules: p.modules,
-                    outcomes: p.outcomes,
-                    bytes_sent: p.bytes_sent,
-                    p50_ms: p.p50_ms,
-                    p95_ms: p.p95_ms,
-                }
+            .map(|(instance, acc)| InstanceStats {
+                instance: instance.unwrap_or("-").to_string(),
+                figures: acc.finish().0,
             })
             .collect();
         let mut packages: Vec<PackageStats> = per_package
             .into_iter()
-            .map(|(path, acc)| acc.finish(path.to_string()))
+            .map(|(path, acc)| {
+                let (figures, top_failures) = acc.finish();
+                PackageStats {
+                    path: path.to_string(),
+                    figures,
+                    top_failures,
+                }
+            })
             .collect();
-        packages.sort_by(|a, b| b.attempts.cmp(&a.attempts).then(a.path.cmp(&b.path)));
+        packages.sort_by(|a, b| {
+            (b.figures.attempts)
+                .cmp(&a.figures.attempts)
+                .then(a.path.cmp(&b.path))
+        });
         Campaign {
             generated: Utc::now(),
             first: kept.first().map(|r| r.ts),
@@ -554,9 +559,9 @@ pub(crate) mod tests {
         let names: Vec<_> = c.instances.iter().map(|i| i.instance.as_str()).collect();
         assert_eq!(names, ["-", "eu-1", "eu-2"]);
         let eu1 = &c.instances[1];
-        assert_eq!((eu1.attempts, eu1.modules), (5, 3));
+        assert_eq!((eu1.figures.attempts, eu1.figures.modules), (5, 3));
         assert_eq!(
-            eu1.outcomes,
+            eu1.figures.outcomes,
             Outcomes {
                 complete: 2,
                 aborted: 2,
@@ -564,15 +569,22 @@ pub(crate) mod tests {
                 other: 0
             }
         );
-        assert_eq!(eu1.bytes_sent, 2300);
-        assert_eq!((eu1.p50_ms, eu1.p95_ms), (Some(100), Some(300)));
+        assert_eq!(eu1.figures.bytes_sent, 2300);
+        assert_eq!(
+            (eu1.figures.p50_ms, eu1.figures.p95_ms),
+            (Some(100), Some(300))
+        );
         let eu2 = &c.instances[2];
         assert_eq!(
-            (eu2.attempts, eu2.outcomes.complete, eu2.outcomes.other),
+            (
+                eu2.figures.attempts,
+                eu2.figures.outcomes.complete,
+                eu2.figures.outcomes.other
+            ),
             (2, 1, 1)
         );
-        assert_eq!(c.instances[0].attempts, 1, "the unnamed record");
-        let total: u64 = c.instances.iter().map(|i| i.attempts).sum();
+        assert_eq!(c.instances[0].figures.attempts, 1, "the unnamed record");
+        let total: u64 = c.instances.iter().map(|i| i.figures.attempts).sum();
         assert_eq!(total, c.attempts);
     }
 
@@ -584,9 +596,9 @@ pub(crate) mod tests {
         assert_eq!(c.modules, 6);
         let a = &c.packages[0];
         assert_eq!(a.path, "a.zip");
-        assert_eq!((a.attempts, a.modules), (5, 3));
+        assert_eq!((a.figures.attempts, a.figures.modules), (5, 3));
         assert_eq!(
-            a.outcomes,
+            a.figures.outcomes,
             Outcomes {
                 complete: 2,
                 aborted: 2,
@@ -594,18 +606,18 @@ pub(crate) mod tests {
                 other: 0
             }
         );
-        assert_eq!(a.bytes_sent, 2000 + 300);
-        assert_eq!((a.p50_ms, a.p95_ms), (Some(100), Some(300)));
+        assert_eq!(a.figures.bytes_sent, 2000 + 300);
+        assert_eq!((a.figures.p50_ms, a.figures.p95_ms), (Some(100), Some(300)));
         assert_eq!(a.top_failures[0].reason, "client closed");
         assert_eq!(a.top_failures[0].count, 2);
         assert_eq!(a.top_failures[1].outcome, "refused");
         let b = &c.packages[1];
         assert_eq!(
-            (b.path.as_str(), b.modules, b.outcomes.other),
+            (b.path.as_str(), b.figures.modules, b.figures.outcomes.other),
             ("b.zip", 2, 1)
         );
         let nope = &c.packages[2];
-        assert_eq!((nope.p50_ms, nope.p95_ms), (None, None));
+        assert_eq!((nope.figures.p50_ms, nope.figures.p95_ms), (None, None));
     }
 
     #[test]

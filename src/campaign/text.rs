@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Campaign, InstanceStats, Outcomes, PackageStats, path_label};
+use super::{Campaign, Figures, path_label};
 use crate::dlog::DownloadRecord;
 use crate::dlog::format_ts;
 
@@ -33,52 +33,26 @@ pub fn bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
-/// Column titles of a package row after the path, in [`package_cells`]
-/// order.
+/// Column titles of a row after its name, in [`figure_cells`] order.
 pub const PACKAGE_COLUMNS: [&str; 9] = [
     "attempts", "modules", "complete", "aborted", "refused", "other", "bytes", "p50", "p95",
 ];
 
-/// A package row's cells after the path: attempts, modules, the four
-/// outcome classes, bytes sent, p50 and p95 duration.
-pub fn package_cells(p: &PackageStats) -> [String; 9] {
-    cells(
-        p.attempts,
-        p.modules,
-        &p.outcomes,
-        p.bytes_sent,
-        [p.p50_ms, p.p95_ms],
-    )
-}
-
-/// A replica row's cells after its name, in [`PACKAGE_COLUMNS`] order.
-pub fn instance_cells(i: &InstanceStats) -> [String; 9] {
-    cells(
-        i.attempts,
-        i.modules,
-        &i.outcomes,
-        i.bytes_sent,
-        [i.p50_ms, i.p95_ms],
-    )
-}
-
-fn cells(
-    attempts: u64,
-    modules: u64,
-    o: &Outcomes,
-    bytes_sent: u64,
-    [p50, p95]: [Option<u64>; 2],
-) -> [String; 9] {
+/// A row's cells after its name (a package's path, a replica's name), in
+/// [`PACKAGE_COLUMNS`] order: attempts, modules, the four outcome
+/// classes, bytes sent, p50 and p95 duration.
+pub fn figure_cells(f: &Figures) -> [String; 9] {
+    let o = &f.outcomes;
     [
-        attempts.to_string(),
-        modules.to_string(),
+        f.attempts.to_string(),
+        f.modules.to_string(),
         o.complete.to_string(),
         o.aborted.to_string(),
         o.refused.to_string(),
         o.other.to_string(),
-        bytes(bytes_sent),
-        duration(p50),
-        duration(p95),
+        bytes(f.bytes_sent),
+        duration(f.p50_ms),
+        duration(f.p95_ms),
     ]
 }
 
@@ -134,7 +108,7 @@ pub fn render(c: &Campaign) -> String {
         let _ = writeln!(
             out,
             "{}",
-            row(path_label(&p.path), path_w, &package_cells(p))
+            row(path_label(&p.path), path_w, &figure_cells(&p.figures))
         );
         for f in &p.top_failures {
             let _ = writeln!(out, "    {:>4}× {}: {}", f.count, f.outcome, f.reason);
@@ -150,7 +124,11 @@ pub fn render(c: &Campaign) -> String {
             .max("replica".len());
         let _ = writeln!(out, "\n{}", row("replica", name_w, &titles));
         for i in &c.instances {
-            let _ = writeln!(out, "{}", row(&i.instance, name_w, &instance_cells(i)));
+            let _ = writeln!(
+                out,
+                "{}",
+                row(&i.instance, name_w, &figure_cells(&i.figures))
+            );
         }
     }
     if !c.recent.is_empty() {
