@@ -679,7 +679,8 @@ async fn check_validates_the_packages_of_a_bucket_prefix() {
     let scratch = tempfile::tempdir().unwrap();
     let location = format!("s3://{BUCKET}/{PREFIX}");
     let endpoint = store.endpoint();
-    let check = |json: bool| {
+    // `qfota-serve check` of the bucket (`--json` or not), run to its end.
+    let check = |what: &'static str, json: bool| {
         let mut cmd = Command::new(BIN);
         cmd.args(["check", &location, "--s3-endpoint", &endpoint])
             .args(["--s3-path-style", "--public-host", "192.0.2.2"])
@@ -688,11 +689,9 @@ async fn check_validates_the_packages_of_a_bucket_prefix() {
             // The check's downloads go to a temporary folder of its own.
             .env("TMPDIR", scratch.path())
             .kill_on_drop(true);
-        cmd
+        async move { bounded(what, cmd.output()).await.unwrap() }
     };
-    let out = bounded("check of a valid bucket", check(false).output())
-        .await
-        .unwrap();
+    let out = check("check of a valid bucket", false).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("update-v12-to-v13.zip"), "{text}");
@@ -701,9 +700,7 @@ async fn check_validates_the_packages_of_a_bucket_prefix() {
 
     // A broken package fails the check and is named with why.
     store.put("bad-v1-to-v2.zip", &common::broken_zip()).await;
-    let out = bounded("check of a bucket with a broken zip", check(true).output())
-        .await
-        .unwrap();
+    let out = check("check of a bucket with a broken zip", true).await;
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let entry = |path: &str| {
@@ -722,9 +719,7 @@ async fn check_validates_the_packages_of_a_bucket_prefix() {
 
     // A store that cannot be reached is an error, not an empty pass.
     store.stop().await;
-    let out = bounded("check of a stopped store", check(false).output())
-        .await
-        .unwrap();
+    let out = check("check of a stopped store", false).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("unreachable"), "{stderr}");
