@@ -131,12 +131,17 @@ async fn check_store(
     advertised: Advertised,
 ) -> anyhow::Result<(Vec<Arc<Package>>, Vec<(String, String)>)> {
     let shown = location.display();
-    let scratch = Scratch::new()?;
+    // Owner only (a private bucket's packages stay private), removed on
+    // drop: on every return, and when `run` drops this future on a signal.
+    let scratch = tempfile::Builder::new()
+        .prefix("qfota-serve-check-")
+        .tempdir()
+        .context("temporary folder for the downloads")?;
     let config = S3Config {
         location,
         // One listing only.
         rescan: Duration::from_secs(3600),
-        cache_dir: scratch.0.clone(),
+        cache_dir: scratch.path().to_path_buf(),
         cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
         // Validated from the downloaded files, not held in memory.
         package_memory: 0,
@@ -147,29 +152,4 @@ async fn check_store(
         "object store unreachable: {shown} (see the warning above)"
     );
     Ok((catalog.packages(), catalog.unfetched()))
-}
-
-/// A temporary folder for a check's downloads, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> anyhow::Result<Scratch> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("qfota-serve-check-{}-{nanos}", std::process::id()));
-        // Owner only: a private bucket's packages stay private.
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)
-            .with_context(|| format!("temporary folder {}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -121,7 +121,7 @@ fn warn_accept_failed(err: &std::io::Error, protocol: &'static str) {
 
 /// Whether `err` is the process (`EMFILE`) or the system (`ENFILE`) being
 /// out of file descriptors.
-fn out_of_descriptors(err: &std::io::Error) -> bool {
+pub(crate) fn out_of_descriptors(err: &std::io::Error) -> bool {
     let code = err.raw_os_error();
     use rustix::io::Errno;
     code == Some(Errno::MFILE.raw_os_error()) || code == Some(Errno::NFILE.raw_os_error())
@@ -168,11 +168,8 @@ fn answer_on_spare(listener: &TcpListener, shared: &Shared, protocol: Protocol) 
 fn connection_waiting(listener: &TcpListener) -> bool {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let mut fds = [PollFd::new(listener, PollFlags::IN)];
-    let now = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    poll(&mut fds, Some(&now)).is_ok_and(|ready| ready > 0)
+    // A zero timeout: look, do not wait.
+    poll(&mut fds, Some(&Timespec::default())).is_ok_and(|ready| ready > 0)
 }
 
 /// Counts and logs a connection over `hit`, and answers and closes it in

@@ -216,17 +216,11 @@ pub fn own_socket(
     near: Option<i32>,
     wanted: impl Fn(&std::net::TcpStream) -> bool,
 ) -> io::Result<Option<(u32, TcpStream)>> {
-    use rustix::io::Errno;
     if inodes.is_empty() {
         return Ok(None);
     }
     match find_own_socket(inodes, near, wanted) {
-        Err(err)
-            if err.raw_os_error() == Some(Errno::MFILE.raw_os_error())
-                || err.raw_os_error() == Some(Errno::NFILE.raw_os_error()) =>
-        {
-            Ok(None)
-        }
+        Err(err) if super::out_of_descriptors(&err) => Ok(None),
         found => found,
     }
 }
@@ -309,16 +303,14 @@ pub const NEAR_TRIES: usize = 32;
 /// accept pushes the socket up): `hint, hint+1, hint-1, hint+2, …`, none
 /// negative.
 fn around(hint: i32) -> Vec<i32> {
-    let mut numbers = Vec::with_capacity(NEAR_TRIES);
-    numbers.push(hint);
-    let mut distance = 1;
-    while numbers.len() < NEAR_TRIES && distance <= i32::MAX / 2 {
+    let mut numbers = vec![hint];
+    for distance in 1..NEAR_TRIES as i32 {
         numbers.push(hint.saturating_add(distance));
-        if hint >= distance && numbers.len() < NEAR_TRIES {
+        if distance <= hint {
             numbers.push(hint - distance);
         }
-        distance += 1;
     }
+    numbers.truncate(NEAR_TRIES);
     numbers
 }
 
