@@ -394,9 +394,14 @@ async fn pasv_names_the_control_connections_address_unless_a_public_host_is_set(
 /// A Python client that fetches argv[2] and then argv[3] over one
 /// keep-alive HTTP connection to argv[1] (`host:port`), reading each whole,
 /// prints both sizes and then holds the connection open until killed.
+/// argv[4] `tls`: over HTTPS, trusting argv[5].
 const KEEP_ALIVE_PAIR: &str = r#"
-import http.client, sys, time
-conn = http.client.HTTPConnection(sys.argv[1])
+import http.client, ssl, sys, time
+if sys.argv[4] == "tls":
+    ctx = ssl.create_default_context(cafile=sys.argv[5])
+    conn = http.client.HTTPSConnection(sys.argv[1], context=ctx)
+else:
+    conn = http.client.HTTPConnection(sys.argv[1])
 for path in sys.argv[2:4]:
     conn.request("GET", "/" + path)
     print(len(conn.getresponse().read()), flush=True)
@@ -405,40 +410,52 @@ time.sleep(120)
 
 /// On a keep-alive connection the next response starts while the
 /// previous one's acknowledgements are still awaited: each body keeps its
-/// own start in the stream, so a large download followed at once by a
+/// own place in the stream, so a large download followed at once by a
 /// small one is complete as soon as it is acknowledged — not held until
 /// the connection closes and then taken for aborted at the small one's
-/// size.
+/// size. Over HTTPS a body's place ends where its last TLS record does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_to_back_responses_on_one_connection_are_each_complete() {
     let (fx, size) = start(Duration::from_secs(30)).await;
-    let small = "update-v12-to-v13.zip";
-    let addr = fx
-        .http_url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let mut client = tokio::process::Command::new("python3")
-        .args(["-c", KEEP_ALIVE_PAIR, &addr, MIB_PKG, small])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let records = fx
-        .wait_records("complete, both, while the connection is open", 2, |r| {
-            r.protocol == Protocol::Http && r.outcome == Outcome::Complete
-        })
-        .await;
-    client.start_kill().unwrap();
-    let big = records
-        .iter()
-        .find(|r| r.path == MIB_PKG)
-        .expect("the 1 MiB record");
-    assert_eq!((big.bytes_sent, big.bytes_acked), (size, size), "{big:?}");
-    let other = records
-        .iter()
-        .find(|r| r.path == small)
-        .expect("the small record");
-    assert_eq!(other.bytes_acked, other.bytes_sent, "{other:?}");
-    assert_eq!(big.peer, other.peer, "one connection");
+    for (tls, protocol) in [(false, Protocol::Http), (true, Protocol::Https)] {
+        let addr = if tls {
+            fx.server.https_addr()
+        } else {
+            fx.server.http_addr()
+        };
+        let addr = addr.unwrap().to_string();
+        let mode = if tls { "tls" } else { "plain" };
+        let small = "update-v12-to-v13.zip";
+        let mut client = tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                KEEP_ALIVE_PAIR,
+                &addr,
+                MIB_PKG,
+                small,
+                mode,
+                TEST_CERT,
+            ])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let records = fx
+            .wait_records("complete, both, while the connection is open", 2, |r| {
+                r.protocol == protocol && r.outcome == Outcome::Complete
+            })
+            .await;
+        client.start_kill().unwrap();
+        let big = records
+            .iter()
+            .find(|r| r.path == MIB_PKG)
+            .expect("the 1 MiB record");
+        assert_eq!((big.bytes_sent, big.bytes_acked), (size, size), "{big:?}");
+        let other = records
+            .iter()
+            .find(|r| r.path == small)
+            .expect("the small record");
+        assert_eq!(other.bytes_acked, other.bytes_sent, "{other:?}");
+        assert_eq!(big.peer, other.peer, "one connection");
+    }
 }

@@ -26,9 +26,12 @@
 //! record uses the last look-up.
 //!
 //! Accuracy: over plain HTTP and FTP the acknowledged body figure is exact.
-//! Over HTTPS the kernel counts ciphertext; [`tls_plaintext_estimate`]
-//! removes the per-record overhead, so the figure is within one TLS record
-//! (16 KiB) of the plaintext the peer acknowledged.
+//! Over HTTPS the kernel counts ciphertext. Whether a body was acknowledged
+//! whole is still exact: its [`Span`] ends where the ciphertext of its last
+//! record ends (the connection's written count at the flush that wrote its
+//! last byte). The figure for a body cut short is
+//! [`tls_plaintext_estimate`], within one TLS record (16 KiB) of the
+//! plaintext the peer acknowledged.
 
 use std::cell::RefCell;
 use std::io;
@@ -424,6 +427,11 @@ impl AckTracker {
         self.ends
     }
 
+    /// Whether the connection carries TLS (its counts are ciphertext).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     /// Re-reads the kernel's written count as the body's start: for a body
     /// whose headers were flushed after tracking began.
     pub fn mark_body_start(&self) {
@@ -507,9 +515,10 @@ impl AckTracker {
         self.base.load(Ordering::Acquire)
     }
 
-    /// Bytes acknowledged so far of the body that starts at stream offset
-    /// `start` ([`AckTracker::body_start`]), capped at `sent` (body bytes
-    /// written).
+    /// Bytes acknowledged so far of a body of `sent` bytes written from
+    /// stream offset `start` ([`AckTracker::body_start`]): what was
+    /// acknowledged past the start (over TLS, the plaintext that much
+    /// ciphertext can carry: [`tls_plaintext_estimate`]), capped at `sent`.
     pub fn body_acked(&self, start: u64, sent: u64) -> u64 {
         let stream = self.acked.load(Ordering::Acquire).saturating_sub(start);
         let body = if self.tls {
@@ -526,33 +535,29 @@ impl AckTracker {
         self.acked.load(Ordering::Acquire)
     }
 
-    /// Whether the peer acknowledged a body of `sent` bytes that starts at
-    /// stream offset `start` whole: the stream acknowledged past the start
-    /// covers it. Exact over plain TCP; over TLS the ciphertext also
-    /// carries each record's overhead (21–29 bytes per record of up to
-    /// 16 KiB), so that much of the body's ciphertext, about 0.2 %, may
-    /// still be unacknowledged (a TLS `close_notify` or a next response
-    /// after the body never counts against it).
-    pub fn delivered(&self, start: u64, sent: u64) -> bool {
-        self.acked.load(Ordering::Acquire).saturating_sub(start) >= sent
+    /// Whether the peer acknowledged every byte of `span` (at the last
+    /// look, or at destruction): exact over TCP and over TLS alike, since
+    /// a TLS span ends after the last record that carries the body. What
+    /// follows the span (a TLS `close_notify`, the next response) never
+    /// counts against it.
+    pub fn delivered(&self, span: Span) -> bool {
+        self.acked.load(Ordering::Acquire) >= span.end
     }
 
-    /// Waits until the peer acknowledged a body of `sent` bytes from
-    /// stream offset `start` whole ([`AckTracker::delivered`]), the
-    /// connection is gone, no new byte is
+    /// Waits until the peer acknowledged `span` whole
+    /// ([`AckTracker::delivered`]), the connection is gone, no new byte is
     /// acknowledged for `stall`, or `cancel` fires. Polls the kernel at
     /// growing intervals (2 ms → 200 ms); the first look is at once for a
-    /// body of up to [`LOOK_AT_ONCE_BYTES`], after 2 ms for a larger one.
+    /// span of up to [`LOOK_AT_ONCE_BYTES`], after 2 ms for a larger one.
     pub async fn wait_all_acked(
         &self,
-        start: u64,
-        sent: u64,
+        span: Span,
         stall: Duration,
         cancel: impl std::future::Future<Output = ()>,
     ) -> Delivery {
         let mut cancel = std::pin::pin!(cancel);
         let mut interval = Duration::from_millis(2);
-        let mut wait = sent > LOOK_AT_ONCE_BYTES;
+        let mut wait = span.end.saturating_sub(span.start) > LOOK_AT_ONCE_BYTES;
         loop {
             if wait {
                 tokio::select! {
@@ -567,10 +572,37 @@ impl AckTracker {
             }
             match self.refresh() {
                 None => return Delivery::Gone,
-                Some(_) if self.delivered(start, sent) => return Delivery::Acked,
+                Some(_) if self.delivered(span) => return Delivery::Acked,
                 Some(_) if self.since_progress() >= stall => return Delivery::Stalled,
                 Some(_) => {}
             }
+        }
+    }
+}
+
+/// Where one body lies in its connection's byte stream, in bytes from the
+/// connection's first byte written: from `start` (everything written
+/// before it: the TLS handshake, earlier responses, its headers) to `end`
+/// (the stream's length once its last byte was written). Over plain TCP
+/// `end - start` is the body's size; over TLS it is the ciphertext of the
+/// records that carry it, each record's overhead (21–29 bytes per record
+/// of up to 16 KiB) included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Stream offset of the body's first byte.
+    pub start: u64,
+    /// Stream offset just past the body's last byte (its last record's,
+    /// under TLS); never before `start`.
+    pub end: u64,
+}
+
+impl Span {
+    /// The span of `sent` bytes written from `start` as they are (plain
+    /// TCP: an FTP data connection, HTTP).
+    pub fn plain(start: u64, sent: u64) -> Self {
+        Span {
+            start,
+            end: start.saturating_add(sent),
         }
     }
 }
@@ -800,6 +832,54 @@ mod tests {
             assert!(Instant::now() < deadline, "closed connection still listed");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// A body whose span runs past its size (a TLS body: the records'
+    /// overhead) is not delivered while the peer acknowledged `sent`
+    /// bytes past its start but not the span's last bytes; it is once
+    /// they arrive. Real kernel counters of a loopback connection.
+    #[tokio::test]
+    async fn a_span_is_delivered_only_when_its_last_byte_is_acknowledged() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, peer) = listener.accept().unwrap();
+        let ends = TcpEnds {
+            local: server.local_addr().unwrap(),
+            peer,
+        };
+        let tracker = AckTracker::start(ends, true);
+        // 9,900 body bytes in records that take 10,000 on the wire.
+        let (sent, span) = (
+            9_900,
+            Span {
+                start: 0,
+                end: 10_000,
+            },
+        );
+        server.write_all(&[1u8; 9_950]).unwrap();
+        let mut buf = vec![0u8; 10_000];
+        client.read_exact(&mut buf[..9_950]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tracker.refresh().expect("listed").bytes_acked < 9_950 {
+            assert!(Instant::now() < deadline, "9,950 bytes never acknowledged");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(tracker.acked_total() - span.start >= sent);
+        assert!(
+            !tracker.delivered(span),
+            "the last record's tail is not acknowledged"
+        );
+        assert!(
+            tracker.delivered(Span::plain(0, sent)),
+            "a plain body that size would be"
+        );
+        server.write_all(&[2u8; 50]).unwrap();
+        client.read_exact(&mut buf[9_950..]).unwrap();
+        let delivery = tracker
+            .wait_all_acked(span, Duration::from_secs(5), std::future::pending())
+            .await;
+        assert_eq!(delivery, Delivery::Acked);
+        assert_eq!(tracker.acked_total(), 10_000);
     }
 
     /// The first of [`candidates_by_local_port`]'s ranking.

@@ -871,10 +871,34 @@ fn abort_reason(f: &Finish, cause: Option<String>, expected: u64) -> String {
 }
 
 impl Conn {
+    /// Where a body of `sent` bytes from stream offset `start` lies, once
+    /// the flush after `flushed_before` (the count when its last byte was
+    /// handed over) has completed. Over TLS it ends where that flush left
+    /// the ciphertext: the body's last record ends there. Should this
+    /// connection have flushed [`super::stall::FLUSH_HISTORY`] more times
+    /// since, the count written now stands in: it may include what followed
+    /// the body, so the record may wait for more acknowledgements, never
+    /// fewer.
+    fn span(&self, ack: &AckTracker, start: u64, sent: u64, flushed_before: u64) -> delivery::Span {
+        let plain = delivery::Span::plain(start, sent);
+        if !ack.is_tls() {
+            return plain;
+        }
+        let end = self
+            .flushes
+            .written_at(flushed_before + 1)
+            .unwrap_or_else(|| self.flushes.written());
+        delivery::Span {
+            start,
+            end: end.max(plain.end),
+        }
+    }
+
     /// After the last body byte was handed to hyper: waits until hyper has
     /// written it to the kernel (a flush past `flushed_before`) and the peer
-    /// acknowledged every byte from the body's `start` (its stream offset;
-    /// `None`: the tracker's last mark), then records the attempt —
+    /// acknowledged every byte of the body's [`delivery::Span`] from its
+    /// `start` (stream offset; `None`: the tracker's last mark) to its last
+    /// byte (its last TLS record's, over HTTPS), then records the attempt —
     /// `complete` only then. A connection that stalls here is closed.
     async fn deliver(
         self: Arc<Self>,
@@ -922,16 +946,15 @@ impl Conn {
         // This body's own start (the tracker's moves on with the next
         // response on the connection).
         let start = start.unwrap_or_else(|| ack.body_start());
-        let mut delivery = ack
-            .wait_all_acked(start, sent, self.timeouts.stall, cancel)
-            .await;
+        let span = self.span(&ack, start, sent, flushed_before);
+        let mut delivery = ack.wait_all_acked(span, self.timeouts.stall, cancel).await;
         if delivery == Delivery::Gone {
             // Closed before a look saw the end: the kernel's final
             // counters (at the socket's destruction) say whether the body
             // was acknowledged.
             attempt.end_now();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
-            if ack.delivered(start, sent) {
+            if ack.delivered(span) {
                 delivery = Delivery::Acked;
             }
         }

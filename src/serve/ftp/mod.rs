@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, DefaultUser, Principal};
 use unftp_core::storage::{self, ErrorKind, Fileinfo, Permissions, StorageBackend};
 
-use super::delivery::{self, AckTracker, Delivery, cut_short};
+use super::delivery::{self, AckTracker, Delivery, Span, cut_short};
 use super::fault::apply_data_fault;
 use super::fault::{Action, Applied, AttemptInfo};
 use super::stall::StallGuard;
@@ -1172,9 +1172,10 @@ impl RetrRecord {
             return Ok(sent);
         };
         let shutdown = self.session.shared.shutdown.clone();
-        // A data connection carries one body.
+        // A data connection carries one body, as it is (no TLS).
+        let span = Span::plain(ack.body_start(), sent);
         let delivery = ack
-            .wait_all_acked(ack.body_start(), sent, stall, shutdown.cancelled_owned())
+            .wait_all_acked(span, stall, shutdown.cancelled_owned())
             .await;
         if delivery == Delivery::Acked {
             self.attempt.bytes_acked = sent;
