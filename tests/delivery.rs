@@ -77,14 +77,18 @@ except ftplib.all_errors:
 print(got)
 "#;
 
-async fn small_window_http(fx: &Fixture, tls: bool, limit: usize) {
-    let addr = if tls {
-        fx.server.https_addr()
+/// The server's HTTPS (`tls`) or HTTP address as `host:port`, and the
+/// scripts' mode word for it.
+fn http_endpoint(fx: &Fixture, tls: bool) -> (String, &'static str) {
+    if tls {
+        (fx.server.https_addr().unwrap().to_string(), "tls")
     } else {
-        fx.server.http_addr()
-    };
-    let addr = addr.unwrap().to_string();
-    let mode = if tls { "tls" } else { "plain" };
+        (fx.server.http_addr().unwrap().to_string(), "plain")
+    }
+}
+
+async fn small_window_http(fx: &Fixture, tls: bool, limit: usize) {
+    let (addr, mode) = http_endpoint(fx, tls);
     let limit = limit.to_string();
     let out = python(
         SMALL_WINDOW_HTTP,
@@ -418,13 +422,7 @@ time.sleep(120)
 async fn back_to_back_responses_on_one_connection_are_each_complete() {
     let (fx, size) = start(Duration::from_secs(30)).await;
     for (tls, protocol) in [(false, Protocol::Http), (true, Protocol::Https)] {
-        let addr = if tls {
-            fx.server.https_addr()
-        } else {
-            fx.server.http_addr()
-        };
-        let addr = addr.unwrap().to_string();
-        let mode = if tls { "tls" } else { "plain" };
+        let (addr, mode) = http_endpoint(&fx, tls);
         let small = "update-v12-to-v13.zip";
         let mut client = tokio::process::Command::new("python3")
             .args([

@@ -797,17 +797,21 @@ mod tests {
         assert_eq!(tls_plaintext_estimate(0), 0);
     }
 
+    /// A connected loopback pair: the client, the server and the server's
+    /// ends.
+    fn loopback() -> (TcpStream, TcpStream, TcpEnds) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let local = server.local_addr().unwrap();
+        (client, server, TcpEnds { local, peer })
+    }
+
     /// A real loopback connection: the kernel's counters follow what the
     /// peer read, and a closed connection is reported gone.
     #[test]
     fn snapshot_follows_a_real_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, peer) = listener.accept().unwrap();
-        let ends = TcpEnds {
-            local: server.local_addr().unwrap(),
-            peer,
-        };
+        let (mut client, mut server, ends) = loopback();
         let before = snapshot(ends).unwrap().expect("connection is listed");
         assert_eq!(before.written(), 0);
         server.write_all(&[1u8; 10_000]).unwrap();
@@ -823,7 +827,7 @@ mod tests {
         };
         assert_eq!(after.bytes_acked, 10_000);
         assert_eq!(after.written(), 10_000);
-        let found = best_by_local_port(ends.local.port(), peer.ip());
+        let found = best_by_local_port(ends.local.port(), ends.peer.ip());
         assert_eq!(found, Some(ends));
         drop(client);
         drop(server);
@@ -840,13 +844,7 @@ mod tests {
     /// they arrive. Real kernel counters of a loopback connection.
     #[tokio::test]
     async fn a_span_is_delivered_only_when_its_last_byte_is_acknowledged() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, peer) = listener.accept().unwrap();
-        let ends = TcpEnds {
-            local: server.local_addr().unwrap(),
-            peer,
-        };
+        let (mut client, mut server, ends) = loopback();
         let tracker = AckTracker::start(ends, true);
         // 9,900 body bytes in records that take 10,000 on the wire.
         let (sent, span) = (
