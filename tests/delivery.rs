@@ -395,20 +395,50 @@ async fn pasv_names_the_control_connections_address_unless_a_public_host_is_set(
     );
 }
 
-/// A Python client that fetches argv[2] and then argv[3] over one
-/// keep-alive HTTP connection to argv[1] (`host:port`), reading each whole,
-/// prints both sizes and then holds the connection open until killed.
-/// argv[4] `tls`: over HTTPS, trusting argv[5].
+/// A Python client: fetches argv[2] then argv[3] over one keep-alive
+/// HTTP(S) connection to argv[1] (`host:port`), reading each response
+/// whole, prints its own address, then holds the connection open until
+/// killed. argv[4] `tls`: over HTTPS, trusting argv[5]. argv[6]
+/// `pipelined`: both requests are sent at once, before the first response
+/// is read; `first-only`: so sent, and only the first response is read
+/// (a 16 KiB receive buffer holds the rest back); else the second is sent
+/// after the first response.
 const KEEP_ALIVE_PAIR: &str = r#"
-import http.client, ssl, sys, time
+import socket, ssl, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+s.connect((host, int(port)))
 if sys.argv[4] == "tls":
     ctx = ssl.create_default_context(cafile=sys.argv[5])
-    conn = http.client.HTTPSConnection(sys.argv[1], context=ctx)
-else:
-    conn = http.client.HTTPConnection(sys.argv[1])
-for path in sys.argv[2:4]:
-    conn.request("GET", "/" + path)
-    print(len(conn.getresponse().read()), flush=True)
+    s = ctx.wrap_socket(s, server_hostname="localhost")
+requests = [f"GET /{p} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for p in sys.argv[2:4]]
+order = sys.argv[6]
+if order != "sequential":
+    s.sendall(b"".join(requests))
+if order == "first-only":
+    requests = requests[:1]
+buf = b""
+def more():
+    global buf
+    chunk = s.recv(65536)
+    if not chunk:
+        sys.exit("connection closed early")
+    buf += chunk
+for request in requests:
+    if order == "sequential":
+        s.sendall(request)
+    while b"\r\n\r\n" not in buf:
+        more()
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n")
+                  if l.lower().startswith(b"content-length:"))
+    while len(buf) < length:
+        more()
+    buf = buf[length:]
+ip, port = s.getsockname()[:2]
+print(f"{ip}:{port}", flush=True)
 time.sleep(120)
 "#;
 
@@ -417,43 +447,73 @@ time.sleep(120)
 /// own place in the stream, so a large download followed at once by a
 /// small one is complete as soon as it is acknowledged — not held until
 /// the connection closes and then taken for aborted at the small one's
-/// size. Over HTTPS a body's place ends where its last TLS record does.
+/// size. Over HTTPS a body's place ends where its last TLS record does;
+/// pipelined, the second response's headers are written right after the
+/// first body and must not count against it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_to_back_responses_on_one_connection_are_each_complete() {
+    use tokio::io::AsyncBufReadExt;
     let (fx, size) = start(Duration::from_secs(30)).await;
+    let small = "update-v12-to-v13.zip";
     for (tls, protocol) in [(false, Protocol::Http), (true, Protocol::Https)] {
-        let (addr, mode) = http_endpoint(&fx, tls);
-        let small = "update-v12-to-v13.zip";
-        let mut client = tokio::process::Command::new("python3")
-            .args([
+        for order in ["sequential", "pipelined", "first-only"] {
+            let (addr, mode) = http_endpoint(&fx, tls);
+            // Unread, the second response must be larger than the
+            // buffers between the server and the client.
+            let second = if order == "first-only" {
+                MIB_PKG
+            } else {
+                small
+            };
+            let args = [
                 "-c",
                 KEEP_ALIVE_PAIR,
                 &addr,
                 MIB_PKG,
-                small,
+                second,
                 mode,
                 TEST_CERT,
-            ])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
+                order,
+            ];
+            let mut client = tokio::process::Command::new("python3")
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let stdout = client.stdout.take().unwrap();
+            let mut line = String::new();
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::io::BufReader::new(stdout).read_line(&mut line),
+            )
+            .await
+            .expect("the client reads both responses")
             .unwrap();
-        let records = fx
-            .wait_records("complete, both, while the connection is open", 2, |r| {
-                r.protocol == protocol && r.outcome == Outcome::Complete
-            })
-            .await;
-        client.start_kill().unwrap();
-        let big = records
-            .iter()
-            .find(|r| r.path == MIB_PKG)
-            .expect("the 1 MiB record");
-        assert_eq!((big.bytes_sent, big.bytes_acked), (size, size), "{big:?}");
-        let other = records
-            .iter()
-            .find(|r| r.path == small)
-            .expect("the small record");
-        assert_eq!(other.bytes_acked, other.bytes_sent, "{other:?}");
-        assert_eq!(big.peer, other.peer, "one connection");
+            let peer: std::net::SocketAddr = line.trim().parse().expect("the client's address");
+            let what = format!("{mode} {order}: complete while the connection is open");
+            let first_only = order == "first-only";
+            let records = fx
+                .wait_records(&what, if first_only { 1 } else { 2 }, |r| {
+                    r.peer == peer && r.protocol == protocol && r.outcome == Outcome::Complete
+                })
+                .await;
+            client.start_kill().unwrap();
+            let big = records
+                .iter()
+                .find(|r| r.path == MIB_PKG)
+                .expect("the 1 MiB record");
+            assert_eq!((big.bytes_sent, big.bytes_acked), (size, size), "{big:?}");
+            if first_only {
+                // The second response, unread, is still being sent.
+                assert_eq!(records.len(), 1, "{records:?}");
+                continue;
+            }
+            let other = records
+                .iter()
+                .find(|r| r.path == small)
+                .expect("the small record");
+            assert_eq!(other.bytes_acked, other.bytes_sent, "{other:?}");
+        }
     }
 }

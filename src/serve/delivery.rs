@@ -7,8 +7,10 @@
 //! link may never receive them. The download log therefore counts what the
 //! peer acknowledged (`tcpi_bytes_acked`, RFC 4898
 //! `tcpEStatsAppHCThruOctetsAcked`) and calls an attempt complete only once
-//! the connection's unacknowledged send queue (`idiag_wqueue`, the same
-//! figure as the `SIOCOUTQ` ioctl) is empty past the body's last byte.
+//! that count reaches the end of the body's [`Span`] in the connection's
+//! byte stream: bytes written are `tcpi_bytes_acked` plus the
+//! unacknowledged send queue (`idiag_wqueue`, the same figure as the
+//! `SIOCOUTQ` ioctl), so a body's place in the stream is known.
 //!
 //! Why `sock_diag` and not `getsockopt(TCP_INFO)`: libunftp owns the FTP data
 //! socket and hands the storage back-end only a boxed writer, so its file
@@ -28,8 +30,8 @@
 //! Accuracy: over plain HTTP and FTP the acknowledged body figure is exact.
 //! Over HTTPS the kernel counts ciphertext. Whether a body was acknowledged
 //! whole is still exact: its [`Span`] ends where the ciphertext of its last
-//! record ends (the connection's written count at the flush that wrote its
-//! last byte). The figure for a body cut short is
+//! record ends (the connection's written count at the first flush completed
+//! after its last byte was handed to hyper). The figure for a body cut short is
 //! [`tls_plaintext_estimate`], within one TLS record (16 KiB) of the
 //! plaintext the peer acknowledged.
 
@@ -51,6 +53,8 @@ use netlink_packet_sock_diag::inet::{
 };
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
+
+use super::lock;
 
 /// `TCP_ESTABLISHED` in the kernel's state numbering
 /// (`include/net/tcp_states.h`).
@@ -395,10 +399,8 @@ pub struct AckTracker {
     acked: AtomicU64,
     /// When `acked` last grew (or tracking began).
     progressed: Mutex<Instant>,
-    /// Unacknowledged bytes at the last look (or at destruction).
-    unacked: AtomicU64,
-    /// Turns true when the kernel destroyed the socket; its final counters
-    /// are then in `acked` and `unacked`.
+    /// Turns true when the kernel destroyed the socket; its final count
+    /// is then in `acked`.
     closed: tokio::sync::watch::Sender<bool>,
 }
 
@@ -414,7 +416,6 @@ impl AckTracker {
             base: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             progressed: Mutex::new(Instant::now()),
-            unacked: AtomicU64::new(0),
             closed: tokio::sync::watch::Sender::new(false),
         });
         destroy::register(&tracker);
@@ -456,21 +457,20 @@ impl AckTracker {
     /// gone (the last figures stay).
     pub fn refresh(&self) -> Option<Snapshot> {
         let snap = snapshot(self.ends).ok().flatten()?;
-        self.observe(snap.bytes_acked, snap.unacked);
+        self.observe(snap.bytes_acked);
         Some(snap)
     }
 
-    fn observe(&self, bytes_acked: u64, unacked: u64) {
+    fn observe(&self, bytes_acked: u64) {
         let before = self.acked.fetch_max(bytes_acked, Ordering::AcqRel);
         if bytes_acked > before {
             *lock(&self.progressed) = Instant::now();
         }
-        self.unacked.store(unacked, Ordering::Release);
     }
 
     /// The kernel destroyed the socket with these final counters.
-    fn destroyed(&self, bytes_acked: u64, unacked: u64) {
-        self.observe(bytes_acked, unacked);
+    fn destroyed(&self, bytes_acked: u64) {
+        self.observe(bytes_acked);
         self.closed.send_replace(true);
     }
 
@@ -486,12 +486,6 @@ impl AckTracker {
         tokio::time::timeout(limit, rx.wait_for(|closed| *closed))
             .await
             .is_ok_and(|r| r.is_ok())
-    }
-
-    /// Whether everything written to the socket was acknowledged at the
-    /// last look (or at destruction).
-    pub fn all_acked(&self) -> bool {
-        self.unacked.load(Ordering::Acquire) == 0
     }
 
     /// Notes progress seen without asking the kernel (a write the socket
@@ -721,7 +715,7 @@ mod destroy {
                             _ => None,
                         });
                         if let Some(acked) = acked {
-                            tracker.destroyed(acked, u64::from(r.header.send_queue));
+                            tracker.destroyed(acked);
                         }
                     }
                 }
@@ -744,10 +738,6 @@ mod destroy {
             map.remove(&ends);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The words a record uses for a body cut short: `ending` (e.g. "then

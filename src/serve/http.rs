@@ -20,8 +20,8 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tracing::Instrument;
@@ -444,6 +444,7 @@ impl Conn {
             draining: None,
             phase: BodyPhase::Fresh,
             final_flush: None,
+            end: None,
             start: None,
             finish: Some(Finish {
                 conn: Arc::clone(self),
@@ -722,6 +723,9 @@ pub(crate) struct PackageBody {
     /// The connection's flush count when the last byte was handed over: a
     /// later completed flush has written it to the kernel.
     final_flush: Option<u64>,
+    /// Over TLS, the connection's written count at that later flush: where
+    /// the body's last record ends ([`FlushSignal::end_at_next_flush`]).
+    end: Option<Arc<OnceLock<u64>>>,
     /// Where this body starts in the connection's byte stream (bytes
     /// written before it), once its headers are flushed: its own, since
     /// the next response on the connection marks a new start while this
@@ -742,11 +746,14 @@ impl PackageBody {
             let flushed_before = self.final_flush.unwrap_or_else(|| f.conn.flushes.count());
             let conn = Arc::clone(&f.conn);
             let status = self.status.as_u16();
-            let start = self.start;
-            f.conn
-                .shared
-                .transfers
-                .spawn(conn.deliver(f.attempt, status, flushed_before, start));
+            let (start, end) = (self.start, self.end.take());
+            f.conn.shared.transfers.spawn(conn.deliver(
+                f.attempt,
+                status,
+                flushed_before,
+                start,
+                end,
+            ));
             return;
         }
         let status = self.status.as_u16();
@@ -872,22 +879,16 @@ fn abort_reason(f: &Finish, cause: Option<String>, expected: u64) -> String {
 
 impl Conn {
     /// Where a body of `sent` bytes from stream offset `start` lies, once
-    /// the flush after `flushed_before` (the count when its last byte was
-    /// handed over) has completed. Over TLS it ends where that flush left
-    /// the ciphertext: the body's last record ends there. Should this
-    /// connection have flushed [`super::stall::FLUSH_HISTORY`] more times
-    /// since, the count written now stands in: it may include what followed
-    /// the body, so the record may wait for more acknowledgements, never
-    /// fewer.
-    fn span(&self, ack: &AckTracker, start: u64, sent: u64, flushed_before: u64) -> delivery::Span {
+    /// the flush after its last byte was handed over has completed: over
+    /// plain TCP, `sent` bytes on; over TLS, up to `end`, the written count
+    /// at that flush, where its last record ends. Without that count (the
+    /// connection ended before the flush), the count written now.
+    fn span(&self, start: u64, sent: u64, end: Option<&OnceLock<u64>>) -> delivery::Span {
         let plain = delivery::Span::plain(start, sent);
-        if !ack.is_tls() {
+        let Some(end) = end else {
             return plain;
-        }
-        let end = self
-            .flushes
-            .written_at(flushed_before + 1)
-            .unwrap_or_else(|| self.flushes.written());
+        };
+        let end = end.get().copied().unwrap_or_else(|| self.flushes.written());
         delivery::Span {
             start,
             end: end.max(plain.end),
@@ -898,7 +899,8 @@ impl Conn {
     /// written it to the kernel (a flush past `flushed_before`) and the peer
     /// acknowledged every byte of the body's [`delivery::Span`] from its
     /// `start` (stream offset; `None`: the tracker's last mark) to its last
-    /// byte (its last TLS record's, over HTTPS), then records the attempt —
+    /// byte (over HTTPS, the written count `end` holds once that flush
+    /// completed: its last record's), then records the attempt —
     /// `complete` only then. A connection that stalls here is closed.
     async fn deliver(
         self: Arc<Self>,
@@ -906,6 +908,7 @@ impl Conn {
         status: u16,
         flushed_before: u64,
         start: Option<u64>,
+        end: Option<Arc<OnceLock<u64>>>,
     ) {
         let sent = attempt.bytes_sent;
         let Some(ack) = self.ack.clone() else {
@@ -946,7 +949,7 @@ impl Conn {
         // This body's own start (the tracker's moves on with the next
         // response on the connection).
         let start = start.unwrap_or_else(|| ack.body_start());
-        let span = self.span(&ack, start, sent, flushed_before);
+        let span = self.span(start, sent, end.as_deref());
         let mut delivery = ack.wait_all_acked(span, self.timeouts.stall, cancel).await;
         if delivery == Delivery::Gone {
             // Closed before a look saw the end: the kernel's final
@@ -1034,8 +1037,14 @@ impl Body for PackageBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(chunk))) => {
                 self.sent += chunk.len() as u64;
-                if self.sent == self.expected {
-                    self.final_flush = self.finish.as_ref().map(|f| f.conn.flushes.count());
+                if self.sent == self.expected
+                    && let Some(f) = &self.finish
+                {
+                    let flushes = &f.conn.flushes;
+                    let tls = f.conn.ack.as_ref().is_some_and(|ack| ack.is_tls());
+                    let end = tls.then(|| flushes.end_at_next_flush());
+                    self.final_flush = Some(flushes.count());
+                    self.end = end;
                 }
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
             }

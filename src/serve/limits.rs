@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
+use super::lock;
 use crate::dlog::{Attempt, DownloadLog, Outcome, Protocol};
 
 /// Default of `--max-connections`: open connections over all listeners.
@@ -217,10 +218,6 @@ pub(crate) async fn refuse(
         }
         log.emit(Attempt::start(protocol, peer, "").record(status, Outcome::Refused, reason));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

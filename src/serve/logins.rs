@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::lock;
+
 /// Failures from one address answered at once; the next ones are delayed.
 pub const FREE_FAILURES: u32 = 3;
 
@@ -66,10 +68,6 @@ fn delay_after(n: u32) -> Duration {
     }
     let doublings = (n - FREE_FAILURES - 1).min(16);
     FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -127,6 +127,13 @@ pub(crate) fn out_of_descriptors(err: &std::io::Error) -> bool {
     code == Some(Errno::MFILE.raw_os_error()) || code == Some(Errno::NFILE.raw_os_error())
 }
 
+/// Locks `m`, also after a panic elsewhere poisoned it: what the serving
+/// code keeps under its locks (counters, lists of connections, marks) is
+/// consistent after every single update.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Out of descriptors with a connection waiting in the backlog: closes the
 /// spare descriptor, accepts the connection on the one it frees and answers
 /// it as over a limit ([`limits::LimitHit::Descriptors`], which opens the

@@ -19,8 +19,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -29,25 +29,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::delivery::{ACK_POLL, AckTracker};
+use super::lock;
 
 /// Counts completed flushes of a connection and wakes one waiter on each;
-/// counts the bytes the connection has written to its socket, and keeps
-/// that count as it stood at each of the last [`FLUSH_HISTORY`] flushes.
+/// counts the bytes the connection has written to its socket, and tells
+/// whoever asked ([`FlushSignal::end_at_next_flush`]) what that count was
+/// at the next completed flush.
 #[derive(Debug, Default)]
 pub struct FlushSignal {
     count: AtomicU64,
     written: AtomicU64,
     waker: AtomicWaker,
-    /// `(flush number, written)` of recent flushes, at `number %
-    /// FLUSH_HISTORY`.
-    history: std::sync::Mutex<[(u64, u64); FLUSH_HISTORY]>,
+    /// Marks to fill at the next completed flush.
+    pending: std::sync::Mutex<Vec<Arc<OnceLock<u64>>>>,
 }
-
-/// Completed flushes whose written count [`FlushSignal::written_at`]
-/// still knows (16): a record looks its flush up as soon as it completes,
-/// so only a connection that flushes this many times before the record's
-/// task runs outruns it.
-pub const FLUSH_HISTORY: usize = 16;
 
 impl FlushSignal {
     /// Flushes completed so far.
@@ -55,15 +50,17 @@ impl FlushSignal {
         self.count.load(Ordering::Acquire)
     }
 
-    /// The written count ([`FlushSignal::written`], bytes) when flush
-    /// number `n` (counting from 1) completed: under TLS, where the
+    /// A mark that gets the written count ([`FlushSignal::written`],
+    /// bytes) at the next flush to complete: under TLS, where the
     /// ciphertext of everything handed over before that flush ends in the
-    /// connection's byte stream. `None` for a flush not yet completed or
-    /// older than the last [`FLUSH_HISTORY`].
-    pub fn written_at(&self, n: u64) -> Option<u64> {
-        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        let (number, written) = history[(n % FLUSH_HISTORY as u64) as usize];
-        (number == n && n > 0).then_some(written)
+    /// connection's byte stream. Set before that flush is counted, so it
+    /// is there for whoever sees [`FlushSignal::count`] pass the count of
+    /// now; empty while no flush has completed (the connection ended
+    /// first).
+    pub fn end_at_next_flush(&self) -> Arc<OnceLock<u64>> {
+        let end = Arc::new(OnceLock::new());
+        lock(&self.pending).push(Arc::clone(&end));
+        end
     }
 
     /// Bytes the kernel has taken from this connection's writes since the
@@ -79,15 +76,13 @@ impl FlushSignal {
     }
 
     fn flushed(&self) {
-        // Only the connection's own task flushes: the number is its own.
-        let n = self.count.load(Ordering::Acquire) + 1;
-        {
-            let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-            history[(n % FLUSH_HISTORY as u64) as usize] = (n, self.written());
+        let written = self.written();
+        for end in lock(&self.pending).drain(..) {
+            let _ = end.set(written);
         }
-        // Counted after the history holds it: whoever sees flush `n` can
-        // look it up.
-        self.count.store(n, Ordering::Release);
+        // Counted after the marks are set: whoever sees this flush finds
+        // its mark filled.
+        self.count.fetch_add(1, Ordering::AcqRel);
         self.waker.wake();
     }
 }
@@ -524,31 +519,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn each_flush_keeps_the_written_count_it_left() {
+    async fn an_end_mark_gets_the_written_count_of_the_next_flush() {
         let (a, _b) = tokio::io::duplex(1 << 20);
         let mut guard = StallGuard::new(a, Duration::from_secs(5));
         let flushes = guard.flush_signal();
-        assert_eq!(flushes.written_at(0), None, "flushes count from 1");
-        assert_eq!(flushes.written_at(1), None, "not flushed yet");
         guard.write_all(&[1u8; 100]).await.unwrap();
-        guard.flush().await.unwrap();
+        let end = flushes.end_at_next_flush();
+        assert_eq!(end.get(), None, "no flush yet");
         guard.write_all(&[2u8; 50]).await.unwrap();
-        // Written after flush 1: its count stays 100.
-        assert_eq!(flushes.written_at(1), Some(100));
         guard.flush().await.unwrap();
-        assert_eq!(flushes.written_at(2), Some(150));
-        for _ in 0..FLUSH_HISTORY {
-            guard.write_all(&[3u8; 10]).await.unwrap();
-            guard.flush().await.unwrap();
-        }
-        let last = 2 + FLUSH_HISTORY as u64;
-        assert_eq!(flushes.count(), last);
-        assert_eq!(
-            flushes.written_at(last),
-            Some(150 + 10 * FLUSH_HISTORY as u64)
-        );
-        assert_eq!(flushes.written_at(2), None, "older than the history");
-        assert_eq!(flushes.written_at(last + 1), None);
+        let later = flushes.end_at_next_flush();
+        guard.write_all(&[3u8; 10]).await.unwrap();
+        // Later writes and flushes leave the mark as it was.
+        guard.flush().await.unwrap();
+        guard.write_all(&[4u8; 10]).await.unwrap();
+        guard.flush().await.unwrap();
+        assert_eq!(end.get(), Some(&150));
+        assert_eq!(later.get(), Some(&160));
+        assert_eq!(flushes.count(), 3);
     }
 
     #[tokio::test(start_paused = true)]

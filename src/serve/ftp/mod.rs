@@ -47,7 +47,7 @@ use super::fault::apply_data_fault;
 use super::fault::{Action, Applied, AttemptInfo};
 use super::stall::StallGuard;
 use super::zerocopy::{self, ZeroCopyStream};
-use super::{Access, Shared};
+use super::{Access, Shared, lock};
 use crate::catalog::{Catalog, Entry, OpenError, Package, PackageReader, path};
 use crate::dlog::{Attempt, Outcome, Protocol};
 
@@ -1237,10 +1237,6 @@ impl Drop for RetrRecord {
         };
         self.finish(426, Outcome::Aborted, reason);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
