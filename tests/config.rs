@@ -76,6 +76,7 @@ async fn unknown_keys_and_bad_values_are_errors_naming_them() {
         ("http = \"eighty\"\n", "eighty"),
         ("http = 80\npassive-ports = \"9-1\"\n", "9-1"),
         ("http = [80\n", "config file"),
+        ("http = 80\npublic-host = \"http://x\"\n", "no scheme"),
     ] {
         let file = write(dir.path(), "bad.toml", text);
         for args in [

@@ -362,6 +362,25 @@ async fn a_dual_stack_listener_logs_an_ipv4_client_unmapped() {
         line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{line}"
     );
+    // FTP too, with PASV (RFC 959: IPv4 only) as modules use it, and over
+    // IPv6 where the machine has it.
+    let port = fx.server.ftp_addr().unwrap().port();
+    let mut hosts = vec!["127.0.0.1".to_string()];
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        hosts.push("[::1]".to_string());
+    }
+    for host in hosts {
+        let url = format!("ftp://test:test@{host}:{port}/update-v12-to-v13.zip");
+        let out = common::run("curl", &["-sS", "--disable-epsv", "-o", "/dev/null", &url]).await;
+        assert!(out.status.success(), "{host}: {out:?}");
+        let ip = host.trim_matches(['[', ']']).to_string();
+        let rec = fx
+            .wait_record("dual-stack FTP download", |r| {
+                r.protocol == Protocol::Ftp && r.peer.ip().to_string() == ip
+            })
+            .await;
+        assert_eq!(rec.outcome, Outcome::Complete, "{rec:?}");
+    }
 }
 
 /// Prints the address of a `PASV` reply from the FTP server on port argv[1].

@@ -20,7 +20,7 @@ use crate::admin::Admin;
 use crate::catalog::validate::FtpCredentials;
 use crate::cli::output::banner;
 use crate::cli::ready::{self, ServeReady};
-use crate::cli::values::{parse_port_range, parse_user};
+use crate::cli::values::{parse_port_range, parse_public_host, parse_user};
 use crate::serve::fault::FaultRule;
 use crate::serve::{Server, ServerBuilder};
 
@@ -40,9 +40,6 @@ pub struct ServeArgs {
     /// or an object store location s3://BUCKET/PREFIX (see --s3-endpoint).
     #[arg(env = "QFOTA_DIR")]
     pub dir: Option<PathBuf>,
-    /// Object store and replica flags.
-    #[command(flatten)]
-    pub replica: crate::cli::s3::ReplicaArgs,
     /// Serve FTP on this port (0 = any free port).
     #[arg(long, env = "QFOTA_FTP", value_name = "PORT")]
     pub ftp: Option<u16>,
@@ -63,7 +60,7 @@ pub struct ServeArgs {
     /// Address modules use to reach this server: PASV replies and printed
     /// URLs [default: the bind address if concrete, else the first
     /// non-loopback IPv4 address].
-    #[arg(long, env = "QFOTA_PUBLIC_HOST", value_name = "HOST")]
+    #[arg(long, env = "QFOTA_PUBLIC_HOST", value_name = "HOST", value_parser = parse_public_host)]
     pub public_host: Option<String>,
     /// FTP account NAME:PASSWORD, repeatable (env: comma-separated). Without
     /// it FTP accepts any login, read-only.
@@ -193,6 +190,9 @@ pub struct ServeArgs {
     /// then goes to stderr).
     #[arg(long, env = "QFOTA_READY_JSON", value_name = "FILE|-")]
     pub ready_json: Option<PathBuf>,
+    /// Object store and replica flags.
+    #[command(flatten)]
+    pub replica: crate::cli::s3::ReplicaArgs,
 }
 
 /// An IP network `a.b.c.d/n` or a single address.

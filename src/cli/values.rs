@@ -21,6 +21,17 @@ pub fn parse_user(s: &str) -> Result<FtpCredentials, String> {
     }
 }
 
+/// Parses `--public-host`: an IP address or a DNS name, as
+/// [`crate::serve::check_public_host`] accepts.
+///
+/// # Errors
+/// What is wrong with it (a scheme, a port, a path, …): a usage error, so
+/// a bad value exits 2 like any bad flag.
+pub fn parse_public_host(s: &str) -> Result<String, String> {
+    crate::serve::check_public_host(s)?;
+    Ok(s.to_string())
+}
+
 /// Parses `FIRST-LAST` with `1 <= FIRST <= LAST`.
 ///
 /// # Errors

@@ -676,7 +676,7 @@ impl ServerBuilder {
     /// Binds a listener for every protocol that is on.
     async fn bind_listeners(&self) -> Result<Listeners, ServeError> {
         Ok(Listeners {
-            ftp: bind(self.bind, "ftp", self.ftp).await?,
+            ftp: bind_ftp(self.bind, self.ftp).await?,
             http: bind(self.bind, "http", self.http).await?,
             https: bind(self.bind, "https", self.https).await?,
         })
@@ -778,7 +778,7 @@ impl ServerBuilder {
         shared: &Arc<Shared>,
     ) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
-        if let Some(listener) = listeners.ftp {
+        if !listeners.ftp.is_empty() {
             let opts = ftp::FtpOptions {
                 users: self.users.clone(),
                 passive_ports: self.passive_ports.clone(),
@@ -788,7 +788,8 @@ impl ServerBuilder {
                 data_timeout: self.data_timeout,
                 stall: self.stall,
             };
-            tasks.push(tokio::spawn(ftp::run(listener, Arc::clone(shared), opts)));
+            let ftp = listeners.ftp;
+            tasks.push(tokio::spawn(ftp::run(ftp, Arc::clone(shared), opts)));
         }
         let timeouts = http::HttpTimeouts {
             header_read: self.header_read_timeout,
@@ -814,25 +815,62 @@ async fn bind(
     let Some(port) = port else {
         return Ok(None);
     };
-    let addr = SocketAddr::new(addr, port);
-    let listen = || -> std::io::Result<TcpListener> {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        // As std does: a restarted server binds while old connections of
-        // the port sit in TIME_WAIT.
-        socket.set_reuseaddr(true)?;
-        // Accepted connections inherit it.
-        socket2::SockRef::from(&socket).set_tcp_notsent_lowat(NOTSENT_LOWAT)?;
-        socket.bind(addr)?;
-        socket.listen(LISTEN_BACKLOG)
+    listen(SocketAddr::new(addr, port), false)
+        .map(Some)
+        .map_err(|source| ServeError::Bind {
+            protocol,
+            addr: SocketAddr::new(addr, port),
+            source,
+        })
+}
+
+/// The FTP listeners when FTP is on: one on `addr:port`; for the IPv6
+/// wildcard (`--bind ::`) an IPv6-only one and an IPv4 one on `0.0.0.0`
+/// with the same port. libunftp answers `PASV` (RFC 959, IPv4 only) from
+/// the control connection's local address and refuses an IPv6 one, which
+/// an IPv4 client of a dual-stack socket has (`::ffff:a.b.c.d`): on an
+/// IPv4 socket that client gets `PASV` as on `--bind 0.0.0.0`.
+async fn bind_ftp(addr: IpAddr, port: Option<u16>) -> Result<Vec<TcpListener>, ServeError> {
+    let Some(port) = port else {
+        return Ok(Vec::new());
     };
-    listen().map(Some).map_err(|source| ServeError::Bind {
-        protocol,
-        addr,
-        source,
-    })
+    let failed = |addr: SocketAddr| {
+        move |source| ServeError::Bind {
+            protocol: "ftp",
+            addr,
+            source,
+        }
+    };
+    let first = SocketAddr::new(addr, port);
+    let dual = addr == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    let listener = listen(first, dual).map_err(failed(first))?;
+    if !dual {
+        return Ok(vec![listener]);
+    }
+    // Port 0 became a real port: the IPv4 listener takes the same.
+    let port = listener.local_addr().map_err(failed(first))?.port();
+    let v4 = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port);
+    let v4_listener = listen(v4, false).map_err(failed(v4))?;
+    Ok(vec![listener, v4_listener])
+}
+
+/// A listening socket on `addr` (IPv6 only when `v6_only`), with the
+/// accept backlog and `TCP_NOTSENT_LOWAT` every listener gets.
+fn listen(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std does: a restarted server binds while old connections of the
+    // port sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    if v6_only {
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
+    }
+    // Accepted connections inherit it.
+    socket2::SockRef::from(&socket).set_tcp_notsent_lowat(NOTSENT_LOWAT)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Pending connections the kernel queues per listener before the accept
@@ -857,7 +895,8 @@ pub(crate) const NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// The bound listeners, one per protocol that is on.
 struct Listeners {
-    ftp: Option<TcpListener>,
+    /// FTP's: none when FTP is off, two for `--bind ::` (`bind_ftp`).
+    ftp: Vec<TcpListener>,
     http: Option<TcpListener>,
     https: Option<TcpListener>,
 }
@@ -865,11 +904,12 @@ struct Listeners {
 impl Listeners {
     /// The addresses actually bound (port 0 becomes a real port).
     fn addrs(&self) -> Addrs {
-        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let addr = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok());
         Addrs {
-            ftp: addr(&self.ftp),
-            http: addr(&self.http),
-            https: addr(&self.https),
+            // The first: the address asked for (`[::]` for both families).
+            ftp: addr(self.ftp.first()),
+            http: addr(self.http.as_ref()),
+            https: addr(self.https.as_ref()),
         }
     }
 }

@@ -245,54 +245,79 @@ impl Drop for FtpSession {
     }
 }
 
-/// Accepts FTP control connections until shutdown. Each connection gets its
-/// own libunftp server instance bound to an [`FtpSession`].
-pub(crate) async fn run(listener: TcpListener, shared: Arc<Shared>, opts: FtpOptions) {
+/// Accepts FTP control connections on every one of `listeners` (one, or an
+/// IPv6 and an IPv4 one: see [`crate::serve`]'s `bind_ftp`) until
+/// shutdown; each runs its own libunftp server instance bound to an
+/// [`FtpSession`].
+pub(crate) async fn run(listeners: Vec<TcpListener>, shared: Arc<Shared>, opts: FtpOptions) {
     if opts.users.is_empty() {
         tracing::warn!("no --user given: FTP accepts any user name and password (read-only)");
     }
-    let users = Arc::new(opts.users.clone());
-    let registry = PassiveRegistry::new(&opts.passive_ports);
-    let tracker = TaskTracker::new();
-    let shutdown = shared.shutdown.clone();
-    let limited = Some((&*shared, Protocol::Ftp));
-    while let Some((tcp, peer, permit)) = super::accept(&listener, &shutdown, "ftp", limited).await
-    {
-        let Ok(local) = tcp.local_addr() else {
-            continue;
-        };
-        let session = Arc::new(FtpSession {
-            peer,
-            user: Mutex::new(None),
-            shared: Arc::clone(&shared),
-            passive: Mutex::new(None),
-            logged_in: std::sync::atomic::AtomicBool::new(false),
-            local,
-            passive_state: Arc::default(),
-            passive_registry: Arc::clone(&registry),
-            last_path: Mutex::new(None),
-            data_timeout: opts.data_timeout,
-        });
-        if let Some(fault) = session.fault(None, |cmd| cmd == "CONNECT") {
-            tracker.spawn(refuse_connection(tcp, Arc::clone(&session), fault));
-            continue;
-        }
-        let server = match session_server(&session, &users, &opts) {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::error!(%peer, error = %err, "cannot set up FTP session");
+    let front = FrontEnd {
+        users: Arc::new(opts.users.clone()),
+        registry: PassiveRegistry::new(&opts.passive_ports),
+        tracker: TaskTracker::new(),
+        shared,
+        opts,
+    };
+    futures_util::future::join_all(listeners.iter().map(|l| front.accept_loop(l))).await;
+    front.tracker.close();
+}
+
+/// What the accept loops of one FTP front-end share.
+struct FrontEnd {
+    users: Arc<Vec<(String, String)>>,
+    registry: Arc<PassiveRegistry>,
+    tracker: TaskTracker,
+    shared: Arc<Shared>,
+    opts: FtpOptions,
+}
+
+impl FrontEnd {
+    /// Serves the connections `listener` accepts until shutdown.
+    async fn accept_loop(&self, listener: &TcpListener) {
+        let shared = &self.shared;
+        let shutdown = shared.shutdown.clone();
+        let limited = Some((&**shared, Protocol::Ftp));
+        while let Some((tcp, peer, permit)) =
+            super::accept(listener, &shutdown, "ftp", limited).await
+        {
+            let Ok(local) = tcp.local_addr() else {
+                continue;
+            };
+            let session = Arc::new(FtpSession {
+                peer,
+                user: Mutex::new(None),
+                shared: Arc::clone(shared),
+                passive: Mutex::new(None),
+                logged_in: std::sync::atomic::AtomicBool::new(false),
+                local,
+                passive_state: Arc::default(),
+                passive_registry: Arc::clone(&self.registry),
+                last_path: Mutex::new(None),
+                data_timeout: self.opts.data_timeout,
+            });
+            if let Some(fault) = session.fault(None, |cmd| cmd == "CONNECT") {
+                self.tracker
+                    .spawn(refuse_connection(tcp, Arc::clone(&session), fault));
                 continue;
             }
-        };
-        let login_timeout = opts.login_timeout;
-        tracker.spawn(async move {
-            // Holds this connection's place under the limits until it ends.
-            let _permit = permit;
-            tracing::debug!(%peer, "FTP connection");
-            serve_session(server, tcp, login_timeout, &session).await;
-        });
+            let server = match session_server(&session, &self.users, &self.opts) {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::error!(%peer, error = %err, "cannot set up FTP session");
+                    continue;
+                }
+            };
+            let login_timeout = self.opts.login_timeout;
+            self.tracker.spawn(async move {
+                // Holds this connection's place under the limits until it ends.
+                let _permit = permit;
+                tracing::debug!(%peer, "FTP connection");
+                serve_session(server, tcp, login_timeout, &session).await;
+            });
+        }
     }
-    tracker.close();
 }
 
 /// The libunftp server for one session: its authenticator and storage

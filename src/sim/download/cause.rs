@@ -64,7 +64,7 @@ pub enum DownloadError {
     ControlClosed,
     /// The connection closed before all announced bytes arrived (FTP
     /// `SIZE`, HTTP `Content-Length`), or before any response.
-    #[error("connection closed after {received} of {expected:?} bytes")]
+    #[error("connection closed after {received}{} bytes", announced(*.expected))]
     Truncated {
         /// Bytes received.
         received: u64,
@@ -150,6 +150,12 @@ pub enum DownloadError {
     /// limit, …).
     #[error("{0}")]
     Other(String),
+}
+
+/// `" of N"` for a byte count announced in advance (FTP `SIZE`, HTTP
+/// `Content-Length`), nothing when none was.
+fn announced(expected: Option<u64>) -> String {
+    expected.map(|n| format!(" of {n}")).unwrap_or_default()
 }
 
 /// `d` in whole milliseconds, for messages (saturating).
@@ -358,6 +364,19 @@ mod tests {
                 (603, 704),
             ]
         );
+    }
+
+    #[test]
+    fn a_cut_short_download_reads_as_a_sentence() {
+        let cut = |expected| DownloadError::Truncated {
+            received: 3594,
+            expected,
+        };
+        assert_eq!(
+            cut(Some(7188)).to_string(),
+            "connection closed after 3594 of 7188 bytes"
+        );
+        assert_eq!(cut(None).to_string(), "connection closed after 3594 bytes");
     }
 
     #[test]
