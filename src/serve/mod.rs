@@ -854,8 +854,9 @@ async fn bind_ftp(addr: IpAddr, port: Option<u16>) -> Result<Vec<TcpListener>, S
     Ok(vec![listener, v4_listener])
 }
 
-/// A listening socket on `addr` (IPv6 only when `v6_only`), with the
-/// accept backlog and `TCP_NOTSENT_LOWAT` every listener gets.
+/// A listening socket on `addr` (an IPv6 one takes IPv4 clients too unless
+/// `v6_only`), with the accept backlog and `TCP_NOTSENT_LOWAT` every
+/// listener gets.
 fn listen(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -864,8 +865,10 @@ fn listen(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
     // As std does: a restarted server binds while old connections of the
     // port sit in TIME_WAIT.
     socket.set_reuseaddr(true)?;
-    if v6_only {
-        socket2::SockRef::from(&socket).set_only_v6(true)?;
+    if addr.is_ipv6() {
+        // Set either way: `net.ipv6.bindv6only` would otherwise decide
+        // whether `::` also takes IPv4 clients.
+        socket2::SockRef::from(&socket).set_only_v6(v6_only)?;
     }
     // Accepted connections inherit it.
     socket2::SockRef::from(&socket).set_tcp_notsent_lowat(NOTSENT_LOWAT)?;
