@@ -176,6 +176,47 @@ print(json.dumps(res))
     assert_eq!(waits, 1, "{:#?}", fx.server.downloads());
 }
 
+/// curl's flow for a missing package: `EPSV`/`PASV`, the data connection,
+/// then `SIZE` answered 550. The attempt has its `not_found` record; the
+/// passive listener left unused after it writes no second (`425`, "no data
+/// connection") record, which would point at a firewall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_refused_after_pasv_leaves_one_record_not_a_second_425() {
+    let fx = Fixture::start(|b| b.data_connection_timeout(Duration::from_secs(1))).await;
+    let script = r#"
+import time
+res = {}
+ftp = session()
+port = pasv(ftp)
+data = socket.create_connection(("127.0.0.1", port), timeout=5)
+try:
+    ftp.sendcmd("SIZE missing-v1-to-v2.zip")
+except ftplib.error_perm as e:
+    res["size"] = str(e)[:3]
+data.close()
+# Past the data timeout: the listener is given up.
+time.sleep(1.5)
+res["next"] = fetch(ftp, pasv(ftp))
+print(json.dumps(res))
+"#;
+    let v = ftp_script(&fx, script).await;
+    assert_eq!(v["size"], "550", "{v}");
+    let want = sha256(&fx.package_bytes(PKG));
+    assert_eq!(v["next"], serde_json::json!(["150", "226", want]), "{v}");
+    fx.wait_record("the download after it", |r| {
+        r.path == PKG && r.outcome == Outcome::Complete
+    })
+    .await;
+    let records = fx.server.downloads();
+    let missing: Vec<_> = records
+        .iter()
+        .filter(|r| r.path == "missing-v1-to-v2.zip")
+        .collect();
+    assert_eq!(missing.len(), 1, "{records:#?}");
+    assert_eq!(missing[0].outcome, Outcome::NotFound, "{records:#?}");
+    assert!(!records.iter().any(|r| r.status == 425), "{records:#?}");
+}
+
 /// The resident set of this process (the in-process server), in KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -110,6 +110,10 @@ pub struct FtpSession {
     last_path: Mutex<Option<String>>,
     /// [`FtpOptions::data_timeout`].
     data_timeout: Duration,
+    /// Records this session has written: a passive listener left unused
+    /// after a record of the attempt it was for (`SIZE` of a missing
+    /// package, say) writes none of its own.
+    records: std::sync::atomic::AtomicU64,
 }
 
 impl FtpSession {
@@ -207,6 +211,7 @@ impl FtpSession {
 
     /// Logs `attempt` as ending now.
     fn emit(&self, attempt: &Attempt, status: u16, outcome: Outcome, reason: impl Into<String>) {
+        self.records.fetch_add(1, Ordering::AcqRel);
         self.shared
             .log
             .emit(attempt.record(status, outcome, reason));
@@ -296,6 +301,7 @@ impl FrontEnd {
                 passive_registry: Arc::clone(&self.registry),
                 last_path: Mutex::new(None),
                 data_timeout: self.opts.data_timeout,
+                records: std::sync::atomic::AtomicU64::new(0),
             });
             if let Some(fault) = session.fault(None, |cmd| cmd == "CONNECT") {
                 self.tracker

@@ -108,6 +108,8 @@ impl Drop for Slot {
 pub struct Outstanding {
     socket: Socket,
     generation: u64,
+    /// The session's record count when it was bound.
+    records_before: u64,
     _slot: Slot,
 }
 
@@ -134,11 +136,12 @@ impl PassiveState {
     }
 
     /// Installs a new listener and returns its generation.
-    fn install(&self, socket: Socket, slot: Slot) -> u64 {
+    fn install(&self, socket: Socket, slot: Slot, records_before: u64) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *lock(&self.current) = Some(Outstanding {
             socket,
             generation,
+            records_before,
             _slot: slot,
         });
         generation
@@ -158,10 +161,16 @@ impl FtpSession {
     /// Records that a passive listener was given up with no data
     /// connection (`why`), for a logged-in session: the module's `RETR`, if
     /// it sent one, got nothing — the usual cause of an FTP `601` behind a
-    /// firewall or NAT that blocks the data port.
+    /// firewall or NAT that blocks the data port. Not when the session has
+    /// written a record since the listener was bound: that attempt ended
+    /// for its own reason (curl's `EPSV`, then `SIZE` of a missing package:
+    /// `not_found`), and this would be a second, wrong record of it.
     pub(super) fn passive_unused(&self, listener: Outstanding, why: &str) {
+        let records_before = listener.records_before;
         drop(listener);
-        if !self.logged_in.load(Ordering::Acquire) {
+        if !self.logged_in.load(Ordering::Acquire)
+            || self.records.load(Ordering::Acquire) > records_before
+        {
             return;
         }
         let path = lock(&self.last_path).clone().unwrap_or_default();
@@ -234,7 +243,8 @@ impl libunftp::options::Binder for PassiveBinder {
                     let keep = socket.try_clone()?;
                     // The data connection will most likely get this number.
                     let next_fd = crate::serve::zerocopy::lowest_free_descriptor(&keep);
-                    let generation = session.passive_state.install(keep, slot);
+                    let records = session.records.load(Ordering::Acquire);
+                    let generation = session.passive_state.install(keep, slot, records);
                     let weak = Arc::downgrade(session);
                     FtpSession::expire_later(weak, generation, session.data_timeout);
                     *lock(&session.passive) = Some(PassivePort {
