@@ -117,6 +117,36 @@ async fn a_package_rewritten_in_place_mid_download_is_never_spliced() {
         records.iter().any(|r| r.reason.contains("package changed")),
         "no download noticed the change: {records:#?}"
     );
+    // A download so cut short is recorded with the bytes its client got:
+    // sent (not what hyper still held when the read failed) and
+    // acknowledged (not the connection's FIN).
+    let got = outs.iter().map(|out| {
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    });
+    assert_cut_short_records_match(&records, got, size as u64);
+}
+
+/// The aborted records among `records` name, as sent and as acknowledged,
+/// exactly the byte counts of the bodies in `got` that are shorter than
+/// `size`.
+fn assert_cut_short_records_match(
+    records: &[qfota_serve::dlog::DownloadRecord],
+    got: impl Iterator<Item = u64>,
+    size: u64,
+) {
+    let mut want: Vec<(u64, u64)> = got.filter(|&n| n < size).map(|n| (n, n)).collect();
+    let mut logged: Vec<(u64, u64)> = records
+        .iter()
+        .filter(|r| r.path == BIG && r.protocol == Protocol::Http && r.outcome == Outcome::Aborted)
+        .map(|r| (r.bytes_sent, r.bytes_acked))
+        .collect();
+    want.sort_unstable();
+    logged.sort_unstable();
+    assert_eq!(logged, want, "{records:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,7 +400,9 @@ async fn fifty_clients_each_get_exactly_one_version_while_the_package_is_replace
 /// applies `change` to the file 300 ms in (removed, truncated); every
 /// client ends with the version it started on or short, never with other
 /// bytes, and the next client gets no package (gone, or a broken zip).
-async fn changed_mid_download(fx: &Fixture, change: fn(&std::path::Path)) {
+/// Four downloads of `BIG` (two HTTP, two FTP) during which `change` hits
+/// its file; the bodies the clients got, in that order.
+async fn changed_mid_download(fx: &Fixture, change: fn(&std::path::Path)) -> Vec<Vec<u8>> {
     let path = fx.dir.path().join(BIG);
     let old = std::fs::read(&path).unwrap();
     let old_sha = common::sha256(&old);
@@ -408,6 +440,7 @@ async fn changed_mid_download(fx: &Fixture, change: fn(&std::path::Path)) {
     records_of_the_old_version(fx, &old_sha, old.len() as u64).await;
     // The server goes on, and there is no package for the next client.
     assert_eq!(status_after_rescan(fx, BIG).await, "404");
+    bodies
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,7 +462,8 @@ async fn a_package_removed_mid_download_from_its_resident_copy_finishes_intact()
 async fn a_package_removed_mid_download_from_its_file_ends_short_or_intact() {
     // No resident copy: each download reads the file it opened.
     let fx = Fixture::start(|b| b.package_memory(0)).await;
-    changed_mid_download(&fx, remove).await;
+    let size = fx.package_bytes(BIG).len();
+    let bodies = changed_mid_download(&fx, remove).await;
     // The removal is noticed while the file is read (its inode's change
     // time moves with the unlink).
     let records = fx.server.downloads();
@@ -439,6 +473,10 @@ async fn a_package_removed_mid_download_from_its_file_ends_short_or_intact() {
             .any(|r| r.path == BIG && r.reason.contains("package changed")),
         "{records:#?}"
     );
+    // An HTTP download so cut short is recorded with the bytes its
+    // client got.
+    let got = bodies[..2].iter().map(|b| b.len() as u64);
+    assert_cut_short_records_match(&records, got, size as u64);
 }
 
 fn remove(path: &std::path::Path) {

@@ -765,7 +765,9 @@ impl PackageBody {
                 format!("read error: {err}")
             }
         });
+        let start = self.start;
         let Some(ack) = f.conn.ack.clone() else {
+            f.attempt.bytes_sent = f.conn.body_bytes_taken(start, self.sent);
             let reason = abort_reason(&f, cause, expected);
             f.conn
                 .shared
@@ -777,10 +779,15 @@ impl PackageBody {
         // kernel destroys the socket.
         let transfers = f.conn.shared.transfers.clone();
         f.attempt.end_now();
-        let start = self.start.unwrap_or_else(|| ack.body_start());
+        let sent = self.sent;
         transfers.spawn(async move {
             ack.refresh();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
+            // What hyper still held when the body failed never reached
+            // the kernel; and the acknowledged count may include the
+            // connection's FIN, capped away by the bytes sent.
+            f.attempt.bytes_sent = f.conn.body_bytes_taken(start, sent);
+            let start = start.unwrap_or_else(|| ack.body_start());
             f.attempt.bytes_acked = ack.body_acked(start, f.attempt.bytes_sent);
             let reason = abort_reason(&f, cause, expected);
             f.conn
@@ -839,11 +846,11 @@ impl PackageBody {
                 // The headers are written: the connection's own count
                 // (the kernel's, the guard wraps the socket from its
                 // start) is where the body begins.
-                if let Some(f) = &self.finish
-                    && let Some(ack) = &f.conn.ack
-                {
+                if let Some(f) = &self.finish {
                     let start = f.conn.flushes.written();
-                    ack.mark_body_start_at(start);
+                    if let Some(ack) = &f.conn.ack {
+                        ack.mark_body_start_at(start);
+                    }
                     self.start = Some(start);
                 }
                 Poll::Ready(())
@@ -878,6 +885,24 @@ fn abort_reason(f: &Finish, cause: Option<String>, expected: u64) -> String {
 }
 
 impl Conn {
+    /// Body bytes of the `handed` handed to hyper that the kernel took:
+    /// what this connection wrote past the body's `start` (over TLS, the
+    /// plaintext that much ciphertext carries at most), never more than
+    /// `handed`; `handed` when the body never started.
+    fn body_bytes_taken(&self, start: Option<u64>, handed: u64) -> u64 {
+        let Some(start) = start else {
+            return handed;
+        };
+        let stream = self.flushes.written().saturating_sub(start);
+        let tls = self.protocol == Protocol::Https;
+        let body = if tls {
+            delivery::tls_plaintext_estimate(stream)
+        } else {
+            stream
+        };
+        body.min(handed)
+    }
+
     /// Where a body of `sent` bytes from stream offset `start` lies, once
     /// the flush after its last byte was handed over has completed: over
     /// plain TCP, `sent` bytes on; over TLS, up to `end`, the written count
@@ -961,14 +986,17 @@ impl Conn {
                 delivery = Delivery::Acked;
             }
         }
-        if !all_written && delivery == Delivery::Acked {
+        if !all_written {
             // What hyper still held when the connection ended never
             // reached the kernel.
-            delivery = Delivery::Gone;
+            attempt.bytes_sent = self.body_bytes_taken(Some(start), sent);
+            if delivery == Delivery::Acked {
+                delivery = Delivery::Gone;
+            }
         }
         attempt.bytes_acked = match delivery {
             Delivery::Acked => sent,
-            _ => ack.body_acked(start, sent),
+            _ => ack.body_acked(start, attempt.bytes_sent),
         };
         if delivery == Delivery::Stalled {
             // Nothing more will come of it: free the connection.
