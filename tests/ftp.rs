@@ -822,7 +822,11 @@ out(res)
         assert_eq!(r.status, 550, "{r:?}");
         assert_eq!(r.bytes_sent, 0, "{r:?}");
         assert_eq!(r.user.as_deref(), Some("test"), "{r:?}");
+        // Named as downloads are (relative to the folder), so a report
+        // groups a package's refused writes with its downloads.
+        assert!(!r.path.starts_with('/'), "{r:?}");
     }
+    assert!(rmd.iter().all(|r| r.path == "Jun"), "{rmd:?}");
     assert!(
         fx.log_lines()
             .iter()
@@ -1066,6 +1070,13 @@ out(res)
         recs.iter().all(|r| r.bytes_sent == 0 && r.size.is_none()),
         "{recs:#?}"
     );
+    // SIZE of a hostile path is refused with a record too.
+    let size = fx
+        .wait_record("the refused SIZE", |r| r.reason.starts_with("SIZE/MDTM"))
+        .await;
+    assert_eq!(size.outcome, Outcome::Refused, "{size:?}");
+    assert_eq!(size.path, "../../etc/passwd", "{size:?}");
+    assert!(size.reason.contains("escapes"), "{size:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

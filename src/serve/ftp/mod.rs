@@ -626,6 +626,14 @@ impl CatalogStorage {
         path::normalize(&path.to_string_lossy())
     }
 
+    /// The path a record names for a libunftp path: its catalog key, as
+    /// downloads are recorded (relative to the package folder, so a
+    /// report groups them), else the path as sent without its leading `/`.
+    fn record_path(path: &Path) -> String {
+        Self::key(path)
+            .unwrap_or_else(|_| path.to_string_lossy().trim_start_matches('/').to_string())
+    }
+
     /// Whether FTP may show `entry`: a folder, or a package that may be
     /// served.
     fn visible(&self, entry: &Entry) -> bool {
@@ -669,7 +677,7 @@ impl CatalogStorage {
     }
 
     fn refuse_write(&self, command: &str, path: &Path) -> storage::Error {
-        let attempt = self.session.attempt(path.to_string_lossy());
+        let attempt = self.session.attempt(Self::record_path(path));
         let reason = format!("{command} refused: the server is read-only");
         let denied = storage::Error::from(ErrorKind::PermissionDenied);
         self.refuse(&attempt, 550, Outcome::Refused, reason, denied)
@@ -1012,7 +1020,12 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         _user: &DefaultUser,
         path: P,
     ) -> storage::Result<Self::Metadata> {
-        let key = Self::key(path.as_ref()).map_err(|_| not_available())?;
+        let key = Self::key(path.as_ref()).map_err(|err| {
+            // A hostile path is refused with a record, as by RETR.
+            let attempt = self.session.attempt(Self::record_path(path.as_ref()));
+            let reason = format!("SIZE/MDTM: {err}");
+            self.refuse(&attempt, 550, Outcome::Refused, reason, not_available())
+        })?;
         self.session.named(&key);
         let Some(entry) = self.catalog().metadata(&key).filter(|e| self.visible(e)) else {
             // A module's downloader asks SIZE before RETR: a missing or
@@ -1155,7 +1168,7 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                 }
             }
             _ => {
-                let attempt = self.session.attempt(path.as_ref().to_string_lossy());
+                let attempt = self.session.attempt(Self::record_path(path.as_ref()));
                 let reason = "CWD: no such folder";
                 let missing = storage::Error::from(ErrorKind::PermanentDirectoryNotAvailable);
                 Err(self.refuse(&attempt, 550, Outcome::NotFound, reason, missing))
