@@ -573,6 +573,51 @@ async fn a_reboot_replaces_the_pty_behind_the_link() {
     );
 }
 
+/// A failed upgrade's recovery boots are short at a small time scale: the
+/// module can go down again before a host that reopened the port has
+/// settled. Every attempt's `START` … `END,<code>` still reaches a host that
+/// reopens the PTY after each reboot and never writes (a missing local
+/// file: five `END,504`, then the old firmware).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_reopening_the_pty_sees_every_failed_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("modem");
+    let modem = Modem::builder(module("ec2x", &[]))
+        .pty(&link)
+        .reboot_time(REBOOT)
+        .start()
+        .unwrap();
+    let port = open_link(&link).await;
+    use std::io::Write;
+    (&port)
+        .write_all(b"AT+QFOTADL=\"/data/ufs/missing.zip\"\r")
+        .unwrap();
+    let (answer, _) = pty_read_until(&port, "OK\r\n").await;
+    assert!(answer.ends_with("OK\r\n"), "{answer}");
+    let end = "+QIND: \"FOTA\",\"END\",504";
+    let mut seen = String::new();
+    let mut port = port;
+    // Each boot ends the port, until the normal boot after the last
+    // attempt (`+CPIN: READY`); bounded: five attempts and that boot.
+    for _ in 0..12 {
+        let (got, ended) = pty_read_until(&port, "+CPIN: READY").await;
+        seen.push_str(&got);
+        if !ended {
+            break;
+        }
+        drop(port);
+        wait_status(&modem, "up", |s| s.powered).await;
+        port = open_link(&link).await;
+    }
+    assert_eq!(
+        seen.matches("+QIND: \"FOTA\",\"START\"").count(),
+        5,
+        "{seen:?}"
+    );
+    assert_eq!(seen.matches(end).count(), 5, "{seen}");
+    stop(modem).await;
+}
+
 /// `qfota-serve modem …` as a child process whose stdout lines are
 /// collected as they come.
 struct ModemProcess {

@@ -61,9 +61,10 @@
 //!   dropped. So a host that reopens the port after a reboot sees `RDY`,
 //!   `START`, …; a host that went away and never comes back loses them,
 //!   and the module carries on regardless (the download and upgrade do not
-//!   depend on a host). Held lines do not survive a reboot. A PTY port
-//!   notices a host opening or closing it within 50 ms; what was written
-//!   in that instant is lost, as on a real port.
+//!   depend on a host). Held lines survive a reboot, so a host that
+//!   reopens the port only after several short boots still reads them
+//!   all. A PTY port notices a host opening or closing it within 50 ms;
+//!   what was written in that instant is lost, as on a real port.
 //! - **During the upgrade** (from `START`, or from the reboot into it after
 //!   `FTPEND/HTTPEND,0`, until the module goes down to boot normally) the
 //!   module runs its recovery image: the port prints URCs only and

@@ -26,9 +26,12 @@
 //! - *No host.* Unsolicited lines (URCs, `RDY`) written while no host has a
 //!   port open are held and written to the first host that opens one, if
 //!   that happens within the hold time, once that host has settled
-//!   (`HOST_SETTLE`, or its first write); older ones are dropped. A reboot
-//!   drops everything held (a real module's output buffer does not survive
-//!   it).
+//!   (`HOST_SETTLE`, or its first write, or the module going down, which
+//!   ends the settling at once); older ones are dropped. Held lines survive
+//!   a reboot: at a small time scale a failed upgrade's recovery boots are
+//!   shorter than a host takes to reopen the port, and the host must still
+//!   read each attempt's `START` … `END` (on a real module each boot lasts
+//!   long enough for that).
 //! - *Upgrade.* From `START` (or the reboot into recovery mode after
 //!   `FTPEND/HTTPEND,0`) until the module goes down to boot normally, the
 //!   module runs its recovery image: the port prints URCs only, and what
@@ -447,9 +450,25 @@ impl Session {
     }
 
     /// The module goes down: the ports close (what is queued is still
-    /// written), the link goes away, held output is lost.
+    /// written), the link goes away; output no host has seen stays held.
     fn power_off(&mut self, next: Boot, module_reboot: bool) {
-        self.held.clear();
+        // A host that has opened a port but is still settling gets what is
+        // held now, before the port goes: on a short boot (a failed
+        // upgrade's recovery boot, at a small time scale) the module can
+        // go down again before the host settles, and its `START` … `END`
+        // lines would never reach anyone.
+        let settling: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|c| c.attached && c.settling_until.is_some())
+            .map(|c| c.id)
+            .collect();
+        for id in settling {
+            self.settle(id);
+        }
+        // What no host has seen yet stays held for the next one (within
+        // the hold time): a host that reopens the port only after several
+        // short boots still reads every attempt's `START` … `END`.
         self.origin = None;
         self.deferred.clear();
         // A data phase does not survive the module going down.
