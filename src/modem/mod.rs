@@ -74,8 +74,12 @@
 //!   host guidance "no URC for 4 minutes → restart the module" presumes
 //!   nothing else to talk to.
 //! - **Commands during a download** are answered as usual; a second
-//!   `AT+QFOTADL` is `ERROR`. Lines typed between `AT+QFOTADL` and its
-//!   `OK`/`ERROR` (up to 300 ms, seed 000) run after it.
+//!   `AT+QFOTADL` is `ERROR`, except on `ec200`, which answers a URL `OK`
+//!   and ends it at once with the busy code (`FTPEND,603` /
+//!   `HTTPEND,703`, 704 during a `FILE:` transfer; seed 001 tables 2 and
+//!   3) while the running download goes on. Lines typed between
+//!   `AT+QFOTADL` and its `OK`/`ERROR` (up to 300 ms, seed 000) run after
+//!   it.
 //! - **UART wiring** ([`Link::Uart`], `--link uart`). A module wired to an
 //!   MCU's UART, or reached through a USB-UART adapter, has a port that
 //!   never goes away: on a reboot the PTY and its link (and a TCP host's

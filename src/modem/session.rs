@@ -57,6 +57,7 @@ use crate::modem::port::{self, Channel, ChannelId, PortEvent, PortKind};
 use crate::modem::pty::{Pty, PtyLink};
 use crate::modem::reply::{self, CmeError, PortSettings};
 use crate::modem::status::Status;
+use crate::profile::DownloadCodes;
 use crate::sim::command::{Scheme, Source};
 use crate::sim::{AtResult, DownloadError, Event, FotaRun, FotadlCommand, Module, PowerOff, Urc};
 use serde_json::json;
@@ -1012,7 +1013,7 @@ impl Session {
     /// answers later, unless a run is under way or the radio is off.
     fn fotadl(&mut self, id: ChannelId, args: &str) {
         if self.fota_active() {
-            return self.send_result(id, Err(CmeError::NotAllowed));
+            return self.fotadl_busy(id, args);
         }
         let profile = self.module.profile();
         let command = FotadlCommand::parse(args, profile).ok();
@@ -1046,6 +1047,39 @@ impl Session {
         self.downloading = scheme;
         self.origin = Some(id);
         self.publish(|_| {});
+    }
+
+    /// `AT+QFOTADL=<args>` from port `id` while a run is under way:
+    /// `ERROR`, except on `ec200` for a URL while a download runs — `OK`,
+    /// then that download's end with the busy code: 603 / 703, or 603 /
+    /// 704 while the running one takes its package over the AT port
+    /// (`FILE:`; seed `001_2f648264def3e0b1.txt` tables 2 and 3).
+    fn fotadl_busy(&mut self, id: ChannelId, args: &str) {
+        let profile = self.module.profile();
+        let scheme = FotadlCommand::parse(args, profile)
+            .ok()
+            .and_then(|c| match c.source {
+                Source::Url(url) => Some(url.scheme),
+                _ => None,
+            });
+        let uart = self
+            .channels
+            .iter()
+            .any(|c| matches!(c.data, Some(DataPhase::File(_))));
+        let downloading = self.downloading.is_some() || uart;
+        match scheme {
+            Some(scheme) if profile.download_codes == DownloadCodes::Detailed && downloading => {
+                let code = DownloadError::Busy { uart }.code(scheme, DownloadCodes::Detailed);
+                let end = if scheme.is_ftp() {
+                    Urc::FtpEnd(code)
+                } else {
+                    Urc::HttpEnd(code)
+                };
+                self.send_result(id, Ok(()));
+                self.unsolicited(&[end.to_string()]);
+            }
+            _ => self.send_result(id, Err(CmeError::NotAllowed)),
+        }
     }
 
     /// The start and end URCs of a download that finds no network (the
