@@ -52,6 +52,23 @@ async fn a_fleet_of_200_with_a_random_drop_fault_reports_0_and_701() {
     );
 }
 
+/// Modules the deadline stops are `unfinished`; what they received still
+/// counts, and no download time is made up for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_stopped_by_its_deadline_counts_what_it_received() {
+    // 1,000 bytes a second: the 7 KB package takes seconds.
+    let fault: FaultRule = "slow=1000".parse().unwrap();
+    let fx = Fixture::start(move |b| b.fault(fault)).await;
+    let profile = Profile::for_model("EC25").unwrap();
+    let mut config = FleetConfig::new(fx.http_url(PKG), profile, 3);
+    config.deadline = std::time::Duration::from_millis(2500);
+    let report = run_fleet(&config).await.unwrap();
+    assert_eq!(report.count("unfinished"), 3, "{report:?}");
+    assert_eq!(report.timed, 0, "{report:?}");
+    let size = fx.package_bytes(PKG).len() as u64;
+    assert!(report.bytes > 0 && report.bytes < 3 * size, "{report:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_cut_by_stall_after_over_ftp_matches_the_server_records() {
     // Every second module's transfer stops after 1,000 bytes until the

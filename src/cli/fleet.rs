@@ -190,11 +190,16 @@ pub fn render(r: &FleetReport) -> String {
             let _ = writeln!(out, "      {}× {}", cause.modules, cause.cause);
         }
     }
-    let _ = write!(
-        out,
-        "download time p50 {} ms, p95 {} ms, max {} ms\nbytes received {}\n",
-        r.p50_ms, r.p95_ms, r.max_ms, r.bytes
-    );
+    if r.timed == 0 {
+        out.push_str("download time - (no download ended)\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "download time p50 {} ms, p95 {} ms, max {} ms",
+            r.p50_ms, r.p95_ms, r.max_ms
+        );
+    }
+    let _ = writeln!(out, "bytes received {}", r.bytes);
     out
 }
 
@@ -255,6 +260,7 @@ mod tests {
             p50_ms: 160,
             p95_ms: 161,
             max_ms: 162,
+            timed: 50,
             bytes: 359_400,
             elapsed_ms: 1965,
             causes: [(
@@ -271,6 +277,21 @@ mod tests {
             "50 modules in 1965 ms\n  code          0: 49\n  code        701: 1\n\
              \x20     1× download: connection reset by peer\n\
              download time p50 160 ms, p95 161 ms, max 162 ms\nbytes received 359400\n"
+        );
+        // Stopped at the deadline, all of them: no times to give.
+        let cut = FleetReport {
+            codes: [("unfinished".to_string(), 50)].into(),
+            timed: 0,
+            p50_ms: 0,
+            p95_ms: 0,
+            max_ms: 0,
+            causes: Default::default(),
+            ..report
+        };
+        assert_eq!(
+            render(&cut),
+            "50 modules in 1965 ms\n  code unfinished: 50\n\
+             download time - (no download ended)\nbytes received 359400\n"
         );
     }
 }

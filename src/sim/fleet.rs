@@ -94,7 +94,11 @@ pub struct FleetReport {
     pub p95_ms: u64,
     /// Longest download time, ms.
     pub max_ms: u64,
-    /// Package bytes received by all modules together.
+    /// Downloads the three times are taken over (those that ended before
+    /// the deadline); 0: none, and the times are 0.
+    pub timed: usize,
+    /// Package bytes received by all modules together, those stopped at
+    /// the deadline included.
     pub bytes: u64,
     /// Wall-clock time of the whole run, ms.
     pub elapsed_ms: u64,
@@ -229,13 +233,26 @@ pub async fn run_fleet_observed(
     ));
     let at_args = config.command.to_at_args();
     let mut set = JoinSet::new();
+    // Each started module's received-bytes counter, for those the deadline
+    // stops: what they got still counts.
+    let counters: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>> = Arc::default();
     for _ in 0..config.modules {
         let module = config.module()?;
         let gate = Arc::clone(&gate);
         let at_args = at_args.clone();
+        let counters = Arc::clone(&counters);
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
-            Some(module.fotadl(&at_args).transcript().await)
+            let run = module.fotadl(&at_args);
+            let counter = run.received_counter();
+            counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::clone(&counter));
+            let transcript = run.transcript().await;
+            // Counted from the transcript now, not from the counter.
+            counter.store(0, std::sync::atomic::Ordering::Relaxed);
+            Some(transcript)
         });
     }
     let mut codes = BTreeMap::new();
@@ -280,6 +297,11 @@ pub async fn run_fleet_observed(
     let unfinished = config.modules - done;
     if unfinished > 0 {
         codes.insert("unfinished".into(), unfinished);
+        let counters = counters.lock().unwrap_or_else(|p| p.into_inner());
+        bytes += counters
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u64>();
     }
     times.sort_unstable();
     Ok(FleetReport {
@@ -288,6 +310,7 @@ pub async fn run_fleet_observed(
         p50_ms: quantile(&times, 0.50),
         p95_ms: quantile(&times, 0.95),
         max_ms: times.last().copied().unwrap_or(0),
+        timed: times.len(),
         bytes,
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         causes: top_causes(causes),

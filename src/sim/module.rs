@@ -691,6 +691,12 @@ impl FotaRun {
         self.log.received()
     }
 
+    /// The counter behind [`FotaRun::bytes_received`], readable after the
+    /// run was consumed (a fleet's module stopped at its deadline).
+    pub(crate) fn received_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.log.received_counter()
+    }
+
     /// Sums up `events` (this run's, as received) with the module's version
     /// now and the simulator's notes on causes.
     pub fn summarize(&self, events: &[TimedEvent]) -> RunSummary {
