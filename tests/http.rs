@@ -1057,6 +1057,10 @@ async fn invalid_packages_copied_in_are_refused_with_the_problem() {
     ] {
         let rec = eventually(&format!("{rel} refused as invalid"), PICKUP, || async {
             let reply = curl_ok(&[&fx.http_url(rel)]).await;
+            if reply.status == 503 {
+                // Still being validated (Retry-After): ask again.
+                return None;
+            }
             assert_eq!(reply.status, 404, "{rel} served while invalid");
             fx.server
                 .downloads()
