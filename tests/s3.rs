@@ -154,12 +154,24 @@ async fn replica_with(
     passive: &str,
     extra: &[&str],
 ) -> Served {
+    replica_at(&store.endpoint(), id, work, passive, extra).await
+}
+
+/// [`replica_with`] for the store at `endpoint`; `extra` may name the
+/// `--admin` address (else any free port).
+async fn replica_at(
+    endpoint: &str,
+    id: &str,
+    work: &Path,
+    passive: &str,
+    extra: &[&str],
+) -> Served {
     let log = work.join(format!("{id}.jsonl"));
     let cache = work.join(format!("{id}-cache"));
     let args = [
         &format!("s3://{BUCKET}/{PREFIX}"),
         "--s3-endpoint",
-        &store.endpoint(),
+        endpoint,
         "--s3-path-style",
         "--rescan-secs",
         "1",
@@ -176,9 +188,10 @@ async fn replica_with(
     ]
     .map(str::to_string);
     let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend(
-        "--http 0 --ftp 0 --bind 127.0.0.1 --user test:test --admin 127.0.0.1:0".split(' '),
-    );
+    args.extend("--http 0 --ftp 0 --bind 127.0.0.1 --user test:test".split(' '));
+    if !extra.contains(&"--admin") {
+        args.extend(["--admin", "127.0.0.1:0"]);
+    }
     args.extend_from_slice(extra);
     Served::start(&args, &credentials(SECRET_KEY)).await
 }
@@ -200,7 +213,11 @@ async fn readyz(work: &Path, id: &str) -> (String, serde_json::Value) {
 async fn admin(work: &Path, id: &str, route: &str, extra: &[&str]) -> (String, serde_json::Value) {
     let ready = std::fs::read(work.join(format!("{id}-ready.json"))).unwrap();
     let ready: serde_json::Value = serde_json::from_slice(&ready).unwrap();
-    let addr = ready["listeners"]["admin"].as_str().unwrap();
+    admin_at(ready["listeners"]["admin"].as_str().unwrap(), route, extra).await
+}
+
+/// An admin route at `addr` (`curl extra… URL`): status and JSON body.
+async fn admin_at(addr: &str, route: &str, extra: &[&str]) -> (String, serde_json::Value) {
     let url = format!("http://{addr}{route}");
     let mut args = vec!["-sS", "-w", "\n%{http_code}"];
     args.extend_from_slice(extra);
@@ -475,21 +492,67 @@ async fn a_store_down_at_start_stopped_and_restarted_is_waited_out() {
     store.put("a-v1-to-v2.zip", &a).await;
     store.stop().await;
 
-    // Down at start-up: the replica starts, empty, and says so …
+    // Down at start-up: the replica starts and answers, empty, but is not
+    // ready — /readyz names the store, the control routes wait, and there
+    // is no ready file and no READY=1 — until the store is back.
     let work = tempfile::tempdir().unwrap();
-    let r = replica(&store, "r1", work.path(), "45500-45999").await;
-    assert!(
-        r.banner[0].contains("(0 packages, 0 valid)"),
-        "{:?}",
-        r.banner
+    let admin_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let endpoint = store.endpoint();
+    let extra = ["--admin", admin_addr.as_str()];
+    let ready_file = work.path().join("r1-ready.json");
+    let waited = async {
+        let (code, body) = eventually(
+            "/readyz naming the store",
+            Duration::from_secs(20),
+            || async {
+                let out = run(
+                    "curl",
+                    &[
+                        "-s",
+                        "-w",
+                        "\n%{http_code}",
+                        &format!("http://{admin_addr}/readyz"),
+                    ],
+                )
+                .await;
+                let text = String::from_utf8(out.stdout).unwrap();
+                let (body, code) = text.rsplit_once('\n')?;
+                // Listening before the server starts: "listeners", then
+                // "store" once it is up and waits for the store.
+                (code != "000" && body.contains("\"store\""))
+                    .then(|| (code.to_string(), body.to_string()))
+            },
+        )
+        .await;
+        assert_eq!(code, "503", "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["not_ready"][0], "store", "{body}");
+        let faults = format!("http://{admin_addr}/faults");
+        let out = run(
+            "curl",
+            &["-s", "-o", "/dev/null", "-w", "%{http_code}", &faults],
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "503",
+            "control routes wait"
+        );
+        assert!(
+            !ready_file.exists(),
+            "ready file written before the store was reached"
+        );
+        store.restart().await;
+    };
+    let (r, ()) = tokio::join!(
+        replica_at(&endpoint, "r1", work.path(), "45500-45999", &extra),
+        waited
     );
     let url_a = format!("{}/a-v1-to-v2.zip", r.base("http"));
-    assert_eq!(curl_get(&url_a).await, None);
-    let (code, body) = readyz(work.path(), "r1").await;
-    assert_eq!(code, "503", "{body}");
-    assert_eq!(body["not_ready"][0], "store");
-    // … and fills once the store is back.
-    store.restart().await;
+    // Ready once filled from the store.
     let body = eventually(
         "a served once the store is up",
         Duration::from_secs(20),

@@ -61,6 +61,10 @@ pub type AdminBody = Full<Bytes>;
 enum Phase {
     /// Listeners not bound or catalog not scanned yet.
     Starting,
+    /// Listeners bound, but the object store not reached yet (an empty
+    /// catalog): `/readyz` says why, `/metrics` answers, the control
+    /// routes and the campaign wait.
+    Waiting(ServerControl),
     /// Serving; the control routes act on this server.
     Ready(ServerControl),
     /// Shutdown has begun.
@@ -132,6 +136,14 @@ impl Admin {
     /// answers 200 and the control routes act on `control`.
     pub fn set_ready(&self, control: ServerControl) {
         self.state.set_phase(Phase::Ready(control));
+    }
+
+    /// The server is up but its object store has not been reached yet:
+    /// `/readyz` answers 503 naming the store, `/metrics` answers, and the
+    /// control routes and the campaign answer 503 until
+    /// [`Admin::set_ready`].
+    pub fn set_waiting(&self, control: ServerControl) {
+        self.state.set_phase(Phase::Waiting(control));
     }
 
     /// Shutdown has begun: `/readyz` answers 503 and the control routes
@@ -274,7 +286,8 @@ async fn dispatch(route: Route, req: Request<Incoming>, state: &State) -> Respon
     let phase = state.phase();
     let control = match &phase {
         Phase::Ready(control) => Some(control),
-        Phase::Starting | Phase::Stopping => None,
+        Phase::Waiting(control) if route == Route::Metrics => Some(control),
+        Phase::Starting | Phase::Waiting(_) | Phase::Stopping => None,
     };
     match (route, control) {
         (Route::Healthz, _) => text(StatusCode::OK, "ok\n".into()),
@@ -306,7 +319,7 @@ fn readiness(phase: &Phase) -> (StatusCode, serde_json::Value) {
         // Not ready: an unwritable download log, or an object store never
         // reached (an empty catalog). A store lost later leaves the cached
         // packages served: ready, and said.
-        Phase::Ready(control) => {
+        Phase::Ready(control) | Phase::Waiting(control) => {
             let mut not_ready = Vec::new();
             let mut body = serde_json::Map::new();
             if let Some(error) = control.log().health().error {

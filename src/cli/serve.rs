@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::Admin;
+use crate::catalog::SourceHealth;
 use crate::catalog::validate::FtpCredentials;
 use crate::cli::output::banner;
 use crate::cli::ready::{self, ServeReady};
@@ -299,8 +300,9 @@ fn raise_fd_limit(max_connections: usize) {
 }
 
 /// Runs `qfota-serve [OPTIONS] <DIR>`: starts the admin listener (when
-/// `--admin`), then the server, marks the admin listener ready, writes
-/// `--ready-json`, prints the banner, serves until `shutdown` resolves,
+/// `--admin`), then the server; once its object store (if any) has been
+/// reached, marks the admin listener ready, writes `--ready-json`, prints
+/// the banner and notifies systemd; serves until `shutdown` resolves,
 /// reopening the download log on each `SIGHUP` (logrotate's
 /// `postrotate`), then lets in-flight downloads finish (`--grace-secs`)
 /// and writes the queued download records.
@@ -323,8 +325,31 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         .context("package location")?;
     let server = builder.start().await.context("cannot start")?;
     let admin_addr = admin.as_ref().map(Admin::local_addr);
+    tokio::pin!(shutdown);
+    // An object store unreachable at start-up: not ready (no ready file,
+    // no systemd notification, control routes 503) until a listing
+    // succeeds; the server already answers, with an empty catalog.
+    let control = server.control();
     if let Some(admin) = &admin {
-        admin.set_ready(server.control());
+        admin.set_waiting(control.clone());
+    }
+    let reached = async {
+        while matches!(
+            control.catalog().source_health(),
+            SourceHealth::NotReached(_)
+        ) {
+            tokio::time::sleep(STORE_READY_POLL).await;
+        }
+    };
+    let stopped_early = tokio::select! {
+        () = reached => false,
+        () = &mut shutdown => true,
+    };
+    if stopped_early {
+        return stop(server, admin).await;
+    }
+    if let Some(admin) = &admin {
+        admin.set_ready(control);
     }
     let mut text = banner(&server, &args.log);
     if let Some(addr) = admin_addr {
@@ -357,9 +382,20 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         }
     };
     tokio::select! {
-        () = shutdown => {}
+        () = &mut shutdown => {}
         () = reopen_on_hangup => {}
     }
+    stop(server, admin).await
+}
+
+/// How often a server whose object store was unreachable at start-up
+/// looks whether a listing has succeeded since (the catalog retries it
+/// itself, after 1 s, doubling up to `--rescan-secs`).
+const STORE_READY_POLL: Duration = Duration::from_millis(200);
+
+/// Shuts the server down (in-flight downloads get `--grace-secs`), then
+/// the admin listener.
+async fn stop(server: Server, admin: Option<Admin>) -> anyhow::Result<ExitCode> {
     tracing::info!("shutting down");
     if let Some(admin) = &admin {
         admin.set_stopping();
