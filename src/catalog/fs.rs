@@ -137,6 +137,8 @@ struct Scan {
     pending: BTreeMap<String, OnDisk>,
     /// Resident copies of valid packages (see [`Catalog::resident`]).
     resident: BTreeMap<String, Bytes>,
+    /// Files that could not be read at their last validation, and why.
+    unreadable: BTreeMap<String, String>,
 }
 
 impl Scan {
@@ -177,6 +179,17 @@ pub const LARGE_PACKAGE: u64 = 64 << 20;
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl FsCatalog {
+    /// Files under the folder that could not be read at their last
+    /// validation (permissions, I/O errors), with why, sorted by key: not
+    /// served, tried again at each scan.
+    pub fn unreadable(&self) -> Vec<(String, String)> {
+        self.current()
+            .unreadable
+            .iter()
+            .map(|(k, why)| (k.clone(), why.clone()))
+            .collect()
+    }
+
     /// Scans `root` once and returns the catalog. `advertised` gives the
     /// host and ports used for the per-profile URL verdicts.
     ///
@@ -329,7 +342,7 @@ impl FsCatalog {
             let (k, d, flag) = (key.clone(), on_disk.clone(), Arc::clone(&stop));
             let checked = tokio::task::spawn_blocking(move || worker.validate_one(&k, &d, &flag))
                 .await
-                .unwrap_or(Checked::Unreadable);
+                .unwrap_or(Checked::Unreadable(None));
             drop(permit);
             this.finish(&key, &on_disk, checked);
             {
@@ -360,6 +373,7 @@ impl FsCatalog {
         snapshot.settle(key);
         match checked {
             Checked::Package(pkg, copy) => {
+                next.unreadable.remove(key);
                 log_package("package validated", &pkg);
                 if let Some(copy) = copy.filter(|_| pkg.is_valid())
                     && resident_bytes + super::twin::footprint(&copy) <= self.resident_total
@@ -370,7 +384,11 @@ impl FsCatalog {
                 next.files.insert(key.to_string(), on_disk.clone());
             }
             Checked::Crashed => snapshot.exclude(key, "validation crashed"),
-            Checked::Unreadable => {}
+            Checked::Unreadable(why) => {
+                if let Some(why) = why {
+                    next.unreadable.insert(key.to_string(), why);
+                }
+            }
         }
         *scan = Arc::new(next);
     }
@@ -434,6 +452,7 @@ impl FsCatalog {
             files,
             pending,
             resident,
+            unreadable: BTreeMap::new(),
         })
     }
 
@@ -500,11 +519,11 @@ impl FsCatalog {
             Ok(Ok((pkg, copy))) => Checked::Package(pkg, copy),
             Ok(Err(err)) if err.get_ref().is_some_and(|e| e.is::<Stopped>()) => {
                 tracing::debug!(path = %key, "validation stopped: the file changed or went away");
-                Checked::Unreadable
+                Checked::Unreadable(None)
             }
             Ok(Err(err)) => {
                 tracing::warn!(path = %key, error = %err, "cannot read package");
-                Checked::Unreadable
+                Checked::Unreadable(Some(err.to_string()))
             }
             Err(_) => {
                 tracing::error!(path = %key, "package validation crashed; not served");
@@ -547,8 +566,9 @@ enum Checked {
     /// Read through: a package, valid or not, and its bytes when they
     /// were read into memory.
     Package(Package, Option<Bytes>),
-    /// The file could not be read (it is tried again at the next scan).
-    Unreadable,
+    /// The file could not be read (it is tried again at the next scan):
+    /// why, unless its validation was stopped because it changed.
+    Unreadable(Option<String>),
     /// The validator panicked: the file is excluded.
     Crashed,
 }

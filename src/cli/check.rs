@@ -82,7 +82,7 @@ impl CheckArgs {
 /// the store refuses the credentials, has no such bucket or cannot be
 /// reached (exit 1).
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let (packages, unfetched) = match args.store.location(Some(&args.dir))? {
+    let (packages, unchecked) = match args.store.location(Some(&args.dir))? {
         Some(location) => {
             // Interrupted, the temporary folder is still removed.
             tokio::select! {
@@ -91,16 +91,22 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
         }
         None => {
-            let packages = check_packages(&args.dir, args.advertised())
+            let (packages, unreadable) = check_packages(&args.dir, args.advertised())
                 .await
                 .with_context(|| format!("cannot read {}", args.dir.display()))?;
-            (packages, Vec::new())
+            (packages, unreadable)
         }
     };
-    let (report, mut ok) = check_report(&packages, &args.profiles);
-    for (key, why) in &unfetched {
-        errln!("qfota-serve: cannot fetch {key} from the store: {why}");
-        ok = false;
+    // A file that could not be read or fetched fails the check, named in
+    // the report (and on stderr, which `--json` leaves free).
+    let (report, ok) = check_report(&packages, &unchecked, &args.profiles);
+    let from_store = args.store.location(Some(&args.dir))?.is_some();
+    for (key, why) in &unchecked {
+        if from_store {
+            errln!("qfota-serve: cannot fetch {key} from the store: {why}");
+        } else {
+            errln!("qfota-serve: cannot read {key}: {why}");
+        }
     }
     if args.json {
         outln!(

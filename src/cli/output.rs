@@ -77,12 +77,21 @@ fn package_summary(p: &Package) -> String {
 }
 
 /// The `check` report and whether it passes: every package valid and
-/// fitting every profile in `required`. An invalid package shows its
+/// fitting every profile in `required`, and none `unchecked` (files that
+/// could not be read or fetched, with why). An invalid package shows its
 /// problems only (no per-family verdicts: it is not served to any); the
-/// report ends with "N packages: V valid, I invalid".
-pub fn check_report(packages: &[Arc<Package>], required: &[&'static Profile]) -> (String, bool) {
+/// report ends with "N packages: V valid, I invalid" (", U not checked"
+/// when some were not) and the verdict.
+pub fn check_report(
+    packages: &[Arc<Package>],
+    unchecked: &[(String, String)],
+    required: &[&'static Profile],
+) -> (String, bool) {
     let mut out = String::new();
-    let mut ok = true;
+    let mut ok = unchecked.is_empty();
+    for (key, why) in unchecked {
+        let _ = writeln!(out, "{key}  not checked: {why}");
+    }
     for p in packages {
         out.push_str(&package_summary(p));
         ok &= p.is_valid();
@@ -111,12 +120,41 @@ pub fn check_report(packages: &[Arc<Package>], required: &[&'static Profile]) ->
     } else {
         "packages"
     };
-    let _ = writeln!(
+    let _ = write!(
         out,
         "{} {noun}: {valid} valid, {} invalid",
         packages.len(),
         packages.len() - valid
     );
+    if !unchecked.is_empty() {
+        let _ = write!(out, ", {} not checked", unchecked.len());
+    }
+    out.push('\n');
     let _ = writeln!(out, "{}", if ok { "check passed" } else { "check FAILED" });
     (out, ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that could not be read fails the check, named with why, and
+    /// is counted apart from the packages.
+    #[test]
+    fn a_file_not_checked_fails_the_check() {
+        let unchecked = [(
+            "u-v1-to-v2.zip".to_string(),
+            "Permission denied".to_string(),
+        )];
+        let (report, ok) = check_report(&[], &unchecked, &[]);
+        assert!(!ok);
+        assert_eq!(
+            report,
+            "u-v1-to-v2.zip  not checked: Permission denied\n\
+             0 packages: 0 valid, 0 invalid, 1 not checked\ncheck FAILED\n"
+        );
+        let (report, ok) = check_report(&[], &[], &[]);
+        assert!(ok);
+        assert_eq!(report, "0 packages: 0 valid, 0 invalid\ncheck passed\n");
+    }
 }

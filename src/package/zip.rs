@@ -102,7 +102,9 @@ fn check_layout<R: Read + Seek>(archive: &mut zip::ZipArchive<R>) -> Result<(), 
 /// Reads the central directory, checks the budget ([`MAX_ENTRIES`],
 /// [`MAX_UNCOMPRESSED`], [`MAX_RATIO`]) and that no two entries overlap,
 /// then reads every entry through to its end so the zip crate checks each
-/// CRC-32. Encrypted entries are refused.
+/// CRC-32, and checks that it inflates to exactly its declared size (one
+/// inflating further is stopped there: the budget holds). Encrypted
+/// entries are refused.
 ///
 /// # Errors
 /// [`ZipError`] naming the first entry that fails.
@@ -116,8 +118,8 @@ pub fn check_zip<R: Read + Seek>(reader: R) -> Result<ZipSummary, ZipError> {
     let mut uncompressed_bytes = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     for i in 0..archive.len() {
-        let (name, encrypted) = match archive.by_index_raw(i) {
-            Ok(raw) => (raw.name().to_string(), raw.encrypted()),
+        let (name, encrypted, declared) = match archive.by_index_raw(i) {
+            Ok(raw) => (raw.name().to_string(), raw.encrypted(), raw.size()),
             Err(e) => {
                 return Err(ZipError::BadEntry {
                     name: format!("#{i}"),
@@ -133,15 +135,27 @@ pub fn check_zip<R: Read + Seek>(reader: R) -> Result<ZipSummary, ZipError> {
             detail,
         };
         let mut entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
+        // The budget was checked on the declared sizes: an entry that
+        // inflates past its own is stopped there, not read on.
+        let mut inflated = 0u64;
         loop {
             // The zip crate verifies the CRC-32 when the entry reaches EOF
             // and reports a mismatch as an I/O error.
             match entry.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => uncompressed_bytes += n as u64,
+                Ok(n) => inflated += n as u64,
                 Err(e) => return Err(bad(e.to_string())),
             }
+            if inflated > declared {
+                return Err(bad(format!("inflates past its declared {declared} bytes")));
+            }
         }
+        if inflated != declared {
+            return Err(bad(format!(
+                "inflates to {inflated} bytes, declares {declared}"
+            )));
+        }
+        uncompressed_bytes += inflated;
     }
     Ok(ZipSummary {
         entries: archive.len(),
@@ -192,6 +206,23 @@ mod tests {
         let zeros = vec![0u8; 4 << 20];
         let err = check_zip(Cursor::new(zip_bytes(&[("bomb.bin", &zeros)]))).unwrap_err();
         assert!(matches!(err, ZipError::OverBudget(_)), "{err}");
+    }
+
+    /// A deflated entry whose declared size (local header and central
+    /// directory) is far below what it inflates to: stopped at the
+    /// declared size, whatever its CRC says.
+    #[test]
+    fn an_entry_inflating_past_its_declared_size_is_refused() {
+        let mut zip = zip_bytes(&[("a.bin", &vec![0u8; 4 << 20])]);
+        let declared = 100_000u32.to_le_bytes();
+        zip[22..26].copy_from_slice(&declared);
+        let central = zip.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+        zip[central + 24..central + 28].copy_from_slice(&declared);
+        let err = check_zip(Cursor::new(zip)).unwrap_err();
+        assert!(
+            err.to_string().contains("past its declared 100000 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1151,18 +1151,18 @@ pub fn default_public_host(bind: IpAddr) -> String {
 }
 
 /// Reads `dir` once and validates every package against `advertised`,
-/// without serving (`qfota-serve check`).
+/// without serving (`qfota-serve check`): the packages, and the files that
+/// could not be read, with why.
 ///
 /// # Errors
 /// The folder cannot be read.
 pub async fn check_packages(
     dir: &Path,
     advertised: Advertised,
-) -> std::io::Result<Vec<Arc<Package>>> {
+) -> std::io::Result<(Vec<Arc<Package>>, Vec<(String, String)>)> {
     // Nothing is served: no resident copies.
-    Ok(FsCatalog::open_with_memory(dir, advertised, 0)
-        .await?
-        .packages())
+    let catalog = FsCatalog::open_with_memory(dir, advertised, 0).await?;
+    Ok((catalog.packages(), catalog.unreadable()))
 }
 
 #[cfg(test)]
