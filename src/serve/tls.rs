@@ -132,7 +132,8 @@ fn pem_err(role: &'static str, path: &Path, detail: String) -> TlsError {
 
 /// Returns the generated certificate and key paths in `dir`, creating them
 /// (RSA 2048, SHA-256, SANs `localhost`, `127.0.0.1`, `::1` and `hosts`)
-/// when either is missing.
+/// when either is missing or the certificate does not name every one of
+/// `hosts` (the public host changed).
 ///
 /// # Errors
 /// [`TlsError::Generate`] or [`TlsError::Write`].
@@ -140,8 +141,19 @@ pub fn ensure_generated(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBu
     let cert_path = dir.join(GENERATED_CERT);
     let key_path = dir.join(GENERATED_KEY);
     if cert_path.is_file() && key_path.is_file() {
-        tracing::info!(cert = %cert_path.display(), "reusing generated TLS certificate");
-        return Ok((cert_path, key_path));
+        match missing_name(&cert_path, hosts) {
+            None => {
+                tracing::info!(cert = %cert_path.display(), "reusing generated TLS certificate");
+                return Ok((cert_path, key_path));
+            }
+            // A host the modules are told (`--public-host` changed since):
+            // a module that checks names would refuse the old one.
+            Some(host) => tracing::info!(
+                cert = %cert_path.display(),
+                %host,
+                "generated TLS certificate does not name the public host: generating a new one"
+            ),
+        }
     }
     let write_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -164,6 +176,28 @@ pub fn ensure_generated(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBu
     std::fs::write(&cert_path, cert.pem()).map_err(write_err(&cert_path))?;
     tracing::info!(cert = %cert_path.display(), sans = ?names, "generated RSA 2048 self-signed TLS certificate");
     Ok((cert_path, key_path))
+}
+
+/// The first of `hosts` (IP addresses or DNS names) the certificate in
+/// `cert` is not valid for; also `Some` when the file cannot be read as a
+/// certificate (it is then made anew). `None`: it names them all.
+fn missing_name(cert: &Path, hosts: &[String]) -> Option<String> {
+    let unreadable = || Some(format!("(unreadable {})", cert.display()));
+    let Ok(der) = CertificateDer::from_pem_file(cert) else {
+        return unreadable();
+    };
+    let Ok(parsed) = webpki::EndEntityCert::try_from(&der) else {
+        return unreadable();
+    };
+    hosts
+        .iter()
+        .filter(|h| !h.is_empty())
+        .find(|h| {
+            rustls::pki_types::ServerName::try_from(h.as_str()).map_or(true, |name| {
+                parsed.verify_is_valid_for_subject_name(&name).is_err()
+            })
+        })
+        .cloned()
 }
 
 /// Writes a private key readable by its owner only, from the moment the
@@ -203,6 +237,18 @@ mod tests {
             std::fs::read(dir.path().join(GENERATED_CERT)).unwrap(),
             cert1
         );
+        let cert_path = dir.path().join(GENERATED_CERT);
+        assert_eq!(missing_name(&cert_path, &["192.0.2.2".into()]), None);
+        // Another public host (a name this time): made anew, naming it.
+        let hosts = vec!["fota.example.com".to_string()];
+        assert_eq!(
+            missing_name(&cert_path, &hosts).as_deref(),
+            Some("fota.example.com")
+        );
+        ensure_generated(dir.path(), &hosts).unwrap();
+        assert_ne!(std::fs::read(&cert_path).unwrap(), cert1);
+        assert_eq!(missing_name(&cert_path, &hosts), None);
+        assert_eq!(missing_name(&cert_path, &["127.0.0.1".into()]), None);
     }
 
     #[test]
