@@ -505,6 +505,16 @@ async fn the_upgrade_goes_on_when_the_host_leaves_and_unheard_urcs_are_dropped()
     stop(modem).await;
 }
 
+/// An `ec2x` modem on a PTY behind `link` whose port is away `reboot` on
+/// each reboot.
+fn pty_modem(link: &Path, reboot: Duration) -> Modem {
+    Modem::builder(module("ec2x", &[]))
+        .pty(link)
+        .reboot_time(reboot)
+        .start()
+        .unwrap()
+}
+
 /// Opens the PTY link like host code would, retrying until it exists.
 async fn open_link(link: &Path) -> std::fs::File {
     bounded("the PTY link", async {
@@ -553,11 +563,7 @@ async fn a_reboot_replaces_the_pty_behind_the_link() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("modem");
     // The port is away for 0.5 s (linger) + 1 s: ample time to see it gone.
-    let modem = Modem::builder(module("ec2x", &[]))
-        .pty(&link)
-        .reboot_time(Duration::from_secs(1))
-        .start()
-        .unwrap();
+    let modem = pty_modem(&link, Duration::from_secs(1));
     let first: PathBuf = modem.status().pty.unwrap();
     assert_eq!(std::fs::read_link(&link).unwrap(), first);
     let port = open_link(&link).await;
@@ -606,11 +612,7 @@ async fn a_reboot_replaces_the_pty_behind_the_link() {
 async fn a_host_reopening_the_pty_sees_every_failed_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("modem");
-    let modem = Modem::builder(module("ec2x", &[]))
-        .pty(&link)
-        .reboot_time(REBOOT)
-        .start()
-        .unwrap();
+    let modem = pty_modem(&link, REBOOT);
     let port = open_link(&link).await;
     use std::io::Write;
     (&port)
@@ -1005,11 +1007,7 @@ async fn a_download_over_an_inactive_fota_context_fails_with_the_network_code() 
 async fn fwupds_dfota_flow_uploads_in_ack_mode_and_flashes_the_local_file() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("modem");
-    let modem = Modem::builder(module("ec2x", &[]))
-        .pty(&link)
-        .reboot_time(REBOOT)
-        .start()
-        .unwrap();
+    let modem = pty_modem(&link, REBOOT);
     let image = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("packages")
         .join(PKG);

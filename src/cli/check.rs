@@ -82,7 +82,9 @@ impl CheckArgs {
 /// the store refuses the credentials, has no such bucket or cannot be
 /// reached (exit 1).
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let (packages, unchecked) = match args.store.location(Some(&args.dir))? {
+    let location = args.store.location(Some(&args.dir))?;
+    let from_store = location.is_some();
+    let (packages, unchecked) = match location {
         Some(location) => {
             // Interrupted, the temporary folder is still removed.
             tokio::select! {
@@ -90,17 +92,13 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 () = crate::cli::shutdown_signal() => anyhow::bail!("interrupted"),
             }
         }
-        None => {
-            let (packages, unreadable) = check_packages(&args.dir, args.advertised())
-                .await
-                .with_context(|| format!("cannot read {}", args.dir.display()))?;
-            (packages, unreadable)
-        }
+        None => check_packages(&args.dir, args.advertised())
+            .await
+            .with_context(|| format!("cannot read {}", args.dir.display()))?,
     };
     // A file that could not be read or fetched fails the check, named in
     // the report (and on stderr, which `--json` leaves free).
     let (report, ok) = check_report(&packages, &unchecked, &args.profiles);
-    let from_store = args.store.location(Some(&args.dir))?.is_some();
     for (key, why) in &unchecked {
         if from_store {
             errln!("qfota-serve: cannot fetch {key} from the store: {why}");

@@ -428,11 +428,6 @@ impl AckTracker {
         self.ends
     }
 
-    /// Whether the connection carries TLS (its counts are ciphertext).
-    pub fn is_tls(&self) -> bool {
-        self.tls
-    }
-
     /// Re-reads the kernel's written count as the body's start: for a body
     /// whose headers were flushed after tracking began.
     pub fn mark_body_start(&self) {

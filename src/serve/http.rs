@@ -1069,8 +1069,8 @@ impl Body for PackageBody {
                     && let Some(f) = &self.finish
                 {
                     let flushes = &f.conn.flushes;
-                    let tls = f.conn.ack.as_ref().is_some_and(|ack| ack.is_tls());
-                    let end = tls.then(|| flushes.end_at_next_flush());
+                    let tracked_tls = f.conn.ack.is_some() && f.conn.protocol == Protocol::Https;
+                    let end = tracked_tls.then(|| flushes.end_at_next_flush());
                     self.final_flush = Some(flushes.count());
                     self.end = end;
                 }

@@ -233,8 +233,8 @@ pub async fn run_fleet_observed(
     ));
     let at_args = config.command.to_at_args();
     let mut set = JoinSet::new();
-    // Each started module's received-bytes counter, for those the deadline
-    // stops: what they got still counts.
+    // Each started module's received-bytes counter: the report's total,
+    // so a module the deadline stops counts what it got.
     let counters: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>> = Arc::default();
     for _ in 0..config.modules {
         let module = config.module()?;
@@ -249,16 +249,14 @@ pub async fn run_fleet_observed(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(Arc::clone(&counter));
-            let transcript = run.transcript().await;
-            // Counted from the transcript now, not from the counter.
-            counter.store(0, std::sync::atomic::Ordering::Relaxed);
-            Some(transcript)
+            Some(run.transcript().await)
         });
     }
     let mut codes = BTreeMap::new();
     let mut times = Vec::new();
     let mut causes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    let mut bytes = 0u64;
+    // Bytes of the modules ended so far, for the progress.
+    let mut received = 0u64;
     let mut done = 0usize;
     let mut failed = 0usize;
     loop {
@@ -276,12 +274,12 @@ pub async fn run_fleet_observed(
                         .or_insert(0) += 1;
                 }
                 times.extend(download_ms(&t));
-                bytes += t.summary.bytes_received;
+                received += t.summary.bytes_received;
                 observe(&FleetProgress {
                     done,
                     modules: config.modules,
                     failed,
-                    bytes,
+                    bytes: received,
                     code,
                 });
             }
@@ -297,12 +295,13 @@ pub async fn run_fleet_observed(
     let unfinished = config.modules - done;
     if unfinished > 0 {
         codes.insert("unfinished".into(), unfinished);
-        let counters = counters.lock().unwrap_or_else(|p| p.into_inner());
-        bytes += counters
-            .iter()
-            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
-            .sum::<u64>();
     }
+    let bytes: u64 = counters
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     times.sort_unstable();
     Ok(FleetReport {
         modules: config.modules,
