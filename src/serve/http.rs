@@ -23,16 +23,16 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use http::header::{
-    ACCEPT_RANGES, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderName,
+    ACCEPT_RANGES, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HOST, HeaderName,
     LAST_MODIFIED, LOCATION, RANGE, RETRY_AFTER, SERVER,
 };
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -62,8 +62,6 @@ pub struct HttpTimeouts {
     pub tls_handshake: Duration,
     /// Longest a response write may make no progress.
     pub stall: Duration,
-    /// How long in-flight responses may finish after shutdown starts.
-    pub grace: Duration,
 }
 
 type ResponseBody = Either<Full<Bytes>, PackageBody>;
@@ -134,15 +132,14 @@ pub(crate) async fn run(
         });
     }
     tracker.close();
-    if tokio::time::timeout(timeouts.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            protocol = protocol.as_str(),
-            "grace period over; closing remaining connections"
-        );
+    // In-flight responses run until done or until the grace period is over
+    // (`Shared::closing`, kept by `Server::shutdown`); each connection then
+    // closes itself and records its download.
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = shared.closing.cancelled() => {}
     }
+    tracker.wait().await;
 }
 
 /// A connection that has sent its first byte, ready to be served.
@@ -193,15 +190,36 @@ impl Accepted {
         match tls {
             None => serve_connection(guard, conn, timeouts, watcher).await,
             Some(acceptor) => {
-                match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(guard)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, conn, timeouts, watcher).await,
-                    Ok(Err(err)) => tracing::info!(%peer, error = %err, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
+                let handshake = Attempt::start(protocol, peer, "");
+                let failed = match tokio::time::timeout(
+                    timeouts.tls_handshake,
+                    acceptor.accept(guard),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => {
+                        return serve_connection(stream, conn, timeouts, watcher).await;
+                    }
+                    Ok(Err(err)) => format!("TLS handshake failed: {err}"),
+                    Err(_) => format!(
+                        "TLS handshake not complete within {} s",
+                        timeouts.tls_handshake.as_secs()
+                    ),
+                };
+                // A module that cannot speak the server's TLS reports 701
+                // and never sends a request: the record says why.
+                tracing::info!(%peer, "{failed}");
+                conn.shared
+                    .log
+                    .emit(handshake.record(NO_ANSWER, Outcome::Refused, failed));
             }
         }
     }
 }
+
+/// `status` of a record for a connection that got no HTTP answer (TLS
+/// handshake failed, HTTP/2 preface on the HTTP/1.1 port).
+pub const NO_ANSWER: u16 = 0;
 
 async fn serve_connection<S>(
     io: S,
@@ -213,6 +231,8 @@ async fn serve_connection<S>(
 {
     let peer = conn.peer;
     let close = conn.close.clone();
+    let recorder = Arc::clone(&conn);
+    let closing = conn.shared.closing.clone();
     let service = hyper::service::service_fn(move |req| {
         let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(conn.handle(req).await) }
@@ -227,19 +247,49 @@ async fn serve_connection<S>(
         // while more than that is queued).
         .writev(true)
         .max_buf_size(2 * BODY_CHUNK)
+        // A request followed by the client's FIN (`nc -N`, a client that
+        // shuts down its sending side) is still answered (RFC 9112 §9.6).
+        .half_close(true)
         .serve_connection(TokioIo::new(io), service);
     tokio::select! {
         ended = watcher.watch(http) => {
             if let Err(err) = ended {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
+                if let Some(status) = parse_error_status(&err) {
+                    recorder.record_unanswered(status, format!("malformed request: {err}"));
+                }
             }
         }
         // The peer stopped acknowledging after the last body byte: drop
         // the connection (and whatever the kernel still holds for it).
         _ = close.cancelled() => tracing::debug!(%peer, "closing a stalled connection"),
+        // Shutdown's grace period is over: the body in flight is dropped
+        // and recorded as cut short by the shutdown.
+        () = closing.cancelled() => tracing::debug!(%peer, "closed at the end of the shutdown grace period"),
     }
     // Whoever waits on this connection's flushes stops waiting.
     close.cancel();
+}
+
+/// The status hyper answered a request it could not parse with (its
+/// `on_error`: 400, 414 `URI too long`, 431 head too large), or
+/// [`NO_ANSWER`] for an HTTP/2 preface, which it closes on; `None` for
+/// an error that is no parse error (the peer went away, a timeout).
+fn parse_error_status(err: &hyper::Error) -> Option<u16> {
+    if !err.is_parse() {
+        None
+    } else if err.is_parse_version_h2() {
+        Some(NO_ANSWER)
+    } else if err.is_parse_too_large() {
+        // hyper tells the two apart only in its message.
+        Some(if err.to_string().contains("URI") {
+            StatusCode::URI_TOO_LONG.as_u16()
+        } else {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.as_u16()
+        })
+    } else {
+        Some(StatusCode::BAD_REQUEST.as_u16())
+    }
 }
 
 /// One accepted connection's context.
@@ -259,6 +309,15 @@ struct Conn {
 }
 
 impl Conn {
+    /// Records a request that never reached [`Conn::handle`]: hyper refused
+    /// to parse it. No path is known.
+    fn record_unanswered(&self, status: u16, reason: String) {
+        let attempt = Attempt::start(self.protocol, self.peer, "");
+        self.shared
+            .log
+            .emit(attempt.record(status, Outcome::Refused, reason));
+    }
+
     /// Answers one request; every attempt on a package path is recorded
     /// once (now for an answer without a body, when the body ends
     /// otherwise).
@@ -287,6 +346,7 @@ impl Conn {
         req: &Request<Incoming>,
         attempt: &mut Attempt,
     ) -> Result<Response<ResponseBody>, Answer> {
+        check_host(req)?;
         let key = match route(req.method(), req.uri().path())? {
             Route::Index => return Ok(index_html(&self.shared, "")),
             Route::Json => return Ok(index_json(&self.shared)),
@@ -294,18 +354,28 @@ impl Conn {
         };
         // A folder answers with its listing, so clients that "cd" over
         // HTTP (lftp, browsers) find the packages in it.
-        if matches!(self.shared.catalog.lookup(&key), Lookup::Directory) {
-            return Ok(index_html(&self.shared, &key));
+        match self.shared.catalog.lookup(&key) {
+            Lookup::Directory => return Ok(index_html(&self.shared, &key)),
+            // `pkg.zip/` names a folder that is not there.
+            _ if req.uri().path().ends_with('/') => {
+                attempt.path = key;
+                return Err(Answer::new(
+                    StatusCode::NOT_FOUND,
+                    Outcome::NotFound,
+                    "no folder at that path",
+                ));
+            }
+            _ => {}
         }
         attempt.path = key;
         let package = self.authorize(attempt)?;
         self.response_fault(attempt)?;
         let validators = Validators {
             etag: &package.etag(),
-            last_modified: package.modified,
+            // Never later than the response's Date (RFC 9110 §8.8.2.1).
+            last_modified: package.modified.min(SystemTime::now()),
         };
-        let span = select_span(req.headers(), &validators, package.size)?;
-        attempt.range_start = span.start;
+        let span = select_span(req, &validators, package.size, attempt)?;
         let body = if req.method() == Method::HEAD {
             self.shared
                 .log
@@ -486,6 +556,36 @@ fn route(method: &Method, raw_path: &str) -> Result<Route, Answer> {
     })
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, and any request
+/// with two `Host` lines or one that is no `host[:port]`, is answered 400.
+fn check_host<B>(req: &Request<B>) -> Result<(), Answer> {
+    let refuse = |why: &str| {
+        Answer::new(
+            StatusCode::BAD_REQUEST,
+            Outcome::Refused,
+            format!("{why} (RFC 9112 §3.2)"),
+        )
+    };
+    let mut hosts = req.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == Version::HTTP_11 => Err(refuse("no Host header")),
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(refuse("more than one Host header")),
+        (Some(host), None) => {
+            let valid = host
+                .to_str()
+                .ok()
+                .filter(|h| !h.is_empty() && !h.contains('@'))
+                .is_some_and(|h| h.parse::<http::uri::Authority>().is_ok());
+            if valid {
+                Ok(())
+            } else {
+                Err(refuse("invalid Host header"))
+            }
+        }
+    }
+}
+
 /// The answer to a `status=<code>` rule; a 3xx points back at the package
 /// with a `Location`, so a client that follows it gets the package.
 fn status_fault(code: u16, key: &str) -> Answer {
@@ -508,12 +608,16 @@ struct Span {
 }
 
 /// Evaluates the preconditions (304, 412) and the `Range` header (206,
-/// 416) of [`super::range`] against a package of `size` bytes.
-fn select_span(
-    headers: &HeaderMap,
+/// 416) of [`super::range`] against a package of `size` bytes, noting the
+/// first byte asked for in `attempt` (a 416's too). `Range` is applied to
+/// a GET only (RFC 9110 §14.2): a HEAD gets the 200 headers.
+fn select_span<B>(
+    req: &Request<B>,
     validators: &Validators<'_>,
     size: u64,
+    attempt: &mut Attempt,
 ) -> Result<Span, Answer> {
+    let headers = req.headers();
     let honour_range = match range::evaluate_preconditions(headers, validators) {
         Precondition::NotModified => {
             let mut answer =
@@ -531,29 +635,34 @@ fn select_span(
         Precondition::Proceed { honour_range } => honour_range,
     };
     let decision = match headers.get(RANGE).and_then(|v| v.to_str().ok()) {
-        Some(value) if honour_range => range::parse_range(value, size),
+        Some(value) if honour_range && req.method() == Method::GET => {
+            range::parse_range(value, size)
+        }
         _ => RangeDecision::Full,
     };
-    match decision {
-        RangeDecision::Full => Ok(Span {
+    let span = match decision {
+        RangeDecision::Full => Span {
             status: StatusCode::OK,
             start: 0,
             len: size,
-        }),
-        RangeDecision::Partial { start, end } => Ok(Span {
+        },
+        RangeDecision::Partial { start, end } => Span {
             status: StatusCode::PARTIAL_CONTENT,
             start,
             len: end - start + 1,
-        }),
-        RangeDecision::Unsatisfiable => {
+        },
+        RangeDecision::Unsatisfiable { start } => {
+            attempt.range_start = start;
             let answer = Answer::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 Outcome::Refused,
                 "range not satisfiable",
             );
-            Err(answer.header(CONTENT_RANGE, &format!("bytes */{size}")))
+            return Err(answer.header(CONTENT_RANGE, &format!("bytes */{size}")));
         }
-    }
+    };
+    attempt.range_start = span.start;
+    Ok(span)
 }
 
 /// The response carrying `body` (the package part of `span`, or nothing for
@@ -947,15 +1056,8 @@ impl Conn {
             self.shared.log.emit(record);
             return;
         };
-        let grace = self
-            .timeouts
-            .grace
-            .saturating_sub(Duration::from_millis(100));
-        let shutdown = self.shared.shutdown.clone();
-        let cancel = async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-        };
+        // Waiting ends with the shutdown grace period at the latest.
+        let cancel = self.shared.closing.clone().cancelled_owned();
         let flushed = std::future::poll_fn(|cx| {
             self.flushes.register(cx);
             if self.flushes.count() > flushed_before {
@@ -1151,16 +1253,41 @@ mod tests {
         found.map_or("", |(_, v)| v.to_str().unwrap())
     }
 
-    fn span(headers: &[(HeaderName, &str)], size: u64) -> Result<Span, Answer> {
-        let mut map = HeaderMap::new();
+    /// [`select_span`] of a GET with `headers` and the `range_start` it
+    /// notes.
+    fn span_of(
+        method: Method,
+        headers: &[(HeaderName, &str)],
+        size: u64,
+    ) -> (Result<Span, Answer>, u64) {
+        let mut req = Request::builder().method(method);
         for (name, value) in headers {
-            map.insert(name.clone(), HeaderValue::from_str(value).unwrap());
+            req = req.header(name.clone(), *value);
         }
+        let req = req.body(()).unwrap();
         let validators = Validators {
             etag: "\"abc\"",
             last_modified: std::time::SystemTime::UNIX_EPOCH,
         };
-        select_span(&map, &validators, size)
+        let mut attempt = Attempt::start(Protocol::Http, "127.0.0.1:1".parse().unwrap(), "a");
+        let span = select_span(&req, &validators, size, &mut attempt);
+        (span, attempt.range_start)
+    }
+
+    fn span(headers: &[(HeaderName, &str)], size: u64) -> Result<Span, Answer> {
+        span_of(Method::GET, headers, size).0
+    }
+
+    #[test]
+    fn head_ignores_range_and_a_416_notes_the_offset_asked_for() {
+        let (head, start) = span_of(Method::HEAD, &[(RANGE, "bytes=10-19")], 100);
+        let head = head.unwrap();
+        assert_eq!((head.status, head.len, start), (StatusCode::OK, 100, 0));
+        let (past, start) = span_of(Method::GET, &[(RANGE, "bytes=7188-")], 100);
+        assert_eq!(past.unwrap_err().status, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(start, 7188);
+        let (part, start) = span_of(Method::GET, &[(RANGE, "bytes=10-")], 100);
+        assert_eq!((part.unwrap().len, start), (90, 10));
     }
 
     #[test]

@@ -47,8 +47,13 @@ pub(crate) struct Shared {
     pub(crate) log: DownloadLog,
     pub(crate) allow_invalid: bool,
     pub(crate) shutdown: CancellationToken,
-    /// One token per FTP transfer in flight; shutdown waits for them
-    /// (HTTP responses are waited for by hyper's graceful shutdown).
+    /// Cancelled when the shutdown grace period is over: every connection
+    /// still open is closed, and its download recorded as cut short by the
+    /// shutdown.
+    pub(crate) closing: CancellationToken,
+    /// One token per FTP transfer in flight and one task per record still
+    /// to be written; shutdown waits for them (HTTP responses are waited
+    /// for by hyper's graceful shutdown).
     pub(crate) transfers: TaskTracker,
     /// Fault rules, replaceable at run time.
     pub(crate) faults: Arc<FaultSet>,
@@ -619,6 +624,7 @@ impl ServerBuilder {
             log,
             allow_invalid: self.allow_invalid,
             shutdown: CancellationToken::new(),
+            closing: CancellationToken::new(),
             transfers: TaskTracker::new(),
             faults,
             stall_timeout: self.stall,
@@ -795,7 +801,6 @@ impl ServerBuilder {
             header_read: self.header_read_timeout,
             tls_handshake: self.tls_handshake_timeout,
             stall: self.stall,
-            grace: self.grace,
         };
         let https = listeners.https.map(|l| (l, tls));
         for (listener, tls) in listeners.http.map(|l| (l, None)).into_iter().chain(https) {
@@ -1055,25 +1060,42 @@ impl Server {
     }
 
     /// Stops accepting, lets in-flight downloads run for the grace period,
-    /// writes every queued download record to the log file, then returns.
-    /// Connections still open after it are closed when the runtime ends.
+    /// then closes the connections still open (their downloads are
+    /// recorded `aborted`, "then the server shut down"), writes every
+    /// queued download record to the log file, and returns. Closing takes
+    /// at most [`CLOSE_LIMIT`] past the grace period.
     pub async fn shutdown(mut self) {
         self.shared.shutdown.cancel();
         self.shared.transfers.close();
         let tasks = std::mem::take(&mut self.tasks);
         let transfers = self.shared.transfers.clone();
-        let wait = async move {
+        let drained = async move {
             for t in tasks {
                 let _ = t.await;
             }
             transfers.wait().await;
         };
-        if tokio::time::timeout(self.grace, wait).await.is_err() {
-            tracing::warn!("shutdown grace period over with downloads still running");
+        tokio::pin!(drained);
+        if tokio::time::timeout(self.grace, &mut drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over: closing the downloads still running");
+            self.shared.closing.cancel();
+            if tokio::time::timeout(CLOSE_LIMIT, drained).await.is_err() {
+                tracing::warn!(
+                    "connections still open after closing; their records may be missing"
+                );
+            }
         }
         self.shared.log.flush().await;
     }
 }
+
+/// How long [`Server::shutdown`] waits, after the grace period, for the
+/// connections it closes to end and their records to be written (an FTP
+/// record waits up to 2 s for its data connection's last counters).
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(3);
 
 /// Run-time control of a [`Server`], from [`Server::control`]: cheap to
 /// clone, and usable from other tasks while the server runs. It does not

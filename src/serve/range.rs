@@ -2,8 +2,9 @@
 //!
 //! Hand-written because resuming a firmware download must never splice two
 //! versions of a package: `If-Range` is honoured with the strong comparison
-//! (§13.1.5), and a stale validator yields the whole new file. Pure
-//! functions over header values, so every rule is unit-tested.
+//! of entity tags only (§13.1.5), and a stale validator yields the whole
+//! new file. Pure functions over header values, so every rule is
+//! unit-tested.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,13 +28,23 @@ pub enum RangeDecision {
         end: u64,
     },
     /// 416 with `Content-Range: bytes */<len>` (§15.5.17).
-    Unsatisfiable,
+    Unsatisfiable {
+        /// The first byte offset asked for (the representation length for
+        /// a zero-length suffix range), for the download log.
+        start: u64,
+    },
 }
 
 /// Parses one `Range` header value against a body of `len` bytes
-/// (RFC 9110 §14.1.2 byte-range syntax: `N-M`, `N-`, `-N`).
+/// (RFC 9110 §14.1.2 byte-range syntax: `N-M`, `N-`, `-N`). A zero-length
+/// body is always sent whole: no byte range can describe a part of it
+/// (§14.1.1 counts a suffix range as satisfiable there, §14.2 lets the
+/// server ignore the header).
 pub fn parse_range(value: &str, len: u64) -> RangeDecision {
     let value = value.trim();
+    if len == 0 {
+        return RangeDecision::Full;
+    }
     let Some((unit, set)) = value.split_once('=') else {
         return RangeDecision::Full;
     };
@@ -63,8 +74,8 @@ pub fn parse_range(value: &str, len: u64) -> RangeDecision {
             let Some(n) = number(last) else {
                 return RangeDecision::Full;
             };
-            if n == 0 || len == 0 {
-                return RangeDecision::Unsatisfiable;
+            if n == 0 {
+                return RangeDecision::Unsatisfiable { start: len };
             }
             RangeDecision::Partial {
                 start: len.saturating_sub(n),
@@ -86,7 +97,7 @@ pub fn parse_range(value: &str, len: u64) -> RangeDecision {
                 }
             };
             if start >= len {
-                return RangeDecision::Unsatisfiable;
+                return RangeDecision::Unsatisfiable { start };
             }
             RangeDecision::Partial {
                 start,
@@ -124,30 +135,33 @@ pub enum Precondition {
 
 /// Evaluates `If-Match`, `If-Unmodified-Since`, `If-None-Match`,
 /// `If-Modified-Since` and `If-Range` in the order of RFC 9110 §13.2.2 for
-/// a GET or HEAD.
+/// a GET or HEAD. A field sent on several lines is one comma-separated
+/// list (§5.3); a date field sent twice no longer parses and is ignored,
+/// as an invalid date is.
 pub fn evaluate_preconditions(headers: &HeaderMap, v: &Validators<'_>) -> Precondition {
     let text = |name| {
-        headers
-            .get(name)
-            .and_then(|h: &http::HeaderValue| h.to_str().ok())
+        let mut lines = headers.get_all(name).iter().peekable();
+        lines.peek()?;
+        let values: Option<Vec<&str>> = lines.map(|h| h.to_str().ok()).collect();
+        Some(values?.join(", "))
     };
     let modified = truncate_to_secs(v.last_modified);
 
     if let Some(if_match) = text(IF_MATCH) {
-        if !etag_list_matches(if_match, v.etag, true) {
+        if !etag_list_matches(&if_match, v.etag, true) {
             return Precondition::Failed;
         }
-    } else if let Some(date) = text(IF_UNMODIFIED_SINCE).and_then(parse_date)
+    } else if let Some(date) = text(IF_UNMODIFIED_SINCE).as_deref().and_then(parse_date)
         && modified > date
     {
         return Precondition::Failed;
     }
 
     if let Some(if_none_match) = text(IF_NONE_MATCH) {
-        if etag_list_matches(if_none_match, v.etag, false) {
+        if etag_list_matches(&if_none_match, v.etag, false) {
             return Precondition::NotModified;
         }
-    } else if let Some(date) = text(IF_MODIFIED_SINCE).and_then(parse_date)
+    } else if let Some(date) = text(IF_MODIFIED_SINCE).as_deref().and_then(parse_date)
         && modified <= date
     {
         return Precondition::NotModified;
@@ -155,22 +169,23 @@ pub fn evaluate_preconditions(headers: &HeaderMap, v: &Validators<'_>) -> Precon
 
     let honour_range = match text(IF_RANGE) {
         None => true,
-        Some(if_range) => if_range_matches(if_range, v.etag, modified),
+        Some(if_range) => if_range_matches(&if_range, v.etag),
     };
     // Without a Range header If-Range means nothing (§13.1.5).
     let honour_range = honour_range || headers.get(RANGE).is_none();
     Precondition::Proceed { honour_range }
 }
 
-/// `If-Range` (§13.1.5): an entity tag must match strongly; a date must
-/// equal the Last-Modified exactly. A weak tag never matches.
-fn if_range_matches(value: &str, etag: &str, modified: SystemTime) -> bool {
+/// `If-Range` (§13.1.5): an entity tag must match strongly; a weak tag
+/// never matches. A date never matches either: §13.1.5 honours one only
+/// when the Last-Modified is strong (§8.8.2.2), and a file's modification
+/// second cannot tell two builds apart (`cp -p`, `rsync -a` and
+/// reproducible builds give different packages the same one), so
+/// resuming on a date could splice two versions. Such a client gets the
+/// whole package.
+fn if_range_matches(value: &str, etag: &str) -> bool {
     let value = value.trim();
-    if value.starts_with('"') || value.starts_with("W/") {
-        !value.starts_with("W/") && value == etag
-    } else {
-        parse_date(value) == Some(modified)
-    }
+    !value.starts_with("W/") && value == etag
 }
 
 /// Whether a comma-separated entity-tag list (or `*`) matches `etag`.
@@ -251,9 +266,14 @@ mod tests {
     #[test]
     fn unsatisfiable_and_ignored_ranges() {
         use RangeDecision::*;
-        assert_eq!(parse_range("bytes=1000-", 1000), Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 1000), Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(
+            parse_range("bytes=1000-", 1000),
+            Unsatisfiable { start: 1000 }
+        );
+        assert_eq!(parse_range("bytes=-0", 1000), Unsatisfiable { start: 1000 });
+        // A zero-length body has no part to send: always whole.
+        assert_eq!(parse_range("bytes=0-", 0), Full);
+        assert_eq!(parse_range("bytes=-5", 0), Full);
         assert_eq!(parse_range("bytes=0-1,5-6", 1000), Full);
         assert_eq!(parse_range("bytes=5-1", 1000), Full);
         assert_eq!(parse_range("items=0-1", 1000), Full);
@@ -262,7 +282,7 @@ mod tests {
         assert_eq!(parse_range("bytes=+1-2", 1000), Full);
         assert_eq!(
             parse_range("bytes=99999999999999999999999-", 1000),
-            Unsatisfiable
+            Unsatisfiable { start: u64::MAX }
         );
         assert_eq!(
             parse_range("bytes=-99999999999999999999999", 1000),
@@ -292,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn if_range_strong_etag_and_exact_date() {
+    fn if_range_only_a_strong_etag() {
         let v = validators();
         let proceed = |honour_range| Precondition::Proceed { honour_range };
         let with = |value: &str| {
@@ -301,8 +321,34 @@ mod tests {
         assert_eq!(with(ETAG), proceed(true));
         assert_eq!(with("\"stale\""), proceed(false));
         assert_eq!(with("W/\"abc\""), proceed(false));
-        assert_eq!(with(&date(1_700_000_000)), proceed(true));
+        // A date, even the exact Last-Modified, is weak (§8.8.2.2).
+        assert_eq!(with(&date(1_700_000_000)), proceed(false));
         assert_eq!(with(&date(1_600_000_000)), proceed(false));
+        // Without a Range header If-Range is not looked at.
+        let alone = headers(&[(IF_RANGE, "\"stale\"")]);
+        assert_eq!(evaluate_preconditions(&alone, &v), proceed(true));
+    }
+
+    #[test]
+    fn a_field_on_several_lines_is_one_list() {
+        let v = validators();
+        let eval = |name: http::HeaderName, lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for line in lines {
+                h.append(name.clone(), HeaderValue::from_str(line).unwrap());
+            }
+            evaluate_preconditions(&h, &v)
+        };
+        let proceed = Precondition::Proceed { honour_range: true };
+        assert_eq!(eval(IF_MATCH, &["\"x\"", ETAG]), proceed);
+        assert_eq!(eval(IF_MATCH, &["\"x\"", "\"y\""]), Precondition::Failed);
+        assert_eq!(
+            eval(IF_NONE_MATCH, &["\"x\"", ETAG]),
+            Precondition::NotModified
+        );
+        // Two dates are no date: ignored.
+        let late = date(1_800_000_000);
+        assert_eq!(eval(IF_MODIFIED_SINCE, &[&late, &late]), proceed);
     }
 
     #[test]

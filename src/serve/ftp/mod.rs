@@ -837,6 +837,30 @@ impl CatalogStorage {
             ack: ack.clone(),
             done: false,
         };
+        let closing = self.session.shared.closing.clone();
+        tokio::select! {
+            sent = self.transfer(&mut record, package, source, output, direct) => sent,
+            // Shutdown's grace period is over: the transfer is cut here and
+            // `record`, dropped, says the server shut down.
+            () = closing.cancelled() => Err(storage::Error::from(ErrorKind::ConnectionClosed)),
+        }
+    }
+
+    /// [`CatalogStorage::send`]'s copy and wait for the acknowledgements,
+    /// through `direct` (a second handle on the data socket, for
+    /// sendfile(2)) when there is one, else through libunftp's `output`.
+    async fn transfer<W>(
+        &self,
+        record: &mut RetrRecord,
+        package: &Package,
+        source: Source,
+        output: &mut W,
+        direct: Option<tokio::net::TcpStream>,
+    ) -> storage::Result<u64>
+    where
+        W: AsyncWrite + Unpin + Send + ?Sized,
+    {
+        let ack = record.ack.clone();
         let copied = match direct {
             Some(socket) => {
                 let out = StallGuard::new(ZeroCopyStream::new(socket), self.stall)
@@ -1215,11 +1239,12 @@ impl RetrRecord {
             self.finish(226, Outcome::Complete, "sent (acknowledgements unreadable)");
             return Ok(sent);
         };
-        let shutdown = self.session.shared.shutdown.clone();
+        // Waiting ends with the shutdown grace period at the latest.
+        let closing = self.session.shared.closing.clone();
         // A data connection carries one body, as it is (no TLS).
         let span = Span::plain(ack.body_start(), sent);
         let delivery = ack
-            .wait_all_acked(span, stall, shutdown.cancelled_owned())
+            .wait_all_acked(span, stall, closing.cancelled_owned())
             .await;
         if delivery == Delivery::Acked {
             self.attempt.bytes_acked = sent;
