@@ -67,6 +67,16 @@ async fn readiness_follows_the_server_and_health_is_always_up() {
         "{body}"
     );
     assert_eq!(curl(&base, "/healthz", &[]).await.0, 200);
+    // Metrics keep answering while downloads drain, as OpenMetrics text.
+    let (code, body) = curl(&base, "/metrics", &["-D", "-"]).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{body}"
+    );
+    assert!(body.contains("qfota_connections_open"), "{body}");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    assert_eq!(curl(&base, "/faults", &[]).await.0, 503);
     assert_eq!(curl(&base, "/metricz", &[]).await.0, 404);
     bounded("admin shutdown", admin.shutdown()).await;
 }

@@ -77,6 +77,12 @@ async fn unknown_keys_and_bad_values_are_errors_naming_them() {
         ("http = 80\npassive-ports = \"9-1\"\n", "9-1"),
         ("http = [80\n", "config file"),
         ("http = 80\npublic-host = \"http://x\"\n", "no scheme"),
+        // A switch wants a TOML boolean; "yes" is no silent false.
+        (
+            "http = 80\nallow-invalid = \"yes\"\n",
+            "true or false expected",
+        ),
+        ("http = 80\nallow-invalid = 1\n", "true or false expected"),
     ] {
         let file = write(dir.path(), "bad.toml", text);
         for args in [
@@ -96,6 +102,12 @@ async fn unknown_keys_and_bad_values_are_errors_naming_them() {
     // Without a file to supply them, the folder and a protocol are required.
     let out = run(BIN, &["--http", "0"]).await;
     assert_eq!(out.status.code(), Some(2));
+    // A file that leaves one out: the message names what is missing.
+    let file = write(dir.path(), "noproto.toml", "dir = \"pk\"\n");
+    let out = qfota(&["--config", &file], &[]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--http"), "{err}");
 }
 
 /// The server itself takes its folder, protocols and log from the file

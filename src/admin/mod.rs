@@ -67,8 +67,9 @@ enum Phase {
     Waiting(ServerControl),
     /// Serving; the control routes act on this server.
     Ready(ServerControl),
-    /// Shutdown has begun.
-    Stopping,
+    /// Shutdown has begun; `/metrics` still answers from the server's
+    /// control while in-flight downloads drain.
+    Stopping(Option<ServerControl>),
 }
 
 /// What the request handlers share: the phase and the allowed networks.
@@ -147,9 +148,14 @@ impl Admin {
     }
 
     /// Shutdown has begun: `/readyz` answers 503 and the control routes
-    /// are refused, while `/healthz` still answers until [`Admin::shutdown`].
+    /// are refused, while `/healthz` and `/metrics` (once the server had
+    /// started) still answer until [`Admin::shutdown`].
     pub fn set_stopping(&self) {
-        self.state.set_phase(Phase::Stopping);
+        let control = match self.state.phase() {
+            Phase::Ready(c) | Phase::Waiting(c) | Phase::Stopping(Some(c)) => Some(c),
+            Phase::Starting | Phase::Stopping(None) => None,
+        };
+        self.state.set_phase(Phase::Stopping(control));
     }
 
     /// Stops accepting, ends long-polls, and waits (up to
@@ -286,8 +292,10 @@ async fn dispatch(route: Route, req: Request<Incoming>, state: &State) -> Respon
     let phase = state.phase();
     let control = match &phase {
         Phase::Ready(control) => Some(control),
-        Phase::Waiting(control) if route == Route::Metrics => Some(control),
-        Phase::Starting | Phase::Waiting(_) | Phase::Stopping => None,
+        Phase::Waiting(control) | Phase::Stopping(Some(control)) if route == Route::Metrics => {
+            Some(control)
+        }
+        Phase::Starting | Phase::Waiting(_) | Phase::Stopping(_) => None,
     };
     match (route, control) {
         (Route::Healthz, _) => text(StatusCode::OK, "ok\n".into()),
@@ -305,7 +313,10 @@ async fn dispatch(route: Route, req: Request<Incoming>, state: &State) -> Respon
         (Route::CampaignJson, Some(c)) => campaign::respond(c, req.uri().query(), true),
         (Route::Metrics, Some(c)) => with_type(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            // What prometheus-client writes (`# EOF`, `_total` samples
+            // of a `counter` family): OpenMetrics 1.0, not the 0.0.4 text
+            // format, whose parsers would type every counter `unknown`.
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             c.metrics_text(),
         ),
     }
@@ -352,7 +363,7 @@ fn readiness(phase: &Phase) -> (StatusCode, serde_json::Value) {
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"ready": false, "not_ready": ["listeners", "catalog"]}),
         ),
-        Phase::Stopping => (
+        Phase::Stopping(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"ready": false, "not_ready": ["shutting down"]}),
         ),

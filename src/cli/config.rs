@@ -174,6 +174,19 @@ fn toml_values(key: &str, value: &toml::Value) -> Result<Vec<OsString>, String> 
     }
 }
 
+/// clap's message up to its usage block, on one line: `the following
+/// required arguments were not provided: <--ftp <PORT>|…>`.
+fn first_paragraph(message: &str) -> String {
+    message
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
@@ -232,6 +245,14 @@ pub fn resolve(matches: &ArgMatches, require: bool) -> Result<Effective, ConfigE
             if sources.contains_key(&key) {
                 continue;
             }
+            // A switch takes a TOML boolean only: `"yes"` or `1` would
+            // otherwise silently mean false.
+            if matches!(arg.get_action(), ArgAction::SetTrue) && !value.is_bool() {
+                return Err(ConfigError::Value {
+                    path: path.clone(),
+                    message: format!("`{key}`: true or false expected, not {value}"),
+                });
+            }
             let values = toml_values(&key, &value).map_err(|message| ConfigError::Value {
                 path: path.clone(),
                 message,
@@ -247,13 +268,7 @@ pub fn resolve(matches: &ArgMatches, require: bool) -> Result<Effective, ConfigE
     let merged = cmd.try_get_matches_from(argv).map_err(|e| match &file {
         Some(path) if sources.values().any(|s| *s == Source::File) => ConfigError::Value {
             path: path.clone(),
-            message: e
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim_start_matches("error: ")
-                .to_string(),
+            message: first_paragraph(&e.to_string()),
         },
         _ => ConfigError::Usage(e),
     })?;
