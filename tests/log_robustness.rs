@@ -27,7 +27,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_qfota-serve");
 const FILE_EVENT: Duration = Duration::from_secs(10);
 
 /// `qfota-serve --http 0` on 127.0.0.1 over the sample packages, logging
-/// to `<tmp>/downloads.jsonl`, stderr to `<tmp>/stderr.txt`; killed on drop.
+/// to `<tmp>/logs/downloads.jsonl`, stderr to `<tmp>/stderr.txt`; killed on drop.
 struct Serve {
     child: Child,
     http: String,
@@ -38,7 +38,9 @@ struct Serve {
 impl Serve {
     async fn start() -> Serve {
         let work = tempfile::tempdir().unwrap();
-        let log = work.path().join("downloads.jsonl");
+        // In a folder of its own, which a test may delete.
+        std::fs::create_dir(work.path().join("logs")).unwrap();
+        let log = work.path().join("logs/downloads.jsonl");
         let mut child = tokio::process::Command::new(BIN)
             .args(["--http", "0", "--bind", "127.0.0.1", "--log"])
             .arg(&log)
@@ -90,7 +92,7 @@ impl Serve {
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.log.with_file_name("stderr.txt")).unwrap()
+        std::fs::read_to_string(self._work.path().join("stderr.txt")).unwrap()
     }
 
     async fn signal(&self, name: &str) {
@@ -197,6 +199,19 @@ async fn a_renamed_or_deleted_log_is_replaced_by_a_new_file() {
     assert_eq!(serve.get("/three").await, 404);
     assert_eq!(paths(&wait_records(&serve.log, 1).await), ["three"]);
     assert_eq!(paths(&records(&moved)), ["one"]);
+
+    // Deleted together with its folder: nothing can be opened at the
+    // path, so records wait in memory (not in the deleted file) until the
+    // folder is back.
+    std::fs::remove_dir_all(serve.log.parent().unwrap()).unwrap();
+    for target in ["/four", "/five", "/six"] {
+        assert_eq!(serve.get(target).await, 404);
+    }
+    std::fs::create_dir(serve.log.parent().unwrap()).unwrap();
+    assert_eq!(
+        paths(&wait_records(&serve.log, 3).await),
+        ["four", "five", "six"]
+    );
     assert_eq!(serve.stop().await, Some(0));
 }
 

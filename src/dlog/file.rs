@@ -367,6 +367,11 @@ impl Writer {
     /// Writes queued records in order until the queue is empty or a write
     /// fails.
     fn drain(&mut self) {
+        if !self.queue.is_empty() && self.file.as_ref().is_some_and(is_unlinked) {
+            // Deleted (with or without its folder) since the last look: a
+            // record written there would be lost.
+            self.reopen("the file was deleted");
+        }
         while let Some(front) = self.queue.front() {
             let result = match &mut self.file {
                 Some(file) => write_record(file, front.bytes().as_bytes(), &mut self.unterminated),
@@ -457,18 +462,29 @@ impl Writer {
                     "{}: cannot reopen: {err}",
                     self.path.display()
                 )));
+                // A renamed file still keeps what is written to it; a
+                // deleted one does not: queue until the path opens.
+                let deleted = self.file.as_ref().is_some_and(is_unlinked);
+                if deleted {
+                    self.file = None;
+                }
                 if !self.reopen_failing {
-                    tracing::error!(
-                        error = %err,
-                        path = %self.path.display(),
-                        why,
+                    let what = if deleted {
+                        "cannot reopen download log; the open file was deleted, records are queued until it can be"
+                    } else {
                         "cannot reopen download log; still writing to the open file"
-                    );
+                    };
+                    tracing::error!(error = %err, path = %self.path.display(), why, "{what}");
                     self.reopen_failing = true;
                 }
             }
         }
     }
+}
+
+/// Whether `file` has no name left on disk (deleted while open).
+fn is_unlinked(file: &File) -> bool {
+    file.metadata().is_ok_and(|m| m.nlink() == 0)
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
