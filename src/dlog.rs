@@ -438,7 +438,9 @@ impl DownloadLog {
             protocol = record.protocol.as_str(),
             peer = %record.peer,
             user = record.user.as_deref().unwrap_or("-"),
-            path = %record.path,
+            // As `&str`, so the formatter escapes what a client sent
+            // (terminal escape sequences, NUL), as it does for `user`.
+            path = record.path.as_str(),
             status = record.status,
             outcome = record.outcome.as_str(),
             range_start = record.range_start,
@@ -446,7 +448,7 @@ impl DownloadLog {
             size = record.size.unwrap_or(0),
             duration_ms = record.duration_ms,
             fault = record.fault.as_deref().unwrap_or("-"),
-            reason = %record.reason,
+            reason = record.reason.as_str(),
             "download"
         );
         let unsent = match &self.inner.file {

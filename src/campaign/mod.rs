@@ -274,7 +274,8 @@ impl Acc {
         self.attempts += 1;
         self.modules.insert(module_key(r));
         self.outcomes.add(r.outcome);
-        self.bytes_sent += r.bytes_sent;
+        // A hand-edited or corrupt log can hold any u64.
+        self.bytes_sent = self.bytes_sent.saturating_add(r.bytes_sent);
         if r.outcome == Outcome::Complete {
             self.durations.push(r.duration_ms);
         } else {

@@ -148,6 +148,21 @@ pub fn render(c: &Campaign) -> String {
             );
         }
     }
+    escape_controls(&out)
+}
+
+/// `text` with every control character but the line end written as
+/// `\u{…}`: paths, user names and reasons come from clients, and an
+/// escape sequence must not reach the operator's terminal as one.
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
     out
 }
 
@@ -187,6 +202,35 @@ mod tests {
         let cols: Vec<_> = row.split_whitespace().collect();
         assert_eq!(&cols[..7], ["eu-1", "5", "3", "2", "2", "1", "0"], "{row}");
         assert!(t.lines().any(|l| l.starts_with("eu-2 ")), "{t}");
+    }
+
+    #[test]
+    fn client_text_cannot_drive_the_terminal() {
+        use crate::campaign::tests::rec;
+        use crate::dlog::Outcome;
+        let hostile = "x\u{1b}[2J\u{1b}[31mred.zip";
+        let mut records = vec![rec(
+            0,
+            hostile,
+            "10.0.0.1:1",
+            Some("u\u{7}"),
+            Outcome::Aborted,
+            1,
+            "bye\r",
+        )];
+        // Sums past u64::MAX saturate instead of overflowing.
+        records.push(records[0].clone());
+        for r in &mut records {
+            r.bytes_sent = u64::MAX;
+        }
+        let t = render(&Campaign::build(
+            &records,
+            &Filter::default(),
+            DEFAULT_RECENT,
+        ));
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert!(t.contains("x\\u{1b}[2J\\u{1b}[31mred.zip"), "{t}");
+        assert!(t.contains("u\\u{7}@10.0.0.1"), "{t}");
     }
 
     #[test]
