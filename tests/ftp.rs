@@ -467,6 +467,11 @@ for p in [ARGS[0], ARGS[1], ARGS[2]]:
 res['size_missing'] = code(ftp.sendcmd, 'SIZE missing.zip')
 res['mdtm_missing'] = code(ftp.sendcmd, 'MDTM missing.zip')
 res['size_hidden'] = code(ftp.sendcmd, 'SIZE ' + ARGS[3])
+# A folder has no SIZE (RFC 3659 §4.2); LIST of a file describes it.
+res['size_folder'] = code(ftp.sendcmd, 'SIZE Jun')
+res['list_file'] = []
+ftp.retrlines('LIST ' + ARGS[0], res['list_file'].append)
+res['nlst_file'] = ftp.nlst(ARGS[1])
 out(res)
 "#,
         &[ROOT_PKG, JUN_PKG, BIG, LOG_NAME],
@@ -488,6 +493,22 @@ out(res)
         s(&v, "size_hidden"),
         "550",
         "the download log must not be visible"
+    );
+    assert_eq!(s(&v, "size_folder"), "550");
+    let listed = v["list_file"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{v}");
+    let size = std::fs::metadata(fx.dir.path().join(ROOT_PKG))
+        .unwrap()
+        .len();
+    let line = listed[0].as_str().unwrap();
+    assert!(
+        line.ends_with(ROOT_PKG) && line.contains(&size.to_string()),
+        "{line}"
+    );
+    assert_eq!(
+        v["nlst_file"],
+        serde_json::json!(["update-v12-to-v13.zip"]),
+        "{v}"
     );
 }
 
@@ -1072,7 +1093,7 @@ out(res)
     );
     // SIZE of a hostile path is refused with a record too.
     let size = fx
-        .wait_record("the refused SIZE", |r| r.reason.starts_with("SIZE/MDTM"))
+        .wait_record("the refused SIZE", |r| r.reason.starts_with("SIZE: "))
         .await;
     assert_eq!(size.outcome, Outcome::Refused, "{size:?}");
     assert_eq!(size.path, "../../etc/passwd", "{size:?}");

@@ -103,6 +103,11 @@ res["c_pasv"] = "227" if isinstance(pasv(c), int) else "425"
 d = session()
 r = pasv(d)
 res["d_pasv"] = r if isinstance(r, str) else "227"
+try:
+    d.sendcmd("RETR " + PKG)
+    res["d_retr"] = "no error"
+except ftplib.error_temp as e:
+    res["d_retr"] = str(e)[:3]
 e = session("127.0.0.2")
 res["e_fetch"] = fetch(e, pasv(e), "127.0.0.2")
 res["a_fetch"] = fetch(a, pasv(a))
@@ -117,22 +122,86 @@ print(json.dumps(res))
     // 127.0.0.1 holds A's and C's listeners: D is refused, 127.0.0.2 not.
     assert_eq!(v["c_pasv"], "227", "{v}");
     assert_eq!(v["d_pasv"], "425", "{v}");
+    assert_eq!(v["d_retr"], "425", "{v}");
     assert_eq!(v["e_fetch"], ok, "{v}");
     assert_eq!(v["a_fetch"], ok, "{v}");
+    // D's attempt is recorded with why its data connection never was.
+    let d = fx
+        .wait_record("D's RETR", |r| r.status == 425 && r.path == PKG)
+        .await;
+    assert!(
+        d.reason
+            .contains("PASV/EPSV was refused (127.0.0.1 holds its share of passive ports"),
+        "{d:?}"
+    );
 }
 
+/// A download, then an `EPSV` no `RETR` follows, then `QUIT`: one record,
+/// the download's (no `425` for the unused listener).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_no_retr_asked_for_leaves_no_record() {
+    let fx = Fixture::start(|b| b.data_connection_timeout(Duration::from_secs(1))).await;
+    let script = r#"
+import time
+ftp = session()
+res = {"fetch": fetch(ftp, pasv(ftp))}
+pasv(ftp)
+time.sleep(1.5)
+pasv(ftp)
+ftp.quit()
+print(json.dumps(res))
+"#;
+    let v = ftp_script(&fx, script).await;
+    let want = sha256(&fx.package_bytes(PKG));
+    assert_eq!(v["fetch"], serde_json::json!(["150", "226", want]), "{v}");
+    // A second session's download, recorded after the first session ended.
+    let v = ftp_script(&fx, "s = session()\nprint(json.dumps(fetch(s, pasv(s))))").await;
+    assert_eq!(v[1], "226", "{v}");
+    fx.wait_records("two downloads", 2, |r| r.outcome == Outcome::Complete)
+        .await;
+    let records = fx.server.downloads();
+    assert_eq!(records.len(), 2, "{records:#?}");
+}
+
+/// A client that takes its byte range and closes the data connection
+/// (curl `-r` over FTP) while its TCP has acknowledged every byte sent:
+/// `complete`, whenever the close lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_closing_after_every_byte_was_acknowledged_is_complete() {
+    let fx = Fixture::start(|b| b).await;
+    let url = fx.ftp_url(PKG);
+    for _ in 0..10 {
+        let out = common::run("curl", &["-s", "-o", "/dev/null", "-r", "100-199", &url]).await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    let size = fx.package_bytes(PKG).len() as u64;
+    let records = fx.wait_records("ten ranged downloads", 10, |_| true).await;
+    for r in &records {
+        assert_eq!(r.range_start, 100, "{r:?}");
+        if r.bytes_acked == size - 100 {
+            assert_eq!(r.outcome, Outcome::Complete, "{r:?}");
+        }
+    }
+}
+
+/// A firewall blocks the data port: the `RETR` answered `150` gets its
+/// `425` once the data timeout passes (libunftp alone never answers), the
+/// record names the package, and the session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_connection_that_never_comes_is_recorded_and_the_session_goes_on() {
     let fx = Fixture::start(|b| b.data_connection_timeout(Duration::from_secs(1))).await;
     let script = r#"
-import time
 res = {}
 ftp = session()
-res["size"] = ftp.sendcmd("SIZE " + PKG)[:3]
 port = pasv(ftp)
 # The module's RETR, whose data connection a firewall blocks.
 res["retr"] = ftp.sendcmd("RETR " + PKG)[:3]
-time.sleep(1.5)
+# Then the reply that ends it.
+try:
+    ftp.getresp()
+    res["end"] = "no error"
+except ftplib.error_temp as e:
+    res["end"] = str(e)[:3]
 # Past the data timeout the listener is closed.
 probe = socket.socket()
 probe.settimeout(2)
@@ -146,8 +215,8 @@ res["next"] = fetch(ftp, pasv(ftp))
 print(json.dumps(res))
 "#;
     let v = ftp_script(&fx, script).await;
-    assert_eq!(v["size"], "213", "{v}");
     assert_eq!(v["retr"], "150", "{v}");
+    assert_eq!(v["end"], "425", "{v}");
     assert_eq!(v["old_port"], "closed", "{v}");
     let want = sha256(&fx.package_bytes(PKG));
     assert_eq!(v["next"], serde_json::json!(["150", "226", want]), "{v}");
@@ -162,7 +231,7 @@ print(json.dumps(res))
     assert!(
         aborted
             .reason
-            .contains("no data connection within 1 s after PASV"),
+            .contains("RETR answered 150, then no data connection within 1 s after PASV"),
         "{aborted:?}"
     );
     // Exactly one such record: the transfer that worked released its

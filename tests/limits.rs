@@ -172,9 +172,10 @@ async fn a_connection_that_does_not_log_in_is_closed_and_a_logged_in_one_stays()
         common::python(IDLE, &silent_args),
         common::python(IDLE, &working_args),
     );
+    // Told why (421, RFC 959 §4.2) before the close.
     assert_eq!(
         String::from_utf8_lossy(&silent.stdout).trim(),
-        "closed",
+        "421",
         "{silent:?}"
     );
     assert_eq!(

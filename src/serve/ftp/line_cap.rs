@@ -147,9 +147,21 @@ impl LineCap {
     /// libunftp then reads end-of-file and ends the session, dropping what
     /// it buffered, and nothing more is read.
     pub fn refuse(self) {
-        // The answer is a few dozen bytes into an idle send buffer; if it
-        // does not fit, the peer gets the close alone.
-        let _ = self.socket.try_write(TOO_LONG);
+        self.close_with(TOO_LONG);
+    }
+
+    /// Sends `reply` (one `CRLF`-ended reply line) on the control
+    /// connection from beside libunftp, for an event libunftp does not
+    /// answer; only while libunftp itself has nothing to say.
+    pub fn say(&self, reply: &[u8]) {
+        // A few dozen bytes into an idle send buffer; if they do not fit,
+        // the reply is lost and the client's own timeout applies.
+        let _ = self.socket.try_write(reply);
+    }
+
+    /// Sends `reply`, then closes the connection.
+    pub fn close_with(self, reply: &[u8]) {
+        self.say(reply);
         let _ = socket2::SockRef::from(&self.socket).shutdown(Shutdown::Both);
     }
 }

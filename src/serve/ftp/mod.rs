@@ -110,11 +110,31 @@ pub struct FtpSession {
     last_path: Mutex<Option<String>>,
     /// [`FtpOptions::data_timeout`].
     data_timeout: Duration,
-    /// Records this session has written: a passive listener left unused
-    /// after a record of the attempt it was for (`SIZE` of a missing
-    /// package, say) writes none of its own.
-    records: std::sync::atomic::AtomicU64,
+    /// The command libunftp is handling (`SIZE`, `MLST`, …), from its
+    /// control channel log ([`unftp_log`]): several commands reach the
+    /// storage back-end through one call.
+    command: Mutex<String>,
+    /// The path of a `RETR` libunftp answered `150` for whose data
+    /// connection has not come (libunftp calls the storage back-end only
+    /// once it has).
+    retr_waiting: Mutex<Option<String>>,
+    /// Why the session's latest `PASV`/`EPSV` was refused, until a `RETR`
+    /// (or the session's end) records the attempt.
+    passive_refused: Mutex<Option<String>>,
+    /// Woken when a `RETR` answered `150` waited in vain for its data
+    /// connection: the session task answers `425`.
+    data_expired: tokio::sync::Notify,
+    /// Woken at `QUIT`: the session task closes the connection if libunftp
+    /// has not within [`QUIT_REPLY_LIMIT`].
+    quit: tokio::sync::Notify,
 }
+
+/// How long after `QUIT` libunftp may take to answer and close. Its `QUIT`
+/// handler waits for room in a one-message channel that only its own
+/// control loop empties, so a `QUIT` that meets a transfer's final report
+/// (curl's `ABOR`, then `QUIT`, after a byte range) waits for good; the
+/// session then answers `221` itself and closes.
+pub const QUIT_REPLY_LIMIT: Duration = Duration::from_secs(1);
 
 impl FtpSession {
     /// The first `ftp-reply` rule for a command accepted by `command`
@@ -211,20 +231,47 @@ impl FtpSession {
 
     /// Logs `attempt` as ending now.
     fn emit(&self, attempt: &Attempt, status: u16, outcome: Outcome, reason: impl Into<String>) {
-        self.records.fetch_add(1, Ordering::AcqRel);
         self.shared
             .log
             .emit(attempt.record(status, outcome, reason));
     }
 
+    /// Notes the command libunftp is about to handle (its name in upper
+    /// case, and its path if it has one); a `RETR` waits for its data
+    /// connection from here until [`CatalogStorage::get_into`] takes it.
+    fn command(&self, name: &str, path: Option<&str>) {
+        name.clone_into(&mut lock(&self.command));
+        if name == "QUIT" {
+            self.quit.notify_one();
+        }
+        if name == "RETR"
+            && let Some(path) = path
+        {
+            let path = path.trim_start_matches('/');
+            self.named(path);
+            *lock(&self.retr_waiting) = Some(path.chars().take(1024).collect());
+        }
+    }
+
+    /// The command being handled, for a record's reason (`SIZE`).
+    fn current_command(&self) -> String {
+        lock(&self.command).clone()
+    }
+
     /// Records a `RETR` of `path` that libunftp answered `425` itself
-    /// because no data connection was set up before it.
+    /// because no data connection was set up before it: none asked for,
+    /// or the `PASV`/`EPSV` was refused.
     fn retr_without_data_connection(&self, path: &str) {
+        lock(&self.retr_waiting).take();
         let path = path.trim_start_matches('/');
-        self.named(path);
         // The record caps the path's length itself.
         let attempt = self.attempt(path);
-        let reason = "RETR with no data connection (no PASV/EPSV before it): answered 425";
+        let reason = match lock(&self.passive_refused).take() {
+            Some(why) => {
+                format!("RETR with no data connection: PASV/EPSV was refused ({why}); answered 425")
+            }
+            None => "RETR with no data connection (no PASV/EPSV before it): answered 425".into(),
+        };
         self.emit(&attempt, 425, Outcome::Aborted, reason);
     }
 
@@ -233,7 +280,7 @@ impl FtpSession {
     fn command_line_too_long(&self, unanswered: u64) {
         tracing::warn!(peer = %self.peer, unanswered, "FTP command line over the cap: connection closed");
         let reason = format!(
-            "command line too long: {} bytes sent with no line end (limit {}); answered 500 and closed",
+            "command line too long: {} bytes sent with no answer in between (limit {}); answered 500 and closed",
             delivery::grouped(unanswered),
             delivery::grouped(line_cap::COMMAND_LINE_MAX),
         );
@@ -244,8 +291,15 @@ impl FtpSession {
 impl Drop for FtpSession {
     fn drop(&mut self) {
         if let Some(listener) = self.passive_state.take() {
-            let why = "control connection closed with no data connection after PASV/EPSV";
+            let why = "the control connection closed with no data connection after PASV/EPSV";
             self.passive_unused(listener, why);
+        }
+        // A refused PASV/EPSV that no RETR followed: the client gave up
+        // there (a module reports 601).
+        if let Some(why) = lock(&self.passive_refused).take() {
+            let path = lock(&self.last_path).clone().unwrap_or_default();
+            let reason = format!("PASV/EPSV refused ({why}): answered 425; no RETR followed");
+            self.emit(&self.attempt(path), 425, Outcome::Refused, reason);
         }
     }
 }
@@ -301,7 +355,11 @@ impl FrontEnd {
                 passive_registry: Arc::clone(&self.registry),
                 last_path: Mutex::new(None),
                 data_timeout: self.opts.data_timeout,
-                records: std::sync::atomic::AtomicU64::new(0),
+                command: Mutex::default(),
+                retr_waiting: Mutex::new(None),
+                passive_refused: Mutex::new(None),
+                data_expired: tokio::sync::Notify::new(),
+                quit: tokio::sync::Notify::new(),
             });
             if let Some(fault) = session.fault(None, |cmd| cmd == "CONNECT") {
                 self.tracker
@@ -402,16 +460,49 @@ async fn serve_session(
     let login_deadline = tokio::time::sleep(login_timeout);
     tokio::pin!(login_deadline);
     let mut deadline_passed = false;
+    // Armed at QUIT (far off until then).
+    let quit_deadline = tokio::time::sleep(Duration::from_secs(365 * 86_400));
+    tokio::pin!(quit_deadline);
+    let mut quitting = false;
     let ended = loop {
         tokio::select! {
             ended = &mut service => break ended,
             () = &mut login_deadline, if !deadline_passed => {
                 if !session.logged_in.load(Ordering::Acquire) {
-                    // Dropping the service closes the control connection.
                     tracing::info!(%peer, "FTP connection closed: no login within the login timeout");
+                    // 421 (RFC 959 §4.2: service closing the control
+                    // connection), then the close.
+                    if let Some(cap) = cap.take() {
+                        let reply = format!(
+                            "421 No login within {} s: closing the connection.\r\n",
+                            login_timeout.as_secs()
+                        );
+                        cap.close_with(reply.as_bytes());
+                    }
                     return;
                 }
                 deadline_passed = true;
+            }
+            () = session.quit.notified(), if !quitting => {
+                quitting = true;
+                quit_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + QUIT_REPLY_LIMIT);
+            }
+            () = &mut quit_deadline, if quitting => {
+                tracing::debug!(%peer, "FTP session stuck after QUIT: answered 221 and closed");
+                if let Some(cap) = cap.take() {
+                    cap.close_with(b"221 Goodbye.\r\n");
+                }
+                return;
+            }
+            () = session.data_expired.notified() => {
+                // libunftp answered the RETR 150 and would wait for the
+                // data connection for good: the completion reply it owes
+                // (RFC 959 §5.4), the session going on.
+                if let Some(cap) = &cap {
+                    cap.say(b"425 No data connection was opened: transfer not started.\r\n");
+                }
             }
             unanswered = overrun(&mut cap, &session.logged_in) => {
                 if let Some(cap) = cap.take() {
@@ -659,7 +750,7 @@ impl CatalogStorage {
 
     /// Records a `SIZE`/`MDTM` of a path that is not a servable package
     /// (missing, invalid, excluded) and returns the 550 for libunftp.
-    fn refuse_lookup(&self, key: &str) -> storage::Error {
+    fn refuse_lookup(&self, key: &str, command: &str) -> storage::Error {
         let mut attempt = self.session.attempt(key);
         let Access::Refuse {
             outcome,
@@ -671,7 +762,7 @@ impl CatalogStorage {
             return not_available();
         };
         attempt.package = package.map(|p| (p.size, p.sha256.clone()));
-        let reason = format!("SIZE/MDTM: {reason}");
+        let reason = format!("{command}: {reason}");
         let (status, error) = refusal(retry);
         self.refuse(&attempt, status, outcome, reason, error)
     }
@@ -836,6 +927,7 @@ impl CatalogStorage {
             attempt,
             ack: ack.clone(),
             done: false,
+            closed_after_last_byte: false,
         };
         let closing = self.session.shared.closing.clone();
         tokio::select! {
@@ -1044,18 +1136,26 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         _user: &DefaultUser,
         path: P,
     ) -> storage::Result<Self::Metadata> {
+        // SIZE and MDTM (and RNFR, MLST) all come here.
+        let command = self.session.current_command();
         let key = Self::key(path.as_ref()).map_err(|err| {
             // A hostile path is refused with a record, as by RETR.
             let attempt = self.session.attempt(Self::record_path(path.as_ref()));
-            let reason = format!("SIZE/MDTM: {err}");
+            let reason = format!("{command}: {err}");
             self.refuse(&attempt, 550, Outcome::Refused, reason, not_available())
         })?;
         self.session.named(&key);
         let Some(entry) = self.catalog().metadata(&key).filter(|e| self.visible(e)) else {
             // A module's downloader asks SIZE before RETR: a missing or
             // invalid package leaves a record here, as over HTTP.
-            return Err(self.refuse_lookup(&key));
+            return Err(self.refuse_lookup(&key, &command));
         };
+        if entry.is_folder() && command == "SIZE" {
+            // A folder cannot be transferred, so it has no SIZE (RFC 3659
+            // §4.2): 550, as for a missing file, without a record (no
+            // package was asked for).
+            return Err(storage::Error::from(ErrorKind::PermanentFileNotAvailable));
+        }
         // SIZE and MDTM (and RNFR, MLST) all come here.
         if let Some(f) = self.session.fault(Some(&key), |c| c == "SIZE") {
             return Err(self.session.fault_reply(&f, "SIZE", &key));
@@ -1073,11 +1173,18 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
     {
         self.session.data_connected();
         let dir = Self::key(path.as_ref()).map_err(|_| not_available())?;
-        let entries = self.catalog().list(&dir).ok_or_else(not_available)?;
         // LIST, NLST and MLSD all come here.
         if let Some(f) = self.session.fault(Some(&dir), |c| c == "LIST") {
             return Err(self.session.fault_reply(&f, "LIST", &dir));
         }
+        let entries = match self.catalog().list(&dir) {
+            Some(entries) => entries,
+            // `LIST <file>` describes that file (RFC 959 §4.1.3).
+            None => {
+                let file = self.catalog().metadata(&dir).filter(|e| !e.is_folder());
+                vec![file.ok_or_else(not_available)?]
+            }
+        };
         Ok(entries
             .iter()
             .filter(|e| self.visible(e))
@@ -1118,6 +1225,8 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         P: AsRef<Path> + Send + Debug,
     {
         self.session.data_connected();
+        // Its data connection came: the RETR no longer waits for it.
+        lock(&self.session.retr_waiting).take();
         let requested = path.as_ref().to_string_lossy();
         self.session.named(requested.trim_start_matches('/'));
         let mut attempt = self.session.attempt(requested.trim_start_matches('/'));
@@ -1223,6 +1332,10 @@ struct RetrRecord {
     attempt: Attempt,
     ack: Option<Arc<AckTracker>>,
     done: bool,
+    /// Every byte was written and the client closed the data connection
+    /// before a look saw them all acknowledged: the final counters decide
+    /// between `complete` and `aborted`.
+    closed_after_last_byte: bool,
 }
 
 /// How long a record of a transfer cut short waits for the data
@@ -1254,7 +1367,10 @@ impl RetrRecord {
         let ending = match delivery {
             Delivery::Stalled => format!("then stopped acknowledging for {} s", stall.as_secs()),
             Delivery::Cancelled => "then the server shut down".to_string(),
-            _ => "then closed the data connection".to_string(),
+            _ => {
+                self.closed_after_last_byte = true;
+                "then closed the data connection".to_string()
+            }
         };
         self.finish(426, Outcome::Aborted, ending);
         Err(storage::Error::from(ErrorKind::ConnectionClosed))
@@ -1276,6 +1392,7 @@ impl RetrRecord {
         let mut attempt = self.attempt.clone();
         attempt.end_now();
         let transfers = session.shared.transfers.clone();
+        let closed_after_last_byte = self.closed_after_last_byte;
         transfers.spawn(async move {
             ack.refresh();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
@@ -1284,6 +1401,15 @@ impl RetrRecord {
                 .package
                 .as_ref()
                 .map_or(attempt.bytes_sent, |(size, _)| size - attempt.range_start);
+            if closed_after_last_byte && attempt.bytes_acked >= total {
+                // The peer's TCP took every byte; the client closed first
+                // (curl with a byte range does).
+                let reason = format!(
+                    "acknowledged; the client closed the data connection before the end of file (answered {status})"
+                );
+                session.emit(&attempt, status, Outcome::Complete, reason);
+                return;
+            }
             let reason = if reason.starts_with("then ") {
                 cut_short(attempt.bytes_acked, total, &reason)
             } else {

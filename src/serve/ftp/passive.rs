@@ -108,8 +108,6 @@ impl Drop for Slot {
 pub struct Outstanding {
     socket: Socket,
     generation: u64,
-    /// The session's record count when it was bound.
-    records_before: u64,
     _slot: Slot,
 }
 
@@ -136,12 +134,11 @@ impl PassiveState {
     }
 
     /// Installs a new listener and returns its generation.
-    fn install(&self, socket: Socket, slot: Slot, records_before: u64) -> u64 {
+    fn install(&self, socket: Socket, slot: Slot) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *lock(&self.current) = Some(Outstanding {
             socket,
             generation,
-            records_before,
             _slot: slot,
         });
         generation
@@ -158,28 +155,31 @@ impl PassiveState {
 }
 
 impl FtpSession {
-    /// Records that a passive listener was given up with no data
-    /// connection (`why`), for a logged-in session: the module's `RETR`, if
-    /// it sent one, got nothing — the usual cause of an FTP `601` behind a
-    /// firewall or NAT that blocks the data port. Not when the session has
-    /// written a record since the listener was bound: that attempt ended
-    /// for its own reason (curl's `EPSV`, then `SIZE` of a missing package:
-    /// `not_found`), and this would be a second, wrong record of it.
-    pub(super) fn passive_unused(&self, listener: Outstanding, why: &str) {
-        let records_before = listener.records_before;
+    /// Gives up a passive listener that got no data connection (`why`).
+    /// When a `RETR` was answered `150` and waits for that connection —
+    /// the usual cause of an FTP `601` behind a firewall or NAT that
+    /// blocks the data port — the attempt is recorded (`425`, `aborted`)
+    /// and `true` returned. A listener no `RETR` asked for (a client that
+    /// sent `EPSV`, then `SIZE` of a missing package, or `QUIT`) leaves no
+    /// record: the attempt, if any, has its own.
+    pub(super) fn passive_unused(&self, listener: Outstanding, why: &str) -> bool {
         drop(listener);
-        if !self.logged_in.load(Ordering::Acquire)
-            || self.records.load(Ordering::Acquire) > records_before
-        {
-            return;
-        }
-        let path = lock(&self.last_path).clone().unwrap_or_default();
+        let Some(path) = lock(&self.retr_waiting).take() else {
+            return false;
+        };
         let attempt = self.attempt(path);
-        self.emit(&attempt, 425, Outcome::Aborted, why);
+        self.emit(
+            &attempt,
+            425,
+            Outcome::Aborted,
+            format!("RETR answered 150, then {why}"),
+        );
+        true
     }
 
     /// Gives up the listener of `generation` after the data timeout if no
-    /// data connection came.
+    /// data connection came; a `RETR` waiting on it gets its `425`
+    /// (libunftp would leave the client waiting after `150` for good).
     fn expire_later(session: Weak<FtpSession>, generation: u64, after: Duration) {
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
@@ -188,10 +188,12 @@ impl FtpSession {
             };
             if let Some(listener) = session.passive_state.take_if(generation) {
                 let why = format!(
-                    "no data connection within {} s after PASV/EPSV",
+                    "no data connection within {} s after PASV/EPSV: answered 425",
                     after.as_secs_f32()
                 );
-                session.passive_unused(listener, &why);
+                if session.passive_unused(listener, &why) {
+                    session.data_expired.notify_one();
+                }
             }
         });
     }
@@ -226,6 +228,11 @@ impl libunftp::options::Binder for PassiveBinder {
         let peer = session.peer.ip().to_canonical();
         let Some(slot) = session.passive_registry.acquire(peer) else {
             tracing::warn!(%peer, "PASV refused: this address holds its share of passive ports");
+            let why = format!(
+                "{peer} holds its share of passive ports: {} listeners, half of --passive-ports",
+                session.passive_registry.cap
+            );
+            *lock(&session.passive_refused) = Some(why);
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
                 "too many outstanding passive listeners for this address",
@@ -243,8 +250,8 @@ impl libunftp::options::Binder for PassiveBinder {
                     let keep = socket.try_clone()?;
                     // The data connection will most likely get this number.
                     let next_fd = crate::serve::zerocopy::lowest_free_descriptor(&keep);
-                    let records = session.records.load(Ordering::Acquire);
-                    let generation = session.passive_state.install(keep, slot, records);
+                    let generation = session.passive_state.install(keep, slot);
+                    lock(&session.passive_refused).take();
                     let weak = Arc::downgrade(session);
                     FtpSession::expire_later(weak, generation, session.data_timeout);
                     *lock(&session.passive) = Some(PassivePort {
