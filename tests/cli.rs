@@ -69,6 +69,7 @@ async fn bad_flags_exit_2_with_a_message() {
         vec!["--https", "443", "--tls-cert", "c.pem", "x"],
         vec!["check", "x", "--profile", "bg96"],
         vec!["--http", "80", "--public-host", "http://fota.example", "x"],
+        vec!["check", "x", "--public-host", "http://fota.example"],
     ] {
         let out = run(BIN, &args).await;
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -149,13 +149,10 @@ pub fn profile_verdict(
                 profile.name
             ));
         }
+        // SPEC §6: every family, whatever its field limits.
+        problems.extend(adv.credential_problems());
         if let Some(max) = profile.field_max {
-            let mut fields = vec![("host", adv.host.as_str()), ("file path", rel_path)];
-            if let Some(c) = &adv.ftp_credentials {
-                fields.push(("user", c.user.as_str()));
-                fields.push(("password", c.password.as_str()));
-            }
-            for (what, value) in fields {
+            for (what, value) in [("host", adv.host.as_str()), ("file path", rel_path)] {
                 if value.len() > max {
                     problems.push(format!(
                         "FTP {what} is {} bytes, over the {max}-byte field limit",
@@ -235,5 +232,19 @@ mod tests {
             password: "x".repeat(51),
         });
         assert_eq!(a.credential_problems().len(), 2);
+        // They are in every family's verdict (SPEC §6), eg06xk's too,
+        // which has no per-field limit; without FTP they do not matter.
+        for profile in &crate::profile::PROFILES {
+            let v = profile_verdict(profile, "update.zip", &a);
+            assert!(!v.fits, "{}", profile.name);
+            assert!(
+                v.problems.iter().any(|p| p.contains("contains '@'")),
+                "{v:?}"
+            );
+            assert!(v.problems.iter().any(|p| p.contains("51 bytes")), "{v:?}");
+        }
+        a.ftp = None;
+        let ec2x = Profile::by_name("ec2x").unwrap();
+        assert!(profile_verdict(ec2x, "update.zip", &a).fits);
     }
 }

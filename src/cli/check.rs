@@ -18,7 +18,7 @@ use crate::catalog::s3::{S3Catalog, S3Config, S3Location};
 use crate::catalog::validate::{Advertised, FtpCredentials};
 use crate::cli::output::check_report;
 use crate::cli::s3::{DEFAULT_CACHE_MAX_BYTES, StoreArgs};
-use crate::cli::values::{parse_profile, parse_user};
+use crate::cli::values::{parse_profile, parse_public_host, parse_user};
 use crate::profile::Profile;
 use crate::serve::{check_packages, default_public_host};
 
@@ -30,8 +30,9 @@ pub struct CheckArgs {
     /// validated as the server would).
     #[arg(value_name = "DIR | s3://BUCKET/PREFIX")]
     pub dir: PathBuf,
-    /// Host modules will be given [default: first non-loopback IPv4].
-    #[arg(long, env = "QFOTA_PUBLIC_HOST", value_name = "HOST")]
+    /// Host modules will be given [default: first non-loopback IPv4]: a
+    /// name or address, no scheme, port or path (as serve's).
+    #[arg(long, env = "QFOTA_PUBLIC_HOST", value_name = "HOST", value_parser = parse_public_host)]
     pub public_host: Option<String>,
     /// FTP port the URLs will carry [default: 21 when no port is given].
     #[arg(long, value_name = "PORT")]

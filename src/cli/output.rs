@@ -43,10 +43,11 @@ pub fn banner(server: &Server, log: &std::path::Path) -> String {
     for problem in server.advertised().credential_problems() {
         let _ = writeln!(out, "  warning: {problem}");
     }
+    let allow_invalid = server.allows_invalid();
     for p in &packages {
         let _ = writeln!(out);
-        out.push_str(&package_summary(p));
-        if p.is_valid() {
+        out.push_str(&package_summary(p, allow_invalid));
+        if p.is_valid() || allow_invalid {
             for url in server.advertised().urls(&p.path) {
                 let _ = writeln!(out, "  AT+QFOTADL=\"{url}\"");
             }
@@ -55,7 +56,10 @@ pub fn banner(server: &Server, log: &std::path::Path) -> String {
     out
 }
 
-fn package_summary(p: &Package) -> String {
+/// A package's lines: path, size, SHA-256, and the families it fits, or
+/// why it is invalid and whether it is served all the same
+/// (`allow_invalid`).
+fn package_summary(p: &Package, allow_invalid: bool) -> String {
     let fits: Vec<&str> = p
         .profiles
         .iter()
@@ -70,6 +74,12 @@ fn package_summary(p: &Package) -> String {
             fits.join(" ")
         };
         let _ = writeln!(out, "  valid; fits: {fits}");
+    } else if allow_invalid {
+        let problems = p.problems.join("; ");
+        let _ = writeln!(
+            out,
+            "  INVALID, served anyway (--allow-invalid): {problems}"
+        );
     } else {
         let _ = writeln!(out, "  INVALID, not served: {}", p.problems.join("; "));
     }
@@ -93,7 +103,7 @@ pub fn check_report(
         let _ = writeln!(out, "{key}  not checked: {why}");
     }
     for p in packages {
-        out.push_str(&package_summary(p));
+        out.push_str(&package_summary(p, false));
         ok &= p.is_valid();
         if !p.is_valid() {
             continue;

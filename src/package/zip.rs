@@ -219,7 +219,10 @@ mod tests {
         }
         let err = check_zip(Cursor::new(zip)).unwrap_err();
         assert!(matches!(err, ZipError::OverBudget(_)), "{err}");
-        assert!(err.to_string().contains("uncompressed bytes declared"), "{err}");
+        assert!(
+            err.to_string().contains("uncompressed bytes declared"),
+            "{err}"
+        );
     }
 
     /// A deflated entry whose declared size (local header and central

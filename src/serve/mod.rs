@@ -1053,6 +1053,12 @@ impl Server {
         }
     }
 
+    /// Whether invalid packages are served all the same
+    /// ([`ServerBuilder::allow_invalid`]).
+    pub fn allows_invalid(&self) -> bool {
+        self.shared.allow_invalid
+    }
+
     /// Reopens the download log file at its path (logrotate's
     /// `postrotate`; the serve command calls it on `SIGHUP`).
     pub fn reopen_log(&self) {
