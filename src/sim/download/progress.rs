@@ -140,12 +140,18 @@ impl<'a> Progress<'a> {
             return Err(too_large(self.received));
         }
         self.check_space(self.received)?;
-        if let (Some(cut), Some(total)) = (self.cut_at, self.total)
-            && u128::from(self.received) * 100 >= u128::from(cut) * u128::from(total)
-        {
-            return Err(DownloadError::PowerCut {
-                received: self.received,
-            });
+        if let (Some(cut), Some(total)) = (self.cut_at, self.total) {
+            // The first byte count at or past the share: the power goes
+            // there, whatever the size of the read that crossed it.
+            let boundary = (u128::from(cut) * u128::from(total)).div_ceil(100);
+            let boundary = u64::try_from(boundary).unwrap_or(u64::MAX);
+            if self.received >= boundary {
+                self.received = boundary;
+                if let Some(counter) = &self.counter {
+                    counter.store(boundary, Ordering::Relaxed);
+                }
+                return Err(DownloadError::PowerCut { received: boundary });
+            }
         }
         if let Some(total) = self.total.filter(|t| *t > 0) {
             let done = u128::from(self.received.min(total));
@@ -275,6 +281,14 @@ mod tests {
             bounded(cut.advance(1)).await,
             Err(DownloadError::PowerCut { received: 50 })
         ));
+        // A read that crosses the share: the power goes at the share.
+        let mut cut = Progress::new(0, None, &emit).power_cut(Some(10));
+        cut.expect(Some(3_145_836)).unwrap();
+        assert!(matches!(
+            bounded(cut.advance(375_015)).await,
+            Err(DownloadError::PowerCut { received: 314_584 })
+        ));
+        assert_eq!(cut.received(), 314_584);
     }
 
     #[test]
