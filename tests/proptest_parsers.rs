@@ -114,13 +114,15 @@ mod range {
             let text = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
             let value = format!("bytes={}-{}", text(first), text(last));
             let want = match (first, last) {
+                // An empty package is always sent whole (§14.2 allows it).
+                _ if len == 0 => RangeDecision::Full,
                 (Some(a), Some(b)) if b < a => RangeDecision::Full,
-                (Some(a), _) if a >= len => RangeDecision::Unsatisfiable,
+                (Some(a), _) if a >= len => RangeDecision::Unsatisfiable { start: a },
                 (Some(a), b) => RangeDecision::Partial {
                     start: a,
                     end: b.map_or(len - 1, |b| b.min(len - 1)),
                 },
-                (None, Some(n)) if n == 0 || len == 0 => RangeDecision::Unsatisfiable,
+                (None, Some(0)) => RangeDecision::Unsatisfiable { start: len },
                 (None, Some(n)) => RangeDecision::Partial {
                     start: len - n.min(len),
                     end: len - 1,
