@@ -204,7 +204,13 @@ async fn corrupt_flips_exactly_one_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stall_after_keeps_the_connection_silent() {
-    let fx = with_faults(&["stall-after=1000"]).await;
+    // The connection stays open until the stall timeout, also after the
+    // client's FIN (it may only have half-closed: RFC 9112 §9.6).
+    let fx = Fixture::start(|b| {
+        b.fault(rule("stall-after=1000"))
+            .stall_timeout(Duration::from_secs(3))
+    })
+    .await;
     let (code, status, body) = curl(&fx.http_url(BIG), &["--max-time", "2"]).await;
     assert_eq!((code, status.as_str()), (28, "200"), "curl timed out");
     assert_eq!(body.len(), 1000);
