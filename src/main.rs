@@ -89,8 +89,9 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QFOTA_LOG_LEVEL")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libunftp=warn,suppaftp=error")),
+            tracing_subscriber::EnvFilter::try_from_env("QFOTA_LOG_LEVEL").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,libunftp=warn,suppaftp=error")
+            }),
         )
         .init();
 }
