@@ -22,7 +22,14 @@ async fn a_fleet_of_200_with_a_random_drop_fault_reports_0_and_701() {
     let (ok, failed) = (report.count("0"), report.count("701"));
     assert!(ok > 0 && failed > 0, "{report:?}");
     assert_eq!(ok + failed, 200, "{report:?}");
-    assert!(report.p50_ms <= report.p95_ms && report.p95_ms <= report.max_ms);
+    assert!(report.p50_ms <= report.p95_ms && report.p95_ms <= report.p99_ms);
+    assert!(report.p99_ms <= report.max_ms);
+    // Every module got a first byte; the figures are ordered and each
+    // within that module's whole download.
+    assert_eq!(report.first_bytes, 200, "{report:?}");
+    assert!(report.ttfb_p50_ms <= report.ttfb_p95_ms && report.ttfb_p95_ms <= report.ttfb_p99_ms);
+    assert!(report.ttfb_p99_ms <= report.max_ms, "{report:?}");
+    assert!(report.throughput_bytes_per_s > 0, "{report:?}");
     // Every module received at least half the package; the full ones more.
     let size = fx.package_bytes(PKG).len() as u64;
     assert!(report.bytes >= 200 * (size / 2), "{report:?}");
@@ -131,8 +138,44 @@ async fn fleet_command_prints_json_and_exits_0() {
     assert_eq!(v["codes"]["0"], 12);
     let size = fx.package_bytes(PKG).len() as u64;
     assert_eq!(v["bytes"], 12 * size);
-    for key in ["p50_ms", "p95_ms", "max_ms"] {
+    for key in [
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+        "ttfb_p50_ms",
+        "ttfb_p95_ms",
+        "ttfb_p99_ms",
+        "throughput_bytes_per_s",
+    ] {
         assert!(v[key].is_u64(), "{key}: {v}");
+    }
+    assert_eq!(v["first_bytes"], 12, "{v}");
+    // A power cut that loses the download, or an ec200's firmware, is no
+    // success and no deadline: `power-cut`, exit 0.
+    for fault in ["download-power-cut=50", "power-cut=50"] {
+        let out = run(
+            env!("CARGO_BIN_EXE_qfota-serve"),
+            &[
+                "fleet",
+                &fx.http_url(PKG),
+                "--modules",
+                "3",
+                "--model",
+                "EC200T",
+                "--fault",
+                fault,
+                "--json",
+            ],
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{fault}: {v}");
+        assert_eq!(
+            v["codes"],
+            serde_json::json!({"power-cut": 3}),
+            "{fault}: {v}"
+        );
     }
     let out = run(
         env!("CARGO_BIN_EXE_qfota-serve"),

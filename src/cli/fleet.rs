@@ -1,7 +1,7 @@
 //! `qfota-serve fleet <URL> --modules N`: run many simulated modules
 //! against one URL ([`crate::sim::fleet`]) and print the report — modules
-//! per final code, p50/p95/max download time, bytes received — as text or
-//! one JSON object. Exit 0 when every module ran to its end (whatever its
+//! per final code, p50/p95/p99/max download time, p50/p95/p99 time to
+//! first byte, bytes received and throughput — as text or one JSON object. Exit 0 when every module ran to its end (whatever its
 //! code), 1 when the deadline cut the run short, 2 on usage errors.
 //!
 //! Raw flags ([`FleetArgs`], environment `QFOTA_FLEET_*`) become a checked
@@ -91,6 +91,7 @@ pub async fn run(args: FleetArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_exit("fleet", &e),
     };
+    check_fd_limit(config.concurrency);
     let mut progress = Progress::new(config.modules, std::io::stderr().is_terminal());
     let report = match run_fleet_observed(&config, |p| progress.update(p)).await {
         Ok(r) => r,
@@ -109,6 +110,26 @@ pub async fn run(args: FleetArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Descriptors a module in flight may hold: an FTP download's control and
+/// data connections (HTTP(S): one).
+const FDS_PER_MODULE: u64 = 2;
+
+/// Raises the descriptor limit ([`crate::cli::raise_fd_limit`]) and warns
+/// when even that cannot hold `concurrency` modules in flight: modules
+/// past it would fail to connect ("Too many open files") and be counted as
+/// the server's failures.
+fn check_fd_limit(concurrency: usize) {
+    let Some(limit) = crate::cli::raise_fd_limit() else {
+        return;
+    };
+    let need = concurrency as u64 * FDS_PER_MODULE + 64;
+    if limit < need {
+        errln!(
+            "qfota-serve fleet: warning: the file descriptor limit ({limit}) cannot hold              {concurrency} modules in flight (about {need} needed); modules past it fail with              \"Too many open files\", which is no fault of the server: raise it (ulimit -n)              or lower --concurrency"
+        );
     }
 }
 
@@ -180,8 +201,8 @@ fn progress_text(p: &FleetProgress) -> String {
 }
 
 /// The report as text: a line for the run, one per final code with the
-/// causes behind a non-zero one, the download-time percentiles and the
-/// bytes received.
+/// causes behind a non-zero one, the download-time and time-to-first-byte
+/// percentiles, the bytes received and the throughput.
 pub fn render(r: &FleetReport) -> String {
     let mut out = format!("{} modules in {} ms\n", r.modules, r.elapsed_ms);
     for (code, n) in &r.codes {
@@ -195,11 +216,24 @@ pub fn render(r: &FleetReport) -> String {
     } else {
         let _ = writeln!(
             out,
-            "download time p50 {} ms, p95 {} ms, max {} ms",
-            r.p50_ms, r.p95_ms, r.max_ms
+            "download time p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
+            r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms
         );
     }
-    let _ = writeln!(out, "bytes received {}", r.bytes);
+    if r.first_bytes == 0 {
+        out.push_str("time to first byte - (no byte came)\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "time to first byte p50 {} ms, p95 {} ms, p99 {} ms",
+            r.ttfb_p50_ms, r.ttfb_p95_ms, r.ttfb_p99_ms
+        );
+    }
+    let _ = writeln!(
+        out,
+        "bytes received {} ({} B/s over the run)",
+        r.bytes, r.throughput_bytes_per_s
+    );
     out
 }
 
@@ -259,10 +293,16 @@ mod tests {
             codes: [("0".to_string(), 49), ("701".to_string(), 1)].into(),
             p50_ms: 160,
             p95_ms: 161,
+            p99_ms: 162,
             max_ms: 162,
             timed: 50,
+            ttfb_p50_ms: 3,
+            ttfb_p95_ms: 5,
+            ttfb_p99_ms: 9,
+            first_bytes: 50,
             bytes: 359_400,
             elapsed_ms: 1965,
+            throughput_bytes_per_s: 182_900,
             causes: [(
                 "701".to_string(),
                 vec![crate::sim::fleet::Cause {
@@ -276,7 +316,9 @@ mod tests {
             render(&report),
             "50 modules in 1965 ms\n  code          0: 49\n  code        701: 1\n\
              \x20     1× download: connection reset by peer\n\
-             download time p50 160 ms, p95 161 ms, max 162 ms\nbytes received 359400\n"
+             download time p50 160 ms, p95 161 ms, p99 162 ms, max 162 ms\n\
+             time to first byte p50 3 ms, p95 5 ms, p99 9 ms\n\
+             bytes received 359400 (182900 B/s over the run)\n"
         );
         // Stopped at the deadline, all of them: no times to give.
         let cut = FleetReport {
@@ -284,14 +326,17 @@ mod tests {
             timed: 0,
             p50_ms: 0,
             p95_ms: 0,
+            p99_ms: 0,
             max_ms: 0,
+            first_bytes: 0,
             causes: Default::default(),
             ..report
         };
         assert_eq!(
             render(&cut),
             "50 modules in 1965 ms\n  code unfinished: 50\n\
-             download time - (no download ended)\nbytes received 359400\n"
+             download time - (no download ended)\ntime to first byte - (no byte came)\n\
+             bytes received 359400 (182900 B/s over the run)\n"
         );
     }
 }

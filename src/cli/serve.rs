@@ -254,38 +254,16 @@ impl ServeArgs {
 /// packages (one each; [`crate::catalog::twin`]) for a few dozen packages.
 const FDS_BESIDES: u64 = 64;
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard one (a shell's soft limit is
-/// often 1,024, far below `--max-connections`' 10,000), as nginx's
-/// `worker_rlimit_nofile` and Go's runtime do, and warns when even that
-/// cannot hold `max_connections` connections (`setrlimit(2)`). Each
-/// connection holds one descriptor; an FTP session two (the command-line
-/// cap's duplicate), three while a data connection is open, four while a
-/// resident package goes out on it (the handle `sendfile` writes to).
+/// Raises the descriptor limit ([`crate::cli::raise_fd_limit`]; a
+/// shell's soft limit is often 1,024, far below `--max-connections`'
+/// 10,000) and warns when even that cannot hold `max_connections`
+/// connections. Each connection holds one descriptor; an FTP session two
+/// (the command-line cap's duplicate), three while a data connection is
+/// open, four while a resident package goes out on it (the handle
+/// `sendfile` writes to).
 fn raise_fd_limit(max_connections: usize) {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let Rlimit {
-        current: Some(soft),
-        maximum,
-    } = getrlimit(Resource::Nofile)
-    else {
-        // Unlimited.
+    let Some(limit) = crate::cli::raise_fd_limit() else {
         return;
-    };
-    let limit = match maximum {
-        Some(hard) if soft < hard => {
-            let raised = Rlimit {
-                current: Some(hard),
-                maximum: Some(hard),
-            };
-            if setrlimit(Resource::Nofile, raised).is_ok() {
-                hard
-            } else {
-                soft
-            }
-        }
-        // Linux never reports an unlimited hard limit for descriptors
-        // (it is at most fs.nr_open).
-        _ => soft,
     };
     let need = max_connections as u64 + FDS_BESIDES;
     if limit < need {

@@ -7,7 +7,8 @@
 //! [`FleetConfig::concurrency`] in flight, bounded by
 //! [`FleetConfig::deadline`], and sums them up in a [`FleetReport`]:
 //! modules per final code with the causes behind the failing ones,
-//! p50/p95/max download time, and bytes received. [`run_fleet_observed`]
+//! p50/p95/p99/max download time, p50/p95/p99 time to first byte, bytes
+//! received and throughput. [`run_fleet_observed`]
 //! also reports each module as it ends ([`FleetProgress`]), for a progress
 //! display.
 //! The engine only: `qfota-serve fleet` (flags, the printed report) lives
@@ -26,7 +27,7 @@ use crate::profile::Profile;
 use crate::sim::command::FotadlArgs;
 use crate::sim::module::{ConfigError, Module, ModuleSettings};
 use crate::sim::transcript::Transcript;
-use crate::sim::urc::{AtResult, Event, Urc};
+use crate::sim::urc::{AtResult, Event, PowerOff, Urc};
 
 /// Most modules one fleet run should start: each is a task and a buffer,
 /// so an unbounded count exhausts memory. `qfota-serve fleet` refuses more.
@@ -86,22 +87,39 @@ pub struct FleetReport {
     pub modules: usize,
     /// Modules per final code: the `FTPEND`/`HTTPEND` code when the
     /// download failed, else the last `END` code; `ERROR` when the command
-    /// was refused; `unfinished` when the deadline came first.
+    /// was refused; `power-cut` when a `power-cut` / `download-power-cut`
+    /// fault ended the run with no `END` (the download lost, or an `ec200`
+    /// whose firmware the cut ruined); `unfinished` when the deadline came
+    /// first.
     pub codes: BTreeMap<String, usize>,
     /// Median download time (command to `FTPEND`/`HTTPEND`), ms.
     pub p50_ms: u64,
     /// 95th-percentile download time, ms.
     pub p95_ms: u64,
+    /// 99th-percentile download time, ms.
+    pub p99_ms: u64,
     /// Longest download time, ms.
     pub max_ms: u64,
-    /// Downloads the three times are taken over (those that ended before
-    /// the deadline); 0: none, and the times are 0.
+    /// Downloads the download times are taken over (those that ended
+    /// before the deadline); 0: none, and the times are 0.
     pub timed: usize,
+    /// Median time to first byte (the download's start URC to its first
+    /// package byte: connect, login, request and the server's answer), ms.
+    pub ttfb_p50_ms: u64,
+    /// 95th-percentile time to first byte, ms.
+    pub ttfb_p95_ms: u64,
+    /// 99th-percentile time to first byte, ms.
+    pub ttfb_p99_ms: u64,
+    /// Downloads that got a first byte (the time-to-first-byte figures are
+    /// taken over them; 0: none, and those figures are 0).
+    pub first_bytes: usize,
     /// Package bytes received by all modules together, those stopped at
     /// the deadline included.
     pub bytes: u64,
     /// Wall-clock time of the whole run, ms.
     pub elapsed_ms: u64,
+    /// `bytes` over the run's wall-clock time, bytes per second.
+    pub throughput_bytes_per_s: u64,
     /// Per final code other than `0`: the most frequent causes (at most
     /// [`TOP_CAUSES`], most frequent first) — what the simulator knows of
     /// why (`download: connection reset by peer`), which a real module
@@ -151,9 +169,18 @@ fn final_code(t: &Transcript) -> String {
     if s.response == Some(AtResult::Error) {
         return "ERROR".into();
     }
+    let power_cut = t.events.iter().any(|e| {
+        matches!(
+            e.event,
+            Event::PowerOff(PowerOff::PowerCut | PowerOff::DownloadPowerCut)
+        )
+    });
     match (s.download_code, s.upgrade_codes.last()) {
         (Some(d), _) if d != 0 => d.to_string(),
         (_, Some(u)) => u.to_string(),
+        // The run ended with no END: a power cut lost the download, or
+        // ruined an ec200's firmware (SPEC §4) — no success.
+        _ if power_cut => "power-cut".into(),
         (Some(d), None) => d.to_string(),
         (None, None) => "unfinished".into(),
     }
@@ -254,6 +281,7 @@ pub async fn run_fleet_observed(
     }
     let mut codes = BTreeMap::new();
     let mut times = Vec::new();
+    let mut first_bytes = Vec::new();
     let mut causes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     // Bytes of the modules ended so far, for the progress.
     let mut received = 0u64;
@@ -274,6 +302,7 @@ pub async fn run_fleet_observed(
                         .or_insert(0) += 1;
                 }
                 times.extend(download_ms(&t));
+                first_bytes.extend(t.summary.first_byte_ms);
                 received += t.summary.bytes_received;
                 observe(&FleetProgress {
                     done,
@@ -303,15 +332,24 @@ pub async fn run_fleet_observed(
         .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
     times.sort_unstable();
+    first_bytes.sort_unstable();
+    let elapsed = started.elapsed();
+    let throughput = (u128::from(bytes) * 1000) / elapsed.as_millis().max(1);
     Ok(FleetReport {
         modules: config.modules,
         codes,
         p50_ms: quantile(&times, 0.50),
         p95_ms: quantile(&times, 0.95),
+        p99_ms: quantile(&times, 0.99),
         max_ms: times.last().copied().unwrap_or(0),
         timed: times.len(),
+        ttfb_p50_ms: quantile(&first_bytes, 0.50),
+        ttfb_p95_ms: quantile(&first_bytes, 0.95),
+        ttfb_p99_ms: quantile(&first_bytes, 0.99),
+        first_bytes: first_bytes.len(),
         bytes,
-        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        throughput_bytes_per_s: u64::try_from(throughput).unwrap_or(u64::MAX),
         causes: top_causes(causes),
     })
 }

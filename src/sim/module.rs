@@ -37,7 +37,7 @@ use crate::sim::run::{self, Run};
 use crate::sim::state::{BusyGuard, Config, Phase, RunLog, State, lock};
 use crate::sim::transcript::{RunSummary, TimedEvent, Transcript};
 use crate::sim::ufs::{self, Ufs};
-use crate::sim::urc::{AtResult, Event};
+use crate::sim::urc::{AtResult, Event, Urc};
 
 /// Default no-progress timeout for downloads: 60 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -708,6 +708,14 @@ impl FotaRun {
             self.log.notes(),
         );
         summary.bytes_received = self.log.received();
+        let start = events.iter().find_map(|e| match e.event {
+            Event::Urc(Urc::FtpStart | Urc::HttpStart | Urc::FileStart) => Some(e.at),
+            _ => None,
+        });
+        if let (Some(start), Some(first)) = (start, self.log.first_byte()) {
+            let ttfb = first.duration_since(self.started).saturating_sub(start);
+            summary.first_byte_ms = Some(u64::try_from(ttfb.as_millis()).unwrap_or(u64::MAX));
+        }
         summary
     }
 

@@ -176,6 +176,7 @@ impl Run {
             downloading_lines: command.params.downloading_lines(),
             emit,
             received: log.received_counter(),
+            first_byte: log.first_byte_cell(),
             injected,
             inactive_context,
             space: self.download_space(),
@@ -281,6 +282,7 @@ impl Run {
         let cut = self.faults.download_power_cut;
         let mut progress = Progress::new(lines, None, &self.emit)
             .count_into(self.log.received_counter())
+            .first_byte_into(self.log.first_byte_cell())
             .limit(space)
             .power_cut(cut);
         progress.expect(Some(length))?;

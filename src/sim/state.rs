@@ -9,8 +9,10 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
 use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::profile::Profile;
 use crate::sim::clock::Clock;
@@ -153,6 +155,7 @@ impl Drop for BusyGuard {
 pub(crate) struct RunLog {
     notes: Arc<Mutex<Vec<String>>>,
     received: Arc<AtomicU64>,
+    first_byte: Arc<OnceLock<Instant>>,
 }
 
 impl RunLog {
@@ -174,6 +177,16 @@ impl RunLog {
     /// Bytes received so far.
     pub(crate) fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Where the download notes when its first package byte arrived.
+    pub(crate) fn first_byte_cell(&self) -> Arc<OnceLock<Instant>> {
+        Arc::clone(&self.first_byte)
+    }
+
+    /// When the first package byte arrived, if one did.
+    pub(crate) fn first_byte(&self) -> Option<Instant> {
+        self.first_byte.get().copied()
     }
 }
 

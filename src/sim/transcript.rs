@@ -63,6 +63,11 @@ pub struct RunSummary {
     pub notes: Vec<String>,
     /// Package bytes the download received (also when it failed part-way).
     pub bytes_received: u64,
+    /// Time to first byte, ms: from the download's start (`FTPSTART`,
+    /// `HTTPSTART`, `FILESTART`) to its first package byte — connecting,
+    /// logging in, asking and the server's answer. `None` when no byte
+    /// came.
+    pub first_byte_ms: Option<u64>,
 }
 
 impl RunSummary {
@@ -84,6 +89,7 @@ impl RunSummary {
             version,
             notes,
             bytes_received: 0,
+            first_byte_ms: None,
         };
         for TimedEvent { event, .. } in events {
             match event {

@@ -54,6 +54,8 @@ pub(crate) struct Download<'a> {
     pub emit: &'a Emitter,
     /// Bytes received so far, readable while the download runs.
     pub received: Arc<AtomicU64>,
+    /// Filled when the first package byte arrives.
+    pub first_byte: Arc<std::sync::OnceLock<tokio::time::Instant>>,
     /// Fault `download-error`: the code this download fails with.
     pub injected: Option<u16>,
     /// The FOTA context, when it is not active.
@@ -86,6 +88,7 @@ pub(crate) async fn download(job: Download<'_>) -> Result<Vec<u8>, DownloadError
     cause::check_host(&job.url.host)?;
     let mut progress = Progress::new(job.downloading_lines, job.rate, job.emit)
         .count_into(Arc::clone(&job.received))
+        .first_byte_into(Arc::clone(&job.first_byte))
         .limit(job.space)
         .power_cut(job.power_cut);
     let addrs = resolve(&job.url.host, job.url.port, job.dns_fail, job.timeout).await?;

@@ -6,8 +6,8 @@
 //! The FTP and HTTP fetchers (`ftp.rs`, `http.rs`) feed it; it imports
 //! only the failure type ([`super::cause`]) and the run's [`Emitter`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -58,6 +58,8 @@ pub(crate) struct Progress<'a> {
     space: Option<u64>,
     /// Percentage of the package at which the power goes.
     cut_at: Option<u8>,
+    /// Filled when the first package byte arrives.
+    first_byte: Option<Arc<OnceLock<Instant>>>,
 }
 
 impl<'a> Progress<'a> {
@@ -75,7 +77,15 @@ impl<'a> Progress<'a> {
             counter: None,
             space: None,
             cut_at: None,
+            first_byte: None,
         }
+    }
+
+    /// Notes in `cell` when the first package byte arrives (time to first
+    /// byte, for fleet runs).
+    pub(crate) fn first_byte_into(mut self, cell: Arc<OnceLock<Instant>>) -> Progress<'a> {
+        self.first_byte = Some(cell);
+        self
     }
 
     /// Fails the download with [`DownloadError::NoSpace`] when the package
@@ -132,6 +142,11 @@ impl<'a> Progress<'a> {
     /// # Errors
     /// More than [`MAX_PACKAGE`] bytes in all.
     pub(crate) async fn advance(&mut self, n: usize) -> Result<(), DownloadError> {
+        if n > 0
+            && let Some(cell) = &self.first_byte
+        {
+            cell.get_or_init(Instant::now);
+        }
         self.received = self.received.saturating_add(n as u64);
         if let Some(counter) = &self.counter {
             counter.store(self.received, Ordering::Relaxed);
