@@ -160,6 +160,37 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
     }
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard one, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do (`setrlimit(2)`), for the
+/// commands that open many sockets (`serve`, `fleet`); the limit in force
+/// afterwards, `None` when it is unlimited.
+pub(crate) fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let Rlimit {
+        current: Some(soft),
+        maximum,
+    } = getrlimit(Resource::Nofile)
+    else {
+        return None;
+    };
+    Some(match maximum {
+        Some(hard) if soft < hard => {
+            let raised = Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        // Linux never reports an unlimited hard limit for descriptors
+        // (it is at most fs.nr_open).
+        _ => soft,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,35 +270,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard one, as nginx's
-/// `worker_rlimit_nofile` and Go's runtime do (`setrlimit(2)`), for the
-/// commands that open many sockets (`serve`, `fleet`); the limit in force
-/// afterwards, `None` when it is unlimited.
-pub(crate) fn raise_fd_limit() -> Option<u64> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let Rlimit {
-        current: Some(soft),
-        maximum,
-    } = getrlimit(Resource::Nofile)
-    else {
-        return None;
-    };
-    Some(match maximum {
-        Some(hard) if soft < hard => {
-            let raised = Rlimit {
-                current: Some(hard),
-                maximum: Some(hard),
-            };
-            if setrlimit(Resource::Nofile, raised).is_ok() {
-                hard
-            } else {
-                soft
-            }
-        }
-        // Linux never reports an unlimited hard limit for descriptors
-        // (it is at most fs.nr_open).
-        _ => soft,
-    })
 }
