@@ -3,6 +3,7 @@
 deadline), and stop it with SIGTERM — reporting its stderr whenever it died
 or failed to start."""
 
+import ctypes
 import json
 import os
 import selectors
@@ -19,6 +20,21 @@ KEPT_ENV = {"QFOTA_LOG_LEVEL"}
 
 #: How much of the child's stderr an error message quotes, characters.
 STDERR_TAIL = 4000
+
+
+#: Linux `prctl(2)` option: the signal the child gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _child_setup():
+    """Runs in the child before exec: SIGTERM when the test process dies
+    (killed by a CI runner, a crashed xdist worker), so no server outlives
+    it. Linux only; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class QfotaProcessError(Exception):
@@ -56,6 +72,12 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env=env,
+            # A session of its own: a Ctrl-C in the terminal interrupts the
+            # tests, whose teardown stops the child, instead of reaching it
+            # directly (it would then "die" before teardown).
+            start_new_session=True,
+            # SIGTERM to the child when this process dies without teardown.
+            preexec_fn=_child_setup,
         )
         self.stopped = False
         try:

@@ -50,7 +50,7 @@ def qfota_server():
 
 @pytest.fixture
 def qfota_modem():
-    """Factory: ``qfota_modem(model="EC25", version="v12", link=None,
+    """Factory: ``qfota_modem(model="EC25", version=None, link=None,
     tcp=False, faults=[...], binary=None)`` starts ``qfota-serve modem`` on
     a pseudo-terminal and returns a :class:`QfotaModem` (``port``: the path
     to open with pyserial; ``stop()``)."""

@@ -109,14 +109,28 @@ class QfotaServer:
         return {p["path"]: p["urls"] for p in self.packages}
 
     def url(self, path, protocol="http"):
-        """The URL of package ``path`` over ``protocol``."""
-        return self.urls[path][protocol]
+        """The URL of package ``path`` over ``protocol``. Raises KeyError
+        naming the packages when there is no such package, ValueError when
+        ``protocol`` is not enabled on this server."""
+        urls = self.urls
+        if path not in urls:
+            raise KeyError(f"no package {path!r}; the server has {sorted(urls)}")
+        if protocol not in urls[path]:
+            raise ValueError(self._not_enabled(protocol))
+        return urls[path][protocol]
 
     def address(self, protocol):
         """``(host, port)`` of a listener (``ftp``, ``http``, ``https``,
-        ``admin``)."""
-        host, _, port = self.listeners[protocol].rpartition(":")
+        ``admin``). Raises ValueError when that listener is not enabled."""
+        listener = self.listeners.get(protocol)
+        if not listener:
+            raise ValueError(self._not_enabled(protocol))
+        host, _, port = listener.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def _not_enabled(self, protocol):
+        enabled = sorted(k for k, v in self.listeners.items() if v)
+        return f"{protocol} is not enabled on this server (enabled: {', '.join(enabled)})"
 
     # --- run-time control over the admin listener -----------------------
 

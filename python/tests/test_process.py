@@ -1,8 +1,13 @@
-"""What the fixtures do when the binary dies: the test fails with its
-stderr."""
+"""What the fixtures do when the binary dies (the test fails with its
+stderr), and that no child outlives the tests: not a Ctrl-C, not a test
+process killed without teardown."""
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 
@@ -27,3 +32,54 @@ def test_a_server_that_died_is_reported_when_stopped(qfota_server, packages):
         srv.check_alive()
     with pytest.raises(QfotaProcessError, match=r"(?s)died before it was stopped.*exit status -9"):
         srv.stop()
+
+
+def test_a_ctrl_c_in_the_terminal_reaches_the_tests_not_the_children(qfota_server, packages):
+    # A terminal sends SIGINT to its foreground process group: the server
+    # is in a session of its own, so only teardown stops it.
+    srv = qfota_server(packages)
+    assert os.getpgid(srv.pid) != os.getpgid(0)
+    assert os.getsid(srv.pid) == srv.pid
+
+
+def test_a_test_process_killed_without_teardown_takes_its_server_along(packages):
+    # A runner cancelling the job SIGKILLs the test process: no teardown
+    # runs, yet the server must not live on.
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pytest_qfota.server import QfotaServer
+        srv = QfotaServer.start({str(packages)!r})
+        print(srv.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(child.stdout.readline())
+        child.kill()
+        child.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(server_pid, signal.SIGKILL)
+            pytest.fail(f"server {server_pid} outlived its test process")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_a_protocol_not_enabled_is_named_in_the_error(qfota_server, packages):
+    srv = qfota_server(packages, protocols=("http",))
+    with pytest.raises(ValueError, match=r"https is not enabled on this server \(enabled: .*http"):
+        srv.address("https")
+    with pytest.raises(ValueError, match="ftp is not enabled"):
+        srv.url("update-v12-to-v13.zip", "ftp")
+    with pytest.raises(KeyError, match="no package 'missing.zip'"):
+        srv.url("missing.zip")
