@@ -29,7 +29,10 @@ pub fn parse_user(s: &str) -> Result<FtpCredentials, String> {
 /// a bad value exits 2 like any bad flag.
 pub fn parse_public_host(s: &str) -> Result<String, String> {
     crate::serve::check_public_host(s)?;
-    Ok(s.to_string())
+    // `fota.example.com.` is `fota.example.com`: the URLs modules get and
+    // the name the generated certificate carries (no certificate matches
+    // a name with the root's dot).
+    Ok(s.trim_end_matches('.').to_string())
 }
 
 /// Parses `FIRST-LAST` with `1 <= FIRST <= LAST`.

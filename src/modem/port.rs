@@ -88,6 +88,8 @@ pub(crate) struct Channel {
     /// is one, input goes to it, not to [`Channel::framer`].
     pub data: Option<DataPhase>,
     frames: mpsc::Sender<Bytes>,
+    /// Frames dropped since the host last read (one warning per episode).
+    dropped: std::sync::atomic::AtomicU64,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -115,16 +117,33 @@ impl Channel {
             framer: LineFramer::new(),
             data: None,
             frames,
+            dropped: std::sync::atomic::AtomicU64::new(0),
             cancel,
             task,
         }
     }
 
-    /// Queues `bytes` for the host; dropped (with a log line) when the
-    /// host has not read the last [`QUEUE`] frames.
+    /// Queues `bytes` for the host; dropped when the host has not read
+    /// the last [`QUEUE`] frames, with one log line when that starts and
+    /// one, with the count, when the host reads again.
     pub fn send(&self, bytes: Bytes) {
+        use std::sync::atomic::Ordering;
         if self.frames.try_send(bytes).is_err() {
-            tracing::warn!(port = self.id, "host is not reading; output dropped");
+            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    port = self.id,
+                    "host is not reading; output dropped until it does"
+                );
+            }
+        } else {
+            let dropped = self.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                tracing::warn!(
+                    port = self.id,
+                    dropped,
+                    "host reading again; frames were dropped"
+                );
+            }
         }
     }
 
@@ -372,4 +391,44 @@ pub(crate) fn accept_loop(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// A host that does not read: frames past the queue are dropped and
+    /// counted (one warning per episode, not one per frame); once it reads
+    /// again, the count starts over.
+    #[tokio::test]
+    async fn frames_a_host_does_not_read_are_counted_per_episode() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let channel = Channel::spawn(
+            1,
+            PortKind::Tcp,
+            true,
+            CancellationToken::new(),
+            |mut rx, _| async move {
+                let _ = wait.await;
+                while rx.recv().await.is_some() {}
+            },
+        );
+        for _ in 0..QUEUE + 5 {
+            channel.send(Bytes::from_static(b"URC\r\n"));
+        }
+        assert_eq!(channel.dropped.load(Ordering::Relaxed), 5);
+        go.send(()).unwrap();
+        // The host reads: the queue drains and the next frame goes through.
+        let drained = async {
+            while channel.frames.capacity() < QUEUE {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), drained)
+            .await
+            .expect("the host drains the queue");
+        channel.send(Bytes::from_static(b"OK\r\n"));
+        assert_eq!(channel.dropped.load(Ordering::Relaxed), 0);
+    }
 }

@@ -191,20 +191,23 @@ impl Accepted {
             None => serve_connection(guard, conn, timeouts, watcher).await,
             Some(acceptor) => {
                 let handshake = Attempt::start(protocol, peer, "");
-                let failed = match tokio::time::timeout(
-                    timeouts.tls_handshake,
-                    acceptor.accept(guard),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => {
-                        return serve_connection(stream, conn, timeouts, watcher).await;
+                let closing = conn.shared.closing.clone();
+                let accept = tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(guard));
+                let failed = tokio::select! {
+                    accepted = accept => match accepted {
+                        Ok(Ok(stream)) => {
+                            return serve_connection(stream, conn, timeouts, watcher).await;
+                        }
+                        Ok(Err(err)) => super::tls::explain_handshake_error(&err),
+                        Err(_) => format!(
+                            "TLS handshake not complete within {} s",
+                            timeouts.tls_handshake.as_secs()
+                        ),
+                    },
+                    // Shutdown's grace period is over.
+                    () = closing.cancelled() => {
+                        "TLS handshake not complete when the server shut down".to_string()
                     }
-                    Ok(Err(err)) => format!("TLS handshake failed: {err}"),
-                    Err(_) => format!(
-                        "TLS handshake not complete within {} s",
-                        timeouts.tls_handshake.as_secs()
-                    ),
                 };
                 // A module that cannot speak the server's TLS reports 701
                 // and never sends a request: the record says why.

@@ -191,7 +191,9 @@ pub(crate) async fn refuse(
             ),
         ),
         Protocol::Ftp => (421, "421 Too many connections, try again later.\r\n".into()),
-        Protocol::Https => (503, String::new()),
+        // Nothing readable can go before a TLS handshake: a close, and
+        // status 0 (no answer) in the record.
+        Protocol::Https => (crate::serve::http::NO_ANSWER, String::new()),
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(reply.as_bytes())).await;
     let _ = tcp.shutdown().await;

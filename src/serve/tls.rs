@@ -97,12 +97,51 @@ pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsError> 
     }
     let key_der =
         PrivateKeyDer::from_pem_file(&key).map_err(|e| pem_err(KEY_ROLE, &key, e.to_string()))?;
+    if let Some(algorithm) = not_rsa(&key_der) {
+        tracing::warn!(
+            key = %key.display(),
+            ?algorithm,
+            "the HTTPS certificate's key is not RSA: modules offer only ECDHE-RSA cipher suites \
+             (TLS 1.2) and will fail the handshake (HTTPEND 701); use an RSA certificate"
+        );
+    }
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The key's algorithm when it is not RSA (ECDSA, Ed25519), `None` for
+/// RSA or a key the provider cannot load (rustls then says why).
+fn not_rsa(key: &PrivateKeyDer<'_>) -> Option<rustls::SignatureAlgorithm> {
+    let signing = provider()
+        .key_provider
+        .load_private_key(key.clone_key())
+        .ok()?;
+    let algorithm = signing.algorithm();
+    (algorithm != rustls::SignatureAlgorithm::RSA).then_some(algorithm)
+}
+
+/// What a failed handshake's error means for a module, for the download
+/// log's reason: rustls's own words, and a hint where they mislead.
+pub fn explain_handshake_error(err: &std::io::Error) -> String {
+    use rustls::PeerIncompatible as P;
+    let hint = match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        // A TLS 1.0/1.1 ClientHello has no signature_algorithms extension.
+        Some(rustls::Error::PeerIncompatible(P::SignatureAlgorithmsExtensionRequired)) => {
+            "; the client offered TLS 1.0/1.1 only (TLS 1.2 is the oldest served)"
+        }
+        Some(rustls::Error::PeerIncompatible(P::NoCipherSuitesInCommon)) => {
+            "; modules need ECDHE-RSA-AES128/256-GCM-SHA256/384 and an RSA certificate"
+        }
+        _ => "",
+    };
+    format!("TLS handshake failed: {err}{hint}")
 }
 
 /// [`server_config`] off the async runtime (RSA key generation takes a
@@ -141,17 +180,14 @@ pub fn ensure_generated(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBu
     let cert_path = dir.join(GENERATED_CERT);
     let key_path = dir.join(GENERATED_KEY);
     if cert_path.is_file() && key_path.is_file() {
-        match missing_name(&cert_path, hosts) {
+        match unusable(&cert_path, &key_path, hosts) {
             None => {
                 tracing::info!(cert = %cert_path.display(), "reusing generated TLS certificate");
                 return Ok((cert_path, key_path));
             }
-            // A host the modules are told (`--public-host` changed since):
-            // a module that checks names would refuse the old one.
-            Some(host) => tracing::info!(
+            Some(why) => tracing::info!(
                 cert = %cert_path.display(),
-                %host,
-                "generated TLS certificate does not name the public host: generating a new one"
+                "generated TLS certificate not reused ({why}): generating a new one"
             ),
         }
     }
@@ -172,10 +208,40 @@ pub fn ensure_generated(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBu
         .distinguished_name
         .push(rcgen::DnType::CommonName, "qfota-serve");
     let cert = params.self_signed(&key_pair)?;
+    // Each file whole or not at all (a temporary file renamed into place);
+    // a start interrupted between the two leaves a pair the next start
+    // finds mismatched and makes anew.
     write_private(&key_path, key_pair.serialize_pem().as_bytes()).map_err(write_err(&key_path))?;
-    std::fs::write(&cert_path, cert.pem()).map_err(write_err(&cert_path))?;
+    write_replacing(&cert_path, cert.pem().as_bytes(), 0o644).map_err(write_err(&cert_path))?;
     tracing::info!(cert = %cert_path.display(), sans = ?names, "generated RSA 2048 self-signed TLS certificate");
     Ok((cert_path, key_path))
+}
+
+/// Why the generated pair in `cert` and `key` cannot be reused, `None`
+/// when it can: the certificate does not name one of `hosts` (the public
+/// host changed since: a module that checks names would refuse it), the
+/// key is unreadable or not RSA (modules speak only RSA suites), or the
+/// two do not belong together (a start interrupted between writing them).
+fn unusable(cert: &Path, key: &Path, hosts: &[String]) -> Option<String> {
+    if let Some(host) = missing_name(cert, hosts) {
+        return Some(format!("it does not name {host}"));
+    }
+    let Ok(key_der) = PrivateKeyDer::from_pem_file(key) else {
+        return Some("unreadable key".into());
+    };
+    if let Some(algorithm) = not_rsa(&key_der) {
+        return Some(format!("{algorithm:?} key, not RSA"));
+    }
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .ok()?;
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .ok()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .err()
+        .map(|e| format!("the key does not match the certificate: {e}"))
 }
 
 /// The first of `hosts` (IP addresses or DNS names) the certificate in
@@ -201,17 +267,30 @@ fn missing_name(cert: &Path, hosts: &[String]) -> Option<String> {
 }
 
 /// Writes a private key readable by its owner only, from the moment the
-/// file exists (mode 0600 at creation).
+/// file exists (mode 0600, whatever the mode of the file it replaces).
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_replacing(path, bytes, 0o600)
+}
+
+/// Writes `bytes` to a new temporary file of mode `mode` beside `path`,
+/// then renames it over `path`: readers see the old file or the new one,
+/// whole.
+fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?
-        .write_all(bytes)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -249,6 +328,44 @@ mod tests {
         assert_ne!(std::fs::read(&cert_path).unwrap(), cert1);
         assert_eq!(missing_name(&cert_path, &hosts), None);
         assert_eq!(missing_name(&cert_path, &["127.0.0.1".into()]), None);
+    }
+
+    /// A pair that cannot serve modules is made anew: a key that does not
+    /// match the certificate (a start interrupted between the two files),
+    /// or an ECDSA pair put under the generated names. The new key is
+    /// owner-only whatever the old file's mode was.
+    #[test]
+    fn a_mismatched_or_non_rsa_pair_is_made_anew_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let hosts = vec!["192.0.2.2".to_string()];
+        ensure_generated(a.path(), &hosts).unwrap();
+        ensure_generated(b.path(), &hosts).unwrap();
+        let (cert, key) = (a.path().join(GENERATED_CERT), a.path().join(GENERATED_KEY));
+        std::fs::copy(b.path().join(GENERATED_KEY), &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            unusable(&cert, &key, &hosts)
+                .unwrap()
+                .contains("does not match")
+        );
+        ensure_generated(a.path(), &hosts).unwrap();
+        assert_eq!(unusable(&cert, &key, &hosts), None);
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let ec = rcgen::KeyPair::generate().unwrap();
+        let ec_cert = rcgen::CertificateParams::new(vec!["192.0.2.2".to_string()])
+            .unwrap()
+            .self_signed(&ec)
+            .unwrap();
+        std::fs::write(&key, ec.serialize_pem()).unwrap();
+        std::fs::write(&cert, ec_cert.pem()).unwrap();
+        let der = PrivateKeyDer::from_pem_file(&key).unwrap();
+        assert_eq!(not_rsa(&der), Some(rustls::SignatureAlgorithm::ECDSA));
+        assert!(unusable(&cert, &key, &hosts).unwrap().contains("not RSA"));
+        ensure_generated(a.path(), &hosts).unwrap();
+        assert_eq!(unusable(&cert, &key, &hosts), None);
     }
 
     #[test]
