@@ -65,6 +65,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_public_host_loses_its_root_dot() {
+        assert_eq!(
+            parse_public_host("fota.example.com.").unwrap(),
+            "fota.example.com"
+        );
+        assert_eq!(parse_public_host("192.0.2.2").unwrap(), "192.0.2.2");
+        assert!(parse_public_host("http://x").is_err());
+    }
+
+    #[test]
     fn user_and_port_range_parsers() {
         let u = parse_user("test:pa:ss").unwrap();
         assert_eq!((u.user.as_str(), u.password.as_str()), ("test", "pa:ss"));
