@@ -189,33 +189,50 @@ impl Accepted {
         });
         match tls {
             None => serve_connection(guard, conn, timeouts, watcher).await,
-            Some(acceptor) => {
-                let handshake = Attempt::start(protocol, peer, "");
-                let closing = conn.shared.closing.clone();
-                let accept = tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(guard));
-                let failed = tokio::select! {
-                    accepted = accept => match accepted {
-                        Ok(Ok(stream)) => {
-                            return serve_connection(stream, conn, timeouts, watcher).await;
-                        }
-                        Ok(Err(err)) => super::tls::explain_handshake_error(&err),
-                        Err(_) => format!(
-                            "TLS handshake not complete within {} s",
-                            timeouts.tls_handshake.as_secs()
-                        ),
-                    },
-                    // Shutdown's grace period is over.
-                    () = closing.cancelled() => {
-                        "TLS handshake not complete when the server shut down".to_string()
-                    }
-                };
-                // A module that cannot speak the server's TLS reports 701
-                // and never sends a request: the record says why.
-                tracing::info!(%peer, "{failed}");
-                conn.shared
-                    .log
-                    .emit(handshake.record(NO_ANSWER, Outcome::Refused, failed));
-            }
+            // Boxed: an HTTP connection's task does not carry the room the
+            // TLS handshake and a TLS stream need (rustls state, kilobytes
+            // per connection: 10,000 slow downloads would pay for it).
+            Some(acceptor) => Box::pin(serve_tls(guard, acceptor, conn, watcher)).await,
+        }
+    }
+}
+
+/// The TLS handshake on `guard`, then HTTP over it; a handshake that fails,
+/// times out or is still running when the grace period ends is recorded
+/// (status [`NO_ANSWER`]).
+async fn serve_tls(
+    guard: StallGuard<ZeroCopyStream>,
+    acceptor: TlsAcceptor,
+    conn: Arc<Conn>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let (peer, timeouts) = (conn.peer, conn.timeouts);
+    let handshake = Attempt::start(conn.protocol, peer, "");
+    let closing = conn.shared.closing.clone();
+    let accept = tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(guard));
+    let accepted = tokio::select! {
+        accepted = accept => match accepted {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(err)) => Err(super::tls::explain_handshake_error(&err)),
+            Err(_) => Err(format!(
+                "TLS handshake not complete within {} s",
+                timeouts.tls_handshake.as_secs()
+            )),
+        },
+        // Shutdown's grace period is over.
+        () = closing.cancelled() => {
+            Err("TLS handshake not complete when the server shut down".to_string())
+        }
+    };
+    match accepted {
+        Ok(stream) => serve_connection(stream, conn, timeouts, watcher).await,
+        Err(failed) => {
+            // A module that cannot speak the server's TLS reports 701 and
+            // never sends a request: the record says why.
+            tracing::info!(%peer, "{failed}");
+            conn.shared
+                .log
+                .emit(handshake.record(NO_ANSWER, Outcome::Refused, failed));
         }
     }
 }
