@@ -185,6 +185,37 @@ async fn ftp_reply_on_connect_and_on_retr() {
     fx.wait_record("the 451 to RETR", |r| r.status == 451).await;
 }
 
+/// A `LIST` rule answers `LIST` with its code; `NLST` gets 550 from
+/// libunftp whatever the code, and its record says 550.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftp_reply_on_list_and_what_nlst_gets() {
+    let fx = with_faults(&["ftp-reply=450,command=LIST"]).await;
+    let script = r#"
+import ftplib, json, sys
+ftp = ftplib.FTP()
+ftp.connect("127.0.0.1", int(sys.argv[1]), timeout=10)
+ftp.login("test", "test")
+res = {}
+for name, call in [("list", lambda: ftp.retrlines("LIST", lambda l: None)),
+                   ("nlst", lambda: ftp.nlst())]:
+    try:
+        call()
+        res[name] = "ok"
+    except ftplib.all_errors as e:
+        res[name] = str(e)[:3]
+print(json.dumps(res))
+"#;
+    let out = python(script, &[&fx.ftp_port().to_string()]).await;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(v, serde_json::json!({"list": "450", "nlst": "550"}));
+    let records = fx
+        .wait_records("the LIST and NLST refusals", 2, |r| r.fault.is_some())
+        .await;
+    let codes: Vec<u16> = records.iter().map(|r| r.status).collect();
+    assert_eq!(codes, [450, 550], "{records:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_flips_exactly_one_byte() {
     let fx = with_faults(&["corrupt=100"]).await;

@@ -129,8 +129,9 @@ fn modified(meta: &fs::Metadata) -> SystemTime {
 }
 
 /// One scan: the snapshot served, where each package's bytes are, and the
-/// files waiting for (or under) validation.
-#[derive(Debug, Default, Clone)]
+/// files waiting for (or under) validation. Its `Debug` gives counts, not
+/// the resident copies' bytes.
+#[derive(Default, Clone)]
 struct Scan {
     snapshot: Arc<Snapshot>,
     files: BTreeMap<String, OnDisk>,
@@ -139,6 +140,16 @@ struct Scan {
     resident: BTreeMap<String, Bytes>,
     /// Files that could not be read at their last validation, and why.
     unreadable: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Scan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scan")
+            .field("packages", &self.snapshot.packages().len())
+            .field("pending", &self.pending.len())
+            .field("resident_bytes", &self.resident_bytes())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Scan {

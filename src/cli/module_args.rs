@@ -193,9 +193,9 @@ pub enum UsageError {
         source: std::io::Error,
     },
     /// `simulate --local-file`: the URL is not one of the family's local
-    /// paths (SPEC §9).
-    #[error("{0:?} is not a local path of this family (e.g. /data/ufs/<name> on ec2x)")]
-    LocalPath(String),
+    /// paths (SPEC §9): the path, and what the family takes.
+    #[error("{0:?} is not a local path of this family: {1}")]
+    LocalPath(String, String),
     /// `simulate --local-file`: the module's UFS refuses the package
     /// (`+CME ERROR` code and reason).
     #[error("cannot store the package in the module's UFS: +CME ERROR: {code}: {source}", code = .0.code(), source = .0)]

@@ -25,7 +25,7 @@ pub const DEFAULT_CACHE_MAX_BYTES: u64 = 8 << 30;
 pub struct StoreArgs {
     /// Endpoint URL of a self-hosted S3-compatible store
     /// (`http://minio.lan:9000`) [default: AWS, or AWS_ENDPOINT].
-    #[arg(long, env = "QFOTA_S3_ENDPOINT", value_name = "URL")]
+    #[arg(long, env = "QFOTA_S3_ENDPOINT", value_name = "URL", value_parser = parse_endpoint)]
     pub s3_endpoint: Option<String>,
     /// Region of the bucket [default: AWS_REGION, else us-east-1].
     #[arg(long, env = "QFOTA_S3_REGION", value_name = "REGION")]
@@ -149,6 +149,13 @@ impl ReplicaArgs {
         }
         Ok(builder)
     }
+}
+
+/// `--s3-endpoint`: an `http(s)://HOST[:PORT]` URL
+/// ([`crate::catalog::s3::store::check_endpoint`]).
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    crate::catalog::s3::store::check_endpoint(s)?;
+    Ok(s.to_string())
 }
 
 #[cfg(test)]

@@ -126,7 +126,14 @@ impl TryFrom<SimulateArgs> for SimulateConfig {
                 ..
             }) = command
             else {
-                return Err(UsageError::LocalPath(url));
+                let takes = match profile.local_prefix {
+                    Some((prefix, max)) => format!(
+                        "{prefix}<name>, at most {max} bytes in all and {} for the name",
+                        crate::sim::ufs::MAX_NAME
+                    ),
+                    None => format!("{} takes no local path (FILE: over the UART)", profile.name),
+                };
+                return Err(UsageError::LocalPath(url, takes));
             };
             module.ufs().write(name.as_str(), bytes)?;
         }

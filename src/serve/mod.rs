@@ -40,8 +40,8 @@ use fault::{FaultRule, FaultSet};
 use tls::TlsSource;
 use tokio_rustls::TlsAcceptor;
 
-/// State every front-end shares.
-#[derive(Debug)]
+/// State every front-end shares. Its `Debug` is short: libunftp formats
+/// each command's context (which reaches this) into its log spans.
 pub(crate) struct Shared {
     pub(crate) catalog: Arc<dyn Catalog>,
     pub(crate) log: DownloadLog,
@@ -68,6 +68,16 @@ pub(crate) struct Shared {
     /// What modules are told (host, ports, FTP account): the listing
     /// page's URLs.
     pub(crate) advertised: Advertised,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("catalog", &self.catalog.location())
+            .field("allow_invalid", &self.allow_invalid)
+            .field("shutdown", &self.shutdown.is_cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The next connection on `listener`, or `None` once shutdown starts.

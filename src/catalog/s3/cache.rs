@@ -223,6 +223,9 @@ impl Cache {
             return Err(FillError::Changed);
         }
         let name = name_of(key, listed);
+        // The folder may have been deleted under the running server (a
+        // clean-up); it is made again, and the version fetched anew.
+        tokio::fs::create_dir_all(&self.dir).await?;
         let part = self.dir.join(format!(
             "{name}.{}.part",
             self.clock.fetch_add(1, Ordering::Relaxed)

@@ -113,8 +113,8 @@ pub enum S3Error {
 }
 
 /// One listing's worth of catalog: what is served and, per key, which
-/// version it is.
-#[derive(Debug, Default)]
+/// version it is. Its `Debug` gives counts, not the resident copies' bytes.
+#[derive(Default)]
 struct State {
     snapshot: Arc<Snapshot>,
     versions: BTreeMap<String, Listed>,
@@ -123,6 +123,17 @@ struct State {
     /// Listed keys whose version could not be fetched at this listing,
     /// with why (a previous version, if any, is still served).
     unfetched: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let resident: usize = self.resident.values().map(Bytes::len).sum();
+        f.debug_struct("State")
+            .field("packages", &self.snapshot.packages().len())
+            .field("unfetched", &self.unfetched.len())
+            .field("resident_bytes", &resident)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Catalog over an S3-compatible object store, served from a local cache.
@@ -484,8 +495,14 @@ impl Catalog for S3Catalog {
             )
         };
         match (self.store_reached(), self.store_healthy()) {
-            (_, true) => SourceHealth::Ok,
+            // Listed, but the first catalog (fetched and validated) is not
+            // in place yet: not ready either.
+            (false, true) => SourceHealth::NotReached(format!(
+                "object store {}: first listing being fetched and validated",
+                self.config.location.display()
+            )),
             (false, false) => SourceHealth::NotReached(what()),
+            (true, true) => SourceHealth::Ok,
             (true, false) => SourceHealth::Unreachable(what()),
         }
     }

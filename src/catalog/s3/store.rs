@@ -126,6 +126,17 @@ impl S3Location {
     /// self-hosted endpoint without `AWS_ACCESS_KEY_ID`: the client would
     /// otherwise ask a cloud instance-metadata service for credentials.
     pub fn client(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        // object_store panics on an endpoint it cannot make a request URI
+        // of: check it (and the variables it would read one from) first.
+        let from_env = ["AWS_ENDPOINT", "AWS_ENDPOINT_URL"]
+            .iter()
+            .filter_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+        for endpoint in self.endpoint.iter().cloned().chain(from_env) {
+            check_endpoint(&endpoint).map_err(|why| object_store::Error::Generic {
+                store: "S3",
+                source: why.into(),
+            })?;
+        }
         let in_env = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty());
         // The AWS_* variables win; else the shared files' profile.
         let profile = Profile::from_environment();
@@ -185,9 +196,14 @@ impl S3Location {
         Ok(Arc::new(builder.build()?))
     }
 
-    /// The object path of the prefix, `None` for the whole bucket.
+    /// The object path of the prefix, `None` for the whole bucket: the
+    /// prefix as written (`Path::parse`; `Path::from` would percent-encode
+    /// `%` and non-ASCII characters, and the listing would ask for another
+    /// prefix, finding nothing).
     fn prefix_path(&self) -> Option<StorePath> {
-        (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()))
+        (!self.prefix.is_empty()).then(|| {
+            StorePath::parse(&self.prefix).unwrap_or_else(|_| StorePath::from(self.prefix.as_str()))
+        })
     }
 
     /// The object path of catalog key `key`: the object key as it is
@@ -298,9 +314,61 @@ impl Failure {
     }
 }
 
+/// Checks an S3 endpoint URL: `http://` or `https://`, a host, a port
+/// that fits (`http://minio.lan:9000`).
+///
+/// # Errors
+/// What is wrong with it, naming it.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("S3 endpoint {endpoint:?}: {why}"));
+    let Ok(uri) = endpoint.parse::<http::Uri>() else {
+        return bad("not a URL (http://HOST[:PORT])");
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return bad("the scheme must be http:// or https://");
+    }
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
+        return bad("no host");
+    };
+    // `http::Uri` keeps a port that does not fit 16 bits as text.
+    let port = match authority.as_str().rsplit_once(':') {
+        Some((_, port)) if !port.ends_with(']') => Some(port),
+        _ => None,
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return bad("the port must be 0-65535");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Endpoints object_store would panic on are refused with a reason.
+    #[test]
+    fn endpoints_are_checked() {
+        assert!(check_endpoint("http://127.0.0.1:9000").is_ok());
+        assert!(check_endpoint("https://minio.lan").is_ok());
+        for bad in [
+            "not a url",
+            "garbage:::/x",
+            "http://",
+            "http://127.0.0.1:99999",
+            "ftp://127.0.0.1:21",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A prefix is asked for as written, `%` and non-ASCII included.
+    #[test]
+    fn a_prefix_is_not_percent_encoded() {
+        for prefix in ["flëet", "p%41x", "Jün/sub"] {
+            let loc = S3Location::parse(&format!("s3://fota/{prefix}")).unwrap();
+            assert_eq!(loc.prefix_path().unwrap().as_ref(), prefix);
+        }
+    }
 
     #[test]
     fn locations_parse_bucket_and_clean_prefix() {

@@ -169,12 +169,17 @@ impl FtpSession {
         };
         let mut attempt = self.attempt(path);
         attempt.fault = Some(applied.name.clone());
-        self.emit(
-            &attempt,
-            code,
-            Outcome::Refused,
-            format!("fault: reply {code} to {command}"),
-        );
+        // libunftp answers NLST's every storage error 550, whatever the
+        // rule's code: the record says what the client got.
+        let (sent, reason) = if self.current_command() == "NLST" {
+            (
+                550,
+                format!("fault: reply {code} to {command}; NLST answers 550 (libunftp)"),
+            )
+        } else {
+            (code, format!("fault: reply {code} to {command}"))
+        };
+        self.emit(&attempt, sent, Outcome::Refused, reason);
         storage::Error::from(error_kind_for(code))
     }
 

@@ -142,6 +142,25 @@ impl<'a> Progress<'a> {
     /// # Errors
     /// More than [`MAX_PACKAGE`] bytes in all.
     pub(crate) async fn advance(&mut self, n: usize) -> Result<(), DownloadError> {
+        // Throttled, a read is counted a quarter second's worth at a time,
+        // each part when it is due: what observers see (the received
+        // count, DOWNLOADING lines, a power cut, a fleet's deadline) keeps
+        // to the rate however much one read brought.
+        let step = match self.rate {
+            Some(rate) => usize::try_from(rate / 4).unwrap_or(usize::MAX).max(1),
+            None => n.max(1),
+        };
+        let mut left = n;
+        while left > 0 {
+            let part = left.min(step);
+            self.advance_part(part).await?;
+            left -= part;
+        }
+        Ok(())
+    }
+
+    /// [`Progress::advance`] for one part of a read.
+    async fn advance_part(&mut self, n: usize) -> Result<(), DownloadError> {
         if n > 0
             && let Some(cell) = &self.first_byte
         {
@@ -253,10 +272,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn rate_throttles_the_download() {
         let (emit, _rx) = Emitter::channel();
-        let mut p = Progress::new(0, Some(1000), &emit);
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut p = Progress::new(0, Some(1000), &emit).count_into(Arc::clone(&counter));
         let start = Instant::now();
-        bounded(p.advance(3000)).await.unwrap();
+        // One read of 3,000 bytes: counted as it comes due, not at once.
+        let advance = p.advance(3000);
+        tokio::pin!(advance);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1100), &mut advance)
+                .await
+                .is_err()
+        );
+        let seen = counter.load(Ordering::Relaxed);
+        assert!(
+            (1000..=1500).contains(&seen),
+            "{seen} bytes counted after 1.1 s"
+        );
+        bounded(advance).await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(counter.load(Ordering::Relaxed), 3000);
     }
 
     #[tokio::test]
