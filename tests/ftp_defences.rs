@@ -136,6 +136,41 @@ print(json.dumps(res))
     );
 }
 
+/// A `RETR` sent after its passive listener expired: libunftp answers it
+/// `150` and would wait for good; it gets `425` and a record instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retr_after_its_listener_expired_gets_425_and_a_record() {
+    let fx = Fixture::start(|b| b.data_connection_timeout(Duration::from_secs(1))).await;
+    let script = r#"
+import time
+res = {}
+ftp = session()
+pasv(ftp)
+time.sleep(1.5)
+res["retr"] = ftp.sendcmd("RETR " + PKG)[:3]
+try:
+    ftp.getresp()
+    res["end"] = "no error"
+except ftplib.error_temp as e:
+    res["end"] = str(e)[:3]
+res["next"] = fetch(ftp, pasv(ftp))
+print(json.dumps(res))
+"#;
+    let v = ftp_script(&fx, script).await;
+    assert_eq!(
+        (&v["retr"], &v["end"]),
+        (&"150".into(), &"425".into()),
+        "{v}"
+    );
+    let want = sha256(&fx.package_bytes(PKG));
+    assert_eq!(v["next"], serde_json::json!(["150", "226", want]), "{v}");
+    let rec = fx
+        .wait_record("the RETR whose listener expired", |r| r.status == 425)
+        .await;
+    assert_eq!((rec.path.as_str(), rec.outcome), (PKG, Outcome::Aborted));
+    assert!(rec.reason.contains("listener had expired"), "{rec:?}");
+}
+
 /// A download, then an `EPSV` no `RETR` follows, then `QUIT`: one record,
 /// the download's (no `425` for the unused listener).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,16 +25,28 @@ STDERR_TAIL = 4000
 #: Linux `prctl(2)` option: the signal the child gets when its parent dies.
 PR_SET_PDEATHSIG = 1
 
+try:
+    # Looked up here, in the parent: a forked child must not load
+    # libraries (another thread may hold the loader's lock at fork time).
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
 
-def _child_setup():
-    """Runs in the child before exec: SIGTERM when the test process dies
-    (killed by a CI runner, a crashed xdist worker), so no server outlives
-    it. Linux only; elsewhere a no-op."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+
+def _child_setup(parent):
+    """Returns what runs in the child before exec: SIGTERM when the test
+    process (`parent`) dies — killed by a CI runner, a crashed xdist
+    worker — so no server outlives it; and, when it died already, exit at
+    once. Linux only; elsewhere a no-op."""
+
+    def setup():
+        if _PRCTL is None:
+            return
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
 
 
 class QfotaProcessError(Exception):
@@ -77,7 +89,7 @@ class Child:
             # directly (it would then "die" before teardown).
             start_new_session=True,
             # SIGTERM to the child when this process dies without teardown.
-            preexec_fn=_child_setup,
+            preexec_fn=_child_setup(os.getpid()),
         )
         self.stopped = False
         try:

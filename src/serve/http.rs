@@ -300,6 +300,9 @@ fn parse_error_status(err: &hyper::Error) -> Option<u16> {
         None
     } else if err.is_parse_version_h2() {
         Some(NO_ANSWER)
+    } else if err.to_string().starts_with("internal error") {
+        // hyper's own failure (`Parse::Internal`): it answers nothing.
+        Some(NO_ANSWER)
     } else if err.is_parse_too_large() {
         // hyper tells the two apart only in its message.
         Some(if err.to_string().contains("URI") {

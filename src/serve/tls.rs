@@ -280,6 +280,9 @@ fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> 
     use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    // Left by a start that crashed with this same process id (PID 1 in a
+    // container, every time).
+    let _ = std::fs::remove_file(&temp);
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

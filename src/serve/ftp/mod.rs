@@ -114,10 +114,10 @@ pub struct FtpSession {
     /// control channel log ([`unftp_log`]): several commands reach the
     /// storage back-end through one call.
     command: Mutex<String>,
-    /// The path of a `RETR` libunftp answered `150` for whose data
+    /// The attempt of a `RETR` libunftp answered `150` for whose data
     /// connection has not come (libunftp calls the storage back-end only
-    /// once it has).
-    retr_waiting: Mutex<Option<String>>,
+    /// once it has), started when the `RETR` came.
+    retr_waiting: Mutex<Option<Attempt>>,
     /// Why the session's latest `PASV`/`EPSV` was refused, until a `RETR`
     /// (or the session's end) records the attempt.
     passive_refused: Mutex<Option<String>>,
@@ -128,6 +128,11 @@ pub struct FtpSession {
     /// has not within [`QUIT_REPLY_LIMIT`].
     quit: tokio::sync::Notify,
 }
+
+/// How long a `RETR` that came with no passive listener outstanding may
+/// wait before it is answered `425`: libunftp answers one with no
+/// `PASV` at all at once; one whose listener expired it never answers.
+const RETR_WITHOUT_LISTENER: Duration = Duration::from_secs(1);
 
 /// How long after `QUIT` libunftp may take to answer and close. Its `QUIT`
 /// handler waits for room in a one-message channel that only its own
@@ -244,17 +249,22 @@ impl FtpSession {
     /// Notes the command libunftp is about to handle (its name in upper
     /// case, and its path if it has one); a `RETR` waits for its data
     /// connection from here until [`CatalogStorage::get_into`] takes it.
-    fn command(&self, name: &str, path: Option<&str>) {
+    fn command(self: &Arc<Self>, name: &str, path: Option<&str>) {
         name.clone_into(&mut lock(&self.command));
         if name == "QUIT" {
             self.quit.notify_one();
         }
+        // Before login libunftp answers it 530: nothing waits.
         if name == "RETR"
             && let Some(path) = path
+            && self.logged_in.load(Ordering::Acquire)
         {
             let path = path.trim_start_matches('/');
             self.named(path);
-            *lock(&self.retr_waiting) = Some(path.chars().take(1024).collect());
+            *lock(&self.retr_waiting) = Some(self.attempt(path));
+            if self.passive_state.is_empty() {
+                FtpSession::retr_without_listener(Arc::downgrade(self), RETR_WITHOUT_LISTENER);
+            }
         }
     }
 
@@ -295,15 +305,33 @@ impl FtpSession {
 
 impl Drop for FtpSession {
     fn drop(&mut self) {
-        if let Some(listener) = self.passive_state.take() {
-            let why = "the control connection closed with no data connection after PASV/EPSV";
-            self.passive_unused(listener, why);
-        }
+        self.close_records();
+    }
+}
+
+impl FtpSession {
+    /// The records a session owes when it ends: a `RETR` still waiting for
+    /// its data connection, a refused `PASV` no `RETR` followed. Written
+    /// once (each is taken), at drop or when the session is given up.
+    fn close_records(&self) {
+        let refused = lock(&self.passive_refused).take();
+        let why = match &refused {
+            Some(refusal) => {
+                format!("the control connection closed; its last PASV/EPSV was refused ({refusal})")
+            }
+            None => "the control connection closed with no data connection after PASV/EPSV".into(),
+        };
+        // A RETR still waiting: for the outstanding listener, or for one
+        // that had expired.
+        let recorded = match self.passive_state.take() {
+            Some(listener) => self.passive_unused(listener, &why),
+            None => self.retr_unanswered(&why),
+        };
         // A refused PASV/EPSV that no RETR followed: the client gave up
         // there (a module reports 601).
-        if let Some(why) = lock(&self.passive_refused).take() {
+        if let (Some(refusal), false) = (refused, recorded) {
             let path = lock(&self.last_path).clone().unwrap_or_default();
-            let reason = format!("PASV/EPSV refused ({why}): answered 425; no RETR followed");
+            let reason = format!("PASV/EPSV refused ({refusal}): answered 425; no RETR followed");
             self.emit(&self.attempt(path), 425, Outcome::Refused, reason);
         }
     }
@@ -495,7 +523,10 @@ async fn serve_session(
                     .reset(tokio::time::Instant::now() + QUIT_REPLY_LIMIT);
             }
             () = &mut quit_deadline, if quitting => {
+                // libunftp's control task stays blocked (it cannot be
+                // reached from here): what the session owes is written now.
                 tracing::debug!(%peer, "FTP session stuck after QUIT: answered 221 and closed");
+                session.close_records();
                 if let Some(cap) = cap.take() {
                     cap.close_with(b"221 Goodbye.\r\n");
                 }

@@ -19,9 +19,11 @@
 //!
 //! The listener is released as soon as the transfer or listing it was
 //! opened for starts. Released unused — after the data timeout (at most
-//! libunftp's own 15 s) or when the control connection closes — it leaves an `aborted` record with status 425 and the path the
-//! session last named: the server-side view of a module's `601` when a
-//! firewall or NAT blocks the data port.
+//! libunftp's own 15 s) or when the control connection closes — while a
+//! `RETR` waits for its data connection, that `RETR` gets `425` and an
+//! `aborted` record with status 425 naming its path: the server-side view
+//! of a module's `601` when a firewall or NAT blocks the data port. A
+//! listener no `RETR` asked for leaves no record.
 
 use std::collections::HashMap;
 use std::io;
@@ -111,6 +113,23 @@ pub struct Outstanding {
     _slot: Slot,
 }
 
+impl Outstanding {
+    /// Whether `peer` has a connection on this listener's port (its data
+    /// connection was accepted).
+    fn connected_from(&self, peer: IpAddr) -> bool {
+        let port = self
+            .socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port());
+        port.is_some_and(|port| {
+            crate::serve::delivery::candidates_by_local_port(port, peer)
+                .is_ok_and(|found| !found.is_empty())
+        })
+    }
+}
+
 impl Drop for Outstanding {
     fn drop(&mut self) {
         // A listening socket shut down leaves LISTEN; libunftp's accept
@@ -144,6 +163,11 @@ impl PassiveState {
         generation
     }
 
+    /// Whether no listener is outstanding.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.current).is_none()
+    }
+
     /// Takes the listener out if it is still the one of `generation`.
     fn take_if(&self, generation: u64) -> Option<Outstanding> {
         let mut current = lock(&self.current);
@@ -164,10 +188,15 @@ impl FtpSession {
     /// record: the attempt, if any, has its own.
     pub(super) fn passive_unused(&self, listener: Outstanding, why: &str) -> bool {
         drop(listener);
-        let Some(path) = lock(&self.retr_waiting).take() else {
+        self.retr_unanswered(why)
+    }
+
+    /// Records the `RETR` waiting for its data connection, if there is one,
+    /// as given up (`why`); `true` when there was one.
+    pub(super) fn retr_unanswered(&self, why: &str) -> bool {
+        let Some(attempt) = lock(&self.retr_waiting).take() else {
             return false;
         };
-        let attempt = self.attempt(path);
         self.emit(
             &attempt,
             425,
@@ -175,6 +204,24 @@ impl FtpSession {
             format!("RETR answered 150, then {why}"),
         );
         true
+    }
+
+    /// A `RETR` came while no passive listener is outstanding: either none
+    /// was asked for (libunftp answers `425` itself, and the record is
+    /// written then) or the one asked for expired before it (libunftp
+    /// still answers `150` and would wait for good). After `after`, a
+    /// `RETR` still waiting gets its `425` and record.
+    pub(super) fn retr_without_listener(session: Weak<FtpSession>, after: Duration) {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let Some(session) = session.upgrade() else {
+                return;
+            };
+            let why = "no data connection: its PASV/EPSV listener had expired: answered 425";
+            if session.passive_state.is_empty() && session.retr_unanswered(why) {
+                session.data_expired.notify_one();
+            }
+        });
     }
 
     /// Gives up the listener of `generation` after the data timeout if no
@@ -187,6 +234,12 @@ impl FtpSession {
                 return;
             };
             if let Some(listener) = session.passive_state.take_if(generation) {
+                // The data connection came and its transfer is about to
+                // start (the RETR just logged, the storage not called yet):
+                // not a connection that never came.
+                if listener.connected_from(session.peer.ip()) {
+                    return;
+                }
                 let why = format!(
                     "no data connection within {} s after PASV/EPSV: answered 425",
                     after.as_secs_f32()

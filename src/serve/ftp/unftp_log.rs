@@ -53,9 +53,11 @@ impl Drain for SessionDrain {
 
     fn log(&self, record: &Record<'_>, _: &OwnedKVList) -> Result<(), Never> {
         let warning = record.level().is_at_least(Level::Warning);
-        // Command events are debug lines, read whatever the log level (a
-        // few per session).
-        let event = record.level() == Level::Debug;
+        // Command events are debug lines of the control channel's logging
+        // middleware, read whatever the log level (one per command). In a
+        // release build they reach here only because slog is built with
+        // debug assertions (Cargo.toml's profile).
+        let event = record.level() == Level::Debug && record.module().ends_with("controlchan::log");
         let forward = warning || tracing::enabled!(tracing::Level::DEBUG);
         if !forward && !event {
             return Ok(());
