@@ -786,6 +786,18 @@ async fn check_validates_the_packages_of_a_bucket_prefix() {
     let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().collect();
     assert!(left.is_empty(), "the downloads are removed: {left:?}");
 
+    // A bucket that does not exist is named as such.
+    let out = Command::new(BIN)
+        .args(["check", "s3://no-such-bucket/x", "--s3-endpoint", &endpoint])
+        .arg("--s3-path-style")
+        .envs(credentials(SECRET_KEY))
+        .kill_on_drop(true)
+        .output();
+    let out = bounded("check of a missing bucket", out).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no such bucket"), "{stderr}");
+
     // A store that cannot be reached is an error, not an empty pass.
     store.stop().await;
     let out = check("check of a stopped store", false).await;

@@ -217,6 +217,11 @@ impl S3Catalog {
     /// the store is up but refuses the listing; no answer → unreachable.
     async fn start_failure(&self, listing: &object_store::Error) -> Failure {
         match Failure::of(listing) {
+            // S3's error code for a missing bucket reaches a listing only
+            // in the message of a generic error.
+            Failure::Unavailable if listing.to_string().contains("NoSuchBucket") => {
+                return Failure::NoBucket;
+            }
             Failure::Unavailable => {}
             known => return known,
         }
