@@ -171,6 +171,34 @@ print(json.dumps(res))
     assert!(rec.reason.contains("listener had expired"), "{rec:?}");
 }
 
+/// A client that sends `RETR` again before the first one's reply: each
+/// `RETR` leaves its own record (the first with the `150` it got, the
+/// second with libunftp's `425`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_retrs_before_a_reply_leave_two_records() {
+    let fx = Fixture::start(|b| b).await;
+    let script = r#"
+res = {}
+ftp = session()
+pasv(ftp)
+res["first"] = ftp.sendcmd("RETR " + PKG)[:3]
+try:
+    ftp.sendcmd("RETR " + PKG)
+    res["second"] = "no error"
+except ftplib.error_temp as e:
+    res["second"] = str(e)[:3]
+print(json.dumps(res))
+"#;
+    let v = ftp_script(&fx, script).await;
+    assert_eq!(v, serde_json::json!({"first": "150", "second": "425"}));
+    let records = fx
+        .wait_records("one record per RETR", 2, |r| r.path == PKG)
+        .await;
+    let mut codes: Vec<u16> = records.iter().map(|r| r.status).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [150, 425], "{records:#?}");
+}
+
 /// A download, then an `EPSV` no `RETR` follows, then `QUIT`: one record,
 /// the download's (no `425` for the unused listener).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

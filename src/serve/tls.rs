@@ -279,10 +279,9 @@ fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> 
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    // Left by a start that crashed with this same process id (PID 1 in a
-    // container, every time).
-    let _ = std::fs::remove_file(&temp);
+    // A random name: two starts sharing the folder (replicas that are
+    // each PID 1 in their container) never write the same file.
+    let temp = path.with_file_name(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -128,7 +128,7 @@ impl S3Location {
     pub fn client(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
         // object_store panics on an endpoint it cannot make a request URI
         // of: check it (and the variables it would read one from) first.
-        let from_env = ["AWS_ENDPOINT", "AWS_ENDPOINT_URL"]
+        let from_env = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT", "AWS_ENDPOINT_URL"]
             .iter()
             .filter_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
         for endpoint in self.endpoint.iter().cloned().chain(from_env) {

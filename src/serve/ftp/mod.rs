@@ -116,8 +116,10 @@ pub struct FtpSession {
     command: Mutex<String>,
     /// The attempt of a `RETR` libunftp answered `150` for whose data
     /// connection has not come (libunftp calls the storage back-end only
-    /// once it has), started when the `RETR` came.
-    retr_waiting: Mutex<Option<Attempt>>,
+    /// once it has), started when the `RETR` came, with its number.
+    retr_waiting: Mutex<Option<(u64, Attempt)>>,
+    /// `RETR`s seen, numbering [`FtpSession::retr_waiting`].
+    retrs: std::sync::atomic::AtomicU64,
     /// Why the session's latest `PASV`/`EPSV` was refused, until a `RETR`
     /// (or the session's end) records the attempt.
     passive_refused: Mutex<Option<String>>,
@@ -261,9 +263,16 @@ impl FtpSession {
         {
             let path = path.trim_start_matches('/');
             self.named(path);
-            *lock(&self.retr_waiting) = Some(self.attempt(path));
+            let n = self.retrs.fetch_add(1, Ordering::AcqRel);
+            let earlier = lock(&self.retr_waiting).replace((n, self.attempt(path)));
+            if let Some((_, earlier)) = earlier {
+                // A client that sent RETR again before the first one's
+                // reply: the first ends here, with the 150 it got.
+                let reason = "RETR answered 150, then another RETR came before its data connection";
+                self.emit(&earlier, 150, Outcome::Aborted, reason);
+            }
             if self.passive_state.is_empty() {
-                FtpSession::retr_without_listener(Arc::downgrade(self), RETR_WITHOUT_LISTENER);
+                FtpSession::retr_without_listener(Arc::downgrade(self), n, RETR_WITHOUT_LISTENER);
             }
         }
     }
@@ -288,6 +297,19 @@ impl FtpSession {
             None => "RETR with no data connection (no PASV/EPSV before it): answered 425".into(),
         };
         self.emit(&attempt, 425, Outcome::Aborted, reason);
+    }
+
+    /// Whether the data connection of the session's latest passive
+    /// listener has been accepted: a connection on its port from the
+    /// control peer that carries the listener's mark (a port shared with
+    /// another client behind the same address does not count). `false`
+    /// when that cannot be told.
+    fn data_connection_accepted(&self) -> bool {
+        let Some(passive) = *lock(&self.passive) else {
+            return false;
+        };
+        delivery::candidates_by_local_port(passive.addr.port(), self.peer.ip())
+            .is_ok_and(|candidates| marked(&candidates, passive).is_some())
     }
 
     /// Records a control connection closed for a command line over the
@@ -390,6 +412,7 @@ impl FrontEnd {
                 data_timeout: self.opts.data_timeout,
                 command: Mutex::default(),
                 retr_waiting: Mutex::new(None),
+                retrs: std::sync::atomic::AtomicU64::new(0),
                 passive_refused: Mutex::new(None),
                 data_expired: tokio::sync::Notify::new(),
                 quit: tokio::sync::Notify::new(),

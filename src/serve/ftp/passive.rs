@@ -113,23 +113,6 @@ pub struct Outstanding {
     _slot: Slot,
 }
 
-impl Outstanding {
-    /// Whether `peer` has a connection on this listener's port (its data
-    /// connection was accepted).
-    fn connected_from(&self, peer: IpAddr) -> bool {
-        let port = self
-            .socket
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .map(|a| a.port());
-        port.is_some_and(|port| {
-            crate::serve::delivery::candidates_by_local_port(port, peer)
-                .is_ok_and(|found| !found.is_empty())
-        })
-    }
-}
-
 impl Drop for Outstanding {
     fn drop(&mut self) {
         // A listening socket shut down leaves LISTEN; libunftp's accept
@@ -194,7 +177,7 @@ impl FtpSession {
     /// Records the `RETR` waiting for its data connection, if there is one,
     /// as given up (`why`); `true` when there was one.
     pub(super) fn retr_unanswered(&self, why: &str) -> bool {
-        let Some(attempt) = lock(&self.retr_waiting).take() else {
+        let Some((_, attempt)) = lock(&self.retr_waiting).take() else {
             return false;
         };
         self.emit(
@@ -206,19 +189,33 @@ impl FtpSession {
         true
     }
 
-    /// A `RETR` came while no passive listener is outstanding: either none
-    /// was asked for (libunftp answers `425` itself, and the record is
-    /// written then) or the one asked for expired before it (libunftp
-    /// still answers `150` and would wait for good). After `after`, a
-    /// `RETR` still waiting gets its `425` and record.
-    pub(super) fn retr_without_listener(session: Weak<FtpSession>, after: Duration) {
+    /// `RETR` number `retr` came while no passive listener was
+    /// outstanding: either none was asked for (libunftp answers `425`
+    /// itself, and the record is written then), or the one asked for had
+    /// expired or was refused (libunftp still answers `150`, on the
+    /// earlier listener's channel, and would wait for good: no later
+    /// listener serves it). After `after`, if that `RETR` still waits, it
+    /// gets its `425` and record.
+    pub(super) fn retr_without_listener(session: Weak<FtpSession>, retr: u64, after: Duration) {
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             let Some(session) = session.upgrade() else {
                 return;
             };
-            let why = "no data connection: its PASV/EPSV listener had expired: answered 425";
-            if session.passive_state.is_empty() && session.retr_unanswered(why) {
+            if !matches!(&*lock(&session.retr_waiting), Some((n, _)) if *n == retr) {
+                return;
+            }
+            let why = match lock(&session.passive_refused).take() {
+                Some(refusal) => {
+                    format!(
+                        "no data connection: its PASV/EPSV was refused ({refusal}): answered 425"
+                    )
+                }
+                None => {
+                    "no data connection: its PASV/EPSV listener had expired: answered 425".into()
+                }
+            };
+            if session.retr_unanswered(&why) {
                 session.data_expired.notify_one();
             }
         });
@@ -237,7 +234,7 @@ impl FtpSession {
                 // The data connection came and its transfer is about to
                 // start (the RETR just logged, the storage not called yet):
                 // not a connection that never came.
-                if listener.connected_from(session.peer.ip()) {
+                if session.data_connection_accepted() {
                     return;
                 }
                 let why = format!(

@@ -143,9 +143,9 @@ impl<'a> Progress<'a> {
     /// More than [`MAX_PACKAGE`] bytes in all.
     pub(crate) async fn advance(&mut self, n: usize) -> Result<(), DownloadError> {
         // Throttled, a read is counted a quarter second's worth at a time,
-        // each part when it is due: what observers see (the received
-        // count, DOWNLOADING lines, a power cut, a fleet's deadline) keeps
-        // to the rate however much one read brought.
+        // each part once the rate has let it through: what observers see
+        // (the received count, DOWNLOADING lines, a power cut, a fleet's
+        // deadline) keeps to the rate however much one read brought.
         let step = match self.rate {
             Some(rate) => usize::try_from(rate / 4).unwrap_or(usize::MAX).max(1),
             None => n.max(1),
@@ -165,6 +165,16 @@ impl<'a> Progress<'a> {
             && let Some(cell) = &self.first_byte
         {
             cell.get_or_init(Instant::now);
+        }
+        if let Some(rate) = self.rate {
+            // When a link of `rate` bytes/s has carried this part too.
+            let through = self.received.saturating_add(n as u64);
+            let due = Duration::try_from_secs_f64(through as f64 / rate as f64)
+                .ok()
+                .and_then(|d| self.started.checked_add(d));
+            if let Some(due) = due {
+                tokio::time::sleep_until(due).await;
+            }
         }
         self.received = self.received.saturating_add(n as u64);
         if let Some(counter) = &self.counter {
@@ -191,14 +201,6 @@ impl<'a> Progress<'a> {
             let done = u128::from(self.received.min(total));
             let due = done * u128::from(self.lines) / u128::from(total);
             self.print_up_to(u8::try_from(due).unwrap_or(self.lines));
-        }
-        if let Some(rate) = self.rate {
-            let due = Duration::try_from_secs_f64(self.received as f64 / rate as f64)
-                .ok()
-                .and_then(|d| self.started.checked_add(d));
-            if let Some(due) = due {
-                tokio::time::sleep_until(due).await;
-            }
         }
         Ok(())
     }
