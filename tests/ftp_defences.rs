@@ -199,6 +199,36 @@ print(json.dumps(res))
     assert_eq!(codes, [150, 425], "{records:#?}");
 }
 
+/// A `RETR` answered `150` whose client closes the control connection
+/// before any data connection: recorded when the connection closes (not
+/// when libunftp lets the session go, 15 s on), with the `150` it got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retr_whose_client_leaves_first_is_recorded_at_the_close() {
+    let fx = Fixture::start(|b| b).await;
+    let script = r#"
+ftp = session()
+pasv(ftp)
+res = {"retr": ftp.sendcmd("RETR " + PKG)[:3]}
+ftp.sock.close()
+print(json.dumps(res))
+"#;
+    let v = ftp_script(&fx, script).await;
+    assert_eq!(v["retr"], "150", "{v}");
+    let rec = fx
+        .wait_record("the RETR left waiting", |r| r.path == PKG)
+        .await;
+    assert_eq!(
+        (rec.status, rec.outcome),
+        (150, Outcome::Aborted),
+        "{rec:?}"
+    );
+    assert!(
+        rec.reason.contains("the control connection closed"),
+        "{rec:?}"
+    );
+    assert!(rec.duration_ms < 10_000, "recorded at the close: {rec:?}");
+}
+
 /// A download, then an `EPSV` no `RETR` follows, then `QUIT`: one record,
 /// the download's (no `425` for the unused listener).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

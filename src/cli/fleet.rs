@@ -221,7 +221,7 @@ pub fn render(r: &FleetReport) -> String {
         );
     }
     if r.first_bytes == 0 {
-        out.push_str("time to first byte - (no byte came)\n");
+        out.push_str("time to first byte - (no module that ended got a byte)\n");
     } else {
         let _ = writeln!(
             out,
@@ -335,7 +335,7 @@ mod tests {
         assert_eq!(
             render(&cut),
             "50 modules in 1965 ms\n  code unfinished: 50\n\
-             download time - (no download ended)\ntime to first byte - (no byte came)\n\
+             download time - (no download ended)\ntime to first byte - (no module that ended got a byte)\n\
              bytes received 359400 (182900 B/s over the run)\n"
         );
     }

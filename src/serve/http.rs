@@ -595,11 +595,10 @@ fn check_host<B>(req: &Request<B>) -> Result<(), Answer> {
         (None, _) => Ok(()),
         (Some(_), Some(_)) => Err(refuse("more than one Host header")),
         (Some(host), None) => {
-            let valid = host
-                .to_str()
-                .ok()
-                .filter(|h| !h.is_empty() && !h.contains('@'))
-                .is_some_and(|h| h.parse::<http::uri::Authority>().is_ok());
+            // Empty is valid syntax (an empty reg-name, RFC 3986 §3.2.2).
+            let valid = host.to_str().ok().is_some_and(|h| {
+                h.is_empty() || (!h.contains('@') && h.parse::<http::uri::Authority>().is_ok())
+            });
             if valid {
                 Ok(())
             } else {

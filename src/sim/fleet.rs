@@ -110,8 +110,9 @@ pub struct FleetReport {
     pub ttfb_p95_ms: u64,
     /// 99th-percentile time to first byte, ms.
     pub ttfb_p99_ms: u64,
-    /// Downloads that got a first byte (the time-to-first-byte figures are
-    /// taken over them; 0: none, and those figures are 0).
+    /// Modules that ended (before the deadline) having got a first byte:
+    /// the time-to-first-byte figures are taken over them (0: none, and
+    /// those figures are 0).
     pub first_bytes: usize,
     /// Package bytes received by all modules together, those stopped at
     /// the deadline included.

@@ -333,8 +333,10 @@ impl Drop for FtpSession {
 
 impl FtpSession {
     /// The records a session owes when it ends: a `RETR` still waiting for
-    /// its data connection, a refused `PASV` no `RETR` followed. Written
-    /// once (each is taken), at drop or when the session is given up.
+    /// its data connection (status `150`, the last reply it got), a refused
+    /// `PASV` no `RETR` followed. Written once (each is taken): when the
+    /// control connection ends, when the session is given up, at the
+    /// latest at drop (libunftp's tasks may hold the session a while).
     fn close_records(&self) {
         let refused = lock(&self.passive_refused).take();
         let why = match &refused {
@@ -346,8 +348,8 @@ impl FtpSession {
         // A RETR still waiting: for the outstanding listener, or for one
         // that had expired.
         let recorded = match self.passive_state.take() {
-            Some(listener) => self.passive_unused(listener, &why),
-            None => self.retr_unanswered(&why),
+            Some(listener) => self.passive_unused(listener, &why, 150),
+            None => self.retr_unanswered(&why, 150),
         };
         // A refused PASV/EPSV that no RETR followed: the client gave up
         // there (a module reports 601).
@@ -568,6 +570,7 @@ async fn serve_session(
                     cap.refuse();
                 }
                 session.command_line_too_long(unanswered);
+                session.close_records();
                 return;
             }
         }
@@ -575,6 +578,9 @@ async fn serve_session(
     if let Err(err) = ended {
         tracing::debug!(%peer, error = %err, "FTP connection ended with an error");
     }
+    // The control connection is closed: what the session owes is written
+    // now, not when libunftp's last task lets the session go.
+    session.close_records();
 }
 
 /// [`LineCap::overrun`] of a connection that has a cap; pending otherwise.

@@ -169,20 +169,22 @@ impl FtpSession {
     /// and `true` returned. A listener no `RETR` asked for (a client that
     /// sent `EPSV`, then `SIZE` of a missing package, or `QUIT`) leaves no
     /// record: the attempt, if any, has its own.
-    pub(super) fn passive_unused(&self, listener: Outstanding, why: &str) -> bool {
+    pub(super) fn passive_unused(&self, listener: Outstanding, why: &str, status: u16) -> bool {
         drop(listener);
-        self.retr_unanswered(why)
+        self.retr_unanswered(why, status)
     }
 
     /// Records the `RETR` waiting for its data connection, if there is one,
-    /// as given up (`why`); `true` when there was one.
-    pub(super) fn retr_unanswered(&self, why: &str) -> bool {
+    /// as given up (`why`), with `status`, the last reply it got (`425`
+    /// when the server answers it so, `150` when the client left first);
+    /// `true` when there was one.
+    pub(super) fn retr_unanswered(&self, why: &str, status: u16) -> bool {
         let Some((_, attempt)) = lock(&self.retr_waiting).take() else {
             return false;
         };
         self.emit(
             &attempt,
-            425,
+            status,
             Outcome::Aborted,
             format!("RETR answered 150, then {why}"),
         );
@@ -215,7 +217,7 @@ impl FtpSession {
                     "no data connection: its PASV/EPSV listener had expired: answered 425".into()
                 }
             };
-            if session.retr_unanswered(&why) {
+            if session.retr_unanswered(&why, 425) {
                 session.data_expired.notify_one();
             }
         });
@@ -241,7 +243,7 @@ impl FtpSession {
                     "no data connection within {} s after PASV/EPSV: answered 425",
                     after.as_secs_f32()
                 );
-                if session.passive_unused(listener, &why) {
+                if session.passive_unused(listener, &why, 425) {
                     session.data_expired.notify_one();
                 }
             }
