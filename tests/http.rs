@@ -1260,9 +1260,11 @@ async fn refused_before_routing_still_leaves_a_record() {
             (400, Outcome::Refused, PKG)
         );
     }
-    // HTTP/1.0 needs no Host.
+    // HTTP/1.0 needs no Host; an empty one is valid syntax.
     let reply = parse_raw(&raw(addr, format!("GET /{PKG} HTTP/1.0\r\n\r\n").as_bytes()).await);
     assert_eq!(reply.status, 200);
+    let empty = format!("GET /{PKG} HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n");
+    assert_eq!(parse_raw(&raw(addr, empty.as_bytes()).await).status, 200);
 
     let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000));
     let reply = raw(addr, long.as_bytes()).await;

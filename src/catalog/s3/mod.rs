@@ -591,4 +591,17 @@ mod tests {
         assert!(unservable("a//b.zip").is_some());
         assert!(unservable("a/b/").is_some());
     }
+
+    /// libunftp formats each command's context, which reaches the catalog:
+    /// its `Debug` gives counts, never the resident packages' bytes.
+    #[test]
+    fn debug_gives_counts_not_package_bytes() {
+        let mut state = State::default();
+        state
+            .resident
+            .insert("a.zip".into(), Bytes::from(vec![0x50u8; 4096]));
+        let text = format!("{state:?}");
+        assert!(text.contains("resident_bytes: 4096"), "{text}");
+        assert!(text.len() < 200, "{text}");
+    }
 }
