@@ -211,30 +211,46 @@ pub fn render(r: &FleetReport) -> String {
             let _ = writeln!(out, "      {}× {}", cause.modules, cause.cause);
         }
     }
-    if r.timed == 0 {
-        out.push_str("download time - (no download ended)\n");
-    } else {
-        let _ = writeln!(
-            out,
-            "download time p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
-            r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms
-        );
-    }
-    if r.first_bytes == 0 {
-        out.push_str("time to first byte - (no module that ended got a byte)\n");
-    } else {
-        let _ = writeln!(
-            out,
-            "time to first byte p50 {} ms, p95 {} ms, p99 {} ms",
-            r.ttfb_p50_ms, r.ttfb_p95_ms, r.ttfb_p99_ms
-        );
-    }
+    let times = [
+        ("p50", r.p50_ms),
+        ("p95", r.p95_ms),
+        ("p99", r.p99_ms),
+        ("max", r.max_ms),
+    ];
+    let first = [
+        ("p50", r.ttfb_p50_ms),
+        ("p95", r.ttfb_p95_ms),
+        ("p99", r.ttfb_p99_ms),
+    ];
+    figures_line(
+        &mut out,
+        "download time",
+        r.timed,
+        "no download ended",
+        &times,
+    );
+    let none = "no module that ended got a byte";
+    figures_line(&mut out, "time to first byte", r.first_bytes, none, &first);
     let _ = writeln!(
         out,
         "bytes received {} ({} B/s over the run)",
         r.bytes, r.throughput_bytes_per_s
     );
     out
+}
+
+/// One line of percentiles in ms (`download time p50 16 ms, p95 17 ms`),
+/// or `<label> - (<none>)` when they were taken over no module (`count`).
+fn figures_line(out: &mut String, label: &str, count: usize, none: &str, values: &[(&str, u64)]) {
+    if count == 0 {
+        let _ = writeln!(out, "{label} - ({none})");
+        return;
+    }
+    let cells: Vec<String> = values
+        .iter()
+        .map(|(name, ms)| format!("{name} {ms} ms"))
+        .collect();
+    let _ = writeln!(out, "{label} {}", cells.join(", "));
 }
 
 #[cfg(test)]

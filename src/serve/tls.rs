@@ -89,9 +89,7 @@ pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsError> 
         TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
         TlsSource::Generated { dir, hosts } => ensure_generated(dir, hosts)?,
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| pem_err(CERT_ROLE, &cert, e.to_string()))?;
+    let chain = read_chain(&cert).map_err(|e| pem_err(CERT_ROLE, &cert, e.to_string()))?;
     if chain.is_empty() {
         return Err(pem_err(CERT_ROLE, &cert, "no certificate in file".into()));
     }
@@ -105,12 +103,29 @@ pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsError> 
              (TLS 1.2) and will fail the handshake (HTTPEND 701); use an RSA certificate"
         );
     }
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)?;
+    let mut config = identity(chain, key_der)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The certificates of a PEM file, in order.
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, rustls::pki_types::pem::Error> {
+    CertificateDer::pem_file_iter(path)?.collect()
+}
+
+/// A server configuration (TLS 1.3 and 1.2, no client certificates) for
+/// `chain` and `key`.
+///
+/// # Errors
+/// rustls refuses the pair (a key that does not match the certificate).
+fn identity(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, rustls::Error> {
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
 }
 
 /// The key's algorithm when it is not RSA (ECDSA, Ed25519), `None` for
@@ -232,14 +247,8 @@ fn unusable(cert: &Path, key: &Path, hosts: &[String]) -> Option<String> {
     if let Some(algorithm) = not_rsa(&key_der) {
         return Some(format!("{algorithm:?} key, not RSA"));
     }
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .ok()?;
-    ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .ok()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
+    let chain = read_chain(cert).ok()?;
+    identity(chain, key_der)
         .err()
         .map(|e| format!("the key does not match the certificate: {e}"))
 }
