@@ -312,7 +312,80 @@ async fn readiness_names_a_download_log_that_cannot_be_written() {
     assert!(error.contains("downloads.jsonl"), "{error}");
     assert!(error.contains("No space left on device"), "{error}");
     let (_, text) = curl(&base, "/metrics", &[]).await;
-    assert!(text.contains("qfota_log_writable 0"), "{text}");
-    assert!(text.contains("qfota_log_records_queued 1"), "{text}");
+    assert!(has_line(&text, "qfota_log_writable 0"), "{text}");
+    assert!(has_line(&text, "qfota_log_records_queued 1"), "{text}");
+    bounded("admin shutdown", admin.shutdown()).await;
+}
+
+/// Whether `text` has `line` as a whole line (a sample, not the HELP
+/// text that names it).
+fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
+/// `/metrics` once `until` holds for the metrics text.
+async fn metrics_until(base: &str, what: &str, until: impl Fn(&str) -> bool) -> String {
+    bounded(what, async {
+        loop {
+            let (_, text) = curl(base, "/metrics", &[]).await;
+            if until(&text) {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_folder_lost_while_serving_is_reported_and_its_packages_still_served() {
+    // The log lives elsewhere, as in a deployment.
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("downloads.jsonl");
+    let fx = Fixture::start(|b| b.log_file(&log)).await;
+    let admin = admin().await;
+    admin.set_ready(fx.server.control());
+    let base = admin.local_addr().to_string();
+    let (_, text) = curl(&base, "/metrics", &[]).await;
+    assert!(has_line(&text, "qfota_package_source_up 1"), "{text}");
+    // The folder goes away (an unmounted share, say).
+    let moved = fx.dir.path().with_extension("gone");
+    std::fs::rename(fx.dir.path(), &moved).unwrap();
+    metrics_until(&base, "source_up 0", |t| {
+        has_line(t, "qfota_package_source_up 0")
+    })
+    .await;
+    let (code, body) = curl(&base, "/readyz", &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (code, &v["ready"]),
+        (200, &serde_json::json!(true)),
+        "{body}"
+    );
+    let why = v["store"].as_str().expect("the folder's state");
+    assert!(why.contains(&*fx.dir.path().to_string_lossy()), "{why}");
+    // What was read before is still served.
+    let out = run(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &fx.http_url("update-v12-to-v13.zip"),
+        ],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    std::fs::rename(&moved, fx.dir.path()).unwrap();
+    metrics_until(&base, "source_up 1", |t| {
+        has_line(t, "qfota_package_source_up 1")
+    })
+    .await;
+    assert_eq!(
+        curl(&base, "/readyz", &[]).await,
+        (200, "{\"ready\":true}\n".into())
+    );
     bounded("admin shutdown", admin.shutdown()).await;
 }

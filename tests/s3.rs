@@ -575,7 +575,10 @@ async fn a_store_down_at_start_stopped_and_restarted_is_waited_out() {
         "{body}"
     );
     let down = metrics(work.path(), "r1").await;
-    assert!(down.contains("qfota_package_source_up 0"), "{down}");
+    assert!(
+        down.lines().any(|l| l == "qfota_package_source_up 0"),
+        "{down}"
+    );
     for _ in 0..2 {
         assert_eq!(curl_get(&url_a).await.as_deref(), Some(&a[..]));
     }
@@ -592,7 +595,8 @@ async fn a_store_down_at_start_stopped_and_restarted_is_waited_out() {
     assert_eq!(body, b);
     assert_eq!(curl_get(&url_a).await.as_deref(), Some(&a[..]));
     let up = metrics(work.path(), "r1").await;
-    assert!(up.contains("qfota_package_source_up 1"), "{up}");
+    // A whole line: the HELP text names the metric with a 1 too.
+    assert!(up.lines().any(|l| l == "qfota_package_source_up 1"), "{up}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

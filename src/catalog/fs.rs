@@ -28,7 +28,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::validate::Advertised;
-use super::{Catalog, OpenError, Package, PackageReader, RESIDENT_TOTAL, Snapshot};
+use super::{Catalog, OpenError, Package, PackageReader, RESIDENT_TOTAL, Snapshot, SourceHealth};
 
 /// Where a package's bytes live and what they looked like when validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +173,9 @@ pub struct FsCatalog {
     slots: Arc<tokio::sync::Semaphore>,
     /// Memory for resident copies, in bytes (0: none).
     resident_total: u64,
+    /// Why the last scan failed (the folder unmounted, removed, made
+    /// unreadable); `None` once a scan succeeds.
+    scan_error: Mutex<Option<String>>,
 }
 
 /// Validations of large files ([`LARGE_PACKAGE`] bytes or more) run at once
@@ -234,6 +237,7 @@ impl FsCatalog {
             scan: RwLock::new(Arc::new(Scan::default())),
             in_flight: Mutex::new(BTreeMap::new()),
             busy: tokio::sync::watch::Sender::new(0),
+            scan_error: Mutex::new(None),
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_VALIDATIONS)),
             resident_total: memory,
         });
@@ -268,6 +272,29 @@ impl FsCatalog {
     /// Scans the folder's metadata, publishes what it found and starts the
     /// validation of new and changed files, without waiting for them.
     async fn scan_once(self: &Arc<Self>) -> io::Result<()> {
+        let result = self.scan_folder().await;
+        let mut error = self.scan_error.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            // Said once per episode (and again if the cause changes), not
+            // at every tick.
+            Err(err) => {
+                let why = err.to_string();
+                if error.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(error = %why, root = %self.root.display(), "package folder scan failed: serving the packages last read");
+                }
+                *error = Some(why);
+            }
+            Ok(()) => {
+                if error.take().is_some() {
+                    tracing::info!(root = %self.root.display(), "package folder readable again");
+                }
+            }
+        }
+        result
+    }
+
+    /// [`FsCatalog::scan_once`] without the health bookkeeping.
+    async fn scan_folder(self: &Arc<Self>) -> io::Result<()> {
         let this = Arc::clone(self);
         let previous = self.current();
         let mut next = tokio::task::spawn_blocking(move || this.scan_blocking(&previous))
@@ -627,6 +654,14 @@ impl Catalog for FsCatalog {
         self.rescan().await
     }
 
+    fn source_health(&self) -> SourceHealth {
+        let error = self.scan_error.lock().unwrap_or_else(|p| p.into_inner());
+        match &*error {
+            None => SourceHealth::Ok,
+            Some(why) => SourceHealth::Unreachable(format!("{}: {why}", self.root.display())),
+        }
+    }
+
     async fn watch(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(SCAN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -637,9 +672,8 @@ impl Catalog for FsCatalog {
                     return;
                 }
                 _ = tick.tick() => {
-                    if let Err(err) = self.scan_once().await {
-                        tracing::warn!(error = %err, root = %self.root.display(), "package folder scan failed");
-                    }
+                    // A failure is logged and kept for `source_health`.
+                    let _ = self.scan_once().await;
                 }
             }
         }

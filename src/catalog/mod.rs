@@ -422,7 +422,9 @@ pub trait Catalog: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Whether the source could be read at the last scan. The default is
-    /// [`SourceHealth::Ok`]: a folder that cannot be read fails at start.
+    /// [`SourceHealth::Ok`] (a source that is never re-read); a folder
+    /// that cannot be read fails at start, and one lost later is
+    /// [`SourceHealth::Unreachable`].
     fn source_health(&self) -> SourceHealth {
         SourceHealth::Ok
     }
