@@ -59,7 +59,9 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<FaultRule>, Option<u64>, Stamp), 
 }
 
 /// Re-reads `path` when it changes; the rules become `fixed` (from the
-/// command line) followed by the file's.
+/// command line) followed by the file's — also after `PUT /faults`
+/// replaced them: the last change wins. A rule kept as written keeps its
+/// `times` count ([`FaultSet::reload`]).
 pub(crate) async fn watch(
     path: PathBuf,
     mut last: Stamp,
@@ -81,7 +83,7 @@ pub(crate) async fn watch(
         match read(&path) {
             Ok((rules, _, _)) => {
                 tracing::info!(file = %path.display(), rules = rules.len(), "fault rules reloaded");
-                faults.set(fixed.iter().cloned().chain(rules).collect());
+                faults.reload(fixed.iter().cloned().chain(rules).collect());
             }
             Err(problem) => {
                 tracing::warn!(file = %path.display(), %problem, "fault file not reloaded; keeping the previous rules");

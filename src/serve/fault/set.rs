@@ -42,6 +42,16 @@ struct RuleState {
     applied: AtomicU64,
 }
 
+impl RuleState {
+    /// `rule`, applied to no attempt yet.
+    fn fresh(rule: FaultRule) -> Arc<Self> {
+        Arc::new(RuleState {
+            rule,
+            applied: AtomicU64::new(0),
+        })
+    }
+}
+
 /// The active rules, replaceable at run time, with one seeded generator
 /// for `rate`.
 #[derive(Debug)]
@@ -64,18 +74,32 @@ impl FaultSet {
         set
     }
 
-    /// Replaces the rules (their `times` counters start again).
+    /// Replaces the rules (their `times` counters start again): what
+    /// `PUT /faults` does, so a test that sets `times=1` gets one whatever
+    /// the test before it used.
     pub fn set(&self, rules: Vec<FaultRule>) {
+        let states = rules.into_iter().map(RuleState::fresh).collect();
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(states);
+    }
+
+    /// Replaces the rules, but a rule also in force before, as written,
+    /// keeps its `times` count (each old rule lends its count once): what
+    /// a re-read `--faults` file does, so editing one rule does not fire
+    /// the others' `times` again.
+    pub fn reload(&self, rules: Vec<FaultRule>) {
+        let mut slot = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        let mut old: Vec<Option<&Arc<RuleState>>> = slot.iter().map(Some).collect();
         let states = rules
             .into_iter()
             .map(|rule| {
-                Arc::new(RuleState {
-                    rule,
-                    applied: AtomicU64::new(0),
-                })
+                let kept = old
+                    .iter_mut()
+                    .find(|s| s.is_some_and(|s| s.rule.text == rule.text))
+                    .and_then(Option::take);
+                kept.map_or_else(|| RuleState::fresh(rule), Arc::clone)
             })
             .collect();
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(states);
+        *slot = Arc::new(states);
     }
 
     /// Counts every rule applied from now on into `counter` (the server's
@@ -225,5 +249,34 @@ mod tests {
         assert_eq!(a, draw(42));
         let n = a.iter().filter(|h| **h).count();
         assert!((60..140).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_counts_of_rules_kept_as_written_and_set_starts_afresh() {
+        let any = |_: &Action| true;
+        let hit = |set: &FaultSet, path| set.select(&info(Protocol::Http, Some(path)), any);
+        let set = FaultSet::new(vec![rule("status=503,times=1")], 1);
+        assert!(hit(&set, "a.zip").is_some());
+        assert!(hit(&set, "a.zip").is_none(), "used up");
+        // The file gains a rule: the first one stays used up.
+        set.reload(vec![
+            rule("status=503,times=1"),
+            rule("status=500,path=/b.zip,times=1"),
+        ]);
+        assert!(hit(&set, "a.zip").is_none(), "still used up");
+        assert_eq!(hit(&set, "b.zip").unwrap().name, "status=500,path=/b.zip,times=1");
+        assert!(hit(&set, "b.zip").is_none());
+        // A changed rule is a new one.
+        set.reload(vec![rule("status=503,times=2")]);
+        assert!(hit(&set, "a.zip").is_some());
+        // `set` (PUT /faults) starts every count again.
+        set.set(vec![rule("status=503,times=1")]);
+        assert!(hit(&set, "a.zip").is_some());
+        // The same rule twice lends one count to one of them only.
+        let twice = FaultSet::new(vec![rule("not-found,times=1")], 1);
+        assert!(hit(&twice, "a.zip").is_some());
+        twice.reload(vec![rule("not-found,times=1"), rule("not-found,times=1")]);
+        assert!(hit(&twice, "a.zip").is_some(), "the second copy is fresh");
+        assert!(hit(&twice, "a.zip").is_none());
     }
 }
