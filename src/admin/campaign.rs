@@ -19,7 +19,6 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use globset::Glob;
 use http::{Response, StatusCode};
 
 use super::{AdminBody, text, with_type};
@@ -66,8 +65,8 @@ pub fn parse_query(query: Option<&str>) -> Result<CampaignQuery, String> {
         };
         match key {
             "package" => {
-                let glob = Glob::new(&value).map_err(|e| bad(e.to_string()))?;
-                q.filter.package = Some(glob.compile_matcher());
+                let glob = campaign::package_glob(&value).map_err(|e| bad(e.to_string()))?;
+                q.filter.package = Some(glob);
             }
             "since" => q.filter.since = Some(campaign::parse_instant(&value, now).map_err(bad)?),
             "until" => q.filter.until = Some(campaign::parse_instant(&value, now).map_err(bad)?),

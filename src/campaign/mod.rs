@@ -56,7 +56,7 @@ pub struct Filter {
     /// Only attempts that started before this instant.
     pub until: Option<DateTime<Utc>>,
     /// Only packages whose path matches this glob (`update-*.zip`,
-    /// `Jun/**`); matched against the record's `path`.
+    /// `Jun/**`: [`package_glob`]); matched against the record's `path`.
     pub package: Option<GlobMatcher>,
 }
 
@@ -429,6 +429,20 @@ impl Campaign {
     }
 }
 
+/// Parses a package glob for [`Filter::package`] (`report --package`,
+/// `/campaign?package=`) in the dialect of the fault rules' `path=`: `*`
+/// and `?` stay inside one folder, `**` crosses folders (`Jun/*` is
+/// `Jun/a.zip`, not `Jun/sub/b.zip`; `Jun/**` is both).
+///
+/// # Errors
+/// The glob's syntax error (an unclosed `[`, say).
+pub fn package_glob(glob: &str) -> Result<GlobMatcher, globset::Error> {
+    let glob = globset::GlobBuilder::new(glob)
+        .literal_separator(true)
+        .build()?;
+    Ok(glob.compile_matcher())
+}
+
 /// Parses a `--since`/`--until` value: RFC 3339 (`2026-06-01T12:00:00Z`)
 /// or a span back from `now`: a number and a unit, `s`, `m`, `h`, `d`, `w`
 /// (`90s`, `30m`, `2h`, `7d`).
@@ -637,7 +651,7 @@ pub(crate) mod tests {
         let filter = Filter {
             since: Some(t(5)),
             until: Some(t(30)),
-            package: Some(globset::Glob::new("a.*").unwrap().compile_matcher()),
+            package: Some(package_glob("a.*").unwrap()),
         };
         let c = Campaign::build(&records, &filter, DEFAULT_RECENT);
         assert_eq!(c.attempts, 4);
@@ -689,5 +703,17 @@ pub(crate) mod tests {
         for bad in ["", "h", "2y", "yesterday", "99999999999999999999d"] {
             assert!(parse_instant(bad, now).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn package_globs_keep_star_inside_a_folder_as_fault_rules_do() {
+        let glob = |g| package_glob(g).unwrap();
+        assert!(glob("Jun/*").is_match("Jun/a-v1.zip"));
+        assert!(!glob("Jun/*").is_match("Jun/sub/b-v1.zip"));
+        assert!(glob("Jun/**").is_match("Jun/sub/b-v1.zip"));
+        assert!(!glob("*.zip").is_match("Jun/a-v1.zip"));
+        assert!(glob("**/*.zip").is_match("Jun/a-v1.zip"));
+        assert!(glob("**/*.zip").is_match("a.zip"));
+        assert!(package_glob("Jun/[a").is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use globset::{Glob, GlobMatcher};
+use globset::GlobMatcher;
 
 use crate::campaign::read::read_logs;
 use crate::campaign::{self, Campaign, DEFAULT_RECENT, Filter};
@@ -47,9 +47,7 @@ fn parse_now_relative(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 fn parse_glob(s: &str) -> Result<GlobMatcher, String> {
-    Glob::new(s)
-        .map(|g| g.compile_matcher())
-        .map_err(|e| e.to_string())
+    campaign::package_glob(s).map_err(|e| e.to_string())
 }
 
 /// Runs `qfota-serve report`: exit 0 once the view is printed or written.

@@ -264,7 +264,10 @@ mod tests {
             rule("status=500,path=/b.zip,times=1"),
         ]);
         assert!(hit(&set, "a.zip").is_none(), "still used up");
-        assert_eq!(hit(&set, "b.zip").unwrap().name, "status=500,path=/b.zip,times=1");
+        assert_eq!(
+            hit(&set, "b.zip").unwrap().name,
+            "status=500,path=/b.zip,times=1"
+        );
         assert!(hit(&set, "b.zip").is_none());
         // A changed rule is a new one.
         set.reload(vec![rule("status=503,times=2")]);
