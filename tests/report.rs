@@ -1,8 +1,9 @@
 //! `qfota-serve report` on real logs: the real server (the binary) serves
 //! the sample packages, curl downloads over HTTP and FTP (complete, a 404,
 //! an unsatisfiable range, a refused login), the log is split in two like
-//! two replicas' logs with a torn line and garbage added, and the binary's
-//! `report` must merge them — as a table, JSON, and an HTML page that
+//! two replicas' logs with a torn line and garbage added, one of them
+//! compressed with gzip as logrotate leaves it, and the binary's `report`
+//! must merge them — as a table, JSON, and an HTML page that
 //! headless Chromium renders with the expected rows (screenshots kept in
 //! `target/screenshots/` for people).
 
@@ -89,6 +90,11 @@ async fn report_merges_real_replica_logs_as_table_json_and_html() {
     let text = real_log(work.path()).await;
     assert_eq!(text.lines().count(), 6, "{text}");
     let [a, b] = replica_logs(work.path(), &text);
+    // The second one rotated and compressed, as logrotate's `compress`
+    // leaves it (`report downloads.jsonl*`).
+    let gz = run("gzip", &[b.to_str().unwrap()]).await;
+    assert!(gz.status.success(), "{gz:?}");
+    let b = b.with_extension("jsonl.gz");
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
 
     let (table, stderr) = report(&[a, b]).await;
@@ -174,4 +180,18 @@ async fn report_on_a_missing_log_fails_naming_it() {
     assert!(err.contains("/nonexistent/downloads.jsonl"), "{err}");
     let out = run(BIN, &["report", "--since", "yesterday", "x.jsonl"]).await;
     assert_eq!(out.status.code(), Some(2));
+    // A compressed log cut short (a copy interrupted) is an error naming
+    // it, not a silently shorter campaign.
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("downloads.jsonl.1");
+    std::fs::write(&log, "{\"not\":\"a record\"}\n".repeat(2000)).unwrap();
+    assert!(run("gzip", &[log.to_str().unwrap()]).await.status.success());
+    let gz = log.with_extension("1.gz");
+    let whole = std::fs::read(&gz).unwrap();
+    std::fs::write(&gz, &whole[..whole.len() / 2]).unwrap();
+    let out = run(BIN, &["report", gz.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("downloads.jsonl.1.gz"), "{err}");
+    assert!(err.contains("gzip"), "{err}");
 }

@@ -1,6 +1,7 @@
 //! Download-log files → records for [`super::Campaign::build`]: one or
 //! more JSON-lines logs (several replicas' logs, rotated files) merged in
-//! `ts` order. A line that is not a record — torn by a crash mid-write, not
+//! `ts` order; a file compressed with gzip (logrotate's `compress`) is read
+//! through it. A line that is not a record — torn by a crash mid-write, not
 //! JSON, another program's output — is skipped and counted, never fatal.
 
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ pub fn read_logs(paths: &[impl AsRef<Path>]) -> Result<(Vec<DownloadRecord>, u64
     let mut skipped = 0;
     for path in paths {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|error| ReadError {
+        let bytes = read_log(path).map_err(|error| ReadError {
             path: path.to_path_buf(),
             error,
         })?;
@@ -36,6 +37,23 @@ pub fn read_logs(paths: &[impl AsRef<Path>]) -> Result<(Vec<DownloadRecord>, u64
     }
     records.sort_by_key(|r| r.ts);
     Ok((records, skipped))
+}
+
+/// The bytes of the log at `path`, decompressed when it starts with the
+/// gzip magic number (RFC 1952 §2.3.1: `1f 8b`), whatever its name.
+///
+/// # Errors
+/// The file cannot be read, or its gzip data is corrupt or cut short.
+fn read_log(path: &Path) -> std::io::Result<Vec<u8>> {
+    let bytes = std::fs::read(path)?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
+    }
+    let mut text = Vec::new();
+    let mut gz = flate2::read::MultiGzDecoder::new(&bytes[..]);
+    std::io::Read::read_to_end(&mut gz, &mut text)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("not a readable gzip file: {e}")))?;
+    Ok(text)
 }
 
 /// Appends the records in `bytes` (JSON lines) to `out`; returns how many
