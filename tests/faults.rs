@@ -236,20 +236,40 @@ async fn corrupt_flips_exactly_one_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stall_after_keeps_the_connection_silent() {
     // The connection stays open until the stall timeout, also after the
-    // client's FIN (it may only have half-closed: RFC 9112 §9.6).
+    // client's FIN (it may only have half-closed: RFC 9112 §9.6). Over
+    // HTTP, HTTPS with TLS 1.3 (22 bytes per record) and with TLS 1.2
+    // AES-GCM (29): the record counts the 1,000 body bytes exactly.
     let fx = Fixture::start(|b| {
         b.fault(rule("stall-after=1000"))
             .stall_timeout(Duration::from_secs(3))
     })
     .await;
-    let (code, status, body) = curl(&fx.http_url(BIG), &["--max-time", "2"]).await;
-    assert_eq!((code, status.as_str()), (28, "200"), "curl timed out");
-    assert_eq!(body.len(), 1000);
-    let rec = fx
-        .wait_record("stalled", |r| r.outcome == Outcome::Aborted)
+    let (http, https) = (fx.http_url(BIG), fx.https_url(BIG));
+    let tls12 = [
+        "--max-time",
+        "2",
+        "--tls-max",
+        "1.2",
+        "--ciphers",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+    ];
+    let runs = futures_util::future::join3(
+        curl(&http, &["--max-time", "2"]),
+        curl(&https, &["--max-time", "2", "--tlsv1.3"]),
+        curl(&https, &tls12),
+    )
+    .await;
+    for (code, status, body) in [runs.0, runs.1, runs.2] {
+        assert_eq!((code, status.as_str()), (28, "200"), "curl timed out");
+        assert_eq!(body.len(), 1000);
+    }
+    let recs = fx
+        .wait_records("three stalled", 3, |r| r.outcome == Outcome::Aborted)
         .await;
-    assert_eq!(rec.bytes_sent, 1000);
-    assert_eq!(rec.fault.as_deref(), Some("stall-after=1000"));
+    for rec in recs {
+        assert_eq!((rec.bytes_sent, rec.bytes_acked), (1000, 1000), "{rec:?}");
+        assert_eq!(rec.fault.as_deref(), Some("stall-after=1000"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

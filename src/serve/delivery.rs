@@ -74,11 +74,27 @@ pub const ACK_POLL: Duration = Duration::from_millis(500);
 /// Largest plaintext per TLS record (RFC 8446 §5.1, RFC 5246 §6.2.1).
 const TLS_RECORD_PLAINTEXT: u64 = 16_384;
 
-/// Per-record ciphertext overhead of the suites the server offers: TLS 1.2
-/// AES-GCM adds a 5-byte header, an 8-byte explicit nonce and a 16-byte tag
-/// (29); TLS 1.3 a 5-byte header, a 1-byte content type and a 16-byte tag
-/// (22). The larger one is used, which under-counts by at most one record.
-const TLS_RECORD_OVERHEAD: u64 = 29;
+/// Per-record ciphertext overhead, in bytes, assumed until the handshake
+/// has chosen a suite ([`tls_record_overhead`]): the largest of the suites
+/// the server offers (TLS 1.2 AES-GCM).
+pub const TLS_RECORD_OVERHEAD: u64 = 29;
+
+/// Bytes each TLS record adds to its plaintext under `suite`: TLS 1.3 a
+/// 5-byte header, a 1-byte content type and a 16-byte tag (22, RFC 8446
+/// §5.2; rustls adds no padding); TLS 1.2 AES-GCM a 5-byte header, an
+/// 8-byte explicit nonce and a 16-byte tag (29, RFC 5288 §3); TLS 1.2
+/// ChaCha20-Poly1305 a header and a tag (21, RFC 7905 §2).
+pub fn tls_record_overhead(suite: rustls::SupportedCipherSuite) -> u64 {
+    use rustls::CipherSuite;
+    match suite {
+        rustls::SupportedCipherSuite::Tls13(_) => 22,
+        rustls::SupportedCipherSuite::Tls12(tls12) => match tls12.common.suite {
+            CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => 21,
+            _ => TLS_RECORD_OVERHEAD,
+        },
+    }
+}
 
 /// The two ends of one TCP connection, as the server's socket sees them
 /// (IPv4-mapped IPv6 addresses stay mapped: that is how the kernel files a
@@ -350,11 +366,11 @@ pub fn candidates_by_local_port(
 }
 
 /// Plaintext bytes carried by `ciphertext` bytes of TLS records of at most
-/// 16 KiB: an estimate that is low by at most one record's overhead per
-/// record, i.e. within one record of the truth.
-pub fn tls_plaintext_estimate(ciphertext: u64) -> u64 {
-    let records = ciphertext.div_ceil(TLS_RECORD_PLAINTEXT + TLS_RECORD_OVERHEAD);
-    ciphertext.saturating_sub(records * TLS_RECORD_OVERHEAD)
+/// 16 KiB, each adding `overhead` bytes: exact when every record but the
+/// last is full, within one record of the truth otherwise.
+pub fn tls_plaintext_estimate(ciphertext: u64, overhead: u64) -> u64 {
+    let records = ciphertext.div_ceil(TLS_RECORD_PLAINTEXT + overhead);
+    ciphertext.saturating_sub(records * overhead)
 }
 
 /// `1048576` → `"1,048,576"`: byte counts in reasons, as people read them.
@@ -390,7 +406,9 @@ pub enum Delivery {
 #[derive(Debug)]
 pub struct AckTracker {
     ends: TcpEnds,
-    tls: bool,
+    /// Bytes each TLS record adds ([`tls_record_overhead`]); 0 without
+    /// TLS.
+    tls_overhead: AtomicU64,
     /// Stream offset (bytes written before the body: headers, earlier
     /// responses, TLS handshake) — the kernel's `written()` when the body
     /// started.
@@ -412,7 +430,7 @@ impl AckTracker {
     pub fn start(ends: TcpEnds, tls: bool) -> Arc<Self> {
         let tracker = Arc::new(AckTracker {
             ends,
-            tls,
+            tls_overhead: AtomicU64::new(if tls { TLS_RECORD_OVERHEAD } else { 0 }),
             base: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             progressed: Mutex::new(Instant::now()),
@@ -510,12 +528,17 @@ impl AckTracker {
     /// ciphertext can carry: [`tls_plaintext_estimate`]), capped at `sent`.
     pub fn body_acked(&self, start: u64, sent: u64) -> u64 {
         let stream = self.acked.load(Ordering::Acquire).saturating_sub(start);
-        let body = if self.tls {
-            tls_plaintext_estimate(stream)
-        } else {
-            stream
+        let body = match self.tls_overhead.load(Ordering::Acquire) {
+            0 => stream,
+            overhead => tls_plaintext_estimate(stream, overhead),
         };
         body.min(sent)
+    }
+
+    /// Sets the bytes each TLS record adds, once the handshake has chosen
+    /// the suite ([`tls_record_overhead`]).
+    pub fn set_tls_overhead(&self, bytes: u64) {
+        self.tls_overhead.store(bytes, Ordering::Release);
     }
 
     /// Bytes the peer acknowledged since the connection opened, as last
@@ -770,16 +793,20 @@ mod tests {
     }
 
     #[test]
-    fn tls_estimate_is_within_one_record() {
-        // 4 full TLS 1.2 records of 16 KiB plaintext.
-        let plain = 4 * TLS_RECORD_PLAINTEXT;
-        let cipher = plain + 4 * TLS_RECORD_OVERHEAD;
-        assert_eq!(tls_plaintext_estimate(cipher), plain);
-        // TLS 1.3 records are smaller: the estimate errs low, by < 1 record.
-        let cipher13 = plain + 4 * 22;
-        let est = tls_plaintext_estimate(cipher13);
-        assert!(est <= plain && plain - est < TLS_RECORD_PLAINTEXT, "{est}");
-        assert_eq!(tls_plaintext_estimate(0), 0);
+    fn tls_estimate_is_exact_for_full_records_of_the_suite() {
+        let plain = 4 * TLS_RECORD_PLAINTEXT + 1000;
+        for overhead in [TLS_RECORD_OVERHEAD, 22, 21] {
+            let cipher = plain + 5 * overhead;
+            assert_eq!(tls_plaintext_estimate(cipher, overhead), plain);
+            // Part of the last record: low by its overhead at most.
+            let part = 4 * (TLS_RECORD_PLAINTEXT + overhead) + 500;
+            assert_eq!(tls_plaintext_estimate(part, overhead), part - 5 * overhead);
+        }
+        // A TLS 1.3 stream read with TLS 1.2's overhead errs low.
+        let cipher13 = plain + 5 * 22;
+        let est = tls_plaintext_estimate(cipher13, TLS_RECORD_OVERHEAD);
+        assert!(est < plain && plain - est < TLS_RECORD_PLAINTEXT, "{est}");
+        assert_eq!(tls_plaintext_estimate(0, 22), 0);
     }
 
     /// A connected loopback pair: the client, the server and the server's

@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -186,6 +186,11 @@ impl Accepted {
             ack,
             close: CancellationToken::new(),
             timeouts,
+            tls_overhead: AtomicU64::new(if tls.is_some() {
+                delivery::TLS_RECORD_OVERHEAD
+            } else {
+                0
+            }),
         });
         match tls {
             None => serve_connection(guard, conn, timeouts, watcher).await,
@@ -225,7 +230,17 @@ async fn serve_tls(
         }
     };
     match accepted {
-        Ok(stream) => serve_connection(stream, conn, timeouts, watcher).await,
+        Ok(stream) => {
+            // Body counts read through the chosen suite's record size.
+            if let Some(suite) = stream.get_ref().1.negotiated_cipher_suite() {
+                let overhead = delivery::tls_record_overhead(suite);
+                conn.tls_overhead.store(overhead, Ordering::Release);
+                if let Some(ack) = &conn.ack {
+                    ack.set_tls_overhead(overhead);
+                }
+            }
+            serve_connection(stream, conn, timeouts, watcher).await
+        }
         Err(failed) => {
             // A module that cannot speak the server's TLS reports 701 and
             // never sends a request: the record says why.
@@ -329,6 +344,9 @@ struct Conn {
     /// after its last body byte).
     close: CancellationToken,
     timeouts: HttpTimeouts,
+    /// Bytes each TLS record adds under the negotiated suite
+    /// ([`delivery::tls_record_overhead`]); 0 without TLS.
+    tls_overhead: AtomicU64,
 }
 
 impl Conn {
@@ -1025,11 +1043,9 @@ impl Conn {
             return handed;
         };
         let stream = self.flushes.written().saturating_sub(start);
-        let tls = self.protocol == Protocol::Https;
-        let body = if tls {
-            delivery::tls_plaintext_estimate(stream)
-        } else {
-            stream
+        let body = match self.tls_overhead.load(Ordering::Acquire) {
+            0 => stream,
+            overhead => delivery::tls_plaintext_estimate(stream, overhead),
         };
         body.min(handed)
     }
