@@ -1378,6 +1378,8 @@ async fn downloads_cut_at_the_end_of_the_grace_period_are_recorded() {
         })
         .await;
     }
+    // And an FTP RETR still waiting for its data connection.
+    let waiting = retr_without_data_connection(fx.server.ftp_addr().unwrap()).await;
     let Fixture {
         server,
         dir: _dir,
@@ -1385,7 +1387,13 @@ async fn downloads_cut_at_the_end_of_the_grace_period_are_recorded() {
         ..
     } = fx;
     bounded("shutdown", server.shutdown()).await;
+    drop(waiting);
     let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("\"status\":150")
+            && l.contains("RETR answered 150, then the server shut down with no data connection")),
+        "{log}"
+    );
     for protocol in ["http", "https", "ftp"] {
         let protocol = format!("\"protocol\":\"{protocol}\"");
         assert!(
@@ -1395,6 +1403,27 @@ async fn downloads_cut_at_the_end_of_the_grace_period_are_recorded() {
             "{protocol}: {log}"
         );
     }
+}
+
+/// An FTP control connection logged in that sent `PASV` and `RETR` and
+/// never opens the data connection, once `RETR` got its `150`.
+async fn retr_without_data_connection(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut control = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut expect = async |send: &str, code: &str| {
+        if !send.is_empty() {
+            control.get_mut().write_all(send.as_bytes()).await.unwrap();
+        }
+        let mut line = String::new();
+        control.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with(code), "{send:?}: {line:?}");
+    };
+    expect("", "220").await;
+    expect("USER test\r\n", "331").await;
+    expect("PASS test\r\n", "230").await;
+    expect("PASV\r\n", "227").await;
+    expect(&format!("RETR {PKG}\r\n"), "150").await;
+    control.into_inner()
 }
 
 /// Shutdown stops accepting but lets a download in flight finish within

@@ -114,10 +114,9 @@ pub struct FtpSession {
     /// control channel log ([`unftp_log`]): several commands reach the
     /// storage back-end through one call.
     command: Mutex<String>,
-    /// The attempt of a `RETR` libunftp answered `150` for whose data
-    /// connection has not come (libunftp calls the storage back-end only
-    /// once it has), started when the `RETR` came, with its number.
-    retr_waiting: Mutex<Option<(u64, Attempt)>>,
+    /// A `RETR` libunftp answered `150` for whose data connection has not
+    /// come (libunftp calls the storage back-end only once it has).
+    retr_waiting: Mutex<Option<RetrWaiting>>,
     /// `RETR`s seen, numbering [`FtpSession::retr_waiting`].
     retrs: std::sync::atomic::AtomicU64,
     /// Why the session's latest `PASV`/`EPSV` was refused, until a `RETR`
@@ -264,12 +263,17 @@ impl FtpSession {
             let path = path.trim_start_matches('/');
             self.named(path);
             let n = self.retrs.fetch_add(1, Ordering::AcqRel);
-            let earlier = lock(&self.retr_waiting).replace((n, self.attempt(path)));
-            if let Some((_, earlier)) = earlier {
+            let waiting = RetrWaiting {
+                n,
+                attempt: self.attempt(path),
+                _in_flight: self.shared.transfers.token(),
+            };
+            let earlier = lock(&self.retr_waiting).replace(waiting);
+            if let Some(earlier) = earlier {
                 // A client that sent RETR again before the first one's
                 // reply: the first ends here, with the 150 it got.
                 let reason = "RETR answered 150, then another RETR came before its data connection";
-                self.emit(&earlier, 150, Outcome::Aborted, reason);
+                self.emit(&earlier.attempt, 150, Outcome::Aborted, reason);
             }
             if self.passive_state.is_empty() {
                 FtpSession::retr_without_listener(Arc::downgrade(self), n, RETR_WITHOUT_LISTENER);
@@ -325,6 +329,19 @@ impl FtpSession {
     }
 }
 
+/// A `RETR` waiting for its data connection ([`FtpSession::retr_waiting`]).
+#[derive(Debug)]
+struct RetrWaiting {
+    /// Its number ([`FtpSession::retrs`]).
+    n: u64,
+    /// Started when the `RETR` came.
+    attempt: Attempt,
+    /// Counts as a transfer in flight: a shutdown waits for it (its data
+    /// connection may still come) and, when the grace period ends, for
+    /// its record.
+    _in_flight: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
 impl Drop for FtpSession {
     fn drop(&mut self) {
         self.close_records();
@@ -339,11 +356,18 @@ impl FtpSession {
     /// latest at drop (libunftp's tasks may hold the session a while).
     fn close_records(&self) {
         let refused = lock(&self.passive_refused).take();
+        // The server's own shutdown closes sessions too: say so, not that
+        // the client left.
+        let closed = if self.shared.shutdown.is_cancelled() {
+            "the server shut down"
+        } else {
+            "the control connection closed"
+        };
         let why = match &refused {
             Some(refusal) => {
-                format!("the control connection closed; its last PASV/EPSV was refused ({refusal})")
+                format!("{closed}; its last PASV/EPSV was refused ({refusal})")
             }
-            None => "the control connection closed with no data connection after PASV/EPSV".into(),
+            None => format!("{closed} with no data connection after PASV/EPSV"),
         };
         // A RETR still waiting: for the outstanding listener, or for one
         // that had expired.
@@ -522,9 +546,19 @@ async fn serve_session(
     let quit_deadline = tokio::time::sleep(Duration::from_secs(365 * 86_400));
     tokio::pin!(quit_deadline);
     let mut quitting = false;
+    let closing = session.shared.closing.clone();
+    let mut closed = false;
     let ended = loop {
         tokio::select! {
             ended = &mut service => break ended,
+            () = closing.cancelled(), if !closed => {
+                // The shutdown's grace period is over: a RETR still
+                // waiting for its data connection is recorded now, before
+                // the server's last log flush (a transfer running ends by
+                // itself, through its own record).
+                closed = true;
+                session.close_records();
+            }
             () = &mut login_deadline, if !deadline_passed => {
                 if !session.logged_in.load(Ordering::Acquire) {
                     tracing::info!(%peer, "FTP connection closed: no login within the login timeout");

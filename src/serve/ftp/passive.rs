@@ -179,11 +179,11 @@ impl FtpSession {
     /// when the server answers it so, `150` when the client left first);
     /// `true` when there was one.
     pub(super) fn retr_unanswered(&self, why: &str, status: u16) -> bool {
-        let Some((_, attempt)) = lock(&self.retr_waiting).take() else {
+        let Some(waiting) = lock(&self.retr_waiting).take() else {
             return false;
         };
         self.emit(
-            &attempt,
+            &waiting.attempt,
             status,
             Outcome::Aborted,
             format!("RETR answered 150, then {why}"),
@@ -204,7 +204,7 @@ impl FtpSession {
             let Some(session) = session.upgrade() else {
                 return;
             };
-            if !matches!(&*lock(&session.retr_waiting), Some((n, _)) if *n == retr) {
+            if !matches!(&*lock(&session.retr_waiting), Some(waiting) if waiting.n == retr) {
                 return;
             }
             let why = match lock(&session.passive_refused).take() {
