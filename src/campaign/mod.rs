@@ -328,14 +328,27 @@ fn timeline(records: &[&DownloadRecord]) -> Timeline {
             buckets: Vec::new(),
         };
     };
-    let span = u64::try_from((last - first).num_seconds()).unwrap_or(0) + 1;
+    let (first_s, last_s) = (first.timestamp(), last.timestamp());
+    // Buckets of `width` aligned on multiples of it (round times): the
+    // alignment can add one to what the span alone needs.
+    let count = |width: u64| {
+        let width = width as i64;
+        (last_s.div_euclid(width) - first_s.div_euclid(width) + 1) as u64
+    };
     let width = BUCKET_WIDTHS
         .iter()
         .copied()
-        .find(|w| span.div_ceil(*w) <= MAX_BUCKETS as u64)
-        // Longer than 48 days: widen by whole days.
-        .unwrap_or_else(|| span.div_ceil(MAX_BUCKETS as u64).div_ceil(86400) * 86400);
-    let origin = first.timestamp() - first.timestamp().rem_euclid(width as i64);
+        .find(|w| count(*w) <= MAX_BUCKETS as u64)
+        // Longer than 47 days: widen by whole days.
+        .unwrap_or_else(|| {
+            let span = u64::try_from(last_s - first_s).unwrap_or(0) + 1;
+            let mut days = span.div_ceil(MAX_BUCKETS as u64).div_ceil(86400);
+            while count(days * 86400) > MAX_BUCKETS as u64 {
+                days += 1;
+            }
+            days * 86400
+        });
+    let origin = first_s - first_s.rem_euclid(width as i64);
     let index = |ts: DateTime<Utc>| ((ts.timestamp() - origin) / width as i64) as usize;
     let mut buckets: Vec<Bucket> = (0..=index(last))
         .map(|i| Bucket {
@@ -677,6 +690,21 @@ pub(crate) mod tests {
         assert!(c.timeline.buckets.len() <= MAX_BUCKETS);
         let total: u64 = c.timeline.buckets.iter().map(|b| b.outcomes.total()).sum();
         assert_eq!(total, 8);
+        // A span that fits 48 buckets of 5 s only when not aligned
+        // (00:00:04 to 00:04:03 touches 49 aligned ones): 10 s buckets.
+        let mut two = sample();
+        two.truncate(2);
+        let base = DateTime::from_timestamp(1_780_315_200, 0).unwrap();
+        two[0].ts = base + TimeDelta::seconds(4);
+        two[1].ts = base + TimeDelta::seconds(243);
+        let c = Campaign::build(&two, &Filter::default(), DEFAULT_RECENT);
+        assert_eq!(c.timeline.bucket_secs, 10);
+        assert!(c.timeline.buckets.len() <= MAX_BUCKETS);
+        // Over many days too.
+        two[1].ts = base + TimeDelta::days(400) + TimeDelta::seconds(3);
+        let c = Campaign::build(&two, &Filter::default(), DEFAULT_RECENT);
+        assert!(c.timeline.buckets.len() <= MAX_BUCKETS, "{}", c.timeline.buckets.len());
+        assert_eq!(c.timeline.bucket_secs % 86400, 0);
     }
 
     #[test]
