@@ -1480,3 +1480,64 @@ async fn shutdown_lets_an_in_flight_download_finish() {
         "{log}"
     );
 }
+
+/// A request cut off inside its header — the client closes, or the header
+/// never ends — leaves a record that nothing was answered; a keep-alive
+/// connection left idle after a complete download adds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_off_inside_the_header_are_recorded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::start(|b| b.header_read_timeout(Duration::from_secs(1))).await;
+    let addr = fx.server.http_addr().unwrap();
+    let partial = format!("GET /{PKG} HTTP/1.1\r\nHo");
+    // The client closes mid-header.
+    let mut closed = tokio::net::TcpStream::connect(addr).await.unwrap();
+    closed.write_all(partial.as_bytes()).await.unwrap();
+    closed.shutdown().await.unwrap();
+    // The header never ends.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    silent.write_all(partial.as_bytes()).await.unwrap();
+    // A complete download on a connection then left idle until the
+    // server closes it.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let whole = format!("GET /{PKG} HTTP/1.1\r\nHost: x\r\n\r\n");
+    idle.write_all(whole.as_bytes()).await.unwrap();
+    let size = fx.package_bytes(PKG).len();
+    let mut got = Vec::new();
+    let mut buf = vec![0; 64 * 1024];
+    while !got.ends_with(&fx.package_bytes(PKG)[size - 64..]) {
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(n > 0, "response cut");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let recs = fx.wait_records("three records", 3, |_| true).await;
+    let unanswered: Vec<_> = recs.iter().filter(|r| r.status == 0).collect();
+    assert_eq!(unanswered.len(), 2, "{recs:?}");
+    assert!(
+        unanswered
+            .iter()
+            .all(|r| r.path.is_empty() && r.outcome == Outcome::Refused)
+    );
+    assert!(
+        unanswered.iter().any(|r| r
+            .reason
+            .contains("connection closed before the request's header ended")),
+        "{recs:?}"
+    );
+    assert!(
+        unanswered
+            .iter()
+            .any(|r| r.reason.contains("request header not complete within 1 s")),
+        "{recs:?}"
+    );
+    // The idle connection is closed by the server or left open; either
+    // way no record is added for it.
+    let _ = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf)).await;
+    assert_eq!(
+        fx.server.downloads().len(),
+        3,
+        "{:?}",
+        fx.server.downloads()
+    );
+    drop((closed, silent));
+}

@@ -703,7 +703,11 @@ pub(crate) mod tests {
         // Over many days too.
         two[1].ts = base + TimeDelta::days(400) + TimeDelta::seconds(3);
         let c = Campaign::build(&two, &Filter::default(), DEFAULT_RECENT);
-        assert!(c.timeline.buckets.len() <= MAX_BUCKETS, "{}", c.timeline.buckets.len());
+        assert!(
+            c.timeline.buckets.len() <= MAX_BUCKETS,
+            "{}",
+            c.timeline.buckets.len()
+        );
         assert_eq!(c.timeline.bucket_secs % 86400, 0);
     }
 

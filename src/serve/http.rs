@@ -191,6 +191,7 @@ impl Accepted {
             } else {
                 0
             }),
+            read_at_request: AtomicU64::new(0),
         });
         match tls {
             None => serve_connection(guard, conn, timeouts, watcher).await,
@@ -292,6 +293,10 @@ async fn serve_connection<S>(
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
                 if let Some(status) = parse_error_status(&err) {
                     recorder.record_unanswered(status, format!("malformed request: {err}"));
+                } else if recorder.request_begun()
+                    && let Some(why) = unfinished_request(&err, timeouts.header_read)
+                {
+                    recorder.record_unanswered(NO_ANSWER, why);
                 }
             }
         }
@@ -330,6 +335,24 @@ fn parse_error_status(err: &hyper::Error) -> Option<u16> {
     }
 }
 
+/// Why a connection ended in the middle of a request's header, for its
+/// record: the client closed it (a module that gave up, a link lost), or
+/// the header did not end within `header_read` (hyper's timeout also ends
+/// an idle keep-alive connection: [`Conn::request_begun`] tells them
+/// apart). `None` for other errors.
+fn unfinished_request(err: &hyper::Error, header_read: Duration) -> Option<String> {
+    if err.is_incomplete_message() {
+        Some("request cut off: the connection closed before the request's header ended".into())
+    } else if err.is_timeout() {
+        Some(format!(
+            "request header not complete within {} s: connection closed, nothing answered",
+            header_read.as_secs()
+        ))
+    } else {
+        None
+    }
+}
+
 /// One accepted connection's context.
 struct Conn {
     shared: Arc<Shared>,
@@ -347,9 +370,20 @@ struct Conn {
     /// Bytes each TLS record adds under the negotiated suite
     /// ([`delivery::tls_record_overhead`]); 0 without TLS.
     tls_overhead: AtomicU64,
+    /// Bytes read from the connection ([`FlushSignal::read`]) when its
+    /// latest request reached [`Conn::handle`].
+    read_at_request: AtomicU64,
 }
 
 impl Conn {
+    /// Whether bytes came since the latest request was handled: a next
+    /// request has begun (an idle keep-alive connection has sent none).
+    /// Under pipelining, bytes of the next request read together with the
+    /// latest one are not seen.
+    fn request_begun(&self) -> bool {
+        self.flushes.read() > self.read_at_request.load(Ordering::Acquire)
+    }
+
     /// Records a request that never reached [`Conn::handle`]: hyper refused
     /// to parse it. No path is known.
     fn record_unanswered(&self, status: u16, reason: String) {
@@ -363,6 +397,8 @@ impl Conn {
     /// once (now for an answer without a body, when the body ends
     /// otherwise).
     async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
+        self.read_at_request
+            .store(self.flushes.read(), Ordering::Release);
         let path = req.uri().path().trim_start_matches('/');
         let mut attempt = Attempt::start(self.protocol, self.peer, path);
         match self.serve(&req, &mut attempt).await {

@@ -39,6 +39,8 @@ use super::lock;
 pub struct FlushSignal {
     count: AtomicU64,
     written: AtomicU64,
+    /// Bytes read from the connection (ciphertext under TLS).
+    read: AtomicU64,
     waker: AtomicWaker,
     /// Marks to fill at the next completed flush.
     pending: std::sync::Mutex<Vec<Arc<OnceLock<u64>>>>,
@@ -61,6 +63,12 @@ impl FlushSignal {
         let end = Arc::new(OnceLock::new());
         lock(&self.pending).push(Arc::clone(&end));
         end
+    }
+
+    /// Bytes read from this connection since the guard was made
+    /// (ciphertext under TLS).
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Acquire)
     }
 
     /// Bytes the kernel has taken from this connection's writes since the
@@ -301,7 +309,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.flushes.read.fetch_add(n as u64, Ordering::AcqRel);
+        }
+        poll
     }
 }
 
