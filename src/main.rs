@@ -15,7 +15,7 @@ use qfota_serve::cli::{self, Cli, Command};
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    init_logging();
+    let log_writer = init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -45,6 +45,8 @@ fn main() -> ExitCode {
             },
         }
     });
+    // The log lines still queued go out before the last word.
+    drop(log_writer);
     match result {
         Ok(code) => code,
         Err(err) => {
@@ -84,9 +86,17 @@ fn error_chain(err: &anyhow::Error) -> String {
     out
 }
 
-fn init_logging() {
+/// Log lines (`tracing`) go to stderr through a thread of their own: a
+/// reader that stops draining a stderr pipe (a test harness that reads
+/// only stdout) makes lines be dropped, never a download or the runtime
+/// wait. The guard flushes what is queued when dropped.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("qfota-serve-log")
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QFOTA_LOG_LEVEL").unwrap_or_else(|_| {
@@ -94,4 +104,5 @@ fn init_logging() {
             }),
         )
         .init();
+    guard
 }

@@ -185,3 +185,76 @@ async fn modem_ready_line_on_stdout_names_its_ports() {
     let rest = bounded("stdout end", stdout.next_line()).await.unwrap();
     assert_eq!(rest, None);
 }
+
+/// A harness that reads the ready line from stdout and never drains the
+/// stderr pipe (Node's `spawn`, Python's `stderr=PIPE`): once the pipe is
+/// full, log lines are dropped, and serving, `/healthz` and SIGTERM go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_pipe_nobody_reads_never_stops_the_server() {
+    let work = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--http",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .arg("--log")
+        .arg(work.path().join("downloads.jsonl"))
+        .args(["--ready-json", "-"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("packages"))
+        .stdout(Stdio::piped())
+        // Held open, never read.
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = bounded("ready line", stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let http = v["listeners"]["http"].as_str().unwrap().to_string();
+    let admin = v["listeners"]["admin"].as_str().unwrap().to_string();
+    // Each download logs a line of ~200 bytes: 1,000 of them are three
+    // times what a 64 KiB pipe holds. A long path makes each line longer.
+    let long = format!("/{}.zip", "x".repeat(900));
+    let request = format!("GET {long} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut tcp = TcpStream::connect(&http).await.unwrap();
+    let mut answers = BufReader::new(&mut tcp);
+    for _ in 0..300 {
+        answers
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .unwrap();
+        // A 404 with a body: read its header, then its length.
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            bounded("answer", answers.read_line(&mut line))
+                .await
+                .unwrap();
+            if let Some(n) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = n.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        bounded("body", answers.read_exact(&mut body))
+            .await
+            .unwrap();
+    }
+    let health = run(
+        "curl",
+        &["-sS", "--max-time", "5", &format!("http://{admin}/healthz")],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "ok\n");
+    sigterm_exits_0(child).await;
+}
