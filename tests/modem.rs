@@ -202,6 +202,7 @@ async fn every_command_answers_exactly_with_echo_on_and_off() {
         ("ATI", "\r\nQuectel\r\nEC25\r\nRevision: v12\r\n\r\nOK\r\n"),
         ("AT+GMR", "\r\nv12\r\n\r\nOK\r\n"),
         ("AT+QGMR", "\r\nv12\r\n\r\nOK\r\n"),
+        ("AT+QGMR?", "\r\nv12\r\n\r\nOK\r\n"),
         ("AT+CGMI", "\r\nQuectel\r\n\r\nOK\r\n"),
         ("AT+CGMM", "\r\nEC25\r\n\r\nOK\r\n"),
         ("AT+GSN", "\r\n867675040000011\r\n\r\nOK\r\n"),
@@ -228,6 +229,14 @@ async fn every_command_answers_exactly_with_echo_on_and_off() {
         ("AT+QFOTADL=\"gopher://h/p.zip\"", "\r\nERROR\r\n"),
     ] {
         host.at(cmd, answer).await;
+    }
+    // An answer and its OK come in one write: a host that reads once per
+    // command (fwupd's upload check) gets both.
+    for _ in 0..20 {
+        host.send("AT+CSQ\r").await;
+        assert!(host.fill().await > 0);
+        let got = String::from_utf8_lossy(&std::mem::take(&mut host.buf)).into_owned();
+        assert_eq!(got, "\r\n+CSQ: 24,99\r\n\r\nOK\r\n", "one read");
     }
     host.at("ATE1", "\r\nOK\r\n").await;
     host.at("AT+CGMM", "AT+CGMM\r\r\nEC25\r\n\r\nOK\r\n").await;

@@ -28,7 +28,7 @@
 //! | `ATZ`, `AT&F`, `AT&W` | `OK`; load the saved profile / the factory defaults / save this port's settings as the profile (kept across reboots) |
 //! | `A/` | repeats the last command line (handled by the session) |
 //! | `ATI`, `ATI0` | `Quectel`, the model, `Revision: <version>`, `OK` |
-//! | `AT+GMR`, `AT+CGMR`, `AT+QGMR` | `<version>`, `OK` |
+//! | `AT+GMR`, `AT+CGMR`, `AT+QGMR`, `AT+QGMR?` | `<version>`, `OK` |
 //! | `AT+CGMI`, `AT+GMI` / `AT+CGMM`, `AT+GMM` | `Quectel` / the model, `OK` |
 //! | `AT+GSN`, `AT+CGSN` / `AT+CIMI` | the IMEI / the IMSI ([`IMSI`]), `OK` |
 //! | `AT+QCCID` / `AT+CCID` | `+QCCID: <iccid>` / `+CCID: <iccid>` ([`ICCID`]), `OK` |
@@ -422,6 +422,9 @@ fn extended(name: &str, form: Form) -> Result<Command, ParseError> {
             single_number(&args, "+QPOWD", 0..=1)?;
             Command::PowerDown
         }
+        // ModemManager's Quectel plugin reads the firmware version with
+        // the read form, and retries for ~17 s when it fails.
+        ("+QGMR", Form::Read) => Command::Revision,
         ("+CPIN", Form::Read) => Command::PinStatus,
         ("+CMEE", Form::Read) => Command::ErrorModeRead,
         ("+CMEE", Form::Set(args)) => Command::Set(PortSetting::ErrorMode(single_number(

@@ -851,8 +851,12 @@ impl Session {
                 tracing::info!(port = id, bytes = stored.size, "AT+QFUPL: file stored");
                 // The checksum in hex: fwupd's DFOTA plugin parses it so.
                 let line = format!("+QFUPL: {},{:x}", stored.size, stored.checksum);
-                self.send_to(id, reply::info(&[vec![line]], &port));
-                self.send_to(id, reply::result(Ok(()), &port));
+                // With its OK in the same write: fwupd reads both at once.
+                let answer = [
+                    reply::info(&[vec![line]], &port),
+                    reply::result(Ok(()), &port),
+                ];
+                self.send_to(id, answer.concat());
             }
             Err(error) => {
                 tracing::info!(port = id, %error, "AT+QFUPL failed");
@@ -954,11 +958,14 @@ impl Session {
         );
         let stat_after = device.reg_stat(&self.settings);
         let port = *self.port_settings(kind);
-        self.send_to(id, reply::info(&outcome.info, &port));
+        // A command's answer and its final result code go out in one
+        // write, as a module's port delivers them: a host that takes one
+        // read per command (fwupd's upload check) sees both.
+        let info = reply::info(&outcome.info, &port);
         match outcome.end {
-            End::Result(result) => self.send_to(id, reply::result(result, &port)),
+            End::Result(result) => self.send_to(id, [info, reply::result(result, &port)].concat()),
             End::Reboot => {
-                self.send_to(id, reply::result(Ok(()), &port));
+                self.send_to(id, [info, reply::result(Ok(()), &port)].concat());
                 tracing::info!(port = id, "AT+CFUN=<fun>,1: rebooting");
                 // A reboot ends whatever the module was doing.
                 self.end_run();
@@ -966,14 +973,19 @@ impl Session {
                 return;
             }
             End::PowerDown => {
-                self.send_to(id, reply::result(Ok(()), &port));
+                self.send_to(id, [info, reply::result(Ok(()), &port)].concat());
                 self.unsolicited(&["POWERED DOWN".to_string()]);
                 self.switch_off();
                 return;
             }
-            End::Fotadl(args) => self.fotadl(id, &args),
+            End::Fotadl(args) => {
+                if !info.is_empty() {
+                    self.send_to(id, info);
+                }
+                self.fotadl(id, &args);
+            }
             End::Upload(request) => {
-                self.send_to(id, reply::connect(&port));
+                self.send_to(id, [info, reply::connect(&port)].concat());
                 let upload = Upload::new(
                     request.name,
                     request.size,
