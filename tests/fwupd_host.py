@@ -13,7 +13,8 @@ and fu-mm-device.c (read, not copied): every command is written as
   `\\r\\n+QFUPL: <size>,<hex checksum>\\r\\n` with `\\r\\nOK\\r\\n`, size and
   16-bit XOR checksum compared with the image's;
 - `AT+QFOTADL="/data/ufs/dfota_update.bin"`, then `+QIND: "FOTA",…` URCs:
-  `START`, `UPDATING,<n>`, `END,0` (any other `END` is a failure).
+  `START`, `UPDATING,<n>`, `END,0` (any other `END` is a failure), read
+  as fwupd reads them: one read per 100 ms, the first match of each.
 
 Before it, the host does what ModemManager has already done when fwupd
 takes the port (`ATE0`), and leaves an orphan `dfota_update.bin` behind
@@ -150,32 +151,33 @@ def upload(port, image):
 
 
 def flash(port):
-    """fu_mm_dfota_device_attach: the FOTA URCs until `END`."""
+    """fu_mm_dfota_device_attach, as fwupd reads: one read of up to 4,096
+    bytes per try, 100 ms between tries, and only the first
+    `+QIND: "FOTA"` match of each read is looked at (the rest of that read
+    is dropped). An `END` that shares a read with an `UPDATING` before it
+    is never seen."""
     seen = []
-    buf = b""
     while time.monotonic() < port.end:
-        buf += port.read_replug()
-        *done, buf = buf.split(b"\r\n")
-        for line in (raw.decode("ascii", "replace") for raw in done):
-            m = re.search(r'\+QIND:\s*"FOTA","([A-Z]+)"(,(\d+))?', line)
-            if not m:
-                continue
+        data = port.read_replug().decode("ascii", "replace")
+        m = re.search(r'\+QIND:\s*"FOTA","([A-Z]+)"(,(\d+))?', data)
+        if m:
+            line = m.group(0)
             print(f"<< {line}", flush=True)
             status, number = m.group(1), m.group(3)
             seen.append(status)
-            if status == "START":
-                continue
-            if number is None:
-                fail(f"badly formatted message {line!r}")
-            if status == "UPDATING":
-                continue
             if status == "END":
+                if number is None:
+                    fail(f"badly formatted message {line!r}")
                 if int(number) != 0:
                     fail(f"update exited with error code {number}")
                 if seen[0] != "START" or "UPDATING" not in seen:
                     fail(f"URCs out of order: {seen}")
                 return
-            fail(f"unhandled fota status {status!r}")
+            if status not in ("START", "UPDATING"):
+                fail(f"unhandled fota status {status!r}")
+            if status == "UPDATING" and number is None:
+                fail(f"badly formatted message {line!r}")
+        time.sleep(0.1)
     fail(f"no END before the deadline; saw {seen}")
 
 

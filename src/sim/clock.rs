@@ -46,6 +46,17 @@ impl Clock {
         Clock { scale }
     }
 
+    /// Sleeps `realistic × scale`, but at least `floor` unless the scale
+    /// is 0 (no module delays at all): a gap a host's polling must see
+    /// whatever the scale.
+    pub(crate) async fn pause_at_least(&self, realistic: Duration, floor: Duration) {
+        let scaled = Duration::try_from_secs_f64(realistic.as_secs_f64() * self.scale)
+            .unwrap_or(Duration::ZERO);
+        if self.scale > 0.0 {
+            tokio::time::sleep(scaled.max(floor)).await;
+        }
+    }
+
     /// Sleeps `realistic × scale`.
     pub(crate) async fn pause(&self, realistic: Duration) {
         let scaled = Duration::try_from_secs_f64(realistic.as_secs_f64() * self.scale)
@@ -68,5 +79,19 @@ mod tests {
         // A zero scale never sleeps, even for the longest step.
         Clock::new(0.0).pause(timing::UPDATING).await;
         assert_eq!(start.elapsed(), Duration::from_secs(5));
+        // A floor holds at small scales, not at 0.
+        let floor = Duration::from_millis(250);
+        Clock::new(0.01)
+            .pause_at_least(Duration::from_secs(1), floor)
+            .await;
+        assert_eq!(start.elapsed(), Duration::from_millis(5250));
+        Clock::new(1.0)
+            .pause_at_least(Duration::from_secs(1), floor)
+            .await;
+        assert_eq!(start.elapsed(), Duration::from_millis(6250));
+        Clock::new(0.0)
+            .pause_at_least(Duration::from_secs(1), floor)
+            .await;
+        assert_eq!(start.elapsed(), Duration::from_millis(6250));
     }
 }

@@ -27,6 +27,11 @@ use crate::sim::emit::Emitter;
 use crate::sim::fault::FaultPlan;
 use crate::sim::urc::{Event, PowerOff, Urc};
 
+/// Least real time between the last `UPDATING` line (or `START`) and
+/// `END` at any time scale but 0 (250 ms: two and a half of fwupd's 100 ms
+/// polls).
+pub const END_GAP_MIN: Duration = Duration::from_millis(250);
+
 /// `UPDATING` percentage at which an injected in-flight error ends an
 /// attempt (seed 000 §4.1 example: `UPDATING,20` then `END,<err>`).
 const FAIL_PERCENT: u16 = 20;
@@ -165,7 +170,11 @@ impl Upgrade<'_> {
             _ => self.update(updating, failure).await?,
         };
         let end_time = updating.step_time.min(Duration::from_secs(1));
-        self.clock.pause(end_time).await;
+        // `END` never shares a host's read with the `UPDATING` lines
+        // before it: fwupd's DFOTA plugin polls every 100 ms and takes
+        // only the first `+QIND: "FOTA"` of each read, so at a small time
+        // scale it saw `UPDATING,96` and never the `END,0` behind it.
+        self.clock.pause_at_least(end_time, END_GAP_MIN).await;
         self.emit.urc(Urc::End(code));
         Some(code)
     }
