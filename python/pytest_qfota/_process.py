@@ -11,7 +11,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 #: Environment variables the binary reads as flags (`QFOTA_*`) are dropped
 #: from the child's environment, so a developer's shell cannot change what
@@ -49,6 +51,24 @@ def _child_setup(parent):
     return setup
 
 
+#: The one thread children are started from. Linux sends
+#: `PR_SET_PDEATHSIG` when the *thread* that forked the child ends, not the
+#: process: a child started from a short-lived thread (a
+#: `concurrent.futures` pool, `asyncio.to_thread`) would get SIGTERM as soon
+#: as that thread finished. This thread lives as long as the process.
+_SPAWNER = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _spawn(argv, **kwargs):
+    """`subprocess.Popen(argv, **kwargs)`, run on the spawner thread."""
+    global _SPAWNER
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None:
+            _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qfota-spawn")
+    return _SPAWNER.submit(subprocess.Popen, argv, **kwargs).result()
+
+
 class QfotaProcessError(Exception):
     """The binary is missing, died, failed to start or to stop cleanly;
     the message carries its exit status and the tail of its stderr."""
@@ -78,7 +98,7 @@ class Child:
         self.stop_timeout = stop_timeout
         self._stderr = tempfile.TemporaryFile()
         env = {k: v for k, v in os.environ.items() if not k.startswith("QFOTA_") or k in KEPT_ENV}
-        self.proc = subprocess.Popen(
+        self.proc = _spawn(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -88,7 +108,8 @@ class Child:
             # tests, whose teardown stops the child, instead of reaching it
             # directly (it would then "die" before teardown).
             start_new_session=True,
-            # SIGTERM to the child when this process dies without teardown.
+            # SIGTERM to the child when this process dies without teardown
+            # (started from the spawner thread, which lives as long).
             preexec_fn=_child_setup(os.getpid()),
         )
         self.stopped = False

@@ -19,9 +19,12 @@ def _factory(start):
         try:
             thing = start(*args, **kwargs)
         except QfotaProcessError as e:
-            pytest.fail(str(e), pytrace=False)
-        started.append(thing)
-        return thing
+            message = str(e)
+        else:
+            started.append(thing)
+            return thing
+        # Outside the `except`: the message once, not chained to itself.
+        pytest.fail(message, pytrace=False)
 
     def teardown():
         errors = []

@@ -75,6 +75,33 @@ def test_a_test_process_killed_without_teardown_takes_its_server_along(packages)
             child.wait()
 
 
+def test_a_server_started_from_a_short_lived_thread_outlives_the_thread(packages):
+    # Linux's parent-death signal follows the thread that forked the child:
+    # a server started from a pool thread must not get it when the thread
+    # ends (`concurrent.futures`, `asyncio.to_thread`).
+    import threading
+    import urllib.request
+
+    from pytest_qfota.server import QfotaServer
+
+    started = []
+    thread = threading.Thread(target=lambda: started.append(QfotaServer.start(str(packages))))
+    thread.start()
+    thread.join(60)
+    assert started, "the server started"
+    srv = started[0]
+    try:
+        # A signal sent at the thread's end would stop the listeners within
+        # milliseconds: a second of downloads and liveness checks sees it.
+        for _ in range(5):
+            with urllib.request.urlopen(srv.url("update-v12-to-v13.zip", "http"), timeout=10) as r:
+                assert r.status == 200 and len(r.read()) > 0
+            srv.check_alive()
+            time.sleep(0.2)
+    finally:
+        srv.stop()
+
+
 def test_a_protocol_not_enabled_is_named_in_the_error(qfota_server, packages):
     srv = qfota_server(packages, protocols=("http",))
     with pytest.raises(ValueError, match=r"https is not enabled on this server \(enabled: .*http"):
