@@ -588,6 +588,16 @@ async fn https_tls13_works() {
     );
     assert_eq!(run.reply.status, 200);
     assert!(run.reply.body == file);
+    // A client whose only ALPN offer is `http/1.0` is served too.
+    let run = curl(&["-v", "-k", "--http1.0", &fx.https_url(PKG)]).await;
+    assert_eq!(run.exit, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("ALPN: server accepted http/1.0"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.reply.status, 200);
+    assert!(run.reply.body == file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,7 +104,9 @@ pub fn server_config(source: &TlsSource) -> Result<Arc<ServerConfig>, TlsError> 
         );
     }
     let mut config = identity(chain, key_der)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/1.0 too: a client offering only `http/1.0` (curl --http1.0)
+    // is served as over plain HTTP, not refused in the handshake.
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(Arc::new(config))
 }
 
