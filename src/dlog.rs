@@ -56,9 +56,13 @@ impl Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// Every byte asked for was handed to the connection (or a `304` /
-    /// `HEAD` answered).
+    /// Every byte asked for was handed to the connection (and, where the
+    /// kernel's counters can be read, acknowledged).
     Complete,
+    /// Answered with headers and no body by design: a `HEAD` request, a
+    /// `304 Not Modified` (RFC 9110 §9.3.2, §15.4.5). Not a download: a
+    /// health check or a cache revalidation.
+    HeadersOnly,
     /// The transfer started and stopped part-way: the client went away, a
     /// write stalled past the timeout, or the server shut down.
     Aborted,
@@ -78,6 +82,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Complete => "complete",
+            Outcome::HeadersOnly => "headers_only",
             Outcome::Aborted => "aborted",
             Outcome::NotFound => "not_found",
             Outcome::InvalidPackage => "invalid_package",

@@ -279,7 +279,7 @@ async fn head_sends_the_get_headers_and_no_body() {
             .await;
         assert_eq!(
             (rec.status, rec.bytes_sent, rec.outcome),
-            (200, 0, Outcome::Complete)
+            (200, 0, Outcome::HeadersOnly)
         );
     }
 }
@@ -422,7 +422,7 @@ async fn conditional_get_is_304_when_the_client_has_it() {
         assert_eq!(reply.header("etag"), Some(etag.as_str()));
     }
     let rec = fx.wait_record("304", |r| r.status == 304).await;
-    assert_eq!((rec.outcome, rec.bytes_sent), (Outcome::Complete, 0));
+    assert_eq!((rec.outcome, rec.bytes_sent), (Outcome::HeadersOnly, 0));
     // The same headers with values the client cannot have: the whole file.
     for header in [
         "If-None-Match: \"0000\"".to_string(),

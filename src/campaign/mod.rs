@@ -74,8 +74,9 @@ impl Filter {
 
 /// The outcome classes the campaign counts. `refused` is the server saying
 /// no to a request it understood (`refused` records); `other` is every
-/// other failure that sent nothing (`not_found`, `invalid_package`,
-/// `auth_failed`).
+/// other attempt that sent no body: a failure (`not_found`,
+/// `invalid_package`, `auth_failed`) or an answer without one by design
+/// (`headers_only`: `HEAD`, `304`, listed among no failures).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Outcomes {
     /// Every byte asked for was sent.
@@ -84,7 +85,7 @@ pub struct Outcomes {
     pub aborted: u64,
     /// The request was refused.
     pub refused: u64,
-    /// Not found, invalid package or failed login.
+    /// Not found, invalid package, failed login, or headers only.
     pub other: u64,
 }
 
@@ -94,7 +95,10 @@ impl Outcomes {
             Outcome::Complete => self.complete += 1,
             Outcome::Aborted => self.aborted += 1,
             Outcome::Refused => self.refused += 1,
-            Outcome::NotFound | Outcome::InvalidPackage | Outcome::AuthFailed => self.other += 1,
+            Outcome::NotFound
+            | Outcome::InvalidPackage
+            | Outcome::AuthFailed
+            | Outcome::HeadersOnly => self.other += 1,
         }
     }
 
@@ -278,7 +282,8 @@ impl Acc {
         self.bytes_sent = self.bytes_sent.saturating_add(r.bytes_sent);
         if r.outcome == Outcome::Complete {
             self.durations.push(r.duration_ms);
-        } else {
+        } else if r.outcome != Outcome::HeadersOnly {
+            // A HEAD or a 304 is no failure.
             *self
                 .failures
                 .entry((r.outcome.as_str(), r.reason.clone()))
@@ -646,6 +651,34 @@ pub(crate) mod tests {
         );
         let nope = &c.packages[2];
         assert_eq!((nope.figures.p50_ms, nope.figures.p95_ms), (None, None));
+    }
+
+    #[test]
+    fn headers_only_answers_are_neither_failures_nor_download_times() {
+        let mut records = sample();
+        records.truncate(1);
+        // A health check's HEAD, 0 ms.
+        records.push(rec(
+            1,
+            "a.zip",
+            "10.0.0.8:1",
+            None,
+            Outcome::HeadersOnly,
+            0,
+            "HEAD",
+        ));
+        let c = Campaign::build(&records, &Filter::default(), DEFAULT_RECENT);
+        let a = &c.packages[0];
+        assert_eq!(
+            (a.figures.outcomes.complete, a.figures.outcomes.other),
+            (1, 1)
+        );
+        assert_eq!(
+            a.figures.p50_ms,
+            Some(100),
+            "the HEAD's 0 ms is no download time"
+        );
+        assert!(a.top_failures.is_empty(), "{:?}", a.top_failures);
     }
 
     #[test]

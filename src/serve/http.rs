@@ -454,9 +454,11 @@ impl Conn {
         };
         let span = select_span(req, &validators, package.size, attempt)?;
         let body = if req.method() == Method::HEAD {
-            self.shared
-                .log
-                .emit(attempt.record(span.status.as_u16(), Outcome::Complete, "HEAD"));
+            self.shared.log.emit(attempt.record(
+                span.status.as_u16(),
+                Outcome::HeadersOnly,
+                "HEAD",
+            ));
             Either::Left(Full::new(Bytes::new()))
         } else {
             let reader = self
@@ -696,8 +698,11 @@ fn select_span<B>(
     let headers = req.headers();
     let honour_range = match range::evaluate_preconditions(headers, validators) {
         Precondition::NotModified => {
-            let mut answer =
-                Answer::new(StatusCode::NOT_MODIFIED, Outcome::Complete, "not modified");
+            let mut answer = Answer::new(
+                StatusCode::NOT_MODIFIED,
+                Outcome::HeadersOnly,
+                "not modified",
+            );
             answer.headers = validator_headers(validators);
             return Err(answer);
         }
@@ -1382,7 +1387,7 @@ mod tests {
         let same = span(&[(http::header::IF_NONE_MATCH, "\"abc\"")], 100).unwrap_err();
         assert_eq!(
             (same.status, same.outcome),
-            (StatusCode::NOT_MODIFIED, Outcome::Complete)
+            (StatusCode::NOT_MODIFIED, Outcome::HeadersOnly)
         );
         assert_eq!(header(&same, ETAG), "\"abc\"");
         let changed = span(&[(http::header::IF_MATCH, "\"other\"")], 100).unwrap_err();
