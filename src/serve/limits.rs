@@ -78,14 +78,20 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut open = lock(&self.limits.open);
-        open.total = open.total.saturating_sub(1);
-        if let Some(n) = open.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.per_ip.remove(&self.ip);
+        {
+            let mut open = lock(&self.limits.open);
+            open.total = open.total.saturating_sub(1);
+            if let Some(n) = open.per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.per_ip.remove(&self.ip);
+                }
             }
         }
+        // The connection's descriptor is closed by now (the permit is
+        // dropped after it): a spare lost to another thread that took the
+        // descriptor it freed gets this one.
+        self.limits.restore_spare();
     }
 }
 
@@ -109,8 +115,10 @@ impl ConnLimits {
         lock(&self.spare).take().is_some()
     }
 
-    /// Opens the spare descriptor again once the answered connection is
-    /// closed.
+    /// Opens the spare descriptor again if it is not open: once the
+    /// answered connection is closed, and whenever a connection ends or is
+    /// accepted (a descriptor may be free again), so a spare whose freed
+    /// descriptor another thread took is not lost for good.
     pub(crate) fn restore_spare(&self) {
         let mut spare = lock(&self.spare);
         if spare.is_none() {
@@ -225,6 +233,21 @@ pub(crate) async fn refuse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spare_left_closed_is_opened_again_when_a_connection_ends() {
+        let limits = ConnLimits::new(3, 2);
+        let permit = limits.acquire("127.0.0.1".parse().unwrap()).unwrap();
+        // Released for an answer whose connection never came back to
+        // restore it (its descriptor was taken by another thread).
+        assert!(limits.release_spare());
+        assert!(!limits.release_spare(), "in use");
+        drop(permit);
+        assert!(
+            limits.release_spare(),
+            "opened again when the connection ended"
+        );
+    }
 
     #[test]
     fn permits_count_per_address_and_in_all_and_free_on_drop() {

@@ -112,6 +112,7 @@ pub(crate) async fn accept(
         let Some((shared, proto)) = limited else {
             return Some((tcp, peer, None));
         };
+        shared.limits.restore_spare();
         match shared.limits.acquire(peer.ip()) {
             Ok(permit) => return Some((tcp, peer, Some(permit))),
             Err(hit) => refuse_over_limit(shared, tcp, peer, proto, hit),
@@ -160,8 +161,8 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `dup`, a netlink socket) would take its place for good. Spare, accept
 /// and answer happen without yielding, so no other task of this process
 /// runs in between; a thread that still takes the freed descriptor leaves
-/// the spare closed until [`limits::ConnLimits::restore_spare`] succeeds at
-/// a later `EMFILE`.
+/// the spare closed until [`limits::ConnLimits::restore_spare`] succeeds
+/// when a connection next ends or is accepted.
 fn answer_on_spare(listener: &TcpListener, shared: &Shared, protocol: Protocol) {
     if !connection_waiting(listener) {
         return;
