@@ -144,6 +144,44 @@ async fn repeated_failed_logins_are_answered_late_and_a_right_password_is_not() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_answer_comes_before_the_login_timeout_and_says_when_the_client_left() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::start(|b| b.login_timeout(std::time::Duration::from_secs(3))).await;
+    let port = fx.ftp_port().to_string();
+    // Four failures (the fourth waits 1 s), no success after them.
+    let failures = "import ftplib, sys\n\
+        for _ in range(4):\n\
+        \x20   ftp = ftplib.FTP(); ftp.connect('127.0.0.1', int(sys.argv[1]), timeout=30)\n\
+        \x20   try: ftp.login('test', 'wrong')\n\
+        \x20   except ftplib.error_perm: pass\n\
+        \x20   ftp.close()\n";
+    let out = common::python(failures, &[&port]).await;
+    assert!(out.status.success(), "{out:?}");
+    // The fifth would wait 2 s; capped to 1 s (2 s before the 3 s login
+    // timeout), from a client that does not wait for it.
+    let mut control = tokio::net::TcpStream::connect(("127.0.0.1", fx.ftp_port()))
+        .await
+        .unwrap();
+    let mut banner = [0u8; 256];
+    let _ = control.read(&mut banner).await.unwrap();
+    control
+        .write_all(b"USER test\r\nPASS wrong\r\n")
+        .await
+        .unwrap();
+    // Gone once libunftp has the PASS: its USER reply is read first.
+    let _ = control.read(&mut banner).await.unwrap();
+    drop(control);
+    let rec = fx
+        .wait_record("the delayed failure", |r| r.reason.contains("had closed"))
+        .await;
+    assert_eq!(
+        rec.reason,
+        "wrong password (answered after 1 s: 5 failed logins in a row from this address; \
+         the client had closed the connection before it)"
+    );
+}
+
 /// Logs in (argv[2] = "login") or not, waits argv[3] seconds, then sends
 /// NOOP; prints its reply or "closed".
 const IDLE: &str = r#"

@@ -127,6 +127,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Whether the peer has closed its side (the socket is past
+    /// `ESTABLISHED`: `CLOSE_WAIT` after its FIN, or later).
+    pub fn peer_closed(&self) -> bool {
+        self.state != TCP_ESTABLISHED
+    }
+
     /// Bytes the server has written to the socket since it opened.
     pub fn written(&self) -> u64 {
         self.bytes_acked + self.unacked

@@ -19,9 +19,16 @@ pub const FREE_FAILURES: u32 = 3;
 /// The first delay, doubled for each further failure.
 pub const FIRST_DELAY: Duration = Duration::from_secs(1);
 
-/// The longest delay (stops password guessing at more than ~2 tries a
-/// minute per connection slot).
+/// The longest delay. It slows a client that waits for each answer (a
+/// password list tried on one connection); it does not stop one that
+/// opens many connections and reads no answer, since a correct password
+/// is answered at once. Served FTP accounts give read access to packages
+/// only, and FTP sends them in clear anyway.
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// How long before the login timeout a delayed answer is sent at the
+/// latest (2 s): the session's 421 would otherwise come first.
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(2);
 
 /// Failures older than this are forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);

@@ -110,6 +110,8 @@ pub struct FtpSession {
     last_path: Mutex<Option<String>>,
     /// [`FtpOptions::data_timeout`].
     data_timeout: Duration,
+    /// [`FtpOptions::login_timeout`].
+    login_timeout: Duration,
     /// The command libunftp is handling (`SIZE`, `MLST`, …), from its
     /// control channel log ([`unftp_log`]): several commands reach the
     /// storage back-end through one call.
@@ -316,6 +318,21 @@ impl FtpSession {
             .is_ok_and(|candidates| marked(&candidates, passive).is_some())
     }
 
+    /// Whether the client has closed its side of the control connection:
+    /// the kernel's socket is past established, or gone (libunftp saw the
+    /// end and closed it); `false` when that cannot be told.
+    fn control_closed_by_peer(&self) -> bool {
+        let ends = delivery::TcpEnds {
+            local: self.local,
+            peer: self.peer,
+        };
+        match delivery::snapshot(ends) {
+            Ok(Some(now)) => now.peer_closed(),
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
     /// Records a control connection closed for a command line over the
     /// cap (`unanswered`: bytes the peer had sent with no answer).
     fn command_line_too_long(&self, unanswered: u64) {
@@ -436,6 +453,7 @@ impl FrontEnd {
                 passive_registry: Arc::clone(&self.registry),
                 last_path: Mutex::new(None),
                 data_timeout: self.opts.data_timeout,
+                login_timeout: self.opts.login_timeout,
                 command: Mutex::default(),
                 retr_waiting: Mutex::new(None),
                 retrs: std::sync::atomic::AtomicU64::new(0),
@@ -719,12 +737,24 @@ impl Authenticator for SessionAuthenticator {
         // Repeated failures from one address are answered late (a correct
         // password never is).
         let (delay, failures) = self.session.shared.logins.failed(ip);
+        // Within the login timeout, which would otherwise close the
+        // session with 421 before the 530 could be sent.
+        let delay = delay.min(
+            self.session
+                .login_timeout
+                .saturating_sub(super::logins::ANSWER_MARGIN),
+        );
         let reason = if delay.is_zero() {
             what.to_string()
         } else {
             tokio::time::sleep(delay).await;
+            let left = if self.session.control_closed_by_peer() {
+                "; the client had closed the connection before it"
+            } else {
+                ""
+            };
             format!(
-                "{what} (answered after {} s: {failures} failed logins in a row from this address)",
+                "{what} (answered after {} s: {failures} failed logins in a row from this address{left})",
                 delay.as_secs()
             )
         };
