@@ -495,18 +495,30 @@ fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
     (meta.dev(), meta.ino())
 }
 
-/// One `write(2)` of the whole line on an `O_APPEND` file. A short write is
-/// taken back (`ftruncate` to the size before it) and reported as an
-/// error, so the line stays queued and the file holds whole lines only.
+/// One `write(2)` of the whole line on an `O_APPEND` file. After a short
+/// write the rest is written at once; when that fails, what was written is
+/// taken back (`ftruncate` to the size before it) and the failure (`No
+/// space left on device`, a quota) reported, so the line stays queued and
+/// the file holds whole lines only.
 fn write_record(file: &mut File, line: &[u8], unterminated: &mut bool) -> io::Result<()> {
     if *unterminated {
         write_once(file, b"\n")?;
         *unterminated = false;
     }
-    let written = write_once(file, line)?;
-    if written == line.len() {
-        return Ok(());
-    }
+    let mut written = write_once(file, line)?;
+    // A short write: the rest is tried at once (this thread is the file's
+    // only writer, so it lands right behind), which either completes the
+    // line or names the cause (ENOSPC, EDQUOT).
+    let cause = loop {
+        if written == line.len() {
+            return Ok(());
+        }
+        match write_once(file, &line[written..]) {
+            Ok(0) => break io::Error::new(io::ErrorKind::StorageFull, "no byte taken"),
+            Ok(n) => written += n,
+            Err(err) => break err,
+        }
+    };
     let undo = file
         .metadata()
         .and_then(|m| file.set_len(m.len().saturating_sub(written as u64)));
@@ -514,8 +526,8 @@ fn write_record(file: &mut File, line: &[u8], unterminated: &mut bool) -> io::Re
         *unterminated = true;
     }
     Err(io::Error::new(
-        io::ErrorKind::StorageFull,
-        format!("short write ({written} of {} bytes)", line.len()),
+        cause.kind(),
+        format!("{cause} (after {written} of {} bytes, taken back)", line.len()),
     ))
 }
 
