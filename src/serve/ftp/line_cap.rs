@@ -53,7 +53,8 @@ pub const LOOK_IDLE: Duration = Duration::from_secs(2);
 
 /// What the peer is told before the connection closes (RFC 959 `500`:
 /// syntax error, command unrecognized — vsftpd's answer to the same case).
-const TOO_LONG: &[u8] = b"500 Command line too long (over 4096 bytes): closing the connection.\r\n";
+const TOO_LONG: &[u8] =
+    b"500 Command line too long: over 4096 bytes sent without waiting for a reply (one line, or many pipelined ones): closing the connection.\r\n";
 
 /// Watches one control connection for an over-long command line.
 pub struct LineCap {

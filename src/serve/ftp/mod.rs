@@ -338,7 +338,7 @@ impl FtpSession {
     fn command_line_too_long(&self, unanswered: u64) {
         tracing::warn!(peer = %self.peer, unanswered, "FTP command line over the cap: connection closed");
         let reason = format!(
-            "command line too long: {} bytes sent with no answer in between (limit {}); answered 500 and closed",
+            "command line too long: {} bytes sent with no answer in between (limit {}: one unfinished line, or many commands sent without waiting for replies); answered 500 and closed",
             delivery::grouped(unanswered),
             delivery::grouped(line_cap::COMMAND_LINE_MAX),
         );
