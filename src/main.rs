@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            let _ = writeln!(std::io::stderr(), "qfota-serve: {}", error_chain(&err));
+            let _ = writeln!(std::io::stderr(), "qfota-serve: {}", cli::error_chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -66,24 +66,6 @@ fn config_error(err: ConfigError) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// The error and its causes, `: `-separated, each said once: a cause
-/// whose text its parent's message already ends with (an error that
-/// both prints and returns its source) is not repeated.
-fn error_chain(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 /// Log lines (`tracing`) go to stderr through a thread of their own: a

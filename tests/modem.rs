@@ -852,7 +852,10 @@ async fn bad_command_lines_exit_2() {
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir/modem"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/dir/modem"), "{err}");
+    // Its cause said once.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
 /// Asserts that `needles` all occur in `text`, in this order.

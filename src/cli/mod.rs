@@ -271,3 +271,22 @@ mod tests {
         }
     }
 }
+
+/// The error and its causes, `: `-separated, each said once: a cause
+/// whose text its parent's message already ends with (an error that both
+/// prints and returns its source, as `thiserror`'s `{source}` does) is not
+/// repeated.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

@@ -172,7 +172,7 @@ pub async fn run(args: ModemArgs, shutdown: impl Future<Output = ()>) -> ExitCod
     {
         Ok(modem) => modem,
         Err(e) => {
-            errln!("qfota-serve modem: {e:#}");
+            errln!("qfota-serve modem: {}", super::error_chain(&e));
             return ExitCode::FAILURE;
         }
     };
