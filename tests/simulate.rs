@@ -443,6 +443,30 @@ async fn version_mismatch_is_510_and_free_space_511() {
     stop(real).await;
 }
 
+/// An `ec200` without room for the package stops after `SIZE`
+/// (`FTPEND,611`); the server's record says it asked and took nothing.
+#[tokio::test]
+async fn ec200_without_room_ends_611_and_the_server_records_the_size_asked() {
+    let real = real(&[]).await;
+    let size = size(&real, PKG);
+    let full = builder("ec200").free_space(size - 1).build().unwrap();
+    let t = fetch(&full, &real.ftp_url(PKG)).await;
+    assert_eq!(t.summary.download_code, Some(611), "{:?}", t.summary.notes);
+    let rec = real
+        .wait_record("the SIZE-only session", |r| r.path == PKG)
+        .await;
+    assert_eq!(
+        (rec.status, rec.outcome, rec.bytes_sent),
+        (213, Outcome::HeadersOnly, 0)
+    );
+    assert!(
+        rec.reason
+            .contains("SIZE answered; the session ended with no RETR"),
+        "{rec:?}"
+    );
+    stop(real).await;
+}
+
 #[tokio::test]
 async fn ec200_optional_parameters_shape_the_urcs() {
     let real = real(&[]).await;

@@ -527,7 +527,10 @@ fn write_record(file: &mut File, line: &[u8], unterminated: &mut bool) -> io::Re
     }
     Err(io::Error::new(
         cause.kind(),
-        format!("{cause} (after {written} of {} bytes, taken back)", line.len()),
+        format!(
+            "{cause} (after {written} of {} bytes, taken back)",
+            line.len()
+        ),
     ))
 }
 

@@ -108,6 +108,10 @@ pub struct FtpSession {
     /// The package path the session last named (`SIZE`, `MDTM`, `RETR`),
     /// for the record of a data connection that never came.
     last_path: Mutex<Option<String>>,
+    /// The last package whose `SIZE` was answered, for the record of a
+    /// session that ends with no `RETR` (a module that found no room for
+    /// the package stops there).
+    sized: Mutex<Option<String>>,
     /// [`FtpOptions::data_timeout`].
     data_timeout: Duration,
     /// [`FtpOptions::login_timeout`].
@@ -394,10 +398,26 @@ impl FtpSession {
         };
         // A refused PASV/EPSV that no RETR followed: the client gave up
         // there (a module reports 601).
+        let sized = lock(&self.sized).take();
         if let (Some(refusal), false) = (refused, recorded) {
             let path = lock(&self.last_path).clone().unwrap_or_default();
             let reason = format!("PASV/EPSV refused ({refusal}): answered 425; no RETR followed");
             self.emit(&self.attempt(path), 425, Outcome::Refused, reason);
+        } else if let (Some(key), false) = (sized, recorded)
+            && self.retrs.load(Ordering::Acquire) == 0
+        {
+            // The package's size asked and no download: FTP's HEAD. A
+            // module stops here when the package does not fit its storage
+            // (ec200: FTPEND,611), so the attempt is on record.
+            let reason = format!(
+                "SIZE answered; {} with no RETR (no download: a module that has no room for the package stops here)",
+                if self.shared.shutdown.is_cancelled() {
+                    "the server shut down"
+                } else {
+                    "the session ended"
+                }
+            );
+            self.emit(&self.attempt(key), 213, Outcome::HeadersOnly, reason);
         }
     }
 }
@@ -452,6 +472,7 @@ impl FrontEnd {
                 passive_state: Arc::default(),
                 passive_registry: Arc::clone(&self.registry),
                 last_path: Mutex::new(None),
+                sized: Mutex::new(None),
                 data_timeout: self.opts.data_timeout,
                 login_timeout: self.opts.login_timeout,
                 command: Mutex::default(),
@@ -1288,6 +1309,9 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         // SIZE and MDTM (and RNFR, MLST) all come here.
         if let Some(f) = self.session.fault(Some(&key), |c| c == "SIZE") {
             return Err(self.session.fault_reply(&f, "SIZE", &key));
+        }
+        if command == "SIZE" && !entry.is_folder() {
+            *lock(&self.session.sized) = Some(key);
         }
         Ok(Meta::from(&entry))
     }
