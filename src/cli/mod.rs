@@ -191,6 +191,25 @@ pub(crate) fn raise_fd_limit() -> Option<u64> {
     })
 }
 
+/// The error and its causes, `: `-separated, each said once: a cause
+/// whose text its parent's message already ends with (an error that both
+/// prints and returns its source, as `thiserror`'s `{source}` does) is not
+/// repeated.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,23 +289,4 @@ mod tests {
             }
         }
     }
-}
-
-/// The error and its causes, `: `-separated, each said once: a cause
-/// whose text its parent's message already ends with (an error that both
-/// prints and returns its source, as `thiserror`'s `{source}` does) is not
-/// repeated.
-pub fn error_chain(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.ends_with(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
