@@ -201,16 +201,50 @@ fn no_ctty(flags: OFlags) -> i32 {
     (flags | OFlags::NOCTTY).bits() as i32
 }
 
-/// A symlink kept pointing at the current PTY; removed on drop.
+/// A symlink kept pointing at the current PTY; removed on drop. It only
+/// ever replaces or removes a link that points at its own PTY, at nothing
+/// that exists (a modem that crashed), or that is missing: another
+/// modem's link is left alone.
 #[derive(Debug)]
 pub struct PtyLink {
     link: PathBuf,
+    /// Where this link last pointed (`None`: not made yet).
+    target: std::sync::Mutex<Option<PathBuf>>,
 }
 
 impl PtyLink {
     /// Manages `link` (nothing is created until [`point_to`](Self::point_to)).
     pub fn new(link: impl Into<PathBuf>) -> Self {
-        PtyLink { link: link.into() }
+        PtyLink {
+            link: link.into(),
+            target: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the link on disk is this one's to replace or remove: it
+    /// points where this one last pointed, or at nothing that exists.
+    fn is_ours(&self) -> bool {
+        let Ok(now) = std::fs::read_link(&self.link) else {
+            return true;
+        };
+        let ours = self.target.lock().unwrap_or_else(|p| p.into_inner());
+        ours.as_deref() == Some(now.as_path()) || std::fs::metadata(&self.link).is_err()
+    }
+
+    /// Refuses a link another live modem points at its PTY.
+    fn refuse_taken(&self) -> io::Result<()> {
+        if self.is_ours() {
+            return Ok(());
+        }
+        let target = std::fs::read_link(&self.link).unwrap_or_default();
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} points at {}, another running modem's port: give this modem another path",
+                self.link.display(),
+                target.display()
+            ),
+        ))
     }
 
     /// The link's path.
@@ -225,12 +259,15 @@ impl PtyLink {
     /// The link's folder is not writable, or `link` is a real file.
     pub fn point_to(&self, target: &Path) -> io::Result<()> {
         self.refuse_real_file()?;
+        self.refuse_taken()?;
         let mut tmp = self.link.clone().into_os_string();
         tmp.push(format!(".{}.tmp", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(target, &tmp)?;
-        std::fs::rename(&tmp, &self.link)
+        std::fs::rename(&tmp, &self.link)?;
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.to_path_buf());
+        Ok(())
     }
 
     /// Removes the link (the port is gone, as `/dev/ttyUSB2` is while a
@@ -241,6 +278,10 @@ impl PtyLink {
     /// `link` is a real file, or cannot be removed.
     pub fn remove(&self) -> io::Result<()> {
         self.refuse_real_file()?;
+        if !self.is_ours() {
+            // Another modem's now: not ours to take away.
+            return Ok(());
+        }
         match std::fs::remove_file(&self.link) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -262,7 +303,9 @@ impl PtyLink {
 
 impl Drop for PtyLink {
     fn drop(&mut self) {
-        if std::fs::symlink_metadata(&self.link).is_ok_and(|m| m.file_type().is_symlink()) {
+        if std::fs::symlink_metadata(&self.link).is_ok_and(|m| m.file_type().is_symlink())
+            && self.is_ours()
+        {
             let _ = std::fs::remove_file(&self.link);
         }
     }
@@ -271,6 +314,35 @@ impl Drop for PtyLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_another_live_modem_points_at_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("modem");
+        let (pts_a, pts_b) = (dir.path().join("pts-a"), dir.path().join("pts-b"));
+        std::fs::write(&pts_a, b"").unwrap();
+        std::fs::write(&pts_b, b"").unwrap();
+        let a = PtyLink::new(&path);
+        a.point_to(&pts_a).unwrap();
+        // A second modem given the same path is refused, and leaves it.
+        let b = PtyLink::new(&path);
+        let err = b.point_to(&pts_b).unwrap_err();
+        assert!(err.to_string().contains("another running modem"), "{err}");
+        b.remove().unwrap();
+        drop(b);
+        assert_eq!(std::fs::read_link(&path).unwrap(), pts_a);
+        // Its own link it replaces (a reboot's new PTY) and removes.
+        a.point_to(&pts_b).unwrap();
+        assert_eq!(std::fs::read_link(&path).unwrap(), pts_b);
+        a.remove().unwrap();
+        assert!(std::fs::symlink_metadata(&path).is_err());
+        // A link left by a modem that died (its PTY is gone) is taken.
+        std::os::unix::fs::symlink(dir.path().join("gone"), &path).unwrap();
+        let c = PtyLink::new(&path);
+        c.point_to(&pts_a).unwrap();
+        drop(c);
+        assert!(std::fs::symlink_metadata(&path).is_err(), "removed on drop");
+    }
 
     async fn bounded<F: std::future::Future>(f: F) -> F::Output {
         tokio::time::timeout(Duration::from_secs(10), f)
