@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::delivery::{self, AckTracker, Delivery, TcpEnds, cut_short};
+use super::fault::PeerWatch;
 use super::fault::apply_data_fault;
 use super::fault::{Action, AttemptInfo};
 use super::range::{self, Precondition, RangeDecision, Validators};
@@ -572,6 +573,11 @@ impl Conn {
                 package.size,
                 self.shared.shutdown.clone(),
                 self.shared.stall_timeout,
+                self.ack.as_ref().map(|ack| {
+                    let peer = PeerWatch::default();
+                    let _ = peer.set(ack.ends());
+                    peer
+                }),
             ),
             BODY_CHUNK,
         )))

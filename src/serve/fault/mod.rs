@@ -33,7 +33,7 @@ mod set;
 
 pub use file::parse_fault_file;
 pub use parse::FaultParseError;
-pub use reader::FaultedReader;
 pub(crate) use reader::apply_data_fault;
+pub use reader::{FaultedReader, PEER_CHECK, PeerWatch};
 pub use rule::{Action, Amount, FTP_REPLY_SUPPORT, FaultRule, Matchers};
 pub use set::{Applied, AttemptInfo, FaultSet};

@@ -16,6 +16,16 @@ use super::rule::Action;
 use super::set::Applied;
 use crate::catalog::PackageReader;
 use crate::dlog::Attempt;
+use crate::serve::delivery::{self, TcpEnds};
+
+/// The connection a body goes out on, once known (HTTP: at once; FTP: when
+/// the transfer has found its data connection): a `stall-after` transfer
+/// looks at it to notice a client that gave up.
+pub type PeerWatch = std::sync::Arc<std::sync::OnceLock<TcpEnds>>;
+
+/// How often a silent `stall-after` transfer looks whether its client is
+/// still there (one `sock_diag` look-up each).
+pub const PEER_CHECK: Duration = Duration::from_millis(500);
 
 /// Applies a data action to a package body read from `offset` onwards.
 pub struct FaultedReader<R> {
@@ -33,6 +43,10 @@ pub struct FaultedReader<R> {
     /// How long a `stall-after` transfer stays silent before it ends.
     stall_limit: Duration,
     cancelled: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+    /// The connection, for noticing a client that left during a stall.
+    peer: Option<PeerWatch>,
+    /// The next look at it, and when the stall began.
+    peer_check: Option<(Pin<Box<Sleep>>, tokio::time::Instant)>,
 }
 
 impl<R> FaultedReader<R> {
@@ -58,6 +72,8 @@ impl<R> FaultedReader<R> {
             scratch: Vec::new(),
             stall_limit,
             cancelled: None,
+            peer: None,
+            peer_check: None,
         }
     }
 }
@@ -115,7 +131,43 @@ impl<R: AsyncRead + Unpin> FaultedReader<R> {
                 "fault: stalled transfer ended by shutdown",
             )));
         }
-        Poll::Pending
+        // A client that gave up (closed its side, or the connection is
+        // gone) ends the stall then, not at the limit: the record says
+        // when the module left.
+        let Some(ends) = self.peer.as_ref().and_then(|p| p.get().copied()) else {
+            return Poll::Pending;
+        };
+        loop {
+            let (check, since) = self.peer_check.get_or_insert_with(|| {
+                let now = tokio::time::Instant::now();
+                (Box::pin(tokio::time::sleep(PEER_CHECK)), now)
+            });
+            if check.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let gone = match delivery::snapshot(ends) {
+                Ok(Some(now)) => now.peer_closed(),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if gone {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!(
+                        "fault: stalled; the client closed the connection after {} s of silence",
+                        since.elapsed().as_secs()
+                    ),
+                )));
+            }
+            let next = tokio::time::Instant::now() + PEER_CHECK;
+            check.as_mut().reset(next);
+        }
+    }
+
+    /// Watches `peer` during a `stall-after` silence.
+    pub fn watching(mut self, peer: Option<PeerWatch>) -> Self {
+        self.peer = peer;
+        self
     }
 
     /// Reads into `buf`, at most `limit` bytes when given.
@@ -187,7 +239,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for FaultedReader<R> {
 
 /// `reader` with the byte-stream fault `applied` (if any) of an attempt
 /// on a package of `size` bytes read from `attempt.range_start`; names the
-/// rule in `attempt.fault`. The one place both front-ends wrap a body.
+/// rule in `attempt.fault`; a `stall-after` silence watches `peer`. The one
+/// place both front-ends wrap a body.
 pub(crate) fn apply_data_fault(
     reader: PackageReader,
     applied: Option<Applied>,
@@ -195,19 +248,23 @@ pub(crate) fn apply_data_fault(
     size: u64,
     shutdown: CancellationToken,
     stall_limit: Duration,
+    peer: Option<PeerWatch>,
 ) -> PackageReader {
     let Some(applied) = applied else {
         return reader;
     };
     attempt.fault = Some(applied.name);
-    Box::new(FaultedReader::new(
-        reader,
-        applied.action,
-        attempt.range_start,
-        size,
-        shutdown,
-        stall_limit,
-    ))
+    Box::new(
+        FaultedReader::new(
+            reader,
+            applied.action,
+            attempt.range_start,
+            size,
+            shutdown,
+            stall_limit,
+        )
+        .watching(peer),
+    )
 }
 
 #[cfg(test)]

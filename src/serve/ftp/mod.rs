@@ -43,6 +43,7 @@ use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, DefaultU
 use unftp_core::storage::{self, ErrorKind, Fileinfo, Permissions, StorageBackend};
 
 use super::delivery::{self, AckTracker, Delivery, Span, cut_short};
+use super::fault::PeerWatch;
 use super::fault::apply_data_fault;
 use super::fault::{Action, Applied, AttemptInfo};
 use super::stall::StallGuard;
@@ -1014,7 +1015,12 @@ impl CatalogStorage {
     /// `RETR` step 4: the package's bytes from the `REST` offset: the
     /// catalog's resident copy, or read through a data fault rule if one
     /// applies.
-    async fn open(&self, attempt: &mut Attempt, package: &Package) -> storage::Result<Source> {
+    async fn open(
+        &self,
+        attempt: &mut Attempt,
+        package: &Package,
+        peer: &PeerWatch,
+    ) -> storage::Result<Source> {
         let shared = &self.session.shared;
         let range = attempt.range_start..package.size;
         let applied = self
@@ -1045,6 +1051,7 @@ impl CatalogStorage {
             package.size,
             shared.shutdown.clone(),
             self.stall,
+            Some(Arc::clone(peer)),
         )))
     }
 
@@ -1058,6 +1065,7 @@ impl CatalogStorage {
         package: &Package,
         source: Source,
         output: &mut W,
+        peer: &PeerWatch,
     ) -> storage::Result<u64>
     where
         W: AsyncWrite + Unpin + Send + ?Sized,
@@ -1065,6 +1073,10 @@ impl CatalogStorage {
         // Held for the whole transfer so shutdown waits for it.
         let _transfer = self.session.shared.transfers.token();
         let (ack, socket) = self.session.data_connection();
+        if let Some(ack) = &ack {
+            // A `stall-after` silence watches it for a client that left.
+            let _ = peer.set(ack.ends());
+        }
         // A resident copy goes out with sendfile(2) through the second
         // handle on the data socket when there is one; libunftp's writer is
         // left untouched (it only shuts the connection down afterwards).
@@ -1388,8 +1400,9 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         self.await_validation(&key).await;
         let package = self.authorize(&mut attempt, key)?;
         self.apply_reply_faults(&mut attempt)?;
-        let source = self.open(&mut attempt, &package).await?;
-        self.send(attempt, &package, source, output).await
+        let peer = PeerWatch::default();
+        let source = self.open(&mut attempt, &package, &peer).await?;
+        self.send(attempt, &package, source, output, &peer).await
     }
 
     async fn put<
