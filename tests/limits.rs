@@ -145,9 +145,9 @@ async fn repeated_failed_logins_are_answered_late_and_a_right_password_is_not() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delayed_answer_comes_before_the_login_timeout_and_says_when_the_client_left() {
+async fn a_delayed_answer_says_when_the_client_had_left() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fx = Fixture::start(|b| b.login_timeout(std::time::Duration::from_secs(3))).await;
+    let fx = Fixture::start(|b| b.login_timeout(std::time::Duration::from_secs(10))).await;
     let port = fx.ftp_port().to_string();
     // Four failures (the fourth waits 1 s), no success after them.
     let failures = "import ftplib, sys\n\
@@ -158,8 +158,7 @@ async fn a_delayed_answer_comes_before_the_login_timeout_and_says_when_the_clien
         \x20   ftp.close()\n";
     let out = common::python(failures, &[&port]).await;
     assert!(out.status.success(), "{out:?}");
-    // The fifth would wait 2 s; capped to 1 s (2 s before the 3 s login
-    // timeout), from a client that does not wait for it.
+    // The fifth waits 2 s, for a client that does not wait for it.
     let mut control = tokio::net::TcpStream::connect(("127.0.0.1", fx.ftp_port()))
         .await
         .unwrap();
@@ -177,8 +176,31 @@ async fn a_delayed_answer_comes_before_the_login_timeout_and_says_when_the_clien
         .await;
     assert_eq!(
         rec.reason,
-        "wrong password (answered after 1 s: 5 failed logins in a row from this address; \
+        "wrong password (answered after 2 s: 5 failed logins in a row from this address; \
          the client had closed the connection before it)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_answers_come_before_the_login_timeout_of_their_connection() {
+    // One connection, six wrong passwords, a 5 s login timeout: the 4th
+    // waits 1 s, the 5th 2 s (3 s in), and the 6th would wait 4 s — past
+    // the timeout, which runs from the connection's start: it is answered
+    // at once instead, so every PASS gets its 530 and no 421 comes first.
+    let fx = Fixture::start(|b| b.login_timeout(std::time::Duration::from_secs(5))).await;
+    let script = "import ftplib, sys\n\
+        ftp = ftplib.FTP(); ftp.connect('127.0.0.1', int(sys.argv[1]), timeout=30)\n\
+        codes = []\n\
+        for _ in range(6):\n\
+        \x20   try: ftp.login('test', 'wrong')\n\
+        \x20   except ftplib.error_perm as e: codes.append(str(e)[:3])\n\
+        \x20   except (ftplib.error_temp, EOFError, OSError) as e: codes.append('gone: %s' % e); break\n\
+        print(' '.join(codes))\n";
+    let out = common::python(script, &[&fx.ftp_port().to_string()]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "530 530 530 530 530 530",
+        "{out:?}"
     );
 }
 

@@ -201,15 +201,17 @@ fn no_ctty(flags: OFlags) -> i32 {
     (flags | OFlags::NOCTTY).bits() as i32
 }
 
-/// A symlink kept pointing at the current PTY; removed on drop. It only
-/// ever replaces or removes a link that points at its own PTY, at nothing
-/// that exists (a modem that crashed), or that is missing: another
-/// modem's link is left alone.
+/// A symlink kept pointing at the current PTY; removed on drop. Two
+/// modems never share one: the first to make the link holds an exclusive
+/// `flock(2)` on `<link>.lock` for as long as it runs (the kernel drops it
+/// when the process ends, even killed), and a modem that cannot take the
+/// lock neither makes, replaces nor removes the link. The lock file stays
+/// (deleting it would let two modems lock different files).
 #[derive(Debug)]
 pub struct PtyLink {
     link: PathBuf,
-    /// Where this link last pointed (`None`: not made yet).
-    target: std::sync::Mutex<Option<PathBuf>>,
+    /// The held lock (`None`: not taken yet).
+    lock: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl PtyLink {
@@ -217,34 +219,55 @@ impl PtyLink {
     pub fn new(link: impl Into<PathBuf>) -> Self {
         PtyLink {
             link: link.into(),
-            target: std::sync::Mutex::new(None),
+            lock: std::sync::Mutex::new(None),
         }
     }
 
-    /// Whether the link on disk is this one's to replace or remove: it
-    /// points where this one last pointed, or at nothing that exists.
-    fn is_ours(&self) -> bool {
-        let Ok(now) = std::fs::read_link(&self.link) else {
-            return true;
-        };
-        let ours = self.target.lock().unwrap_or_else(|p| p.into_inner());
-        ours.as_deref() == Some(now.as_path()) || std::fs::metadata(&self.link).is_err()
+    /// `<link>.lock`.
+    fn lock_path(&self) -> PathBuf {
+        let mut path = self.link.clone().into_os_string();
+        path.push(".lock");
+        PathBuf::from(path)
     }
 
-    /// Refuses a link another live modem points at its PTY.
-    fn refuse_taken(&self) -> io::Result<()> {
-        if self.is_ours() {
+    /// Whether this one holds the link's lock.
+    fn holds_lock(&self) -> bool {
+        self.lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Takes the link's lock, unless held already.
+    ///
+    /// # Errors
+    /// Another running modem holds it, or the lock file cannot be opened.
+    fn take_lock(&self) -> io::Result<()> {
+        use rustix::fs::{FlockOperation, flock};
+        let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_some() {
             return Ok(());
         }
-        let target = std::fs::read_link(&self.link).unwrap_or_default();
-        Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{} points at {}, another running modem's port: give this modem another path",
-                self.link.display(),
-                target.display()
-            ),
-        ))
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.lock_path())?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                *held = Some(file);
+                Ok(())
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} is another running modem's port ({} is locked): give this modem another path",
+                    self.link.display(),
+                    self.lock_path().display()
+                ),
+            )),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// The link's path.
@@ -256,18 +279,17 @@ impl PtyLink {
     /// over the old one), so a host never sees it half-made.
     ///
     /// # Errors
-    /// The link's folder is not writable, or `link` is a real file.
+    /// The link's folder is not writable, `link` is a real file, or another
+    /// running modem owns it.
     pub fn point_to(&self, target: &Path) -> io::Result<()> {
         self.refuse_real_file()?;
-        self.refuse_taken()?;
+        self.take_lock()?;
         let mut tmp = self.link.clone().into_os_string();
         tmp.push(format!(".{}.tmp", std::process::id()));
         let tmp = PathBuf::from(tmp);
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(target, &tmp)?;
-        std::fs::rename(&tmp, &self.link)?;
-        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.to_path_buf());
-        Ok(())
+        std::fs::rename(&tmp, &self.link)
     }
 
     /// Removes the link (the port is gone, as `/dev/ttyUSB2` is while a
@@ -278,8 +300,8 @@ impl PtyLink {
     /// `link` is a real file, or cannot be removed.
     pub fn remove(&self) -> io::Result<()> {
         self.refuse_real_file()?;
-        if !self.is_ours() {
-            // Another modem's now: not ours to take away.
+        if !self.holds_lock() {
+            // Never made by this one: not ours to take away.
             return Ok(());
         }
         match std::fs::remove_file(&self.link) {
@@ -304,7 +326,7 @@ impl PtyLink {
 impl Drop for PtyLink {
     fn drop(&mut self) {
         if std::fs::symlink_metadata(&self.link).is_ok_and(|m| m.file_type().is_symlink())
-            && self.is_ours()
+            && self.holds_lock()
         {
             let _ = std::fs::remove_file(&self.link);
         }
@@ -316,7 +338,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_link_another_live_modem_points_at_is_left_alone() {
+    fn a_link_another_live_modem_owns_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("modem");
         let (pts_a, pts_b) = (dir.path().join("pts-a"), dir.path().join("pts-b"));
@@ -324,7 +346,9 @@ mod tests {
         std::fs::write(&pts_b, b"").unwrap();
         let a = PtyLink::new(&path);
         a.point_to(&pts_a).unwrap();
-        // A second modem given the same path is refused, and leaves it.
+        // A second modem given the same path is refused, and leaves it
+        // (a separate open file: flock is per open file, as across
+        // processes).
         let b = PtyLink::new(&path);
         let err = b.point_to(&pts_b).unwrap_err();
         assert!(err.to_string().contains("another running modem"), "{err}");
@@ -336,8 +360,11 @@ mod tests {
         assert_eq!(std::fs::read_link(&path).unwrap(), pts_b);
         a.remove().unwrap();
         assert!(std::fs::symlink_metadata(&path).is_err());
-        // A link left by a modem that died (its PTY is gone) is taken.
-        std::os::unix::fs::symlink(dir.path().join("gone"), &path).unwrap();
+        a.point_to(&pts_a).unwrap();
+        drop(a);
+        // A link left by a modem that is gone (its lock released), even
+        // one pointing at a PTY that exists (the number reused), is taken.
+        std::os::unix::fs::symlink(&pts_b, &path).unwrap();
         let c = PtyLink::new(&path);
         c.point_to(&pts_a).unwrap();
         drop(c);

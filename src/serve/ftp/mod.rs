@@ -117,6 +117,9 @@ pub struct FtpSession {
     data_timeout: Duration,
     /// [`FtpOptions::login_timeout`].
     login_timeout: Duration,
+    /// When the control connection was accepted (the login timeout runs
+    /// from here).
+    opened: std::time::Instant,
     /// The command libunftp is handling (`SIZE`, `MLST`, …), from its
     /// control channel log ([`unftp_log`]): several commands reach the
     /// storage back-end through one call.
@@ -476,6 +479,7 @@ impl FrontEnd {
                 sized: Mutex::new(None),
                 data_timeout: self.opts.data_timeout,
                 login_timeout: self.opts.login_timeout,
+                opened: std::time::Instant::now(),
                 command: Mutex::default(),
                 retr_waiting: Mutex::new(None),
                 retrs: std::sync::atomic::AtomicU64::new(0),
@@ -759,13 +763,13 @@ impl Authenticator for SessionAuthenticator {
         // Repeated failures from one address are answered late (a correct
         // password never is).
         let (delay, failures) = self.session.shared.logins.failed(ip);
-        // Within the login timeout, which would otherwise close the
-        // session with 421 before the 530 could be sent.
-        let delay = delay.min(
-            self.session
-                .login_timeout
-                .saturating_sub(super::logins::ANSWER_MARGIN),
-        );
+        // Within what is left of the login timeout (it runs from the
+        // connection's start), which would otherwise close the session
+        // with 421 before the 530 could be sent.
+        let left = (self.session.opened + self.session.login_timeout)
+            .saturating_duration_since(std::time::Instant::now())
+            .saturating_sub(super::logins::ANSWER_MARGIN);
+        let delay = delay.min(left);
         let reason = if delay.is_zero() {
             what.to_string()
         } else {
