@@ -45,7 +45,10 @@ fn main() -> ExitCode {
             },
         }
     });
-    // The log lines still queued go out before the last word.
+    // What the tasks log while they are torn down (the records FTP
+    // sessions owe, the download log's last words) still reaches the log
+    // writer; then the lines it queued go out before the last word.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     drop(log_writer);
     match result {
         Ok(code) => code,

@@ -281,6 +281,31 @@ async fn stall_after_keeps_the_connection_silent_until_the_client_leaves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closed_before_the_stall_waits_for_the_stall_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Request, FIN, then reading on (RFC 9112 §9.6): the FIN came before
+    // the silence, so it does not end it.
+    let fx = Fixture::start(|b| {
+        b.fault(rule("stall-after=1000"))
+            .stall_timeout(Duration::from_secs(2))
+    })
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(fx.server.http_addr().unwrap())
+        .await
+        .unwrap();
+    let request = format!("GET /{BIG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let _ = common::bounded("the response until the close", tcp.read_to_end(&mut got)).await;
+    let rec = fx
+        .wait_record("stalled", |r| r.outcome == Outcome::Aborted)
+        .await;
+    assert_eq!(rec.bytes_sent, 1000);
+    assert!(rec.reason.contains("stalled for 2 s"), "{rec:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_still_delivers_every_byte() {
     let fx = with_faults(&["slow=100000"]).await;
     let (code, _, body) = curl(&fx.http_url(PKG), &[]).await;

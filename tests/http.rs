@@ -1543,6 +1543,21 @@ async fn requests_cut_off_inside_the_header_are_recorded() {
     // The idle connection is closed by the server or left open; either
     // way no record is added for it.
     let _ = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf)).await;
+    // Nor for an HTTPS connection that completes its handshake and sends
+    // nothing (a browser's preconnect): s_client ends when the server
+    // closes it at the header timeout.
+    let https = fx.server.https_addr().unwrap().to_string();
+    let mut tls = tokio::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &https])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    bounded("s_client closed by the server", tls.wait())
+        .await
+        .unwrap();
     assert_eq!(
         fx.server.downloads().len(),
         3,

@@ -60,6 +60,18 @@ _SPAWNER = None
 _SPAWNER_LOCK = threading.Lock()
 
 
+def _forget_spawner():
+    """In a forked child: the parent's spawner thread did not come along
+    (its executor would wait for it for good), so a new one is made."""
+    global _SPAWNER, _SPAWNER_LOCK
+    _SPAWNER = None
+    _SPAWNER_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_spawner)
+
+
 def _spawn(argv, **kwargs):
     """`subprocess.Popen(argv, **kwargs)`, run on the spawner thread."""
     global _SPAWNER

@@ -102,6 +102,32 @@ def test_a_server_started_from_a_short_lived_thread_outlives_the_thread(packages
         srv.stop()
 
 
+def test_a_forked_test_process_can_still_start_servers(packages):
+    # A fork (multiprocessing's default on Linux before 3.14) does not
+    # carry the spawner thread over: the child makes its own.
+    from pytest_qfota.server import QfotaServer
+
+    QfotaServer.start(str(packages)).stop()  # the parent's spawner exists
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            QfotaServer.start(str(packages)).stop()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung starting a server")
+
+
 def test_a_protocol_not_enabled_is_named_in_the_error(qfota_server, packages):
     srv = qfota_server(packages, protocols=("http",))
     with pytest.raises(ValueError, match=r"https is not enabled on this server \(enabled: .*http"):

@@ -173,8 +173,8 @@ pub struct FsCatalog {
     slots: Arc<tokio::sync::Semaphore>,
     /// Memory for resident copies, in bytes (0: none).
     resident_total: u64,
-    /// Why the last scan failed (the folder unmounted, removed, made
-    /// unreadable); `None` once a scan succeeds.
+    /// Why the last scan failed (the folder removed or made unreadable);
+    /// `None` once a scan succeeds.
     scan_error: Mutex<Option<String>>,
 }
 

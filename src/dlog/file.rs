@@ -522,15 +522,16 @@ fn write_record(file: &mut File, line: &[u8], unterminated: &mut bool) -> io::Re
     let undo = file
         .metadata()
         .and_then(|m| file.set_len(m.len().saturating_sub(written as u64)));
-    if undo.is_err() {
+    let fate = if undo.is_err() {
+        // Ended with a newline before the next record.
         *unterminated = true;
-    }
+        "left in the file"
+    } else {
+        "taken back"
+    };
     Err(io::Error::new(
         cause.kind(),
-        format!(
-            "{cause} (after {written} of {} bytes, taken back)",
-            line.len()
-        ),
+        format!("{cause} (after {written} of {} bytes, {fate})", line.len()),
     ))
 }
 

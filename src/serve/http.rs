@@ -233,6 +233,10 @@ async fn serve_tls(
     };
     match accepted {
         Ok(stream) => {
+            // The handshake's bytes are no request: a connection that
+            // sends none after it leaves no record at the header timeout.
+            conn.read_at_request
+                .store(conn.flushes.read(), Ordering::Release);
             // Body counts read through the chosen suite's record size.
             if let Some(suite) = stream.get_ref().1.negotiated_cipher_suite() {
                 let overhead = delivery::tls_record_overhead(suite);

@@ -363,7 +363,12 @@ impl Run {
     /// §3): checked before recovery mode, reported once as `END,<code>`,
     /// the package deleted; the module stays in normal mode, no retry.
     async fn reject(&self, code: u16) {
-        self.config.clock.pause(timing::CHECK).await;
+        // Apart from the `OK` before it, for a host that reads once per
+        // poll (see `upgrade::END_GAP_MIN`).
+        self.config
+            .clock
+            .pause_at_least(timing::CHECK, crate::sim::upgrade::END_GAP_MIN)
+            .await;
         self.emit.urc(Urc::End(code));
         if let Source::Local { name, .. } = &self.command.source {
             let _ = self.config.ufs.delete(name.as_str());

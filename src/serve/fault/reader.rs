@@ -45,8 +45,9 @@ pub struct FaultedReader<R> {
     cancelled: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     /// The connection, for noticing a client that left during a stall.
     peer: Option<PeerWatch>,
-    /// The next look at it, and when the stall began.
-    peer_check: Option<(Pin<Box<Sleep>>, tokio::time::Instant)>,
+    /// The next look at it, when the stall began, and whether the peer
+    /// had already closed its side then (a half-close: RFC 9112 §9.6).
+    peer_check: Option<(Pin<Box<Sleep>>, tokio::time::Instant, bool)>,
 }
 
 impl<R> FaultedReader<R> {
@@ -131,24 +132,31 @@ impl<R: AsyncRead + Unpin> FaultedReader<R> {
                 "fault: stalled transfer ended by shutdown",
             )));
         }
-        // A client that gave up (closed its side, or the connection is
-        // gone) ends the stall then, not at the limit: the record says
-        // when the module left.
+        // A client that gave up during the silence (closed its side then,
+        // or the connection is gone) ends the stall, not the limit: the
+        // record says when the module left. A client that had closed its
+        // side before the stall began only half-closed (it sent its
+        // request, then FIN, and still reads): it waits for the limit.
         let Some(ends) = self.peer.as_ref().and_then(|p| p.get().copied()) else {
             return Poll::Pending;
         };
+        let look = move || match delivery::snapshot(ends) {
+            Ok(Some(now)) => Some(now.peer_closed()),
+            Ok(None) => None,
+            Err(_) => Some(false),
+        };
         loop {
-            let (check, since) = self.peer_check.get_or_insert_with(|| {
+            let (check, since, half_closed) = self.peer_check.get_or_insert_with(|| {
                 let now = tokio::time::Instant::now();
-                (Box::pin(tokio::time::sleep(PEER_CHECK)), now)
+                let half_closed = look() == Some(true);
+                (Box::pin(tokio::time::sleep(PEER_CHECK)), now, half_closed)
             });
             if check.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let gone = match delivery::snapshot(ends) {
-                Ok(Some(now)) => now.peer_closed(),
-                Ok(None) => true,
-                Err(_) => false,
+            let gone = match look() {
+                None => true,
+                Some(closed) => closed && !*half_closed,
             };
             if gone {
                 return Poll::Ready(Err(io::Error::new(

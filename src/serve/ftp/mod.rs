@@ -1074,8 +1074,6 @@ impl CatalogStorage {
     where
         W: AsyncWrite + Unpin + Send + ?Sized,
     {
-        // Held for the whole transfer so shutdown waits for it.
-        let _transfer = self.session.shared.transfers.token();
         let (ack, socket) = self.session.data_connection();
         if let Some(ack) = &ack {
             // A `stall-after` silence watches it for a client that left.
@@ -1393,6 +1391,10 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
         W: AsyncWrite + Unpin + Sync + Send,
         P: AsRef<Path> + Send + Debug,
     {
+        // Held for the whole transfer so shutdown waits for it; taken
+        // before the waiting RETR's own is let go, so a shutdown never
+        // sees no transfer in between.
+        let _transfer = self.session.shared.transfers.token();
         self.session.data_connected();
         // Its data connection came: the RETR no longer waits for it.
         lock(&self.session.retr_waiting).take();
