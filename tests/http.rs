@@ -1564,5 +1564,24 @@ async fn requests_cut_off_inside_the_header_are_recorded() {
         "{:?}",
         fx.server.downloads()
     );
+    // Over TLS, a partial header and a close without close_notify (what
+    // Python's ssl does on close()) is a request cut off too.
+    let script = "import socket, ssl, sys\n\
+        ctx = ssl.create_default_context(); ctx.check_hostname = False\n\
+        ctx.verify_mode = ssl.CERT_NONE\n\
+        t = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[1]))))\n\
+        t.sendall(sys.argv[2].encode()); t.close()\n";
+    let port = fx.server.https_addr().unwrap().port().to_string();
+    let out = common::python(script, &[&port, &partial]).await;
+    assert!(out.status.success(), "{out:?}");
+    let cut: Vec<_> = fx
+        .wait_records("four records", 4, |_| true)
+        .await
+        .into_iter()
+        .filter(|r| r.protocol == Protocol::Https)
+        .collect();
+    assert_eq!(cut.len(), 1, "{cut:?}");
+    assert_eq!((cut[0].status, cut[0].path.as_str()), (0, ""));
+    assert!(cut[0].reason.contains("request cut off"), "{cut:?}");
     drop((closed, silent));
 }

@@ -346,7 +346,19 @@ fn parse_error_status(err: &hyper::Error) -> Option<u16> {
 /// an idle keep-alive connection: [`Conn::request_begun`] tells them
 /// apart). `None` for other errors.
 fn unfinished_request(err: &hyper::Error, header_read: Duration) -> Option<String> {
-    if err.is_incomplete_message() {
+    // Over TLS a client that closes without `close_notify` ends the
+    // stream with an I/O error, not hyper's "incomplete message".
+    let lost = std::iter::successors(std::error::Error::source(err), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+            )
+        });
+    if err.is_incomplete_message() || lost {
         Some("request cut off: the connection closed before the request's header ended".into())
     } else if err.is_timeout() {
         Some(format!(
