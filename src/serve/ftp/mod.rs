@@ -780,8 +780,8 @@ impl Authenticator for SessionAuthenticator {
                 ""
             };
             format!(
-                "{what} (answered after {} s: {failures} failed logins in a row from this address{left})",
-                delay.as_secs()
+                "{what} (answered after {}: {failures} failed logins in a row from this address{left})",
+                spoken_delay(delay)
             )
         };
         self.session
@@ -791,6 +791,17 @@ impl Authenticator for SessionAuthenticator {
         } else {
             Err(AuthenticationError::BadPassword)
         }
+    }
+}
+
+/// A login delay as a record's reason says it: whole seconds, rounded
+/// (`8 s` for 7.99 s), or milliseconds under one (`400 ms`: a delay cut
+/// short by the login timeout).
+fn spoken_delay(delay: Duration) -> String {
+    if delay < Duration::from_secs(1) {
+        format!("{} ms", delay.as_millis())
+    } else {
+        format!("{} s", (delay.as_millis() + 500) / 1000)
     }
 }
 
@@ -1644,6 +1655,13 @@ mod tests {
             );
         }
         assert!(marked(&candidates, port(131_075)).is_none());
+    }
+
+    #[test]
+    fn login_delays_are_said_rounded() {
+        assert_eq!(spoken_delay(Duration::from_millis(7_990)), "8 s");
+        assert_eq!(spoken_delay(Duration::from_secs(2)), "2 s");
+        assert_eq!(spoken_delay(Duration::from_millis(400)), "400 ms");
     }
 
     #[test]
