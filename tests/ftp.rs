@@ -1437,3 +1437,40 @@ out(res)
     // The log file stays one JSON object per line, whatever the names held.
     assert_eq!(fx.log_lines().len(), recs.len());
 }
+
+/// One client's try at a missing package is one attempt: lftp asks `MDTM`,
+/// `SIZE` and sends `RETR` for it, and the log holds one `not_found`
+/// record. A `SIZE`-only session's record names the package's size and
+/// SHA-256, as an HTTP `HEAD`'s does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_try_at_a_missing_package_is_one_record_and_size_only_names_the_package() {
+    let fx = Fixture::start(|b| b).await;
+    let script = format!(
+        "set net:max-retries 1; set net:timeout 10; open -u test,test -p {} 127.0.0.1; \
+         get nope-v1-to-v2.zip -o /dev/null; bye",
+        fx.ftp_port()
+    );
+    let _ = common::run("lftp", &["-c", &script]).await;
+    let head = common::run("curl", &["-sSI", &fx.ftp_url(ROOT_PKG)]).await;
+    assert!(head.status.success(), "{head:?}");
+    let records = fx.wait_records("two records", 2, |_| true).await;
+    let missing: Vec<_> = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::NotFound)
+        .collect();
+    assert_eq!(missing.len(), 1, "{records:?}");
+    let size_only = records
+        .iter()
+        .find(|r| r.outcome == Outcome::HeadersOnly)
+        .expect("the SIZE-only record");
+    let want = fx.package_bytes(ROOT_PKG);
+    assert_eq!(size_only.size, Some(want.len() as u64), "{size_only:?}");
+    assert!(size_only.sha256.is_some(), "{size_only:?}");
+    // Nothing more comes.
+    assert_eq!(
+        fx.server.downloads().len(),
+        2,
+        "{:?}",
+        fx.server.downloads()
+    );
+}

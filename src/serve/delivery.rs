@@ -373,7 +373,9 @@ pub fn candidates_by_local_port(
 
 /// Plaintext bytes carried by `ciphertext` bytes of TLS records of at most
 /// 16 KiB, each adding `overhead` bytes: exact when every record but the
-/// last is full, within one record of the truth otherwise.
+/// last is full (how bodies are written), and over the truth by `overhead`
+/// for each further short record otherwise (a `slow=` fault writes a
+/// tenth of a second's bytes per record).
 pub fn tls_plaintext_estimate(ciphertext: u64, overhead: u64) -> u64 {
     let records = ciphertext.div_ceil(TLS_RECORD_PLAINTEXT + overhead);
     ciphertext.saturating_sub(records * overhead)

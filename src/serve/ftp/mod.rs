@@ -113,6 +113,9 @@ pub struct FtpSession {
     /// session that ends with no `RETR` (a module that found no room for
     /// the package stops there).
     sized: Mutex<Option<String>>,
+    /// The path of the session's last `not_found`/`invalid_package`
+    /// record: the next command naming it adds none.
+    refused_path: Mutex<Option<String>>,
     /// [`FtpOptions::data_timeout`].
     data_timeout: Duration,
     /// [`FtpOptions::login_timeout`].
@@ -247,6 +250,12 @@ impl FtpSession {
     fn attempt(&self, path: impl Into<String>) -> Attempt {
         let mut attempt = Attempt::start(Protocol::Ftp, self.peer, path);
         attempt.user = self.user();
+        // The package the path names, as an HTTP record carries it (the
+        // `SIZE`-only and RETR-without-data records have no other source).
+        if let crate::catalog::Lookup::Package(package) = self.shared.catalog.lookup(&attempt.path)
+        {
+            attempt.package = Some((package.size, package.sha256.clone()));
+        }
         attempt
     }
 
@@ -477,6 +486,7 @@ impl FrontEnd {
                 passive_registry: Arc::clone(&self.registry),
                 last_path: Mutex::new(None),
                 sized: Mutex::new(None),
+                refused_path: Mutex::new(None),
                 data_timeout: self.opts.data_timeout,
                 login_timeout: self.opts.login_timeout,
                 opened: std::time::Instant::now(),
@@ -910,6 +920,16 @@ impl CatalogStorage {
         reason: impl Into<String>,
         error: storage::Error,
     ) -> storage::Error {
+        // One try at a missing or invalid package is one attempt, however
+        // many commands name it (lftp: MDTM, SIZE, RETR): the session's
+        // first refusal of that path is recorded, not each command's.
+        if matches!(outcome, Outcome::NotFound | Outcome::InvalidPackage) {
+            let mut last = lock(&self.session.refused_path);
+            if last.as_deref() == Some(attempt.path.as_str()) {
+                return error;
+            }
+            *last = Some(attempt.path.clone());
+        }
         self.session.emit(attempt, status, outcome, reason);
         error
     }
