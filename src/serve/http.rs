@@ -394,11 +394,24 @@ struct Conn {
 
 impl Conn {
     /// Whether bytes came since the latest request was handled: a next
-    /// request has begun (an idle keep-alive connection has sent none).
+    /// request has begun (an idle keep-alive connection has sent none, or
+    /// a stray empty line).
     /// Under pipelining, bytes of the next request read together with the
     /// latest one are not seen.
     fn request_begun(&self) -> bool {
-        self.flushes.read() > self.read_at_request.load(Ordering::Acquire)
+        let since = self
+            .flushes
+            .read()
+            .saturating_sub(self.read_at_request.load(Ordering::Acquire));
+        // Over plain HTTP a lone CRLF between requests is no request (RFC
+        // 9112 §2.2 has servers ignore one): more than two bytes are. Over
+        // TLS any record is counted.
+        let ignored = if self.tls_overhead.load(Ordering::Acquire) == 0 {
+            2
+        } else {
+            0
+        };
+        since > ignored
     }
 
     /// Records a request that never reached [`Conn::handle`]: hyper refused
