@@ -365,19 +365,9 @@ async fn a_package_folder_lost_while_serving_is_reported_and_its_packages_still_
     let why = v["store"].as_str().expect("the folder's state");
     assert!(why.contains(&*fx.dir.path().to_string_lossy()), "{why}");
     // What was read before is still served.
-    let out = run(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &fx.http_url("update-v12-to-v13.zip"),
-        ],
-    )
-    .await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let http = fx.server.http_addr().unwrap().to_string();
+    let served = curl(&http, "/update-v12-to-v13.zip", &["-o", "/dev/null"]).await;
+    assert_eq!(served.0, 200);
     std::fs::rename(&moved, fx.dir.path()).unwrap();
     metrics_until(&base, "source_up 1", |t| {
         has_line(t, "qfota_package_source_up 1")

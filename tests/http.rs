@@ -579,25 +579,17 @@ async fn https_tls12_ecdhe_rsa_aes128_gcm_downloads_byte_identical() {
 async fn https_tls13_works() {
     let fx = Fixture::start(|b| b).await;
     let file = fx.package_bytes(PKG);
-    let run = curl(&["-v", "-k", "--tlsv1.3", &fx.https_url(PKG)]).await;
-    assert_eq!(run.exit, Some(0), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("SSL connection using TLSv1.3"),
-        "{}",
-        run.stderr
-    );
-    assert_eq!(run.reply.status, 200);
-    assert!(run.reply.body == file);
-    // A client whose only ALPN offer is `http/1.0` is served too.
-    let run = curl(&["-v", "-k", "--http1.0", &fx.https_url(PKG)]).await;
-    assert_eq!(run.exit, Some(0), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("ALPN: server accepted http/1.0"),
-        "{}",
-        run.stderr
-    );
-    assert_eq!(run.reply.status, 200);
-    assert!(run.reply.body == file);
+    // TLS 1.3; and a client whose only ALPN offer is `http/1.0`.
+    for (flag, said) in [
+        ("--tlsv1.3", "SSL connection using TLSv1.3"),
+        ("--http1.0", "ALPN: server accepted http/1.0"),
+    ] {
+        let run = curl(&["-v", "-k", flag, &fx.https_url(PKG)]).await;
+        assert_eq!(run.exit, Some(0), "{}", run.stderr);
+        assert!(run.stderr.contains(said), "{}", run.stderr);
+        assert_eq!(run.reply.status, 200);
+        assert!(run.reply.body == file);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,18 @@ async fn sigterm_exits_0(mut child: tokio::process::Child) {
     assert_eq!(status.code(), Some(0));
 }
 
+/// The first line on the stdout of a child started with `--ready-json -`,
+/// parsed.
+async fn ready_line(
+    stdout: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
+    let line = bounded("ready line", stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
 /// The object process `pid` writes to `path` (a stale file from an
 /// earlier run is removed at start and replaced, whole, when ready).
 async fn read_ready_file(path: &Path, pid: u32) -> serde_json::Value {
@@ -152,11 +164,7 @@ async fn modem_ready_line_on_stdout_names_its_ports() {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = bounded("ready line", stdout.next_line())
-        .await
-        .unwrap()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let v = ready_line(&mut stdout).await;
     assert_eq!(v["pid"], child.id().unwrap());
     assert_eq!(
         (&v["model"], &v["profile"], &v["version"]),
@@ -212,11 +220,7 @@ async fn a_stderr_pipe_nobody_reads_never_stops_the_server() {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = bounded("ready line", stdout.next_line())
-        .await
-        .unwrap()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let v = ready_line(&mut stdout).await;
     let http = v["listeners"]["http"].as_str().unwrap().to_string();
     let admin = v["listeners"]["admin"].as_str().unwrap().to_string();
     // Each download logs a line of ~200 bytes: 1,000 of them are three

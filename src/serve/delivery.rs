@@ -295,10 +295,10 @@ pub fn snapshot(ends: TcpEnds) -> io::Result<Option<Snapshot>> {
 /// A tracker for `ends` when the kernel's counters can be read for it;
 /// `None` (and a warning, once per process) when netlink is unavailable,
 /// e.g. in a sandbox without `NETLINK_SOCK_DIAG`.
-pub fn track(ends: TcpEnds, tls: bool) -> Option<Arc<AckTracker>> {
+pub fn track(ends: TcpEnds) -> Option<Arc<AckTracker>> {
     static WARNED: std::sync::Once = std::sync::Once::new();
     match snapshot(ends) {
-        Ok(Some(_)) => Some(AckTracker::start(ends, tls)),
+        Ok(Some(_)) => Some(AckTracker::start(ends)),
         Ok(None) => None,
         Err(err) => {
             WARNED.call_once(|| {
@@ -381,6 +381,16 @@ pub fn tls_plaintext_estimate(ciphertext: u64, overhead: u64) -> u64 {
     ciphertext.saturating_sub(records * overhead)
 }
 
+/// Body bytes carried by `stream` bytes of a connection whose TLS records
+/// each add `tls_overhead` bytes ([`tls_record_overhead`]): `stream` itself
+/// without TLS (`tls_overhead` 0), else [`tls_plaintext_estimate`].
+pub fn body_bytes(stream: u64, tls_overhead: u64) -> u64 {
+    match tls_overhead {
+        0 => stream,
+        overhead => tls_plaintext_estimate(stream, overhead),
+    }
+}
+
 /// `1048576` → `"1,048,576"`: byte counts in reasons, as people read them.
 pub fn grouped(n: u64) -> String {
     let digits = n.to_string();
@@ -414,9 +424,6 @@ pub enum Delivery {
 #[derive(Debug)]
 pub struct AckTracker {
     ends: TcpEnds,
-    /// Bytes each TLS record adds ([`tls_record_overhead`]); 0 without
-    /// TLS.
-    tls_overhead: AtomicU64,
     /// Stream offset (bytes written before the body: headers, earlier
     /// responses, TLS handshake) — the kernel's `written()` when the body
     /// started.
@@ -434,11 +441,11 @@ impl AckTracker {
     /// Starts tracking the connection `ends`, taking the body to begin at
     /// the kernel's current written count (call again with
     /// [`AckTracker::mark_body_start`] once a body's headers are flushed).
-    /// `tls`: the connection carries TLS, so counts are ciphertext.
-    pub fn start(ends: TcpEnds, tls: bool) -> Arc<Self> {
+    /// Counts are the stream's bytes (ciphertext under TLS: see
+    /// [`AckTracker::body_acked`]).
+    pub fn start(ends: TcpEnds) -> Arc<Self> {
         let tracker = Arc::new(AckTracker {
             ends,
-            tls_overhead: AtomicU64::new(if tls { TLS_RECORD_OVERHEAD } else { 0 }),
             base: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             progressed: Mutex::new(Instant::now()),
@@ -532,21 +539,11 @@ impl AckTracker {
 
     /// Bytes acknowledged so far of a body of `sent` bytes written from
     /// stream offset `start` ([`AckTracker::body_start`]): what was
-    /// acknowledged past the start (over TLS, the plaintext that much
-    /// ciphertext can carry: [`tls_plaintext_estimate`]), capped at `sent`.
-    pub fn body_acked(&self, start: u64, sent: u64) -> u64 {
+    /// acknowledged past the start, read through [`body_bytes`] with the
+    /// connection's `tls_overhead` (0 without TLS), capped at `sent`.
+    pub fn body_acked(&self, start: u64, sent: u64, tls_overhead: u64) -> u64 {
         let stream = self.acked.load(Ordering::Acquire).saturating_sub(start);
-        let body = match self.tls_overhead.load(Ordering::Acquire) {
-            0 => stream,
-            overhead => tls_plaintext_estimate(stream, overhead),
-        };
-        body.min(sent)
-    }
-
-    /// Sets the bytes each TLS record adds, once the handshake has chosen
-    /// the suite ([`tls_record_overhead`]).
-    pub fn set_tls_overhead(&self, bytes: u64) {
-        self.tls_overhead.store(bytes, Ordering::Release);
+        body_bytes(stream, tls_overhead).min(sent)
     }
 
     /// Bytes the peer acknowledged since the connection opened, as last
@@ -865,7 +862,7 @@ mod tests {
     #[tokio::test]
     async fn a_span_is_delivered_only_when_its_last_byte_is_acknowledged() {
         let (mut client, mut server, ends) = loopback();
-        let tracker = AckTracker::start(ends, true);
+        let tracker = AckTracker::start(ends);
         // 9,900 body bytes in records that take 10,000 on the wire.
         let (sent, span) = (
             9_900,

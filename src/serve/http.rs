@@ -169,7 +169,7 @@ impl Accepted {
         let ack = tcp
             .local_addr()
             .ok()
-            .and_then(|local| delivery::track(TcpEnds { local, peer }, tls.is_some()));
+            .and_then(|local| delivery::track(TcpEnds { local, peer }));
         // Judged on its first 8 MiB: a fast client gets larger writes.
         // Slices of resident copies go out with sendfile(2).
         let stream = ZeroCopyStream::new(tcp);
@@ -241,9 +241,6 @@ async fn serve_tls(
             if let Some(suite) = stream.get_ref().1.negotiated_cipher_suite() {
                 let overhead = delivery::tls_record_overhead(suite);
                 conn.tls_overhead.store(overhead, Ordering::Release);
-                if let Some(ack) = &conn.ack {
-                    ack.set_tls_overhead(overhead);
-                }
             }
             serve_connection(stream, conn, timeouts, watcher).await
         }
@@ -393,11 +390,15 @@ struct Conn {
 }
 
 impl Conn {
+    /// Bytes each TLS record adds on this connection (0 without TLS).
+    fn tls_overhead(&self) -> u64 {
+        self.tls_overhead.load(Ordering::Acquire)
+    }
+
     /// Whether bytes came since the latest request was handled: a next
     /// request has begun (an idle keep-alive connection has sent none, or
-    /// a stray empty line).
-    /// Under pipelining, bytes of the next request read together with the
-    /// latest one are not seen.
+    /// a stray empty line). Under pipelining, bytes of the next request
+    /// read together with the latest one are not seen.
     fn request_begun(&self) -> bool {
         let since = self
             .flushes
@@ -406,11 +407,7 @@ impl Conn {
         // Over plain HTTP a lone CRLF between requests is no request (RFC
         // 9112 §2.2 has servers ignore one): more than two bytes are. Over
         // TLS any record is counted.
-        let ignored = if self.tls_overhead.load(Ordering::Acquire) == 0 {
-            2
-        } else {
-            0
-        };
+        let ignored = if self.tls_overhead() == 0 { 2 } else { 0 };
         since > ignored
     }
 
@@ -1013,7 +1010,8 @@ impl PackageBody {
             // connection's FIN, capped away by the bytes sent.
             f.attempt.bytes_sent = f.conn.body_bytes_taken(start, sent);
             let start = start.unwrap_or_else(|| ack.body_start());
-            f.attempt.bytes_acked = ack.body_acked(start, f.attempt.bytes_sent);
+            f.attempt.bytes_acked =
+                ack.body_acked(start, f.attempt.bytes_sent, f.conn.tls_overhead());
             let reason = abort_reason(&f, cause, expected);
             f.conn
                 .shared
@@ -1119,11 +1117,7 @@ impl Conn {
             return handed;
         };
         let stream = self.flushes.written().saturating_sub(start);
-        let body = match self.tls_overhead.load(Ordering::Acquire) {
-            0 => stream,
-            overhead => delivery::tls_plaintext_estimate(stream, overhead),
-        };
-        body.min(handed)
+        delivery::body_bytes(stream, self.tls_overhead()).min(handed)
     }
 
     /// Where a body of `sent` bytes from stream offset `start` lies, once
@@ -1212,7 +1206,7 @@ impl Conn {
         }
         attempt.bytes_acked = match delivery {
             Delivery::Acked => sent,
-            _ => ack.body_acked(start, attempt.bytes_sent),
+            _ => ack.body_acked(start, attempt.bytes_sent, self.tls_overhead()),
         };
         if delivery == Delivery::Stalled {
             // Nothing more will come of it: free the connection.

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,9 @@ pub struct ConnLimits {
     /// hears why instead of waiting in the backlog (libuv's and nginx's
     /// `EMFILE` remedy).
     spare: Mutex<Option<std::fs::File>>,
+    /// Whether `spare` is closed: checked without the lock on every
+    /// connection's accept and end ([`ConnLimits::restore_spare`]).
+    spare_missing: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -99,12 +103,15 @@ impl ConnLimits {
     /// Limits of `max_total` connections in all and `max_per_ip` from one
     /// address (IPv4-mapped IPv6 counted as IPv4). Zero is read as one.
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        let spare = std::fs::File::open("/dev/null").ok();
+        let missing = spare.is_none();
         Arc::new(ConnLimits {
             max_total: max_total.max(1),
             max_per_ip: max_per_ip.max(1),
             open: Mutex::default(),
             refused: Mutex::default(),
-            spare: Mutex::new(std::fs::File::open("/dev/null").ok()),
+            spare: Mutex::new(spare),
+            spare_missing: AtomicBool::new(missing),
         })
     }
 
@@ -112,7 +119,9 @@ impl ConnLimits {
     /// answered; `false` when it is already in use (or could not be
     /// opened).
     pub(crate) fn release_spare(&self) -> bool {
-        lock(&self.spare).take().is_some()
+        let mut spare = lock(&self.spare);
+        self.spare_missing.store(true, Ordering::Release);
+        spare.take().is_some()
     }
 
     /// Opens the spare descriptor again if it is not open: once the
@@ -120,10 +129,14 @@ impl ConnLimits {
     /// accepted (a descriptor may be free again), so a spare whose freed
     /// descriptor another thread took is not lost for good.
     pub(crate) fn restore_spare(&self) {
+        if !self.spare_missing.load(Ordering::Acquire) {
+            return;
+        }
         let mut spare = lock(&self.spare);
         if spare.is_none() {
             *spare = std::fs::File::open("/dev/null").ok();
         }
+        self.spare_missing.store(spare.is_none(), Ordering::Release);
     }
 
     /// Connections open now (permits held).

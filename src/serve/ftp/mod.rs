@@ -227,11 +227,11 @@ impl FtpSession {
                 }
             };
         if let Some((ends, socket)) = marked(&candidates, passive) {
-            return (delivery::track(ends, false), Some(socket));
+            return (delivery::track(ends), Some(socket));
         }
         let guess = candidates
             .first()
-            .and_then(|(ends, _)| delivery::track(*ends, false));
+            .and_then(|(ends, _)| delivery::track(*ends));
         (guess, None)
     }
 
@@ -1599,7 +1599,7 @@ impl RetrRecord {
         transfers.spawn(async move {
             ack.refresh();
             ack.wait_closed(CLOSE_WAIT_LIMIT).await;
-            attempt.bytes_acked = ack.body_acked(ack.body_start(), attempt.bytes_sent);
+            attempt.bytes_acked = ack.body_acked(ack.body_start(), attempt.bytes_sent, 0);
             let total = attempt
                 .package
                 .as_ref()
