@@ -392,7 +392,8 @@ impl FtpSession {
         let refused = lock(&self.passive_refused).take();
         // The server's own shutdown closes sessions too: say so, not that
         // the client left.
-        let closed = if self.shared.shutdown.is_cancelled() {
+        let shut_down = self.shared.shutdown.is_cancelled();
+        let closed = if shut_down {
             "the server shut down"
         } else {
             "the control connection closed"
@@ -424,7 +425,7 @@ impl FtpSession {
             // (ec200: FTPEND,611), so the attempt is on record.
             let reason = format!(
                 "SIZE answered; {} with no RETR (no download: a module that has no room for the package stops here)",
-                if self.shared.shutdown.is_cancelled() {
+                if shut_down {
                     "the server shut down"
                 } else {
                     "the session ended"
