@@ -284,9 +284,11 @@ async fn stall_after_keeps_the_connection_silent_until_the_client_leaves() {
 async fn a_client_that_half_closed_before_the_stall_waits_for_the_stall_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Request, FIN, then reading on (RFC 9112 §9.6): the FIN came before
-    // the silence, so it does not end it.
+    // the silence, so it does not end it. The stall starts after 4 MB,
+    // more than the sockets hold before the client reads: its FIN is in
+    // before the stall however the two are scheduled.
     let fx = Fixture::start(|b| {
-        b.fault(rule("stall-after=1000"))
+        b.fault(rule("stall-after=4000000"))
             .stall_timeout(Duration::from_secs(2))
     })
     .await;
@@ -301,7 +303,13 @@ async fn a_client_that_half_closed_before_the_stall_waits_for_the_stall_timeout(
     let rec = fx
         .wait_record("stalled", |r| r.outcome == Outcome::Aborted)
         .await;
-    assert_eq!(rec.bytes_sent, 1000);
+    assert_eq!(rec.bytes_sent, 4_000_000);
+    let head = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    assert_eq!(
+        head.map(|h| got.len() - h),
+        Some(4_000_000),
+        "the body up to the stall"
+    );
     assert!(rec.reason.contains("stalled for 2 s"), "{rec:?}");
 }
 

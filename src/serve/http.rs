@@ -48,7 +48,7 @@ use super::fault::PeerWatch;
 use super::fault::apply_data_fault;
 use super::fault::{Action, AttemptInfo};
 use super::range::{self, Precondition, RangeDecision, Validators};
-use super::stall::{FlushSignal, StallGuard};
+use super::stall::{FlushSignal, StallGuard, Turns};
 use super::zerocopy::ZeroCopyStream;
 use super::{Access, Shared};
 use crate::catalog::{Lookup, OpenError, Package, PackageReader, path};
@@ -173,8 +173,8 @@ impl Accepted {
         // Judged on its first 8 MiB: a fast client gets larger writes.
         // Slices of resident copies go out with sendfile(2).
         let stream = ZeroCopyStream::new(tcp);
-        let mut guard =
-            StallGuard::new(stream, timeouts.stall).with_speed_check(ZeroCopyStream::set_lowat);
+        let mut guard = StallGuard::new(stream, timeouts.stall)
+            .with_speed_check(ZeroCopyStream::pace_responses, Turns::Capped);
         if let Some(ack) = &ack {
             guard = guard.with_ack(Arc::clone(ack));
         }

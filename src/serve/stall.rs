@@ -129,18 +129,43 @@ pub struct StallGuard<S> {
 pub const TURN_BYTES: usize = 64 * 1024;
 
 /// A connection's first [`FAST_BYTES`]: if the socket took them within
-/// [`FAST_WINDOW`], the client is fast: its `TCP_NOTSENT_LOWAT` is raised
-/// to [`FAST_LOWAT`] and its turns are no longer capped (fewer, larger
-/// writes). Else it keeps the cap of [`TURN_BYTES`] per turn, and its
-/// `TCP_NOTSENT_LOWAT` becomes [`SLOW_LOWAT`] if it took less than
-/// [`SLOW_RATE`] (a module's link), or stays the listener's small value
-/// (many clients on a fast network, which share the server fairly).
+/// [`FAST_WINDOW`], the client is fast ([`Verdict::Fast`]): its turns are
+/// no longer capped and the stream is paced for a bulk client (HTTP:
+/// `TCP_NOTSENT_LOWAT` [`FAST_LOWAT`]; FTP: a larger send buffer). Else it
+/// keeps its cap per turn, and is paced as a module's link
+/// ([`Verdict::Slow`], `TCP_NOTSENT_LOWAT` [`SLOW_LOWAT`]) if it took
+/// less than [`SLOW_RATE`], or stays as it was set up (many clients on a
+/// fast network, which share the server fairly).
 #[derive(Debug)]
 struct Boost<S> {
-    /// Sets the guarded stream's `TCP_NOTSENT_LOWAT`, in bytes.
-    set_lowat: fn(&S, u32) -> io::Result<()>,
+    /// Paces the guarded stream by its verdict.
+    tune: fn(&S, Verdict) -> io::Result<()>,
     since: std::time::Instant,
     written: u64,
+}
+
+/// What the speed check made of a connection's first bytes
+/// ([`StallGuard::with_speed_check`]); a connection that is neither keeps
+/// how it was set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The socket took its first [`FAST_BYTES`] within [`FAST_WINDOW`]: a
+    /// bulk client on a fast network.
+    Fast,
+    /// Less than [`SLOW_RATE`] over [`FAST_WINDOW`]: a module's link.
+    Slow,
+}
+
+/// How much a connection writes per turn until its speed is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turns {
+    /// At most [`TURN_BYTES`], then a yield to the other connections on
+    /// the worker thread: HTTP, where hundreds of clients fetch responses
+    /// side by side (`bench/compare.py` S3).
+    Capped,
+    /// Until the socket takes no more, as a blocking sender writes: an FTP
+    /// data connection, which carries one file.
+    Whole,
 }
 
 /// Bytes a connection writes before its speed is judged (8 MiB): only a
@@ -160,6 +185,18 @@ pub const FAST_LOWAT: u32 = 4 << 20;
 /// slow link (1,000,000 bytes per second: a cellular module's download,
 /// not a client on a LAN).
 pub const SLOW_RATE: u64 = 1_000_000;
+/// `TCP_NOTSENT_LOWAT` of an FTP transfer until its speed is judged
+/// (2 MiB), instead of the listener's 16 KiB. The transfer queues that much
+/// ahead, as a blocking sender fills its socket, so the client's window
+/// updates send most bytes on from the queue and the server is woken for
+/// large refills: with 16 KiB, a transfer took 12 times as many `sendfile`
+/// calls per GB. Server CPU per GB in `bench/compare.py` S4: 0.165 s
+/// (16 KiB), 0.133 (1 MiB), 0.109 (2 MiB), about 0.10 (no limit). On a
+/// cellular path the kernel's own send buffer, tens of KiB while the link
+/// is slow, is the tighter bound; on loopback, where a segment is 64 KiB,
+/// each slow download holds up to this much (or its whole package) in the
+/// kernel's TCP memory (`net.ipv4.tcp_mem`) until it drains.
+pub const BULK_LOWAT: u32 = 2 << 20;
 /// `TCP_NOTSENT_LOWAT` of a slow link (128 KiB): the link, not the
 /// server, sets its pace, so larger writes cost fewer wake-ups per byte
 /// (`bench/compare.py` S6: 10,000 downloads at 20 kB/s took 1.4× the CPU
@@ -182,15 +219,22 @@ impl<S> StallGuard<S> {
         }
     }
 
-    /// Judges the connection's speed on its first [`FAST_BYTES`]; a fast
-    /// one gets `set_lowat(&stream, FAST_LOWAT)` and writes without a cap
-    /// per turn from then on. Until then, and for good on a slower one, a
-    /// turn writes at most [`TURN_BYTES`]; a slow link gets
-    /// `set_lowat(&stream, SLOW_LOWAT)`.
-    pub fn with_speed_check(mut self, set_lowat: fn(&S, u32) -> io::Result<()>) -> Self {
-        self.turn_cap = TURN_BYTES;
+    /// Judges the connection's speed on its first [`FAST_BYTES`] and calls
+    /// `tune(&stream, verdict)` once for a fast connection or a slow link
+    /// (a failure is logged at debug level: the connection goes on as it
+    /// is). With [`Turns::Capped`], a turn writes at most [`TURN_BYTES`]
+    /// until the connection proves fast, and for good on a slower one.
+    pub fn with_speed_check(
+        mut self,
+        tune: fn(&S, Verdict) -> io::Result<()>,
+        turns: Turns,
+    ) -> Self {
+        self.turn_cap = match turns {
+            Turns::Capped => TURN_BYTES,
+            Turns::Whole => usize::MAX,
+        };
         self.boost = Some(Boost {
-            set_lowat,
+            tune,
             since: std::time::Instant::now(),
             written: 0,
         });
@@ -208,19 +252,19 @@ impl<S> StallGuard<S> {
         };
         boost.written += n as u64;
         let elapsed = boost.since.elapsed();
-        let lowat = if boost.written >= FAST_BYTES && elapsed <= FAST_WINDOW {
+        let verdict = if boost.written >= FAST_BYTES && elapsed <= FAST_WINDOW {
             self.turn_cap = usize::MAX;
-            Some(FAST_LOWAT)
+            Some(Verdict::Fast)
         } else if boost.written >= FAST_BYTES || elapsed > FAST_WINDOW {
             let rate = u128::from(boost.written) * 1_000_000 / elapsed.as_micros().max(1);
-            (rate < u128::from(SLOW_RATE)).then_some(SLOW_LOWAT)
+            (rate < u128::from(SLOW_RATE)).then_some(Verdict::Slow)
         } else {
             return;
         };
-        if let Some(lowat) = lowat
-            && let Err(error) = (boost.set_lowat)(&self.inner, lowat)
+        if let Some(verdict) = verdict
+            && let Err(error) = (boost.tune)(&self.inner, verdict)
         {
-            tracing::debug!(%error, "cannot set TCP_NOTSENT_LOWAT");
+            tracing::debug!(%error, ?verdict, "cannot pace the connection");
         }
         self.boost = None;
     }
@@ -461,7 +505,8 @@ mod tests {
     #[tokio::test]
     async fn a_slow_connection_writes_at_most_a_turn_then_yields_once() {
         let (a, mut b) = tokio::io::duplex(4 * TURN_BYTES);
-        let mut guard = StallGuard::new(a, Duration::from_secs(5)).with_speed_check(|_, _| Ok(()));
+        let mut guard = StallGuard::new(a, Duration::from_secs(5))
+            .with_speed_check(|_, _| Ok(()), Turns::Capped);
         let data = vec![7u8; 3 * TURN_BYTES];
         let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
         let waker = std::task::Waker::from(Arc::clone(&wakes));
@@ -492,33 +537,52 @@ mod tests {
         assert_eq!(got, data, "every byte, in order");
     }
 
-    /// The last value a test's `set_lowat` was given.
-    static LOWAT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    /// The verdicts a test's `tune` was given, in order.
+    static VERDICTS: std::sync::Mutex<Vec<Verdict>> = std::sync::Mutex::new(Vec::new());
 
     #[tokio::test]
     async fn the_speed_check_sets_a_fast_and_a_slow_link_apart() {
-        let record = |_: &tokio::io::DuplexStream, bytes| {
-            LOWAT.store(bytes, Ordering::SeqCst);
+        let record = |_: &tokio::io::DuplexStream, verdict| {
+            VERDICTS.lock().unwrap().push(verdict);
             Ok(())
         };
         // Fast: 8 MiB taken at once; turns are no longer capped after it.
         let (a, _b) = tokio::io::duplex(FAST_BYTES as usize + 4 * TURN_BYTES);
-        let mut fast = StallGuard::new(a, Duration::from_secs(5)).with_speed_check(record);
+        let mut fast =
+            StallGuard::new(a, Duration::from_secs(5)).with_speed_check(record, Turns::Capped);
         let data = vec![1u8; FAST_BYTES as usize];
         fast.write_all(&data).await.unwrap();
-        assert_eq!(LOWAT.load(Ordering::SeqCst), FAST_LOWAT);
+        assert_eq!(*VERDICTS.lock().unwrap(), [Verdict::Fast]);
         assert_eq!(
             fast.write(&[1u8; 2 * TURN_BYTES]).await.unwrap(),
             2 * TURN_BYTES
         );
         // Slow: 1 KiB, then nothing past the window: a module's link.
         let (a, _b) = tokio::io::duplex(64 * 1024);
-        let mut slow = StallGuard::new(a, Duration::from_secs(5)).with_speed_check(record);
+        let mut slow =
+            StallGuard::new(a, Duration::from_secs(5)).with_speed_check(record, Turns::Capped);
         slow.write_all(&[2u8; 1024]).await.unwrap();
         tokio::time::sleep(FAST_WINDOW + Duration::from_millis(20)).await;
         slow.write_all(&[2u8; 1024]).await.unwrap();
-        assert_eq!(LOWAT.load(Ordering::SeqCst), SLOW_LOWAT);
+        assert_eq!(*VERDICTS.lock().unwrap(), [Verdict::Fast, Verdict::Slow]);
         assert_eq!(slow.turn_cap, TURN_BYTES, "a slow link keeps the cap");
+        // Whole turns: uncapped before any verdict, and judged alike.
+        let (a, _b) = tokio::io::duplex(4 * TURN_BYTES);
+        let mut whole =
+            StallGuard::new(a, Duration::from_secs(5)).with_speed_check(record, Turns::Whole);
+        assert_eq!(
+            whole.write(&[3u8; 3 * TURN_BYTES]).await.unwrap(),
+            3 * TURN_BYTES,
+            "one write takes what the stream takes"
+        );
+        // 193 KiB over 300 ms: under `SLOW_RATE`.
+        tokio::time::sleep(3 * FAST_WINDOW).await;
+        whole.write_all(&[3u8; 1024]).await.unwrap();
+        assert_eq!(
+            *VERDICTS.lock().unwrap(),
+            [Verdict::Fast, Verdict::Slow, Verdict::Slow]
+        );
+        assert_eq!(whole.turn_cap, usize::MAX, "whole turns stay whole");
     }
 
     #[tokio::test]

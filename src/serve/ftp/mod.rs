@@ -46,7 +46,7 @@ use super::delivery::{self, AckTracker, Delivery, Span, cut_short};
 use super::fault::PeerWatch;
 use super::fault::apply_data_fault;
 use super::fault::{Action, Applied, AttemptInfo};
-use super::stall::StallGuard;
+use super::stall::{StallGuard, Turns};
 use super::zerocopy::{self, ZeroCopyStream};
 use super::{Access, Shared, lock};
 use crate::catalog::{Catalog, Entry, OpenError, Package, PackageReader, path};
@@ -1151,8 +1151,12 @@ impl CatalogStorage {
         let ack = record.ack.clone();
         let copied = match direct {
             Some(socket) => {
-                let out = StallGuard::new(ZeroCopyStream::new(socket), self.stall)
-                    .with_speed_check(ZeroCopyStream::set_lowat);
+                let socket = ZeroCopyStream::new(socket);
+                if let Err(error) = socket.begin_transfer() {
+                    tracing::debug!(%error, "cannot set TCP_NOTSENT_LOWAT");
+                }
+                let out = StallGuard::new(socket, self.stall)
+                    .with_speed_check(ZeroCopyStream::pace_transfer, Turns::Whole);
                 let mut out = guarded(out, ack.as_ref());
                 copy(source, &mut out, &mut record.attempt).await
             }
@@ -1267,8 +1271,10 @@ enum Source {
 /// a module's FTP client waits longer than this for its first data byte).
 pub const RETR_VALIDATION_WAIT: Duration = Duration::from_secs(10);
 
-/// Bytes per write from a resident copy.
-const RESIDENT_WRITE: usize = 256 * 1024;
+/// Bytes per write from a resident copy (8 MiB): more than a wake-up finds
+/// room for in the largest send buffer (`zerocopy::FAST_SNDBUF`), so one
+/// `sendfile` fills the socket.
+const RESIDENT_WRITE: usize = 8 << 20;
 
 /// Copies `source` to `out`, counting into `attempt.bytes_sent`, and
 /// flushes.
