@@ -334,6 +334,29 @@ impl Attempt {
     }
 }
 
+/// Says `record` on stderr: one human-readable `tracing` line (target
+/// `qfota_serve::download`, level INFO).
+fn announce(record: &DownloadRecord) {
+    tracing::info!(
+        target: "qfota_serve::download",
+        protocol = record.protocol.as_str(),
+        peer = %record.peer,
+        user = record.user.as_deref().unwrap_or("-"),
+        // As `&str`, so the formatter escapes what a client sent
+        // (terminal escape sequences, NUL), as it does for `user`.
+        path = record.path.as_str(),
+        status = record.status,
+        outcome = record.outcome.as_str(),
+        range_start = record.range_start,
+        bytes_sent = record.bytes_sent,
+        size = record.size.unwrap_or(0),
+        duration_ms = record.duration_ms,
+        fault = record.fault.as_deref().unwrap_or("-"),
+        reason = record.reason.as_str(),
+        "download"
+    );
+}
+
 /// How many records [`DownloadLog::recent`] keeps in memory. With the
 /// field caps ([`DownloadRecord::capped`]) a record holds at most about
 /// 2 KiB, so the ring stays under about 9 MiB whatever clients send.
@@ -438,29 +461,13 @@ impl DownloadLog {
             record.instance = Some(id.to_string());
         }
         let record = record.capped();
-        tracing::info!(
-            target: "qfota_serve::download",
-            protocol = record.protocol.as_str(),
-            peer = %record.peer,
-            user = record.user.as_deref().unwrap_or("-"),
-            // As `&str`, so the formatter escapes what a client sent
-            // (terminal escape sequences, NUL), as it does for `user`.
-            path = record.path.as_str(),
-            status = record.status,
-            outcome = record.outcome.as_str(),
-            range_start = record.range_start,
-            bytes_sent = record.bytes_sent,
-            size = record.size.unwrap_or(0),
-            duration_ms = record.duration_ms,
-            fault = record.fault.as_deref().unwrap_or("-"),
-            reason = record.reason.as_str(),
-            "download"
-        );
+        // With a file, the writer thread says it on stderr, in batches.
         let unsent = match &self.inner.file {
             Some(sink) => sink.send(record),
             None => Some(record),
         };
         if let Some(record) = unsent {
+            announce(&record);
             self.inner.memory.publish(record);
         }
     }
@@ -669,6 +676,37 @@ mod tests {
         assert_eq!(text.lines().count(), 2);
         assert_eq!(log.recent().len(), 2);
         assert_eq!(rx.try_recv().unwrap().status, 426);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_written_in_order_to_the_file_and_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let log = DownloadLog::to_file(&path).unwrap();
+        // Faster than the writer's linger: most go in one batch.
+        for bytes in 0..300 {
+            log.emit(DownloadRecord {
+                bytes_sent: bytes,
+                ..sample()
+            });
+        }
+        assert_eq!(log.flush().await, Some(0));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let in_file: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<DownloadRecord>(l)
+                    .unwrap()
+                    .bytes_sent
+            })
+            .collect();
+        assert_eq!(in_file, (0..300).collect::<Vec<_>>());
+        let in_memory: Vec<u64> = log
+            .since(0)
+            .into_iter()
+            .map(|(_, r)| r.bytes_sent)
+            .collect();
+        assert_eq!(in_memory, in_file);
     }
 
     #[test]
