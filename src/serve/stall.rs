@@ -189,8 +189,8 @@ pub const SLOW_RATE: u64 = 1_000_000;
 /// (2 MiB), instead of the listener's 16 KiB. The transfer queues that much
 /// ahead, as a blocking sender fills its socket, so the client's window
 /// updates send most bytes on from the queue and the server is woken for
-/// large refills: with 16 KiB, a transfer took 12 times as many `sendfile`
-/// calls per GB. Server CPU per GB in `bench/compare.py` S4: 0.165 s
+/// large refills: with 16 KiB and capped turns, a transfer took about 20
+/// times as many `sendfile` calls per GB. Server CPU per GB in `bench/compare.py` S4: 0.165 s
 /// (16 KiB), 0.133 (1 MiB), 0.109 (2 MiB), about 0.10 (no limit). On a
 /// cellular path the kernel's own send buffer, tens of KiB while the link
 /// is slow, is the tighter bound; on loopback, where a segment is 64 KiB,

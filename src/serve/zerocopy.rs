@@ -27,10 +27,11 @@ use crate::serve::stall::{BULK_LOWAT, FAST_LOWAT, SLOW_LOWAT, Verdict};
 /// what the kernel's own sizing reaches (`net.ipv4.tcp_wmem`'s 4 MiB). The
 /// task is woken when a third of the queue is free and refills it in one
 /// `sendfile`, while the client's acknowledgements send the queued bytes
-/// on: against the kernel's sizing, 2.6 times fewer wake-ups per GB and
-/// about half the server's CPU per GB on loopback (`bench/compare.py` S4),
-/// part of it because loopback charges the transmit to whoever sends it
-/// on. Granted up to `net.core.wmem_max`; when that is lower than what
+/// on: against the kernel's sizing, in a by-hand run of
+/// `bench/compare.py` S4's load, 2.6 times fewer context switches and
+/// 0.07 instead of 0.12 server CPU s/GB, part of it only because loopback
+/// charges a transmit to the process whose acknowledgement opened the
+/// window. Granted up to `net.core.wmem_max`; when that is lower than what
 /// the kernel already gave the socket (Debian's default is 208 KiB), the
 /// socket keeps the kernel's sizing.
 pub const FAST_SNDBUF: usize = 4 << 20;
