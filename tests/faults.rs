@@ -292,7 +292,11 @@ async fn a_client_that_half_closed_before_the_stall_waits_for_the_stall_timeout(
             .stall_timeout(Duration::from_secs(2))
     })
     .await;
-    let mut tcp = tokio::net::TcpStream::connect(fx.server.http_addr().unwrap())
+    // A 64 KiB receive buffer, whatever the host's `tcp_rmem`.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut tcp = socket
+        .connect(fx.server.http_addr().unwrap())
         .await
         .unwrap();
     let request = format!("GET /{BIG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

@@ -63,7 +63,11 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// what came (2 ms): records that arrive meanwhile go in the same round.
 /// At a few thousand downloads a second, one wake-up per record of this
 /// thread and of the stderr writer cost the server about a tenth of its
-/// requests per second (`bench/compare.py` S3).
+/// requests per second (`bench/compare.py` S3). The stderr line of each
+/// record is said here too, before the file is written; while a write
+/// hangs (a hard-mounted NFS share, not a full disk, which fails at once)
+/// the lines of the records waiting in the channel wait with it, and once
+/// the channel is full `emit` says each new one itself.
 pub const BATCH_LINGER: Duration = Duration::from_millis(2);
 
 /// How long dropping the last handle to the log waits for the writer to
@@ -335,8 +339,8 @@ impl Writer {
     /// then published.
     fn take_batch(&mut self, first: DownloadRecord, rx: &Receiver<Option<Box<DownloadRecord>>>) {
         let mut batch = vec![first];
-        // The channel holds at most CHANNEL_CAPACITY entries: bounded.
-        while batch.len() <= CHANNEL_CAPACITY {
+        // At most a channel's worth, however fast senders refill it.
+        for _ in 0..=CHANNEL_CAPACITY {
             match rx.try_recv() {
                 Ok(Some(record)) => batch.push(*record),
                 Ok(None) => {}

@@ -36,15 +36,27 @@ use crate::serve::stall::{BULK_LOWAT, FAST_LOWAT, SLOW_LOWAT, Verdict};
 /// socket keeps the kernel's sizing.
 pub const FAST_SNDBUF: usize = 4 << 20;
 
-/// `net.core.wmem_max` in bytes, read once; `None` when it cannot be read.
+/// `TCP_NOTSENT_LOWAT` that never binds (2 GiB, the largest the kernel
+/// takes as a positive `int`).
+const UNLIMITED_LOWAT: u32 = i32::MAX as u32;
+
+/// `net.core.wmem_max` in bytes, read once; `None` when it cannot be read
+/// (a container without `/proc/sys/net`: said once at INFO level, and
+/// fast transfers then keep the kernel's sizing).
 fn wmem_max() -> Option<usize> {
     static MAX: OnceLock<Option<usize>> = OnceLock::new();
     *MAX.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/net/core/wmem_max")
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        const PATH: &str = "/proc/sys/net/core/wmem_max";
+        let read = std::fs::read_to_string(PATH)
+            .map_err(|e| e.to_string())
+            .and_then(|text| text.trim().parse().map_err(|e| format!("{e}")));
+        match read {
+            Ok(max) => Some(max),
+            Err(error) => {
+                tracing::info!(%error, path = PATH, "cannot read the send buffer limit: fast FTP transfers keep the kernel's own send buffer sizing");
+                None
+            }
+        }
     })
 }
 
@@ -95,15 +107,17 @@ impl ZeroCopyStream {
         let socket = socket2::SockRef::from(&self.tcp);
         match verdict {
             Verdict::Fast => {
+                // No limit of its own on unsent bytes (0 would mean the
+                // system's `net.ipv4.tcp_notsent_lowat`, which a host may
+                // have tuned lower than `BULK_LOWAT`).
+                socket.set_tcp_notsent_lowat(UNLIMITED_LOWAT)?;
                 // SO_SNDBUF is clamped to `net.core.wmem_max` and turns the
                 // kernel's own sizing off: set only when that grows it.
                 let granted = 2 * FAST_SNDBUF.min(wmem_max().unwrap_or(0));
                 if granted > socket.send_buffer_size()? {
                     socket.set_send_buffer_size(FAST_SNDBUF)?;
                 }
-                // No `TCP_NOTSENT_LOWAT` of its own: the system's
-                // (`net.ipv4.tcp_notsent_lowat`, unlimited by default).
-                socket.set_tcp_notsent_lowat(0)
+                Ok(())
             }
             Verdict::Slow => socket.set_tcp_notsent_lowat(SLOW_LOWAT),
         }

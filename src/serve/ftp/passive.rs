@@ -341,12 +341,14 @@ pub struct PassivePort {
 
 /// A listener's mark: 1 to 4,096 bytes added to [`crate::serve::NOTSENT_LOWAT`]
 /// (at most a quarter more), different from the previous 4,095 listeners'
-/// and from the values the speed check sets later
-/// ([`crate::serve::stall::SLOW_LOWAT`], [`crate::serve::stall::FAST_LOWAT`]).
+/// and from the values a transfer sets later
+/// ([`crate::serve::stall::SLOW_LOWAT`], [`crate::serve::stall::FAST_LOWAT`],
+/// [`crate::serve::stall::BULK_LOWAT`], and larger).
 fn next_mark() -> u32 {
     const _: () = assert!(
         crate::serve::NOTSENT_LOWAT + 4096 < crate::serve::stall::SLOW_LOWAT
             && crate::serve::stall::SLOW_LOWAT < crate::serve::stall::FAST_LOWAT
+            && crate::serve::stall::SLOW_LOWAT < crate::serve::stall::BULK_LOWAT
     );
     static NEXT: AtomicU64 = AtomicU64::new(0);
     (NEXT.fetch_add(1, Ordering::Relaxed) % 4096) as u32 + 1
