@@ -1286,6 +1286,7 @@ where
         Source::Resident(copy) => {
             // Counted per write: the socket may take part of a slice.
             let mut rest = &copy[..];
+            let mut since_yield = 0;
             while !rest.is_empty() {
                 let part = &rest[..rest.len().min(RESIDENT_WRITE)];
                 let n = out.write(part).await.map_err(Failure::closed)?;
@@ -1294,6 +1295,14 @@ where
                 }
                 attempt.bytes_sent += n as u64;
                 rest = &rest[n..];
+                // A client as fast as the kernel rarely fills its socket,
+                // so the writes seldom wait: let the worker thread's other
+                // connections run once per RESIDENT_WRITE.
+                since_yield += n;
+                if since_yield >= RESIDENT_WRITE {
+                    since_yield = 0;
+                    tokio::task::yield_now().await;
+                }
             }
             return out.flush().await.map_err(Failure::closed);
         }
