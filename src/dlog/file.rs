@@ -294,7 +294,9 @@ impl Writer {
                     // Let a burst gather: one wake-up, one look at the
                     // file and one write round per batch, not per record.
                     std::thread::sleep(BATCH_LINGER);
-                    self.take_batch(*record, rx);
+                    let mut batch = vec![*record];
+                    batch.extend(waiting(rx));
+                    self.take(batch);
                 }
                 Ok(None) | Err(RecvTimeoutError::Timeout) => self.drain(),
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -325,28 +327,10 @@ impl Writer {
         }
     }
 
-    /// Queues `record`, writes what the file takes, then publishes it to
-    /// memory (so a record seen in memory is in the file, or queued).
-    fn take(&mut self, record: DownloadRecord) {
-        super::announce(&record);
-        self.enqueue(&record);
-        self.drain();
-        self.memory.publish(record);
-    }
-
-    /// [`Writer::take`] for `first` and every record already waiting in
-    /// the channel: all queued and said on stderr, written in one round,
-    /// then published.
-    fn take_batch(&mut self, first: DownloadRecord, rx: &Receiver<Option<Box<DownloadRecord>>>) {
-        let mut batch = vec![first];
-        // At most a channel's worth, however fast senders refill it.
-        for _ in 0..=CHANNEL_CAPACITY {
-            match rx.try_recv() {
-                Ok(Some(record)) => batch.push(*record),
-                Ok(None) => {}
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
+    /// Queues `batch` and says each record on stderr, writes what the
+    /// file takes in one round, then publishes the records to memory (so
+    /// a record seen in memory is in the file, or queued).
+    fn take(&mut self, batch: Vec<DownloadRecord>) {
         for record in &batch {
             super::announce(record);
             self.enqueue(record);
@@ -461,26 +445,18 @@ impl Writer {
     /// Answers pending [`FileSink::flush`] calls once every record sent
     /// before them (now in the channel) was tried.
     fn answer_flushes(&mut self, rx: &Receiver<Option<Box<DownloadRecord>>>) {
-        let waiting = std::mem::take(
+        let callers = std::mem::take(
             &mut *self
                 .requests
                 .flush
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        if waiting.is_empty() {
+        if callers.is_empty() {
             return;
         }
-        // The channel holds at most CHANNEL_CAPACITY entries: bounded.
-        for _ in 0..CHANNEL_CAPACITY {
-            match rx.try_recv() {
-                Ok(Some(record)) => self.take(*record),
-                Ok(None) => {}
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        self.drain();
-        for ack in waiting {
+        self.take(waiting(rx));
+        for ack in callers {
             let _ = ack.send(self.queue.len());
         }
     }
@@ -520,6 +496,20 @@ impl Writer {
             }
         }
     }
+}
+
+/// The records waiting in the channel now: at most a channel's worth,
+/// however fast senders refill it (wake-ups are skipped).
+fn waiting(rx: &Receiver<Option<Box<DownloadRecord>>>) -> Vec<DownloadRecord> {
+    let mut batch = Vec::new();
+    for _ in 0..=CHANNEL_CAPACITY {
+        match rx.try_recv() {
+            Ok(Some(record)) => batch.push(*record),
+            Ok(None) => {}
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+    batch
 }
 
 /// Whether `file` has no name left on disk (deleted while open).

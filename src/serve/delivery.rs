@@ -292,6 +292,18 @@ pub fn snapshot(ends: TcpEnds) -> io::Result<Option<Snapshot>> {
     })
 }
 
+/// Whether the peer of `ends` has closed its side
+/// ([`Snapshot::peer_closed`]): `None` when the socket is gone from the
+/// kernel's table, `Some(false)` too when the kernel cannot be asked
+/// (nothing is then known to have closed).
+pub fn peer_closed(ends: TcpEnds) -> Option<bool> {
+    match snapshot(ends) {
+        Ok(Some(now)) => Some(now.peer_closed()),
+        Ok(None) => None,
+        Err(_) => Some(false),
+    }
+}
+
 /// A tracker for `ends` when the kernel's counters can be read for it;
 /// `None` (and a warning, once per process) when netlink is unavailable,
 /// e.g. in a sandbox without `NETLINK_SOCK_DIAG`.

@@ -49,7 +49,7 @@ fn wmem_max() -> Option<usize> {
         const PATH: &str = "/proc/sys/net/core/wmem_max";
         let read = std::fs::read_to_string(PATH)
             .map_err(|e| e.to_string())
-            .and_then(|text| text.trim().parse().map_err(|e| format!("{e}")));
+            .and_then(|text| text.trim().parse().map_err(|e: std::num::ParseIntError| e.to_string()));
         match read {
             Ok(max) => Some(max),
             Err(error) => {

@@ -50,20 +50,22 @@ impl Clock {
     /// is 0 (no module delays at all): a gap a host's polling must see
     /// whatever the scale.
     pub(crate) async fn pause_at_least(&self, realistic: Duration, floor: Duration) {
-        let scaled = Duration::try_from_secs_f64(realistic.as_secs_f64() * self.scale)
-            .unwrap_or(Duration::ZERO);
         if self.scale > 0.0 {
-            tokio::time::sleep(scaled.max(floor)).await;
+            tokio::time::sleep(self.scaled(realistic).max(floor)).await;
         }
     }
 
     /// Sleeps `realistic × scale`.
     pub(crate) async fn pause(&self, realistic: Duration) {
-        let scaled = Duration::try_from_secs_f64(realistic.as_secs_f64() * self.scale)
-            .unwrap_or(Duration::ZERO);
+        let scaled = self.scaled(realistic);
         if !scaled.is_zero() {
             tokio::time::sleep(scaled).await;
         }
+    }
+
+    /// `realistic × scale` (0 when that is not a duration).
+    fn scaled(&self, realistic: Duration) -> Duration {
+        Duration::try_from_secs_f64(realistic.as_secs_f64() * self.scale).unwrap_or(Duration::ZERO)
     }
 }
 

@@ -140,11 +140,7 @@ impl<R: AsyncRead + Unpin> FaultedReader<R> {
         let Some(ends) = self.peer.as_ref().and_then(|p| p.get().copied()) else {
             return Poll::Pending;
         };
-        let look = move || match delivery::snapshot(ends) {
-            Ok(Some(now)) => Some(now.peer_closed()),
-            Ok(None) => None,
-            Err(_) => Some(false),
-        };
+        let look = move || delivery::peer_closed(ends);
         loop {
             let (check, since, half_closed) = self.peer_check.get_or_insert_with(|| {
                 let now = tokio::time::Instant::now();

@@ -343,11 +343,7 @@ impl FtpSession {
             local: self.local,
             peer: self.peer,
         };
-        match delivery::snapshot(ends) {
-            Ok(Some(now)) => now.peer_closed(),
-            Ok(None) => true,
-            Err(_) => false,
-        }
+        delivery::peer_closed(ends).unwrap_or(true)
     }
 
     /// Records a control connection closed for a command line over the
