@@ -803,7 +803,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke check in seconds")
     ap.add_argument("--only", default=",".join(SCENARIOS), help="e.g. S1,S3")
-    ap.add_argument("--csv", default=os.path.join(HERE, "results.csv"))
+    ap.add_argument("--csv", default=None,
+                    help="where the CSV goes (default bench/results.csv; with --quick, "
+                         "qfota-compare-quick.csv in the temporary folder, so that a smoke "
+                         "check does not replace the full run's figures)")
     ap.add_argument("--md", help="also write the table as Markdown to this file")
     ap.add_argument("--repeat", type=int, default=None,
                     help="runs of S1-S4 and S7, median kept (default 3; quick 1)")
@@ -815,6 +818,9 @@ def main():
     if not only or any(s not in SCENARIOS for s in only):
         sys.exit(f"--only takes a comma-separated subset of {','.join(SCENARIOS)}")
     mode = "quick" if args.quick else "full"
+    if args.csv is None:
+        args.csv = (os.path.join(tempfile.gettempdir(), "qfota-compare-quick.csv") if args.quick
+                    else os.path.join(HERE, "results.csv"))
     sz = SIZES[mode]
     repeat = max(1, min(args.repeat or (1 if args.quick else 3), 10))
     wrk_secs = max(1, min(args.wrk_secs or (2 if args.quick else 10), 300))
