@@ -106,18 +106,25 @@ pub struct Effective {
 }
 
 /// The serve arguments as a command of their own; with `require`, the
-/// folder and at least one protocol are required.
+/// folder and at least one protocol are required, and `--tls-cert`,
+/// `--tls-key` and `--admin-allow` need their partners.
 pub fn serve_command(require: bool) -> Command {
     let cmd = ServeArgs::augment_args(Command::new("qfota-serve"));
     if !require {
         return cmd;
     }
-    cmd.mut_arg("dir", |a| a.required(true)).group(
-        ArgGroup::new("protocol")
-            .required(true)
-            .multiple(true)
-            .args(["ftp", "http", "https"]),
-    )
+    // Pairs are checked here, on the merged values, not by the first
+    // parse: the file or the environment may supply the other half.
+    cmd.mut_arg("dir", |a| a.required(true))
+        .mut_arg("tls_cert", |a| a.requires("tls_key"))
+        .mut_arg("tls_key", |a| a.requires("tls_cert"))
+        .mut_arg("admin_allow", |a| a.requires("admin"))
+        .group(
+            ArgGroup::new("protocol")
+                .required(true)
+                .multiple(true)
+                .args(["ftp", "http", "https"]),
+        )
 }
 
 /// The file key of an argument: its long name, or its id for a positional.
@@ -251,6 +258,24 @@ pub fn resolve(matches: &ArgMatches, require: bool) -> Result<Effective, ConfigE
                 return Err(ConfigError::Value {
                     path: path.clone(),
                     message: format!("`{key}`: true or false expected, not {value}"),
+                });
+            }
+            // Likewise a boolean is no file name or port, and only a
+            // repeatable flag takes an array.
+            let repeatable = matches!(arg.get_action(), ArgAction::Append);
+            let misfit = match &value {
+                toml::Value::Boolean(_) if !matches!(arg.get_action(), ArgAction::SetTrue) => {
+                    Some("a string or number expected, not a boolean")
+                }
+                toml::Value::Array(_) if !repeatable => {
+                    Some("one value expected, not an array (the flag does not repeat)")
+                }
+                _ => None,
+            };
+            if let Some(what) = misfit {
+                return Err(ConfigError::Value {
+                    path: path.clone(),
+                    message: format!("`{key}`: {what}"),
                 });
             }
             let values = toml_values(&key, &value).map_err(|message| ConfigError::Value {
@@ -432,6 +457,11 @@ mod tests {
             ("ftp = \"abc\"\n", "abc"),
             ("ftp = [[1]]\n", "`ftp`"),
             ("ftp = \n", "config file"),
+            (
+                "log = true\n",
+                "`log`: a string or number expected, not a boolean",
+            ),
+            ("http = [80]\n", "`http`: one value expected, not an array"),
         ] {
             let f = file(text);
             let err = resolve(&matches(&["--config", f.path().to_str().unwrap()]), false)
@@ -456,5 +486,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(eff.args.http, Some(0));
+    }
+
+    #[test]
+    fn a_pair_may_be_split_between_file_and_flags() {
+        let f = file("http = 80\nadmin = \"127.0.0.1:9100\"\ntls-key = \"k.pem\"\n");
+        let p = f.path().to_str().unwrap();
+        let eff = resolve(
+            &matches(&[
+                "--config",
+                p,
+                "--admin-allow",
+                "192.0.2.0/24",
+                "--tls-cert",
+                "c.pem",
+                "pk",
+            ]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(eff.args.admin_allow.len(), 1);
+        assert_eq!(eff.args.tls_cert, Some(PathBuf::from("c.pem")));
+        // Still a pair once everything is merged.
+        let err = resolve(
+            &matches(&["--http", "80", "--admin-allow", "192.0.2.0/24", "pk"]),
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--admin"), "{err}");
+        let err = resolve(
+            &matches(&["--http", "80", "--tls-key", "k.pem", "pk"]),
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--tls-cert"), "{err}");
     }
 }

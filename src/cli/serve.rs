@@ -71,10 +71,10 @@ pub struct ServeArgs {
     #[arg(long, env = "QFOTA_PASSIVE_PORTS", default_value = "50000-50100", value_name = "FIRST-LAST", value_parser = parse_port_range)]
     pub passive_ports: RangeInclusive<u16>,
     /// HTTPS certificate chain (PEM).
-    #[arg(long, env = "QFOTA_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    #[arg(long, env = "QFOTA_TLS_CERT", value_name = "PEM")]
     pub tls_cert: Option<PathBuf>,
     /// HTTPS private key (PEM).
-    #[arg(long, env = "QFOTA_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    #[arg(long, env = "QFOTA_TLS_KEY", value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
     /// Where the generated RSA certificate is kept (made once, reused).
     #[arg(
@@ -136,7 +136,8 @@ pub struct ServeArgs {
         long,
         env = "QFOTA_MAX_CONNECTIONS",
         default_value_t = crate::serve::limits::DEFAULT_MAX_CONNECTIONS,
-        value_name = "N"
+        value_name = "N",
+        value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1..), |n| n as usize)
     )]
     pub max_connections: usize,
     /// Most connections open at once from one address (generous: modules
@@ -145,7 +146,8 @@ pub struct ServeArgs {
         long,
         env = "QFOTA_MAX_CONNECTIONS_PER_IP",
         default_value_t = crate::serve::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
-        value_name = "N"
+        value_name = "N",
+        value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1..), |n| n as usize)
     )]
     pub max_connections_per_ip: usize,
     /// Seconds an FTP control connection may stay idle after login.
@@ -184,7 +186,7 @@ pub struct ServeArgs {
     pub admin: Option<SocketAddr>,
     /// Network (CIDR or IP) besides loopback allowed to use the admin
     /// control routes and the campaign, repeatable (env: comma-separated).
-    #[arg(long = "admin-allow", env = "QFOTA_ADMIN_ALLOW", value_name = "CIDR", value_parser = parse_net, value_delimiter = ',', requires = "admin")]
+    #[arg(long = "admin-allow", env = "QFOTA_ADMIN_ALLOW", value_name = "CIDR", value_parser = parse_net, value_delimiter = ',')]
     pub admin_allow: Vec<IpNet>,
     /// Write one JSON object (bound ports, URLs per package, PID, log) to
     /// FILE once ready, atomically; `-` = one line on stdout (the banner
