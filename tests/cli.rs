@@ -201,3 +201,69 @@ async fn serve_job_with_wget_lftp_and_curl() {
     // The generated certificate was kept for the next start.
     assert!(certs.join("qfota-serve.crt").is_file());
 }
+
+/// `check` as a user who may not list `locked/` (as root, which reads
+/// everything, through `setpriv` as `nobody`): the folder is reported as
+/// not checked and fails the check, in the report and in the JSON.
+#[tokio::test]
+async fn check_fails_on_a_folder_it_cannot_list() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let sample = Path::new(&packages()).join("update-v12-to-v13.zip");
+    std::fs::copy(&sample, root.join("good-v12-to-v13.zip")).unwrap();
+    std::fs::create_dir(root.join("locked")).unwrap();
+    std::fs::copy(&sample, root.join("locked/hidden-v12-to-v13.zip")).unwrap();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(root.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let d = root.to_string_lossy().into_owned();
+    let as_root = String::from_utf8_lossy(&run("id", &["-u"]).await.stdout).trim() == "0";
+    let check = |json: bool| {
+        let mut argv: Vec<String> = Vec::new();
+        if as_root {
+            argv.extend(
+                ["--reuid=65534", "--regid=65534", "--clear-groups", BIN].map(String::from),
+            );
+        }
+        argv.extend(["check".to_string(), d.clone()]);
+        if json {
+            argv.push("--json".into());
+        }
+        (if as_root { "setpriv" } else { BIN }, argv)
+    };
+    let run_check = |json: bool| {
+        let (program, argv) = check(json);
+        async move {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            run(program, &argv).await
+        }
+    };
+    let out = run_check(false).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("locked/  not checked: cannot list the folder"),
+        "{text}"
+    );
+    assert!(text.contains("1 not checked"), "{text}");
+    let out = run_check(true).await;
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = v.as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["path"] == "good-v12-to-v13.zip"),
+        "{v}"
+    );
+    let locked = entries
+        .iter()
+        .find(|e| e["path"] == "locked/")
+        .expect("locked/ listed");
+    assert!(
+        locked["not_checked"]
+            .as_str()
+            .unwrap()
+            .contains("cannot list"),
+        "{v}"
+    );
+    std::fs::set_permissions(root.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}

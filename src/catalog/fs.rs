@@ -138,7 +138,8 @@ struct Scan {
     pending: BTreeMap<String, OnDisk>,
     /// Resident copies of valid packages (see [`Catalog::resident`]).
     resident: BTreeMap<String, Bytes>,
-    /// Files that could not be read at their last validation, and why.
+    /// Files that could not be read at their last validation, and
+    /// sub-folders that could not be listed (`name/`), and why.
     unreadable: BTreeMap<String, String>,
 }
 
@@ -194,8 +195,9 @@ pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl FsCatalog {
     /// Files under the folder that could not be read at their last
-    /// validation (permissions, I/O errors), with why, sorted by key: not
-    /// served, tried again at each scan.
+    /// validation (permissions, I/O errors), and sub-folders that could not
+    /// be listed at the last scan (keyed `name/`), with why, sorted by key:
+    /// not served, tried again at each scan.
     pub fn unreadable(&self) -> Vec<(String, String)> {
         self.current()
             .unreadable
@@ -443,12 +445,19 @@ impl FsCatalog {
         let mut files = BTreeMap::new();
         let mut pending = BTreeMap::new();
         let mut resident = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
         let mut stack = vec![(self.root.clone(), String::new())];
         while let Some((dir, prefix)) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(err) => {
-                    tracing::warn!(dir = %dir.display(), error = %err, "cannot read folder");
+                    // Its packages are unknown: reported like an
+                    // unreadable file (`check` fails), logged when new.
+                    let key = format!("{prefix}/");
+                    if !previous.unreadable.contains_key(&key) {
+                        tracing::warn!(dir = %dir.display(), error = %err, "cannot read folder");
+                    }
+                    unreadable.insert(key, format!("cannot list the folder: {err}"));
                     continue;
                 }
             };
@@ -490,7 +499,7 @@ impl FsCatalog {
             files,
             pending,
             resident,
-            unreadable: BTreeMap::new(),
+            unreadable,
         })
     }
 

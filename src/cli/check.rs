@@ -108,10 +108,17 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&packages.iter().map(|p| p.as_ref()).collect::<Vec<_>>())?
+        // The packages, then what could not be checked, with why.
+        let mut entries = packages
+            .iter()
+            .map(|p| serde_json::to_value(p.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.extend(
+            unchecked
+                .iter()
+                .map(|(key, why)| serde_json::json!({ "path": key, "not_checked": why })),
         );
+        outln!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
         out!("{report}");
     }
