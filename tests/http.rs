@@ -1464,9 +1464,22 @@ async fn shutdown_lets_an_in_flight_download_finish() {
         let mut rest = Vec::new();
         tcp.read_to_end(&mut rest).await.map(|_| rest)
     });
-    bounded("shutdown within the grace period", server.shutdown()).await;
-    // New connections are refused once shutdown has begun.
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    let stopping = tokio::spawn(server.shutdown());
+    // New connections are refused once shutdown has begun, while the
+    // download is still in flight (not left waiting in the backlog).
+    bounded("connections refused during the grace period", async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        !stopping.is_finished(),
+        "refused only after the grace period"
+    );
+    bounded("shutdown within the grace period", stopping)
+        .await
+        .unwrap();
     got.extend(
         bounded("the rest of the response", reader)
             .await

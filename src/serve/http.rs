@@ -132,6 +132,9 @@ pub(crate) async fn run(
             Box::pin(accepted.serve(watcher)).instrument(span).await;
         });
     }
+    // Closed now, not after the grace period: a client that connects
+    // meanwhile is refused at once instead of waiting in the backlog.
+    drop(listener);
     tracker.close();
     // In-flight responses run until done or until the grace period is over
     // (`Shared::closing`, kept by `Server::shutdown`); each connection then
