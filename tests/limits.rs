@@ -364,3 +364,67 @@ async fn out_of_file_descriptors_at(limit: u32) {
     )
     .await;
 }
+
+/// Passwords pipelined on one connection are not all checked at once: one
+/// sent while another is answered late is refused unchecked (libunftp
+/// checks each `PASS` in a task of its own; checked side by side, a burst
+/// of guesses would pass the failed-login delay in one go).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_passwords_are_not_checked_side_by_side() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let fx = Fixture::start(|b| b).await;
+    // Four failures from this address: the next one is answered after 2 s.
+    let port = fx.ftp_port().to_string();
+    let failures = "import ftplib, sys\n\
+        for _ in range(4):\n\
+        \x20   ftp = ftplib.FTP(); ftp.connect('127.0.0.1', int(sys.argv[1]), timeout=30)\n\
+        \x20   try: ftp.login('test', 'wrong')\n\
+        \x20   except ftplib.error_perm: pass\n\
+        \x20   ftp.close()\n";
+    let out = common::python(failures, &[&port]).await;
+    assert!(out.status.success(), "{out:?}");
+    let control = TcpStream::connect(("127.0.0.1", fx.ftp_port()))
+        .await
+        .unwrap();
+    let (read, mut write) = control.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let banner = lines.next_line().await.unwrap().unwrap();
+    assert!(banner.starts_with("220"), "{banner}");
+    let mut burst = b"USER test\r\n".to_vec();
+    for i in 0..5 {
+        burst.extend_from_slice(format!("PASS guess{i}\r\n").as_bytes());
+    }
+    burst.extend_from_slice(b"PASS test\r\n");
+    write.write_all(&burst).await.unwrap();
+    let codes = bounded("the replies to USER and six PASS", async {
+        let mut codes = Vec::new();
+        while codes.len() < 7 {
+            let line = lines.next_line().await.unwrap().expect("a reply");
+            codes.push(line[..3].to_string());
+        }
+        codes
+    })
+    .await;
+    assert_eq!(codes[0], "331", "{codes:?}");
+    let failed: Vec<_> = fx
+        .server
+        .downloads()
+        .into_iter()
+        .filter(|r| r.outcome == Outcome::AuthFailed)
+        .map(|r| r.reason)
+        .skip(4)
+        .collect();
+    // Of the six, at most one was checked; the others were refused
+    // unchecked (the right one too, unless it was the one checked).
+    let checked = failed
+        .iter()
+        .filter(|r| r.starts_with("wrong password"))
+        .count();
+    let unchecked = failed
+        .iter()
+        .filter(|r| r.starts_with("not checked"))
+        .count();
+    assert!(checked <= 1, "{failed:?}");
+    assert_eq!(checked + unchecked, failed.len(), "{failed:?}");
+    assert!(unchecked >= 4, "{failed:?}");
+}

@@ -543,6 +543,7 @@ fn session_server(
     let authenticator = Arc::new(SessionAuthenticator {
         session: Arc::clone(session),
         users: Arc::clone(users),
+        turn: tokio::sync::Mutex::new(()),
     });
     libunftp::ServerBuilder::with_authenticator(
         Box::new(move || CatalogStorage {
@@ -722,6 +723,12 @@ fn error_kind_for(code: u16) -> ErrorKind {
 struct SessionAuthenticator {
     session: Arc<FtpSession>,
     users: Arc<Vec<(String, String)>>,
+    /// Held while one `PASS` is checked and, when it failed, answered late.
+    /// libunftp checks each `PASS` in a task of its own: a client
+    /// pipelining many `PASS` lines on one connection would otherwise have
+    /// them all checked at once, past the failed-login delay. One that
+    /// comes while another is held is refused unchecked.
+    turn: tokio::sync::Mutex<()>,
 }
 
 #[async_trait]
@@ -735,6 +742,14 @@ impl Authenticator for SessionAuthenticator {
         let logged: String = username.chars().take(256).collect();
         *self.session.user.lock().unwrap_or_else(|p| p.into_inner()) = Some(logged);
         let mut attempt = self.session.attempt("");
+        // One attempt of this connection at a time: one sent while another
+        // is being checked or answered late is not checked at all.
+        let Ok(_turn) = self.turn.try_lock() else {
+            let reason = "not checked: another PASS on this connection was still being answered";
+            self.session
+                .emit(&attempt, 530, Outcome::AuthFailed, reason);
+            return Err(AuthenticationError::BadPassword);
+        };
         let fault = self.session.select_fault(None, |a| {
             matches!(a, Action::RefuseLogin)
                 || matches!(a, Action::FtpReply { command, .. } if command == "USER" || command == "PASS")
