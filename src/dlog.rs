@@ -264,11 +264,23 @@ impl Attempt {
     /// Starts the clock now. `peer` is stored unmapped
     /// ([`crate::net::unmap`]).
     pub fn start(protocol: Protocol, peer: SocketAddr, path: impl Into<String>) -> Self {
+        Self::started_at(protocol, peer, path, (Utc::now(), Instant::now()))
+    }
+
+    /// Starts the clock at `at` (wall clock, monotonic clock), a moment
+    /// already past: when a request's first byte came, for an attempt
+    /// recorded once it failed.
+    pub fn started_at(
+        protocol: Protocol,
+        peer: SocketAddr,
+        path: impl Into<String>,
+        at: (DateTime<Utc>, Instant),
+    ) -> Self {
         let peer = crate::net::unmap(peer);
         Attempt {
             // Millisecond precision, as the log writes it.
-            ts: Utc::now().trunc_subsecs(3),
-            started: Instant::now(),
+            ts: at.0.trunc_subsecs(3),
+            started: at.1,
             protocol,
             peer,
             user: None,

@@ -181,6 +181,8 @@ impl Accepted {
         if let Some(ack) = &ack {
             guard = guard.with_ack(Arc::clone(ack));
         }
+        // The first request starts with the connection's first byte.
+        guard.flush_signal().await_request();
         let conn = Arc::new(Conn {
             shared,
             peer,
@@ -417,7 +419,12 @@ impl Conn {
     /// Records a request that never reached [`Conn::handle`]: hyper refused
     /// to parse it. No path is known.
     fn record_unanswered(&self, status: u16, reason: String) {
-        let attempt = Attempt::start(self.protocol, self.peer, "");
+        // From the request's first byte (the connection's, for its first
+        // request), not from when it failed.
+        let attempt = match self.flushes.request_arrived() {
+            Some(at) => Attempt::started_at(self.protocol, self.peer, "", at),
+            None => Attempt::start(self.protocol, self.peer, ""),
+        };
         self.shared
             .log
             .emit(attempt.record(status, Outcome::Refused, reason));
@@ -429,6 +436,7 @@ impl Conn {
     async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
         self.read_at_request
             .store(self.flushes.read(), Ordering::Release);
+        self.flushes.await_request();
         let path = req.uri().path().trim_start_matches('/');
         let mut attempt = Attempt::start(self.protocol, self.peer, path);
         match self.serve(&req, &mut attempt).await {

@@ -41,6 +41,11 @@ pub struct FlushSignal {
     written: AtomicU64,
     /// Bytes read from the connection (ciphertext under TLS).
     read: AtomicU64,
+    /// Set while the connection waits for a request's first byte
+    /// ([`FlushSignal::await_request`]).
+    awaiting: AtomicBool,
+    /// When the awaited first byte came (wall clock, monotonic clock).
+    arrived: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, std::time::Instant)>>,
     waker: AtomicWaker,
     /// Marks to fill at the next completed flush.
     pending: std::sync::Mutex<Vec<Arc<OnceLock<u64>>>>,
@@ -69,6 +74,22 @@ impl FlushSignal {
     /// (ciphertext under TLS).
     pub fn read(&self) -> u64 {
         self.read.load(Ordering::Acquire)
+    }
+
+    /// Notes the time of the next byte read: the start of the next
+    /// request (call when the connection is made, and once a request has
+    /// been read).
+    pub fn await_request(&self) {
+        self.awaiting.store(true, Ordering::Release);
+    }
+
+    /// When the first byte after the latest [`FlushSignal::await_request`]
+    /// came; `None` while none has.
+    pub fn request_arrived(&self) -> Option<(chrono::DateTime<chrono::Utc>, std::time::Instant)> {
+        if self.awaiting.load(Ordering::Acquire) {
+            return None;
+        }
+        *lock(&self.arrived)
     }
 
     /// Bytes the kernel has taken from this connection's writes since the
@@ -358,6 +379,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
         let n = buf.filled().len().saturating_sub(before);
         if n > 0 {
             self.flushes.read.fetch_add(n as u64, Ordering::AcqRel);
+            if self.flushes.awaiting.load(Ordering::Acquire) {
+                *lock(&self.flushes.arrived) =
+                    Some((chrono::Utc::now(), std::time::Instant::now()));
+                self.flushes.awaiting.store(false, Ordering::Release);
+            }
         }
         poll
     }
