@@ -233,6 +233,30 @@ async fn corrupt_flips_exactly_one_byte() {
     assert_eq!(got, want[200..300]);
 }
 
+/// A data rule whose offset the download never reaches changes nothing, so
+/// it is not applied: the record names no fault and its `times` is kept
+/// for the download it does change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_that_would_change_nothing_is_not_spent() {
+    let fx = with_faults(&["corrupt=100,times=1"]).await;
+    let want = fx.package_bytes(PKG);
+    let (_, status, got) = curl(&fx.http_url(PKG), &["-r", "200-299"]).await;
+    assert_eq!(status, "206");
+    assert_eq!(got, want[200..300]);
+    let untouched = fx
+        .wait_record("the range's record", |r| r.range_start == 200)
+        .await;
+    assert_eq!(untouched.fault, None, "{untouched:?}");
+    let (code, _, got) = curl(&fx.http_url(PKG), &[]).await;
+    assert_eq!(code, 0);
+    let diffs: Vec<usize> = (0..got.len()).filter(|i| got[*i] != want[*i]).collect();
+    assert_eq!(diffs, [100]);
+    let hit = fx
+        .wait_record("the whole download's record", |r| r.range_start == 0)
+        .await;
+    assert_eq!(hit.fault.as_deref(), Some("corrupt=100,times=1"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stall_after_keeps_the_connection_silent_until_the_client_leaves() {
     // The connection stays silent (a client's FIN may be a half-close:

@@ -572,10 +572,9 @@ impl Conn {
         range: std::ops::Range<u64>,
         attempt: &mut Attempt,
     ) -> Result<BodySource, Answer> {
-        let applied = self
-            .shared
-            .faults
-            .select(&self.fault_info(attempt), Action::is_data);
+        let applied = self.shared.faults.select(&self.fault_info(attempt), |a| {
+            a.changes(&range, package.size)
+        });
         if applied.is_none()
             && let Some(copy) = self.shared.catalog.resident(package)
         {

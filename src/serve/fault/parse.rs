@@ -168,6 +168,15 @@ fn slow(value: &str) -> Result<Action, String> {
 
 /// `path=<glob>` on `/<key>`; `*` stays inside one folder.
 fn path(value: &str) -> Result<globset::GlobMatcher, String> {
+    // Matched against `/<path>`: a glob written without the leading `/`
+    // (`big-*.zip`) means the same, instead of never matching.
+    let rooted;
+    let value = if value.starts_with('/') {
+        value
+    } else {
+        rooted = format!("/{value}");
+        &rooted
+    };
     let glob = globset::GlobBuilder::new(value)
         .literal_separator(true)
         .build()

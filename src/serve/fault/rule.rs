@@ -83,6 +83,22 @@ impl Action {
             Action::DropAfter(_) | Action::StallAfter(_) | Action::Slow(_) | Action::Corrupt(_)
         )
     }
+
+    /// True for an action that changes the bytes (see [`Action::is_data`])
+    /// of a transfer of package offsets `range` (bytes, end exclusive) of
+    /// a `size`-byte package: a drop or stall at an offset before the
+    /// range's end, a corrupted byte inside it, any throttle. A rule that
+    /// would change nothing is not applied: it is not named in the record
+    /// and does not use up its `times`.
+    pub fn changes(&self, range: &std::ops::Range<u64>, size: u64) -> bool {
+        match *self {
+            Action::DropAfter(amount) => amount.of(size) < range.end,
+            Action::StallAfter(at) => at < range.end,
+            Action::Corrupt(at) => range.contains(&at),
+            Action::Slow(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Conditions a rule's attempts must meet (checked in `set.rs`).

@@ -211,6 +211,16 @@ mod tests {
                 .is_none()
         );
         assert!(set.select(&info(Protocol::Http, None), any).is_none());
+        // Without its leading `/`, the same glob.
+        let set = FaultSet::new(vec![rule("not-found,path=big-*.zip")], 1);
+        assert!(
+            set.select(&info(Protocol::Http, Some("big-v1.zip")), any)
+                .is_some()
+        );
+        assert!(
+            set.select(&info(Protocol::Http, Some("Jun/big-v1.zip")), any)
+                .is_none()
+        );
         let set = FaultSet::new(vec![rule("not-found,peer=192.0.2.0/24")], 1);
         assert!(
             set.select(&info(Protocol::Http, Some("a.zip")), any)

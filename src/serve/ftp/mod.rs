@@ -1072,7 +1072,7 @@ impl CatalogStorage {
         let range = attempt.range_start..package.size;
         let applied = self
             .session
-            .select_fault(Some(&attempt.path), Action::is_data);
+            .select_fault(Some(&attempt.path), |a| a.changes(&range, package.size));
         if applied.is_none()
             && let Some(copy) = shared.catalog.resident(package)
         {
