@@ -757,7 +757,11 @@ fn select_span<B>(
         }
         Precondition::Proceed { honour_range } => honour_range,
     };
-    let decision = match headers.get(RANGE).and_then(|v| v.to_str().ok()) {
+    // Range is no list (RFC 9110 §14.2): a request with two is ignored as
+    // a whole, as a malformed one is, and gets the full package.
+    let mut ranges = headers.get_all(RANGE).iter();
+    let only = ranges.next().filter(|_| ranges.next().is_none());
+    let decision = match only.and_then(|v| v.to_str().ok()) {
         Some(value) if honour_range && req.method() == Method::GET => {
             range::parse_range(value, size)
         }
@@ -1423,6 +1427,8 @@ mod tests {
         let past = span(&[(RANGE, "bytes=200-")], 100).unwrap_err();
         assert_eq!(past.status, StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(header(&past, CONTENT_RANGE), "bytes */100");
+        let two = span(&[(RANGE, "bytes=0-1"), (RANGE, "bytes=5-6")], 100).unwrap();
+        assert_eq!((two.status, two.len), (StatusCode::OK, 100));
         let same = span(&[(http::header::IF_NONE_MATCH, "\"abc\"")], 100).unwrap_err();
         assert_eq!(
             (same.status, same.outcome),
