@@ -310,23 +310,48 @@ pub struct UploadRequest {
     pub ack: bool,
 }
 
+/// One command line as parsed: the commands up to the first one that is
+/// unknown or has bad arguments, and that one's error. They run left to
+/// right; the error is the line's result if they all succeed (V.250 §5.2:
+/// the first failure ends the line, what ran before keeps its effect).
+#[derive(Debug)]
+pub struct Line {
+    /// The commands that parsed, in order.
+    pub commands: Vec<Command>,
+    /// Why the next command did not parse; `None` when the whole line did.
+    pub failed: Option<ParseError>,
+}
+
 /// Parses one command line (terminator already removed). `Ok(None)` for
-/// an empty line, which gets no answer; `Ok(Some(vec![]))` for `AT`.
+/// an empty line, which gets no answer; no commands and no error for `AT`.
 ///
 /// # Errors
-/// [`ParseError`]: the line is answered `ERROR` and none of it runs.
-pub fn parse(line: &str) -> Result<Option<Vec<Command>>, ParseError> {
+/// [`ParseError::Syntax`]: the line is no AT command line (V.250 syntax);
+/// it is answered `ERROR` and none of it runs.
+pub fn parse(line: &str) -> Result<Option<Line>, ParseError> {
     let Some(elements) = syntax::split(line)? else {
         return Ok(None);
     };
-    elements
-        .into_iter()
-        .map(|e| match e {
+    let mut commands = Vec::with_capacity(elements.len());
+    for element in elements {
+        let parsed = match element {
             Element::Basic { name, value } => basic(&name, value),
             Element::Extended { name, form } => extended(&name, form),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+        };
+        match parsed {
+            Ok(command) => commands.push(command),
+            Err(error) => {
+                return Ok(Some(Line {
+                    commands,
+                    failed: Some(error),
+                }));
+            }
+        }
+    }
+    Ok(Some(Line {
+        commands,
+        failed: None,
+    }))
 }
 
 /// A basic command; a missing value is 0 (V.250 §5.3.1).
@@ -941,10 +966,10 @@ enum Step {
 }
 
 /// Runs the commands of one line, left to right, until one fails or ends
-/// the line.
-pub fn run_line(commands: Vec<Command>, ctx: &mut Context<'_>) -> LineOutcome {
+/// the line; then the line's parse error, if any, is its result.
+pub fn run_line(line: Line, ctx: &mut Context<'_>) -> LineOutcome {
     let mut info = Vec::new();
-    for command in commands {
+    for command in line.commands {
         match execute(command, ctx) {
             Step::Done(lines) => info.push(lines),
             Step::Fail(e) => {
@@ -958,7 +983,7 @@ pub fn run_line(commands: Vec<Command>, ctx: &mut Context<'_>) -> LineOutcome {
     }
     LineOutcome {
         info,
-        end: End::Result(Ok(())),
+        end: End::Result(line.failed.map_or(Ok(()), |e| Err(e.cme()))),
     }
 }
 
@@ -1274,9 +1299,16 @@ mod tests {
                 "AT+CGMI;+CGMM;I",
                 "\r\nQuectel\r\n\r\nEC25\r\n\r\nQuectel\r\nEC25\r\nRevision: v12\r\n\r\nOK\r\n",
             ),
-            // A line that does not parse runs nothing.
-            ("AT+CGMI;+FOO;+CGMM", "\r\nERROR\r\n"),
-            ("AT+CGMI;+QIACT=0", "\r\nERROR\r\n"),
+            // A command that does not parse ends the line: what came
+            // before it runs, and keeps its effect (V.250 §5.2).
+            ("AT+CGMI;+FOO;+CGMM", "\r\nQuectel\r\n\r\nERROR\r\n"),
+            ("AT+CGMI;+QIACT=0", "\r\nQuectel\r\n\r\nERROR\r\n"),
+            ("AT+CFUN=4;+NOSUCH", "\r\nERROR\r\n"),
+            ("AT+CFUN?", "\r\n+CFUN: 4\r\n\r\nOK\r\n"),
+            ("AT+CFUN=1", "\r\nOK\r\n"),
+            // Not an AT command line at all: nothing runs.
+            ("AT+CFUN=4;%", "\r\nERROR\r\n"),
+            ("AT+CFUN?", "\r\n+CFUN: 1\r\n\r\nOK\r\n"),
         ]);
         assert!(!p.port.echo && p.port.verbose);
         // A line that ends the chain: what follows does not run.

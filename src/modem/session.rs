@@ -930,7 +930,12 @@ impl Session {
         };
         let commands = match commands::parse(&line) {
             Ok(None) => return,
-            Ok(Some(commands)) => commands,
+            Ok(Some(commands)) => {
+                if let Some(error) = &commands.failed {
+                    tracing::debug!(port = id, %error, "command refused");
+                }
+                commands
+            }
             Err(error) => {
                 tracing::debug!(port = id, %error, "command refused");
                 self.port_state(kind).last_line = Some(line);
