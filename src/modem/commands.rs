@@ -1566,6 +1566,8 @@ mod tests {
             ("AT+QFUPL=\"c.bin\",81", "\r\n+CME ERROR: 403\r\n"),
             ("AT+QFUPL=\"c.bin\"", "\r\n+CME ERROR: 403\r\n"),
             ("AT+QFUPL=\"c/d\",1", "\r\n+CME ERROR: 406\r\n"),
+            ("AT+QFUPL=\"..\",1", "\r\n+CME ERROR: 406\r\n"),
+            ("AT+QFUPL=\"UFS:.\",1", "\r\n+CME ERROR: 406\r\n"),
             ("AT+QFUPL=\"c.bin\",0", "\r\n+CME ERROR: 400\r\n"),
             ("AT+QFUPL=\"c.bin\",1,0", "\r\n+CME ERROR: 50\r\n"),
             ("AT+QFUPL=\"c.bin\",1,5,2", "\r\n+CME ERROR: 50\r\n"),

@@ -922,6 +922,11 @@ mod tests {
                 parse(&format!("\"{prefix}\""), family),
                 Err(CommandError::LocalName(_))
             ));
+            // `..` names the folder above, never a file.
+            assert!(matches!(
+                parse(&format!("\"{prefix}..\""), family),
+                Err(CommandError::LocalName(_))
+            ));
             // The file form is ec200's.
             assert!(matches!(
                 parse(r#""FILE:100""#, family),

@@ -51,8 +51,8 @@ pub enum FileError {
     /// 405: no such file.
     #[error("file not found: {0}")]
     NotFound(String),
-    /// 406: empty, over [`MAX_NAME`] bytes, or a character a name cannot
-    /// hold (control characters, `\ / : * ? " < > |`).
+    /// 406: empty, `.` or `..`, over [`MAX_NAME`] bytes, or a character a
+    /// name cannot hold (control characters, `\ / : * ? " < > |`).
     #[error("invalid file name {0:?}")]
     InvalidName(String),
     /// 407: a file of that name exists (`AT+QFUPL` does not overwrite).
@@ -90,12 +90,15 @@ impl FileName {
     /// Checks `name` (`dfota_update.bin` or `UFS:dfota_update.bin`).
     ///
     /// # Errors
-    /// [`FileError::InvalidName`]: empty, over [`MAX_NAME`] bytes, or a
-    /// forbidden character.
+    /// [`FileError::InvalidName`]: empty, `.` or `..`, over [`MAX_NAME`]
+    /// bytes, or a forbidden character.
     pub fn parse(name: &str) -> Result<FileName, FileError> {
         let bare = strip_drive(name);
         let bad = |c: char| c.is_control() || "\\/:*?\"<>|".contains(c);
-        if bare.is_empty() || bare.len() > MAX_NAME || bare.chars().any(bad) {
+        // `.` and `..` name folders on the module's file system, never a
+        // file (`/data/ufs/..` is `/data`).
+        let folder = bare == "." || bare == "..";
+        if bare.is_empty() || bare.len() > MAX_NAME || folder || bare.chars().any(bad) {
             return Err(FileError::InvalidName(name.to_string()));
         }
         Ok(FileName(bare.to_string()))
