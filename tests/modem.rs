@@ -1314,3 +1314,36 @@ async fn per_connection_log_lines_are_rate_limited() {
         "{lines} lines for {CONNECTIONS} connections in {windows} window(s):\n{log}"
     );
 }
+
+/// A host that comes back late to a failing local-file FOTA still reads
+/// `START` and `END` apart: what was held for it is written at the pace
+/// the module wrote it, not in one burst (the README's 250 ms between
+/// `END` and the line before it; a host reading once every 100 ms would
+/// otherwise see `END` in the read that had `START` and miss it).
+#[tokio::test]
+async fn held_urcs_reach_a_late_host_at_the_module_s_pace() {
+    let modem = tcp_modem(module("ec2x", &[]), |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    host.at("AT+QFOTADL=\"/data/ufs/none.zip\"", "\r\nOK\r\n")
+        .await;
+    // The module reboots into recovery: the port goes.
+    host.until_closed().await;
+    // The host takes its time to come back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut host = Host::reconnect(&modem).await;
+    let start = bounded("START", async {
+        while !String::from_utf8_lossy(&host.buf).contains("\"START\"") {
+            assert!(host.fill().await > 0, "port closed before START");
+        }
+        tokio::time::Instant::now()
+    })
+    .await;
+    let rest = host.until("\"END\",504").await;
+    let gap = start.elapsed();
+    assert!(
+        gap >= Duration::from_millis(150),
+        "END came {gap:?} after START: {rest:?}"
+    );
+    stop(modem).await;
+}

@@ -27,7 +27,9 @@
 //!   port open are held and written to the first host that opens one, if
 //!   that happens within the hold time, once that host has settled
 //!   (`HOST_SETTLE`, or its first write, or the module going down, which
-//!   ends the settling at once); older ones are dropped. Held lines survive
+//!   ends the settling at once), at the pace the module wrote them, and
+//!   the module's later output moves by as much as the first came late;
+//!   older ones are dropped. Held lines survive
 //!   a reboot: at a small time scale a failed upgrade's recovery boots are
 //!   shorter than a host takes to reopen the port, and the host must still
 //!   read each attempt's `START` … `END` (on a real module each boot lasts
@@ -166,6 +168,10 @@ pub(crate) struct Session {
     recovery: bool,
     power: Power,
     held: VecDeque<(Instant, Vec<String>)>,
+    /// Held output on its way to the host that opened a port for it, each
+    /// chunk due at the pace the module wrote it (and what the module
+    /// writes meanwhile queued behind it).
+    replay: VecDeque<(Instant, ChannelId, Vec<String>)>,
     reboot: Duration,
     urc_hold: Duration,
     status: watch::Sender<Status>,
@@ -229,6 +235,7 @@ impl Session {
             recovery: false,
             power: Power::On,
             held: VecDeque::new(),
+            replay: VecDeque::new(),
             reboot: parts.reboot,
             urc_hold: parts.urc_hold,
             status: parts.status,
@@ -253,6 +260,7 @@ impl Session {
             self.expire_uploads();
             self.settle_due();
             self.advance();
+            self.replay_due();
             let wake = self.next_wake();
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
@@ -373,7 +381,8 @@ impl Session {
             .min();
         let module = self.next_module_wake();
         let settle = self.channels.iter().filter_map(|c| c.settling_until).min();
-        [upload, module, settle].into_iter().flatten().min()
+        let replay = self.replay.front().map(|(due, _, _)| *due);
+        [upload, module, settle, replay].into_iter().flatten().min()
     }
 
     fn next_module_wake(&self) -> Option<Instant> {
@@ -613,13 +622,21 @@ impl Session {
         let mut written = false;
         // A settling host gets these with what is held, once it settles.
         let settling = self.channels.iter().any(|c| c.settling_until.is_some());
+        let now = Instant::now();
+        let behind = self.replay.back().map(|(due, _, _)| (*due).max(now));
         for channel in self
             .channels
             .iter()
             .filter(|c| c.attached && c.settling_until.is_none())
         {
-            let bytes = reply::unsolicited(lines, self.port_settings(channel.kind));
-            channel.send(Bytes::from(bytes));
+            match behind {
+                // After what is still being replayed to the hosts.
+                Some(due) => self.replay.push_back((due, channel.id, lines.to_vec())),
+                None => {
+                    let bytes = reply::unsolicited(lines, self.port_settings(channel.kind));
+                    channel.send(Bytes::from(bytes));
+                }
+            }
             written = true;
         }
         if !written || settling {
@@ -661,18 +678,51 @@ impl Session {
         }
     }
 
-    /// A host has opened a port: it gets what was held for it, if recent.
+    /// A host has opened a port: it gets what was held for it, if recent,
+    /// at the pace the module wrote it — the first chunk now, each next one
+    /// as long after it as it came after the one before (a host reading
+    /// once every 100 ms sees `START` and `END` apart, as from a module
+    /// it had not missed) — and what the module says next comes that much
+    /// later too.
     fn flush_held(&mut self, id: ChannelId) {
         let now = Instant::now();
-        let held: Vec<Vec<String>> = self
+        let held: Vec<(Instant, Vec<String>)> = self
             .held
             .drain(..)
             .filter(|(at, _)| now.duration_since(*at) <= self.urc_hold)
-            .map(|(_, lines)| lines)
             .collect();
-        if let Some(channel) = self.channel(id) {
-            let port = self.port_settings(channel.kind);
-            for lines in held {
+        let Some(first) = held.first().map(|(at, _)| *at) else {
+            return;
+        };
+        if self.channel(id).is_none() {
+            return;
+        }
+        let late = now.saturating_duration_since(first);
+        if self.fota_active() {
+            self.shift += late;
+            for (due, _) in &mut self.pending {
+                *due += late;
+            }
+        }
+        for (at, lines) in held {
+            let due = now + at.saturating_duration_since(first);
+            self.replay.push_back((due, id, lines));
+        }
+        self.replay_due();
+    }
+
+    /// Writes the replayed chunks that are due to their ports.
+    fn replay_due(&mut self) {
+        let now = Instant::now();
+        while let Some((due, _, _)) = self.replay.front() {
+            if *due > now {
+                break;
+            }
+            let Some((_, id, lines)) = self.replay.pop_front() else {
+                break;
+            };
+            if let Some(channel) = self.channel(id) {
+                let port = self.port_settings(channel.kind);
                 channel.send(Bytes::from(reply::unsolicited(&lines, port)));
             }
         }
