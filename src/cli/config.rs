@@ -367,7 +367,8 @@ pub fn render(eff: &Effective) -> String {
             .unwrap_or_default();
         let repeatable = matches!(arg.get_action(), ArgAction::Append);
         let value = if matches!(arg.get_action(), ArgAction::SetTrue) {
-            Some(toml::Value::Boolean(raw.iter().any(|v| v == "true")))
+            // The parsed switch: its variable may say `1` or `yes`.
+            Some(toml::Value::Boolean(eff.matches.get_flag(id)))
         } else if repeatable && !raw.is_empty() {
             Some(toml::Value::Array(
                 raw.iter().map(|v| toml::Value::String(v.clone())).collect(),

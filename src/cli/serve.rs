@@ -93,7 +93,7 @@ pub struct ServeArgs {
     )]
     pub log: PathBuf,
     /// Serve packages that fail validation (for testing module error paths).
-    #[arg(long, env = "QFOTA_ALLOW_INVALID")]
+    #[arg(long, env = "QFOTA_ALLOW_INVALID", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_invalid: bool,
     /// Server fault rule, repeatable: an action (refuse-login, not-found,
     /// status=CODE, ftp-reply=CODE,command=CMD, drop-after=BYTES|PCT%,
@@ -121,8 +121,9 @@ pub struct ServeArgs {
         value_name = "SECS"
     )]
     pub grace_secs: u64,
-    /// Seconds a write to a client may make no progress before the
-    /// download is aborted.
+    /// Seconds a download may go without the client acknowledging a new
+    /// byte (however long a single write stays pending) before it is
+    /// aborted.
     #[arg(
         long,
         env = "QFOTA_STALL_TIMEOUT_SECS",
@@ -393,6 +394,22 @@ async fn start_admin(args: &ServeArgs) -> anyhow::Result<Option<Admin>> {
     let Some(addr) = args.admin else {
         return Ok(None);
     };
+    // Bound first, it would take a package port and leave that listener
+    // to fail with a message about itself.
+    let overlaps =
+        addr.ip().is_unspecified() || args.bind.is_unspecified() || addr.ip() == args.bind;
+    for (name, port) in [
+        ("--ftp", args.ftp),
+        ("--http", args.http),
+        ("--https", args.https),
+    ] {
+        if overlaps && addr.port() != 0 && port == Some(addr.port()) {
+            anyhow::bail!(
+                "--admin {addr}: port {} is also {name}'s; give the admin listener a port of its own",
+                addr.port()
+            );
+        }
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for admin on {addr}"))?;

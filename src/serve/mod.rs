@@ -672,7 +672,8 @@ impl ServerBuilder {
     }
 
     /// Refuses settings that cannot work: no protocol, an empty or
-    /// port-0 passive range, a blank public host.
+    /// port-0 passive range, or one holding a listener's port, a blank
+    /// public host.
     fn validate(&self) -> Result<(), ServeError> {
         if self.ftp.is_none() && self.http.is_none() && self.https.is_none() {
             return Err(ServeError::NoProtocol);
@@ -686,6 +687,24 @@ impl ServerBuilder {
         }
         if let Some(host) = &self.public_host {
             check_public_host(host).map_err(ServeError::Config)?;
+        }
+        // A passive port that is also a listener's would be refused at
+        // some PASV only, long after start-up.
+        if self.ftp.is_some() {
+            let listeners = [
+                ("ftp", self.ftp),
+                ("http", self.http),
+                ("https", self.https),
+            ];
+            for (name, port) in listeners {
+                if let Some(port) = port.filter(|p| *p != 0 && self.passive_ports.contains(p)) {
+                    return Err(ServeError::Config(format!(
+                        "passive ports {}-{} include the {name} port {port}",
+                        self.passive_ports.start(),
+                        self.passive_ports.end()
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -1231,6 +1250,17 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(bad_range, ServeError::Config(_)), "{bad_range}");
+        let overlap = Server::builder()
+            .packages(dir.path())
+            .ftp(50010)
+            .passive_ports(RangeInclusive::new(50000, 50100))
+            .start()
+            .await
+            .unwrap_err();
+        assert!(
+            overlap.to_string().contains("include the ftp port 50010"),
+            "{overlap}"
+        );
         let empty_host = Server::builder()
             .packages(dir.path())
             .http(0)
