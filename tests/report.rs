@@ -194,4 +194,14 @@ async fn report_on_a_missing_log_fails_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("downloads.jsonl.1.gz"), "{err}");
     assert!(err.contains("gzip"), "{err}");
+    // So is a file named .gz that holds no gzip data at all.
+    let fake = work.path().join("downloads.jsonl.2.gz");
+    std::fs::write(&fake, "{\"not\":\"gzip\"}\n").unwrap();
+    let out = run(BIN, &["report", fake.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("downloads.jsonl.2.gz") && err.contains("gzip"),
+        "{err}"
+    );
 }

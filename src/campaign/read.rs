@@ -43,10 +43,21 @@ pub fn read_logs(paths: &[impl AsRef<Path>]) -> Result<(Vec<DownloadRecord>, u64
 /// gzip magic number (RFC 1952 §2.3.1: `1f 8b`), whatever its name.
 ///
 /// # Errors
-/// The file cannot be read, or its gzip data is corrupt or cut short.
+/// The file cannot be read, its gzip data is corrupt or cut short, or it
+/// is named `.gz` and holds no gzip data (damaged, not a plain log).
 fn read_log(path: &Path) -> std::io::Result<Vec<u8>> {
     let bytes = std::fs::read(path)?;
     if !bytes.starts_with(&[0x1f, 0x8b]) {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+            && !bytes.is_empty()
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a readable gzip file: no gzip header (RFC 1952)",
+            ));
+        }
         return Ok(bytes);
     }
     let mut text = Vec::new();

@@ -101,7 +101,12 @@ fn check_layout<R: Read + Seek>(archive: &mut zip::ZipArchive<R>) -> Result<(), 
 ///
 /// # Errors
 /// [`ZipError`] naming the first entry that fails.
-pub fn check_zip<R: Read + Seek>(reader: R) -> Result<ZipSummary, ZipError> {
+pub fn check_zip<R: Read + Seek>(mut reader: R) -> Result<ZipSummary, ZipError> {
+    // An empty file is said so, not as a missing end record.
+    if reader.seek(std::io::SeekFrom::End(0)).ok() == Some(0) {
+        return Err(ZipError::Unreadable("the file is empty (0 bytes)".into()));
+    }
+    let _ = reader.seek(std::io::SeekFrom::Start(0));
     let mut archive =
         zip::ZipArchive::new(reader).map_err(|e| ZipError::Unreadable(e.to_string()))?;
     if archive.is_empty() {
@@ -281,5 +286,10 @@ mod tests {
             Err(ZipError::Unreadable(_))
         ));
         assert_eq!(check_zip(Cursor::new(zip_bytes(&[]))), Err(ZipError::Empty));
+        let empty = check_zip(Cursor::new(Vec::new())).unwrap_err();
+        assert_eq!(
+            empty.to_string(),
+            "not a readable zip archive: the file is empty (0 bytes)"
+        );
     }
 }
