@@ -486,6 +486,13 @@ async fn write_methods_are_405_with_allow_and_a_refused_record() {
             "{method}: reason {:?}",
             rec.reason
         );
+        // The record still says which package was asked for.
+        assert_eq!(rec.size, Some(file.len() as u64), "{method}");
+        assert_eq!(
+            rec.sha256.as_deref(),
+            Some(common::sha256(&file).as_str()),
+            "{method}"
+        );
     }
     assert!(
         fx.package_bytes(PKG) == file,

@@ -11,7 +11,7 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     /// A `..` segment (also when percent-encoded).
-    #[error("path escapes the package folder ('..')")]
+    #[error("path has a '..' segment (refused, wherever it leads)")]
     Traversal,
     /// A backslash, which some servers treat as a separator.
     #[error("path contains a backslash")]

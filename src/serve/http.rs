@@ -461,7 +461,10 @@ impl Conn {
         req: &Request<Incoming>,
         attempt: &mut Attempt,
     ) -> Result<Response<ResponseBody>, Answer> {
-        check_host(req)?;
+        if let Err(answer) = check_host(req).and_then(|()| route(req.method(), req.uri().path())) {
+            self.note_package(req.uri().path(), attempt);
+            return Err(answer);
+        }
         let key = match route(req.method(), req.uri().path())? {
             Route::Index => return Ok(index_html(&self.shared, "")),
             Route::Json => return Ok(index_json(&self.shared)),
@@ -505,6 +508,18 @@ impl Conn {
             Either::Right(self.package_body(reader, &span, attempt.clone()))
         };
         Ok(package_response(body, &span, &package, &validators))
+    }
+
+    /// The package `raw_path` names, if any, into a refused attempt's
+    /// record (its path as a key, its size and SHA-256): a 405 or a 400
+    /// for a bad `Host` still says which package was asked for.
+    fn note_package(&self, raw_path: &str, attempt: &mut Attempt) {
+        if let Ok(Route::Key(key)) = route(&Method::GET, raw_path)
+            && let Lookup::Package(package) = self.shared.catalog.lookup(&key)
+        {
+            attempt.package = Some((package.size, package.sha256.clone()));
+            attempt.path = key;
+        }
     }
 
     /// Resolves the attempt's path to a package that may be served (see
