@@ -1601,3 +1601,34 @@ async fn requests_cut_off_inside_the_header_are_recorded() {
     assert!(cut[0].reason.contains("request cut off"), "{cut:?}");
     drop((closed, silent));
 }
+
+/// A request sent with `Expect: 100-continue` gets its answer with
+/// `Connection: close` (RFC 9110 §10.1.1): its content is never read, so
+/// the connection closes after the answer, and the client is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_to_expect_100_continue_says_it_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::start(|b| b).await;
+    let mut tcp = tokio::net::TcpStream::connect(fx.server.http_addr().unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(
+        format!(
+            "GET /{PKG} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    bounded("the answer, then the close", tcp.read_to_end(&mut got))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    let head = &text[..text.find("\r\n\r\n").expect("a header")];
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+}

@@ -368,7 +368,8 @@ async fn out_of_file_descriptors_at(limit: u32) {
 /// Passwords pipelined on one connection are not all checked at once: one
 /// sent while another is answered late is refused unchecked (libunftp
 /// checks each `PASS` in a task of its own; checked side by side, a burst
-/// of guesses would pass the failed-login delay in one go).
+/// of guesses — the right one among them — would pass the failed-login
+/// delay in one go).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_passwords_are_not_checked_side_by_side() {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -391,10 +392,9 @@ async fn pipelined_passwords_are_not_checked_side_by_side() {
     let banner = lines.next_line().await.unwrap().unwrap();
     assert!(banner.starts_with("220"), "{banner}");
     let mut burst = b"USER test\r\n".to_vec();
-    for i in 0..5 {
+    for i in 0..6 {
         burst.extend_from_slice(format!("PASS guess{i}\r\n").as_bytes());
     }
-    burst.extend_from_slice(b"PASS test\r\n");
     write.write_all(&burst).await.unwrap();
     let codes = bounded("the replies to USER and six PASS", async {
         let mut codes = Vec::new();
@@ -405,7 +405,11 @@ async fn pipelined_passwords_are_not_checked_side_by_side() {
         codes
     })
     .await;
-    assert_eq!(codes[0], "331", "{codes:?}");
+    assert_eq!(codes, ["331", "530", "530", "530", "530", "530", "530"]);
+    fx.wait_record("the checked one's record", |r| {
+        r.reason.contains("answered after 2 s")
+    })
+    .await;
     let failed: Vec<_> = fx
         .server
         .downloads()
@@ -414,17 +418,15 @@ async fn pipelined_passwords_are_not_checked_side_by_side() {
         .map(|r| r.reason)
         .skip(4)
         .collect();
-    // Of the six, at most one was checked; the others were refused
-    // unchecked (the right one too, unless it was the one checked).
+    // One of the six was checked (and answered after 2 s); the others
+    // came while it was, and were refused unchecked.
     let checked = failed
         .iter()
-        .filter(|r| r.starts_with("wrong password"))
+        .filter(|r| r.starts_with("wrong password (answered after 2 s"))
         .count();
     let unchecked = failed
         .iter()
         .filter(|r| r.starts_with("not checked"))
         .count();
-    assert!(checked <= 1, "{failed:?}");
-    assert_eq!(checked + unchecked, failed.len(), "{failed:?}");
-    assert!(unchecked >= 4, "{failed:?}");
+    assert_eq!((failed.len(), checked, unchecked), (6, 1, 5), "{failed:?}");
 }

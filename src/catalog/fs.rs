@@ -282,7 +282,7 @@ impl FsCatalog {
             Err(err) => {
                 let why = err.to_string();
                 if error.as_deref() != Some(why.as_str()) {
-                    tracing::warn!(error = %why, root = %self.root.display(), "package folder scan failed: serving the packages last read");
+                    tracing::warn!(error = %why, root = %self.root.display(), "package folder scan failed (the packages read before are kept)");
                 }
                 *error = Some(why);
             }

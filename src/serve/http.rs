@@ -439,7 +439,7 @@ impl Conn {
         self.flushes.await_request();
         let path = req.uri().path().trim_start_matches('/');
         let mut attempt = Attempt::start(self.protocol, self.peer, path);
-        match self.serve(&req, &mut attempt).await {
+        let mut response = match self.serve(&req, &mut attempt).await {
             Ok(resp) => resp,
             Err(answer) => {
                 let reason = answer.reason.clone();
@@ -450,7 +450,21 @@ impl Conn {
                 ));
                 answer.into_response()
             }
+        };
+        // A request content never read (no request here takes one) is not
+        // sent after `Expect: 100-continue` unless the client stops
+        // waiting, so hyper closes the connection after this answer: say
+        // so (RFC 9110 §10.1.1).
+        let expects = req
+            .headers()
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
+        response
     }
 
     /// The request's steps: route → resolve and authorize → faults that

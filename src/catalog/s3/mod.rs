@@ -203,7 +203,7 @@ impl S3Catalog {
                 Failure::Changed | Failure::Unavailable => tracing::warn!(
                     store = %location,
                     error = %source,
-                    "object store unreachable at start-up: serving an empty catalog until it is reached"
+                    "object store unreachable at start-up: no packages until it is reached"
                 ),
             }
         }
