@@ -251,6 +251,14 @@ pub enum Command {
     Operator,
     /// `AT+CGACT?`.
     ContextStates,
+    /// `AT+CGDCONT?`: the contexts defined (3GPP TS 27.007 §10.1.1).
+    ContextDefinitions,
+    /// `AT+CGATT?`: attached to the packet domain while registered (27.007
+    /// §10.1.9).
+    AttachState,
+    /// `AT+CPAS`: activity status, 0 (ready) while the module answers
+    /// commands (27.007 §8.1).
+    ActivityStatus,
     /// `AT+QIACT?`.
     ActiveContexts,
     /// `AT+QIACT=<cid>`.
@@ -395,6 +403,7 @@ fn action(name: &str) -> Option<Command> {
         "+CCID" => Command::Iccid(false),
         "+GCAP" => Command::Capabilities,
         "+CSQ" => Command::SignalQuality,
+        "+CPAS" => Command::ActivityStatus,
         "+QPOWD" => Command::PowerDown,
         "+QFLST" => Command::ListFiles("*".to_string()),
         "+QFLDS" => Command::FreeSpace,
@@ -406,8 +415,8 @@ fn action(name: &str) -> Option<Command> {
 const EXTENDED: &[&str] = &[
     "+GMR", "+CGMR", "+QGMR", "+CGMI", "+GMI", "+CGMM", "+GMM", "+GSN", "+CGSN", "+CIMI", "+QCCID",
     "+CCID", "+GCAP", "+CSQ", "+QPOWD", "+CPIN", "+CMEE", "+IFC", "+CREG", "+CGREG", "+CEREG",
-    "+COPS", "+CGACT", "+QIACT", "+QICSGP", "+QFOTA", "+CFUN", "+QCFG", "+QURCCFG", "+QFOTADL",
-    "+QFUPL", "+QFLST", "+QFDEL", "+QFLDS",
+    "+COPS", "+CGACT", "+CGDCONT", "+CGATT", "+CPAS", "+QIACT", "+QICSGP", "+QFOTA", "+CFUN",
+    "+QCFG", "+QURCCFG", "+QFOTADL", "+QFUPL", "+QFLST", "+QFDEL", "+QFLDS",
 ];
 
 fn registration(name: &str) -> Option<Registration> {
@@ -464,6 +473,8 @@ fn extended(name: &str, form: Form) -> Result<Command, ParseError> {
         }
         ("+COPS", Form::Read) => Command::Operator,
         ("+CGACT", Form::Read) => Command::ContextStates,
+        ("+CGDCONT", Form::Read) => Command::ContextDefinitions,
+        ("+CGATT", Form::Read) => Command::AttachState,
         ("+QIACT", Form::Read) => Command::ActiveContexts,
         ("+QIACT", Form::Set(args)) => Command::Activate(parse_activate(&args)?),
         ("+QICSGP", Form::Set(args)) => parse_qicsgp(&args)?,
@@ -501,6 +512,13 @@ fn test_answer(name: &str, device: &Device<'_>) -> Option<Vec<String>> {
             "+COPS: (2,\"{OPERATOR}\",\"{OPERATOR}\",\"00101\",7),,(0-4),(0-2)"
         )]),
         "+CGACT" => one("+CGACT: (0,1)"),
+        "+CGDCONT" => Some(vec![
+            format!("+CGDCONT: (1-{MAX_CID}),\"IP\",,,(0-2),(0-4),(0,1),(0,1)"),
+            format!("+CGDCONT: (1-{MAX_CID}),\"IPV6\",,,(0-2),(0-4),(0,1),(0,1)"),
+            format!("+CGDCONT: (1-{MAX_CID}),\"IPV4V6\",,,(0-2),(0-4),(0,1),(0,1)"),
+        ]),
+        "+CGATT" => one("+CGATT: (0,1)"),
+        "+CPAS" => one("+CPAS: (0-5)"),
         "+QIACT" => Some(vec![format!("+QIACT: (1-{MAX_CID})")]),
         "+QICSGP" => Some(vec![format!(
             "+QICSGP: (1-{MAX_CID}),(1-3),<APN>,<username>,<password>,(0-3)"
@@ -1054,6 +1072,25 @@ fn execute(command: Command, ctx: &mut Context<'_>) -> Step {
         } else {
             "+COPS: 0".to_string()
         }),
+        Command::ContextDefinitions => Step::Done(
+            settings
+                .contexts
+                .iter()
+                .map(|(cid, c)| {
+                    let pdp_type = match c.context_type {
+                        2 => "IPV6",
+                        3 => "IPV4V6",
+                        _ => "IP",
+                    };
+                    format!(
+                        "+CGDCONT: {cid},\"{pdp_type}\",\"{}\",\"0.0.0.0\",0,0,0,0",
+                        c.apn
+                    )
+                })
+                .collect(),
+        ),
+        Command::AttachState => one(format!("+CGATT: {}", u8::from(up))),
+        Command::ActivityStatus => one("+CPAS: 0".to_string()),
         Command::ContextStates => Step::Done(
             settings
                 .contexts
@@ -1362,6 +1399,14 @@ mod tests {
         let m = module("ec2x", &[]);
         let mut p = Port::new(&m);
         p.check(&[
+            ("AT+CGATT?", "\r\n+CGATT: 1\r\n\r\nOK\r\n"),
+            ("AT+CPAS", "\r\n+CPAS: 0\r\n\r\nOK\r\n"),
+            ("AT+QICSGP=2,3,\"iot.example\"", "\r\nOK\r\n"),
+            (
+                "AT+CGDCONT?",
+                "\r\n+CGDCONT: 1,\"IP\",\"\",\"0.0.0.0\",0,0,0,0\r\n\
+                 +CGDCONT: 2,\"IPV4V6\",\"iot.example\",\"0.0.0.0\",0,0,0,0\r\n\r\nOK\r\n",
+            ),
             ("AT+CREG=2", "\r\nOK\r\n"),
             (
                 "AT+CREG?",
@@ -1369,6 +1414,7 @@ mod tests {
             ),
             ("AT+CEREG=1", "\r\nOK\r\n"),
             ("AT+CFUN=4", "\r\nOK\r\n"),
+            ("AT+CGATT?", "\r\n+CGATT: 0\r\n\r\nOK\r\n"),
             ("AT+CFUN?", "\r\n+CFUN: 4\r\n\r\nOK\r\n"),
             ("AT+CREG?", "\r\n+CREG: 2,0\r\n\r\nOK\r\n"),
             ("AT+CGREG?", "\r\n+CGREG: 0,0\r\n\r\nOK\r\n"),
