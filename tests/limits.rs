@@ -144,20 +144,26 @@ async fn repeated_failed_logins_are_answered_late_and_a_right_password_is_not() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delayed_answer_says_when_the_client_had_left() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fx = Fixture::start(|b| b.login_timeout(std::time::Duration::from_secs(10))).await;
-    let port = fx.ftp_port().to_string();
-    // Four failures (the fourth waits 1 s), no success after them.
+/// Four failed logins from 127.0.0.1 on the FTP port `port`, each on its
+/// own connection (ftplib): the next failure is answered after 2 s.
+async fn four_failed_logins(port: &str) {
     let failures = "import ftplib, sys\n\
         for _ in range(4):\n\
         \x20   ftp = ftplib.FTP(); ftp.connect('127.0.0.1', int(sys.argv[1]), timeout=30)\n\
         \x20   try: ftp.login('test', 'wrong')\n\
         \x20   except ftplib.error_perm: pass\n\
         \x20   ftp.close()\n";
-    let out = common::python(failures, &[&port]).await;
+    let out = common::python(failures, &[port]).await;
     assert!(out.status.success(), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_answer_says_when_the_client_had_left() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::start(|b| b.login_timeout(std::time::Duration::from_secs(10))).await;
+    let port = fx.ftp_port().to_string();
+    // Four failures (the fourth waits 1 s), no success after them.
+    four_failed_logins(&port).await;
     // The fifth waits 2 s, for a client that does not wait for it.
     let mut control = tokio::net::TcpStream::connect(("127.0.0.1", fx.ftp_port()))
         .await
@@ -376,14 +382,7 @@ async fn pipelined_passwords_are_not_checked_side_by_side() {
     let fx = Fixture::start(|b| b).await;
     // Four failures from this address: the next one is answered after 2 s.
     let port = fx.ftp_port().to_string();
-    let failures = "import ftplib, sys\n\
-        for _ in range(4):\n\
-        \x20   ftp = ftplib.FTP(); ftp.connect('127.0.0.1', int(sys.argv[1]), timeout=30)\n\
-        \x20   try: ftp.login('test', 'wrong')\n\
-        \x20   except ftplib.error_perm: pass\n\
-        \x20   ftp.close()\n";
-    let out = common::python(failures, &[&port]).await;
-    assert!(out.status.success(), "{out:?}");
+    four_failed_logins(&port).await;
     let control = TcpStream::connect(("127.0.0.1", fx.ftp_port()))
         .await
         .unwrap();
