@@ -165,6 +165,15 @@ async fn control_routes_change_faults_stream_records_and_rescan() {
         "{body}"
     );
     let new = fx.http_url("update-v13-to-v14.zip");
+    // The answer lists it with the URL a module is given.
+    let found = counts["found"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["path"] == "update-v13-to-v14.zip")
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(found["urls"]["http"], new.as_str(), "{body}");
+    assert_eq!(found["valid"], true, "{body}");
     let get_new = ["-s", "-o", "/dev/null", "-w", "%{http_code}", new.as_str()];
     assert_eq!(status(run("curl", &get_new).await), "200");
     assert_eq!(curl(&base, "/packages/rescan", &[]).await.0, 405);

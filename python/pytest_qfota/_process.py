@@ -95,8 +95,10 @@ def find_binary(binary=None):
             "qfota-serve not found: set QFOTA_SERVE_BIN, put it on PATH, or pass binary="
         )
     path = os.path.abspath(os.fspath(candidate))
-    if not os.access(path, os.X_OK):
-        raise QfotaProcessError(f"qfota-serve binary {path} is not executable")
+    if not os.path.exists(path):
+        raise QfotaProcessError(f"qfota-serve binary {path} does not exist")
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise QfotaProcessError(f"qfota-serve binary {path} is not an executable file")
     return path
 
 
@@ -110,7 +112,22 @@ class Child:
         self.stop_timeout = stop_timeout
         self._stderr = tempfile.TemporaryFile()
         env = {k: v for k, v in os.environ.items() if not k.startswith("QFOTA_") or k in KEPT_ENV}
-        self.proc = _spawn(
+        try:
+            self.proc = self._start(env)
+        except OSError as e:
+            # Not a program the kernel will run (a script without its
+            # interpreter, another machine's binary): a start failure.
+            self._stderr.close()
+            raise QfotaProcessError(f"{what}: cannot run {self.argv[0]}: {e}") from None
+        self.stopped = False
+        try:
+            self.ready = self._read_ready(start_timeout)
+        except BaseException:
+            self._kill()
+            raise
+
+    def _start(self, env):
+        return _spawn(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -124,12 +141,6 @@ class Child:
             # (started from the spawner thread, which lives as long).
             preexec_fn=_child_setup(os.getpid()),
         )
-        self.stopped = False
-        try:
-            self.ready = self._read_ready(start_timeout)
-        except BaseException:
-            self._kill()
-            raise
 
     def _read_ready(self, timeout):
         """The JSON object of the first stdout line, waiting at most

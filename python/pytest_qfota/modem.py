@@ -56,9 +56,10 @@ class QfotaModem:
         for its life; ``time_scale``, ``reboot_ms``: as the flags. Raises
         ``QfotaProcessError`` with the modem's stderr when it cannot start.
         """
+        binary = find_binary(binary)
         workdir = tempfile.TemporaryDirectory(prefix="qfota-modem-")
         argv = [
-            find_binary(binary), "modem",
+            binary, "modem",
             "--pty", os.path.join(workdir.name, "at"),
             "--model", model,
             "--ready-json", "-",
@@ -92,6 +93,9 @@ class QfotaModem:
         ``control("signal", csq=20)``, ``control("state")`` (version, files,
         last FOTA result). Raises ``RuntimeError`` when the modem refuses
         (``{"ok": false, "error": ...}``)."""
+        # A dead modem is said so, with its stderr, not as a refused
+        # connection.
+        self.check_alive()
         host, port = self.control_addr.rsplit(":", 1)
         request = dict(fields, cmd=cmd)
         with socket.create_connection((host, int(port)), timeout=timeout) as conn:

@@ -35,6 +35,8 @@ class QfotaServer:
         self.listeners = self.ready["listeners"]
         self.admin = self.listeners["admin"]
         self.log = self.ready["log"]
+        # What the latest rescan() found (None: none since start).
+        self._found = None
 
     @classmethod
     def start(
@@ -62,9 +64,14 @@ class QfotaServer:
         ``PATH``). Raises ``QfotaProcessError`` with the server's stderr
         when it cannot start.
         """
+        # Checked before the temporary folder exists: nothing to clean up.
+        binary = find_binary(binary)
+        for proto in protocols:
+            if proto not in ("ftp", "http", "https"):
+                raise ValueError(f"unknown protocol {proto!r} (ftp, http, https)")
         workdir = tempfile.TemporaryDirectory(prefix="qfota-server-")
         argv = [
-            find_binary(binary),
+            binary,
             "--bind", "127.0.0.1",
             "--admin", "127.0.0.1:0",
             "--ready-json", "-",
@@ -73,8 +80,6 @@ class QfotaServer:
             "--grace-secs", "2",
         ]
         for proto in protocols:
-            if proto not in ("ftp", "http", "https"):
-                raise ValueError(f"unknown protocol {proto!r} (ftp, http, https)")
             argv += [f"--{proto}", "0"]
         for name, password in users:
             argv += ["--user", f"{name}:{password}"]
@@ -98,8 +103,10 @@ class QfotaServer:
 
     @property
     def packages(self):
-        """The packages found at start: dicts with ``path``, ``size``,
-        ``sha256``, ``valid``, ``urls``."""
+        """The packages found at start, or by the latest :meth:`rescan`:
+        dicts with ``path``, ``size``, ``sha256``, ``valid``, ``urls``."""
+        if self._found is not None:
+            return self._found
         return self.ready["packages"]
 
     @property
@@ -198,6 +205,9 @@ class QfotaServer:
         """Replaces the fault rules (``--fault`` syntax) for attempts from
         now on; ``[]`` clears them. Returns the rules now in force. Raises
         ``ValueError`` naming the bad rule (nothing is changed then)."""
+        for rule in rules:
+            if "\n" in rule or "\r" in rule:
+                raise ValueError(f"one rule per item, no line breaks: {rule!r}")
         body = "".join(f"{r}\n" for r in rules).encode()
         status, text, _ = self.admin_request("PUT", "/faults", body)
         if status == 400:
@@ -208,11 +218,15 @@ class QfotaServer:
 
     def rescan(self):
         """Re-scans the package folder now; returns ``{"packages": N,
-        "valid": M}``."""
+        "valid": M, "found": [...]}``. From then on :attr:`packages`,
+        :attr:`urls` and :meth:`url` list what this scan found (a package
+        copied in since start, too)."""
         status, text, _ = self.admin_request("POST", "/packages/rescan", b"", timeout=60)
         if status != 200:
             raise RuntimeError(f"POST /packages/rescan: {status} {text.strip()}")
-        return json.loads(text)
+        answer = json.loads(text)
+        self._found = answer.get("found")
+        return answer
 
     # --- the process ------------------------------------------------------
 

@@ -79,4 +79,7 @@ def test_rescan_answers_when_done(srv, packages):
     assert status == 200 and count["packages"] == count["valid"] >= 1
     (packages / "broken-v1-to-v2.zip").write_bytes(b"not a zip")
     status, body, _ = call(srv, "POST", "/packages/rescan", b"")
-    assert json.loads(body) == {"packages": count["packages"] + 1, "valid": count["valid"]}
+    after = json.loads(body)
+    assert (after["packages"], after["valid"]) == (count["packages"] + 1, count["valid"])
+    broken = [p for p in after["found"] if p["path"] == "broken-v1-to-v2.zip"]
+    assert len(broken) == 1 and broken[0]["valid"] is False, after

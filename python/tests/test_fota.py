@@ -59,3 +59,18 @@ def test_control_reads_the_state_and_cuts_the_network(qfota_modem):
     modem.control("fault", clear="network-down")
     with pytest.raises(RuntimeError):
         modem.control("no-such-command")
+
+
+def test_control_of_a_modem_that_died_says_so(qfota_modem):
+    import os
+    import signal
+
+    from pytest_qfota import QfotaProcessError
+
+    modem = qfota_modem(model="EC25", version="v12")
+    os.kill(modem._child.proc.pid, signal.SIGKILL)
+    modem._child.proc.wait(10)
+    with pytest.raises(QfotaProcessError, match="died"):
+        modem.control("state")
+    # The teardown would fail the test for the death: expected here.
+    modem._child.stopped = True

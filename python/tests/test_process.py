@@ -19,6 +19,20 @@ def test_a_server_that_cannot_start_fails_the_test_with_its_stderr(qfota_server,
         qfota_server(tmp_path / "missing")
 
 
+def test_a_binary_that_is_missing_or_cannot_run_is_a_process_error(packages, tmp_path):
+    from pytest_qfota import QfotaServer
+
+    with pytest.raises(QfotaProcessError, match="does not exist"):
+        QfotaServer.start(packages, binary=tmp_path / "nowhere" / "qfota-serve")
+    with pytest.raises(QfotaProcessError, match="not an executable file"):
+        QfotaServer.start(packages, binary=tmp_path)
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x7fELF not really")
+    garbage.chmod(0o755)
+    with pytest.raises(QfotaProcessError, match="cannot run .*garbage"):
+        QfotaServer.start(packages, binary=garbage)
+
+
 def test_a_modem_that_cannot_start_fails_the_test_with_its_stderr(qfota_modem):
     with pytest.raises(pytest.fail.Exception, match=r"(?s)exited before it was ready.*BG96"):
         qfota_modem(model="BG96")

@@ -78,14 +78,22 @@ def test_a_bad_fault_rule_is_refused_and_changes_nothing(qfota_server, packages)
     with pytest.raises(ValueError, match="line 2: .*explode"):
         srv.set_faults(["status=503", "explode=now"])
     assert srv.faults() == ["not-found,path=/nothing.zip"]
+    # One rule per item: a line break would smuggle in a second one.
+    with pytest.raises(ValueError, match="no line breaks"):
+        srv.set_faults(["status=503\nnot-found"])
+    assert srv.faults() == ["not-found,path=/nothing.zip"]
 
 
 def test_rescan_serves_a_package_copied_in(qfota_server, packages):
     srv = qfota_server(packages)
     before = srv.rescan()["packages"]
     shutil.copy(packages / PACKAGE, packages / "update-v13-to-v14.zip")
-    assert srv.rescan() == {"packages": before + 1, "valid": before + 1}
-    url = srv.url(PACKAGE).replace(PACKAGE, "update-v13-to-v14.zip")
+    answer = srv.rescan()
+    assert (answer["packages"], answer["valid"]) == (before + 1, before + 1)
+    # The new package's URL, as the server gives it, from then on.
+    url = srv.url("update-v13-to-v14.zip")
+    assert url == srv.url(PACKAGE).replace(PACKAGE, "update-v13-to-v14.zip")
+    assert "update-v13-to-v14.zip" in srv.urls
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.status == 200
 

@@ -185,16 +185,33 @@ pub async fn downloads(
     resp
 }
 
-/// `POST /packages/rescan`: re-scans now; 500 when the folder cannot be
-/// read.
+/// `POST /packages/rescan`: re-scans now and answers `{"packages": N,
+/// "valid": M, "found": [...]}` (each package's path, size, SHA-256,
+/// validity and URLs, as `--ready-json` has them); 500 when the folder
+/// cannot be read.
 pub async fn rescan(control: &ServerControl) -> Response<AdminBody> {
     match control.rescan().await {
         Ok(()) => {
             let packages = control.catalog().packages();
             let valid = packages.iter().filter(|p| p.is_valid()).count();
+            let adv = control.advertised();
+            // Each package as `--ready-json` lists it, so a test rig can
+            // give a module the URL of one copied in after start.
+            let found: Vec<_> = packages
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "path": p.path,
+                        "size": p.size,
+                        "sha256": p.sha256,
+                        "valid": p.is_valid(),
+                        "urls": adv.url_map(&p.path),
+                    })
+                })
+                .collect();
             json(
                 StatusCode::OK,
-                &serde_json::json!({"packages": packages.len(), "valid": valid}),
+                &serde_json::json!({"packages": packages.len(), "valid": valid, "found": found}),
             )
         }
         Err(err) => text(

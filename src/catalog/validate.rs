@@ -64,6 +64,19 @@ impl Advertised {
         ))
     }
 
+    /// The URL of the package per enabled protocol (`ftp`, `http`,
+    /// `https`): what `--ready-json` and the admin re-scan answer carry.
+    pub fn url_map(&self, rel_path: &str) -> std::collections::BTreeMap<&'static str, String> {
+        [
+            ("ftp", self.ftp_url(rel_path)),
+            ("http", self.http_url(rel_path)),
+            ("https", self.https_url(rel_path)),
+        ]
+        .into_iter()
+        .filter_map(|(proto, url)| Some((proto, url?)))
+        .collect()
+    }
+
     /// Every enabled URL of the package, FTP first.
     pub fn urls(&self, rel_path: &str) -> Vec<String> {
         [

@@ -87,14 +87,7 @@ impl ServeReady {
                 size: p.size,
                 sha256: p.sha256.clone(),
                 valid: p.is_valid(),
-                urls: [
-                    ("ftp", adv.ftp_url(&p.path)),
-                    ("http", adv.http_url(&p.path)),
-                    ("https", adv.https_url(&p.path)),
-                ]
-                .into_iter()
-                .filter_map(|(proto, url)| Some((proto, url?)))
-                .collect(),
+                urls: adv.url_map(&p.path),
             })
             .collect();
         ServeReady {

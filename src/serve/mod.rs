@@ -1144,6 +1144,11 @@ pub struct ServerControl {
 }
 
 impl ServerControl {
+    /// The host, ports and account modules are given (package URLs).
+    pub fn advertised(&self) -> &Advertised {
+        &self.shared.advertised
+    }
+
     /// The Prometheus text exposition of the server's metrics (see
     /// [`metrics`]), with connections and packages as of now.
     pub fn metrics_text(&self) -> String {
