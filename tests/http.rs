@@ -1269,6 +1269,27 @@ async fn refused_before_routing_still_leaves_a_record() {
             (400, Outcome::Refused, PKG)
         );
     }
+    // A target that is no path nor URL (a bare name, as CONNECT's) and a
+    // URL with credentials are refused too (RFC 9112 §3.2, RFC 9110
+    // §4.2.4).
+    for (target, why, path) in [
+        (
+            PKG.to_string(),
+            "request target is neither a path nor a URL",
+            "",
+        ),
+        (
+            format!("http://u:p@x/{PKG}"),
+            "request target carries credentials",
+            PKG,
+        ),
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let reply = parse_raw(&raw(addr, head.as_bytes()).await);
+        assert_eq!(reply.status, 400, "{why}");
+        let rec = fx.wait_record(why, |r| r.reason.starts_with(why)).await;
+        assert_eq!((rec.status, rec.path.as_str()), (400, path), "{why}");
+    }
     // HTTP/1.0 needs no Host; an empty one is valid syntax.
     let reply = parse_raw(&raw(addr, format!("GET /{PKG} HTTP/1.0\r\n\r\n").as_bytes()).await);
     assert_eq!(reply.status, 200);

@@ -716,6 +716,17 @@ fn check_host<B>(req: &Request<B>) -> Result<(), Answer> {
             format!("{why} (RFC 9112 §3.2)"),
         )
     };
+    // A package request's target is a path (origin-form) or a whole URL
+    // (absolute-form); a bare `host[:port]` (authority-form, CONNECT's) or
+    // a URL with credentials is no request for a package (RFC 9112 §3.2,
+    // RFC 9110 §4.2.4).
+    let uri = req.uri();
+    if uri.scheme().is_none() && uri.authority().is_some() {
+        return Err(refuse("request target is neither a path nor a URL"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(refuse("request target carries credentials"));
+    }
     let mut hosts = req.headers().get_all(HOST).iter();
     match (hosts.next(), hosts.next()) {
         (None, _) if req.version() == Version::HTTP_11 => Err(refuse("no Host header")),
