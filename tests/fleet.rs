@@ -72,6 +72,13 @@ async fn a_fleet_stopped_by_its_deadline_counts_what_it_received() {
     let report = run_fleet(&config).await.unwrap();
     assert_eq!(report.count("unfinished"), 3, "{report:?}");
     assert_eq!(report.timed, 0, "{report:?}");
+    // No time is made up: JSON null, not 0 ms.
+    assert_eq!((report.p50_ms, report.max_ms), (None, None), "{report:?}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(
+        json["p50_ms"].is_null() && json["ttfb_p50_ms"].is_null(),
+        "{json}"
+    );
     let size = fx.package_bytes(PKG).len() as u64;
     assert!(report.bytes > 0 && report.bytes < 3 * size, "{report:?}");
 }

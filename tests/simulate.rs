@@ -901,3 +901,18 @@ mod fixtures {
         }
     }
 }
+
+/// Over IPv6 the simulated module asks for its data connection with
+/// `EPSV` (RFC 2428): `PASV` has no IPv6 answer, and the server closes the
+/// session on it. Skipped where the machine has no IPv6 loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftp_over_ipv6_downloads_with_epsv() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here: skipped");
+        return;
+    }
+    let fx = Fixture::start(|b| b.bind("::".parse().unwrap())).await;
+    let port = fx.server.ftp_addr().unwrap().port();
+    let url = format!("ftp://test:test@[::1]:{port}/{PKG}");
+    assert_eq!(code(&module("ec2x"), &url).await, Some(0));
+}

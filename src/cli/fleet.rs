@@ -46,7 +46,8 @@ pub struct FleetArgs {
         long,
         env = "QFOTA_FLEET_DEADLINE_SECS",
         default_value_t = 300,
-        value_name = "SECS"
+        value_name = "SECS",
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub deadline_secs: u64,
     /// Print the report as one JSON object.
@@ -241,14 +242,23 @@ pub fn render(r: &FleetReport) -> String {
 
 /// One line of percentiles in ms (`download time p50 16 ms, p95 17 ms`),
 /// or `<label> - (<none>)` when they were taken over no module (`count`).
-fn figures_line(out: &mut String, label: &str, count: usize, none: &str, values: &[(&str, u64)]) {
+fn figures_line(
+    out: &mut String,
+    label: &str,
+    count: usize,
+    none: &str,
+    values: &[(&str, Option<u64>)],
+) {
     if count == 0 {
         let _ = writeln!(out, "{label} - ({none})");
         return;
     }
     let cells: Vec<String> = values
         .iter()
-        .map(|(name, ms)| format!("{name} {ms} ms"))
+        .map(|(name, ms)| match ms {
+            Some(ms) => format!("{name} {ms} ms"),
+            None => format!("{name} -"),
+        })
         .collect();
     let _ = writeln!(out, "{label} {}", cells.join(", "));
 }
@@ -307,14 +317,14 @@ mod tests {
         let report = FleetReport {
             modules: 50,
             codes: [("0".to_string(), 49), ("701".to_string(), 1)].into(),
-            p50_ms: 160,
-            p95_ms: 161,
-            p99_ms: 162,
-            max_ms: 162,
+            p50_ms: Some(160),
+            p95_ms: Some(161),
+            p99_ms: Some(162),
+            max_ms: Some(162),
             timed: 50,
-            ttfb_p50_ms: 3,
-            ttfb_p95_ms: 5,
-            ttfb_p99_ms: 9,
+            ttfb_p50_ms: Some(3),
+            ttfb_p95_ms: Some(5),
+            ttfb_p99_ms: Some(9),
             first_bytes: 50,
             bytes: 359_400,
             elapsed_ms: 1965,
@@ -340,10 +350,10 @@ mod tests {
         let cut = FleetReport {
             codes: [("unfinished".to_string(), 50)].into(),
             timed: 0,
-            p50_ms: 0,
-            p95_ms: 0,
-            p99_ms: 0,
-            max_ms: 0,
+            p50_ms: None,
+            p95_ms: None,
+            p99_ms: None,
+            max_ms: None,
             first_bytes: 0,
             causes: Default::default(),
             ..report

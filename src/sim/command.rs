@@ -227,7 +227,10 @@ impl FotaUrl {
             Scheme::Ftp => path.strip_prefix('/').unwrap_or(path).to_string(),
             Scheme::Http | Scheme::Https => path.to_string(),
         };
-        if path.is_empty() {
+        // `/` or `/Jun/` names a folder: a server answers it with a
+        // listing, which is no package.
+        let file_part = path.split(['?', '#']).next().unwrap_or("");
+        if file_part.is_empty() || file_part.ends_with('/') {
             return Err(CommandError::MissingPath);
         }
         let parsed = FotaUrl {
@@ -787,6 +790,10 @@ mod tests {
             ("ftp://h/", CommandError::MissingPath),
             ("ftp://h", CommandError::MissingPath),
             ("http://h", CommandError::MissingPath),
+            ("http://h/", CommandError::MissingPath),
+            ("https://h/Jun/", CommandError::MissingPath),
+            ("ftp://h/Jun/", CommandError::MissingPath),
+            ("http://h/?x=1", CommandError::MissingPath),
             ("http://u:p@h/p.zip", CommandError::CredentialsInHttpUrl),
         ] {
             assert_eq!(parse(&format!("\"{url}\""), "ec2x"), Err(want), "{url}");

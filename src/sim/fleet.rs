@@ -92,27 +92,29 @@ pub struct FleetReport {
     /// whose firmware the cut ruined); `unfinished` when the deadline came
     /// first.
     pub codes: BTreeMap<String, usize>,
-    /// Median download time (command to `FTPEND`/`HTTPEND`), ms.
-    pub p50_ms: u64,
-    /// 95th-percentile download time, ms.
-    pub p95_ms: u64,
-    /// 99th-percentile download time, ms.
-    pub p99_ms: u64,
-    /// Longest download time, ms.
-    pub max_ms: u64,
+    /// Median download time (command to `FTPEND`/`HTTPEND`), ms; `None`
+    /// (JSON `null`) when no download ended.
+    pub p50_ms: Option<u64>,
+    /// 95th-percentile download time, ms (`None`: as `p50_ms`).
+    pub p95_ms: Option<u64>,
+    /// 99th-percentile download time, ms (`None`: as `p50_ms`).
+    pub p99_ms: Option<u64>,
+    /// Longest download time, ms (`None`: as `p50_ms`).
+    pub max_ms: Option<u64>,
     /// Downloads the download times are taken over (those that ended
-    /// before the deadline); 0: none, and the times are 0.
+    /// before the deadline); 0: none, and the times are `None`.
     pub timed: usize,
     /// Median time to first byte (the download's start URC to its first
-    /// package byte: connect, login, request and the server's answer), ms.
-    pub ttfb_p50_ms: u64,
-    /// 95th-percentile time to first byte, ms.
-    pub ttfb_p95_ms: u64,
-    /// 99th-percentile time to first byte, ms.
-    pub ttfb_p99_ms: u64,
+    /// package byte: connect, login, request and the server's answer), ms;
+    /// `None` (JSON `null`) when no module that ended got a byte.
+    pub ttfb_p50_ms: Option<u64>,
+    /// 95th-percentile time to first byte, ms (`None`: as `ttfb_p50_ms`).
+    pub ttfb_p95_ms: Option<u64>,
+    /// 99th-percentile time to first byte, ms (`None`: as `ttfb_p50_ms`).
+    pub ttfb_p99_ms: Option<u64>,
     /// Modules that ended (before the deadline) having got a first byte:
     /// the time-to-first-byte figures are taken over them (0: none, and
-    /// those figures are 0).
+    /// those figures are `None`).
     pub first_bytes: usize,
     /// Package bytes received by all modules together, those stopped at
     /// the deadline included.
@@ -199,12 +201,12 @@ fn download_ms(t: &Transcript) -> Option<u64> {
 
 /// The value at quantile `q` (0–1) of sorted `v` (nearest rank); 0 when
 /// empty.
-fn quantile(v: &[u64], q: f64) -> u64 {
+fn quantile(v: &[u64], q: f64) -> Option<u64> {
     if v.is_empty() {
-        return 0;
+        return None;
     }
     let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
+    Some(v[rank - 1])
 }
 
 /// The cause of one module's final code: its notes (see [`Cause`]).
@@ -342,7 +344,7 @@ pub async fn run_fleet_observed(
         p50_ms: quantile(&times, 0.50),
         p95_ms: quantile(&times, 0.95),
         p99_ms: quantile(&times, 0.99),
-        max_ms: times.last().copied().unwrap_or(0),
+        max_ms: times.last().copied(),
         timed: times.len(),
         ttfb_p50_ms: quantile(&first_bytes, 0.50),
         ttfb_p95_ms: quantile(&first_bytes, 0.95),
@@ -362,10 +364,10 @@ mod tests {
     #[test]
     fn quantiles_by_nearest_rank() {
         let v: Vec<u64> = (1..=100).collect();
-        assert_eq!(quantile(&v, 0.5), 50);
-        assert_eq!(quantile(&v, 0.95), 95);
-        assert_eq!(quantile(&[7], 0.95), 7);
-        assert_eq!(quantile(&[], 0.5), 0);
+        assert_eq!(quantile(&v, 0.5), Some(50));
+        assert_eq!(quantile(&v, 0.95), Some(95));
+        assert_eq!(quantile(&[7], 0.95), Some(7));
+        assert_eq!(quantile(&[], 0.5), None);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! FTP download as a module does it (seeds 000–004 §3, `<FTP_URL>`): over
 //! the connected control socket, `USER`/`PASS` from the URL, `TYPE I`,
-//! `SIZE`, then `PASV` + `RETR`; the bytes received must match `SIZE`.
+//! `SIZE`, then `PASV` (`EPSV` over IPv6) + `RETR`; the bytes received
+//! must match `SIZE`.
 //!
 //! Uses suppaftp's tokio client; every step is bounded by the no-progress
 //! timeout, and every failure becomes a [`DownloadError`] cause.
@@ -30,12 +31,18 @@ pub(super) async fn fetch(
     timeout: Duration,
     progress: &mut Progress<'_>,
 ) -> Result<Vec<u8>, DownloadError> {
-    let ftp = step(
+    let ipv6 = control.peer_addr().is_ok_and(|a| a.is_ipv6());
+    let mut ftp = step(
         timeout,
         "the greeting",
         AsyncFtpStream::connect_with_stream(control),
     )
     .await?;
+    // `PASV` answers an IPv4 address only (RFC 959): over IPv6 the data
+    // connection is asked for with `EPSV` (RFC 2428), as curl and lftp do.
+    if ipv6 {
+        ftp.set_mode(suppaftp::types::Mode::ExtendedPassive);
+    }
     let mut ftp = ftp.passive_stream_builder(move |addr| {
         Box::pin(async move {
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
