@@ -33,12 +33,56 @@ pub fn check_zip(bytes: &[u8]) -> Result<usize, ZipError> {
     crate::package::zip::check_zip(Cursor::new(bytes)).map(|summary| summary.entries)
 }
 
+/// A package the module holds for its checks: in memory (a small
+/// download, a file of its UFS, a `FILE:` transfer), or in an unnamed
+/// temporary file a larger download was written to as it arrived (as a
+/// module writes its package to flash), so a module in flight holds at
+/// most [`crate::sim::download::progress::SPOOL_FROM`] bytes of it in
+/// memory.
+#[derive(Debug)]
+pub(crate) enum PackageData {
+    /// The bytes.
+    Memory(std::sync::Arc<Vec<u8>>),
+    /// The file it was written to (removed on drop), and its length in
+    /// bytes.
+    Spooled(crate::sim::download::progress::SpoolFile, u64),
+}
+
+impl PackageData {
+    /// Bytes.
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            PackageData::Memory(bytes) => bytes.len() as u64,
+            PackageData::Spooled(_, len) => *len,
+        }
+    }
+
+    /// [`check_zip`] over the package, wherever it is (blocking: reads a
+    /// spooled package back from its file).
+    ///
+    /// # Errors
+    /// The first [`ZipError`]; a spooled file that cannot be read back is
+    /// [`ZipError::Unreadable`].
+    pub(crate) fn check_zip(&self) -> Result<usize, ZipError> {
+        match self {
+            PackageData::Memory(bytes) => check_zip(bytes),
+            PackageData::Spooled(file, _) => {
+                let file = file
+                    .open()
+                    .map_err(|e| ZipError::Unreadable(format!("spooled package: {e}")))?;
+                let reader = std::io::BufReader::with_capacity(64 * 1024, file);
+                crate::package::zip::check_zip(reader).map(|summary| summary.entries)
+            }
+        }
+    }
+}
+
 /// What the module knows when it checks a package.
 pub(crate) struct PackageFacts<'a> {
     /// Family.
     pub profile: &'static Profile,
     /// The package.
-    pub bytes: &'a [u8],
+    pub data: &'a PackageData,
     /// Its file name (for the version rule).
     pub file_name: &'a str,
     /// The module's firmware version, if set.
@@ -65,7 +109,7 @@ pub fn family_code(profile: &Profile, code: u16) -> u16 {
 pub(crate) fn check(facts: &PackageFacts<'_>, faults: &FaultPlan) -> Option<(u16, String)> {
     let profile = facts.profile;
     if profile.zip_required
-        && let Err(e) = check_zip(facts.bytes)
+        && let Err(e) = facts.data.check_zip()
     {
         return Some((FORMAT_CODE, e.to_string()));
     }
@@ -88,7 +132,7 @@ pub(crate) fn check(facts: &PackageFacts<'_>, faults: &FaultPlan) -> Option<(u16
             ),
         ));
     }
-    let size = facts.bytes.len() as u64;
+    let size = facts.data.len();
     if let Some(max) = profile.package_max.filter(|max| size > *max) {
         return Some((
             family_code(profile, TOO_LARGE_CODE),
@@ -127,10 +171,14 @@ pub(crate) mod tests {
         out.into_inner()
     }
 
-    fn facts<'a>(profile: &str, bytes: &'a [u8], version: Option<&'a str>) -> PackageFacts<'a> {
+    fn facts<'a>(profile: &str, bytes: &[u8], version: Option<&'a str>) -> PackageFacts<'a> {
+        // Leaked: a test's few bytes.
+        let data: &'static PackageData = Box::leak(Box::new(PackageData::Memory(
+            std::sync::Arc::new(bytes.to_vec()),
+        )));
         PackageFacts {
             profile: Profile::by_name(profile).unwrap(),
-            bytes,
+            data,
             file_name: "update-v12-to-v13.zip",
             version,
             free_space: None,
@@ -219,6 +267,42 @@ pub(crate) mod tests {
             ..facts("eg06xk", &zip, None)
         };
         assert_eq!(check(&f, &plan).map(|c| c.0), Some(550));
+    }
+
+    /// `bytes` through a spool (a file past its first 16 KiB).
+    fn spooled(bytes: &[u8]) -> PackageData {
+        let mut spool = crate::sim::download::progress::Spool::default();
+        for chunk in bytes.chunks(4096) {
+            spool.push(chunk).unwrap();
+        }
+        spool.finish()
+    }
+
+    #[test]
+    fn a_spooled_package_is_checked_from_its_file() {
+        // A stored 20 KiB entry: past the spool's memory part.
+        let mut out = Cursor::new(Vec::new());
+        let mut w = zip::ZipWriter::new(&mut out);
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        w.start_file("version.txt", stored).unwrap();
+        w.write_all(b"v13\n").unwrap();
+        w.start_file("system.diff", stored).unwrap();
+        w.write_all(&(0..20 * 1024).map(|i| i as u8).collect::<Vec<u8>>())
+            .unwrap();
+        w.finish().unwrap();
+        let zip = out.into_inner();
+        let data = spooled(&zip);
+        assert!(matches!(data, PackageData::Spooled(..)));
+        assert_eq!(data.check_zip().unwrap(), 2);
+        assert_eq!(data.len(), zip.len() as u64);
+        let mut broken = zip.clone();
+        let at = broken.windows(4).position(|w| w == b"v13\n").unwrap();
+        broken[at] = b'x';
+        assert!(matches!(
+            spooled(&broken).check_zip(),
+            Err(ZipError::BadEntry { .. })
+        ));
     }
 
     #[test]

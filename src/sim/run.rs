@@ -22,7 +22,7 @@ use crate::sim::download::progress::Progress;
 use crate::sim::download::{self, Download, DownloadError};
 use crate::sim::emit::Emitter;
 use crate::sim::fault::FaultPlan;
-use crate::sim::package::{self, PackageFacts};
+use crate::sim::package::{self, PackageData, PackageFacts};
 use crate::sim::state::{BusyGuard, Config, Phase, RunLog};
 use crate::sim::ufs::FileName;
 use crate::sim::upgrade::{self, Upgrade};
@@ -54,8 +54,8 @@ pub(crate) async fn answer_busy(clock: Clock, emit: &Emitter, url: &FotaUrl, uar
 
 /// The package a run got, or why it has none.
 enum Fetched {
-    /// The bytes (shared with the UFS for a local file).
-    Package(Arc<Vec<u8>>),
+    /// The package (a local file's bytes shared with the UFS).
+    Package(PackageData),
     /// A local file that is not there: the check fails with `<err>` 504.
     Missing,
     /// The download failed (its end URC is out); the run is over.
@@ -216,7 +216,7 @@ impl Run {
             Urc::HttpEnd(code)
         });
         match result {
-            Ok(package) => Fetched::Package(Arc::new(package)),
+            Ok(package) => Fetched::Package(package),
             Err(_) => Fetched::Failed,
         }
     }
@@ -233,7 +233,7 @@ impl Run {
     /// Phase 2 for a local path: the file from the UFS, no URC (SPEC §9).
     fn load_local(&self, name: &FileName) -> Fetched {
         match self.config.ufs.read(name.as_str()) {
-            Ok(bytes) => Fetched::Package(bytes),
+            Ok(bytes) => Fetched::Package(PackageData::Memory(bytes)),
             Err(error) => {
                 self.log.note(format!("local file: {error}"));
                 Fetched::Missing
@@ -264,7 +264,7 @@ impl Run {
         };
         self.emit.urc(Urc::FileEnd(code));
         match result {
-            Ok(package) => Fetched::Package(Arc::new(package)),
+            Ok(package) => Fetched::Package(PackageData::Memory(Arc::new(package))),
             Err(_) => Fetched::Failed,
         }
     }
@@ -322,7 +322,7 @@ impl Run {
     /// and free space. Returns the first failing check's `<err>` (noted
     /// with its reason), or `None` when the package passes. A missing
     /// local file (`None`) is the family's package error, 504.
-    async fn check_package(&self, package: Option<Arc<Vec<u8>>>) -> Option<u16> {
+    async fn check_package(&self, package: Option<PackageData>) -> Option<u16> {
         let Some(package) = package else {
             self.log.note(format!(
                 "package check: END,{}: no such file in the UFS",
@@ -333,7 +333,7 @@ impl Run {
         let profile = self.config.profile;
         let local = matches!(self.command.source, Source::Local { .. });
         // A stored package already takes its own room.
-        let own = if local { package.len() as u64 } else { 0 };
+        let own = if local { package.len() } else { 0 };
         let free_space = Some(self.config.ufs.space().free + own);
         let file_name = self.command.source.file_name().unwrap_or("").to_string();
         let version = self.busy.version();
@@ -344,7 +344,7 @@ impl Run {
             package::check(
                 &PackageFacts {
                     profile,
-                    bytes: &package,
+                    data: &package,
                     file_name: &file_name,
                     version: version.as_deref(),
                     free_space,
@@ -505,7 +505,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_package_that_is_not_a_zip_fails_the_check_with_504() {
         let f = fixture("ec2x", &[], r#""http://h/update-v12-to-v13.zip""#);
-        let check = bounded(f.run.check_package(Some(Arc::new(b"not a zip".to_vec())))).await;
+        let check = bounded(
+            f.run
+                .check_package(Some(PackageData::Memory(Arc::new(b"not a zip".to_vec())))),
+        )
+        .await;
         assert_eq!(check, Some(504));
         assert!(f.run.log.notes()[0].starts_with("package check: END,504: "));
     }

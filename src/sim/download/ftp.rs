@@ -17,8 +17,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::cause::DownloadError;
-use super::progress::{Progress, package_buffer};
+use super::progress::{Progress, Spool};
 use crate::sim::command::FotaUrl;
+use crate::sim::package::PackageData;
 
 /// Read size for the data connection, in bytes.
 const CHUNK: usize = 16 * 1024;
@@ -30,7 +31,7 @@ pub(super) async fn fetch(
     url: &FotaUrl,
     timeout: Duration,
     progress: &mut Progress<'_>,
-) -> Result<Vec<u8>, DownloadError> {
+) -> Result<PackageData, DownloadError> {
     let ipv6 = control.peer_addr().is_ok_and(|a| a.is_ipv6());
     let mut ftp = step(
         timeout,
@@ -65,7 +66,7 @@ pub(super) async fn fetch(
     progress.expect(Some(size))?;
     let mut data = step(timeout, "PASV/RETR", ftp.retr_as_stream(&url.path)).await?;
 
-    let mut package = package_buffer(Some(size));
+    let mut package = Spool::default();
     let mut chunk = vec![0u8; CHUNK];
     loop {
         let n = match tokio::time::timeout(timeout, data.read(&mut chunk)).await {
@@ -86,7 +87,7 @@ pub(super) async fn fetch(
             Ok(Ok(0)) => break,
             Ok(Ok(n)) => n,
         };
-        package.extend_from_slice(&chunk[..n]);
+        package.push(&chunk[..n])?;
         progress.advance(n).await?;
     }
     // The completion reply (226, or 426/451 when the server aborted).
@@ -107,7 +108,7 @@ pub(super) async fn fetch(
     progress.complete();
     // A module does not wait on QUIT to use the package.
     let _ = tokio::time::timeout(timeout, ftp.quit()).await;
-    Ok(package)
+    Ok(package.finish())
 }
 
 /// Awaits one FTP exchange within `timeout`, naming it in the cause.

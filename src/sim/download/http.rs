@@ -17,8 +17,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::cause::DownloadError;
-use super::progress::{Progress, package_buffer};
+use super::progress::{Progress, Spool};
 use crate::sim::command::{FotaUrl, Scheme};
+use crate::sim::package::PackageData;
 
 /// `User-Agent` the simulator sends, so server logs can tell it from a
 /// module.
@@ -31,7 +32,7 @@ pub(super) async fn fetch(
     timeout: Duration,
     tls: Arc<rustls::ClientConfig>,
     progress: &mut Progress<'_>,
-) -> Result<Vec<u8>, DownloadError> {
+) -> Result<PackageData, DownloadError> {
     match url.scheme {
         Scheme::Https => {
             let name = rustls::pki_types::ServerName::try_from(url.host.clone())
@@ -59,16 +60,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Most bytes hyper reads ahead of the module (16 KiB).
+const READ_BUFFER: usize = 16 * 1024;
+
 async fn get<I>(
     io: I,
     url: &FotaUrl,
     timeout: Duration,
     progress: &mut Progress<'_>,
-) -> Result<Vec<u8>, DownloadError>
+) -> Result<PackageData, DownloadError>
 where
     I: Read + Write + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+    // hyper reads ahead into a buffer of up to ~400 KiB by default, which
+    // a throttled module fills while it reads slowly: 16 KiB, about a
+    // module's receive window, keeps a module in flight small (`fleet`).
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(READ_BUFFER)
+        .handshake(io)
         .await
         .map_err(|e| cause(e, 0, None))?;
     let _connection = AbortOnDrop(tokio::spawn(async move {
@@ -100,7 +109,7 @@ where
         ),
     };
     progress.expect(expected)?;
-    let mut package = package_buffer(expected);
+    let mut package = Spool::default();
     let mut body = response.into_body();
     loop {
         let frame = match tokio::time::timeout(timeout, body.frame()).await {
@@ -112,7 +121,7 @@ where
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
-            package.extend_from_slice(&data);
+            package.push(&data)?;
             progress.advance(data.len()).await?;
         }
     }
@@ -124,7 +133,7 @@ where
         });
     }
     progress.complete();
-    Ok(package)
+    Ok(package.finish())
 }
 
 /// The cause behind a hyper error after `received` bytes of the body.

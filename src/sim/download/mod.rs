@@ -18,6 +18,7 @@ mod http;
 pub(crate) mod progress;
 pub(crate) mod tls;
 
+use crate::sim::package::PackageData;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -75,7 +76,7 @@ pub(crate) struct Download<'a> {
 ///
 /// # Errors
 /// The [`DownloadError`] cause of the failure.
-pub(crate) async fn download(job: Download<'_>) -> Result<Vec<u8>, DownloadError> {
+pub(crate) async fn download(job: Download<'_>) -> Result<PackageData, DownloadError> {
     if job.network_down {
         return Err(DownloadError::NetworkDown);
     }

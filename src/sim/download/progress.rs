@@ -22,9 +22,10 @@ use crate::sim::urc::Urc;
 const MAX_PREALLOCATION: u64 = 64 * 1024 * 1024;
 
 /// Largest package the simulator downloads, in bytes (1 GiB, twice the
-/// largest family limit, `eg06xk`'s 512 MiB). Packages are held in memory,
-/// so a server announcing or sending more fails the download ("anything
-/// else": 601 / 701) instead of exhausting the host.
+/// largest family limit, `eg06xk`'s 512 MiB). Packages are kept on the
+/// host (in memory, or spooled to a temporary file: [`Spool`]), so a
+/// server announcing or sending more fails the download ("anything else":
+/// 601 / 701) instead of exhausting the host.
 pub const MAX_PACKAGE: u64 = 1024 * 1024 * 1024;
 
 /// The failure of a package over [`MAX_PACKAGE`].
@@ -38,6 +39,108 @@ fn too_large(bytes: u64) -> DownloadError {
 pub(crate) fn package_buffer(expected: Option<u64>) -> Vec<u8> {
     let reserve = expected.unwrap_or(0).min(MAX_PREALLOCATION);
     Vec::with_capacity(usize::try_from(reserve).unwrap_or(0))
+}
+
+/// Bytes of a download kept in memory (16 KiB, about a module's receive
+/// window); past them the package goes to a temporary file ([`Spool`]).
+/// With 64 KiB, 2,000 modules starting together held 128 MB until they had
+/// all switched.
+pub const SPOOL_FROM: usize = 16 * 1024;
+
+/// Where a download's bytes go as they arrive: memory up to
+/// [`SPOOL_FROM`], then a temporary file — as a module writes its package
+/// to flash —, so thousands of modules in flight (`fleet`) hold at most
+/// that much of their packages each in memory. The file
+/// (`$TMPDIR/qfota-spool-<pid>-<n>`) is opened for each write and closed
+/// again: a module in flight holds no descriptor for it, only its
+/// sockets. It is removed when the package is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Spool {
+    memory: Vec<u8>,
+    file: Option<SpoolFile>,
+    len: u64,
+}
+
+impl Spool {
+    /// Keeps `data` (an append to the page cache when spooling: brief,
+    /// done on the task).
+    ///
+    /// # Errors
+    /// [`DownloadError::Other`] when the temporary file cannot be made or
+    /// written (the machine's disk is full): a failure of the simulator's
+    /// host, reported as "anything else" (601 / 701).
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), DownloadError> {
+        let kept = |e: std::io::Error| {
+            DownloadError::Other(format!("the simulator cannot keep the package: {e}"))
+        };
+        self.len += data.len() as u64;
+        if self.file.is_none() && self.memory.len() + data.len() <= SPOOL_FROM {
+            self.memory.extend_from_slice(data);
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let file = SpoolFile::create().map_err(kept)?;
+            file.append(&self.memory).map_err(kept)?;
+            self.memory = Vec::new();
+            self.file = Some(file);
+        }
+        match &self.file {
+            Some(file) => file.append(data).map_err(kept),
+            None => Ok(()),
+        }
+    }
+
+    /// The package, in memory or in its file.
+    pub(crate) fn finish(self) -> crate::sim::package::PackageData {
+        use crate::sim::package::PackageData;
+        match self.file {
+            Some(file) => PackageData::Spooled(file, self.len),
+            None => PackageData::Memory(std::sync::Arc::new(self.memory)),
+        }
+    }
+}
+
+/// A spooled package's file: removed on drop.
+#[derive(Debug)]
+pub(crate) struct SpoolFile {
+    path: std::path::PathBuf,
+}
+
+impl SpoolFile {
+    /// A new empty file of this process in the temporary folder, owner
+    /// read and write only.
+    fn create() -> std::io::Result<SpoolFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("qfota-spool-{}-{n}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok(SpoolFile { path })
+    }
+
+    /// Appends `data`.
+    fn append(&self, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)?
+            .write_all(data)
+    }
+
+    /// The file, opened for reading.
+    pub(crate) fn open(&self) -> std::io::Result<std::fs::File> {
+        std::fs::File::open(&self.path)
+    }
+}
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Counts received bytes, prints `DOWNLOADING,k` as the k-th of `lines`
@@ -340,6 +443,36 @@ mod tests {
             Err(DownloadError::PowerCut { received: 314_584 })
         ));
         assert_eq!(cut.received(), 314_584);
+    }
+
+    #[test]
+    fn a_spool_keeps_small_packages_in_memory_and_large_ones_in_a_file() {
+        use crate::sim::package::PackageData;
+        use std::io::Read;
+        let mut small = Spool::default();
+        small.push(&[1u8; 1000]).unwrap();
+        assert!(matches!(small.finish(), PackageData::Memory(b) if b.len() == 1000));
+        let mut large = Spool::default();
+        for i in 0..10u8 {
+            large.push(&[i; 16 * 1024]).unwrap();
+        }
+        // Past the first 16 KiB, nothing stays in memory.
+        assert_eq!(large.len, 160 * 1024);
+        assert!(large.memory.is_empty(), "in memory: {}", large.memory.len());
+        let PackageData::Spooled(file, len) = large.finish() else {
+            panic!("not spooled");
+        };
+        assert_eq!(len, 160 * 1024);
+        let mut back = Vec::new();
+        file.open().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back.len(), 160 * 1024);
+        assert!(back[..16 * 1024].iter().all(|b| *b == 0));
+        assert!(back[9 * 16 * 1024..].iter().all(|b| *b == 9));
+        // Gone with the package.
+        let path = file.path.clone();
+        assert!(path.exists());
+        drop(file);
+        assert!(!path.exists());
     }
 
     #[test]
