@@ -70,11 +70,44 @@ async fn bad_flags_exit_2_with_a_message() {
         vec!["check", "x", "--profile", "bg96"],
         vec!["--http", "80", "--public-host", "http://fota.example", "x"],
         vec!["check", "x", "--public-host", "http://fota.example"],
+        vec!["--http", "80", "--max-connections", "0", "x"],
+        vec!["--http", "80", "--max-connections-per-ip", "0", "x"],
+        vec!["fleet", "http://127.0.0.1:1/a.zip", "--deadline-secs", "0"],
     ] {
         let out = run(BIN, &args).await;
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}");
     }
+}
+
+/// An admin port that is also a package port is refused before either
+/// binds, naming both (it would take the port and leave the package
+/// listener to fail about itself).
+#[tokio::test]
+async fn an_admin_port_shared_with_a_package_port_is_refused() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let admin = format!("127.0.0.1:{port}");
+    let out = run(
+        BIN,
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--http",
+            &port,
+            "--admin",
+            &admin,
+            &packages(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("also --http's"), "{err}");
 }
 
 #[tokio::test]

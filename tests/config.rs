@@ -148,3 +148,25 @@ async fn a_server_starts_from_the_file_with_flags_on_top() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("\"outcome\":\"complete\""), "{text}");
 }
+
+/// A switch's variable takes the usual spellings of true and false, and
+/// `config` shows what it was read as.
+#[tokio::test]
+async fn a_switch_variable_takes_1_yes_and_on() {
+    for (value, want) in [
+        ("1", "true"),
+        ("yes", "true"),
+        ("on", "true"),
+        ("0", "false"),
+        ("no", "false"),
+    ] {
+        let out = qfota(&["config"], &[("QFOTA_ALLOW_INVALID", value)]).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            line(&text, "allow-invalid").starts_with(&format!("allow-invalid = {want}")),
+            "{value}: {text}"
+        );
+    }
+    let out = qfota(&["config"], &[("QFOTA_ALLOW_INVALID", "maybe")]).await;
+    assert_eq!(out.status.code(), Some(2));
+}
