@@ -617,6 +617,22 @@ async fn upgrade_error_faults_follow_the_retry_rule() {
     assert_eq!(t.summary.upgrade_codes, vec![502; 5]);
     assert_eq!(always.version().as_deref(), Some("v12"));
     assert!(!t.summary.succeeded());
+    // eg06xk-dfota's 505 (version mismatch) is checked before recovery
+    // mode and never retried: an injected one takes that path too — one
+    // END,505, no START, the module stays on its version.
+    let mismatch = builder("eg06xk-dfota")
+        .version("v12")
+        .fault("upgrade-error=505".parse().unwrap())
+        .build()
+        .unwrap();
+    let t = fetch(&mismatch, &url).await;
+    assert_eq!(t.summary.upgrade_codes, vec![505], "{:?}", t.lines());
+    assert!(
+        !t.lines().iter().any(|l| l.contains("\"START\"")),
+        "{:?}",
+        t.lines()
+    );
+    assert_eq!(mismatch.version().as_deref(), Some("v12"));
     stop(real).await;
 }
 

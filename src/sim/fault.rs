@@ -279,6 +279,25 @@ impl FaultPlan {
         out
     }
 
+    /// Takes one attempt of the next `upgrade-error` fault when its code
+    /// is `code`; whether it did. For `eg06xk-dfota`, whose version
+    /// mismatch (505) is checked before recovery mode and never retried:
+    /// an injected 505 takes that path, as the real one does.
+    pub(crate) fn take_upgrade_error_if(&mut self, code: u16) -> bool {
+        while let Some((next, left)) = self.upgrade_errors.front_mut() {
+            if *left == 0 {
+                self.upgrade_errors.pop_front();
+                continue;
+            }
+            if *next != code {
+                return false;
+            }
+            *left -= 1;
+            return true;
+        }
+        false
+    }
+
     /// The injected code the next attempt ends with, if any: the first
     /// `upgrade-error` fault with attempts left (faults apply in the order
     /// given, so `520x2` then `504x1` fails attempts 1–2 with 520, 3 with 504).

@@ -132,7 +132,16 @@ impl Run {
             Fetched::PowerCut => return self.power_cycle().await,
         };
         self.busy.set_phase(Phase::Upgrading);
-        let check = self.check_package(package).await;
+        let mut check = self.check_package(package).await;
+        if let VersionMismatch::Final(final_code) = self.config.profile.version_mismatch
+            && check.is_none()
+            && self.faults.take_upgrade_error_if(final_code)
+        {
+            self.log.note(format!(
+                "package check: END,{final_code}: fault upgrade-error"
+            ));
+            check = Some(final_code);
+        }
         if let (Some(code), VersionMismatch::Final(final_code)) =
             (check, self.config.profile.version_mismatch)
             && code == final_code
