@@ -286,6 +286,12 @@ pub enum Command {
     UsbFlowControlRead,
     /// `AT+QCFG="usbifc",<a>,<b>`.
     UsbFlowControl(u8, u8),
+    /// `AT+QCFG="usbnet"` or `AT+QCFG="nwscanmode"`: the item's value.
+    ConfigRead(&'static str),
+    /// `AT+QCFG="usbnet",<n>` or `AT+QCFG="nwscanmode",<n>[,<effect>]`.
+    ConfigSet(&'static str, u8),
+    /// `AT+CPMS?`: message storage, empty (27.005 §3.2.2).
+    MessageStorage,
     /// `AT+QURCCFG="urcport"`.
     UrcPortRead,
     /// `AT+QURCCFG="urcport","<port>"`.
@@ -415,8 +421,8 @@ fn action(name: &str) -> Option<Command> {
 const EXTENDED: &[&str] = &[
     "+GMR", "+CGMR", "+QGMR", "+CGMI", "+GMI", "+CGMM", "+GMM", "+GSN", "+CGSN", "+CIMI", "+QCCID",
     "+CCID", "+GCAP", "+CSQ", "+QPOWD", "+CPIN", "+CMEE", "+IFC", "+CREG", "+CGREG", "+CEREG",
-    "+COPS", "+CGACT", "+CGDCONT", "+CGATT", "+CPAS", "+QIACT", "+QICSGP", "+QFOTA", "+CFUN",
-    "+QCFG", "+QURCCFG", "+QFOTADL", "+QFUPL", "+QFLST", "+QFDEL", "+QFLDS",
+    "+COPS", "+CGACT", "+CGDCONT", "+CGATT", "+CPAS", "+CPMS", "+QIACT", "+QICSGP", "+QFOTA",
+    "+CFUN", "+QCFG", "+QURCCFG", "+QFOTADL", "+QFUPL", "+QFLST", "+QFDEL", "+QFLDS",
 ];
 
 fn registration(name: &str) -> Option<Registration> {
@@ -475,6 +481,7 @@ fn extended(name: &str, form: Form) -> Result<Command, ParseError> {
         ("+CGACT", Form::Read) => Command::ContextStates,
         ("+CGDCONT", Form::Read) => Command::ContextDefinitions,
         ("+CGATT", Form::Read) => Command::AttachState,
+        ("+CPMS", Form::Read) => Command::MessageStorage,
         ("+QIACT", Form::Read) => Command::ActiveContexts,
         ("+QIACT", Form::Set(args)) => Command::Activate(parse_activate(&args)?),
         ("+QICSGP", Form::Set(args)) => parse_qicsgp(&args)?,
@@ -519,6 +526,7 @@ fn test_answer(name: &str, device: &Device<'_>) -> Option<Vec<String>> {
         ]),
         "+CGATT" => one("+CGATT: (0,1)"),
         "+CPAS" => one("+CPAS: (0-5)"),
+        "+CPMS" => one("+CPMS: (\"ME\",\"SM\"),(\"ME\",\"SM\"),(\"ME\",\"SM\")"),
         "+QIACT" => Some(vec![format!("+QIACT: (1-{MAX_CID})")]),
         "+QICSGP" => Some(vec![format!(
             "+QICSGP: (1-{MAX_CID}),(1-3),<APN>,<username>,<password>,(0-3)"
@@ -529,7 +537,11 @@ fn test_answer(name: &str, device: &Device<'_>) -> Option<Vec<String>> {
         "+QFOTA" => None,
         "+CFUN" => one("+CFUN: (0,1,4),(0,1)"),
         "+QPOWD" => one("+QPOWD: (0,1)"),
-        "+QCFG" => one("+QCFG: \"usbifc\",(0,2),(0,2)"),
+        "+QCFG" => Some(vec![
+            "+QCFG: \"usbifc\",(0,2),(0,2)".to_string(),
+            "+QCFG: \"usbnet\",(0-5)".to_string(),
+            "+QCFG: \"nwscanmode\",(0-3),(0,1)".to_string(),
+        ]),
         "+QURCCFG" => one("+QURCCFG: \"urcport\",(\"usbat\",\"usbmodem\",\"uart1\")"),
         "+QFUPL" => Some(vec![format!(
             "+QFUPL: <name>,(1-{}),(1-65535),(0,1)",
@@ -575,9 +587,33 @@ fn flow_pair(args: &str, command: &'static str, skip: usize) -> Result<(u8, u8),
     }
 }
 
+/// `AT+QCFG` items kept as a number, with their largest value: `usbnet`
+/// (0 RmNet … 5), `nwscanmode` (0 automatic, 1 GSM, 2 UMTS, 3 LTE) —
+/// what ModemManager and bearer set-up scripts read on Quectel modules.
+const QCFG_NUMBERS: [(&str, u32); 2] = [("usbnet", 5), ("nwscanmode", 3)];
+
 fn parse_qcfg(args: &str) -> Result<Command, ParseError> {
     const C: &str = "+QCFG";
     let list = split_args(args).map_err(|why| bad(C, why))?;
+    if let Some(Arg::Text(item)) = list.first()
+        && let Some((name, max)) = QCFG_NUMBERS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(item))
+    {
+        return match &list[1..] {
+            [] => Ok(Command::ConfigRead(name)),
+            // `nwscanmode` takes an `<effect>` (0 after reboot, 1 at once):
+            // the simulated module applies it at once either way.
+            [value, rest @ ..] if rest.len() <= usize::from(*name == "nwscanmode") => {
+                let n = number_in(Some(value), 0..=*max, C, name)?;
+                if let Some(effect) = rest.first() {
+                    number_in(Some(effect), 0..=1, C, "effect")?;
+                }
+                Ok(Command::ConfigSet(name, n))
+            }
+            _ => Err(bad(C, format!("expected \"{name}\"[,<n>]"))),
+        };
+    }
     match list.first() {
         Some(Arg::Text(item)) if item.eq_ignore_ascii_case("usbifc") => {}
         // Items this modem does not simulate, as a module answers items
@@ -828,6 +864,9 @@ pub struct Settings {
     pub fun: u8,
     /// `AT+QCFG="usbifc"`.
     pub usb_ifc: (u8, u8),
+    /// `AT+QCFG` number items ([`QCFG_NUMBERS`]) set since start; the
+    /// others read 0.
+    pub qcfg: BTreeMap<&'static str, u8>,
     /// `AT+QURCCFG="urcport"`.
     pub urc_port: String,
     /// The network is gone (runtime control `network-down`; survives
@@ -848,6 +887,7 @@ impl Default for Settings {
             reg_urc: [0; 3],
             fun: 1,
             usb_ifc: (0, 0),
+            qcfg: BTreeMap::new(),
             network_cut: false,
             csq: DEFAULT_CSQ,
             urc_port: URC_PORTS[0].to_string(),
@@ -1151,6 +1191,15 @@ fn execute(command: Command, ctx: &mut Context<'_>) -> Step {
             "+QCFG: \"usbifc\",{},{}",
             settings.usb_ifc.0, settings.usb_ifc.1
         )),
+        Command::ConfigRead(name) => one(format!(
+            "+QCFG: \"{name}\",{}",
+            settings.qcfg.get(name).copied().unwrap_or(0)
+        )),
+        Command::ConfigSet(name, n) => {
+            settings.qcfg.insert(name, n);
+            ok()
+        }
+        Command::MessageStorage => one("+CPMS: \"ME\",0,255,\"ME\",0,255,\"ME\",0,255".to_string()),
         Command::UsbFlowControl(a, b) => {
             settings.usb_ifc = (a, b);
             ok()
@@ -1401,6 +1450,26 @@ mod tests {
         p.check(&[
             ("AT+CGATT?", "\r\n+CGATT: 1\r\n\r\nOK\r\n"),
             ("AT+CPAS", "\r\n+CPAS: 0\r\n\r\nOK\r\n"),
+            (
+                "AT+CPMS?",
+                "\r\n+CPMS: \"ME\",0,255,\"ME\",0,255,\"ME\",0,255\r\n\r\nOK\r\n",
+            ),
+            (
+                "AT+QCFG=\"usbnet\"",
+                "\r\n+QCFG: \"usbnet\",0\r\n\r\nOK\r\n",
+            ),
+            ("AT+QCFG=\"usbnet\",2", "\r\nOK\r\n"),
+            (
+                "AT+QCFG=\"usbnet\"",
+                "\r\n+QCFG: \"usbnet\",2\r\n\r\nOK\r\n",
+            ),
+            ("AT+QCFG=\"nwscanmode\",3,1", "\r\nOK\r\n"),
+            (
+                "AT+QCFG=\"nwscanmode\"",
+                "\r\n+QCFG: \"nwscanmode\",3\r\n\r\nOK\r\n",
+            ),
+            ("AT+QCFG=\"nwscanmode\",4", "\r\nERROR\r\n"),
+            ("AT+QCFG=\"usbnet\",1,1", "\r\nERROR\r\n"),
             ("AT+QICSGP=2,3,\"iot.example\"", "\r\nOK\r\n"),
             (
                 "AT+CGDCONT?",
@@ -1491,7 +1560,7 @@ mod tests {
             "AT+IFC=1,1",
             "AT+IFC=2",
             "AT+QPOWD=2",
-            "AT+QCFG=\"usbnet\"",
+            "AT+QCFG=\"band\"",
             "AT+QCFG=\"usbifc\",1,1",
             "AT+QURCCFG=\"urcport\",\"com9\"",
             "AT+QICSGP=0",
