@@ -711,10 +711,26 @@ impl Session {
         self.replay_due();
     }
 
-    /// Writes the replayed chunks that are due to their ports.
+    /// Writes the replayed chunks that are due to their ports. A port that
+    /// is gone or no longer open (the module went down meanwhile, the host
+    /// closed it) gets nothing more: what it has not been written is held
+    /// again, in order, for the next host.
     fn replay_due(&mut self) {
         let now = Instant::now();
-        while let Some((due, _, _)) = self.replay.front() {
+        while let Some((due, id, _)) = self.replay.front() {
+            let open = self
+                .channel(*id)
+                .is_some_and(|c| c.attached && c.settling_until.is_none());
+            if !open {
+                let gone = *id;
+                let (back, keep): (Vec<_>, Vec<_>) =
+                    self.replay.drain(..).partition(|(_, id, _)| *id == gone);
+                self.replay = keep.into();
+                for (_, _, lines) in back.into_iter().rev() {
+                    self.held.push_front((now, lines));
+                }
+                continue;
+            }
             if *due > now {
                 break;
             }
