@@ -113,7 +113,20 @@ class Child:
         self._stderr = tempfile.TemporaryFile()
         env = {k: v for k, v in os.environ.items() if not k.startswith("QFOTA_") or k in KEPT_ENV}
         try:
-            self.proc = self._start(env)
+            self.proc = _spawn(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                env=env,
+                # A session of its own: a Ctrl-C in the terminal interrupts the
+                # tests, whose teardown stops the child, instead of reaching it
+                # directly (it would then "die" before teardown).
+                start_new_session=True,
+                # SIGTERM to the child when this process dies without teardown
+                # (started from the spawner thread, which lives as long).
+                preexec_fn=_child_setup(os.getpid()),
+            )
         except OSError as e:
             # Not a program the kernel will run (a script without its
             # interpreter, another machine's binary): a start failure.
@@ -125,22 +138,6 @@ class Child:
         except BaseException:
             self._kill()
             raise
-
-    def _start(self, env):
-        return _spawn(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=env,
-            # A session of its own: a Ctrl-C in the terminal interrupts the
-            # tests, whose teardown stops the child, instead of reaching it
-            # directly (it would then "die" before teardown).
-            start_new_session=True,
-            # SIGTERM to the child when this process dies without teardown
-            # (started from the spawner thread, which lives as long).
-            preexec_fn=_child_setup(os.getpid()),
-        )
 
     def _read_ready(self, timeout):
         """The JSON object of the first stdout line, waiting at most

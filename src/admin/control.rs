@@ -194,21 +194,10 @@ pub async fn rescan(control: &ServerControl) -> Response<AdminBody> {
         Ok(()) => {
             let packages = control.catalog().packages();
             let valid = packages.iter().filter(|p| p.is_valid()).count();
-            let adv = control.advertised();
             // Each package as `--ready-json` lists it, so a test rig can
             // give a module the URL of one copied in after start.
-            let found: Vec<_> = packages
-                .iter()
-                .map(|p| {
-                    serde_json::json!({
-                        "path": p.path,
-                        "size": p.size,
-                        "sha256": p.sha256,
-                        "valid": p.is_valid(),
-                        "urls": adv.url_map(&p.path),
-                    })
-                })
-                .collect();
+            let adv = control.advertised();
+            let found: Vec<_> = packages.iter().map(|p| adv.listing(p)).collect();
             json(
                 StatusCode::OK,
                 &serde_json::json!({"packages": packages.len(), "valid": valid, "found": found}),

@@ -77,16 +77,21 @@ impl Advertised {
         .collect()
     }
 
-    /// Every enabled URL of the package, FTP first.
+    /// `package` as `--ready-json` and the admin re-scan answer list it.
+    pub fn listing(&self, package: &super::Package) -> PackageListing {
+        PackageListing {
+            path: package.path.clone(),
+            size: package.size,
+            sha256: package.sha256.clone(),
+            valid: package.is_valid(),
+            urls: self.url_map(&package.path),
+        }
+    }
+
+    /// Every enabled URL of the package, FTP first (the map's order:
+    /// `ftp` < `http` < `https`).
     pub fn urls(&self, rel_path: &str) -> Vec<String> {
-        [
-            self.ftp_url(rel_path),
-            self.http_url(rel_path),
-            self.https_url(rel_path),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        self.url_map(rel_path).into_values().collect()
     }
 
     /// Problems with the advertised FTP credentials (SPEC §6: ≤ 50 bytes,
@@ -106,6 +111,24 @@ impl Advertised {
         }
         out
     }
+}
+
+/// One package as a test rig needs it ([`Advertised::listing`]): in
+/// `--ready-json`'s `packages` and `POST /packages/rescan`'s `found`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackageListing {
+    /// Path relative to the package folder (`Jun/update-v12-to-v13.zip`).
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Lower-case hex SHA-256.
+    pub sha256: String,
+    /// Passed validation (an invalid package is refused unless
+    /// `--allow-invalid`).
+    pub valid: bool,
+    /// The URL a module is given, per enabled protocol (`ftp`, `http`,
+    /// `https`).
+    pub urls: std::collections::BTreeMap<&'static str, String>,
 }
 
 /// An IPv6 literal goes in brackets inside a URL.

@@ -252,23 +252,20 @@ pub fn resolve(matches: &ArgMatches, require: bool) -> Result<Effective, ConfigE
             if sources.contains_key(&key) {
                 continue;
             }
-            // A switch takes a TOML boolean only: `"yes"` or `1` would
-            // otherwise silently mean false.
-            if matches!(arg.get_action(), ArgAction::SetTrue) && !value.is_bool() {
-                return Err(ConfigError::Value {
-                    path: path.clone(),
-                    message: format!("`{key}`: true or false expected, not {value}"),
-                });
-            }
-            // Likewise a boolean is no file name or port, and only a
-            // repeatable flag takes an array.
-            let repeatable = matches!(arg.get_action(), ArgAction::Append);
-            let misfit = match &value {
-                toml::Value::Boolean(_) if !matches!(arg.get_action(), ArgAction::SetTrue) => {
-                    Some("a string or number expected, not a boolean")
+            // A switch takes a TOML boolean only (`"yes"` or `1` would
+            // otherwise silently mean false); a boolean is no file name or
+            // port; only a repeatable flag takes an array.
+            let misfit = match (arg.get_action(), &value) {
+                (ArgAction::SetTrue, v) if !v.is_bool() => {
+                    Some(format!("true or false expected, not {value}"))
                 }
-                toml::Value::Array(_) if !repeatable => {
-                    Some("one value expected, not an array (the flag does not repeat)")
+                (ArgAction::SetTrue, _) => None,
+                (_, toml::Value::Boolean(_)) => {
+                    Some("a string or number expected, not a boolean".to_string())
+                }
+                (ArgAction::Append, _) => None,
+                (_, toml::Value::Array(_)) => {
+                    Some("one value expected, not an array (the flag does not repeat)".to_string())
                 }
                 _ => None,
             };

@@ -9,13 +9,13 @@
 //! then go to stderr, so stdout carries nothing else. The field names are
 //! stable (README "Use it in your test suite"); new fields may be added.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::catalog::validate::PackageListing;
 use crate::modem::Modem;
 use crate::serve::Server;
 
@@ -33,7 +33,7 @@ pub struct ServeReady {
     /// Bound `ip:port` per listener; `null` when off.
     pub listeners: Listeners,
     /// Every package found, sorted by path.
-    pub packages: Vec<PackageReady>,
+    pub packages: Vec<PackageListing>,
     /// The download log file (absolute), or `null` when none.
     pub log: Option<PathBuf>,
 }
@@ -51,23 +51,6 @@ pub struct Listeners {
     pub admin: Option<SocketAddr>,
 }
 
-/// One package of [`ServeReady`].
-#[derive(Debug, Serialize)]
-pub struct PackageReady {
-    /// Path relative to the package folder (`Jun/update-v12-to-v13.zip`).
-    pub path: String,
-    /// Bytes.
-    pub size: u64,
-    /// Lower-case hex SHA-256.
-    pub sha256: String,
-    /// Passed validation (an invalid package is refused unless
-    /// `--allow-invalid`).
-    pub valid: bool,
-    /// The URL a module is given, per enabled protocol (`ftp`, `http`,
-    /// `https`).
-    pub urls: BTreeMap<&'static str, String>,
-}
-
 impl ServeReady {
     /// What `server` (with the admin listener at `admin` and the download
     /// log `log`) looks like now.
@@ -82,13 +65,7 @@ impl ServeReady {
             .catalog()
             .packages()
             .iter()
-            .map(|p| PackageReady {
-                path: p.path.clone(),
-                size: p.size,
-                sha256: p.sha256.clone(),
-                valid: p.is_valid(),
-                urls: adv.url_map(&p.path),
-            })
+            .map(|p| adv.listing(p))
             .collect();
         ServeReady {
             pid: std::process::id(),

@@ -475,14 +475,14 @@ impl Conn {
         req: &Request<Incoming>,
         attempt: &mut Attempt,
     ) -> Result<Response<ResponseBody>, Answer> {
-        if let Err(answer) = check_host(req).and_then(|()| route(req.method(), req.uri().path())) {
-            self.note_package(req.uri().path(), attempt);
-            return Err(answer);
-        }
-        let key = match route(req.method(), req.uri().path())? {
-            Route::Index => return Ok(index_html(&self.shared, "")),
-            Route::Json => return Ok(index_json(&self.shared)),
-            Route::Key(key) => key,
+        let key = match check_host(req).and_then(|()| route(req.method(), req.uri().path())) {
+            Ok(Route::Index) => return Ok(index_html(&self.shared, "")),
+            Ok(Route::Json) => return Ok(index_json(&self.shared)),
+            Ok(Route::Key(key)) => key,
+            Err(answer) => {
+                self.note_package(req.uri().path(), attempt);
+                return Err(answer);
+            }
         };
         // A folder answers with its listing, so clients that "cd" over
         // HTTP (lftp, browsers) find the packages in it.

@@ -284,32 +284,35 @@ impl FaultPlan {
     /// mismatch (505) is checked before recovery mode and never retried:
     /// an injected 505 takes that path, as the real one does.
     pub(crate) fn take_upgrade_error_if(&mut self, code: u16) -> bool {
-        while let Some((next, left)) = self.upgrade_errors.front_mut() {
-            if *left == 0 {
-                self.upgrade_errors.pop_front();
-                continue;
+        match self.next_upgrade_fault() {
+            Some((next, left)) if *next == code => {
+                *left -= 1;
+                true
             }
-            if *next != code {
-                return false;
-            }
-            *left -= 1;
-            return true;
+            _ => false,
         }
-        false
+    }
+
+    /// The first `upgrade-error` fault with attempts left (code, attempts
+    /// left), the used-up ones before it dropped.
+    fn next_upgrade_fault(&mut self) -> Option<&mut (u16, u8)> {
+        while self
+            .upgrade_errors
+            .front()
+            .is_some_and(|(_, left)| *left == 0)
+        {
+            self.upgrade_errors.pop_front();
+        }
+        self.upgrade_errors.front_mut()
     }
 
     /// The injected code the next attempt ends with, if any: the first
     /// `upgrade-error` fault with attempts left (faults apply in the order
     /// given, so `520x2` then `504x1` fails attempts 1–2 with 520, 3 with 504).
     pub(crate) fn next_upgrade_error(&mut self) -> Option<u16> {
-        while let Some((code, left)) = self.upgrade_errors.front_mut() {
-            if *left > 0 {
-                *left -= 1;
-                return Some(*code);
-            }
-            self.upgrade_errors.pop_front();
-        }
-        None
+        let (code, left) = self.next_upgrade_fault()?;
+        *left -= 1;
+        Some(*code)
     }
 }
 

@@ -30,15 +30,19 @@ pub const TOO_LARGE_CODE: u16 = 550;
 /// # Errors
 /// The first [`ZipError`].
 pub fn check_zip(bytes: &[u8]) -> Result<usize, ZipError> {
-    crate::package::zip::check_zip(Cursor::new(bytes)).map(|summary| summary.entries)
+    zip_entries(Cursor::new(bytes))
+}
+
+/// The entries of the zip `reader` reads, checked.
+fn zip_entries(reader: impl std::io::Read + std::io::Seek) -> Result<usize, ZipError> {
+    crate::package::zip::check_zip(reader).map(|summary| summary.entries)
 }
 
 /// A package the module holds for its checks: in memory (a small
-/// download, a file of its UFS, a `FILE:` transfer), or in an unnamed
-/// temporary file a larger download was written to as it arrived (as a
-/// module writes its package to flash), so a module in flight holds at
-/// most [`crate::sim::download::progress::SPOOL_FROM`] bytes of it in
-/// memory.
+/// download, a file of its UFS, a `FILE:` transfer), or in the temporary
+/// file a larger download was written to as it arrived (as a module
+/// writes its package to flash), so a module in flight holds at most
+/// [`crate::sim::download::progress::SPOOL_FROM`] bytes of it in memory.
 #[derive(Debug)]
 pub(crate) enum PackageData {
     /// The bytes.
@@ -70,8 +74,7 @@ impl PackageData {
                 let file = file
                     .open()
                     .map_err(|e| ZipError::Unreadable(format!("spooled package: {e}")))?;
-                let reader = std::io::BufReader::with_capacity(64 * 1024, file);
-                crate::package::zip::check_zip(reader).map(|summary| summary.entries)
+                zip_entries(std::io::BufReader::with_capacity(64 * 1024, file))
             }
         }
     }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::cause::DownloadError;
 use crate::sim::emit::Emitter;
+use crate::sim::package::PackageData;
 use crate::sim::urc::Urc;
 
 /// Largest buffer reserved up front from an announced size; a larger
@@ -78,24 +79,25 @@ impl Spool {
             self.memory.extend_from_slice(data);
             return Ok(());
         }
-        if self.file.is_none() {
-            let file = SpoolFile::create().map_err(kept)?;
-            file.append(&self.memory).map_err(kept)?;
-            self.memory = Vec::new();
-            self.file = Some(file);
-        }
-        match &self.file {
-            Some(file) => file.append(data).map_err(kept),
-            None => Ok(()),
-        }
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => {
+                let file = SpoolFile::create().map_err(kept)?;
+                file.append(&std::mem::take(&mut self.memory))
+                    .map_err(kept)?;
+                file
+            }
+        };
+        file.append(data).map_err(kept)?;
+        self.file = Some(file);
+        Ok(())
     }
 
     /// The package, in memory or in its file.
-    pub(crate) fn finish(self) -> crate::sim::package::PackageData {
-        use crate::sim::package::PackageData;
+    pub(crate) fn finish(self) -> PackageData {
         match self.file {
             Some(file) => PackageData::Spooled(file, self.len),
-            None => PackageData::Memory(std::sync::Arc::new(self.memory)),
+            None => PackageData::Memory(Arc::new(self.memory)),
         }
     }
 }
@@ -447,7 +449,6 @@ mod tests {
 
     #[test]
     fn a_spool_keeps_small_packages_in_memory_and_large_ones_in_a_file() {
-        use crate::sim::package::PackageData;
         use std::io::Read;
         let mut small = Spool::default();
         small.push(&[1u8; 1000]).unwrap();
