@@ -6,14 +6,15 @@
 //! It sits above [`crate::dlog`] (records in) and below its users: the
 //! `report` subcommand (records read from log files by [`read`]) and the
 //! admin listener's live page (records from the running server). Both turn
-//! records into a [`Campaign`] with [`Campaign::build`] and print it as a
+//! records into a [`Campaign`] with [`CampaignBuilder`] (or
+//! [`Campaign::build`] over records in memory) and print it as a
 //! terminal table ([`text`]), JSON (serde) or HTML ([`html`]).
 //!
 //! # Parts
 //!
-//! - this file: [`Filter`] (time window, package glob), [`Campaign::build`]
-//!   and the shapes it fills;
-//! - [`read`]: download-log files → records, merged by `ts`, with a count
+//! - this file: [`Filter`] (time window, package glob),
+//!   [`CampaignBuilder`] and the shapes it fills;
+//! - [`read`]: download-log files → records, line by line, with a count
 //!   of the lines that were not records;
 //! - [`text`]: the terminal table; [`html`]: the self-contained page.
 
@@ -21,7 +22,8 @@ pub mod html;
 pub mod read;
 pub mod text;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use globset::GlobMatcher;
@@ -266,7 +268,8 @@ fn percentile(sorted: &[u64], p: u64) -> Option<u64> {
 #[derive(Default)]
 struct Acc {
     attempts: u64,
-    modules: HashSet<String>,
+    /// The modules seen, by [`CampaignBuilder`]'s number for each.
+    modules: HashSet<u32>,
     outcomes: Outcomes,
     bytes_sent: u64,
     durations: Vec<u64>,
@@ -274,9 +277,10 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, r: &DownloadRecord) {
+    /// Counts `r`, made by the module numbered `module`.
+    fn add(&mut self, r: &DownloadRecord, module: u32) {
         self.attempts += 1;
-        self.modules.insert(module_key(r));
+        self.modules.insert(module);
         self.outcomes.add(r.outcome);
         // A hand-edited or corrupt log can hold any u64.
         self.bytes_sent = self.bytes_sent.saturating_add(r.bytes_sent);
@@ -323,16 +327,15 @@ const BUCKET_WIDTHS: [u64; 14] = [
     1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 10800, 21600, 43200, 86400,
 ];
 
-fn timeline(records: &[&DownloadRecord]) -> Timeline {
-    let (Some(first), Some(last)) = (
-        records.iter().map(|r| r.ts).min(),
-        records.iter().map(|r| r.ts).max(),
-    ) else {
+/// The timeline of attempts that started at `starts` (Unix seconds, with
+/// their outcome; any order) between `first` and `last`.
+fn timeline(starts: &[(i64, Outcome)], first: DateTime<Utc>, last: DateTime<Utc>) -> Timeline {
+    if starts.is_empty() {
         return Timeline {
             bucket_secs: BUCKET_WIDTHS[0],
             buckets: Vec::new(),
         };
-    };
+    }
     let (first_s, last_s) = (first.timestamp(), last.timestamp());
     // Buckets of `width` aligned on multiples of it (round times): the
     // alignment can add one to what the span alone needs.
@@ -354,16 +357,16 @@ fn timeline(records: &[&DownloadRecord]) -> Timeline {
             days * 86400
         });
     let origin = first_s - first_s.rem_euclid(width as i64);
-    let index = |ts: DateTime<Utc>| ((ts.timestamp() - origin) / width as i64) as usize;
-    let mut buckets: Vec<Bucket> = (0..=index(last))
+    let index = |secs: i64| ((secs - origin) / width as i64) as usize;
+    let mut buckets: Vec<Bucket> = (0..=index(last_s))
         .map(|i| Bucket {
             start: DateTime::from_timestamp(origin + (i as i64) * width as i64, 0).unwrap_or(first),
             outcomes: Outcomes::default(),
         })
         .collect();
-    for r in records {
-        if let Some(b) = buckets.get_mut(index(r.ts)) {
-            b.outcomes.add(r.outcome);
+    for &(secs, outcome) in starts {
+        if let Some(b) = buckets.get_mut(index(secs)) {
+            b.outcomes.add(outcome);
         }
     }
     Timeline {
@@ -374,47 +377,160 @@ fn timeline(records: &[&DownloadRecord]) -> Timeline {
 
 impl Campaign {
     /// The campaign of the `records` that `filter` accepts, in any order,
-    /// keeping the `recent` most recent attempts. `generated` is now.
+    /// keeping the `recent` most recent attempts (a tie in `ts` keeps the
+    /// input order). `generated` is now.
     pub fn build<'a>(
         records: impl IntoIterator<Item = &'a DownloadRecord>,
         filter: &Filter,
         recent: usize,
     ) -> Campaign {
-        let mut kept: Vec<&DownloadRecord> =
-            records.into_iter().filter(|r| filter.accepts(r)).collect();
-        // Stable: records with the same ts keep their log order.
-        kept.sort_by_key(|r| r.ts);
-        let mut per_package: BTreeMap<&str, Acc> = BTreeMap::new();
-        let mut per_instance: BTreeMap<Option<&str>, Acc> = BTreeMap::new();
-        let mut modules = HashSet::new();
-        let mut outcomes = Outcomes::default();
-        for r in &kept {
-            per_package.entry(&r.path).or_default().add(r);
-            per_instance
-                .entry(r.instance.as_deref())
-                .or_default()
-                .add(r);
-            modules.insert(module_key(r));
-            outcomes.add(r.outcome);
+        let mut builder = CampaignBuilder::new(filter.clone(), recent);
+        for r in records {
+            builder.add_ref(r);
         }
+        builder.finish()
+    }
+}
+
+/// A [`Campaign`] counted one record at a time, in any order, holding
+/// per record only its start and outcome (for the timeline) and the
+/// duration of a complete one (for the percentiles): `report` over logs of
+/// millions of records reads them line by line through it instead of
+/// holding them.
+#[derive(Default)]
+pub struct CampaignBuilder {
+    filter: Filter,
+    recent_cap: usize,
+    per_package: BTreeMap<String, Acc>,
+    per_instance: BTreeMap<Option<String>, Acc>,
+    /// Every module seen ([`module_key`]) and its number: each figure
+    /// keeps the numbers of its modules, not their names.
+    modules: HashMap<String, u32>,
+    outcomes: Outcomes,
+    first: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+    starts: Vec<(i64, Outcome)>,
+    /// The newest `recent_cap` records so far, oldest on top.
+    recent: BinaryHeap<Reverse<Newest>>,
+    /// Records offered so far: orders ties in `ts` as the input did.
+    seq: u64,
+}
+
+/// A record ordered by (`ts`, input position) for [`CampaignBuilder`]'s
+/// most recent attempts.
+struct Newest {
+    key: (DateTime<Utc>, u64),
+    record: DownloadRecord,
+}
+
+impl PartialEq for Newest {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+impl Eq for Newest {}
+impl PartialOrd for Newest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Newest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+impl CampaignBuilder {
+    /// An empty campaign of the records `filter` accepts, keeping the
+    /// `recent` most recent attempts.
+    pub fn new(filter: Filter, recent: usize) -> Self {
+        CampaignBuilder {
+            filter,
+            recent_cap: recent,
+            ..Self::default()
+        }
+    }
+
+    /// Counts `record` (when the filter accepts it).
+    pub fn add(&mut self, record: DownloadRecord) {
+        if self.count(&record) {
+            self.offer_recent(record.ts, || record);
+        }
+    }
+
+    /// Counts `record` (when the filter accepts it), cloning it only if it
+    /// is among the most recent so far.
+    pub fn add_ref(&mut self, record: &DownloadRecord) {
+        if self.count(record) {
+            self.offer_recent(record.ts, || record.clone());
+        }
+    }
+
+    /// Adds `r` to every figure; false when the filter leaves it out.
+    fn count(&mut self, r: &DownloadRecord) -> bool {
+        self.seq += 1;
+        if !self.filter.accepts(r) {
+            return false;
+        }
+        let next = u32::try_from(self.modules.len()).unwrap_or(u32::MAX);
+        let module = *self.modules.entry(module_key(r)).or_insert(next);
+        match self.per_package.get_mut(r.path.as_str()) {
+            Some(acc) => acc.add(r, module),
+            None => (self.per_package.entry(r.path.clone()).or_default()).add(r, module),
+        }
+        match self.per_instance.get_mut(&r.instance) {
+            Some(acc) => acc.add(r, module),
+            None => (self.per_instance.entry(r.instance.clone()).or_default()).add(r, module),
+        }
+        self.outcomes.add(r.outcome);
+        self.first = Some(self.first.map_or(r.ts, |t| t.min(r.ts)));
+        self.last = Some(self.last.map_or(r.ts, |t| t.max(r.ts)));
+        self.starts.push((r.ts.timestamp(), r.outcome));
+        true
+    }
+
+    /// Keeps the record `make` gives among the most recent when it is.
+    fn offer_recent(&mut self, ts: DateTime<Utc>, make: impl FnOnce() -> DownloadRecord) {
+        if self.recent_cap == 0 {
+            return;
+        }
+        let key = (ts, self.seq);
+        if self.recent.len() == self.recent_cap {
+            match self.recent.peek() {
+                Some(Reverse(oldest)) if oldest.key < key => {
+                    self.recent.pop();
+                }
+                _ => return,
+            }
+        }
+        self.recent.push(Reverse(Newest {
+            key,
+            record: make(),
+        }));
+    }
+
+    /// The campaign of every record counted. `generated` is now.
+    pub fn finish(self) -> Campaign {
         // A breakdown only when the records name more than one replica
         // (one replica's own view, older records without a name beside
         // it, needs none).
-        let named = per_instance.keys().filter(|k| k.is_some()).count() > 1;
-        let instances = per_instance
+        let named = self.per_instance.keys().filter(|k| k.is_some()).count() > 1;
+        let instances = self
+            .per_instance
             .into_iter()
             .filter(|_| named)
             .map(|(instance, acc)| InstanceStats {
-                instance: instance.unwrap_or("-").to_string(),
+                instance: instance.unwrap_or_else(|| "-".to_string()),
                 figures: acc.finish().0,
             })
             .collect();
-        let mut packages: Vec<PackageStats> = per_package
+        let mut packages: Vec<PackageStats> = self
+            .per_package
             .into_iter()
             .map(|(path, acc)| {
                 let (figures, top_failures) = acc.finish();
                 PackageStats {
-                    path: path.to_string(),
+                    path,
                     figures,
                     top_failures,
                 }
@@ -425,22 +541,28 @@ impl Campaign {
                 .cmp(&a.figures.attempts)
                 .then(a.path.cmp(&b.path))
         });
+        let timeline = match (self.first, self.last) {
+            (Some(first), Some(last)) => timeline(&self.starts, first, last),
+            _ => timeline(&[], Utc::now(), Utc::now()),
+        };
+        // Newest first.
+        let recent = self
+            .recent
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Reverse(n)| n.record)
+            .collect();
         Campaign {
             generated: Utc::now(),
-            first: kept.first().map(|r| r.ts),
-            last: kept.last().map(|r| r.ts),
-            attempts: kept.len() as u64,
-            modules: modules.len() as u64,
-            outcomes,
+            first: self.first,
+            last: self.last,
+            attempts: self.starts.len() as u64,
+            modules: self.modules.len() as u64,
+            outcomes: self.outcomes,
             packages,
             instances,
-            recent: kept
-                .iter()
-                .rev()
-                .take(recent)
-                .map(|r| (*r).clone())
-                .collect(),
-            timeline: timeline(&kept),
+            recent,
+            timeline,
             skipped_lines: 0,
             window: None,
         }
@@ -688,6 +810,42 @@ pub(crate) mod tests {
         assert_eq!(paths, ["nope.zip", "b.zip", "b.zip"]);
         assert_eq!(c.first.unwrap().timestamp(), 1_780_315_200);
         assert_eq!(c.last.unwrap().timestamp(), 1_780_315_240);
+    }
+
+    /// The same campaign whatever order the records come in (logs are read
+    /// file by file, not merged by time).
+    #[test]
+    fn records_in_any_order_make_the_same_campaign() {
+        let in_order = Campaign::build(&sample_of_replicas(), &Filter::default(), 3);
+        let mut shuffled = sample_of_replicas();
+        shuffled.reverse();
+        shuffled.swap(1, 5);
+        let mut builder = CampaignBuilder::new(Filter::default(), 3);
+        for r in shuffled {
+            builder.add(r);
+        }
+        let mut any_order = builder.finish();
+        any_order.generated = in_order.generated;
+        assert_eq!(any_order, in_order);
+    }
+
+    /// Attempts that started in the same millisecond are listed as they
+    /// came in: the later one first among the most recent.
+    #[test]
+    fn recent_ties_keep_the_input_order() {
+        use Outcome::*;
+        let records = [
+            rec(7, "first.zip", "10.0.0.1:1", None, Complete, 1, "sent"),
+            rec(7, "second.zip", "10.0.0.2:1", None, Complete, 1, "sent"),
+            rec(1, "older.zip", "10.0.0.3:1", None, Complete, 1, "sent"),
+            rec(7, "third.zip", "10.0.0.4:1", None, Complete, 1, "sent"),
+        ];
+        let c = Campaign::build(&records, &Filter::default(), 2);
+        let paths: Vec<_> = c.recent.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["third.zip", "second.zip"]);
+        let none = Campaign::build(&records, &Filter::default(), 0);
+        assert!(none.recent.is_empty());
+        assert_eq!(none.attempts, 4);
     }
 
     #[test]

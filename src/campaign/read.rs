@@ -1,9 +1,11 @@
-//! Download-log files → records for [`super::Campaign::build`]: one or
-//! more JSON-lines logs (several replicas' logs, rotated files) merged in
-//! `ts` order; a file compressed with gzip (logrotate's `compress`) is read
-//! through it. A line that is not a record — torn by a crash mid-write, not
+//! Download-log files → records for [`super::CampaignBuilder`]: one or
+//! more JSON-lines logs (several replicas' logs, rotated files) read line
+//! by line, never held whole; a file compressed with gzip (logrotate's
+//! `compress`) is read through it. A line that is not a record — torn by a crash mid-write, not
 //! JSON, another program's output — is skipped and counted, never fatal.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::dlog::DownloadRecord;
@@ -18,69 +20,88 @@ pub struct ReadError {
     pub error: std::io::Error,
 }
 
-/// The records of every log in `paths`, ordered by `ts` (stable: a tie
-/// keeps file order, then line order), and how many non-empty lines were
-/// not records.
+/// Gives every record of every log in `paths` to `each`, file by file and
+/// line by line (a log of millions of records is never held whole, nor its
+/// text), and returns how many non-blank lines were not records.
 ///
 /// # Errors
-/// [`ReadError`] for the first file that cannot be read.
-pub fn read_logs(paths: &[impl AsRef<Path>]) -> Result<(Vec<DownloadRecord>, u64), ReadError> {
-    let mut records = Vec::new();
+/// [`ReadError`] for the first file that cannot be read to its end (the
+/// records before the error were given already).
+pub fn for_each_record(
+    paths: &[impl AsRef<Path>],
+    mut each: impl FnMut(DownloadRecord),
+) -> Result<u64, ReadError> {
     let mut skipped = 0;
     for path in paths {
         let path = path.as_ref();
-        let bytes = read_log(path).map_err(|error| ReadError {
+        let error = |error| ReadError {
             path: path.to_path_buf(),
             error,
-        })?;
-        skipped += parse_lines(&bytes, &mut records);
+        };
+        let mut lines = open_log(path).map_err(error)?;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if lines.read_until(b'\n', &mut line).map_err(error)? == 0 {
+                break;
+            }
+            skipped += u64::from(!parse_line(&line, &mut each));
+        }
     }
-    records.sort_by_key(|r| r.ts);
-    Ok((records, skipped))
+    Ok(skipped)
 }
 
-/// The bytes of the log at `path`, decompressed when it starts with the
+/// The text of the log at `path`, decompressed when it starts with the
 /// gzip magic number (RFC 1952 §2.3.1: `1f 8b`), whatever its name.
 ///
 /// # Errors
-/// The file cannot be read, its gzip data is corrupt or cut short, or it
-/// is named `.gz` and holds no gzip data (damaged, not a plain log).
-fn read_log(path: &Path) -> std::io::Result<Vec<u8>> {
-    let bytes = std::fs::read(path)?;
-    if !bytes.starts_with(&[0x1f, 0x8b]) {
-        if path
+/// The file cannot be opened, or it is named `.gz` and holds no gzip data
+/// (damaged, not a plain log). Corrupt or cut-short gzip data is an error
+/// of the reads that meet it.
+fn open_log(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
+    let mut file = BufReader::new(File::open(path)?);
+    let head = file.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let gz = flate2::bufread::MultiGzDecoder::new(file);
+        return Ok(Box::new(BufReader::new(GzErrors(gz))));
+    }
+    if !head.is_empty()
+        && path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
-            && !bytes.is_empty()
-        {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "not a readable gzip file: no gzip header (RFC 1952)",
-            ));
-        }
-        return Ok(bytes);
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a readable gzip file: no gzip header (RFC 1952)",
+        ));
     }
-    let mut text = Vec::new();
-    let mut gz = flate2::read::MultiGzDecoder::new(&bytes[..]);
-    std::io::Read::read_to_end(&mut gz, &mut text)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("not a readable gzip file: {e}")))?;
-    Ok(text)
+    Ok(Box::new(file))
 }
 
-/// Appends the records in `bytes` (JSON lines) to `out`; returns how many
-/// non-blank lines were not records.
-pub fn parse_lines(bytes: &[u8], out: &mut Vec<DownloadRecord>) -> u64 {
-    let mut skipped = 0;
-    for line in bytes.split(|b| *b == b'\n') {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match serde_json::from_slice::<DownloadRecord>(line) {
-            Ok(r) => out.push(r),
-            Err(_) => skipped += 1,
-        }
+/// A gzip stream whose read errors say that the file is not readable gzip.
+struct GzErrors<R>(R);
+
+impl<R: Read> Read for GzErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0
+            .read(buf)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("not a readable gzip file: {e}")))
     }
-    skipped
+}
+
+/// Gives the record on `line` to `each`; false when the line is not blank
+/// and not a record.
+fn parse_line(line: &[u8], each: &mut impl FnMut(DownloadRecord)) -> bool {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return true;
+    }
+    match serde_json::from_slice::<DownloadRecord>(line) {
+        Ok(r) => {
+            each(r);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -94,7 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn logs_merge_in_ts_order_and_torn_lines_are_counted() {
+    fn logs_are_read_file_by_file_and_torn_lines_are_counted() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.jsonl");
         let b = dir.path().join("b.jsonl");
@@ -111,11 +132,12 @@ mod tests {
         let mut b_bytes = line("2026-06-01T12:00:01.000Z", "2.zip").into_bytes();
         b_bytes.extend_from_slice(b"\n\xff\xfe\n");
         std::fs::write(&b, b_bytes).unwrap();
-        let (records, skipped) = read_logs(&[&a, &b]).unwrap();
+        let mut records = Vec::new();
+        let skipped = for_each_record(&[&a, &b], |r| records.push(r)).unwrap();
         let paths: Vec<_> = records.iter().map(|r| r.path.as_str()).collect();
-        assert_eq!(paths, ["1.zip", "2.zip", "3.zip"]);
+        assert_eq!(paths, ["1.zip", "3.zip", "2.zip"], "file by file, line by line");
         assert_eq!(skipped, 3);
-        let err = read_logs(&[dir.path().join("missing")]).unwrap_err();
+        let err = for_each_record(&[dir.path().join("missing")], |_| ()).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
     }
 }

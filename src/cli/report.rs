@@ -1,5 +1,5 @@
 //! `qfota-serve report <LOG>...`: the campaign view of one or more download
-//! logs (several replicas' logs merge, ordered by `ts`) as a terminal table,
+//! logs (several replicas' logs counted together, read line by line) as a terminal table,
 //! `--json`, or a static HTML page (`--html FILE`, the same page the admin
 //! listener serves live), limited with `--since`/`--until`/`--package`.
 
@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use globset::GlobMatcher;
 
-use crate::campaign::read::read_logs;
-use crate::campaign::{self, Campaign, DEFAULT_RECENT, Filter};
+use crate::campaign::read::for_each_record;
+use crate::campaign::{self, CampaignBuilder, DEFAULT_RECENT, Filter};
 
 /// `qfota-serve report <LOG>...`.
 #[derive(Debug, Args)]
@@ -57,13 +57,14 @@ fn parse_glob(s: &str) -> Result<GlobMatcher, String> {
 /// # Errors
 /// A log cannot be read, or the page cannot be written (exit 1).
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    let (records, skipped) = read_logs(&args.logs)?;
     let filter = Filter {
         since: args.since,
         until: args.until,
         package: args.package,
     };
-    let mut c = Campaign::build(&records, &filter, args.recent);
+    let mut builder = CampaignBuilder::new(filter, args.recent);
+    let skipped = for_each_record(&args.logs, |r| builder.add(r))?;
+    let mut c = builder.finish();
     c.skipped_lines = skipped;
     if skipped > 0 {
         let what = if skipped == 1 {
