@@ -205,3 +205,53 @@ async fn report_on_a_missing_log_fails_naming_it() {
         "{err}"
     );
 }
+
+/// Output that cannot be written (a full disk) fails the command: a
+/// shortened report or check must not end with exit 0. A reader that
+/// stops early (`| head`) is no failure.
+#[tokio::test]
+async fn output_that_cannot_be_written_fails_the_command() {
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("downloads.jsonl");
+    let record = r#"{"ts":"2026-06-01T12:00:00.000Z","duration_ms":5,"protocol":"http","peer":"127.0.0.1:4000","user":null,"path":"a.zip","size":10,"sha256":null,"range_start":0,"bytes_sent":10,"status":200,"outcome":"complete","reason":"acknowledged"}"#;
+    std::fs::write(&log, format!("{record}\n").repeat(3000)).unwrap();
+    let log = log.to_str().unwrap();
+    for args in [
+        vec!["report", log],
+        vec!["report", "--json", "--recent", "3000", log],
+        vec!["check", "packages"],
+        vec!["config", "--http", "80", "packages"],
+    ] {
+        let full = std::fs::File::create("/dev/full").unwrap();
+        let child = tokio::process::Command::new(BIN)
+            .args(&args)
+            .stdout(full)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.wait_with_output().await.unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("No space left on device"), "{args:?}: {err}");
+    }
+    // A reader that closes after the first bytes: exit 0, no error.
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["report", "--json", "--recent", "3000", log])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    tokio::io::AsyncReadExt::read_exact(&mut stdout, &mut first)
+        .await
+        .unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

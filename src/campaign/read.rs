@@ -135,7 +135,11 @@ mod tests {
         let mut records = Vec::new();
         let skipped = for_each_record(&[&a, &b], |r| records.push(r)).unwrap();
         let paths: Vec<_> = records.iter().map(|r| r.path.as_str()).collect();
-        assert_eq!(paths, ["1.zip", "3.zip", "2.zip"], "file by file, line by line");
+        assert_eq!(
+            paths,
+            ["1.zip", "3.zip", "2.zip"],
+            "file by file, line by line"
+        );
         assert_eq!(skipped, 3);
         let err = for_each_record(&[dir.path().join("missing")], |_| ()).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");

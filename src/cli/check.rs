@@ -118,9 +118,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|(key, why)| serde_json::json!({ "path": key, "not_checked": why })),
         );
-        outln!("{}", serde_json::to_string_pretty(&entries)?);
+        let json = serde_json::to_string_pretty(&entries)?;
+        super::print_output(&format!("{json}\n")).context("cannot write the check's report")?;
     } else {
-        out!("{report}");
+        super::print_output(&report).context("cannot write the check's report")?;
     }
     Ok(if ok {
         ExitCode::SUCCESS

@@ -387,13 +387,17 @@ pub fn render(eff: &Effective) -> String {
     out
 }
 
-/// Runs `qfota-serve config`: prints the effective configuration.
+/// Runs `qfota-serve config`: prints the effective configuration (exit 1
+/// when it cannot be written).
 ///
 /// # Errors
 /// The file cannot be used ([`ConfigError`], exit 2).
 pub fn run(matches: &ArgMatches) -> Result<ExitCode, ConfigError> {
     let eff = resolve(matches, false)?;
-    out!("{}", render(&eff));
+    if let Err(e) = super::print_output(&render(&eff)) {
+        errln!("qfota-serve config: cannot write the configuration: {e}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -99,13 +99,17 @@ pub async fn run(args: FleetArgs) -> ExitCode {
         Err(e) => return usage_exit("fleet", &e),
     };
     progress.finish();
-    if json {
-        match serde_json::to_string(&report) {
-            Ok(line) => outln!("{line}"),
-            Err(e) => errln!("qfota-serve fleet: {e}"),
-        }
+    let text = if json {
+        serde_json::to_string(&report).map(|line| line + "\n")
     } else {
-        out!("{}", render(&report));
+        Ok(render(&report))
+    };
+    if let Err(e) = text
+        .map_err(std::io::Error::from)
+        .and_then(|t| super::print_output(&t))
+    {
+        errln!("qfota-serve fleet: cannot write the report: {e}");
+        return ExitCode::FAILURE;
     }
     if report.count("unfinished") == 0 {
         ExitCode::SUCCESS

@@ -28,16 +28,8 @@
 //! this file.
 //! Exit codes: 0 success, 1 failure, 2 usage errors.
 
-/// `println!` to stdout that never panics: a closed pipe
+/// `print!` to stdout that never panics: a closed pipe
 /// (`qfota-serve … | head`) must not kill a server or a running module.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// `print!` to stdout that never panics (see `outln!`).
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -47,7 +39,28 @@ macro_rules! out {
     }};
 }
 
-/// `eprintln!` that never panics (see `outln!`).
+/// Writes `text` to stdout and flushes it: the output a command exists
+/// for (`report`, `check`, `config`, `fleet`'s report), where a lost write
+/// must not end in exit 0 (`out!` is for a server's banner, which must
+/// never stop it). A reader that went away on purpose (`… | head`: a
+/// broken pipe) is no error.
+///
+/// # Errors
+/// Any other write error (a full disk, `/dev/full`): the output is
+/// incomplete.
+pub fn print_output(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// `eprintln!` that never panics (see `out!`).
 macro_rules! errln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -55,7 +68,7 @@ macro_rules! errln {
     }};
 }
 
-/// `eprint!` that never panics (see `outln!`).
+/// `eprint!` that never panics (see `out!`).
 macro_rules! err {
     ($($arg:tt)*) => {{
         use std::io::Write as _;

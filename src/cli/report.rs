@@ -55,7 +55,8 @@ fn parse_glob(s: &str) -> Result<GlobMatcher, String> {
 /// into the JSON / page).
 ///
 /// # Errors
-/// A log cannot be read, or the page cannot be written (exit 1).
+/// A log cannot be read, or the page or the output cannot be written
+/// (exit 1).
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let filter = Filter {
         since: args.since,
@@ -75,7 +76,8 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         errln!("qfota-serve: skipped {skipped} {what}");
     }
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&c)?);
+        let json = serde_json::to_string_pretty(&c)?;
+        super::print_output(&format!("{json}\n")).context("cannot write the report")?;
     } else if let Some(path) = &args.html {
         std::fs::write(path, campaign::html::render(&c, None))
             .with_context(|| format!("cannot write the page {}", path.display()))?;
@@ -86,7 +88,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
             c.packages.len()
         );
     } else {
-        out!("{}", campaign::text::render(&c));
+        super::print_output(&campaign::text::render(&c)).context("cannot write the report")?;
     }
     Ok(ExitCode::SUCCESS)
 }
