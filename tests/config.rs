@@ -170,3 +170,34 @@ async fn a_switch_variable_takes_1_yes_and_on() {
     let out = qfota(&["config"], &[("QFOTA_ALLOW_INVALID", "maybe")]).await;
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Spaces around the items of a comma-separated variable are not part of
+/// them: `QFOTA_USER='a:b, c:d'` is the user `c`, not ` c`, and
+/// `QFOTA_ADMIN_ALLOW` takes `10.0.0.0/8, 192.168.1.1` as the other lists do.
+#[tokio::test]
+async fn spaces_around_listed_items_in_the_environment_are_ignored() {
+    let out = qfota(
+        &["config", "--http", "8080", "packages"],
+        &[
+            ("QFOTA_USER", "a:b, c:d"),
+            ("QFOTA_ADMIN", "127.0.0.1:9999"),
+            ("QFOTA_ADMIN_ALLOW", "10.0.0.0/8, 192.168.1.1"),
+            ("QFOTA_FAULT", "status=503,times=1; not-found,path=/x.zip"),
+        ],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}{out:?}");
+    assert_eq!(
+        line(&text, "user"),
+        "user = [\"a:***\", \"c:***\"]  # env QFOTA_USER"
+    );
+    assert_eq!(
+        line(&text, "admin-allow"),
+        "admin-allow = [\"10.0.0.0/8\", \"192.168.1.1\"]  # env QFOTA_ADMIN_ALLOW"
+    );
+    assert_eq!(
+        line(&text, "fault"),
+        "fault = [\"status=503,times=1\", \"not-found,path=/x.zip\"]  # env QFOTA_FAULT"
+    );
+}

@@ -367,8 +367,13 @@ pub fn render(eff: &Effective) -> String {
             // The parsed switch: its variable may say `1` or `yes`.
             Some(toml::Value::Boolean(eff.matches.get_flag(id)))
         } else if repeatable && !raw.is_empty() {
+            // Items of a delimited list (`QFOTA_USER='a:b, c:d'`) as their
+            // parsers read them: without the spaces around them.
+            let listed = arg.get_value_delimiter().is_some();
             Some(toml::Value::Array(
-                raw.iter().map(|v| toml::Value::String(v.clone())).collect(),
+                raw.iter()
+                    .map(|v| toml::Value::String(if listed { v.trim() } else { v }.to_string()))
+                    .collect(),
             ))
         } else {
             raw.first().map(|v| toml_scalar(v))

@@ -134,7 +134,7 @@ pub struct ModuleArgs<E: ModuleEnv> {
     pub free_space: Option<u64>,
     /// PDP contexts active after boot, repeatable (default: 1); a download
     /// over an inactive context fails (ec200: 605/707).
-    #[arg(long = "active-cid", env = E::ACTIVE_CIDS, value_delimiter = ',', value_name = "CID")]
+    #[arg(long = "active-cid", env = E::ACTIVE_CIDS, value_delimiter = ',', value_name = "CID", value_parser = parse_cid)]
     pub active_cids: Vec<u8>,
     /// The context FOTA downloads use (AT+QFOTA="fota/cid"), default 1.
     #[arg(long, env = E::FOTA_CID, value_name = "CID")]
@@ -247,4 +247,12 @@ pub(crate) fn parse_subcommand<A: clap::Args>(
         Some(sub) => A::from_arg_matches(sub),
         None => Err(clap::Error::new(clap::error::ErrorKind::MissingSubcommand)),
     }
+}
+
+/// Parses a PDP context id of `--active-cid`, spaces around it (an item of
+/// a comma-separated list) ignored.
+fn parse_cid(s: &str) -> Result<u8, String> {
+    s.trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: expected a context id (1-255): {e}"))
 }

@@ -201,6 +201,7 @@ pub struct ServeArgs {
 
 /// An IP network `a.b.c.d/n` or a single address.
 fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{s:?}: expected an IP address or CIDR network (192.0.2.0/24)"))

@@ -12,6 +12,9 @@ use crate::profile::Profile;
 /// # Errors
 /// A message when the colon or the name is missing.
 pub fn parse_user(s: &str) -> Result<FtpCredentials, String> {
+    // Spaces around an item of a comma-separated list (`QFOTA_USER='a:b,
+    // c:d'`) are not part of the name or the password.
+    let s = s.trim();
     match s.split_once(':') {
         Some((user, password)) if !user.is_empty() => Ok(FtpCredentials {
             user: user.to_string(),
@@ -80,6 +83,9 @@ mod tests {
         assert_eq!((u.user.as_str(), u.password.as_str()), ("test", "pa:ss"));
         assert!(parse_user("nocolon").is_err());
         assert!(parse_user(":pw").is_err());
+        // An item of `QFOTA_USER='a:b, c:d'`.
+        let u = parse_user(" c:d ").unwrap();
+        assert_eq!((u.user.as_str(), u.password.as_str()), ("c", "d"));
         assert_eq!(parse_port_range("50000-50100").unwrap(), 50000..=50100);
         assert!(parse_port_range("5-1").is_err());
         assert!(parse_port_range("0-1").is_err());

@@ -94,6 +94,8 @@ impl FromStr for Fault {
 
     /// Parses the `--fault` syntax (`power-cut=40`, `upgrade-error=520x2`).
     fn from_str(s: &str) -> Result<Fault, FaultError> {
+        // An item of a comma-separated list may come with spaces around it.
+        let s = s.trim();
         let bad = || FaultError::BadValue(s.to_string());
         let (name, value) = match s.split_once('=') {
             Some((n, v)) => (n, Some(v)),
