@@ -64,10 +64,19 @@ pub fn module_label(r: &DownloadRecord) -> String {
     }
 }
 
-/// Right-aligns `cells` in the table's column widths.
-fn row(path: &str, path_w: usize, cells: &[String]) -> String {
+/// Columns a name takes on a terminal once its control characters are
+/// escaped ([`escape_controls`]): a wide character (CJK) takes two, a
+/// combining one none.
+fn columns(name: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(escape_controls(name).as_str())
+}
+
+/// Right-aligns `cells` in the table's column widths, after `name`
+/// (a package path or replica, escaped and padded to `name_w` columns).
+fn row(name: &str, name_w: usize, cells: &[String]) -> String {
     const WIDTHS: [usize; 9] = [8, 7, 8, 7, 7, 5, 10, 8, 8];
-    let mut line = format!("{path:<path_w$} ");
+    let mut line = escape_controls(name);
+    line.push_str(&" ".repeat(name_w.saturating_sub(columns(name)) + 1));
     for (cell, w) in cells.iter().zip(WIDTHS) {
         let _ = write!(line, " {cell:>w$}");
     }
@@ -98,7 +107,7 @@ pub fn render(c: &Campaign) -> String {
     let path_w = c
         .packages
         .iter()
-        .map(|p| path_label(&p.path).len())
+        .map(|p| columns(path_label(&p.path)))
         .max()
         .unwrap_or(0)
         .max("package".len());
@@ -118,7 +127,7 @@ pub fn render(c: &Campaign) -> String {
         let name_w = c
             .instances
             .iter()
-            .map(|i| i.instance.len())
+            .map(|i| columns(&i.instance))
             .max()
             .unwrap_or(0)
             .max("replica".len());
@@ -231,6 +240,31 @@ mod tests {
         assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
         assert!(t.contains("x\\u{1b}[2J\\u{1b}[31mred.zip"), "{t}");
         assert!(t.contains("u\\u{7}@10.0.0.1"), "{t}");
+    }
+
+    /// Rows line up on a terminal whatever the paths hold: accented and
+    /// wide (CJK) characters, and control characters, which are escaped
+    /// before the column is measured.
+    #[test]
+    fn columns_line_up_for_any_path() {
+        use crate::campaign::tests::rec;
+        use crate::dlog::Outcome;
+        let paths = ["a.zip", "éééééééééé.zip", "固件包.zip", "x\u{1b}[2Jy.zip"];
+        let records: Vec<_> = (0..)
+            .zip(paths)
+            .map(|(i, p)| rec(i, p, "10.0.0.1:1", None, Outcome::Complete, 5, "sent"))
+            .collect();
+        let t = render(&Campaign::build(&records, &Filter::default(), 0));
+        let table: Vec<&str> = t
+            .lines()
+            .skip_while(|l| !l.starts_with("package "))
+            .take(1 + paths.len())
+            .collect();
+        assert_eq!(table.len(), 1 + paths.len(), "{t}");
+        let width = |l: &str| unicode_width::UnicodeWidthStr::width(l);
+        for line in &table[1..] {
+            assert_eq!(width(line), width(table[0]), "{t}");
+        }
     }
 
     #[test]
