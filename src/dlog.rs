@@ -186,6 +186,25 @@ pub struct DownloadRecord {
     /// stamped by [`DownloadLog::emit`]. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// `refused` records over a connection limit only: how many more
+    /// connections from the same address were refused since its previous
+    /// record, without a record of their own (one per address per second,
+    /// [`crate::serve::limits`]); this record stands for `1 +
+    /// more_refused` attempts. Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_refused: u64,
+}
+
+/// Whether `n` is 0 (serde's `skip_serializing_if`).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl DownloadRecord {
+    /// The attempts this record stands for: 1, plus `more_refused`.
+    pub fn attempts(&self) -> u64 {
+        1 + self.more_refused
+    }
 }
 
 impl DownloadRecord {
@@ -342,6 +361,7 @@ impl Attempt {
             reason: cap_field(&reason.into(), REASON_MAX_BYTES),
             fault: self.fault.as_deref().map(|f| cap_field(f, FAULT_MAX_BYTES)),
             instance: None,
+            more_refused: 0,
         }
     }
 }
@@ -580,6 +600,7 @@ mod tests {
             reason: "client closed the data connection".into(),
             fault: None,
             instance: None,
+            more_refused: 0,
         }
     }
 

@@ -5,6 +5,7 @@ mod common;
 
 use common::{Fixture, bounded, run};
 use qfota_serve::dlog::{Outcome, Protocol};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -70,29 +71,41 @@ async fn over_the_per_address_limit_http_gets_503_ftp_421_and_others_go_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_over_the_limit_leaves_one_record_a_second_with_a_count() {
+async fn a_flood_over_the_limit_leaves_one_record_a_second_counting_every_refusal() {
     let fx = Fixture::start(|b| b.max_connections_per_ip(1)).await;
     let http = fx.server.http_addr().unwrap();
     let _held = TcpStream::connect(http).await.unwrap();
-    // 50 refused connections in well under a second.
+    // 50 refused connections in well under a second, then none: the ones
+    // held back are recorded when their second ends, not left for a
+    // refusal that never comes.
     for _ in 0..50 {
         let reply = first_words(http, b"").await;
         assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
     }
-    fx.wait_record("the first refusal's record", |r| {
-        r.outcome == Outcome::Refused
+    let refused = common::eventually("every refusal counted", Duration::from_secs(10), || async {
+        let refused: Vec<_> = fx
+            .server
+            .downloads()
+            .into_iter()
+            .filter(|r| r.outcome == Outcome::Refused)
+            .collect();
+        let counted: u64 = refused.iter().map(|r| r.attempts()).sum();
+        (counted == 50).then_some(refused)
     })
     .await;
-    let refused: Vec<_> = fx
-        .server
-        .downloads()
-        .into_iter()
-        .filter(|r| r.outcome == Outcome::Refused)
-        .collect();
     assert!(
-        !refused.is_empty() && refused.len() < 50,
+        refused.len() < 50,
         "{} records for 50 refusals",
         refused.len()
+    );
+    let last = refused.last().unwrap();
+    assert!(last.more_refused > 0, "{last:?}");
+    assert!(
+        last.reason.ends_with(&format!(
+            "; {} more refused since the last record",
+            last.more_refused
+        )),
+        "{last:?}"
     );
 }
 

@@ -92,16 +92,18 @@ pub struct Outcomes {
 }
 
 impl Outcomes {
-    fn add(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Complete => self.complete += 1,
-            Outcome::Aborted => self.aborted += 1,
-            Outcome::Refused => self.refused += 1,
+    /// Counts `n` attempts that ended as `outcome`.
+    fn add(&mut self, outcome: Outcome, n: u64) {
+        let class = match outcome {
+            Outcome::Complete => &mut self.complete,
+            Outcome::Aborted => &mut self.aborted,
+            Outcome::Refused => &mut self.refused,
             Outcome::NotFound
             | Outcome::InvalidPackage
             | Outcome::AuthFailed
-            | Outcome::HeadersOnly => self.other += 1,
-        }
+            | Outcome::HeadersOnly => &mut self.other,
+        };
+        *class = class.saturating_add(n);
     }
 
     /// All attempts counted.
@@ -279,9 +281,9 @@ struct Acc {
 impl Acc {
     /// Counts `r`, made by the module numbered `module`.
     fn add(&mut self, r: &DownloadRecord, module: u32) {
-        self.attempts += 1;
+        self.attempts = self.attempts.saturating_add(r.attempts());
         self.modules.insert(module);
-        self.outcomes.add(r.outcome);
+        self.outcomes.add(r.outcome, r.attempts());
         // A hand-edited or corrupt log can hold any u64.
         self.bytes_sent = self.bytes_sent.saturating_add(r.bytes_sent);
         if r.outcome == Outcome::Complete {
@@ -327,9 +329,10 @@ const BUCKET_WIDTHS: [u64; 14] = [
     1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 10800, 21600, 43200, 86400,
 ];
 
-/// The timeline of attempts that started at `starts` (Unix seconds, with
-/// their outcome; any order) between `first` and `last`.
-fn timeline(starts: &[(i64, Outcome)], first: DateTime<Utc>, last: DateTime<Utc>) -> Timeline {
+/// The timeline of the records that started at `starts` (Unix seconds,
+/// with the attempts each stands for and their outcome; any order) between
+/// `first` and `last`.
+fn timeline(starts: &[(i64, u32, Outcome)], first: DateTime<Utc>, last: DateTime<Utc>) -> Timeline {
     if starts.is_empty() {
         return Timeline {
             bucket_secs: BUCKET_WIDTHS[0],
@@ -364,9 +367,9 @@ fn timeline(starts: &[(i64, Outcome)], first: DateTime<Utc>, last: DateTime<Utc>
             outcomes: Outcomes::default(),
         })
         .collect();
-    for &(secs, outcome) in starts {
+    for &(secs, n, outcome) in starts {
         if let Some(b) = buckets.get_mut(index(secs)) {
-            b.outcomes.add(outcome);
+            b.outcomes.add(outcome, u64::from(n));
         }
     }
     Timeline {
@@ -409,7 +412,11 @@ pub struct CampaignBuilder {
     outcomes: Outcomes,
     first: Option<DateTime<Utc>>,
     last: Option<DateTime<Utc>>,
-    starts: Vec<(i64, Outcome)>,
+    /// Attempts counted ([`DownloadRecord::attempts`] summed).
+    attempts: u64,
+    /// Per record its start (Unix seconds), the attempts it stands for
+    /// and its outcome: the timeline's input, 16 bytes a record.
+    starts: Vec<(i64, u32, Outcome)>,
     /// The newest `recent_cap` records so far, oldest on top.
     recent: BinaryHeap<Reverse<Newest>>,
     /// Records offered so far: orders ties in `ts` as the input did.
@@ -482,10 +489,12 @@ impl CampaignBuilder {
             Some(acc) => acc.add(r, module),
             None => (self.per_instance.entry(r.instance.clone()).or_default()).add(r, module),
         }
-        self.outcomes.add(r.outcome);
+        self.outcomes.add(r.outcome, r.attempts());
+        self.attempts = self.attempts.saturating_add(r.attempts());
         self.first = Some(self.first.map_or(r.ts, |t| t.min(r.ts)));
         self.last = Some(self.last.map_or(r.ts, |t| t.max(r.ts)));
-        self.starts.push((r.ts.timestamp(), r.outcome));
+        let n = u32::try_from(r.attempts()).unwrap_or(u32::MAX);
+        self.starts.push((r.ts.timestamp(), n, r.outcome));
         true
     }
 
@@ -556,7 +565,7 @@ impl CampaignBuilder {
             generated: Utc::now(),
             first: self.first,
             last: self.last,
-            attempts: self.starts.len() as u64,
+            attempts: self.attempts,
             modules: self.modules.len() as u64,
             outcomes: self.outcomes,
             packages,
@@ -655,6 +664,7 @@ pub(crate) mod tests {
             reason: reason.into(),
             fault: None,
             instance: None,
+            more_refused: 0,
         }
     }
 
@@ -827,6 +837,26 @@ pub(crate) mod tests {
         let mut any_order = builder.finish();
         any_order.generated = in_order.generated;
         assert_eq!(any_order, in_order);
+    }
+
+    /// A `refused` record over a connection limit stands for itself and
+    /// the refusals held back before it (`more_refused`).
+    #[test]
+    fn refusals_held_back_count_as_attempts() {
+        use Outcome::*;
+        let mut held = rec(3, "", "10.0.0.5:1", None, Refused, 0, "connection limit");
+        held.more_refused = 4;
+        let records = [
+            rec(0, "a.zip", "10.0.0.1:1", None, Complete, 5, "sent"),
+            held,
+        ];
+        let c = Campaign::build(&records, &Filter::default(), DEFAULT_RECENT);
+        assert_eq!((c.attempts, c.outcomes.refused, c.modules), (6, 5, 2));
+        let no_path = c.packages.iter().find(|p| p.path.is_empty()).unwrap();
+        assert_eq!(no_path.figures.attempts, 5);
+        assert_eq!(no_path.top_failures[0].count, 1, "one record, one reason");
+        let bucketed: u64 = c.timeline.buckets.iter().map(|b| b.outcomes.total()).sum();
+        assert_eq!(bucketed, 6);
     }
 
     /// Attempts that started in the same millisecond are listed as they

@@ -4,8 +4,10 @@
 //! whole life. Over a limit the server answers at once — HTTP `503` with
 //! `Retry-After`, FTP `421`, HTTPS a close (a reply would need a TLS
 //! handshake first) — and logs a `refused` record, at most one per peer
-//! address per second (the next one says how many were left out), so a
-//! flood cannot grow the log without bound. Anchors: nginx `limit_conn`,
+//! address per second, so a flood cannot grow the log without bound: the
+//! refusals held back meanwhile are counted into the next record
+//! (`more_refused`), which the first of them writes when the second ends
+//! if no later refusal has. Anchors: nginx `limit_conn`,
 //! vsftpd `max_clients` / `max_per_ip`.
 
 use std::collections::HashMap;
@@ -43,7 +45,7 @@ pub struct ConnLimits {
     max_total: usize,
     max_per_ip: usize,
     open: Mutex<Open>,
-    refused: Mutex<HashMap<IpAddr, (Instant, u64)>>,
+    refused: Mutex<HashMap<IpAddr, Refusals>>,
     /// A descriptor held in reserve (`/dev/null`): when `accept` fails for
     /// want of descriptors it is closed, the waiting connection accepted on
     /// it, answered and closed, and the spare opened again — the client
@@ -53,6 +55,27 @@ pub struct ConnLimits {
     /// Whether `spare` is closed: checked without the lock on every
     /// connection's accept and end ([`ConnLimits::restore_spare`]).
     spare_missing: AtomicBool,
+}
+
+/// One peer address's refusals since its last `refused` record.
+#[derive(Debug)]
+struct Refusals {
+    /// When its last record was made.
+    recorded: Instant,
+    /// Refusals since then without a record of their own.
+    held: u64,
+    /// Whether a task waits to record them ([`ConnLimits::take_held`]).
+    armed: bool,
+}
+
+/// What [`ConnLimits::record_refusal`] makes of a refusal.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Record it now, with the count of earlier ones held back.
+    Record { held: u64 },
+    /// Hold it back (counted); when `flush_at` is given, this refusal's
+    /// task records what is held then.
+    Hold { flush_at: Option<Instant> },
 }
 
 #[derive(Debug, Default)]
@@ -164,29 +187,61 @@ impl ConnLimits {
         })
     }
 
-    /// Whether a refusal of `ip` now gets a record: `Some(n)` with the
-    /// number of refusals left out since the last one, `None` to leave it
-    /// out (counted).
-    fn record_refusal(&self, ip: IpAddr) -> Option<u64> {
+    /// Whether a refusal of `ip` now gets a record: at most one per
+    /// address per [`REFUSED_RECORD_INTERVAL`]; the others are held back,
+    /// counted, and recorded together by the first held one's task once
+    /// the interval ends ([`ConnLimits::take_held`]), so a burst's last
+    /// refusals are not lost when no later one comes.
+    fn record_refusal(&self, ip: IpAddr) -> Refusal {
         let mut refused = lock(&self.refused);
         let now = Instant::now();
-        // Bound the table itself: forget peers quiet for a while.
+        // Bound the table itself: forget peers quiet for a while (none
+        // whose held refusals wait for their record).
         if refused.len() > 10_000 {
-            refused.retain(|_, (at, _)| now.duration_since(*at) < REFUSED_RECORD_INTERVAL);
+            refused
+                .retain(|_, r| r.armed || now.duration_since(r.recorded) < REFUSED_RECORD_INTERVAL);
         }
         match refused.get_mut(&ip) {
-            Some((at, skipped)) if now.duration_since(*at) < REFUSED_RECORD_INTERVAL => {
-                *skipped += 1;
-                None
+            Some(r) if now.duration_since(r.recorded) < REFUSED_RECORD_INTERVAL => {
+                r.held += 1;
+                let flush_at = (!r.armed).then(|| r.recorded + REFUSED_RECORD_INTERVAL);
+                r.armed = true;
+                Refusal::Hold { flush_at }
             }
-            Some((at, skipped)) => {
-                *at = now;
-                Some(std::mem::take(skipped))
+            Some(r) => {
+                r.recorded = now;
+                Refusal::Record {
+                    held: std::mem::take(&mut r.held),
+                }
             }
             None => {
-                refused.insert(ip, (now, 0));
-                Some(0)
+                refused.insert(
+                    ip,
+                    Refusals {
+                        recorded: now,
+                        held: 0,
+                        armed: false,
+                    },
+                );
+                Refusal::Record { held: 0 }
             }
+        }
+    }
+
+    /// The refusals of `ip` held back since its last record, now recorded
+    /// (0: a later refusal recorded them already).
+    fn take_held(&self, ip: IpAddr) -> u64 {
+        let mut refused = lock(&self.refused);
+        match refused.get_mut(&ip) {
+            Some(r) => {
+                r.armed = false;
+                let held = std::mem::take(&mut r.held);
+                if held > 0 {
+                    r.recorded = Instant::now();
+                }
+                held
+            }
+            None => 0,
         }
     }
 }
@@ -223,24 +278,37 @@ pub(crate) async fn refuse(
         // The connection held the spare descriptor; it is closed now.
         limits.restore_spare();
     }
-    if let Some(skipped) = limits.record_refusal(peer.ip().to_canonical()) {
-        let mut reason = match hit {
-            LimitHit::Total(n) => {
-                format!("connection limit: {n} connections open (--max-connections)")
+    let ip = peer.ip().to_canonical();
+    // This refusal and `more` others held back before it, in one record.
+    let more = match limits.record_refusal(ip) {
+        Refusal::Record { held } => held,
+        Refusal::Hold { flush_at: None } => return,
+        Refusal::Hold { flush_at: Some(at) } => {
+            tokio::time::sleep_until(at.into()).await;
+            match limits.take_held(ip) {
+                0 => return,
+                // This record stands for the last of them.
+                held => held - 1,
             }
-            LimitHit::PerIp(n) => format!(
-                "connection limit: {n} connections open from {} (--max-connections-per-ip)",
-                peer.ip().to_canonical()
-            ),
-            LimitHit::Descriptors => {
-                "out of file descriptors: the process's limit (ulimit -n) is reached".into()
-            }
-        };
-        if skipped > 0 {
-            reason.push_str(&format!("; {skipped} more refused since the last record"));
         }
-        log.emit(Attempt::start(protocol, peer, "").record(status, Outcome::Refused, reason));
+    };
+    let mut reason = match hit {
+        LimitHit::Total(n) => {
+            format!("connection limit: {n} connections open (--max-connections)")
+        }
+        LimitHit::PerIp(n) => {
+            format!("connection limit: {n} connections open from {ip} (--max-connections-per-ip)")
+        }
+        LimitHit::Descriptors => {
+            "out of file descriptors: the process's limit (ulimit -n) is reached".into()
+        }
+    };
+    if more > 0 {
+        reason.push_str(&format!("; {more} more refused since the last record"));
     }
+    let mut record = Attempt::start(protocol, peer, "").record(status, Outcome::Refused, reason);
+    record.more_refused = more;
+    log.emit(record);
 }
 
 #[cfg(test)]
@@ -281,11 +349,29 @@ mod tests {
     fn refusals_are_recorded_once_a_second_per_address_with_a_count() {
         let limits = ConnLimits::new(1, 1);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(limits.record_refusal(a), Some(0));
-        assert_eq!(limits.record_refusal(a), None);
-        assert_eq!(limits.record_refusal(a), None);
-        assert_eq!(limits.record_refusal("127.0.0.2".parse().unwrap()), Some(0));
-        lock(&limits.refused).get_mut(&a).unwrap().0 -= REFUSED_RECORD_INTERVAL;
-        assert_eq!(limits.record_refusal(a), Some(2));
+        assert_eq!(limits.record_refusal(a), Refusal::Record { held: 0 });
+        // The first one held back is told when to record what is held.
+        let Refusal::Hold { flush_at: Some(at) } = limits.record_refusal(a) else {
+            panic!("the first refusal held back arms the flush");
+        };
+        assert!(at > Instant::now() && at <= Instant::now() + REFUSED_RECORD_INTERVAL);
+        assert_eq!(limits.record_refusal(a), Refusal::Hold { flush_at: None });
+        assert_eq!(
+            limits.record_refusal("127.0.0.2".parse().unwrap()),
+            Refusal::Record { held: 0 }
+        );
+        // The flush takes the two held back; nothing is left for later.
+        assert_eq!(limits.take_held(a), 2);
+        assert_eq!(limits.take_held(a), 0);
+        // A refusal a second after the last record is recorded at once,
+        // with what was held back before it (none: the flush took them).
+        lock(&limits.refused).get_mut(&a).unwrap().recorded -= REFUSED_RECORD_INTERVAL;
+        assert_eq!(limits.record_refusal(a), Refusal::Record { held: 0 });
+        // Held back, then a later refusal recorded before the flush ran:
+        // it carries the count, and the flush finds nothing.
+        assert!(matches!(limits.record_refusal(a), Refusal::Hold { .. }));
+        lock(&limits.refused).get_mut(&a).unwrap().recorded -= REFUSED_RECORD_INTERVAL;
+        assert_eq!(limits.record_refusal(a), Refusal::Record { held: 1 });
+        assert_eq!(limits.take_held(a), 0);
     }
 }
