@@ -809,3 +809,40 @@ async fn check_validates_the_packages_of_a_bucket_prefix() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("unreachable"), "{stderr}");
 }
+
+/// A key the S3 client cannot represent (a tab in it), listed between two
+/// packages: skipped with a warning, not a failed listing that would hide
+/// every package of the bucket (`check` and a replica list the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_key_that_cannot_be_served_does_not_hide_the_others() {
+    let store = Store::start().await;
+    let first = zip_with(&[("system.diff", &noise(10_000, 5))]);
+    let last = zip_with(&[("system.diff", &noise(10_000, 6))]);
+    store.put("a-v1-to-v2.zip", &first).await;
+    store.put("c-v1-to-v2.zip", &last).await;
+    // s3s-fs keeps an object as a file of the bucket's folder.
+    let odd = store
+        .root
+        .path()
+        .join(BUCKET)
+        .join(PREFIX)
+        .join("b\tnotes.txt");
+    std::fs::write(&odd, b"a note").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let replica = replica(&store, "eu-1", work.path(), "46500-46599").await;
+    assert!(
+        replica.banner[0].contains("2 packages, 2 valid"),
+        "{:?}",
+        replica.banner
+    );
+    for (key, bytes) in [("a-v1-to-v2.zip", &first), ("c-v1-to-v2.zip", &last)] {
+        let got = curl_get(&format!("{}/{key}", replica.base("http"))).await;
+        assert_eq!(got.as_deref(), Some(&bytes[..]), "{key}");
+    }
+    let (code, body) = readyz(work.path(), "eu-1").await;
+    assert_eq!(code, "200", "{body}");
+    assert!(
+        body.get("store").is_none(),
+        "the store is not unreachable: {body}"
+    );
+}

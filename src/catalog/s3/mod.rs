@@ -35,7 +35,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStoreExt;
+use object_store::aws::AmazonS3;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
@@ -141,7 +142,7 @@ impl std::fmt::Debug for State {
 pub struct S3Catalog {
     config: S3Config,
     advertised: Advertised,
-    store: Arc<dyn ObjectStore>,
+    store: Arc<AmazonS3>,
     cache: Cache,
     state: RwLock<Arc<State>>,
     /// The last listing succeeded.

@@ -14,13 +14,14 @@
 //! carries a layer and service framework for ~50 backends) and reuses this
 //! binary's TLS provider (aws-lc-rs), so it adds little to the build.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as StorePath;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ClientOptions, ObjectMeta, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use super::profile::Profile;
@@ -125,7 +126,7 @@ impl S3Location {
     /// A configuration the client refuses (a malformed endpoint URL), or a
     /// self-hosted endpoint without `AWS_ACCESS_KEY_ID`: the client would
     /// otherwise ask a cloud instance-metadata service for credentials.
-    pub fn client(&self) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+    pub fn client(&self) -> Result<Arc<AmazonS3>, object_store::Error> {
         // object_store panics on an endpoint it cannot make a request URI
         // of: check it (and the variables it would read one from) first.
         let from_env = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT", "AWS_ENDPOINT_URL"]
@@ -167,6 +168,7 @@ impl S3Location {
                 ClientOptions::new()
                     .with_connect_timeout(CONNECT_TIMEOUT)
                     .with_timeout_disabled()
+                    .with_read_timeout(IDLE_TIMEOUT)
                     .with_pool_idle_timeout(IDLE_TIMEOUT),
             );
         if let Some(endpoint) = &self.endpoint {
@@ -196,14 +198,15 @@ impl S3Location {
         Ok(Arc::new(builder.build()?))
     }
 
-    /// The object path of the prefix, `None` for the whole bucket: the
-    /// prefix as written (`Path::parse`; `Path::from` would percent-encode
-    /// `%` and non-ASCII characters, and the listing would ask for another
-    /// prefix, finding nothing).
-    fn prefix_path(&self) -> Option<StorePath> {
-        (!self.prefix.is_empty()).then(|| {
-            StorePath::parse(&self.prefix).unwrap_or_else(|_| StorePath::from(self.prefix.as_str()))
-        })
+    /// The prefix a listing asks for, as written (`%` and non-ASCII
+    /// characters not encoded, or the listing would ask for another
+    /// prefix and find nothing), with its `/`; empty for the whole bucket.
+    fn list_prefix(&self) -> String {
+        if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        }
     }
 
     /// The object path of catalog key `key`: the object key as it is
@@ -219,23 +222,69 @@ impl S3Location {
     }
 
     /// Lists every object under the prefix (all pages), as catalog keys
-    /// with what the listing says about each.
+    /// with what the listing says about each. A key the client cannot
+    /// represent (a control character, an empty or `.` segment) is skipped
+    /// with a warning instead of failing the listing: the page holding it
+    /// is listed again one key at a time up to it. A folder marker
+    /// (`Jun/`, made by consoles and sync tools, listed as `Jun`) is no
+    /// object to serve.
     ///
     /// # Errors
     /// The listing failed after the client's retries.
     pub async fn list(
         &self,
-        store: &dyn ObjectStore,
+        store: &AmazonS3,
     ) -> Result<Vec<(String, Listed)>, object_store::Error> {
-        let prefix = self.prefix_path();
-        let metas: Vec<_> = store.list(prefix.as_ref()).try_collect().await?;
-        let strip = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let strip = self.list_prefix();
+        let prefix = (!strip.is_empty()).then_some(strip.as_str());
+        let mut metas: Vec<ObjectMeta> = Vec::new();
+        let mut token = None;
+        // Set after a page failed on a key: list one key at a time from
+        // `offset` until that key is passed.
+        let mut stepping = false;
+        let mut offset: Option<String> = None;
+        loop {
+            let opts = PaginatedListOptions {
+                offset: offset.clone(),
+                page_token: token.clone(),
+                max_keys: stepping.then_some(1),
+                ..PaginatedListOptions::default()
+            };
+            match store.list_paginated(prefix, opts).await {
+                Ok(page) => {
+                    if let Some(last) = page.result.objects.last() {
+                        offset = Some(last.location.to_string());
+                    }
+                    metas.extend(page.result.objects);
+                    match page.page_token {
+                        Some(next) => token = Some(next),
+                        None => break,
+                    }
+                }
+                Err(object_store::Error::InvalidPath { source }) if stepping => {
+                    // The one key of this page: skip it, and list on after
+                    // it in whole pages again.
+                    let Some(key) = raw_key(&source) else {
+                        return Err(object_store::Error::InvalidPath { source });
+                    };
+                    tracing::warn!(key, %source, "object key cannot be served: skipped");
+                    offset = Some(key.to_string());
+                    token = None;
+                    stepping = false;
+                }
+                Err(object_store::Error::InvalidPath { .. }) => {
+                    // The page holds a key the client cannot represent:
+                    // again from the last key listed, one at a time.
+                    token = None;
+                    stepping = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let markers = folder_markers(&metas);
         Ok(metas
             .into_iter()
+            .filter(|meta| !markers.contains(meta.location.as_ref()))
             .filter_map(|meta| {
                 let key = meta.location.as_ref().strip_prefix(&strip)?.to_string();
                 Some((
@@ -248,6 +297,35 @@ impl S3Location {
                 ))
             })
             .collect())
+    }
+}
+
+/// The listed objects that are markers of folders holding objects: empty,
+/// and named as the folder of another (`Jun` beside `Jun/a.zip`; the
+/// client lists the marker `Jun/` without its slash).
+fn folder_markers(metas: &[ObjectMeta]) -> HashSet<String> {
+    let folders: HashSet<&str> = metas
+        .iter()
+        .filter_map(|m| {
+            m.location
+                .as_ref()
+                .rsplit_once('/')
+                .map(|(folder, _)| folder)
+        })
+        .collect();
+    metas
+        .iter()
+        .filter(|m| m.size == 0 && folders.contains(m.location.as_ref()))
+        .map(|m| m.location.to_string())
+        .collect()
+}
+
+/// The object key an invalid-path error names.
+fn raw_key(error: &object_store::path::Error) -> Option<&str> {
+    use object_store::path::Error as E;
+    match error {
+        E::EmptySegment { path } | E::BadSegment { path, .. } => Some(path),
+        _ => None,
     }
 }
 
@@ -345,6 +423,28 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// A console's or sync tool's `Jun/` marker beside `Jun/a.zip` is no
+    /// package; an empty object that names no folder stays (and fails
+    /// validation as any empty file does).
+    #[test]
+    fn markers_of_folders_with_objects_are_not_packages() {
+        let meta = |key: &str, size: u64| ObjectMeta {
+            location: StorePath::parse(key).unwrap(),
+            last_modified: chrono::DateTime::UNIX_EPOCH,
+            size,
+            e_tag: None,
+            version: None,
+        };
+        let metas = [
+            meta("fleet/Jun/", 0),
+            meta("fleet/Jun/a.zip", 10),
+            meta("fleet/empty.zip", 0),
+            meta("fleet/b.zip", 10),
+        ];
+        let markers = folder_markers(&metas);
+        assert_eq!(markers, HashSet::from(["fleet/Jun".to_string()]));
+    }
+
     /// Endpoints object_store would panic on are refused with a reason.
     #[test]
     fn endpoints_are_checked() {
@@ -366,7 +466,7 @@ mod tests {
     fn a_prefix_is_not_percent_encoded() {
         for prefix in ["flëet", "p%41x", "Jün/sub"] {
             let loc = S3Location::parse(&format!("s3://fota/{prefix}")).unwrap();
-            assert_eq!(loc.prefix_path().unwrap().as_ref(), prefix);
+            assert_eq!(loc.list_prefix(), format!("{prefix}/"));
         }
     }
 
