@@ -742,6 +742,27 @@ async fn packages_evicted_from_a_small_cache_are_fetched_again() {
             "{key} after the cache was deleted"
         );
     }
+    // Eight downloads side by side of versions the cache must fetch again,
+    // evicting each other: every one gets its package (fills of one
+    // version ran into each other's files: 500s and 503s).
+    for round in 0..3 {
+        let gets = (0..8).map(|i| {
+            let (key, want) = if i % 2 == 0 {
+                ("a-v1-to-v2.zip", &a)
+            } else {
+                ("Jun/b-v1-to-v2.zip", &b)
+            };
+            let url = format!("{}/{key}", r.base("http"));
+            async move { (key, want, curl_get(&url).await) }
+        });
+        for (key, want, got) in futures_util::future::join_all(gets).await {
+            assert_eq!(
+                got.as_deref(),
+                Some(&want[..]),
+                "{key}, side by side, round {round}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,10 +83,14 @@ impl FillError {
 }
 
 /// A version now in the cache.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Filled {
     /// The `.pkg` file.
     pub path: PathBuf,
+    /// The `.pkg` file, opened before any eviction could delete it: its
+    /// bytes stay readable through this handle whatever happens to the
+    /// name (another request's eviction, the folder cleaned up).
+    pub file: std::fs::File,
     /// SHA-256 of the bytes written, lower-case hex.
     pub sha256: String,
 }
@@ -226,10 +230,10 @@ impl Cache {
         // The folder may have been deleted under the running server (a
         // clean-up); it is made again, and the version fetched anew.
         tokio::fs::create_dir_all(&self.dir).await?;
-        let part = self.dir.join(format!(
-            "{name}.{}.part",
-            self.clock.fetch_add(1, Ordering::Relaxed)
-        ));
+        // Names of this fill's own: fills of one version by requests side
+        // by side must not rename each other's files.
+        let n = self.clock.fetch_add(1, Ordering::Relaxed);
+        let part = self.dir.join(format!("{name}.{n}.part"));
         let result = self.write_part(&part, got.into_stream(), listed.size).await;
         let sha256 = match result {
             Ok(sha) => sha,
@@ -245,7 +249,8 @@ impl Cache {
         })
         .map_err(io::Error::other)?;
         tokio::fs::rename(&part, &path).await?;
-        let car_part = self.dir.join(format!("{name}.json.part"));
+        let file = std::fs::File::open(&path)?;
+        let car_part = self.dir.join(format!("{name}.{n}.json.part"));
         tokio::fs::write(&car_part, sidecar).await?;
         tokio::fs::rename(&car_part, path.with_extension("json")).await?;
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
@@ -256,7 +261,7 @@ impl Cache {
                 used: now,
             },
         );
-        Ok(Filled { path, sha256 })
+        Ok(Filled { path, file, sha256 })
     }
 
     /// Streams `body` into `part`, at most `size` bytes, and returns the

@@ -451,9 +451,9 @@ impl S3Catalog {
             self.cache.remove(&package.path, listed);
             return Err(OpenError::Changed);
         }
-        self.cache
-            .open_file(&package.path, listed)
-            .ok_or(OpenError::Changed)
+        // The handle the fill opened: another request's eviction may have
+        // deleted the name since.
+        Ok(filled.file)
     }
 }
 
