@@ -867,3 +867,51 @@ async fn an_object_key_that_cannot_be_served_does_not_hide_the_others() {
         "the store is not unreachable: {body}"
     );
 }
+
+/// A store that accepts connections and never answers holds the first
+/// listing; SIGTERM still stops the replica at once (exit 0), instead of
+/// being ignored until the store answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_replica_whose_store_does_not_answer() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", hung.local_addr().unwrap());
+    let (asked, mut asked_rx) = tokio::sync::mpsc::channel(1);
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = hung.accept().await {
+            held.push(conn);
+            let _ = asked.try_send(());
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let log = work.path().join("r.jsonl");
+    let child = Command::new(BIN)
+        .args([
+            &format!("s3://{BUCKET}/{PREFIX}"),
+            "--s3-endpoint",
+            &endpoint,
+        ])
+        .args(["--s3-path-style", "--http", "0", "--bind", "127.0.0.1"])
+        .args([
+            "--cache-dir",
+            &cache.to_string_lossy(),
+            "--log",
+            &log.to_string_lossy(),
+        ])
+        .envs(credentials(SECRET_KEY))
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    bounded("the replica asks the store", asked_rx.recv()).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(run("kill", &["-TERM", &pid]).await.status.success());
+    let out = bounded("the replica stops", child.wait_with_output())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("stopped while starting"), "{err}");
+    holder.abort();
+}

@@ -305,9 +305,21 @@ pub async fn run(args: ServeArgs, shutdown: impl Future<Output = ()>) -> anyhow:
         .replica
         .apply(args.dir.as_deref(), args.to_builder())
         .context("package location")?;
-    let server = builder.start().await.context("cannot start")?;
-    let admin_addr = admin.as_ref().map(Admin::local_addr);
     tokio::pin!(shutdown);
+    // Start-up can take long (an object store's first listing, fetching
+    // and validating its packages): SIGTERM stops it too.
+    let server = tokio::select! {
+        started = builder.start() => started.context("cannot start")?,
+        () = &mut shutdown => {
+            tracing::info!("stopped while starting");
+            if let Some(admin) = admin {
+                admin.set_stopping();
+                admin.shutdown().await;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let admin_addr = admin.as_ref().map(Admin::local_addr);
     // An object store unreachable at start-up: not ready (no ready file,
     // no systemd notification, control routes 503) until a listing
     // succeeds; the server already answers, with an empty catalog.
