@@ -915,3 +915,45 @@ async fn sigterm_stops_a_replica_whose_store_does_not_answer() {
     assert!(err.contains("stopped while starting"), "{err}");
     holder.abort();
 }
+
+/// Cached copies damaged between two runs of a replica (a byte changed on
+/// disk) are fetched again at start-up, not served with other bytes than
+/// the store's, nor refused for good as invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_copies_damaged_while_stopped_are_fetched_again() {
+    let store = Store::start().await;
+    let a = zip_with(&[("system.diff", &noise(20_000, 41))]);
+    let b = zip_with(&[("system.diff", &noise(20_000, 42))]);
+    store.put("a-v1-to-v2.zip", &a).await;
+    store.put("b-v1-to-v2.zip", &b).await;
+    let work = tempfile::tempdir().unwrap();
+    let first = replica(&store, "eu-1", work.path(), "46600-46699").await;
+    assert!(
+        first.banner[0].contains("2 packages, 2 valid"),
+        "{:?}",
+        first.banner
+    );
+    assert_eq!(first.stop().await, Some(0));
+    // Each cached copy is one of the two packages: change a header byte of
+    // a's (still a valid zip, another SHA-256) and a content byte of b's
+    // (its CRC no longer matches).
+    for (path, _) in cached_files(&work.path().join("eu-1-cache")) {
+        if path.extension().is_none_or(|e| e != "pkg") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = if bytes == a { 10 } else { 5_000 };
+        bytes[at] ^= 0x55;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let again = replica(&store, "eu-1", work.path(), "46600-46699").await;
+    assert!(
+        again.banner[0].contains("2 packages, 2 valid"),
+        "{:?}",
+        again.banner
+    );
+    for (key, want) in [("a-v1-to-v2.zip", &a), ("b-v1-to-v2.zip", &b)] {
+        let got = curl_get(&format!("{}/{key}", again.base("http"))).await;
+        assert_eq!(got.as_deref(), Some(&want[..]), "{key}");
+    }
+}

@@ -38,11 +38,18 @@ use super::store::{Failure, Listed, S3Location};
 struct Sidecar {
     key: String,
     listed: Listed,
+    /// SHA-256 of the bytes the fill wrote (lower-case hex): a copy whose
+    /// bytes changed since (a damaged disk, a hand edit) is fetched again.
+    /// Absent in sidecars written before it existed.
+    #[serde(default)]
+    sha256: Option<String>,
 }
 
 #[derive(Debug)]
 struct Slot {
     size: u64,
+    /// [`Sidecar::sha256`].
+    sha256: Option<String>,
     /// Value of [`Cache::clock`] when last opened or filled.
     used: u64,
 }
@@ -136,6 +143,7 @@ impl Cache {
                                 name,
                                 Slot {
                                     size: meta.len(),
+                                    sha256: car.sha256,
                                     used: 0,
                                 },
                             );
@@ -183,11 +191,11 @@ impl Cache {
     }
 
     /// The `.pkg` file of version `listed` of `key`, if cached.
-    pub fn get(&self, key: &str, listed: &Listed) -> Option<PathBuf> {
+    /// With the SHA-256 its fill wrote, when its sidecar says.
+    pub fn get(&self, key: &str, listed: &Listed) -> Option<(PathBuf, Option<String>)> {
         let name = name_of(key, listed);
-        self.lock()
-            .contains_key(&name)
-            .then(|| self.dir.join(format!("{name}.pkg")))
+        let sha256 = self.lock().get(&name)?.sha256.clone();
+        Some((self.dir.join(format!("{name}.pkg")), sha256))
     }
 
     /// Opens the cached copy of version `listed` of `key` for reading and
@@ -246,6 +254,7 @@ impl Cache {
         let sidecar = serde_json::to_vec(&Sidecar {
             key: key.to_string(),
             listed: listed.clone(),
+            sha256: Some(sha256.clone()),
         })
         .map_err(io::Error::other)?;
         tokio::fs::rename(&part, &path).await?;
@@ -258,6 +267,7 @@ impl Cache {
             name,
             Slot {
                 size: listed.size,
+                sha256: Some(sha256.clone()),
                 used: now,
             },
         );
@@ -394,6 +404,7 @@ mod tests {
         let car = Sidecar {
             key: key.into(),
             listed: l.clone(),
+            sha256: None,
         };
         fs::write(
             cache.dir.join(format!("{name}.json")),
@@ -401,7 +412,12 @@ mod tests {
         )
         .unwrap();
         let used = cache.clock.fetch_add(1, Ordering::Relaxed);
-        cache.lock().insert(name, Slot { size: l.size, used });
+        let slot = Slot {
+            size: l.size,
+            sha256: None,
+            used,
+        };
+        cache.lock().insert(name, slot);
     }
 
     fn location() -> S3Location {
@@ -434,7 +450,7 @@ mod tests {
         for (key, l, secs) in [("a", &a, 1000), ("b", &b, 2000)] {
             let file = fs::File::options()
                 .write(true)
-                .open(cache.get(key, l).unwrap());
+                .open(cache.get(key, l).unwrap().0);
             file.unwrap().set_modified(at(secs)).unwrap();
         }
         // a, filled first, is opened last: the most recently used.
@@ -451,7 +467,7 @@ mod tests {
         let cache = Cache::open(root.path(), &location(), u64::MAX).unwrap();
         put(&cache, "a", &listed(10));
         put(&cache, "short", &listed(10));
-        fs::write(cache.get("short", &listed(10)).unwrap(), b"cut").unwrap();
+        fs::write(cache.get("short", &listed(10)).unwrap().0, b"cut").unwrap();
         fs::write(cache.dir.join("x.1.part"), b"partial").unwrap();
         let dir = cache.dir.clone();
         drop(cache);

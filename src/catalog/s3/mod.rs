@@ -387,8 +387,12 @@ impl S3Catalog {
     }
 
     /// Validates version `listed` of `key` from its cached copy, fetching
-    /// it first when it is not cached. `Ok(None)` when validation
-    /// crashed (that object only is excluded).
+    /// it first when it is not cached. A cached copy whose bytes no longer
+    /// hash to what its fill wrote, or that fails validation, is deleted
+    /// and fetched again once (a damaged disk must not make one replica
+    /// serve other bytes than the others, or refuse a good package for
+    /// good). `Ok(None)` when validation crashed (that object only is
+    /// excluded).
     ///
     /// # Errors
     /// The object could not be fetched or its copy read.
@@ -397,15 +401,42 @@ impl S3Catalog {
         key: &str,
         listed: &Listed,
     ) -> Result<Option<(Package, Option<Bytes>)>, FillError> {
-        let path = match self.cache.get(key, listed) {
-            Some(path) => path,
-            None => {
-                self.cache
-                    .fill(self.store.as_ref(), &self.config.location, key, listed)
-                    .await?
-                    .path
+        if let Some((path, written)) = self.cache.get(key, listed) {
+            let loaded = self.validate(key, listed, path).await?;
+            let damaged = match &loaded {
+                Some((package, _)) => {
+                    !package.is_valid()
+                        || written.as_ref().is_some_and(|sha| *sha != package.sha256)
+                }
+                None => false,
+            };
+            if !damaged {
+                return Ok(loaded);
             }
-        };
+            tracing::warn!(
+                key,
+                "package cache: the cached copy is not what was fetched or does not validate; fetching it again"
+            );
+            self.cache.remove(key, listed);
+        }
+        let filled = self
+            .cache
+            .fill(self.store.as_ref(), &self.config.location, key, listed)
+            .await?;
+        self.validate(key, listed, filled.path).await
+    }
+
+    /// Validates the copy at `path` of version `listed` of `key` (on a
+    /// blocking thread); `Ok(None)` when validation crashed.
+    ///
+    /// # Errors
+    /// The copy cannot be read.
+    async fn validate(
+        &self,
+        key: &str,
+        listed: &Listed,
+        path: std::path::PathBuf,
+    ) -> Result<Option<(Package, Option<Bytes>)>, FillError> {
         let (key, adv, modified) = (key.to_string(), self.advertised.clone(), listed.modified());
         let memory = self.config.package_memory;
         let checked = tokio::task::spawn_blocking(move || {
