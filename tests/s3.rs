@@ -637,6 +637,28 @@ async fn wrong_or_missing_credentials_are_a_clear_start_up_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("needs AWS_ACCESS_KEY_ID"), "{stderr}");
+
+    // Nor with the endpoint given by AWS_ENDPOINT instead of the flag: no
+    // question to a cloud metadata service.
+    let mut cmd = Command::new(BIN);
+    cmd.args([&format!("s3://{BUCKET}/{PREFIX}"), "--s3-path-style"])
+        .args(["--http", "0", "--bind", "127.0.0.1"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_ENDPOINT", store.endpoint())
+        .env("AWS_SHARED_CREDENTIALS_FILE", work.path().join("absent"))
+        .env("AWS_CONFIG_FILE", work.path().join("absent"))
+        .current_dir(work.path())
+        .kill_on_drop(true);
+    let out = bounded(
+        "qfota-serve with AWS_ENDPOINT, no credentials",
+        cmd.output(),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("needs AWS_ACCESS_KEY_ID"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

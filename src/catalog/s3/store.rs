@@ -124,19 +124,22 @@ impl S3Location {
     ///
     /// # Errors
     /// A configuration the client refuses (a malformed endpoint URL), or a
-    /// self-hosted endpoint without `AWS_ACCESS_KEY_ID`: the client would
-    /// otherwise ask a cloud instance-metadata service for credentials.
+    /// self-hosted endpoint (`--s3-endpoint` or `AWS_ENDPOINT`…) without
+    /// credentials: the client would otherwise ask a cloud
+    /// instance-metadata service for them.
     pub fn client(&self) -> Result<Arc<AmazonS3>, object_store::Error> {
         // object_store panics on an endpoint it cannot make a request URI
         // of: check it (and the variables it would read one from) first.
         let from_env = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT", "AWS_ENDPOINT_URL"]
             .iter()
             .filter_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+        let mut self_hosted = false;
         for endpoint in self.endpoint.iter().cloned().chain(from_env) {
             check_endpoint(&endpoint).map_err(|why| object_store::Error::Generic {
                 store: "S3",
                 source: why.into(),
             })?;
+            self_hosted = true;
         }
         let in_env = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty());
         // The AWS_* variables win; else the shared files' profile.
@@ -146,7 +149,7 @@ impl S3Location {
         } else {
             profile.as_ref().and_then(|p| p.credentials.clone())
         };
-        if self.endpoint.is_some() && !in_env && from_profile.is_none() {
+        if self_hosted && !in_env && from_profile.is_none() {
             return Err(object_store::Error::Generic {
                 store: "S3",
                 source: "a self-hosted store needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, or a profile with them in ~/.aws/credentials (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE)".into(),
