@@ -61,7 +61,15 @@ pub struct Cache {
     max_bytes: u64,
     slots: Mutex<BTreeMap<String, Slot>>,
     clock: AtomicU64,
+    /// [`LOCK_FILE`], locked (`flock`) for the cache's life: one replica
+    /// per cache folder.
+    _lock: fs::File,
 }
+
+/// The file a running replica holds locked in its cache folder: another
+/// one started on the same folder would delete its partial downloads and
+/// evict its versions under it.
+const LOCK_FILE: &str = ".lock";
 
 /// Why an object could not be brought into the cache.
 #[derive(Debug, thiserror::Error)]
@@ -121,10 +129,35 @@ impl Cache {
         );
         let dir = root.join(format!("{}-{id}", sanitize(&location.bucket)));
         fs::create_dir_all(&dir)?;
+        // Before anything in the folder is touched.
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                let e = io::Error::from(e);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{} is in use by another running qfota-serve: give each replica its own --cache-dir",
+                            dir.display()
+                        ),
+                    )
+                } else {
+                    e
+                }
+            },
+        )?;
         let mut slots = BTreeMap::new();
         let mut by_age = Vec::new();
         for entry in fs::read_dir(&dir)?.flatten() {
             let path = entry.path();
+            if entry.file_name() == LOCK_FILE {
+                continue;
+            }
             let Some(name) = path
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -171,6 +204,7 @@ impl Cache {
             max_bytes,
             clock: AtomicU64::new(by_age.len() as u64 + 1),
             slots: Mutex::new(slots),
+            _lock: lock,
         };
         cache.evict();
         Ok(cache)
@@ -480,5 +514,22 @@ mod tests {
         let mut other = listed(10);
         other.etag = Some("\"f\"".into());
         assert!(again.get("a", &other).is_none());
+    }
+
+    /// A second replica on the same cache folder is refused while the
+    /// first runs (its start-up clean-up would delete the first one's
+    /// partial downloads), and welcome once it has stopped.
+    #[test]
+    fn one_replica_per_cache_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let first = Cache::open(root.path(), &location(), u64::MAX).unwrap();
+        fs::write(first.dir.join("x.1.part"), b"partial").unwrap();
+        let Err(e) = Cache::open(root.path(), &location(), u64::MAX) else {
+            panic!("a second cache on the folder");
+        };
+        assert!(e.to_string().contains("own --cache-dir"), "{e}");
+        assert!(first.dir.join("x.1.part").exists(), "left alone");
+        drop(first);
+        assert!(Cache::open(root.path(), &location(), u64::MAX).is_ok());
     }
 }
