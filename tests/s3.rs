@@ -979,3 +979,34 @@ async fn cached_copies_damaged_while_stopped_are_fetched_again() {
         assert_eq!(got.as_deref(), Some(&want[..]), "{key}");
     }
 }
+
+/// Versions cached by an earlier run that the store no longer lists (one
+/// replaced, one deleted while the replica was stopped) are deleted at the
+/// first listing, not kept until the size bound pushes them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_gone_from_the_store_while_stopped_leave_the_cache() {
+    let store = Store::start().await;
+    let old = zip_with(&[("system.diff", &noise(10_000, 51))]);
+    let new = zip_with(&[("system.diff", &noise(10_000, 52))]);
+    store.put("a-v1-to-v2.zip", &old).await;
+    store.put("gone-v1-to-v2.zip", &old).await;
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("eu-1-cache");
+    let first = replica(&store, "eu-1", work.path(), "46700-46799").await;
+    assert_eq!(cached_files(&cache).len(), 2);
+    assert_eq!(first.stop().await, Some(0));
+    store.put("a-v1-to-v2.zip", &new).await;
+    let gone = StorePath::from(format!("{PREFIX}/gone-v1-to-v2.zip"));
+    bounded("delete from the bucket", store.client().delete(&gone))
+        .await
+        .unwrap();
+    let again = replica(&store, "eu-1", work.path(), "46700-46799").await;
+    assert!(
+        again.banner[0].contains("1 packages, 1 valid"),
+        "{:?}",
+        again.banner
+    );
+    let files = cached_files(&cache);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read(&files[0].0).unwrap(), new);
+}

@@ -346,6 +346,28 @@ impl Cache {
         }
     }
 
+    /// Deletes every cached version but those of `current` (key and
+    /// listing): after a restart, the versions replaced or deleted in the
+    /// store while the replica was stopped. Returns how many.
+    pub fn keep_only<'a>(
+        &self,
+        current: impl IntoIterator<Item = (&'a String, &'a Listed)>,
+    ) -> usize {
+        let keep: std::collections::HashSet<String> =
+            current.into_iter().map(|(k, l)| name_of(k, l)).collect();
+        let mut slots = self.lock();
+        let gone: Vec<String> = slots
+            .keys()
+            .filter(|n| !keep.contains(*n))
+            .cloned()
+            .collect();
+        for name in &gone {
+            slots.remove(name);
+            self.delete_files(name);
+        }
+        gone.len()
+    }
+
     fn delete_files(&self, name: &str) {
         let _ = fs::remove_file(self.dir.join(format!("{name}.json")));
         let _ = fs::remove_file(self.dir.join(format!("{name}.pkg")));

@@ -267,7 +267,9 @@ impl S3Catalog {
     /// Lists the store and brings the catalog up to date: unchanged
     /// objects keep their validated package; new and changed ones are
     /// fetched (or found in the cache), validated and swapped in; removed
-    /// ones leave the catalog and the cache. An object that cannot be
+    /// ones leave the catalog and the cache (at the first listing since
+    /// start, so do the cached versions of an earlier run that the store
+    /// no longer lists). An object that cannot be
     /// fetched now keeps its previous version, if any, until the next
     /// listing. Health is updated and its changes logged.
     ///
@@ -285,6 +287,18 @@ impl S3Catalog {
                 if !next.versions.contains_key(key) {
                     tracing::info!(path = %key, "package removed");
                 }
+            }
+        }
+        if !self.reached.load(Ordering::Relaxed) {
+            // The first listing since start: versions cached by an earlier
+            // run that the store no longer lists go now, not when the
+            // size bound pushes them out.
+            let stale = self.cache.keep_only(&next.versions);
+            if stale > 0 {
+                tracing::info!(
+                    stale,
+                    "package cache: deleted versions the store no longer lists"
+                );
             }
         }
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
