@@ -396,3 +396,45 @@ async fn records_wait_out_a_full_disk_and_drops_are_counted() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {order:?}");
     assert_eq!(*order.last().unwrap() as usize, total);
 }
+
+/// A write that does not return (a pipe nobody reads here; a hung network
+/// mount behaves alike) makes the log count as not writable — `/readyz`
+/// 503 and `qfota_log_writable` 0 read this — instead of a writable log
+/// that takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_does_not_return_makes_the_log_unwritable() {
+    let work = tempfile::tempdir().unwrap();
+    let fifo = work.path().join("downloads.jsonl");
+    let made = run("mkfifo", &[fifo.to_str().unwrap()]).await;
+    assert!(made.status.success(), "{made:?}");
+    // Opens the pipe for reading and never reads.
+    let reader = tokio::process::Command::new("sh")
+        .args(["-c", "exec sleep 60 < \"$0\""])
+        .arg(&fifo)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let path = fifo.clone();
+    let open = tokio::task::spawn_blocking(move || DownloadLog::to_file(&path));
+    let log = bounded("open the pipe", open).await.unwrap().unwrap();
+    assert_eq!(log.health().error, None);
+    let peer = "127.0.0.1:9".parse().unwrap();
+    // Far more than the pipe holds (64 KiB).
+    for i in 0..300 {
+        let attempt = Attempt::start(
+            Protocol::Http,
+            peer,
+            format!("r{i:05}-{}", "x".repeat(1000)),
+        );
+        log.emit(attempt.record(404, Outcome::NotFound, "no such package"));
+    }
+    let error = eventually("the stalled write to show", DEADLINE, || async {
+        log.health().error
+    })
+    .await;
+    assert!(error.contains("a write has not returned for"), "{error}");
+    assert!(error.contains("downloads.jsonl"), "{error}");
+    // The reader gone, the write fails (EPIPE) and the log can close.
+    drop(reader);
+    drop(log);
+}

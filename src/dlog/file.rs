@@ -59,6 +59,11 @@ pub const QUEUE_BYTES: usize = 4 << 20;
 /// under a second.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long one write to the log may take before the log counts as not
+/// writable (`/readyz` 503, `qfota_log_writable` 0): a file on a hung
+/// network mount, a pipe nobody reads.
+pub const WRITE_STALL: Duration = Duration::from_secs(5);
+
 /// How long the writer waits after a record wakes it before it writes
 /// what came (2 ms): records that arrive meanwhile go in the same round.
 /// At a few thousand downloads a second, one wake-up per record of this
@@ -85,8 +90,9 @@ pub struct LogHealth {
     /// than [`QUEUE_BYTES`] lasts) or the writer could not keep up.
     pub dropped: u64,
     /// The last write or reopen failed and has not succeeded since: the
-    /// error, with the path (`ENOSPC`, `EIO`, a deleted folder). `None`
-    /// while the log is writable.
+    /// error, with the path (`ENOSPC`, `EIO`, a deleted folder); or a write
+    /// has not returned for [`WRITE_STALL`] (a hung mount, a pipe nobody
+    /// reads). `None` while the log is writable.
     pub error: Option<String>,
 }
 
@@ -96,11 +102,17 @@ struct HealthCell {
     queued: AtomicU64,
     dropped: AtomicU64,
     error: Mutex<Option<String>>,
+    /// When the write in progress began; `None` between writes.
+    writing_since: Mutex<Option<Instant>>,
 }
 
 impl HealthCell {
     fn set_error(&self, error: Option<String>) {
         *self.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    fn set_writing(&self, since: Option<Instant>) {
+        *self.writing_since.lock().unwrap_or_else(|p| p.into_inner()) = since;
     }
 }
 
@@ -126,6 +138,8 @@ pub(super) struct FileSink {
     requests: Arc<Requests>,
     /// Disconnects when the writer thread ends.
     done: Mutex<Receiver<()>>,
+    /// The log's path, for [`LogHealth::error`].
+    path: PathBuf,
 }
 
 impl FileSink {
@@ -163,6 +177,7 @@ impl FileSink {
             tx: Some(tx),
             requests,
             done: Mutex::new(done_rx),
+            path: path.to_path_buf(),
         })
     }
 
@@ -190,8 +205,28 @@ impl FileSink {
             queued: h.queued.load(Ordering::Relaxed),
             dropped: h.dropped.load(Ordering::Relaxed)
                 + self.requests.overflow.load(Ordering::Relaxed),
-            error: h.error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            error: h
+                .error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .or_else(|| self.stalled_write()),
         }
+    }
+
+    /// A write that has not returned for [`WRITE_STALL`] or longer, said
+    /// as an error.
+    fn stalled_write(&self) -> Option<String> {
+        let h = &self.requests.health;
+        let since = (*h.writing_since.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let stalled = since.elapsed();
+        (stalled >= WRITE_STALL).then(|| {
+            format!(
+                "{}: a write has not returned for {} s",
+                self.path.display(),
+                stalled.as_secs()
+            )
+        })
     }
 
     /// Asks the writer to reopen the path (after `SIGHUP`); done on its
@@ -397,10 +432,12 @@ impl Writer {
             self.reopen("the file was deleted");
         }
         while let Some(front) = self.queue.front() {
+            self.requests.health.set_writing(Some(Instant::now()));
             let result = match &mut self.file {
                 Some(file) => write_record(file, front.bytes().as_bytes(), &mut self.unterminated),
                 None => Err(io::Error::new(io::ErrorKind::NotFound, "log file not open")),
             };
+            self.requests.health.set_writing(None);
             match result {
                 Ok(()) => {
                     let done = self.queue.pop_front().expect("front exists");
