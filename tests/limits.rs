@@ -417,7 +417,16 @@ async fn pipelined_passwords_are_not_checked_side_by_side() {
         codes
     })
     .await;
-    assert_eq!(codes, ["331", "530", "530", "530", "530", "530", "530"]);
+    // No guess gets in. Each is refused: 530 (checked, or refused
+    // unchecked), or 503 from libunftp when it takes one after the checked
+    // guess's failure sent the session back to wanting USER (it answers
+    // pipelined commands out of order; which ones depends on timing).
+    assert_eq!(codes[0], "331", "{codes:?}");
+    assert!(
+        codes[1..].iter().all(|c| c == "530" || c == "503"),
+        "{codes:?}"
+    );
+    let refused_530 = codes[1..].iter().filter(|c| *c == "530").count();
     fx.wait_record("the checked one's record", |r| {
         r.reason.contains("answered after 2 s")
     })
@@ -430,7 +439,7 @@ async fn pipelined_passwords_are_not_checked_side_by_side() {
         .map(|r| r.reason)
         .skip(4)
         .collect();
-    // One of the six was checked (and answered after 2 s); the others
+    // One of the six was checked (and answered after 2 s); the other 530s
     // came while it was, and were refused unchecked.
     let checked = failed
         .iter()
@@ -440,5 +449,9 @@ async fn pipelined_passwords_are_not_checked_side_by_side() {
         .iter()
         .filter(|r| r.starts_with("not checked"))
         .count();
-    assert_eq!((failed.len(), checked, unchecked), (6, 1, 5), "{failed:?}");
+    assert_eq!(
+        (failed.len(), checked, unchecked),
+        (refused_530, 1, refused_530.saturating_sub(1)),
+        "{failed:?} for {codes:?}"
+    );
 }
