@@ -234,7 +234,7 @@ pub fn render(r: &FleetReport) -> String {
         "no download ended",
         &times,
     );
-    let none = "no module that ended got a byte";
+    let none = "no module got a byte";
     figures_line(&mut out, "time to first byte", r.first_bytes, none, &first);
     let _ = writeln!(
         out,
@@ -365,7 +365,7 @@ mod tests {
         assert_eq!(
             render(&cut),
             "50 modules in 1965 ms\n  code unfinished: 50\n\
-             download time - (no download ended)\ntime to first byte - (no module that ended got a byte)\n\
+             download time - (no download ended)\ntime to first byte - (no module got a byte)\n\
              bytes received 359400 (182900 B/s over the run)\n"
         );
     }

@@ -105,14 +105,15 @@ pub struct FleetReport {
     /// before the deadline); 0: none, and the times are `None`.
     pub timed: usize,
     /// Median time to first byte (the download's start URC to its first
-    /// package byte: connect, login, request and the server's answer), ms;
-    /// `None` (JSON `null`) when no module that ended got a byte.
+    /// package byte: connect, login, request and the server's answer), ms,
+    /// over every module that got a byte, those the deadline stopped
+    /// included; `None` (JSON `null`) when none did.
     pub ttfb_p50_ms: Option<u64>,
     /// 95th-percentile time to first byte, ms (`None`: as `ttfb_p50_ms`).
     pub ttfb_p95_ms: Option<u64>,
     /// 99th-percentile time to first byte, ms (`None`: as `ttfb_p50_ms`).
     pub ttfb_p99_ms: Option<u64>,
-    /// Modules that ended (before the deadline) having got a first byte:
+    /// Modules that got a first byte, those the deadline stopped included:
     /// the time-to-first-byte figures are taken over them (0: none, and
     /// those figures are `None`).
     pub first_bytes: usize,
@@ -235,6 +236,16 @@ fn top_causes(counts: BTreeMap<String, BTreeMap<String, usize>>) -> BTreeMap<Str
         .collect()
 }
 
+/// What the fleet keeps of each started module besides its transcript.
+struct Probe {
+    /// Package bytes received so far.
+    received: Arc<std::sync::atomic::AtomicU64>,
+    /// Its time to first byte.
+    first_byte: crate::sim::state::FirstByteProbe,
+    /// Set once its transcript is complete (not at the deadline).
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Runs the fleet and sums it up. Modules still running at the deadline
 /// are stopped and counted as `unfinished`.
 ///
@@ -263,23 +274,30 @@ pub async fn run_fleet_observed(
     ));
     let at_args = config.command.to_at_args();
     let mut set = JoinSet::new();
-    // Each started module's received-bytes counter: the report's total,
-    // so a module the deadline stops counts what it got.
-    let counters: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>> = Arc::default();
+    // Each started module's received-bytes counter and time to first
+    // byte: a module the deadline stops counts what it got, and when its
+    // first byte came.
+    let probes: Arc<std::sync::Mutex<Vec<Probe>>> = Arc::default();
     for _ in 0..config.modules {
         let module = config.module()?;
         let gate = Arc::clone(&gate);
         let at_args = at_args.clone();
-        let counters = Arc::clone(&counters);
+        let probes = Arc::clone(&probes);
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
             let run = module.fotadl(&at_args);
-            let counter = run.received_counter();
-            counters
+            let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            probes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(Arc::clone(&counter));
-            Some(run.transcript().await)
+                .push(Probe {
+                    received: run.received_counter(),
+                    first_byte: run.first_byte_probe(),
+                    ended: Arc::clone(&ended),
+                });
+            let transcript = run.transcript().await;
+            ended.store(true, std::sync::atomic::Ordering::Relaxed);
+            Some(transcript)
         });
     }
     let mut codes = BTreeMap::new();
@@ -328,12 +346,19 @@ pub async fn run_fleet_observed(
     if unfinished > 0 {
         codes.insert("unfinished".into(), unfinished);
     }
-    let bytes: u64 = counters
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let probes = std::mem::take(&mut *probes.lock().unwrap_or_else(|p| p.into_inner()));
+    let bytes: u64 = probes
         .iter()
-        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|p| p.received.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
+    // The deadline's modules that had a first byte: theirs counts too.
+    first_bytes.extend(
+        probes
+            .iter()
+            .filter(|p| !p.ended.load(std::sync::atomic::Ordering::Relaxed))
+            .filter_map(|p| p.first_byte.ttfb())
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+    );
     times.sort_unstable();
     first_bytes.sort_unstable();
     let elapsed = started.elapsed();

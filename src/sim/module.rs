@@ -697,6 +697,12 @@ impl FotaRun {
         self.log.received_counter()
     }
 
+    /// This run's time to first byte, readable after the run was consumed
+    /// (a fleet's module stopped at its deadline).
+    pub(crate) fn first_byte_probe(&self) -> crate::sim::state::FirstByteProbe {
+        self.log.first_byte_probe()
+    }
+
     /// Sums up `events` (this run's, as received) with the module's version
     /// now and the simulator's notes on causes.
     pub fn summarize(&self, events: &[TimedEvent]) -> RunSummary {

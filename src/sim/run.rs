@@ -175,6 +175,7 @@ impl Run {
         };
         config.clock.pause(timing::BEFORE_DOWNLOAD).await;
         emit.urc(if ftp { Urc::FtpStart } else { Urc::HttpStart });
+        log.download_started();
         let result = download::download(Download {
             url,
             timeout: config.timeout,

@@ -156,6 +156,26 @@ pub(crate) struct RunLog {
     notes: Arc<Mutex<Vec<String>>>,
     received: Arc<AtomicU64>,
     first_byte: Arc<OnceLock<Instant>>,
+    /// When the download began (its start URC).
+    download_start: Arc<OnceLock<Instant>>,
+}
+
+/// A run's time to first byte, readable after the run was consumed (a
+/// fleet's module stopped at its deadline): its download's start and first
+/// package byte.
+#[derive(Debug, Clone)]
+pub(crate) struct FirstByteProbe {
+    download_start: Arc<OnceLock<Instant>>,
+    first_byte: Arc<OnceLock<Instant>>,
+}
+
+impl FirstByteProbe {
+    /// From the download's start to its first package byte; `None` before
+    /// both happened.
+    pub(crate) fn ttfb(&self) -> Option<Duration> {
+        let (start, first) = (self.download_start.get()?, self.first_byte.get()?);
+        Some(first.saturating_duration_since(*start))
+    }
 }
 
 impl RunLog {
@@ -187,6 +207,19 @@ impl RunLog {
     /// When the first package byte arrived, if one did.
     pub(crate) fn first_byte(&self) -> Option<Instant> {
         self.first_byte.get().copied()
+    }
+
+    /// Notes that the download begins (its start URC is out).
+    pub(crate) fn download_started(&self) {
+        let _ = self.download_start.set(Instant::now());
+    }
+
+    /// The run's [`FirstByteProbe`].
+    pub(crate) fn first_byte_probe(&self) -> FirstByteProbe {
+        FirstByteProbe {
+            download_start: Arc::clone(&self.download_start),
+            first_byte: Arc::clone(&self.first_byte),
+        }
     }
 }
 
