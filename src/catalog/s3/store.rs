@@ -141,7 +141,17 @@ impl S3Location {
             })?;
             self_hosted = true;
         }
-        let in_env = std::env::var_os("AWS_ACCESS_KEY_ID").is_some_and(|v| !v.is_empty());
+        let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+        let in_env = set("AWS_ACCESS_KEY_ID");
+        // Credentials the client finds by itself: web identity (EKS),
+        // the container's (ECS).
+        let found_by_client = [
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ]
+        .into_iter()
+        .any(set);
         // The AWS_* variables win; else the shared files' profile.
         let profile = Profile::from_environment();
         let from_profile = if in_env {
@@ -149,7 +159,7 @@ impl S3Location {
         } else {
             profile.as_ref().and_then(|p| p.credentials.clone())
         };
-        if self_hosted && !in_env && from_profile.is_none() {
+        if self_hosted && !in_env && !found_by_client && from_profile.is_none() {
             return Err(object_store::Error::Generic {
                 store: "S3",
                 source: "a self-hosted store needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, or a profile with them in ~/.aws/credentials (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE)".into(),
@@ -228,24 +238,29 @@ impl S3Location {
     /// with what the listing says about each. A key the client cannot
     /// represent (a control character, an empty or `.` segment) is skipped
     /// with a warning instead of failing the listing: the page holding it
-    /// is listed again one key at a time up to it. A folder marker
-    /// (`Jun/`, made by consoles and sync tools, listed as `Jun`) is no
-    /// object to serve.
+    /// is listed again one key at a time up to it. The marker of a folder
+    /// holding objects (`Jun/` beside `Jun/a.zip`, made by consoles and
+    /// sync tools, listed as `Jun`) is no object to serve.
     ///
     /// # Errors
-    /// The listing failed after the client's retries.
+    /// The listing failed after the client's retries, or a key the client
+    /// cannot represent was met twice (a store that does not start a
+    /// listing after a given key).
     pub async fn list(
         &self,
-        store: &AmazonS3,
+        store: &impl PaginatedListStore,
     ) -> Result<Vec<(String, Listed)>, object_store::Error> {
         let strip = self.list_prefix();
         let prefix = (!strip.is_empty()).then_some(strip.as_str());
-        let mut metas: Vec<ObjectMeta> = Vec::new();
+        // By location: a key listed twice (a page listed again one key at
+        // a time) counts once.
+        let mut listed: std::collections::BTreeMap<String, ObjectMeta> = Default::default();
         let mut token = None;
         // Set after a page failed on a key: list one key at a time from
         // `offset` until that key is passed.
         let mut stepping = false;
         let mut offset: Option<String> = None;
+        let mut skipped: HashSet<String> = HashSet::new();
         loop {
             let opts = PaginatedListOptions {
                 offset: offset.clone(),
@@ -258,7 +273,9 @@ impl S3Location {
                     if let Some(last) = page.result.objects.last() {
                         offset = Some(last.location.to_string());
                     }
-                    metas.extend(page.result.objects);
+                    for meta in page.result.objects {
+                        listed.insert(meta.location.to_string(), meta);
+                    }
                     match page.page_token {
                         Some(next) => token = Some(next),
                         None => break,
@@ -266,12 +283,18 @@ impl S3Location {
                 }
                 Err(object_store::Error::InvalidPath { source }) if stepping => {
                     // The one key of this page: skip it, and list on after
-                    // it in whole pages again.
-                    let Some(key) = raw_key(&source) else {
+                    // it in whole pages again. The same key twice means the
+                    // store did not start after it (`start-after`
+                    // unsupported): the listing fails as it would without
+                    // the skip, instead of going round for good.
+                    let Some(key) = raw_key(&source).map(str::to_string) else {
                         return Err(object_store::Error::InvalidPath { source });
                     };
+                    if !skipped.insert(key.clone()) {
+                        return Err(object_store::Error::InvalidPath { source });
+                    }
                     tracing::warn!(key, %source, "object key cannot be served: skipped");
-                    offset = Some(key.to_string());
+                    offset = Some(key);
                     token = None;
                     stepping = false;
                 }
@@ -284,6 +307,7 @@ impl S3Location {
                 Err(e) => return Err(e),
             }
         }
+        let metas: Vec<ObjectMeta> = listed.into_values().collect();
         let markers = folder_markers(&metas);
         Ok(metas
             .into_iter()
@@ -425,6 +449,112 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::ListResult;
+    use object_store::list::PaginatedListResult;
+
+    /// A bucket listed as S3 does (keys in order, `start-after`,
+    /// continuation tokens, `max-keys`, pages of `page` keys), failing a
+    /// page that holds a key the client cannot represent as object_store
+    /// does; or one that ignores `start-after`.
+    struct Scripted {
+        keys: Vec<&'static str>,
+        page: usize,
+        honours_start_after: bool,
+        requests: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl PaginatedListStore for Scripted {
+        async fn list_paginated(
+            &self,
+            prefix: Option<&str>,
+            opts: PaginatedListOptions,
+        ) -> object_store::Result<PaginatedListResult> {
+            let n = self
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            assert!(n < 1000, "the listing went round");
+            let mut keys: Vec<&str> = self.keys.clone();
+            keys.sort_unstable();
+            keys.retain(|k| k.starts_with(prefix.unwrap_or("")));
+            let from = match (&opts.page_token, &opts.offset) {
+                (Some(token), _) => token.parse().unwrap(),
+                (None, Some(after)) if self.honours_start_after => {
+                    keys.iter().take_while(|k| **k <= after.as_str()).count()
+                }
+                _ => 0,
+            };
+            let size = opts.max_keys.unwrap_or(self.page);
+            let end = (from + size).min(keys.len());
+            let objects = keys[from..end]
+                .iter()
+                .map(|k| {
+                    Ok(ObjectMeta {
+                        location: StorePath::parse(k)?,
+                        last_modified: chrono::DateTime::UNIX_EPOCH,
+                        size: 10,
+                        e_tag: None,
+                        version: None,
+                    })
+                })
+                .collect::<Result<Vec<_>, object_store::path::Error>>()?;
+            Ok(PaginatedListResult {
+                result: ListResult {
+                    common_prefixes: Vec::new(),
+                    objects,
+                    extensions: Default::default(),
+                },
+                page_token: (end < keys.len()).then(|| end.to_string()),
+            })
+        }
+    }
+
+    fn scripted(keys: &[&'static str], honours_start_after: bool) -> Scripted {
+        Scripted {
+            keys: keys.to_vec(),
+            page: 3,
+            honours_start_after,
+            requests: Default::default(),
+        }
+    }
+
+    /// Keys the client cannot represent, on the second page and later, are
+    /// skipped; every other key of every page is listed once.
+    #[tokio::test]
+    async fn keys_the_client_cannot_represent_are_skipped_on_any_page() {
+        let loc = S3Location::parse("s3://fota/fleet").unwrap();
+        let store = scripted(
+            &[
+                "fleet/a.zip",
+                "fleet/b.zip",
+                "fleet/c.zip",
+                "fleet/d.zip",
+                "fleet/e\tnote.txt",
+                "fleet/f.zip",
+                "fleet/g//h.zip",
+                "fleet/i.zip",
+                "other/x.zip",
+            ],
+            true,
+        );
+        let listed = loc.list(&store).await.unwrap();
+        let keys: Vec<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a.zip", "b.zip", "c.zip", "d.zip", "f.zip", "i.zip"]);
+    }
+
+    /// A store that ignores `start-after` cannot be listed past such a
+    /// key: the listing fails as it did before the skip, instead of going
+    /// round for good.
+    #[tokio::test]
+    async fn a_store_ignoring_start_after_fails_the_listing_instead_of_looping() {
+        let loc = S3Location::parse("s3://fota/fleet").unwrap();
+        let store = scripted(&["fleet/a.zip", "fleet/b\tc.zip", "fleet/d.zip"], false);
+        let err = loc.list(&store).await.unwrap_err();
+        assert!(
+            matches!(err, object_store::Error::InvalidPath { .. }),
+            "{err}"
+        );
+    }
 
     /// A console's or sync tool's `Jun/` marker beside `Jun/a.zip` is no
     /// package; an empty object that names no folder stays (and fails
