@@ -291,8 +291,9 @@ impl Cache {
             sha256: Some(sha256.clone()),
         })
         .map_err(io::Error::other)?;
+        // Opened before the rename: no eviction can take the name first.
+        let file = std::fs::File::open(&part)?;
         tokio::fs::rename(&part, &path).await?;
-        let file = std::fs::File::open(&path)?;
         let car_part = self.dir.join(format!("{name}.{n}.json.part"));
         tokio::fs::write(&car_part, sidecar).await?;
         tokio::fs::rename(&car_part, path.with_extension("json")).await?;

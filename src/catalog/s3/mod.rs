@@ -401,46 +401,52 @@ impl S3Catalog {
     }
 
     /// Validates version `listed` of `key` from its cached copy, fetching
-    /// it first when it is not cached. A cached copy whose bytes no longer
-    /// hash to what its fill wrote, or that fails validation, is deleted
-    /// and fetched again once (a damaged disk must not make one replica
-    /// serve other bytes than the others, or refuse a good package for
-    /// good). `Ok(None)` when validation crashed (that object only is
+    /// it first when it is not cached. A cached copy that cannot be read,
+    /// or whose bytes no longer hash to what its fill wrote (without that
+    /// SHA-256, a sidecar of an older run: one that does not validate), is
+    /// deleted and fetched again once: a damaged disk must not make one
+    /// replica serve other bytes than the others, or refuse a good package
+    /// for good. `Ok(None)` when validation crashed (that object only is
     /// excluded).
     ///
     /// # Errors
-    /// The object could not be fetched or its copy read.
+    /// The object could not be fetched or its fresh copy read.
     async fn load(
         &self,
         key: &str,
         listed: &Listed,
     ) -> Result<Option<(Package, Option<Bytes>)>, FillError> {
         if let Some((path, written)) = self.cache.get(key, listed) {
-            let loaded = self.validate(key, listed, path).await?;
-            let damaged = match &loaded {
-                Some((package, _)) => {
-                    !package.is_valid()
-                        || written.as_ref().is_some_and(|sha| *sha != package.sha256)
-                }
-                None => false,
+            let damage = match std::fs::File::open(&path) {
+                Ok(file) => match self.validate(key, listed, file).await {
+                    Ok(Some((package, copy))) => {
+                        let damaged = match &written {
+                            Some(sha) => *sha != package.sha256,
+                            None => !package.is_valid(),
+                        };
+                        if !damaged {
+                            return Ok(Some((package, copy)));
+                        }
+                        "its bytes are not what was fetched".to_string()
+                    }
+                    Ok(None) => return Ok(None),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
             };
-            if !damaged {
-                return Ok(loaded);
-            }
-            tracing::warn!(
-                key,
-                "package cache: the cached copy is not what was fetched or does not validate; fetching it again"
-            );
+            tracing::warn!(key, %damage, "package cache: fetching the package again");
             self.cache.remove(key, listed);
         }
         let filled = self
             .cache
             .fill(self.store.as_ref(), &self.config.location, key, listed)
             .await?;
-        self.validate(key, listed, filled.path).await
+        // The handle the fill opened: another request's eviction may have
+        // deleted the name since.
+        self.validate(key, listed, filled.file).await
     }
 
-    /// Validates the copy at `path` of version `listed` of `key` (on a
+    /// Validates `file`, a copy of version `listed` of `key` (on a
     /// blocking thread); `Ok(None)` when validation crashed.
     ///
     /// # Errors
@@ -449,13 +455,12 @@ impl S3Catalog {
         &self,
         key: &str,
         listed: &Listed,
-        path: std::path::PathBuf,
+        file: std::fs::File,
     ) -> Result<Option<(Package, Option<Bytes>)>, FillError> {
         let (key, adv, modified) = (key.to_string(), self.advertised.clone(), listed.modified());
         let memory = self.config.package_memory;
         let checked = tokio::task::spawn_blocking(move || {
             std::panic::catch_unwind(|| {
-                let file = std::fs::File::open(&path)?;
                 let len = file.metadata()?.len();
                 Package::validate_keeping(&key, file, len, memory, modified, &adv)
             })
