@@ -290,10 +290,11 @@ impl Acc {
             self.durations.push(r.duration_ms);
         } else if r.outcome != Outcome::HeadersOnly {
             // A HEAD or a 304 is no failure.
-            *self
+            let count = self
                 .failures
                 .entry((r.outcome.as_str(), r.reason.clone()))
-                .or_default() += 1;
+                .or_default();
+            *count = count.saturating_add(r.attempts());
         }
     }
 
@@ -854,7 +855,10 @@ pub(crate) mod tests {
         assert_eq!((c.attempts, c.outcomes.refused, c.modules), (6, 5, 2));
         let no_path = c.packages.iter().find(|p| p.path.is_empty()).unwrap();
         assert_eq!(no_path.figures.attempts, 5);
-        assert_eq!(no_path.top_failures[0].count, 1, "one record, one reason");
+        assert_eq!(
+            no_path.top_failures[0].count, 5,
+            "the attempts, not the record"
+        );
         let bucketed: u64 = c.timeline.buckets.iter().map(|b| b.outcomes.total()).sum();
         assert_eq!(bucketed, 6);
     }

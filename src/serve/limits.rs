@@ -287,12 +287,13 @@ pub(crate) async fn refuse(
             tokio::time::sleep_until(at.into()).await;
             match limits.take_held(ip) {
                 0 => return,
-                // This record stands for the last of them.
+                // This record stands for them all: it is one of them (the
+                // first held, whose task waited) and `held - 1` more.
                 held => held - 1,
             }
         }
     };
-    let mut reason = match hit {
+    let reason = match hit {
         LimitHit::Total(n) => {
             format!("connection limit: {n} connections open (--max-connections)")
         }
@@ -303,9 +304,8 @@ pub(crate) async fn refuse(
             "out of file descriptors: the process's limit (ulimit -n) is reached".into()
         }
     };
-    if more > 0 {
-        reason.push_str(&format!("; {more} more refused since the last record"));
-    }
+    // The count is the record's `more_refused`, not its reason: records
+    // of one limit keep one reason, which the campaign's failures count.
     let mut record = Attempt::start(protocol, peer, "").record(status, Outcome::Refused, reason);
     record.more_refused = more;
     log.emit(record);

@@ -220,7 +220,9 @@ impl Metrics {
         self.faults_applied.clone()
     }
 
-    /// Counts one download record.
+    /// Counts one download record: the attempts it stands for
+    /// ([`DownloadRecord::attempts`]: a `refused` record over a connection
+    /// limit can stand for several).
     pub fn observe(&self, record: &DownloadRecord) {
         let protocol = record.protocol.as_str().to_string();
         self.downloads
@@ -228,7 +230,7 @@ impl Metrics {
                 protocol: protocol.clone(),
                 outcome: record.outcome.as_str().to_string(),
             })
-            .inc();
+            .inc_by(record.attempts());
         if record.outcome == Outcome::AuthFailed {
             self.failed_logins.inc();
         }
