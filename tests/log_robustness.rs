@@ -432,7 +432,7 @@ async fn a_write_that_does_not_return_makes_the_log_unwritable() {
         log.health().error
     })
     .await;
-    assert!(error.contains("a write has not returned for"), "{error}");
+    assert!(error.contains("the file has not answered for"), "{error}");
     assert!(error.contains("downloads.jsonl"), "{error}");
     // The reader gone, the write fails (EPIPE) and the log can close.
     drop(reader);

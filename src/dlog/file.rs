@@ -59,9 +59,10 @@ pub const QUEUE_BYTES: usize = 4 << 20;
 /// under a second.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
-/// How long one write to the log may take before the log counts as not
-/// writable (`/readyz` 503, `qfota_log_writable` 0): a file on a hung
-/// network mount, a pipe nobody reads.
+/// How long one turn of the log's writer (its writes, its look at the
+/// file's name, a reopen) may take before the log counts as not writable
+/// (`/readyz` 503, `qfota_log_writable` 0): a file on a hung network
+/// mount, a pipe nobody reads.
 pub const WRITE_STALL: Duration = Duration::from_secs(5);
 
 /// How long the writer waits after a record wakes it before it writes
@@ -102,7 +103,8 @@ struct HealthCell {
     queued: AtomicU64,
     dropped: AtomicU64,
     error: Mutex<Option<String>>,
-    /// When the write in progress began; `None` between writes.
+    /// When the writer's turn in progress began (a look at the file, a
+    /// reopen, writes); `None` between turns.
     writing_since: Mutex<Option<Instant>>,
 }
 
@@ -214,15 +216,15 @@ impl FileSink {
         }
     }
 
-    /// A write that has not returned for [`WRITE_STALL`] or longer, said
-    /// as an error.
+    /// A writer's turn (a write, a look at the file, a reopen) that has not
+    /// returned for [`WRITE_STALL`] or longer, said as an error.
     fn stalled_write(&self) -> Option<String> {
         let h = &self.requests.health;
         let since = (*h.writing_since.lock().unwrap_or_else(|p| p.into_inner()))?;
         let stalled = since.elapsed();
         (stalled >= WRITE_STALL).then(|| {
             format!(
-                "{}: a write has not returned for {} s",
+                "{}: the file has not answered for {} s (a write, a look at it or a reopen)",
                 self.path.display(),
                 stalled.as_secs()
             )
@@ -323,6 +325,9 @@ impl Writer {
     fn run(mut self, rx: &Receiver<Option<Box<DownloadRecord>>>) {
         loop {
             let next = rx.recv_timeout(CHECK_INTERVAL);
+            // The whole turn counts, not only the writes: on a hung mount
+            // the look at the file's name or a reopen blocks first.
+            self.requests.health.set_writing(Some(Instant::now()));
             self.housekeeping();
             match next {
                 Ok(Some(record)) => {
@@ -337,6 +342,7 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.answer_flushes(rx);
+            self.requests.health.set_writing(None);
         }
         self.drain();
         self.answer_flushes(rx);
@@ -432,12 +438,10 @@ impl Writer {
             self.reopen("the file was deleted");
         }
         while let Some(front) = self.queue.front() {
-            self.requests.health.set_writing(Some(Instant::now()));
             let result = match &mut self.file {
                 Some(file) => write_record(file, front.bytes().as_bytes(), &mut self.unterminated),
                 None => Err(io::Error::new(io::ErrorKind::NotFound, "log file not open")),
             };
-            self.requests.health.set_writing(None);
             match result {
                 Ok(()) => {
                     let done = self.queue.pop_front().expect("front exists");
