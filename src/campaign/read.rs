@@ -42,13 +42,47 @@ pub fn for_each_record(
         let mut line = Vec::new();
         loop {
             line.clear();
-            if lines.read_until(b'\n', &mut line).map_err(error)? == 0 {
+            let read = (&mut lines)
+                .take(LINE_MAX_BYTES as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(error)?;
+            if read == 0 {
                 break;
+            }
+            if line.len() > LINE_MAX_BYTES && line.last() != Some(&b'\n') {
+                // No record is this long: skipped, and read past, not held.
+                skip_line(&mut lines).map_err(error)?;
+                skipped += 1;
+                continue;
             }
             skipped += u64::from(!parse_line(&line, &mut each));
         }
     }
     Ok(skipped)
+}
+
+/// Longest line read as a possible record (1 MiB); records are a few KiB
+/// at most (their string fields are capped, [`crate::dlog`]).
+const LINE_MAX_BYTES: usize = 1 << 20;
+
+/// Reads past the rest of the line `lines` is in, holding none of it.
+fn skip_line(lines: &mut dyn BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = lines.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|b| *b == b'\n') {
+            Some(at) => {
+                lines.consume(at + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                lines.consume(n);
+            }
+        }
+    }
 }
 
 /// The text of the log at `path`, decompressed when it starts with the
@@ -59,8 +93,12 @@ pub fn for_each_record(
 /// (damaged, not a plain log). Corrupt or cut-short gzip data is an error
 /// of the reads that meet it.
 fn open_log(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
-    let mut file = BufReader::new(File::open(path)?);
-    let head = file.fill_buf()?;
+    let mut file = File::open(path)?;
+    // The first two bytes, however the file comes (a pipe may give one
+    // at a time), then the rest after them.
+    let mut head = Vec::with_capacity(2);
+    (&mut file).take(2).read_to_end(&mut head)?;
+    let file = BufReader::new(std::io::Cursor::new(head.clone()).chain(file));
     if head.starts_with(&[0x1f, 0x8b]) {
         let gz = flate2::bufread::MultiGzDecoder::new(file);
         return Ok(Box::new(BufReader::new(GzErrors(gz))));
@@ -143,5 +181,23 @@ mod tests {
         assert_eq!(skipped, 3);
         let err = for_each_record(&[dir.path().join("missing")], |_| ()).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    /// A line longer than any record (garbage without line ends) is
+    /// skipped and counted, not held; the records after it are read.
+    #[test]
+    fn an_overlong_line_is_skipped_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.jsonl");
+        let mut text = "x".repeat(LINE_MAX_BYTES * 2);
+        text.push('\n');
+        text.push_str(&line("2026-06-01T12:00:00.000Z", "after.zip"));
+        text.push('\n');
+        std::fs::write(&log, text).unwrap();
+        let mut records = Vec::new();
+        let skipped = for_each_record(&[&log], |r| records.push(r)).unwrap();
+        assert_eq!(skipped, 1);
+        let paths: Vec<_> = records.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["after.zip"]);
     }
 }
