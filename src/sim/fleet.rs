@@ -242,8 +242,6 @@ struct Probe {
     received: Arc<std::sync::atomic::AtomicU64>,
     /// Its time to first byte.
     first_byte: crate::sim::state::FirstByteProbe,
-    /// Set once its transcript is complete (not at the deadline).
-    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs the fleet and sums it up. Modules still running at the deadline
@@ -274,30 +272,24 @@ pub async fn run_fleet_observed(
     ));
     let at_args = config.command.to_at_args();
     let mut set = JoinSet::new();
-    // Each started module's received-bytes counter and time to first
-    // byte: a module the deadline stops counts what it got, and when its
-    // first byte came.
-    let probes: Arc<std::sync::Mutex<Vec<Probe>>> = Arc::default();
-    for _ in 0..config.modules {
+    // Each module's received-bytes counter and time to first byte, once
+    // it has started: a module the deadline stops counts what it got, and
+    // when its first byte came.
+    let probes: Vec<Arc<std::sync::OnceLock<Probe>>> =
+        (0..config.modules).map(|_| Arc::default()).collect();
+    for (i, probe) in probes.iter().enumerate() {
         let module = config.module()?;
         let gate = Arc::clone(&gate);
         let at_args = at_args.clone();
-        let probes = Arc::clone(&probes);
+        let probe = Arc::clone(probe);
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
             let run = module.fotadl(&at_args);
-            let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            probes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Probe {
-                    received: run.received_counter(),
-                    first_byte: run.first_byte_probe(),
-                    ended: Arc::clone(&ended),
-                });
-            let transcript = run.transcript().await;
-            ended.store(true, std::sync::atomic::Ordering::Relaxed);
-            Some(transcript)
+            let _ = probe.set(Probe {
+                received: run.received_counter(),
+                first_byte: run.first_byte_probe(),
+            });
+            Some((i, run.transcript().await))
         });
     }
     let mut codes = BTreeMap::new();
@@ -308,9 +300,12 @@ pub async fn run_fleet_observed(
     let mut received = 0u64;
     let mut done = 0usize;
     let mut failed = 0usize;
+    let mut collected = vec![false; config.modules];
     loop {
         match tokio::time::timeout_at(deadline, set.join_next()).await {
-            Ok(Some(Ok(Some(t)))) => {
+            Ok(Some(Ok(Some((i, t))))) => {
+                // Its figures are in the transcript.
+                collected[i] = true;
                 done += 1;
                 let code = final_code(&t);
                 *codes.entry(code.clone()).or_insert(0) += 1;
@@ -346,17 +341,20 @@ pub async fn run_fleet_observed(
     if unfinished > 0 {
         codes.insert("unfinished".into(), unfinished);
     }
-    let probes = std::mem::take(&mut *probes.lock().unwrap_or_else(|p| p.into_inner()));
     let bytes: u64 = probes
         .iter()
+        .filter_map(|p| p.get())
         .map(|p| p.received.load(std::sync::atomic::Ordering::Relaxed))
         .sum();
-    // The deadline's modules that had a first byte: theirs counts too.
+    // The modules the deadline stopped that had a first byte: theirs
+    // counts too.
+    let uncollected = probes
+        .iter()
+        .zip(&collected)
+        .filter(|(_, collected)| !**collected);
     first_bytes.extend(
-        probes
-            .iter()
-            .filter(|p| !p.ended.load(std::sync::atomic::Ordering::Relaxed))
-            .filter_map(|p| p.first_byte.ttfb())
+        uncollected
+            .filter_map(|(p, _)| p.get()?.first_byte.ttfb())
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
     );
     times.sort_unstable();
