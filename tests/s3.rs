@@ -237,6 +237,20 @@ async fn metrics(work: &Path, id: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Asserts that a replica's banner counts `counts` packages
+/// (`"2 packages, 2 valid"`).
+fn assert_catalog(replica: &Served, counts: &str) {
+    assert!(replica.banner[0].contains(counts), "{:?}", replica.banner);
+}
+
+/// Asserts that a replica serves each `(key, bytes)` over HTTP, exactly.
+async fn assert_serves(replica: &Served, packages: &[(&str, &[u8])]) {
+    for (key, want) in packages {
+        let got = curl_get(&format!("{}/{key}", replica.base("http"))).await;
+        assert_eq!(got.as_deref(), Some(*want), "{key}");
+    }
+}
+
 /// `GET url` with curl; the body, or `None` on failure (404 included).
 async fn curl_get(url: &str) -> Option<Vec<u8>> {
     let out = run("curl", &["-sSf", "--max-time", "20", url]).await;
@@ -325,11 +339,7 @@ async fn two_replicas_serve_one_bucket_over_http_and_ftp() {
         replica(&store, "us-1", work.path(), "44500-44999"),
     );
     for r in [&a, &b] {
-        assert!(
-            r.banner[0].contains("3 packages, 2 valid"),
-            "{:?}",
-            r.banner
-        );
+        assert_catalog(&r, "3 packages, 2 valid");
     }
 
     let root_url = format!("{}/update-v12-to-v13.zip", a.base("http"));
@@ -394,11 +404,7 @@ async fn two_replicas_serve_one_bucket_over_http_and_ftp() {
     assert_eq!(before.len(), 3, "{before:?}");
     assert_eq!(a.stop().await, Some(0));
     let again = replica(&store, "eu-1", work.path(), "44000-44499").await;
-    assert!(
-        again.banner[0].contains("3 packages, 2 valid"),
-        "{:?}",
-        again.banner
-    );
+    assert_catalog(&again, "3 packages, 2 valid");
     assert_eq!(cached_files(&cache), before);
     let body = curl_get(&format!("{}/update-v12-to-v13.zip", again.base("http"))).await;
     assert_eq!(body.as_deref(), Some(&root_pkg[..]));
@@ -736,11 +742,7 @@ async fn packages_evicted_from_a_small_cache_are_fetched_again() {
         ],
     )
     .await;
-    assert!(
-        r.banner[0].contains("2 packages, 2 valid"),
-        "{:?}",
-        r.banner
-    );
+    assert_catalog(&r, "2 packages, 2 valid");
     let cache = work.path().join("r1-cache");
     for round in 0..2 {
         for (key, want) in [("a-v1-to-v2.zip", &a), ("Jun/b-v1-to-v2.zip", &b)] {
@@ -873,15 +875,12 @@ async fn an_object_key_that_cannot_be_served_does_not_hide_the_others() {
     std::fs::write(&odd, b"a note").unwrap();
     let work = tempfile::tempdir().unwrap();
     let replica = replica(&store, "eu-1", work.path(), "46500-46599").await;
-    assert!(
-        replica.banner[0].contains("2 packages, 2 valid"),
-        "{:?}",
-        replica.banner
-    );
-    for (key, bytes) in [("a-v1-to-v2.zip", &first), ("c-v1-to-v2.zip", &last)] {
-        let got = curl_get(&format!("{}/{key}", replica.base("http"))).await;
-        assert_eq!(got.as_deref(), Some(&bytes[..]), "{key}");
-    }
+    assert_catalog(&replica, "2 packages, 2 valid");
+    assert_serves(
+        &replica,
+        &[("a-v1-to-v2.zip", &first), ("c-v1-to-v2.zip", &last)],
+    )
+    .await;
     let (code, body) = readyz(work.path(), "eu-1").await;
     assert_eq!(code, "200", "{body}");
     assert!(
@@ -950,11 +949,7 @@ async fn cached_copies_damaged_while_stopped_are_fetched_again() {
     store.put("b-v1-to-v2.zip", &b).await;
     let work = tempfile::tempdir().unwrap();
     let first = replica(&store, "eu-1", work.path(), "46600-46699").await;
-    assert!(
-        first.banner[0].contains("2 packages, 2 valid"),
-        "{:?}",
-        first.banner
-    );
+    assert_catalog(&first, "2 packages, 2 valid");
     assert_eq!(first.stop().await, Some(0));
     // Each cached copy is one of the two packages: change a header byte of
     // a's (still a valid zip, another SHA-256) and a content byte of b's
@@ -969,15 +964,8 @@ async fn cached_copies_damaged_while_stopped_are_fetched_again() {
         std::fs::write(&path, bytes).unwrap();
     }
     let again = replica(&store, "eu-1", work.path(), "46600-46699").await;
-    assert!(
-        again.banner[0].contains("2 packages, 2 valid"),
-        "{:?}",
-        again.banner
-    );
-    for (key, want) in [("a-v1-to-v2.zip", &a), ("b-v1-to-v2.zip", &b)] {
-        let got = curl_get(&format!("{}/{key}", again.base("http"))).await;
-        assert_eq!(got.as_deref(), Some(&want[..]), "{key}");
-    }
+    assert_catalog(&again, "2 packages, 2 valid");
+    assert_serves(&again, &[("a-v1-to-v2.zip", &a), ("b-v1-to-v2.zip", &b)]).await;
 }
 
 /// Versions cached by an earlier run that the store no longer lists (one
@@ -1001,11 +989,7 @@ async fn versions_gone_from_the_store_while_stopped_leave_the_cache() {
         .await
         .unwrap();
     let again = replica(&store, "eu-1", work.path(), "46700-46799").await;
-    assert!(
-        again.banner[0].contains("1 packages, 1 valid"),
-        "{:?}",
-        again.banner
-    );
+    assert_catalog(&again, "1 packages, 1 valid");
     let files = cached_files(&cache);
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(std::fs::read(&files[0].0).unwrap(), new);

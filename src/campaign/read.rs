@@ -98,12 +98,13 @@ fn open_log(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
     // at a time), then the rest after them.
     let mut head = Vec::with_capacity(2);
     (&mut file).take(2).read_to_end(&mut head)?;
-    let file = BufReader::new(std::io::Cursor::new(head.clone()).chain(file));
-    if head.starts_with(&[0x1f, 0x8b]) {
+    let (gzip, empty) = (head.starts_with(&[0x1f, 0x8b]), head.is_empty());
+    let file = BufReader::new(std::io::Cursor::new(head).chain(file));
+    if gzip {
         let gz = flate2::bufread::MultiGzDecoder::new(file);
         return Ok(Box::new(BufReader::new(GzErrors(gz))));
     }
-    if !head.is_empty()
+    if !empty
         && path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gz"))

@@ -105,7 +105,7 @@ struct HealthCell {
     error: Mutex<Option<String>>,
     /// When the writer's turn in progress began (a look at the file, a
     /// reopen, writes); `None` between turns.
-    writing_since: Mutex<Option<Instant>>,
+    busy_since: Mutex<Option<Instant>>,
 }
 
 impl HealthCell {
@@ -113,8 +113,8 @@ impl HealthCell {
         *self.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
     }
 
-    fn set_writing(&self, since: Option<Instant>) {
-        *self.writing_since.lock().unwrap_or_else(|p| p.into_inner()) = since;
+    fn set_busy(&self, since: Option<Instant>) {
+        *self.busy_since.lock().unwrap_or_else(|p| p.into_inner()) = since;
     }
 }
 
@@ -220,7 +220,7 @@ impl FileSink {
     /// returned for [`WRITE_STALL`] or longer, said as an error.
     fn stalled_write(&self) -> Option<String> {
         let h = &self.requests.health;
-        let since = (*h.writing_since.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let since = (*h.busy_since.lock().unwrap_or_else(|p| p.into_inner()))?;
         let stalled = since.elapsed();
         (stalled >= WRITE_STALL).then(|| {
             format!(
@@ -327,7 +327,7 @@ impl Writer {
             let next = rx.recv_timeout(CHECK_INTERVAL);
             // The whole turn counts, not only the writes: on a hung mount
             // the look at the file's name or a reopen blocks first.
-            self.requests.health.set_writing(Some(Instant::now()));
+            self.requests.health.set_busy(Some(Instant::now()));
             self.housekeeping();
             match next {
                 Ok(Some(record)) => {
@@ -342,7 +342,7 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             self.answer_flushes(rx);
-            self.requests.health.set_writing(None);
+            self.requests.health.set_busy(None);
         }
         self.drain();
         self.answer_flushes(rx);

@@ -158,20 +158,29 @@ pub(crate) mod tests {
     use super::*;
     use crate::sim::fault::Fault;
 
-    /// A small valid zip with two entries.
-    pub(crate) fn sample_zip() -> Vec<u8> {
+    /// A zip of `entries` (name, bytes, how each is compressed).
+    fn zip_of(entries: &[(&str, &[u8], zip::CompressionMethod)]) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
         let mut zip = zip::ZipWriter::new(&mut out);
-        let stored = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        zip.start_file("version.txt", stored).unwrap();
-        zip.write_all(b"v13\n").unwrap();
-        let deflated = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        zip.start_file("system.diff", deflated).unwrap();
-        zip.write_all(&[7u8; 4096]).unwrap();
+        for (name, bytes, method) in entries {
+            let options = zip::write::SimpleFileOptions::default().compression_method(*method);
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
         zip.finish().unwrap();
         out.into_inner()
+    }
+
+    /// A small valid zip with two entries.
+    pub(crate) fn sample_zip() -> Vec<u8> {
+        zip_of(&[
+            ("version.txt", b"v13\n", zip::CompressionMethod::Stored),
+            (
+                "system.diff",
+                &[7u8; 4096],
+                zip::CompressionMethod::Deflated,
+            ),
+        ])
     }
 
     fn facts<'a>(profile: &str, bytes: &[u8], version: Option<&'a str>) -> PackageFacts<'a> {
@@ -284,17 +293,11 @@ pub(crate) mod tests {
     #[test]
     fn a_spooled_package_is_checked_from_its_file() {
         // A stored 20 KiB entry: past the spool's memory part.
-        let mut out = Cursor::new(Vec::new());
-        let mut w = zip::ZipWriter::new(&mut out);
-        let stored = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        w.start_file("version.txt", stored).unwrap();
-        w.write_all(b"v13\n").unwrap();
-        w.start_file("system.diff", stored).unwrap();
-        w.write_all(&(0..20 * 1024).map(|i| i as u8).collect::<Vec<u8>>())
-            .unwrap();
-        w.finish().unwrap();
-        let zip = out.into_inner();
+        let diff: Vec<u8> = (0..20 * 1024).map(|i| i as u8).collect();
+        let zip = zip_of(&[
+            ("version.txt", b"v13\n", zip::CompressionMethod::Stored),
+            ("system.diff", &diff, zip::CompressionMethod::Stored),
+        ]);
         let data = spooled(&zip);
         assert!(matches!(data, PackageData::Spooled(..)));
         assert_eq!(data.check_zip().unwrap(), 2);

@@ -100,8 +100,6 @@ impl FillError {
 /// A version now in the cache.
 #[derive(Debug)]
 pub struct Filled {
-    /// The `.pkg` file.
-    pub path: PathBuf,
     /// The `.pkg` file, opened before any eviction could delete it: its
     /// bytes stay readable through this handle whatever happens to the
     /// name (another request's eviction, the folder cleaned up).
@@ -306,7 +304,7 @@ impl Cache {
                 used: now,
             },
         );
-        Ok(Filled { path, file, sha256 })
+        Ok(Filled { file, sha256 })
     }
 
     /// Streams `body` into `part`, at most `size` bytes, and returns the
