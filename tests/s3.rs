@@ -339,7 +339,7 @@ async fn two_replicas_serve_one_bucket_over_http_and_ftp() {
         replica(&store, "us-1", work.path(), "44500-44999"),
     );
     for r in [&a, &b] {
-        assert_catalog(&r, "3 packages, 2 valid");
+        assert_catalog(r, "3 packages, 2 valid");
     }
 
     let root_url = format!("{}/update-v12-to-v13.zip", a.base("http"));
