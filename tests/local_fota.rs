@@ -99,6 +99,24 @@ async fn a_local_package_is_checked_like_a_downloaded_one() {
     assert_eq!(run(&m, r#""/cache/ufs/x.zip""#).await.lines()[1], "ERROR");
 }
 
+/// A package stored under a name that states no versions (fwupd uploads
+/// every package as `dfota_update.bin`) is version-checked and upgrades to
+/// what its own `version.txt` states.
+#[tokio::test]
+async fn a_package_named_without_versions_goes_by_its_version_txt() {
+    const NAME: &str = "dfota_update.bin";
+    let m = builder("ec2x").version("v12").build().unwrap();
+    m.ufs().write(NAME, package()).unwrap();
+    let t = run(&m, &format!("\"/data/ufs/{NAME}\"")).await;
+    assert_eq!(ends(&t), vec![0]);
+    assert_eq!(m.version().as_deref(), Some("v13"));
+    let v11 = builder("ec2x").version("v11").build().unwrap();
+    v11.ufs().write(NAME, package()).unwrap();
+    let mismatch = run(&v11, &format!("\"/data/ufs/{NAME}\"")).await;
+    assert_eq!(ends(&mismatch), vec![510; 5]);
+    assert_eq!(v11.version().as_deref(), Some("v11"));
+}
+
 /// Seed 002 §3: a version mismatch is `END,505` once, and the package is
 /// deleted; the module never enters recovery mode.
 #[tokio::test]

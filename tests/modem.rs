@@ -1047,6 +1047,9 @@ async fn fwupds_dfota_flow_uploads_in_ack_mode_and_flashes_the_local_file() {
     let stored = modem.module().ufs().read("dfota_update.bin").unwrap();
     assert_eq!(*stored, std::fs::read(&image).unwrap());
     wait_status(&modem, "the reboot after END", |s| s.boots >= 1).await;
+    // The file's name states no versions: the package's own version.txt
+    // (from=v12, to=v13) gives the firmware the module now runs.
+    assert_eq!(modem.module().version().as_deref(), Some("v13"));
     stop(modem).await;
 }
 

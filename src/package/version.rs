@@ -2,9 +2,11 @@
 //! and to, read from its file name (`update-v12-to-v13.zip` → v12 → v13).
 //!
 //! The vendor's package internals are not public, so the simulator decides
-//! `510` (wrong source firmware) and the module's new version from the name.
-//! A pure rule on names, kept with the other package checks in
-//! [`crate::package`].
+//! `510` (wrong source firmware) and the module's new version from the name,
+//! or, for a name that states no versions (fwupd uploads every package as
+//! `dfota_update.bin`), from a `version.txt` entry inside the package
+//! ([`VersionChange::from_manifest`]). Pure rules on text, kept with the
+//! other package checks in [`crate::package`].
 
 /// The `<from>` and `<to>` versions a package name states.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,35 @@ impl VersionChange {
         })
     }
 
+    /// Reads the versions from the text of a package's `version.txt` entry:
+    /// one `key=value` per line, `from=<version>` and `to=<version>` (keys
+    /// in any case, spaces around keys and values and a `\r` before the
+    /// `\n` ignored, other lines skipped; a later line with the same key
+    /// wins). The shipped sample packages carry one (`from=v12`, `to=v13`).
+    ///
+    /// Returns `None` unless both are there and not empty.
+    pub fn from_manifest(text: &str) -> Option<VersionChange> {
+        let (mut from, mut to) = (None, None);
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let value = value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            match key.trim().to_ascii_lowercase().as_str() {
+                "from" => from = Some(value),
+                "to" => to = Some(value),
+                _ => {}
+            }
+        }
+        Some(VersionChange {
+            from: from?.to_string(),
+            to: to?.to_string(),
+        })
+    }
+
     /// Whether a module running `current` may take this package. Versions
     /// compare ASCII case-insensitively, since `ATI` prints upper case while
     /// package names are often lower case.
@@ -69,6 +100,23 @@ mod tests {
 
     fn pair(a: &str, b: &str) -> Option<(String, String)> {
         Some((a.to_string(), b.to_string()))
+    }
+
+    #[test]
+    fn a_manifest_states_both_versions_or_none() {
+        let parse = |text: &str| VersionChange::from_manifest(text).map(|v| (v.from, v.to));
+        let both = Some(("v12".to_string(), "v13".to_string()));
+        assert_eq!(parse("from=v12\nto=v13\n"), both);
+        assert_eq!(parse("# build 7\r\n FROM = v12 \r\nTo=v13"), both);
+        assert_eq!(
+            parse("to=v9\nfrom=v12\nto=v13\n"),
+            both,
+            "the later line wins"
+        );
+        assert_eq!(parse("to=v13\n"), None, "no from");
+        assert_eq!(parse("from=v12\nto=\n"), None, "empty to");
+        assert_eq!(parse("v13\n"), None, "no keys");
+        assert_eq!(parse(""), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the simulated module decides from a downloaded package before it
-//! upgrades (SPEC §5): zip and CRC, the version named in the file name,
+//! upgrades (SPEC §5): zip and CRC, the version named in the file name
+//! (or in the package's `version.txt`),
 //! size against the family's limit and the free space, and the injected
 //! check faults. The first failing check gives the attempt's `<err>`.
 
@@ -38,6 +39,21 @@ fn zip_entries(reader: impl std::io::Read + std::io::Seek) -> Result<usize, ZipE
     crate::package::zip::check_zip(reader).map(|summary| summary.entries)
 }
 
+/// Largest part of a `version.txt` entry that is read, in bytes.
+const MANIFEST_MAX: u64 = 4096;
+
+/// [`VersionChange::from_manifest`] of the `version.txt` entry at the root
+/// of the zip `reader` reads; `None` when there is none or it cannot be
+/// read as UTF-8 text.
+fn manifest_in(reader: impl std::io::Read + std::io::Seek) -> Option<VersionChange> {
+    use std::io::Read;
+    let mut archive = zip::ZipArchive::new(reader).ok()?;
+    let entry = archive.by_name("version.txt").ok()?;
+    let mut text = String::new();
+    entry.take(MANIFEST_MAX).read_to_string(&mut text).ok()?;
+    VersionChange::from_manifest(&text)
+}
+
 /// A package the module holds for its checks: in memory (a small
 /// download, a file of its UFS, a `FILE:` transfer), or in the temporary
 /// file a larger download was written to as it arrived (as a module
@@ -59,6 +75,27 @@ impl PackageData {
             PackageData::Memory(bytes) => bytes.len() as u64,
             PackageData::Spooled(_, len) => *len,
         }
+    }
+
+    /// The versions the package's own `version.txt` entry states
+    /// ([`VersionChange::from_manifest`]; at most its first 4 KiB are
+    /// read); `None` when the package is no readable zip, has no such
+    /// entry, or it states no versions (blocking: may read a spooled file).
+    pub(crate) fn manifest_versions(&self) -> Option<VersionChange> {
+        match self {
+            PackageData::Memory(bytes) => manifest_in(Cursor::new(bytes.as_slice())),
+            PackageData::Spooled(file, _) => manifest_in(std::io::BufReader::with_capacity(
+                64 * 1024,
+                file.open().ok()?,
+            )),
+        }
+    }
+
+    /// The versions the package goes from and to: those its file name
+    /// `file_name` states ([`VersionChange::from_file_name`]), else those
+    /// of its `version.txt` ([`PackageData::manifest_versions`]).
+    pub(crate) fn version_change(&self, file_name: &str) -> Option<VersionChange> {
+        VersionChange::from_file_name(file_name).or_else(|| self.manifest_versions())
     }
 
     /// [`check_zip`] over the package, wherever it is (blocking: reads a
@@ -86,8 +123,9 @@ pub(crate) struct PackageFacts<'a> {
     pub profile: &'static Profile,
     /// The package.
     pub data: &'a PackageData,
-    /// Its file name (for the version rule).
-    pub file_name: &'a str,
+    /// The versions it goes from and to, if known
+    /// ([`PackageData::version_change`]).
+    pub change: Option<&'a VersionChange>,
     /// The module's firmware version, if set.
     pub version: Option<&'a str>,
     /// Free space in the module's file system, bytes; `None` = unlimited.
@@ -122,10 +160,8 @@ pub(crate) fn check(facts: &PackageFacts<'_>, faults: &FaultPlan) -> Option<(u16
     if faults.md5 {
         return Some((MD5_CODE, "fault md5".to_string()));
     }
-    if let (Some(current), Some(change)) = (
-        facts.version,
-        VersionChange::from_file_name(facts.file_name),
-    ) && !change.applies_to(current)
+    if let (Some(current), Some(change)) = (facts.version, facts.change)
+        && !change.applies_to(current)
     {
         return Some((
             profile.version_mismatch.code(),
@@ -188,10 +224,12 @@ pub(crate) mod tests {
         let data: &'static PackageData = Box::leak(Box::new(PackageData::Memory(
             std::sync::Arc::new(bytes.to_vec()),
         )));
+        let change: &'static Option<VersionChange> =
+            Box::leak(Box::new(data.version_change("update-v12-to-v13.zip")));
         PackageFacts {
             profile: Profile::by_name(profile).unwrap(),
             data,
-            file_name: "update-v12-to-v13.zip",
+            change: change.as_ref(),
             version,
             free_space: None,
         }
@@ -249,6 +287,39 @@ pub(crate) mod tests {
             check(&facts("ec200", &zip, Some("v11")), &plan).map(|c| c.0),
             Some(504)
         );
+    }
+
+    #[test]
+    fn a_name_without_versions_takes_them_from_version_txt() {
+        let zip = zip_of(&[
+            (
+                "version.txt",
+                b"from=v12\nto=v13\n",
+                zip::CompressionMethod::Deflated,
+            ),
+            ("system.diff", &[7u8; 512], zip::CompressionMethod::Stored),
+        ]);
+        let data = PackageData::Memory(std::sync::Arc::new(zip));
+        let change = data.version_change("dfota_update.bin").unwrap();
+        assert_eq!((change.from.as_str(), change.to.as_str()), ("v12", "v13"));
+        // The file name's versions come first.
+        let named = data.version_change("update-v7-to-v8.zip").unwrap();
+        assert_eq!((named.from.as_str(), named.to.as_str()), ("v7", "v8"));
+        let facts = |version| PackageFacts {
+            profile: Profile::by_name("ec2x").unwrap(),
+            data: &data,
+            change: Some(&change),
+            version,
+            free_space: None,
+        };
+        let plan = FaultPlan::default();
+        assert_eq!(check(&facts(Some("v11")), &plan).map(|c| c.0), Some(510));
+        assert_eq!(check(&facts(Some("V12")), &plan), None);
+        // No manifest with both keys, no zip: no versions.
+        let bare = PackageData::Memory(std::sync::Arc::new(sample_zip()));
+        assert_eq!(bare.version_change("dfota_update.bin"), None);
+        let junk = PackageData::Memory(std::sync::Arc::new(b"not a zip".to_vec()));
+        assert_eq!(junk.version_change("dfota_update.bin"), None);
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub(crate) struct Run {
     faults: FaultPlan,
     /// `FILE:<length>`: the bytes the AT layer feeds.
     input: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
+    /// The versions the package goes from and to, once checked (its file
+    /// name's, else its `version.txt`'s).
+    change: Option<VersionChange>,
 }
 
 impl Run {
@@ -105,6 +108,7 @@ impl Run {
             log,
             faults,
             input,
+            change: None,
         }
     }
 
@@ -331,8 +335,9 @@ impl Run {
     /// Phase 3: the package checks of SPEC §5 against the module's version
     /// and free space. Returns the first failing check's `<err>` (noted
     /// with its reason), or `None` when the package passes. A missing
-    /// local file (`None`) is the family's package error, 504.
-    async fn check_package(&self, package: Option<PackageData>) -> Option<u16> {
+    /// local file (`None`) is the family's package error, 504. Keeps the
+    /// package's version change for the boot after the upgrade.
+    async fn check_package(&mut self, package: Option<PackageData>) -> Option<u16> {
         let Some(package) = package else {
             self.log.note(format!(
                 "package check: END,{}: no such file in the UFS",
@@ -350,20 +355,28 @@ impl Run {
         let plan = self.faults.clone();
         // Reading every zip entry through is CPU work; keep it off the
         // runtime's worker threads.
-        let check = tokio::task::spawn_blocking(move || {
-            package::check(
+        let checked = tokio::task::spawn_blocking(move || {
+            let change = package.version_change(&file_name);
+            let check = package::check(
                 &PackageFacts {
                     profile,
                     data: &package,
-                    file_name: &file_name,
+                    change: change.as_ref(),
                     version: version.as_deref(),
                     free_space,
                 },
                 &plan,
-            )
+            );
+            (check, change)
         })
-        .await
-        .unwrap_or_else(|e| Some((package::FORMAT_CODE, format!("package check failed: {e}"))));
+        .await;
+        let check = match checked {
+            Ok((check, change)) => {
+                self.change = change;
+                check
+            }
+            Err(e) => Some((package::FORMAT_CODE, format!("package check failed: {e}"))),
+        };
         let (code, why) = check?;
         self.log.note(format!("package check: END,{code}: {why}"));
         Some(code)
@@ -430,18 +443,13 @@ impl Run {
 
     /// Phase 5: the reboot back to normal mode (power-off, `RDY`); after
     /// an `upgraded` run the module runs the package's `<to>` version
-    /// (`None` when its name states none).
+    /// (`None` when neither its name nor its `version.txt` states one).
     async fn boot_normal(&self, upgraded: bool) {
         let clock = self.config.clock;
         clock.pause(timing::BEFORE_REBOOT).await;
         self.emit.send(Event::PowerOff(PowerOff::RebootToNormal));
         if upgraded {
-            let new = self
-                .command
-                .source
-                .file_name()
-                .and_then(VersionChange::from_file_name)
-                .map(|v| v.to);
+            let new = self.change.as_ref().map(|v| v.to.clone());
             self.busy.set_version(new);
         }
         clock.pause(timing::REBOOT).await;
@@ -514,7 +522,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_package_that_is_not_a_zip_fails_the_check_with_504() {
-        let f = fixture("ec2x", &[], r#""http://h/update-v12-to-v13.zip""#);
+        let mut f = fixture("ec2x", &[], r#""http://h/update-v12-to-v13.zip""#);
         let check = bounded(
             f.run
                 .check_package(Some(PackageData::Memory(Arc::new(b"not a zip".to_vec())))),
@@ -539,6 +547,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn booting_after_an_upgrade_runs_the_new_version() {
         let mut f = fixture("ec2x", &[], r#""http://h/update-v12-to-v13.zip""#);
+        let zip = crate::sim::package::tests::sample_zip();
+        let check = bounded(
+            f.run
+                .check_package(Some(PackageData::Memory(Arc::new(zip)))),
+        );
+        assert_eq!(check.await, None, "the package named v12 → v13 passes");
         bounded(f.run.boot_normal(false)).await;
         assert_eq!(lock(&f.state).version.as_deref(), Some("v12"));
         bounded(f.run.boot_normal(true)).await;
