@@ -1136,9 +1136,9 @@ async fn ec200_takes_a_file_package_over_the_port_and_upgrades() {
     let mut host = Host::reconnect(&modem).await;
     host.expect("\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+CPIN: READY\r\n")
         .await;
-    // A `FILE:` package has no name to take a version from (SPEC §5).
-    host.at("AT+QGMR", "AT+QGMR\r\r\nunknown\r\n\r\nOK\r\n")
-        .await;
+    // A `FILE:` package has no name to take a version from (SPEC §5): the
+    // package's own version.txt (from=v12, to=v13) gives it.
+    host.at("AT+QGMR", "AT+QGMR\r\r\nv13\r\n\r\nOK\r\n").await;
     stop(modem).await;
 }
 
