@@ -1004,8 +1004,19 @@ async fn a_download_over_an_inactive_fota_context_fails_with_the_network_code() 
     .await;
     host.expect(q("\"HTTPSTART\"") + &q("\"HTTPEND\",707"))
         .await;
-    // Back on the default bearer, the same download goes through.
+    // Detached from the packet domain, not even the default bearer is.
     host.at("AT+QFOTA=\"fota/cid\",1", "\r\nOK\r\n").await;
+    host.at("AT+CGATT=0", "\r\nOK\r\n").await;
+    host.at(
+        &format!("AT+QFOTADL=\"{}\"", fx.http_url(PKG)),
+        "\r\nOK\r\n",
+    )
+    .await;
+    host.expect(q("\"HTTPSTART\"") + &q("\"HTTPEND\",707"))
+        .await;
+    // Attached again, on the default bearer, the same download goes
+    // through.
+    host.at("AT+CGATT=1", "\r\nOK\r\n").await;
     host.at(
         &format!("AT+QFOTADL=\"{}\"", fx.http_url(PKG)),
         "\r\nOK\r\n",

@@ -38,9 +38,16 @@
 //! | `AT+CREG=<0-2>`, `AT+CGREG=…`, `AT+CEREG=…` | `OK`; unsolicited `+CREG: <stat>[,"<lac>","<ci>",7]` when the registration changes (radio on/off) |
 //! | `AT+CREG?`, `AT+CGREG?`, `AT+CEREG?` | `+CREG: <n>,<stat>[,"<lac>","<ci>",7]`: stat 1 registered, 2 searching under fault `network-down` (also set at run time, `control.rs`), 0 with the radio off |
 //! | `AT+CSQ` | `+CSQ: 24,99` (the runtime control's `signal` changes 24; `99,99` without network), `OK` |
-//! | `AT+COPS?` | `+COPS: 0,0,"qfota-sim",7` (`+COPS: 0` without network), `OK` |
+//! | `AT+COPS?` | `+COPS: <mode>,<format>,"<oper>",7` (`qfota-sim`, numeric `00101`; `+COPS: 0` without network, `+COPS: 2` deregistered), `OK` |
+//! | `AT+COPS=<mode>[,<format>[,"<oper>"[,<AcT>]]]` | 0 automatic, 1 manual (only this network: else `+CME ERROR: 30`), 2 deregister (registration 0 until `AT+COPS=0`/a boot; downloads fail as without network), 3 set `<format>` only, 4 manual then automatic (27.007 §7.3) |
 //! | `AT+CGACT?` | `+CGACT: <cid>,<0/1>` per defined context, `OK` |
-//! | `AT+QIACT?` / `AT+QIACT=<cid>` | active contexts / activate (`+CME ERROR: 30` without network) |
+//! | `AT+CGACT=<0/1>[,<cid>…]` | deactivates / activates the contexts (all defined ones without a `<cid>`; an undefined one is `+CME ERROR: 50`; activation needs network, `+CME ERROR: 30`) (27.007 §10.1.10) |
+//! | `AT+CGDCONT=<cid>[,"<PDP_type>"[,"<APN>"[,…]]]` | defines the context (`IP`, `IPV6`, `IPV4V6`; further parameters accepted and not kept); `AT+CGDCONT=<cid>` alone undefines it (context 1 back to its defaults) (27.007 §10.1.1) |
+//! | `AT+CGATT=<0/1>` | 0 detaches: every context deactivated, `+CGATT: 0`; 1 attaches (`+CME ERROR: 30` without network) with the default bearer, context 1 (27.007 §10.1.9) |
+//! | `AT+QIACT?` / `AT+QIACT=<cid>` / `AT+QIDEACT=<cid>` | active contexts / activate (`+CME ERROR: 30` without network) / deactivate |
+//! | `AT+IPR=<rate>`, `AT+IPR?` | the port's baud rate (stored; a PTY or TCP port has no baud rate), default 115200 (V.250 §6.2.10) |
+//! | `AT+ICF=<format>[,<parity>]`, `AT+ICF?` | character framing (stored), default `3,3`: 8 data bits, 1 stop bit, no parity (V.250 §6.2.11) |
+//! | `AT+CSCS="<chset>"`, `AT+CSCS?` | character set `GSM` (default), `IRA` or `UCS2` (stored; every text this modem prints is ASCII) (27.007 §5.5) |
 //! | `AT+QICSGP=<cid>[,<type>,"<apn>"[,"<user>","<pw>"[,<auth>]]]` | stores the context, `OK`; with only `<cid>`: `+QICSGP: <type>,"<apn>","<user>","<pw>",<auth>`, `OK` |
 //! | `AT+QFOTA="fota/cid"[,<cid>]` | `ec200` only (seed `001_2f648264def3e0b1.txt` §3.2.1.1 example): sets / shows the PDP context FOTA uses; other families `+CME ERROR: 4` |
 //! | `AT+CFUN?`, `AT+CFUN=<0/1/4>[,<rst>]` | `+CFUN: <fun>`; 0 and 4 switch the radio off (no registration, downloads fail with the family's no-network code), 1 on; `<rst>` 1 reboots (the module comes back at 1) |
@@ -263,6 +270,40 @@ pub enum Command {
     ActiveContexts,
     /// `AT+QIACT=<cid>`.
     Activate(u8),
+    /// `AT+QIDEACT=<cid>`.
+    Deactivate(u8),
+    /// `AT+CGACT=<state>[,<cid>…]`: activate (`true`) or deactivate the
+    /// contexts listed, all defined ones when none is.
+    ContextActivation(bool, Vec<u8>),
+    /// `AT+CGDCONT=<cid>,"<PDP_type>"[,"<APN>"…]`: define the context
+    /// (type as `AT+QICSGP` numbers it: 1 IPv4, 2 IPv6, 3 IPv4v6).
+    DefineContext(u8, u8, String),
+    /// `AT+CGDCONT=<cid>`: undefine it.
+    UndefineContext(u8),
+    /// `AT+CGATT=<state>`: attach (`true`) or detach.
+    Attach(bool),
+    /// `AT+COPS=<mode>[,<format>[,"<oper>"[,<AcT>]]]`.
+    OperatorSelect {
+        /// 0 automatic, 1 manual, 2 deregister, 3 format only, 4 manual
+        /// then automatic.
+        mode: u8,
+        /// 0 long name, 1 short name, 2 numeric.
+        format: Option<u8>,
+        /// The operator asked for (modes 1 and 4).
+        operator: Option<String>,
+    },
+    /// `AT+IPR?`.
+    BaudRateRead,
+    /// `AT+IPR=<rate>`.
+    BaudRate(u32),
+    /// `AT+ICF?`.
+    FramingRead,
+    /// `AT+ICF=<format>[,<parity>]`.
+    Framing(u8, u8),
+    /// `AT+CSCS?`.
+    CharsetRead,
+    /// `AT+CSCS="<chset>"`, upper case.
+    Charset(&'static str),
     /// `AT+QICSGP=<cid>`: show the context.
     ShowContext(u8),
     /// `AT+QICSGP=<cid>,<type>,"<apn>"[,…]`: set the context.
@@ -422,8 +463,21 @@ const EXTENDED: &[&str] = &[
     "+GMR", "+CGMR", "+QGMR", "+CGMI", "+GMI", "+CGMM", "+GMM", "+GSN", "+CGSN", "+CIMI", "+QCCID",
     "+CCID", "+GCAP", "+CSQ", "+QPOWD", "+CPIN", "+CMEE", "+IFC", "+CREG", "+CGREG", "+CEREG",
     "+COPS", "+CGACT", "+CGDCONT", "+CGATT", "+CPAS", "+CPMS", "+QIACT", "+QICSGP", "+QFOTA",
-    "+CFUN", "+QCFG", "+QURCCFG", "+QFOTADL", "+QFUPL", "+QFLST", "+QFDEL", "+QFLDS",
+    "+CFUN", "+QCFG", "+QURCCFG", "+QFOTADL", "+QFUPL", "+QFLST", "+QFDEL", "+QFLDS", "+QIDEACT",
+    "+IPR", "+ICF", "+CSCS",
 ];
+
+/// The baud rates `AT+IPR` takes (a Quectel LTE module's UART rates).
+pub const BAUD_RATES: [u32; 12] = [
+    4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600, 3000000, 3686400, 4000000,
+];
+/// `AT+IPR`'s rate after a factory reset.
+pub const DEFAULT_BAUD_RATE: u32 = 115200;
+/// The character sets `AT+CSCS` takes.
+const CHARSETS: [&str; 3] = ["GSM", "IRA", "UCS2"];
+/// The operator's numeric name (MCC 001, MNC 01: the 3GPP test network of
+/// [`IMSI`]), `AT+COPS` format 2.
+pub const OPERATOR_NUMERIC: &str = "00101";
 
 fn registration(name: &str) -> Option<Registration> {
     match name {
@@ -478,12 +532,23 @@ fn extended(name: &str, form: Form) -> Result<Command, ParseError> {
             Command::Set(PortSetting::FlowControl(a, b))
         }
         ("+COPS", Form::Read) => Command::Operator,
+        ("+COPS", Form::Set(args)) => parse_cops(&args)?,
         ("+CGACT", Form::Read) => Command::ContextStates,
+        ("+CGACT", Form::Set(args)) => parse_cgact(&args)?,
         ("+CGDCONT", Form::Read) => Command::ContextDefinitions,
+        ("+CGDCONT", Form::Set(args)) => parse_cgdcont(&args)?,
         ("+CGATT", Form::Read) => Command::AttachState,
+        ("+CGATT", Form::Set(args)) => Command::Attach(single_number(&args, "+CGATT", 0..=1)? == 1),
+        ("+QIDEACT", Form::Set(args)) => Command::Deactivate(parse_cid(&args, "+QIDEACT")?),
+        ("+IPR", Form::Read) => Command::BaudRateRead,
+        ("+IPR", Form::Set(args)) => Command::BaudRate(parse_ipr(&args)?),
+        ("+ICF", Form::Read) => Command::FramingRead,
+        ("+ICF", Form::Set(args)) => parse_icf(&args)?,
+        ("+CSCS", Form::Read) => Command::CharsetRead,
+        ("+CSCS", Form::Set(args)) => Command::Charset(parse_cscs(&args)?),
         ("+CPMS", Form::Read) => Command::MessageStorage,
         ("+QIACT", Form::Read) => Command::ActiveContexts,
-        ("+QIACT", Form::Set(args)) => Command::Activate(parse_activate(&args)?),
+        ("+QIACT", Form::Set(args)) => Command::Activate(parse_cid(&args, "+QIACT")?),
         ("+QICSGP", Form::Set(args)) => parse_qicsgp(&args)?,
         ("+QFOTA", Form::Set(args)) => parse_qfota(&args)?,
         ("+CFUN", Form::Read) => Command::FunctionalityRead,
@@ -525,6 +590,13 @@ fn test_answer(name: &str, device: &Device<'_>) -> Option<Vec<String>> {
             format!("+CGDCONT: (1-{MAX_CID}),\"IPV4V6\",,,(0-2),(0-4),(0,1),(0,1)"),
         ]),
         "+CGATT" => one("+CGATT: (0,1)"),
+        "+QIDEACT" => Some(vec![format!("+QIDEACT: (1-{MAX_CID})")]),
+        "+IPR" => Some(vec![format!(
+            "+IPR: ({})",
+            BAUD_RATES.map(|r| r.to_string()).join(",")
+        )]),
+        "+ICF" => one("+ICF: (1-6),(0-3)"),
+        "+CSCS" => one("+CSCS: (\"GSM\",\"IRA\",\"UCS2\")"),
         "+CPAS" => one("+CPAS: (0-5)"),
         "+CPMS" => one("+CPMS: (\"ME\",\"SM\"),(\"ME\",\"SM\"),(\"ME\",\"SM\")"),
         "+QIACT" => Some(vec![format!("+QIACT: (1-{MAX_CID})")]),
@@ -790,13 +862,133 @@ fn list_files(device: &Device<'_>, pattern: &str) -> Result<Vec<String>, FileErr
         .collect())
 }
 
-fn parse_activate(args: &str) -> Result<u8, ParseError> {
-    const C: &str = "+QIACT";
-    let args = split_args(args).map_err(|why| bad(C, why))?;
+/// The one `<contextID>` of `AT+QIACT`, `AT+QIDEACT`.
+fn parse_cid(args: &str, command: &'static str) -> Result<u8, ParseError> {
+    let args = split_args(args).map_err(|why| bad(command, why))?;
     if args.len() != 1 {
-        return Err(bad(C, "expected <contextID>"));
+        return Err(bad(command, "expected <contextID>"));
     }
-    number_in(args.first(), 1..=u32::from(MAX_CID), C, "contextID")
+    number_in(args.first(), 1..=u32::from(MAX_CID), command, "contextID")
+}
+
+/// `AT+CGACT=<state>[,<cid>[,<cid>…]]`.
+fn parse_cgact(args: &str) -> Result<Command, ParseError> {
+    const C: &str = "+CGACT";
+    let args = split_args(args).map_err(|why| bad(C, why))?;
+    let state = number_in(args.first(), 0..=1, C, "state")? == 1;
+    let cids = args[1..]
+        .iter()
+        .map(|a| number_in(Some(a), 1..=u32::from(MAX_CID), C, "cid"))
+        .collect::<Result<_, _>>()?;
+    Ok(Command::ContextActivation(state, cids))
+}
+
+/// `AT+CGDCONT=<cid>[,"<PDP_type>"[,"<APN>"[,…]]]`: what follows the APN
+/// (address, compression, …) is taken and not kept.
+fn parse_cgdcont(args: &str) -> Result<Command, ParseError> {
+    const C: &str = "+CGDCONT";
+    let args = split_args(leading_args(args, 3)).map_err(|why| bad(C, why))?;
+    let cid = number_in(args.first(), 1..=u32::from(MAX_CID), C, "cid")?;
+    let Some(pdp_type) = args.get(1) else {
+        return Ok(Command::UndefineContext(cid));
+    };
+    let context_type = match pdp_type {
+        Arg::Text(t) if t.eq_ignore_ascii_case("IP") => 1,
+        Arg::Text(t) if t.eq_ignore_ascii_case("IPV6") => 2,
+        Arg::Text(t) if t.eq_ignore_ascii_case("IPV4V6") => 3,
+        _ => return Err(bad(C, "<PDP_type> is \"IP\", \"IPV6\" or \"IPV4V6\"")),
+    };
+    let apn = match args.get(2) {
+        None => String::new(),
+        apn => text(apn, C, "APN")?,
+    };
+    Ok(Command::DefineContext(cid, context_type, apn))
+}
+
+/// The first `n` comma-separated arguments of `args` (commas inside
+/// quotes do not count): what follows may leave parameters out (`,,`).
+fn leading_args(args: &str, n: usize) -> &str {
+    let mut quoted = false;
+    let mut commas = 0;
+    for (i, c) in args.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                commas += 1;
+                if commas == n {
+                    return &args[..i];
+                }
+            }
+            _ => {}
+        }
+    }
+    args
+}
+
+/// `AT+COPS=<mode>[,<format>[,"<oper>"[,<AcT>]]]`.
+fn parse_cops(args: &str) -> Result<Command, ParseError> {
+    const C: &str = "+COPS";
+    let args = split_args(args).map_err(|why| bad(C, why))?;
+    if args.len() > 4 {
+        return Err(bad(C, "too many arguments"));
+    }
+    let mode = number_in(args.first(), 0..=4, C, "mode")?;
+    let format = match args.get(1) {
+        None => None,
+        format => Some(number_in(format, 0..=2, C, "format")?),
+    };
+    let operator = match args.get(2) {
+        None => None,
+        Some(Arg::Text(name)) => Some(name.clone()),
+        Some(Arg::Number(n)) => Some(n.to_string()),
+    };
+    if let Some(act) = args.get(3) {
+        number_in(Some(act), 0..=7, C, "AcT")?;
+    }
+    if matches!(mode, 1 | 4) && operator.is_none() {
+        return Err(bad(C, "manual selection needs <format>,\"<oper>\""));
+    }
+    if mode == 3 && format.is_none() {
+        return Err(bad(C, "mode 3 needs <format>"));
+    }
+    Ok(Command::OperatorSelect {
+        mode,
+        format,
+        operator,
+    })
+}
+
+fn parse_ipr(args: &str) -> Result<u32, ParseError> {
+    const C: &str = "+IPR";
+    match split_args(args).map_err(|why| bad(C, why))?.as_slice() {
+        [Arg::Number(rate)] if BAUD_RATES.contains(rate) => Ok(*rate),
+        _ => Err(bad(C, "<rate> must be one of the rates AT+IPR=? lists")),
+    }
+}
+
+fn parse_icf(args: &str) -> Result<Command, ParseError> {
+    const C: &str = "+ICF";
+    let args = split_args(args).map_err(|why| bad(C, why))?;
+    if args.len() > 2 {
+        return Err(bad(C, "too many arguments"));
+    }
+    let format = number_in(args.first(), 1..=6, C, "format")?;
+    let parity = match args.get(1) {
+        None => 3,
+        parity => number_in(parity, 0..=3, C, "parity")?,
+    };
+    Ok(Command::Framing(format, parity))
+}
+
+fn parse_cscs(args: &str) -> Result<&'static str, ParseError> {
+    const C: &str = "+CSCS";
+    match split_args(args).map_err(|why| bad(C, why))?.as_slice() {
+        [Arg::Text(set)] => CHARSETS
+            .into_iter()
+            .find(|c| c.eq_ignore_ascii_case(set))
+            .ok_or_else(|| bad(C, format!("unknown character set {set:?}"))),
+        _ => Err(bad(C, "expected one quoted character set")),
+    }
 }
 
 fn parse_qicsgp(args: &str) -> Result<Command, ParseError> {
@@ -875,6 +1067,19 @@ pub struct Settings {
     /// `<rssi>` of `AT+CSQ` while registered (runtime control `signal`;
     /// default 24).
     pub csq: u8,
+    /// `AT+COPS` `<mode>` now: 0 automatic, 1 manual, 2 deregistered (0
+    /// after boot).
+    pub cops_mode: u8,
+    /// `AT+COPS` `<format>`: 0 long, 1 short, 2 numeric (0 after boot).
+    pub cops_format: u8,
+    /// Detached from the packet domain (`AT+CGATT=0`; attached after boot).
+    pub detached: bool,
+    /// `AT+IPR` rate, bits per second (kept, as a module keeps it).
+    pub baud_rate: u32,
+    /// `AT+ICF` `<format>,<parity>` (kept).
+    pub framing: (u8, u8),
+    /// `AT+CSCS` character set (kept).
+    pub charset: &'static str,
 }
 
 impl Default for Settings {
@@ -891,23 +1096,46 @@ impl Default for Settings {
             network_cut: false,
             csq: DEFAULT_CSQ,
             urc_port: URC_PORTS[0].to_string(),
+            cops_mode: 0,
+            cops_format: 0,
+            detached: false,
+            baud_rate: DEFAULT_BAUD_RATE,
+            framing: (3, 3),
+            charset: CHARSETS[0],
         }
     }
 }
 
 impl Settings {
     /// What a boot resets: only the default bearer is active, the radio is
-    /// on, no registration URCs.
+    /// on and registered automatically, attached, no registration URCs.
     pub fn reset_on_boot(&mut self) {
         self.active = BTreeSet::from([1]);
         self.reg_urc = [0; 3];
         self.fun = 1;
+        self.cops_mode = 0;
+        self.cops_format = 0;
+        self.detached = false;
     }
 
-    /// Whether a data connection could exist: radio on and the network
-    /// not cut.
+    /// Whether a data connection could exist: radio on, not deregistered
+    /// (`AT+COPS=2`) and the network not cut.
     pub fn network_reachable(&self) -> bool {
-        self.radio_on() && !self.network_cut
+        self.radio_on() && !self.deregistered() && !self.network_cut
+    }
+
+    /// Deregistered with `AT+COPS=2`.
+    pub fn deregistered(&self) -> bool {
+        self.cops_mode == 2
+    }
+
+    /// The operator's name in `AT+COPS` format `format`.
+    fn operator_name(format: u8) -> &'static str {
+        if format == 2 {
+            OPERATOR_NUMERIC
+        } else {
+            OPERATOR
+        }
     }
 
     /// Whether the radio is on (`AT+CFUN=1`).
@@ -936,10 +1164,11 @@ impl Device<'_> {
             .unwrap_or_else(|| UNKNOWN_REVISION.to_string())
     }
 
-    /// The registration `<stat>`: 0 radio off (not searching), 2 searching
-    /// (fault `network-down`), 1 registered (home).
+    /// The registration `<stat>`: 0 radio off or deregistered
+    /// (`AT+COPS=2`; not searching), 2 searching (fault `network-down`), 1
+    /// registered (home).
     pub fn reg_stat(&self, settings: &Settings) -> u8 {
-        if !settings.radio_on() {
+        if !settings.radio_on() || settings.deregistered() {
             0
         } else if settings.network_cut || self.module.faults().contains(&Fault::NetworkDown) {
             2
@@ -1107,11 +1336,37 @@ fn execute(command: Command, ctx: &mut Context<'_>) -> Step {
             ok()
         }
         Command::SignalQuality => one(format!("+CSQ: {},99", if up { settings.csq } else { 99 })),
-        Command::Operator => one(if up {
-            format!("+COPS: 0,0,\"{OPERATOR}\",7")
-        } else {
-            "+COPS: 0".to_string()
-        }),
+        Command::Operator if settings.deregistered() => one("+COPS: 2".to_string()),
+        Command::Operator if up => one(format!(
+            "+COPS: {},{},\"{}\",7",
+            settings.cops_mode,
+            settings.cops_format,
+            Settings::operator_name(settings.cops_format)
+        )),
+        Command::Operator => one(format!("+COPS: {}", settings.cops_mode)),
+        Command::OperatorSelect {
+            mode,
+            format,
+            operator,
+        } => {
+            let format = format.unwrap_or(settings.cops_format);
+            let ours = operator
+                .as_deref()
+                .is_none_or(|name| name == Settings::operator_name(format));
+            match mode {
+                // Manual selection of another network: not found.
+                1 if !ours => return Step::Fail(CmeError::NoNetwork),
+                1 => settings.cops_mode = 1,
+                2 => settings.cops_mode = 2,
+                // Format only (3), or back to automatic (0, and 4 when the
+                // manual choice is not found).
+                3 => {}
+                4 if ours => settings.cops_mode = 1,
+                _ => settings.cops_mode = 0,
+            }
+            settings.cops_format = format;
+            ok()
+        }
         Command::ContextDefinitions => Step::Done(
             settings
                 .contexts
@@ -1129,7 +1384,76 @@ fn execute(command: Command, ctx: &mut Context<'_>) -> Step {
                 })
                 .collect(),
         ),
-        Command::AttachState => one(format!("+CGATT: {}", u8::from(up))),
+        Command::AttachState => one(format!("+CGATT: {}", u8::from(up && !settings.detached))),
+        Command::Attach(true) if !up => Step::Fail(CmeError::NoNetwork),
+        Command::Attach(true) => {
+            // An LTE attach brings the default bearer up.
+            settings.detached = false;
+            settings.active.insert(1);
+            ok()
+        }
+        Command::Attach(false) => {
+            settings.detached = true;
+            settings.active.clear();
+            ok()
+        }
+        Command::ContextActivation(on, cids) => {
+            let cids: Vec<u8> = if cids.is_empty() {
+                settings.contexts.keys().copied().collect()
+            } else {
+                cids
+            };
+            if cids.iter().any(|cid| !settings.contexts.contains_key(cid)) {
+                return Step::Fail(CmeError::IncorrectParameters);
+            }
+            if on && !up {
+                return Step::Fail(CmeError::NoNetwork);
+            }
+            for cid in cids {
+                if on {
+                    settings.active.insert(cid);
+                } else {
+                    settings.active.remove(&cid);
+                }
+            }
+            if on {
+                settings.detached = false;
+            }
+            ok()
+        }
+        Command::DefineContext(cid, context_type, apn) => {
+            let context = settings.contexts.entry(cid).or_default();
+            context.context_type = context_type;
+            context.apn = apn;
+            ok()
+        }
+        Command::UndefineContext(1) => {
+            settings.contexts.insert(1, PdpContext::default());
+            ok()
+        }
+        Command::UndefineContext(cid) => {
+            settings.contexts.remove(&cid);
+            settings.active.remove(&cid);
+            ok()
+        }
+        Command::BaudRateRead => one(format!("+IPR: {}", settings.baud_rate)),
+        Command::BaudRate(rate) => {
+            settings.baud_rate = rate;
+            ok()
+        }
+        Command::FramingRead => one(format!(
+            "+ICF: {},{}",
+            settings.framing.0, settings.framing.1
+        )),
+        Command::Framing(format, parity) => {
+            settings.framing = (format, parity);
+            ok()
+        }
+        Command::CharsetRead => one(format!("+CSCS: \"{}\"", settings.charset)),
+        Command::Charset(set) => {
+            settings.charset = set;
+            ok()
+        }
         Command::ActivityStatus => one("+CPAS: 0".to_string()),
         Command::ContextStates => Step::Done(
             settings
@@ -1157,6 +1481,11 @@ fn execute(command: Command, ctx: &mut Context<'_>) -> Step {
         Command::Activate(cid) => {
             settings.contexts.entry(cid).or_default();
             settings.active.insert(cid);
+            settings.detached = false;
+            ok()
+        }
+        Command::Deactivate(cid) => {
+            settings.active.remove(&cid);
             ok()
         }
         Command::ShowContext(cid) => {
@@ -1638,6 +1967,98 @@ mod tests {
         )]);
         let long = format!("AT+QICSGP=1,1,\"{}\"", "a".repeat(MAX_CONTEXT_TEXT + 1));
         assert_eq!(p.wire(&long), "\r\nERROR\r\n");
+    }
+
+    #[test]
+    fn host_setup_commands_set_contexts_attach_and_operator() {
+        let m = module("ec2x", &[]);
+        let mut p = Port::new(&m);
+        p.port.cmee = 1;
+        p.check(&[
+            // A host's APN set-up before FOTA.
+            (r#"AT+CGDCONT=1,"IP","internet""#, "\r\nOK\r\n"),
+            (r#"AT+CGDCONT=2,"ipv4v6","iot",,0,0"#, "\r\nOK\r\n"),
+            (
+                "AT+CGDCONT?",
+                "\r\n+CGDCONT: 1,\"IP\",\"internet\",\"0.0.0.0\",0,0,0,0\r\n\
+                 +CGDCONT: 2,\"IPV4V6\",\"iot\",\"0.0.0.0\",0,0,0,0\r\n\r\nOK\r\n",
+            ),
+            (r#"AT+CGDCONT=3,"PPP""#, "\r\n+CME ERROR: 50\r\n"),
+            ("AT+CGACT=1,2", "\r\nOK\r\n"),
+            ("AT+CGACT?", "\r\n+CGACT: 1,1\r\n+CGACT: 2,1\r\n\r\nOK\r\n"),
+            ("AT+CGACT=1,5", "\r\n+CME ERROR: 50\r\n"),
+            ("AT+QIDEACT=2", "\r\nOK\r\n"),
+            ("AT+CGACT?", "\r\n+CGACT: 1,1\r\n+CGACT: 2,0\r\n\r\nOK\r\n"),
+            ("AT+CGDCONT=2", "\r\nOK\r\n"),
+            ("AT+CGACT?", "\r\n+CGACT: 1,1\r\n\r\nOK\r\n"),
+            // Detach: no context active, until the attach's default bearer.
+            ("AT+CGATT=0", "\r\nOK\r\n"),
+            (
+                "AT+CGATT?;+CGACT?",
+                "\r\n+CGATT: 0\r\n\r\n+CGACT: 1,0\r\n\r\nOK\r\n",
+            ),
+            ("AT+CGATT=1", "\r\nOK\r\n"),
+            (
+                "AT+CGATT?;+CGACT?",
+                "\r\n+CGATT: 1\r\n\r\n+CGACT: 1,1\r\n\r\nOK\r\n",
+            ),
+            ("AT+CGACT=0", "\r\nOK\r\n"),
+            ("AT+CGACT?", "\r\n+CGACT: 1,0\r\n\r\nOK\r\n"),
+            ("AT+CGACT=1", "\r\nOK\r\n"),
+            // ModemManager's operator queries.
+            (
+                "AT+COPS=3,2;+COPS?",
+                "\r\n+COPS: 0,2,\"00101\",7\r\n\r\nOK\r\n",
+            ),
+            (
+                "AT+COPS=3,0;+COPS?",
+                "\r\n+COPS: 0,0,\"qfota-sim\",7\r\n\r\nOK\r\n",
+            ),
+            (r#"AT+COPS=1,2,"00101""#, "\r\nOK\r\n"),
+            ("AT+COPS?", "\r\n+COPS: 1,2,\"00101\",7\r\n\r\nOK\r\n"),
+            (r#"AT+COPS=1,2,"00102""#, "\r\n+CME ERROR: 30\r\n"),
+            (r#"AT+COPS=4,2,"00102""#, "\r\nOK\r\n"),
+            ("AT+COPS?", "\r\n+COPS: 0,2,\"00101\",7\r\n\r\nOK\r\n"),
+            ("AT+COPS=1", "\r\n+CME ERROR: 50\r\n"),
+            ("AT+COPS=0", "\r\nOK\r\n"),
+            // Serial-port settings.
+            ("AT+IPR?", "\r\n+IPR: 115200\r\n\r\nOK\r\n"),
+            ("AT+IPR=921600;&W", "\r\nOK\r\n"),
+            ("AT+IPR?", "\r\n+IPR: 921600\r\n\r\nOK\r\n"),
+            ("AT+IPR=1234", "\r\n+CME ERROR: 50\r\n"),
+            ("AT+ICF?", "\r\n+ICF: 3,3\r\n\r\nOK\r\n"),
+            ("AT+ICF=5,1", "\r\nOK\r\n"),
+            ("AT+ICF?", "\r\n+ICF: 5,1\r\n\r\nOK\r\n"),
+            ("AT+ICF=7", "\r\n+CME ERROR: 50\r\n"),
+            ("AT+ICF=?", "\r\n+ICF: (1-6),(0-3)\r\n\r\nOK\r\n"),
+            ("AT+CSCS?", "\r\n+CSCS: \"GSM\"\r\n\r\nOK\r\n"),
+            (r#"AT+CSCS="ira""#, "\r\nOK\r\n"),
+            ("AT+CSCS?", "\r\n+CSCS: \"IRA\"\r\n\r\nOK\r\n"),
+            (r#"AT+CSCS="8859-1""#, "\r\n+CME ERROR: 50\r\n"),
+            (
+                "AT+CSCS=?",
+                "\r\n+CSCS: (\"GSM\",\"IRA\",\"UCS2\")\r\n\r\nOK\r\n",
+            ),
+        ]);
+        assert!(p.wire("AT+IPR=?").starts_with("\r\n+IPR: (4800,9600,"));
+        // Deregistration: registration 0, no network for data, until
+        // automatic selection again; a boot registers anew.
+        let device = Device {
+            module: &m,
+            model: "EC25",
+            imei: "867675040000011",
+        };
+        p.check(&[("AT+COPS=2", "\r\nOK\r\n")]);
+        assert_eq!(device.reg_stat(&p.settings), 0);
+        assert!(!p.settings.network_reachable());
+        p.check(&[
+            ("AT+COPS?", "\r\n+COPS: 2\r\n\r\nOK\r\n"),
+            ("AT+CGACT=1,1", "\r\n+CME ERROR: 30\r\n"),
+            ("AT+CGATT=1", "\r\n+CME ERROR: 30\r\n"),
+        ]);
+        p.settings.reset_on_boot();
+        assert_eq!(device.reg_stat(&p.settings), 1);
+        assert_eq!(p.settings.baud_rate, 921600, "the rate is kept");
     }
 
     #[test]
