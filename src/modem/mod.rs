@@ -143,8 +143,12 @@ use crate::sim::Module;
 /// Default time the port is away during a reboot: 500 ms (a real module
 /// takes some 20 s; see [`ModemBuilder::reboot_time`]).
 pub const DEFAULT_REBOOT: Duration = Duration::from_millis(500);
-/// Default time unsolicited lines wait for a host to open the port: 5 s.
-pub const DEFAULT_URC_HOLD: Duration = Duration::from_secs(5);
+/// Default time unsolicited lines wait for a host to open the port: 20 s,
+/// past the 15 s fwupd's DFOTA updater waits after `AT+QFOTADL`'s `OK`
+/// before it reads the port again (`FU_MM_DFOTA_DEVICE_FOTA_RESTART_TIMEOUT_SECS`
+/// in fwupd's `plugins/modem-manager/fu-mm-dfota-device.c`): at the default
+/// time scale the whole upgrade is over by then.
+pub const DEFAULT_URC_HOLD: Duration = Duration::from_secs(20);
 /// Default IMEI (`AT+GSN`): 15 digits with a valid check digit.
 pub const DEFAULT_IMEI: &str = "867675040000011";
 /// Default PTY link of `qfota-serve modem --pty`.
