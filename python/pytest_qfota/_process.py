@@ -1,11 +1,14 @@
 """Running `qfota-serve` as a child process: find the binary, start it with
 `--ready-json -`, read the one ready line (waiting on the pipe, with a
 deadline), and stop it with SIGTERM — reporting its stderr whenever it died
-or failed to start."""
+or failed to start. The child leads a process group of its own, and
+stopping it signals the whole group: a wrapper script that starts the
+binary without `exec` leaves nothing behind."""
 
 import ctypes
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -81,6 +84,75 @@ def _spawn(argv, **kwargs):
     return _SPAWNER.submit(subprocess.Popen, argv, **kwargs).result()
 
 
+def _group_alive(pgid):
+    """Whether a process of group `pgid` is alive. Exited processes not yet
+    reaped (zombies: an orphan waits for whoever adopts it) do not count;
+    they are seen through `/proc` where there is one."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        entries = None
+    if entries is None:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp …; comm may hold spaces and parens.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+#: Temporary folders of the processes started here are named
+#: `qfota-<kind>-<pid of the test process>-…`.
+_WORKDIR = re.compile(r"qfota-(?:server|modem)-(\d+)-")
+
+
+def make_workdir(kind):
+    """A temporary folder for a `kind` (`server`, `modem`) process, named
+    after this test process. Folders that test processes now gone left
+    behind (killed without teardown) are removed first."""
+    tmp = tempfile.gettempdir()
+    try:
+        entries = os.listdir(tmp)
+    except OSError:
+        entries = []
+    for entry in entries:
+        m = _WORKDIR.match(entry)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass
+    return tempfile.TemporaryDirectory(prefix=f"qfota-{kind}-{os.getpid()}-")
+
+
+def string_list(value, name, what):
+    """`value` as a list of strings; TypeError naming `name` when it is a
+    single string (which would be taken one character at a time) or holds
+    anything but strings."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a list of {what}, not the string {value!r}: use [{value!r}]")
+    items = list(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must be a list of {what} (strings), got {item!r}")
+    return items
+
+
 class QfotaProcessError(Exception):
     """The binary is missing, died, failed to start or to stop cleanly;
     the message carries its exit status and the tail of its stderr."""
@@ -133,6 +205,8 @@ class Child:
             self._stderr.close()
             raise QfotaProcessError(f"{what}: cannot run {self.argv[0]}: {e}") from None
         self.stopped = False
+        self.exit_expected = False
+        self._stderr_text = None
         try:
             self.ready = self._read_ready(start_timeout)
         except BaseException:
@@ -166,6 +240,8 @@ class Child:
 
     def stderr(self):
         """Everything the child wrote to stderr so far."""
+        if self._stderr_text is not None:
+            return self._stderr_text
         self._stderr.flush()
         pos = self._stderr.tell()
         self._stderr.seek(0)
@@ -186,9 +262,31 @@ class Child:
         )
 
     def check_alive(self):
-        """Raises QfotaProcessError when the child has exited."""
-        if not self.stopped and self.proc.poll() is not None:
+        """Raises QfotaProcessError when the child has exited or was
+        stopped."""
+        if self.stopped:
+            raise QfotaProcessError(f"{self.what}: already stopped")
+        if self.proc.poll() is not None:
             raise self.error("died")
+
+    def died(self):
+        """Whether the child has exited without being stopped."""
+        return not self.stopped and self.proc.poll() is not None
+
+    def died_within(self, timeout):
+        """Whether the child exits (without being stopped) within
+        `timeout` seconds: after a request to it failed, whether that was
+        its death."""
+        if self.stopped:
+            return False
+        self._wait_exit(timeout)
+        return self.died()
+
+    def expect_exit(self):
+        """The child is meant to exit (a test kills it, or makes it fail):
+        stopping it no longer reports its death or its exit status. A
+        child still running is stopped as usual."""
+        self.exit_expected = True
 
     def stop(self):
         """SIGTERM, then wait up to `stop_timeout` s (SIGKILL after).
@@ -199,16 +297,41 @@ class Child:
         died = self.proc.poll() is not None
         self.stopped = True
         if died:
+            # Whatever it left in its group goes with it.
+            self._signal_group(signal.SIGKILL)
             self._close()
+            if self.exit_expected:
+                return
             raise self.error("died before it was stopped")
-        self.proc.send_signal(signal.SIGTERM)
-        if not self._wait_exit(self.stop_timeout):
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        if not self._wait_exit(self.stop_timeout) or not self._wait_group(deadline):
             self._kill()
             raise self.error(f"did not stop within {self.stop_timeout:.0f} s of SIGTERM; killed")
         code = self.proc.returncode
         self._close()
-        if code != 0:
+        # The binary handles SIGTERM and exits 0; death by the SIGTERM we
+        # sent is a wrapper script's (`sh -c '… qfota-serve …'`), whose
+        # binary stopped with it.
+        if code not in (0, -signal.SIGTERM) and not self.exit_expected:
             raise self.error("exited non-zero when stopped")
+
+    def _signal_group(self, sig):
+        """`sig` to the child's process group (the child and whatever it
+        started), if any of it is left."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _wait_group(self, deadline):
+        """Waits until no process of the child's group is left, at most
+        until `deadline` (monotonic); whether none is."""
+        while _group_alive(self.proc.pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _wait_exit(self, timeout):
         try:
@@ -219,11 +342,17 @@ class Child:
 
     def _kill(self):
         self.stopped = True
+        self._signal_group(signal.SIGKILL)
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         self._close()
 
     def _close(self):
+        """Closes the pipe and the stderr file, keeping its text for
+        error messages."""
         if self.proc.stdout:
             self.proc.stdout.close()
+        if self._stderr_text is None:
+            self._stderr_text = self.stderr()
+            self._stderr.close()

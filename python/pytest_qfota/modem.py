@@ -4,9 +4,8 @@ pseudo-terminal (and optionally TCP), in a child process."""
 import json
 import os
 import socket
-import tempfile
 
-from ._process import Child, find_binary
+from ._process import Child, make_workdir, find_binary, string_list
 
 
 class QfotaModem:
@@ -16,7 +15,7 @@ class QfotaModem:
     Attributes: ``ready`` (the ``--ready-json`` object), ``pid``, ``port``
     (the PTY path to open with pyserial; it disappears and comes back on
     every reboot), ``tcp`` (``"127.0.0.1:port"`` or ``None``), ``model``,
-    ``profile``, ``version``.
+    ``profile``; :attr:`version` asks the modem.
     """
 
     def __init__(self, child, workdir):
@@ -28,7 +27,7 @@ class QfotaModem:
         self.tcp = self.ready["tcp"]
         self.model = self.ready["model"]
         self.profile = self.ready["profile"]
-        self.version = self.ready["version"]
+        self._version = self.ready["version"]
         # `modem --control` (always on here): runtime control over TCP.
         self.control_addr = self.ready.get("control")
 
@@ -43,6 +42,8 @@ class QfotaModem:
         faults=(),
         time_scale=None,
         reboot_ms=None,
+        timeout_secs=None,
+        profile=None,
         binary=None,
         extra_args=(),
         start_timeout=30.0,
@@ -53,11 +54,19 @@ class QfotaModem:
         firmware revision it reports; ``link``: ``usb`` or ``uart`` (passed
         as ``--link``: needs a binary that has it); ``tcp``: also an AT port
         on 127.0.0.1; ``faults``: module faults (``network-down``, …) fixed
-        for its life; ``time_scale``, ``reboot_ms``: as the flags. Raises
-        ``QfotaProcessError`` with the modem's stderr when it cannot start.
+        for its life; ``time_scale``, ``reboot_ms``: as the flags;
+        ``timeout_secs``: the download's no-progress timeout (default 60 s:
+        a stalled download's end code comes that much later); ``profile``:
+        the family, for a model whose name does not select one
+        (``model="EC800K", profile="ec200"``); ``extra_args``: more flags
+        as they are typed. Raises ``QfotaProcessError`` with the modem's
+        stderr when it cannot start, ``TypeError`` for a string where a
+        list belongs.
         """
         binary = find_binary(binary)
-        workdir = tempfile.TemporaryDirectory(prefix="qfota-modem-")
+        faults = string_list(faults, "faults", "module faults")
+        extra_args = string_list(extra_args, "extra_args", "flags")
+        workdir = make_workdir("modem")
         argv = [
             binary, "modem",
             "--pty", os.path.join(workdir.name, "at"),
@@ -76,6 +85,10 @@ class QfotaModem:
             argv += ["--time-scale", str(time_scale)]
         if reboot_ms is not None:
             argv += ["--reboot-ms", str(reboot_ms)]
+        if timeout_secs is not None:
+            argv += ["--timeout-secs", str(timeout_secs)]
+        if profile:
+            argv += ["--profile", profile]
         argv += ["--control", "127.0.0.1:0"]
         argv += list(extra_args)
         try:
@@ -98,10 +111,15 @@ class QfotaModem:
         self.check_alive()
         host, port = self.control_addr.rsplit(":", 1)
         request = dict(fields, cmd=cmd)
-        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
-            conn.sendall((json.dumps(request) + "\n").encode())
-            answer = conn.makefile("rb").readline()
-        reply = json.loads(answer)
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+                conn.sendall((json.dumps(request) + "\n").encode())
+                answer = conn.makefile("rb").readline()
+            reply = json.loads(answer)
+        except (OSError, ValueError):
+            if self._child.died_within(1.0):
+                raise self._child.error("died") from None
+            raise
         if reply.get("ok") is False:
             raise RuntimeError(f"modem refused {request}: {reply.get('error')}")
         return reply
@@ -110,9 +128,25 @@ class QfotaModem:
         """The modem's stderr so far (status lines, log)."""
         return self._child.stderr()
 
+    @property
+    def version(self):
+        """The firmware revision the module reports now (its new one after
+        an upgrade), asked over the runtime control; once the modem is
+        stopped, the last one seen."""
+        if not self._child.stopped and not self._child.died():
+            self._version = self.control("state").get("version")
+        return self._version
+
     def check_alive(self):
-        """Raises ``QfotaProcessError`` (with stderr) if the modem died."""
+        """Raises ``QfotaProcessError`` (with stderr) if the modem died or
+        was stopped."""
         self._child.check_alive()
+
+    def expect_exit(self):
+        """Says the modem is meant to die in this test: stopping it, and the
+        fixture's teardown, then no longer report its death or exit
+        status. A modem still running is stopped as usual."""
+        self._child.expect_exit()
 
     def stop(self):
         """Stops the modem (SIGTERM). Raises ``QfotaProcessError`` if it

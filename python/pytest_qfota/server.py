@@ -2,15 +2,15 @@
 with its admin listener on loopback for run-time control (fault rules,
 download records, re-scans)."""
 
+import http.client
 import json
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from ._process import Child, find_binary
+from ._process import Child, make_workdir, QfotaProcessError, find_binary, string_list
 
 #: Longest single admin request wait, seconds (the server caps long-polls
 #: at 60 s).
@@ -61,15 +61,26 @@ class QfotaServer:
         ``ftp``, ``http``, ``https``; ``tls``: ``(cert_pem, key_pem)`` for
         HTTPS (else a certificate is generated in a temporary folder);
         ``binary``: path of ``qfota-serve`` (else ``$QFOTA_SERVE_BIN``, else
-        ``PATH``). Raises ``QfotaProcessError`` with the server's stderr
-        when it cannot start.
+        ``PATH``); ``extra_args``: more flags as they are typed (say
+        ``["--stall-timeout-secs", "5", "--fault-seed", "7"]``). Raises
+        ``QfotaProcessError`` with the server's stderr when it cannot start,
+        ``TypeError`` for a string where a list belongs (``faults``,
+        ``protocols``, ``extra_args``) or a user that is no ``(name,
+        password)`` pair.
         """
         # Checked before the temporary folder exists: nothing to clean up.
         binary = find_binary(binary)
+        faults = string_list(faults, "faults", "fault rules")
+        protocols = string_list(protocols, "protocols", "protocol names")
+        extra_args = string_list(extra_args, "extra_args", "flags")
+        if isinstance(users, (str, bytes)) or any(
+            isinstance(u, (str, bytes)) or len(u) != 2 for u in users
+        ):
+            raise TypeError(f"users must be a list of (name, password) pairs, not {users!r}")
         for proto in protocols:
             if proto not in ("ftp", "http", "https"):
                 raise ValueError(f"unknown protocol {proto!r} (ftp, http, https)")
-        workdir = tempfile.TemporaryDirectory(prefix="qfota-server-")
+        workdir = make_workdir("server")
         argv = [
             binary,
             "--bind", "127.0.0.1",
@@ -123,7 +134,10 @@ class QfotaServer:
         if path not in urls:
             raise KeyError(f"no package {path!r}; the server has {sorted(urls)}")
         if protocol not in urls[path]:
-            raise ValueError(self._not_enabled(protocol))
+            served = ", ".join(sorted(urls[path]))
+            raise ValueError(
+                f"{protocol} is not enabled on this server (packages are served over: {served})"
+            )
         return urls[path][protocol]
 
     def address(self, protocol):
@@ -143,7 +157,9 @@ class QfotaServer:
 
     def admin_request(self, method, path, body=None, timeout=10.0):
         """One request to the admin listener (``body``: bytes or None):
-        ``(status, text, headers)``, whatever the status."""
+        ``(status, text, headers)``, whatever the status. Raises
+        ``QfotaProcessError`` (with stderr) when the server died or was
+        stopped, also while the request was under way."""
         self._child.check_alive()
         req = urllib.request.Request(
             f"http://{self.admin}{path}", data=body, method=method
@@ -154,6 +170,21 @@ class QfotaServer:
         except urllib.error.HTTPError as e:
             with e:
                 return e.code, e.read().decode(), e.headers
+        except (OSError, http.client.HTTPException):
+            # The server went away under the request: say so, not how the
+            # socket saw it.
+            if self._child.died_within(1.0):
+                raise self._child.error("died") from None
+            raise
+
+    def next_seq(self):
+        """The sequence number the next download record will get: pass it
+        as ``since=`` to see only what happens from now on (a server
+        shared by several tests)."""
+        status, text, headers = self.admin_request("GET", "/downloads?since=0&timeout_ms=0")
+        if status != 200:
+            raise RuntimeError(f"GET /downloads: {status} {text.strip()}")
+        return int(headers["X-Next-Since"])
 
     def downloads(self, since=0, timeout=0.0):
         """Download records with sequence number ≥ ``since`` (dicts: the
@@ -204,7 +235,9 @@ class QfotaServer:
     def set_faults(self, rules):
         """Replaces the fault rules (``--fault`` syntax) for attempts from
         now on; ``[]`` clears them. Returns the rules now in force. Raises
-        ``ValueError`` naming the bad rule (nothing is changed then)."""
+        ``ValueError`` naming the bad rule (nothing is changed then),
+        ``TypeError`` for a string instead of a list."""
+        rules = string_list(rules, "rules", "fault rules")
         for rule in rules:
             if "\n" in rule or "\r" in rule:
                 raise ValueError(f"one rule per item, no line breaks: {rule!r}")
@@ -235,8 +268,16 @@ class QfotaServer:
         return self._child.stderr()
 
     def check_alive(self):
-        """Raises ``QfotaProcessError`` (with stderr) if the server died."""
+        """Raises ``QfotaProcessError`` (with stderr) if the server died
+        or was stopped."""
         self._child.check_alive()
+
+    def expect_exit(self):
+        """Says the server is meant to die in this test (killed, made to
+        fail): stopping it, and the fixture's teardown, then no longer
+        report its death or exit status. A server still running is
+        stopped as usual."""
+        self._child.expect_exit()
 
     def stop(self):
         """Stops the server (SIGTERM, grace period 2 s). Raises

@@ -41,6 +41,7 @@ def test_fota_over_http_with_a_failed_first_attempt_retried_by_the_host(
         host.reopen_after_reboot()  # and into the new firmware
         host.send("AT+QGMR")
         host.wait("^v13$", 10)
+        assert modem.version == "v13"
     finally:
         host.close()
     records = srv.downloads()
@@ -68,9 +69,9 @@ def test_control_of_a_modem_that_died_says_so(qfota_modem):
     from pytest_qfota import QfotaProcessError
 
     modem = qfota_modem(model="EC25", version="v12")
-    os.kill(modem._child.proc.pid, signal.SIGKILL)
+    os.kill(modem.pid, signal.SIGKILL)
     modem._child.proc.wait(10)
     with pytest.raises(QfotaProcessError, match="died"):
         modem.control("state")
     # The teardown would fail the test for the death: expected here.
-    modem._child.stopped = True
+    modem.expect_exit()

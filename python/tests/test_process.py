@@ -56,21 +56,24 @@ def test_a_ctrl_c_in_the_terminal_reaches_the_tests_not_the_children(qfota_serve
     assert os.getsid(srv.pid) == srv.pid
 
 
-def test_a_test_process_killed_without_teardown_takes_its_server_along(packages):
+def test_a_test_process_killed_without_teardown_takes_its_server_along(qfota_server, packages):
     # A runner cancelling the job SIGKILLs the test process: no teardown
-    # runs, yet the server must not live on.
+    # runs, yet the server must not live on, and the next start removes
+    # the folder it left.
     script = textwrap.dedent(
         f"""
         import sys, time
         from pytest_qfota.server import QfotaServer
         srv = QfotaServer.start({str(packages)!r})
-        print(srv.pid, flush=True)
+        print(srv.pid, srv._workdir.name, flush=True)
         time.sleep(60)
         """
     )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        server_pid = int(child.stdout.readline())
+        pid_text, workdir = child.stdout.readline().split()
+        server_pid = int(pid_text)
+        assert os.path.isdir(workdir)
         child.kill()
         child.wait(10)
         deadline = time.monotonic() + 15
@@ -83,10 +86,14 @@ def test_a_test_process_killed_without_teardown_takes_its_server_along(packages)
         else:
             os.kill(server_pid, signal.SIGKILL)
             pytest.fail(f"server {server_pid} outlived its test process")
+        assert os.path.isdir(workdir), "left behind: nobody ran its cleanup"
+        qfota_server(packages)
+        assert not os.path.exists(workdir), "the next start removes it"
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+        child.stdout.close()
 
 
 def test_a_server_started_from_a_short_lived_thread_outlives_the_thread(packages):
@@ -150,3 +157,60 @@ def test_a_protocol_not_enabled_is_named_in_the_error(qfota_server, packages):
         srv.url("update-v12-to-v13.zip", "ftp")
     with pytest.raises(KeyError, match="no package 'missing.zip'"):
         srv.url("missing.zip")
+
+
+def test_a_wrapper_script_without_exec_leaves_nothing_behind(packages, tmp_path):
+    from pytest_qfota import QfotaServer
+    from pytest_qfota._process import find_binary
+
+    wrapper = tmp_path / "wrapped-qfota-serve"
+    wrapper.write_text(f'#!/bin/sh\nRUST_BACKTRACE=1 "{find_binary()}" "$@"\n')
+    wrapper.chmod(0o755)
+    srv = QfotaServer.start(packages, binary=wrapper)
+    assert srv.pid != srv._child.proc.pid, "the binary runs under the shell"
+    srv.stop()  # SIGTERM to the group: the shell and the binary
+    assert not _running(srv.pid), "the wrapped server still runs"
+
+
+def _running(pid):
+    """Whether process `pid` runs (exited and not yet reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
+
+
+def test_a_server_meant_to_die_does_not_fail_the_test(qfota_server, packages):
+    srv = qfota_server(packages)
+    srv.expect_exit()
+    os.kill(srv.pid, signal.SIGKILL)
+    srv._child.proc.wait(10)
+    with pytest.raises(QfotaProcessError, match="died"):
+        srv.check_alive()
+    # The fixture's teardown stops it without an error.
+
+
+def test_a_stopped_server_says_so(qfota_server, packages):
+    srv = qfota_server(packages)
+    srv.stop()
+    with pytest.raises(QfotaProcessError, match="already stopped"):
+        srv.faults()
+
+
+def test_a_string_where_a_list_belongs_is_a_type_error(qfota_server, packages):
+    from pytest_qfota import QfotaModem, QfotaServer
+
+    with pytest.raises(TypeError, match=r"faults must be a list .*\['status=503'\]"):
+        QfotaServer.start(packages, faults="status=503")
+    with pytest.raises(TypeError, match="protocols must be a list"):
+        QfotaServer.start(packages, protocols="http")
+    with pytest.raises(TypeError, match=r"users must be a list of \(name, password\) pairs"):
+        QfotaServer.start(packages, users=("test", "test"))
+    with pytest.raises(TypeError, match="faults must be a list"):
+        QfotaModem.start(faults="network-down")
+    srv = qfota_server(packages)
+    with pytest.raises(TypeError, match="rules must be a list"):
+        srv.set_faults("status=503")
+    assert srv.faults() == []

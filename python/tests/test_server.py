@@ -104,3 +104,18 @@ def test_wait_download_times_out_naming_what_came(qfota_server, packages):
         resp.read()
     with pytest.raises(TimeoutError, match="records seen: .*complete"):
         srv.wait_download(outcome="aborted", timeout=0.3)
+
+
+def test_next_seq_marks_where_a_test_on_a_shared_server_starts(qfota_server, packages):
+    import urllib.request
+
+    srv = qfota_server(packages, protocols=("http",))
+    assert srv.next_seq() == 0
+    with urllib.request.urlopen(srv.url(PACKAGE), timeout=10) as r:
+        r.read()
+    first = srv.wait_download(path=PACKAGE, outcome="complete", timeout=10)
+    start = srv.next_seq()
+    assert start == first["seq"] + 1
+    # From here on the earlier record is not seen.
+    with pytest.raises(TimeoutError):
+        srv.wait_download(path=PACKAGE, since=start, timeout=0.5)
