@@ -770,7 +770,9 @@ impl Session {
                         channel.attached = false;
                         // A half-typed line, or an upload under way, does
                         // not carry over to the next host: nothing of it
-                        // is stored.
+                        // is stored. (A close the port's poll does not see
+                        // — the next host opened within `DATA_POLL` — is no
+                        // close here, as a module sees none without DTR.)
                         channel.framer = Default::default();
                         channel.data = None;
                     }
