@@ -168,6 +168,52 @@ async fn ftp_reply_on_pasv_once() {
     );
 }
 
+const SIZE_THEN_REFUSED_PASV: &str = r#"
+import ftplib, sys
+ftp = ftplib.FTP()
+ftp.connect("127.0.0.1", int(sys.argv[1]), timeout=20)
+ftp.login("test", "test")
+ftp.voidcmd("TYPE I")
+print(ftp.size("update-v12-to-v13.zip"))
+try:
+    ftp.sendcmd("PASV")
+except ftplib.error_temp as e:
+    print(str(e)[:3])
+ftp.quit()
+"#;
+
+/// A module that asked the size, then had its `PASV` refused by a rule,
+/// gives up (ec200: `FTPEND,615`): one attempt, one record, on its
+/// package, carrying the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pasv_after_size_is_one_record_on_the_package() {
+    let fx = with_faults(&["ftp-reply=425,command=PASV,times=1"]).await;
+    let out = python(SIZE_THEN_REFUSED_PASV, &[&fx.ftp_port().to_string()]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let size = fx.package_bytes(PKG).len();
+    assert_eq!(
+        text,
+        format!("{size}\n425\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Written at the session's end, with whatever else the session left.
+    let rec = fx.wait_record("the refusal", |r| r.status == 425).await;
+    assert_eq!(rec.outcome, Outcome::Refused);
+    assert_eq!(rec.path, PKG);
+    assert_eq!(
+        rec.fault.as_deref(),
+        Some("ftp-reply=425,command=PASV,times=1")
+    );
+    assert!(rec.reason.contains("no RETR followed"), "{}", rec.reason);
+    assert_eq!(
+        fx.server.downloads().len(),
+        1,
+        "{:#?}",
+        fx.server.downloads()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ftp_reply_on_connect_and_on_retr() {
     let fx = with_faults(&[

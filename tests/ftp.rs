@@ -1098,6 +1098,14 @@ out(res)
     assert_eq!(size.outcome, Outcome::Refused, "{size:?}");
     assert_eq!(size.path, "../../etc/passwd", "{size:?}");
     assert!(size.reason.contains("'..' segment"), "{size:?}");
+    // So is CWD's, as HTTP's `..` is: refused, not a folder not found.
+    let cwd = fx
+        .wait_record("the refused CWD ../..", |r| {
+            r.reason.starts_with("CWD: ") && r.path.contains("..")
+        })
+        .await;
+    assert_eq!(cwd.outcome, Outcome::Refused, "{cwd:?}");
+    assert!(cwd.reason.contains("'..' segment"), "{cwd:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

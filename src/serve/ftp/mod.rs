@@ -134,7 +134,7 @@ pub struct FtpSession {
     retrs: std::sync::atomic::AtomicU64,
     /// Why the session's latest `PASV`/`EPSV` was refused, until a `RETR`
     /// (or the session's end) records the attempt.
-    passive_refused: Mutex<Option<String>>,
+    passive_refused: Mutex<Option<PassiveRefusal>>,
     /// Woken when a `RETR` answered `150` waited in vain for its data
     /// connection: the session task answers `425`.
     data_expired: tokio::sync::Notify,
@@ -241,6 +241,16 @@ impl FtpSession {
         self.passive_state.take();
     }
 
+    /// Records the attempt a refused `PASV`/`EPSV` ended, on the package
+    /// the session last named; `then` says what came after it.
+    pub(super) fn record_passive_refusal(&self, refusal: PassiveRefusal, then: &str) {
+        let path = lock(&self.last_path).clone().unwrap_or_default();
+        let reason = format!("PASV/EPSV refused ({}): answered 425; {then}", refusal.why);
+        let mut attempt = self.attempt(path);
+        attempt.fault = refusal.fault;
+        self.emit(&attempt, 425, Outcome::Refused, reason);
+    }
+
     /// Notes the package path a command named.
     fn named(&self, path: &str) {
         *lock(&self.last_path) = Some(path.chars().take(1024).collect());
@@ -312,10 +322,14 @@ impl FtpSession {
         lock(&self.retr_waiting).take();
         let path = path.trim_start_matches('/');
         // The record caps the path's length itself.
-        let attempt = self.attempt(path);
+        let mut attempt = self.attempt(path);
         let reason = match lock(&self.passive_refused).take() {
-            Some(why) => {
-                format!("RETR with no data connection: PASV/EPSV was refused ({why}); answered 425")
+            Some(refusal) => {
+                attempt.fault = refusal.fault;
+                format!(
+                    "RETR with no data connection: PASV/EPSV was refused ({}); answered 425",
+                    refusal.why
+                )
             }
             None => "RETR with no data connection (no PASV/EPSV before it): answered 425".into(),
         };
@@ -396,7 +410,7 @@ impl FtpSession {
         };
         let why = match &refused {
             Some(refusal) => {
-                format!("{closed}; its last PASV/EPSV was refused ({refusal})")
+                format!("{closed}; its last PASV/EPSV was refused ({})", refusal.why)
             }
             None => format!("{closed} with no data connection after PASV/EPSV"),
         };
@@ -410,9 +424,7 @@ impl FtpSession {
         // there (a module reports 601).
         let sized = lock(&self.sized).take();
         if let (Some(refusal), false) = (refused, recorded) {
-            let path = lock(&self.last_path).clone().unwrap_or_default();
-            let reason = format!("PASV/EPSV refused ({refusal}): answered 425; no RETR followed");
-            self.emit(&self.attempt(path), 425, Outcome::Refused, reason);
+            self.record_passive_refusal(refusal, "no RETR followed");
         } else if let (Some(key), false) = (sized, recorded)
             && self.retrs.load(Ordering::Acquire) == 0
         {
@@ -430,6 +442,17 @@ impl FtpSession {
             self.emit(&self.attempt(key), 213, Outcome::HeadersOnly, reason);
         }
     }
+}
+
+/// Why a session's `PASV`/`EPSV` was answered `425`: the attempt's one
+/// record, written by the `RETR` that follows or at the session's end,
+/// says so.
+#[derive(Debug, Clone)]
+pub(super) struct PassiveRefusal {
+    /// The reason, as the record gives it.
+    pub(super) why: String,
+    /// The fault rule that refused it, if one did.
+    pub(super) fault: Option<String>,
 }
 
 /// Accepts FTP control connections on every one of `listeners` (one, or an
@@ -1530,7 +1553,19 @@ impl StorageBackend<DefaultUser> for CatalogStorage {
                     None => Ok(()),
                 }
             }
-            _ => {
+            Err(err) => {
+                // A hostile path is refused with a record, as by RETR.
+                let attempt = self.session.attempt(Self::record_path(path.as_ref()));
+                let missing = storage::Error::from(ErrorKind::PermanentDirectoryNotAvailable);
+                Err(self.refuse(
+                    &attempt,
+                    550,
+                    Outcome::Refused,
+                    format!("CWD: {err}"),
+                    missing,
+                ))
+            }
+            Ok(_) => {
                 let attempt = self.session.attempt(Self::record_path(path.as_ref()));
                 let reason = "CWD: no such folder";
                 let missing = storage::Error::from(ErrorKind::PermanentDirectoryNotAvailable);

@@ -36,7 +36,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use socket2::{Domain, SockFilter, Socket, Type};
 
-use super::{FtpSession, lock};
+use super::{FtpSession, PassiveRefusal, lock};
 use crate::dlog::Outcome;
 
 /// How long libunftp waits for the data connection after `PASV` (its
@@ -210,7 +210,8 @@ impl FtpSession {
             let why = match lock(&session.passive_refused).take() {
                 Some(refusal) => {
                     format!(
-                        "no data connection: its PASV/EPSV was refused ({refusal}): answered 425"
+                        "no data connection: its PASV/EPSV was refused ({}): answered 425",
+                        refusal.why
                     )
                 }
                 None => {
@@ -271,7 +272,13 @@ impl libunftp::options::Binder for PassiveBinder {
     ) -> io::Result<tokio::net::TcpSocket> {
         let session = &self.session;
         if let Some(fault) = session.fault(None, |c| c == "PASV" || c == "EPSV") {
-            let _ = session.fault_reply(&fault, "PASV/EPSV", "");
+            // Recorded with the attempt it ends, naming its package: by the
+            // RETR that finds no data connection, or at the session's end.
+            session.passive_state.take();
+            *lock(&session.passive_refused) = Some(PassiveRefusal {
+                why: "fault: reply 425 to PASV/EPSV".to_string(),
+                fault: Some(fault.name.clone()),
+            });
             return Err(io::Error::other("fault: passive port refused"));
         }
         // The old listener goes first (its slot counts against the cap),
@@ -284,7 +291,7 @@ impl libunftp::options::Binder for PassiveBinder {
                 "{peer} holds its share of passive ports: {} listeners, half of --passive-ports",
                 session.passive_registry.cap
             );
-            *lock(&session.passive_refused) = Some(why);
+            *lock(&session.passive_refused) = Some(PassiveRefusal { why, fault: None });
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
                 "too many outstanding passive listeners for this address",
@@ -303,7 +310,12 @@ impl libunftp::options::Binder for PassiveBinder {
                     // The data connection will most likely get this number.
                     let next_fd = crate::serve::zerocopy::lowest_free_descriptor(&keep);
                     let generation = session.passive_state.install(keep, slot);
-                    lock(&session.passive_refused).take();
+                    // The client asked again after a refusal: that attempt
+                    // ended there.
+                    let refused = lock(&session.passive_refused).take();
+                    if let Some(refusal) = refused {
+                        session.record_passive_refusal(refusal, "the client asked again");
+                    }
                     let weak = Arc::downgrade(session);
                     FtpSession::expire_later(weak, generation, session.data_timeout);
                     *lock(&session.passive) = Some(PassivePort {
