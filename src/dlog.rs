@@ -366,6 +366,12 @@ impl Attempt {
     }
 }
 
+/// Records a subscriber ([`DownloadLog::subscribe`]: the metrics, the
+/// admin long-poll) may fall behind before it misses some (8,192, about
+/// 2 MiB of slots): twice the writer's largest batch
+/// ([`file::CHANNEL_CAPACITY`] plus one), which it publishes in one go.
+pub const SUBSCRIBER_CAPACITY: usize = 2 * file::CHANNEL_CAPACITY;
+
 /// Says `record` on stderr: one human-readable `tracing` line (target
 /// `qfota_serve::download`, level INFO).
 fn announce(record: &DownloadRecord) {
@@ -470,7 +476,7 @@ impl DownloadLog {
     }
 
     fn memory() -> Arc<Memory> {
-        let (tx, _) = broadcast::channel(1024);
+        let (tx, _) = broadcast::channel(SUBSCRIBER_CAPACITY);
         Arc::new(Memory {
             recent: Mutex::new(Ring::default()),
             tx,
@@ -565,7 +571,7 @@ impl DownloadLog {
     }
 
     /// A receiver of every record emitted from now on. A receiver that
-    /// falls more than 1,024 records behind gets `RecvError::Lagged`.
+    /// falls more than 8,192 ([`SUBSCRIBER_CAPACITY`]) records behind gets `RecvError::Lagged`.
     pub fn subscribe(&self) -> broadcast::Receiver<DownloadRecord> {
         self.inner.memory.tx.subscribe()
     }
@@ -740,6 +746,42 @@ mod tests {
             .map(|(_, r)| r.bytes_sent)
             .collect();
         assert_eq!(in_memory, in_file);
+    }
+
+    #[tokio::test]
+    async fn a_burst_larger_than_a_batch_reaches_the_file_and_every_subscriber() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let log = DownloadLog::to_file(&path).unwrap();
+        let mut rx = log.subscribe();
+        // Pipelined HEADs end about this fast: thousands in a few ms, more
+        // than the writer takes between two looks.
+        const BURST: u64 = 3000;
+        for bytes in 0..BURST {
+            log.emit(DownloadRecord {
+                bytes_sent: bytes,
+                ..sample()
+            });
+        }
+        assert_eq!(log.flush().await, Some(0));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().count() as u64,
+            BURST,
+            "none dropped from the file"
+        );
+        let mut seen = 0;
+        loop {
+            match rx.try_recv() {
+                Ok(record) => {
+                    assert_eq!(record.bytes_sent, seen);
+                    seen += 1;
+                }
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(e) => panic!("the subscriber missed records: {e:?}"),
+            }
+        }
+        assert_eq!(seen, BURST);
     }
 
     #[test]

@@ -41,11 +41,14 @@ use tokio::sync::oneshot;
 
 use super::{DownloadRecord, Memory};
 
-/// Records handed to the writer thread and not yet taken by it. When the
-/// writer cannot keep up (a disk that blocks), `emit` drops the file copy
-/// instead of waiting — stops a slow disk from stalling the async workers
-/// — and the drop is counted into the next record's `dropped_before`.
-pub const CHANNEL_CAPACITY: usize = 1024;
+/// Records handed to the writer thread and not yet taken by it (4,096).
+/// When the writer cannot keep up (a disk that blocks), `emit` drops the
+/// file copy instead of waiting — stops a slow disk from stalling the
+/// async workers — and the drop is counted into the next record's
+/// `dropped_before`. Sized for bursts a healthy disk takes: 4 clients
+/// pipelining 1,000 `HEAD`s each outran the writer (which also says every
+/// record on stderr) by about 400 records with 1,024.
+pub const CHANNEL_CAPACITY: usize = 4096;
 
 /// Bytes of JSON lines kept while the file cannot be written (`ENOSPC`,
 /// `EIO`): 4 MiB, about 8,000 typical records and at least 400 of the
