@@ -21,10 +21,9 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -46,7 +45,10 @@ pub struct FlushSignal {
     awaiting: AtomicBool,
     /// When the awaited first byte came (wall clock, monotonic clock).
     arrived: std::sync::Mutex<Option<(chrono::DateTime<chrono::Utc>, std::time::Instant)>>,
-    waker: AtomicWaker,
+    /// The tasks to wake at the next completed flush: every one, since
+    /// two may wait on one connection (the delivery of a body and that of
+    /// the pipelined response after it).
+    wakers: std::sync::Mutex<Vec<Waker>>,
     /// Marks to fill at the next completed flush.
     pending: std::sync::Mutex<Vec<Arc<OnceLock<u64>>>>,
 }
@@ -99,9 +101,13 @@ impl FlushSignal {
         self.written.load(Ordering::Acquire)
     }
 
-    /// Wakes `cx` on the next completed flush.
+    /// Wakes `cx` on the next completed flush (with every other task
+    /// registered by then).
     pub fn register(&self, cx: &Context<'_>) {
-        self.waker.register(cx.waker());
+        let mut wakers = lock(&self.wakers);
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
     }
 
     fn flushed(&self) {
@@ -112,7 +118,10 @@ impl FlushSignal {
         // Counted after the marks are set: whoever sees this flush finds
         // its mark filled.
         self.count.fetch_add(1, Ordering::AcqRel);
-        self.waker.wake();
+        let wakers = std::mem::take(&mut *lock(&self.wakers));
+        for waker in wakers {
+            waker.wake();
+        }
     }
 }
 
@@ -496,6 +505,30 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// A body's delivery and the pipelined response's after it wait for
+    /// flushes of one connection: the next flush wakes both, however
+    /// their registrations interleave (one waker slot lost the first's).
+    #[test]
+    fn a_flush_wakes_every_task_waiting_for_it() {
+        let signal = FlushSignal::default();
+        let (one, two) = (
+            Arc::new(Wakes(Default::default())),
+            Arc::new(Wakes(Default::default())),
+        );
+        let (w1, w2) = (Waker::from(Arc::clone(&one)), Waker::from(Arc::clone(&two)));
+        signal.register(&Context::from_waker(&w1));
+        signal.register(&Context::from_waker(&w2));
+        // The same task again: woken once.
+        signal.register(&Context::from_waker(&w1));
+        signal.flushed();
+        assert_eq!(one.0.load(Ordering::SeqCst), 1);
+        assert_eq!(two.0.load(Ordering::SeqCst), 1);
+        assert_eq!(signal.count(), 1);
+        // Woken ones are forgotten: the next flush wakes nobody.
+        signal.flushed();
+        assert_eq!(one.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]
