@@ -194,6 +194,45 @@ async fn fleet_command_prints_json_and_exits_0() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Ctrl-C (SIGINT) stops a fleet mid-download: exit 130, no report, and
+/// the files its modules spooled their downloads to are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_fleet_leaves_no_spooled_download() {
+    let fx = Fixture::start(|b| b).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qfota-serve"))
+        .args([
+            "fleet",
+            &fx.http_url(common::BIG),
+            "--modules",
+            "4",
+            "--rate",
+            "200000",
+        ])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let spooled = || std::fs::read_dir(tmp.path()).unwrap().count();
+    common::bounded("spooled downloads", async {
+        while spooled() < 4 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = common::bounded("the fleet's exit", child.wait_with_output())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(out.stdout.is_empty(), "no report: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert_eq!(spooled(), 0, "spool files left in TMPDIR");
+}
+
 /// Off a terminal, `fleet` reports progress as plain lines on stderr and
 /// prints the cause behind each non-zero code; on a terminal (a PTY made
 /// by `script`) it draws a live bar that it clears before the report.

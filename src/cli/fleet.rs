@@ -2,7 +2,8 @@
 //! against one URL ([`crate::sim::fleet`]) and print the report — modules
 //! per final code, p50/p95/p99/max download time, p50/p95/p99 time to
 //! first byte, bytes received and throughput — as text or one JSON object. Exit 0 when every module ran to its end (whatever its
-//! code), 1 when the deadline cut the run short, 2 on usage errors.
+//! code), 1 when the deadline cut the run short, 2 on usage errors, 130
+//! after SIGINT or SIGTERM.
 //!
 //! Raw flags ([`FleetArgs`], environment `QFOTA_FLEET_*`) become a checked
 //! [`FleetConfig`] once, through [`FleetArgs::into_config`]; [`run`] then
@@ -85,7 +86,8 @@ impl FleetArgs {
 
 /// Runs `qfota-serve fleet`: prints the report and exits 0 when every
 /// module ran to its end (whatever its code), 1 when the deadline cut the
-/// run short, 2 on usage errors.
+/// run short, 2 on usage errors, 130 when SIGINT or SIGTERM stopped it
+/// (no report; the modules' spooled downloads are removed).
 pub async fn run(args: FleetArgs) -> ExitCode {
     let json = args.json;
     let config = match args.into_config() {
@@ -94,9 +96,19 @@ pub async fn run(args: FleetArgs) -> ExitCode {
     };
     check_fd_limit(config.concurrency);
     let mut progress = Progress::new(config.modules, std::io::stderr().is_terminal());
-    let report = match run_fleet_observed(&config, |p| progress.update(p)).await {
-        Ok(r) => r,
-        Err(e) => return usage_exit("fleet", &e),
+    let stop = super::shutdown_signal();
+    let run = run_fleet_observed(&config, |p| progress.update(p));
+    let report = tokio::select! {
+        report = run => match report {
+            Ok(r) => r,
+            Err(e) => return usage_exit("fleet", &e),
+        },
+        // The modules' tasks end with the runtime, each removing the file
+        // its download was spooled to.
+        () = stop => {
+            errln!("qfota-serve fleet: interrupted: no report");
+            return ExitCode::from(INTERRUPTED);
+        }
     };
     progress.finish();
     let text = if json {
@@ -117,6 +129,10 @@ pub async fn run(args: FleetArgs) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+/// Exit status after SIGINT or SIGTERM (128 + SIGINT, as a shell reports
+/// a command Ctrl-C stopped).
+const INTERRUPTED: u8 = 130;
 
 /// Descriptors a module in flight may hold: an FTP download's control and
 /// data connections (HTTP(S): one).
