@@ -799,10 +799,13 @@ async fn download_dropped_part_way_is_logged_as_aborted() {
         rec.bytes_sent
     );
     assert_eq!(rec.status, 200);
-    // The client read 256 KiB: its TCP stack acknowledged at least that,
-    // and far less than what the server wrote into socket buffers.
+    // The client read 256 KiB. Its TCP stack acknowledged about that, and
+    // no more than the server wrote — less by what its delayed ACK still
+    // held when it reset (RFC 1122 §4.2.3.2: an ACK for every second full
+    // segment, 64 KiB each on loopback; a reset carries no acknowledgement
+    // the server takes), seen once under load as 243,740.
     assert!(
-        rec.bytes_acked >= 256 * 1024 && rec.bytes_acked <= rec.bytes_sent,
+        rec.bytes_acked >= (256 - 2 * 64) * 1024 && rec.bytes_acked <= rec.bytes_sent,
         "bytes_acked {} of {}",
         rec.bytes_acked,
         rec.bytes_sent
