@@ -368,8 +368,9 @@ impl Attempt {
 
 /// Records a subscriber ([`DownloadLog::subscribe`]: the metrics, the
 /// admin long-poll) may fall behind before it misses some (8,192, about
-/// 2 MiB of slots): twice the writer's largest batch
-/// ([`file::CHANNEL_CAPACITY`] plus one), which it publishes in one go.
+/// 2 MiB of slots): twice [`file::CHANNEL_CAPACITY`], so the writer's
+/// largest batch (that plus one), which it publishes in one go, fits with
+/// room to spare.
 pub const SUBSCRIBER_CAPACITY: usize = 2 * file::CHANNEL_CAPACITY;
 
 /// Says `record` on stderr: one human-readable `tracing` line (target

@@ -161,10 +161,20 @@ async fn ftp_reply_on_pasv_once() {
     );
     let size = fx.package_bytes(PKG).len();
     assert_eq!(text, format!("first 425\nsecond {size}\n"));
-    let rec = fx.wait_record("425", |r| r.status == 425).await;
+    // The client asked again and downloaded: one attempt, whose record
+    // names the rule that refused its first PASV.
+    let rec = fx
+        .wait_record("the download", |r| r.outcome == Outcome::Complete)
+        .await;
     assert_eq!(
         rec.fault.as_deref(),
         Some("ftp-reply=425,command=PASV,times=1")
+    );
+    assert_eq!(
+        fx.server.downloads().len(),
+        1,
+        "{:#?}",
+        fx.server.downloads()
     );
 }
 

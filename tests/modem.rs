@@ -1172,6 +1172,41 @@ async fn control(
     serde_json::from_str(&line).unwrap()
 }
 
+/// Deactivating the context a download runs over ends it, as losing the
+/// network does: ec200's no-network code for HTTP.
+#[tokio::test]
+async fn deactivating_the_fota_context_ends_the_download() {
+    let fx = Fixture::start(|b| b).await;
+    // 1 MB/s: the 8 MiB package takes seconds.
+    let module = Module::builder(Profile::by_name("ec200").unwrap())
+        .version("v12")
+        .time_scale(SCALE)
+        .timeout(Duration::from_secs(10))
+        .rate(Some(1_000_000))
+        .build()
+        .unwrap();
+    let modem = tcp_modem(module, |b| b).await;
+    let mut host = Host::connect(&modem).await;
+    host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    let cmd = format!("AT+QFOTADL=\"{}\",1,50", fx.http_url(BIG));
+    host.at(&cmd, "\r\nOK\r\n").await;
+    host.expect(q("\"HTTPSTART\"")).await;
+    while !String::from_utf8_lossy(&host.buf).contains("\"DOWNLOADING\",") {
+        assert!(host.fill().await > 0, "the port closed");
+    }
+    host.send(b"AT+CGACT=0,1\r").await;
+    let text = loop {
+        let text = String::from_utf8_lossy(&host.buf).into_owned();
+        if text.contains("HTTPEND") {
+            break text;
+        }
+        assert!(host.fill().await > 0, "the port closed");
+    };
+    let ok = text.find("\r\nOK\r\n").expect("the command's OK");
+    assert!(text[ok..].ends_with(&q("\"HTTPEND\",707")), "{text:?}");
+    stop(modem).await;
+}
+
 #[tokio::test]
 async fn the_control_port_cuts_the_network_mid_download_and_more() {
     let fx = Fixture::start(|b| b).await;

@@ -6,6 +6,7 @@ stopping it signals the whole group: a wrapper script that starts the
 binary without `exec` leaves nothing behind."""
 
 import ctypes
+import fcntl
 import json
 import os
 import re
@@ -84,6 +85,19 @@ def _spawn(argv, **kwargs):
     return _SPAWNER.submit(subprocess.Popen, argv, **kwargs).result()
 
 
+def _start_time(pid):
+    """The start time of process `pid` (clock ticks since boot, field 22
+    of `/proc/<pid>/stat`), or None when there is no such process or no
+    `/proc`."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[19]) if len(fields) > 19 else None
+
+
 def _group_alive(pgid):
     """Whether a process of group `pgid` is alive. Exited processes not yet
     reaped (zombies: an orphan waits for whoever adopts it) do not count;
@@ -118,38 +132,71 @@ def _group_alive(pgid):
 _WORKDIR = re.compile(r"qfota-(?:server|modem)-(\d+)-")
 
 
+#: The file in each such folder its test process holds an `flock` on for
+#: as long as it lives.
+_OWNER_LOCK = ".owner"
+
+
 def make_workdir(kind):
     """A temporary folder for a `kind` (`server`, `modem`) process, named
-    after this test process. Folders that test processes now gone left
-    behind (killed without teardown) are removed first."""
+    after this test process, which holds a lock on a file in it while it
+    lives. Folders whose lock nobody holds any more (their test process
+    was killed without teardown, in this container or another sharing the
+    folder) are removed first."""
     tmp = tempfile.gettempdir()
     try:
         entries = os.listdir(tmp)
     except OSError:
         entries = []
     for entry in entries:
-        m = _WORKDIR.match(entry)
-        if not m or int(m.group(1)) == os.getpid():
+        if not _WORKDIR.match(entry):
             continue
+        path = os.path.join(tmp, entry)
         try:
-            os.kill(int(m.group(1)), 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
-        except (PermissionError, OverflowError):
-            pass
-    return tempfile.TemporaryDirectory(prefix=f"qfota-{kind}-{os.getpid()}-")
+            fd = os.open(os.path.join(path, _OWNER_LOCK), os.O_RDWR)
+        except OSError:
+            continue  # not made here, or being made or removed
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its owner lives
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+    return _Workdir(kind)
+
+
+class _Workdir:
+    """A temporary folder (`name`) with its owner's lock held until
+    `cleanup()`, which removes it."""
+
+    def __init__(self, kind):
+        self._dir = tempfile.TemporaryDirectory(prefix=f"qfota-{kind}-{os.getpid()}-")
+        self.name = self._dir.name
+        self._lock = os.open(os.path.join(self.name, _OWNER_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def cleanup(self):
+        """Lets go of the lock and removes the folder."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+        self._dir.cleanup()
 
 
 def string_list(value, name, what):
-    """`value` as a list of strings; TypeError naming `name` when it is a
-    single string (which would be taken one character at a time) or holds
-    anything but strings."""
+    """`value` as a list of strings (paths, `os.PathLike`, as their text);
+    TypeError naming `name` when it is a single string (which would be
+    taken one character at a time) or holds anything else."""
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be a list of {what}, not the string {value!r}: use [{value!r}]")
-    items = list(value)
-    for item in items:
+    items = []
+    for item in value:
+        if isinstance(item, os.PathLike):
+            item = os.fspath(item)
         if not isinstance(item, str):
             raise TypeError(f"{name} must be a list of {what} (strings), got {item!r}")
+        items.append(item)
     return items
 
 
@@ -204,6 +251,9 @@ class Child:
             # interpreter, another machine's binary): a start failure.
             self._stderr.close()
             raise QfotaProcessError(f"{what}: cannot run {self.argv[0]}: {e}") from None
+        # Who leads the group: its number may be another process's once
+        # the group is gone (see `_group_is_ours`).
+        self._started = _start_time(self.proc.pid)
         self.stopped = False
         self.exit_expected = False
         self._stderr_text = None
@@ -311,14 +361,32 @@ class Child:
         code = self.proc.returncode
         self._close()
         # The binary handles SIGTERM and exits 0; death by the SIGTERM we
-        # sent is a wrapper script's (`sh -c '… qfota-serve …'`), whose
-        # binary stopped with it.
-        if code not in (0, -signal.SIGTERM) and not self.exit_expected:
+        # sent is fine only for a wrapper script (`sh -c '… qfota-serve …'`:
+        # the ready line names another process), whose binary stopped
+        # with it.
+        ready = self.ready if isinstance(self.ready, dict) else {}
+        wrapped = ready.get("pid") not in (None, self.proc.pid)
+        clean = code == 0 or (wrapped and code == -signal.SIGTERM)
+        if not clean and not self.exit_expected:
             raise self.error("exited non-zero when stopped")
+
+    def _group_is_ours(self):
+        """Whether the process group numbered as the child may still be
+        the child's. While any member lives, Linux keeps the number from
+        being given to a new process; once the group is gone and the child
+        reaped, a new session leader may get it — then `/proc/<pid>` shows
+        another start time, and the group is left alone. Without `/proc`,
+        only while the child is not reaped."""
+        if self._started is None:
+            return self.proc.returncode is None
+        now = _start_time(self.proc.pid)
+        return now is None or now == self._started
 
     def _signal_group(self, sig):
         """`sig` to the child's process group (the child and whatever it
-        started), if any of it is left."""
+        started), if any of it is left and the group is still its own."""
+        if not self._group_is_ours():
+            return
         try:
             os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -327,7 +395,7 @@ class Child:
     def _wait_group(self, deadline):
         """Waits until no process of the child's group is left, at most
         until `deadline` (monotonic); whether none is."""
-        while _group_alive(self.proc.pid):
+        while self._group_is_ours() and _group_alive(self.proc.pid):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)

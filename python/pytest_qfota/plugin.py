@@ -42,10 +42,12 @@ def _factory(start):
 @pytest.fixture
 def qfota_server():
     """Factory: ``qfota_server(packages_dir, users=[("test", "test")],
-    faults=[...], protocols=("ftp", "http"), binary=None)`` starts a
+    faults=[...], protocols=("ftp", "http"), tls=None, allow_invalid=False,
+    passive_ports=None, binary=None, extra_args=[...])`` starts a
     ``qfota-serve`` on 127.0.0.1 free ports with an admin listener and
     returns a :class:`QfotaServer` (``urls``, ``downloads()``,
-    ``wait_download()``, ``set_faults()``, ``rescan()``, ``stop()``)."""
+    ``wait_download()``, ``next_seq()``, ``set_faults()``, ``rescan()``,
+    ``expect_exit()``, ``stop()``)."""
     make, teardown = _factory(QfotaServer.start)
     yield make
     teardown()
@@ -54,9 +56,11 @@ def qfota_server():
 @pytest.fixture
 def qfota_modem():
     """Factory: ``qfota_modem(model="EC25", version=None, link=None,
-    tcp=False, faults=[...], binary=None)`` starts ``qfota-serve modem`` on
-    a pseudo-terminal and returns a :class:`QfotaModem` (``port``: the path
-    to open with pyserial; ``stop()``)."""
+    tcp=False, faults=[...], time_scale=None, reboot_ms=None,
+    timeout_secs=None, profile=None, binary=None, extra_args=[...])``
+    starts ``qfota-serve modem`` on a pseudo-terminal and returns a
+    :class:`QfotaModem` (``port``: the path to open with pyserial;
+    ``control()``, ``version``, ``expect_exit()``, ``stop()``)."""
     make, teardown = _factory(QfotaModem.start)
     yield make
     teardown()

@@ -73,9 +73,10 @@ class QfotaServer:
         faults = string_list(faults, "faults", "fault rules")
         protocols = string_list(protocols, "protocols", "protocol names")
         extra_args = string_list(extra_args, "extra_args", "flags")
-        if isinstance(users, (str, bytes)) or any(
-            isinstance(u, (str, bytes)) or len(u) != 2 for u in users
-        ):
+        if isinstance(users, (str, bytes)):
+            raise TypeError(f"users must be a list of (name, password) pairs, not {users!r}")
+        users = list(users)  # a generator is gone once looked at
+        if any(isinstance(u, (str, bytes)) or len(u) != 2 for u in users):
             raise TypeError(f"users must be a list of (name, password) pairs, not {users!r}")
         for proto in protocols:
             if proto not in ("ftp", "http", "https"):

@@ -210,7 +210,9 @@ def test_a_string_where_a_list_belongs_is_a_type_error(qfota_server, packages):
         QfotaServer.start(packages, users=("test", "test"))
     with pytest.raises(TypeError, match="faults must be a list"):
         QfotaModem.start(faults="network-down")
-    srv = qfota_server(packages)
+    # A generator of users is read once, whole: the server is not left open.
+    srv = qfota_server(packages, users=(u for u in [("test", "test")]))
+    assert srv._child.argv[srv._child.argv.index("--user") + 1] == "test:test"
     with pytest.raises(TypeError, match="rules must be a list"):
         srv.set_faults("status=503")
     assert srv.faults() == []

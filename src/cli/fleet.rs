@@ -106,6 +106,7 @@ pub async fn run(args: FleetArgs) -> ExitCode {
         // The modules' tasks end with the runtime, each removing the file
         // its download was spooled to.
         () = stop => {
+            progress.finish();
             errln!("qfota-serve fleet: interrupted: no report");
             return ExitCode::from(INTERRUPTED);
         }

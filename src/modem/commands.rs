@@ -83,7 +83,8 @@ pub const DEFAULT_CSQ: u8 = 24;
 /// Operator name `AT+COPS?` shows while registered.
 pub const OPERATOR: &str = "qfota-sim";
 /// What `ATI`/`AT+GMR` show when the module's version is unset or unknown
-/// (a package whose name states no version, SPEC §5).
+/// (after an upgrade with a package whose name and `version.txt` state no
+/// version).
 pub const UNKNOWN_REVISION: &str = "unknown";
 /// Highest PDP context id (`AT+QICSGP`, `AT+QIACT`, `fota/cid`): 16.
 pub const MAX_CID: u8 = 16;
@@ -1107,8 +1108,9 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// What a boot resets: only the default bearer is active, the radio is
-    /// on and registered automatically, attached, no registration URCs.
+    /// What a boot resets: only the default bearer is active (the modem
+    /// then sets the module's configured contexts), the radio is on and
+    /// registered automatically, attached, no registration URCs.
     pub fn reset_on_boot(&mut self) {
         self.active = BTreeSet::from([1]);
         self.reg_urc = [0; 3];

@@ -209,11 +209,18 @@ impl Session {
         let accept = parts
             .tcp
             .map(|l| port::spawn_accept(l, events_tx.clone(), parts.cancel.child_token()));
+        // The module's configured contexts and FOTA context
+        // (`--active-cid`, `--fota-cid`), as the AT port shows them.
+        let settings = Settings {
+            active: parts.module.boot_contexts(),
+            fota_cid: parts.module.fota_cid(),
+            ..Settings::default()
+        };
         let mut session = Session {
             module: parts.module,
             model: parts.model,
             imei: parts.imei,
-            settings: Settings::default(),
+            settings,
             link: parts.link,
             channels: Vec::new(),
             next_id: 0,
@@ -569,6 +576,7 @@ impl Session {
             };
         }
         self.settings.reset_on_boot();
+        self.settings.active = self.module.boot_contexts();
         if self.link_type == Link::Uart {
             // The same line: a half-typed command is gone with the boot.
             for channel in &mut self.channels {
@@ -1076,7 +1084,11 @@ impl Session {
         if !urcs.is_empty() {
             self.unsolicited(&urcs);
         }
-        if !self.settings.network_reachable() {
+        // Detached (`AT+CGATT=0`), or the FOTA context deactivated
+        // (`AT+CGACT=0`, `AT+QIDEACT`): the download has no bearer either.
+        if !self.settings.network_reachable()
+            || !self.settings.active.contains(&self.settings.fota_cid)
+        {
             self.no_network_ends_download();
         }
     }

@@ -8,6 +8,10 @@
 //! ([`VersionChange::from_manifest`]). Pure rules on text, kept with the
 //! other package checks in [`crate::package`].
 
+/// Longest version a `version.txt` may state, in bytes (what `ATI` prints
+/// after `Revision: `; Quectel revisions are about 20).
+pub const MANIFEST_VERSION_MAX: usize = 64;
+
 /// The `<from>` and `<to>` versions a package name states.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionChange {
@@ -59,8 +63,12 @@ impl VersionChange {
     /// `\n` ignored, other lines skipped; a later line with the same key
     /// wins). The shipped sample packages carry one (`from=v12`, `to=v13`).
     ///
-    /// Returns `None` unless both are there and not empty.
+    /// Returns `None` unless both are there and printable in an AT answer
+    /// (`ATI`, `AT+QGMR`): not empty, at most [`MANIFEST_VERSION_MAX`]
+    /// bytes, no control character or `"` — the rule `--version` follows.
+    /// A UTF-8 byte order mark before the first line is ignored.
     pub fn from_manifest(text: &str) -> Option<VersionChange> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let (mut from, mut to) = (None, None);
         for line in text.lines() {
             let Some((key, value)) = line.split_once('=') else {
@@ -76,9 +84,13 @@ impl VersionChange {
                 _ => {}
             }
         }
-        Some(VersionChange {
-            from: from?.to_string(),
-            to: to?.to_string(),
+        let printable = |v: &str| {
+            v.len() <= MANIFEST_VERSION_MAX && !v.chars().any(|c| c.is_control() || c == '"')
+        };
+        let (from, to) = (from?, to?);
+        (printable(from) && printable(to)).then(|| VersionChange {
+            from: from.to_string(),
+            to: to.to_string(),
         })
     }
 
@@ -116,6 +128,18 @@ mod tests {
         assert_eq!(parse("to=v13\n"), None, "no from");
         assert_eq!(parse("from=v12\nto=\n"), None, "empty to");
         assert_eq!(parse("v13\n"), None, "no keys");
+        assert_eq!(parse("\u{feff}from=v12\nto=v13"), both, "a BOM");
+        assert_eq!(
+            parse("from=v12\nto=v13\rERROR"),
+            None,
+            "a control character"
+        );
+        assert_eq!(parse("from=v12\nto=\"v13\""), None, "a quote");
+        assert_eq!(
+            parse(&format!("from=v12\nto={}", "9".repeat(65))),
+            None,
+            "too long"
+        );
         assert_eq!(parse(""), None);
     }
 

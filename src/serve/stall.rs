@@ -30,7 +30,7 @@ use tokio::time::Sleep;
 use super::delivery::{ACK_POLL, AckTracker};
 use super::lock;
 
-/// Counts completed flushes of a connection and wakes one waiter on each;
+/// Counts completed flushes of a connection and wakes every waiter on each;
 /// counts the bytes the connection has written to its socket, and tells
 /// whoever asked ([`FlushSignal::end_at_next_flush`]) what that count was
 /// at the next completed flush.

@@ -433,6 +433,12 @@ impl Module {
         Ok(())
     }
 
+    /// The PDP contexts every boot activates
+    /// ([`ModuleBuilder::active_contexts`]; default: context 1).
+    pub fn boot_contexts(&self) -> BTreeSet<u8> {
+        self.config.boot_contexts.clone()
+    }
+
     /// The PDP contexts active now.
     pub fn active_contexts(&self) -> BTreeSet<u8> {
         lock(&self.state).active_contexts.clone()

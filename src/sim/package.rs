@@ -43,15 +43,20 @@ fn zip_entries(reader: impl std::io::Read + std::io::Seek) -> Result<usize, ZipE
 const MANIFEST_MAX: u64 = 4096;
 
 /// [`VersionChange::from_manifest`] of the `version.txt` entry at the root
-/// of the zip `reader` reads; `None` when there is none or it cannot be
-/// read as UTF-8 text.
-fn manifest_in(reader: impl std::io::Read + std::io::Seek) -> Option<VersionChange> {
+/// of the zip `reader` reads; `None` when the data does not start as a zip
+/// (an `ec200` raw image is not searched for one) or has no such entry.
+fn manifest_in(mut reader: impl std::io::Read + std::io::Seek) -> Option<VersionChange> {
     use std::io::Read;
+    let mut magic = [0u8; 4];
+    reader.read_exact(&mut magic).ok()?;
+    if magic != *b"PK\x03\x04" {
+        return None;
+    }
     let mut archive = zip::ZipArchive::new(reader).ok()?;
     let entry = archive.by_name("version.txt").ok()?;
-    let mut text = String::new();
-    entry.take(MANIFEST_MAX).read_to_string(&mut text).ok()?;
-    VersionChange::from_manifest(&text)
+    let mut bytes = Vec::new();
+    entry.take(MANIFEST_MAX).read_to_end(&mut bytes).ok()?;
+    VersionChange::from_manifest(&String::from_utf8_lossy(&bytes))
 }
 
 /// A package the module holds for its checks: in memory (a small

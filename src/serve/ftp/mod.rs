@@ -135,6 +135,9 @@ pub struct FtpSession {
     /// Why the session's latest `PASV`/`EPSV` was refused, until a `RETR`
     /// (or the session's end) records the attempt.
     passive_refused: Mutex<Option<PassiveRefusal>>,
+    /// The rule that refused a `PASV`/`EPSV` the client asked again with
+    /// success: the download goes on, and its record names the rule.
+    carried_fault: Mutex<Option<String>>,
     /// Woken when a `RETR` answered `150` waited in vain for its data
     /// connection: the session task answers `425`.
     data_expired: tokio::sync::Notify,
@@ -243,7 +246,7 @@ impl FtpSession {
 
     /// Records the attempt a refused `PASV`/`EPSV` ended, on the package
     /// the session last named; `then` says what came after it.
-    pub(super) fn record_passive_refusal(&self, refusal: PassiveRefusal, then: &str) {
+    fn record_passive_refusal(&self, refusal: PassiveRefusal, then: &str) {
         let path = lock(&self.last_path).clone().unwrap_or_default();
         let reason = format!("PASV/EPSV refused ({}): answered 425; {then}", refusal.why);
         let mut attempt = self.attempt(path);
@@ -269,11 +272,15 @@ impl FtpSession {
         attempt
     }
 
-    /// Logs `attempt` as ending now.
+    /// Logs `attempt` as ending now; a fault rule that refused a
+    /// `PASV`/`EPSV` the client then asked again goes with it
+    /// ([`FtpSession::carried_fault`]).
     fn emit(&self, attempt: &Attempt, status: u16, outcome: Outcome, reason: impl Into<String>) {
-        self.shared
-            .log
-            .emit(attempt.record(status, outcome, reason));
+        let mut record = attempt.record(status, outcome, reason);
+        if let Some(fault) = lock(&self.carried_fault).take() {
+            record.fault.get_or_insert(fault);
+        }
+        self.shared.log.emit(record);
     }
 
     /// Notes the command libunftp is about to handle (its name in upper
@@ -514,6 +521,7 @@ impl FrontEnd {
                 retr_waiting: Mutex::new(None),
                 retrs: std::sync::atomic::AtomicU64::new(0),
                 passive_refused: Mutex::new(None),
+                carried_fault: Mutex::new(None),
                 data_expired: tokio::sync::Notify::new(),
                 quit: tokio::sync::Notify::new(),
             });

@@ -310,11 +310,12 @@ impl libunftp::options::Binder for PassiveBinder {
                     // The data connection will most likely get this number.
                     let next_fd = crate::serve::zerocopy::lowest_free_descriptor(&keep);
                     let generation = session.passive_state.install(keep, slot);
-                    // The client asked again after a refusal: that attempt
-                    // ended there.
+                    // The client asked again after a refusal (curl falls
+                    // back from EPSV to PASV): the same download goes on,
+                    // and its record names the rule that refused the first.
                     let refused = lock(&session.passive_refused).take();
-                    if let Some(refusal) = refused {
-                        session.record_passive_refusal(refusal, "the client asked again");
+                    if let Some(fault) = refused.and_then(|r| r.fault) {
+                        *lock(&session.carried_fault) = Some(fault);
                     }
                     let weak = Arc::downgrade(session);
                     FtpSession::expire_later(weak, generation, session.data_timeout);
