@@ -30,6 +30,8 @@ while b"\r\n\r\n" not in data:
         break
     data += chunk
 body = data.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in data else b""
+# The headers are in: the download is under way (argv[4] marks it).
+open(sys.argv[4], "w").close()
 h = hashlib.sha256(body)
 n = len(body)
 deadline = time.time() + 60
@@ -42,6 +44,37 @@ while time.time() < deadline:
     time.sleep(len(chunk) / rate)
 print(n, h.hexdigest())
 "#;
+
+/// Starts 4 slow readers of `BIG` (`SLOW_GET` at 4 MB/s) and runs
+/// `change` once each has its response's headers, so every download is
+/// under way when the package changes; the readers' outputs.
+async fn four_readers_then(fx: &Fixture, change: impl FnOnce()) -> Vec<std::process::Output> {
+    let marks = tempfile::tempdir().unwrap();
+    let addr = fx.server.http_addr().unwrap().to_string();
+    let mark = |i: usize| marks.path().join(i.to_string());
+    let args: Vec<[String; 4]> = (0..4)
+        .map(|i| {
+            let m = mark(i).to_str().unwrap().to_string();
+            [addr.clone(), BIG.to_string(), "4000000".to_string(), m]
+        })
+        .collect();
+    let args: Vec<[&str; 4]> = args
+        .iter()
+        .map(|a| a.each_ref().map(String::as_str))
+        .collect();
+    let readers = args.iter().map(|a| python(SLOW_GET, a));
+    let rewrite = async {
+        common::bounded("the 4 downloads under way", async {
+            while !(0..4).all(|i| mark(i).exists()) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        change();
+    };
+    let (outs, ()) = tokio::join!(futures_util::future::join_all(readers), rewrite);
+    outs
+}
 
 /// The HTTP status a new client gets for `key` once the catalog has seen
 /// every change (a rescan that waits for validations).
@@ -88,20 +121,16 @@ async fn a_package_rewritten_in_place_mid_download_is_never_spliced() {
     let old = std::fs::read(&path).unwrap();
     let size = old.len();
     let old_sha = common::sha256(&old);
-    let addr = fx.server.http_addr().unwrap().to_string();
-    let args = [addr.as_str(), BIG, "4000000"];
-    let readers = (0..4).map(|_| python(SLOW_GET, &args));
-    let rewrite = async {
-        // Once the downloads are under way, rewrite the file in place:
-        // same length, same inode, other bytes.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the downloads are under way, rewrite the file in place: same
+    // length, same inode, other bytes.
+    let outs = four_readers_then(&fx, || {
         let mut new = old.clone();
         new.iter_mut().for_each(|b| *b = b.wrapping_add(1));
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all(&new).unwrap();
-    };
-    let (outs, ()) = tokio::join!(futures_util::future::join_all(readers), rewrite);
+    })
+    .await;
     for out in &outs {
         let text = String::from_utf8_lossy(&out.stdout);
         let mut fields = text.split_whitespace();
@@ -158,16 +187,12 @@ async fn downloads_from_the_resident_copy_finish_with_the_version_they_started_o
     let mut new = old.clone();
     new.iter_mut().for_each(|b| *b = b.wrapping_add(1));
     let new_sha = common::sha256(&new);
-    let addr = fx.server.http_addr().unwrap().to_string();
-    let args = [addr.as_str(), BIG, "4000000"];
-    let readers = (0..4).map(|_| python(SLOW_GET, &args));
-    let rewrite = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let outs = four_readers_then(&fx, || {
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all(&new).unwrap();
-    };
-    let (outs, ()) = tokio::join!(futures_util::future::join_all(readers), rewrite);
+    })
+    .await;
     let want = format!("{} {old_sha}", old.len());
     for out in &outs {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{out:?}");
