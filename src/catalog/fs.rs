@@ -552,7 +552,20 @@ impl FsCatalog {
         // One hostile file must not stop the others: a panic inside the
         // zip reader excludes that file only.
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let file = fs::File::open(&on_disk.fs_path)?;
+            // As a download opens it (`open_pinned`): a FIFO or device
+            // swapped in under the name since the scan is not waited on.
+            let file = {
+                use std::os::unix::fs::OpenOptionsExt;
+                fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                    .open(&on_disk.fs_path)?
+            };
+            if !file.metadata()?.is_file() {
+                return Err(std::io::Error::other(
+                    "no longer a regular file (replaced since the folder was listed)",
+                ));
+            }
             Package::validate_keeping(
                 key,
                 Stoppable { inner: file, stop },
@@ -719,6 +732,40 @@ mod tests {
         assert!(matches!(cat.lookup("s.zip"), Lookup::Excluded(r) if r.contains("leaves")));
         assert!(matches!(cat.lookup("nope.zip"), Lookup::Missing));
         assert_eq!(cat.packages().len(), 1);
+    }
+
+    /// A FIFO swapped in under a package's name after the folder was
+    /// listed is refused at once, not waited on for a writer.
+    #[tokio::test]
+    async fn a_fifo_swapped_in_before_validation_is_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = FsCatalog::open(dir.path(), Advertised::default())
+            .await
+            .unwrap();
+        let fifo = dir.path().join("r.zip");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from(0o600)).unwrap();
+        let on_disk = OnDisk {
+            stamp: FileStamp::of(&std::fs::metadata(&fifo).unwrap()),
+            fs_path: fifo,
+        };
+        let checked = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::task::spawn_blocking(move || {
+                cat.validate_one("r.zip", &on_disk, &AtomicBool::new(false))
+            }),
+        )
+        .await
+        .expect("validation waited on the FIFO")
+        .unwrap();
+        assert!(
+            matches!(&checked, Checked::Unreadable(Some(why)) if why.contains("regular file")),
+            "{}",
+            match checked {
+                Checked::Unreadable(why) => format!("unreadable: {why:?}"),
+                Checked::Package(..) => "a package".into(),
+                Checked::Crashed => "crashed".into(),
+            }
+        );
     }
 
     #[tokio::test]

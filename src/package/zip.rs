@@ -26,6 +26,11 @@ pub enum ZipError {
     /// uncompressed size).
     #[error("zip archive over budget: {0}")]
     OverBudget(String),
+    /// Two or more entries share a name: the central directory has more
+    /// entries than the archive's (this many) names, and the ones a reader
+    /// keeps hide the others from the checks.
+    #[error("zip archive has entries with the same name (more entries than its {0} names)")]
+    DuplicateNames(usize),
     /// An entry fails its CRC-32 or cannot be decompressed.
     #[error("zip entry {name}: {detail}")]
     BadEntry {
@@ -44,6 +49,13 @@ pub struct ZipSummary {
     /// Sum of the entries' uncompressed sizes, in bytes.
     pub uncompressed_bytes: u64,
 }
+
+/// Most end-of-central-directory signatures (`PK\x05\x06`) a package may
+/// hold anywhere in its bytes: its own, plus those of zips stored inside
+/// it. The zip crate tries every one from the end backwards, reading the
+/// central directory each claims, so a few MB of crafted end records
+/// claiming 65,000 entries each kept one validation busy for hours.
+pub const MAX_END_RECORDS: usize = 64;
 
 /// Most entries a package may have (delta packages have a handful).
 pub const MAX_ENTRIES: usize = 10_000;
@@ -92,6 +104,56 @@ fn check_layout<R: Read + Seek>(archive: &mut zip::ZipArchive<R>) -> Result<(), 
     Ok(())
 }
 
+/// End-of-central-directory signatures in the whole of `reader`, counted
+/// up to `cap` (the scan stops there).
+fn count_end_records<R: Read + Seek>(reader: &mut R, cap: usize) -> std::io::Result<usize> {
+    const SIGNATURE: &[u8] = b"PK\x05\x06";
+    reader.seek(std::io::SeekFrom::Start(0))?;
+    let finder = memchr::memmem::Finder::new(SIGNATURE);
+    let mut buf = vec![0u8; 1 << 20];
+    // Bytes kept from the previous chunk: a signature may straddle two.
+    let mut kept = 0;
+    let mut count = 0;
+    loop {
+        let n = reader.read(&mut buf[kept..])?;
+        if n == 0 {
+            break;
+        }
+        let filled = kept + n;
+        count += finder.find_iter(&buf[..filled]).count();
+        if count >= cap {
+            break;
+        }
+        kept = (SIGNATURE.len() - 1).min(filled);
+        buf.copy_within(filled - kept..filled, 0);
+    }
+    reader.seek(std::io::SeekFrom::Start(0))?;
+    Ok(count.min(cap))
+}
+
+/// Central directory file headers (`PK\x01\x02`, APPNOTE 4.3.12) one
+/// after the other from `start`, counted up to `cap`.
+fn count_central_headers<R: Read + Seek>(
+    reader: &mut R,
+    start: u64,
+    cap: usize,
+) -> std::io::Result<usize> {
+    reader.seek(std::io::SeekFrom::Start(start))?;
+    let mut header = [0u8; 46];
+    let mut count = 0;
+    while count < cap {
+        if reader.read_exact(&mut header).is_err() || &header[..4] != b"PK\x01\x02" {
+            break;
+        }
+        count += 1;
+        let len = |at: usize| i64::from(u16::from_le_bytes([header[at], header[at + 1]]));
+        // File name, extra field and comment lengths.
+        reader.seek(std::io::SeekFrom::Current(len(28) + len(30) + len(32)))?;
+    }
+    reader.seek(std::io::SeekFrom::Start(0))?;
+    Ok(count)
+}
+
 /// Reads the central directory, checks the budget ([`MAX_ENTRIES`],
 /// [`MAX_UNCOMPRESSED`]) and that no two entries overlap,
 /// then reads every entry through to its end so the zip crate checks each
@@ -107,8 +169,26 @@ pub fn check_zip<R: Read + Seek>(mut reader: R) -> Result<ZipSummary, ZipError> 
         return Err(ZipError::Unreadable("the file is empty (0 bytes)".into()));
     }
     let _ = reader.seek(std::io::SeekFrom::Start(0));
-    let mut archive =
-        zip::ZipArchive::new(reader).map_err(|e| ZipError::Unreadable(e.to_string()))?;
+    let records = count_end_records(&mut reader, MAX_END_RECORDS + 1)
+        .map_err(|e| ZipError::Unreadable(e.to_string()))?;
+    if records > MAX_END_RECORDS {
+        return Err(ZipError::OverBudget(format!(
+            "more than {MAX_END_RECORDS} end-of-central-directory records"
+        )));
+    }
+    let open =
+        |reader| zip::ZipArchive::new(reader).map_err(|e| ZipError::Unreadable(e.to_string()));
+    let archive = open(reader)?;
+    // The crate keeps one entry per name: a central directory with more
+    // headers than names hides entries from every check below.
+    let (names, start) = (archive.len(), archive.central_directory_start());
+    let mut reader = archive.into_inner();
+    let headers = count_central_headers(&mut reader, start, names + 1)
+        .map_err(|e| ZipError::Unreadable(e.to_string()))?;
+    if headers > names {
+        return Err(ZipError::DuplicateNames(names));
+    }
+    let mut archive = open(reader)?;
     if archive.is_empty() {
         return Err(ZipError::Empty);
     }
@@ -197,6 +277,49 @@ mod tests {
         end[12..16].copy_from_slice(&((2 * cd_size) as u32).to_le_bytes());
         out.extend_from_slice(&end);
         out
+    }
+
+    /// Two entries under one name: the first, with a bad CRC, would be
+    /// hidden behind the second by a reader that keys entries by name.
+    #[test]
+    fn entries_sharing_a_name_are_refused() {
+        let mut zip = zip_bytes(&[("a.bin", &[1u8; 100]), ("b.bin", &[2u8; 100])]);
+        let renamed: Vec<usize> = memchr::memmem::find_iter(&zip, b"b.bin").collect();
+        assert_eq!(renamed.len(), 2, "local and central header");
+        for at in renamed {
+            zip[at] = b'a';
+        }
+        assert_eq!(
+            check_zip(Cursor::new(zip)),
+            Err(ZipError::DuplicateNames(1))
+        );
+    }
+
+    /// A few MB of end records, each claiming a large central directory,
+    /// are refused at once, not tried one by one; a package holding a few
+    /// stored zips (each with its own end record) is fine.
+    #[test]
+    fn more_end_records_than_the_budget_are_refused() {
+        let zip = zip_bytes(&[("a.bin", &[1u8; 100])]);
+        let end = zip[zip.len() - 22..].to_vec();
+        let mut hostile = zip.clone();
+        for _ in 0..=MAX_END_RECORDS {
+            hostile.extend_from_slice(&end);
+        }
+        assert!(matches!(
+            check_zip(Cursor::new(hostile)),
+            Err(ZipError::OverBudget(_))
+        ));
+        let inner = zip_bytes(&[("inner.bin", b"x")]);
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for i in 0..3 {
+            w.start_file(format!("part{i}.zip"), stored).unwrap();
+            w.write_all(&inner).unwrap();
+        }
+        let outer = w.finish().unwrap().into_inner();
+        assert_eq!(check_zip(Cursor::new(outer)).unwrap().entries, 3);
     }
 
     /// A zero-padded image deflates about 1,000:1 and is a good package.

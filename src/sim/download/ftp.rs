@@ -106,8 +106,12 @@ pub(super) async fn fetch(
         });
     }
     progress.complete();
-    // A module does not wait on QUIT to use the package.
-    let _ = tokio::time::timeout(timeout, ftp.quit()).await;
+    // A module does not wait on QUIT to use the package: the session is
+    // closed politely on the side (a server that never answers QUIT gets
+    // the control connection closed at the timeout).
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(timeout, ftp.quit()).await;
+    });
     Ok(package.finish())
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST, USER_AGENT};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING, USER_AGENT};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::rt::{Read, Write};
@@ -98,7 +98,11 @@ where
     if response.status() != StatusCode::OK {
         return Err(DownloadError::HttpStatus(response.status().as_u16()));
     }
+    // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): the
+    // body's framing says where it ends.
+    let framed = response.headers().contains_key(TRANSFER_ENCODING);
     let expected = match response.headers().get(CONTENT_LENGTH) {
+        _ if framed => None,
         None => None,
         Some(value) => Some(
             value
@@ -138,7 +142,15 @@ where
 
 /// The cause behind a hyper error after `received` bytes of the body.
 fn cause(error: hyper::Error, received: u64, expected: Option<u64>) -> DownloadError {
-    if error.is_parse() {
+    // hyper reports a body's broken framing (a chunk-size line that is no
+    // hex number, say) as an I/O error of these kinds, not as a parse error.
+    let framing = io_kind(&error).is_some_and(|k| {
+        matches!(
+            k,
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+        )
+    });
+    if error.is_parse() || framing {
         return DownloadError::HttpDecode(error.to_string());
     }
     if io_kind(&error) == Some(std::io::ErrorKind::ConnectionReset) && received > 0 {
