@@ -15,7 +15,7 @@ use qfota_serve::dlog::Outcome;
 use qfota_serve::profile::Profile;
 use qfota_serve::sim::{Fault, FotadlArgs, Module, ModuleBuilder, Transcript};
 
-use fixtures::{Script, ScriptedFtp, Silent, TlsCert, TlsServer};
+use fixtures::{RawHttp, Script, ScriptedFtp, Silent, TlsCert, TlsServer};
 
 /// Module delays: a 20 s reboot takes 10 ms, the upgrade 60 ms.
 const SCALE: f64 = 0.0005;
@@ -322,6 +322,54 @@ async fn dropped_ftp_data_is_607_on_ec200() {
     assert_eq!(record[0].status, 226);
     assert_eq!(t.summary.download_code, Some(607), "{:?}", t.summary);
     assert_eq!(code(&module("eg06xk"), &url).await, Some(601));
+    stop(real).await;
+}
+
+/// A module uses its package once the transfer's `226` came: a server
+/// that never answers `QUIT` does not hold `FTPEND,0` back (the module's
+/// 60 s timeout would outlast the test's deadline).
+#[tokio::test]
+async fn a_server_silent_after_quit_does_not_hold_the_download() {
+    let ftp = bounded(
+        "FTP server",
+        ScriptedFtp::start(Script::SilentQuit, sample_package()),
+    )
+    .await;
+    let m = builder("ec200")
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let t = fetch(&m, &ftp.url(PKG)).await;
+    assert_eq!(t.summary.download_code, Some(0), "{:?}", t.summary.notes);
+}
+
+/// A chunked body whose framing is broken is a malformed response (ec200:
+/// 721, README's table); with `Transfer-Encoding`, `Content-Length` is
+/// ignored (RFC 9112 §6.3) and a well-chunked body downloads.
+#[tokio::test]
+async fn chunked_bodies_are_framed_by_their_chunks() {
+    let package = sample_package();
+    let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n";
+    let broken = RawHttp::start(format!("{head}\r\nzz\r\nabc\r\n0\r\n\r\n").into_bytes()).await;
+    let t = fetch(&module("ec200"), &broken.url(PKG)).await;
+    assert_eq!(t.summary.download_code, Some(721), "{:?}", t.summary.notes);
+    let mut good = format!("{head}Content-Length: 100\r\n\r\n{:x}\r\n", package.len()).into_bytes();
+    good.extend_from_slice(&package);
+    good.extend_from_slice(b"\r\n0\r\n\r\n");
+    let both = RawHttp::start(good).await;
+    let t = fetch(&module("ec200"), &both.url(PKG)).await;
+    assert_eq!(t.summary.download_code, Some(0), "{:?}", t.summary.notes);
+}
+
+/// The version rule reads the package's name as the server does: decoded.
+#[tokio::test]
+async fn an_encoded_name_is_read_decoded_for_the_version_rule() {
+    let real = real(&[]).await;
+    let url = real.http_url(PKG).replace("update-v12", "update%2Dv12");
+    let m = builder("ec2x").version("v12").build().unwrap();
+    let t = fetch(&m, &url).await;
+    assert_eq!(t.summary.upgrade_codes, vec![0], "{:?}", t.summary.notes);
+    assert_eq!(m.version().as_deref(), Some("v13"));
     stop(real).await;
 }
 
@@ -836,6 +884,48 @@ mod fixtures {
         TruncateData,
         /// Closes the control connection before the greeting.
         CloseAtGreeting,
+        /// Sends the whole file and 226, then never answers `QUIT`.
+        SilentQuit,
+    }
+
+    /// An HTTP server that answers every connection with `response`, as
+    /// given (a broken or unusual one), then closes.
+    pub struct RawHttp {
+        addr: SocketAddr,
+        _task: Task,
+    }
+
+    impl RawHttp {
+        pub async fn start(response: Vec<u8>) -> RawHttp {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let task = tokio::spawn(async move {
+                let mut connections = JoinSet::new();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let response = response.clone();
+                    connections.spawn(async move {
+                        let (read, mut write) = tcp.into_split();
+                        let mut lines = BufReader::new(read).lines();
+                        // The request's head, up to its empty line.
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            if line.is_empty() {
+                                break;
+                            }
+                        }
+                        let _ = write.write_all(&response).await;
+                        let _ = write.shutdown().await;
+                    });
+                }
+            });
+            RawHttp {
+                addr,
+                _task: Task(task),
+            }
+        }
+
+        pub fn url(&self, name: &str) -> String {
+            format!("http://{}/{name}", self.addr)
+        }
     }
 
     /// A minimal FTP server that follows a [`Script`].
@@ -897,9 +987,19 @@ mod fixtures {
                     let Ok((mut conn, _)) = listener.accept().await else {
                         return;
                     };
-                    let _ = conn.write_all(&body[..body.len() / 2]).await;
+                    let sent = if script == Script::TruncateData {
+                        body.len() / 2
+                    } else {
+                        body.len()
+                    };
+                    let _ = conn.write_all(&body[..sent]).await;
                     drop(conn);
                     "226 transfer complete".to_string()
+                }
+                "QUIT" if script == Script::SilentQuit => {
+                    // Holds the session open, silent, until the test ends.
+                    std::future::pending::<()>().await;
+                    return;
                 }
                 "QUIT" => {
                     let _ = write.write_all(b"221 bye\r\n").await;

@@ -350,7 +350,11 @@ impl Run {
         // A stored package already takes its own room.
         let own = if local { package.len() } else { 0 };
         let free_space = Some(self.config.ufs.space().free + own);
-        let file_name = self.command.source.file_name().unwrap_or("").to_string();
+        // As the server reads it: `update%2Dv12-to-v13.zip` names the
+        // package `update-v12-to-v13.zip`.
+        let raw = self.command.source.file_name().unwrap_or("");
+        let file_name =
+            crate::catalog::path::percent_decode(raw).unwrap_or_else(|_| raw.to_string());
         let version = self.busy.version();
         let plan = self.faults.clone();
         // Reading every zip entry through is CPU work; keep it off the
