@@ -187,9 +187,17 @@ impl Package {
                 Some(result)
             }
         };
+        // An invalid package fits no family: no module would take it.
         let profiles = Profile::all()
             .iter()
-            .map(|p| validate::profile_verdict(p, key, adv))
+            .map(|p| {
+                let mut verdict = validate::profile_verdict(p, key, size, adv);
+                if !problems.is_empty() {
+                    verdict.fits = false;
+                    verdict.problems.insert(0, "invalid package".to_string());
+                }
+                verdict
+            })
             .collect();
         Ok(Package {
             path: key.to_string(),
@@ -444,5 +452,29 @@ pub trait Catalog: Send + Sync + std::fmt::Debug + 'static {
     /// The source can no longer be read (the folder, the bucket).
     async fn rescan_now(self: Arc<Self>) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An invalid package fits no family, whatever its name and size.
+    #[test]
+    fn an_invalid_package_fits_no_family() {
+        let adv = Advertised::default();
+        let broken = Package::validate(
+            "update-v12-to-v13.zip",
+            io::Cursor::new(b"not a zip".to_vec()),
+            SystemTime::UNIX_EPOCH,
+            &adv,
+        )
+        .unwrap();
+        assert!(!broken.is_valid());
+        assert_eq!(broken.profiles.len(), Profile::all().len());
+        for verdict in &broken.profiles {
+            assert!(!verdict.fits, "{verdict:?}");
+            assert_eq!(verdict.problems[0], "invalid package");
+        }
     }
 }

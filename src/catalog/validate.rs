@@ -151,16 +151,25 @@ pub struct ProfileVerdict {
     pub problems: Vec<String>,
 }
 
-/// The verdict of `profile` on the package at `rel_path`, given what the
-/// server advertises: extension, URL length (`url_max`), FTP field lengths
-/// (`field_max`: user, password, host, file path) and `ec200`'s root-only
-/// FTP path (SPEC §2, §6; seeds 000–004).
+/// The verdict of `profile` on the package at `rel_path`, `size` bytes,
+/// given what the server advertises: extension, URL length (`url_max`),
+/// FTP field lengths (`field_max`: user, password, host, file path),
+/// `ec200`'s root-only FTP path (SPEC §2, §6; seeds 000–004) and the
+/// family's largest package (`package_max`: `eg06xk` ends `END,550` past
+/// it, seed 000).
 pub fn profile_verdict(
     profile: &'static Profile,
     rel_path: &str,
+    size: u64,
     adv: &Advertised,
 ) -> ProfileVerdict {
     let mut problems = Vec::new();
+    if let Some(max) = profile.package_max.filter(|max| size > *max) {
+        problems.push(format!(
+            "package is {size} bytes, over the {max} bytes {} takes",
+            profile.name
+        ));
+    }
     match extension(rel_path) {
         Some(ext) if profile.accepts_extension(&ext) => {}
         _ => problems.push(format!(
@@ -240,23 +249,34 @@ mod tests {
     }
 
     #[test]
+    fn a_package_over_a_familys_largest_does_not_fit_it() {
+        let (a, eg06xk) = (adv(), Profile::by_name("eg06xk").unwrap());
+        let max = eg06xk.package_max.unwrap();
+        assert!(profile_verdict(eg06xk, "update.zip", max, &a).fits);
+        let v = profile_verdict(eg06xk, "update.zip", max + 1, &a);
+        assert!(!v.fits && v.problems[0].contains("over the"), "{v:?}");
+        let ec2x = Profile::by_name("ec2x").unwrap();
+        assert!(profile_verdict(ec2x, "update.zip", max + 1, &a).fits);
+    }
+
+    #[test]
     fn verdicts_follow_the_profile_table() {
         let a = adv();
         let ec200 = Profile::by_name("ec200").unwrap();
         let ec2x = Profile::by_name("ec2x").unwrap();
         let dfota = Profile::by_name("eg06xk-dfota").unwrap();
-        assert!(profile_verdict(ec200, "update.zip", &a).fits);
-        assert!(!profile_verdict(ec200, "Jun/update.zip", &a).fits);
-        assert!(profile_verdict(ec2x, "Jun/update.zip", &a).fits);
-        assert!(profile_verdict(ec200, "fw.bin", &a).fits);
-        assert!(!profile_verdict(ec2x, "fw.bin", &a).fits);
+        assert!(profile_verdict(ec200, "update.zip", 1000, &a).fits);
+        assert!(!profile_verdict(ec200, "Jun/update.zip", 1000, &a).fits);
+        assert!(profile_verdict(ec2x, "Jun/update.zip", 1000, &a).fits);
+        assert!(profile_verdict(ec200, "fw.bin", 1000, &a).fits);
+        assert!(!profile_verdict(ec2x, "fw.bin", 1000, &a).fits);
         // 100-byte URL limit of eg06xk-dfota (seed 002).
         let long = format!("{}.zip", "a".repeat(80));
-        let v = profile_verdict(dfota, &long, &a);
+        let v = profile_verdict(dfota, &long, 1000, &a);
         assert!(!v.fits);
         assert!(v.problems.iter().any(|p| p.contains("100-byte")));
         // ec2x has a 50-byte file_path field limit (seed 004).
-        assert!(!profile_verdict(ec2x, &long, &a).fits);
+        assert!(!profile_verdict(ec2x, &long, 1000, &a).fits);
     }
 
     #[test]
@@ -271,7 +291,7 @@ mod tests {
         // They are in every family's verdict (SPEC §6), eg06xk's too,
         // which has no per-field limit; without FTP they do not matter.
         for profile in &crate::profile::PROFILES {
-            let v = profile_verdict(profile, "update.zip", &a);
+            let v = profile_verdict(profile, "update.zip", 1000, &a);
             assert!(!v.fits, "{}", profile.name);
             assert!(
                 v.problems.iter().any(|p| p.contains("contains '@'")),
@@ -281,6 +301,6 @@ mod tests {
         }
         a.ftp = None;
         let ec2x = Profile::by_name("ec2x").unwrap();
-        assert!(profile_verdict(ec2x, "update.zip", &a).fits);
+        assert!(profile_verdict(ec2x, "update.zip", 1000, &a).fits);
     }
 }
