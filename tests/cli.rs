@@ -235,9 +235,10 @@ async fn serve_job_with_wget_lftp_and_curl() {
     assert!(certs.join("qfota-serve.crt").is_file());
 }
 
-/// `check` as a user who may not list `locked/` (as root, which reads
-/// everything, through `setpriv` as `nobody`): the folder is reported as
-/// not checked and fails the check, in the report and in the JSON.
+/// `check` as a user who may not list `locked/` nor look into `blind/` (as
+/// root, which reads everything, through `setpriv` as `nobody`): the
+/// folder and the file are reported as not checked and fail the check, in
+/// the report and in the JSON.
 #[tokio::test]
 async fn check_fails_on_a_folder_it_cannot_list() {
     use std::os::unix::fs::PermissionsExt;
@@ -249,6 +250,10 @@ async fn check_fails_on_a_folder_it_cannot_list() {
     std::fs::copy(&sample, root.join("locked/hidden-v12-to-v13.zip")).unwrap();
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(root.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    // Listed, not searchable: its file's name is known, not its details.
+    std::fs::create_dir(root.join("blind")).unwrap();
+    std::fs::copy(&sample, root.join("blind/seen-v12-to-v13.zip")).unwrap();
+    std::fs::set_permissions(root.join("blind"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let d = root.to_string_lossy().into_owned();
     let as_root = String::from_utf8_lossy(&run("id", &["-u"]).await.stdout).trim() == "0";
     let check = |json: bool| {
@@ -278,7 +283,11 @@ async fn check_fails_on_a_folder_it_cannot_list() {
         text.contains("locked/  not checked: cannot list the folder"),
         "{text}"
     );
-    assert!(text.contains("1 not checked"), "{text}");
+    assert!(
+        text.contains("blind/seen-v12-to-v13.zip  not checked: cannot read its details"),
+        "{text}"
+    );
+    assert!(text.contains("2 not checked"), "{text}");
     let out = run_check(true).await;
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -299,4 +308,5 @@ async fn check_fails_on_a_folder_it_cannot_list() {
         "{v}"
     );
     std::fs::set_permissions(root.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(root.join("blind"), std::fs::Permissions::from_mode(0o755)).unwrap();
 }

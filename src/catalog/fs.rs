@@ -472,9 +472,20 @@ impl FsCatalog {
                     snap.exclude(key, "hidden file");
                     continue;
                 }
-                let Some((target, meta)) = self.classify(&entry, &key, &mut snap, &mut stack)
-                else {
-                    continue;
+                let sorted = self.classify(&entry, &key, &mut snap, &mut stack);
+                let (target, meta) = match sorted {
+                    Ok(Some(found)) => found,
+                    Ok(None) => continue,
+                    Err(err) => {
+                        // Listed but not examinable (a folder readable
+                        // and not searchable): its package is unknown,
+                        // reported like an unreadable file.
+                        if !previous.unreadable.contains_key(&key) {
+                            tracing::warn!(path = %key, error = %err, "cannot read the file's details");
+                        }
+                        unreadable.insert(key, format!("cannot read its details: {err}"));
+                        continue;
+                    }
                 };
                 let on_disk = OnDisk {
                     fs_path: target,
@@ -506,30 +517,34 @@ impl FsCatalog {
     /// Sorts one folder entry: a regular file under the folder comes back
     /// (resolved path and metadata); a folder is added and queued; anything
     /// else is excluded with its reason.
+    ///
+    /// # Errors
+    /// The entry's type or metadata cannot be read (a folder that may be
+    /// read but not searched).
     fn classify(
         &self,
         entry: &fs::DirEntry,
         key: &str,
         snap: &mut Snapshot,
         stack: &mut Vec<(PathBuf, String)>,
-    ) -> Option<(PathBuf, fs::Metadata)> {
-        let file_type = entry.file_type().ok()?;
+    ) -> io::Result<Option<(PathBuf, fs::Metadata)>> {
+        let file_type = entry.file_type()?;
         let target = if file_type.is_symlink() {
             match fs::canonicalize(entry.path()) {
                 Ok(t) if t.starts_with(&self.root) => t,
                 Ok(_) => {
                     snap.exclude(key, "symlink leaves the package folder");
-                    return None;
+                    return Ok(None);
                 }
                 Err(_) => {
                     snap.exclude(key, "dangling symlink");
-                    return None;
+                    return Ok(None);
                 }
             }
         } else {
             entry.path()
         };
-        let meta = fs::metadata(&target).ok()?;
+        let meta = fs::metadata(&target)?;
         if meta.is_dir() {
             // Symlinked folders are not followed: they could loop.
             if file_type.is_symlink() {
@@ -538,13 +553,13 @@ impl FsCatalog {
                 snap.add_folder(key, modified(&meta));
                 stack.push((target, key.to_string()));
             }
-            return None;
+            return Ok(None);
         }
         if !meta.is_file() {
             snap.exclude(key, "not a regular file");
-            return None;
+            return Ok(None);
         }
-        Some((target, meta))
+        Ok(Some((target, meta)))
     }
 
     /// Validates one file (blocking), until `stop` is set.
