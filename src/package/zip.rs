@@ -131,6 +131,50 @@ fn count_end_records<R: Read + Seek>(reader: &mut R, cap: usize) -> std::io::Res
     Ok(count.min(cap))
 }
 
+/// The entry count the archive's last end-of-central-directory record
+/// declares (APPNOTE 4.3.16; its ZIP64 record's, 4.3.14, when the count
+/// there is `0xFFFF`); `None` when no end record is in the last 64 KiB +
+/// 22 bytes, where one must be, or a ZIP64 record it points to is not
+/// there (the zip crate then says what is wrong).
+fn declared_entries<R: Read + Seek>(reader: &mut R) -> std::io::Result<Option<u64>> {
+    use std::io::SeekFrom;
+    let len = reader.seek(SeekFrom::End(0))?;
+    let tail_len = len.min(22 + 65_535);
+    reader.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    reader.read_exact(&mut tail)?;
+    reader.seek(SeekFrom::Start(0))?;
+    let Some(at) = memchr::memmem::rfind(&tail, b"PK\x05\x06") else {
+        return Ok(None);
+    };
+    let Some(end) = tail.get(at..at + 22) else {
+        return Ok(None);
+    };
+    let total = u16::from_le_bytes([end[10], end[11]]);
+    if total != u16::MAX {
+        return Ok(Some(u64::from(total)));
+    }
+    // The ZIP64 locator sits right before the end record.
+    let Some(locator) = at.checked_sub(20).map(|l| &tail[l..l + 20]) else {
+        return Ok(None);
+    };
+    if &locator[..4] != b"PK\x06\x07" {
+        return Ok(None);
+    }
+    let record = u64::from_le_bytes(locator[8..16].try_into().unwrap_or_default());
+    let mut zip64 = [0u8; 40];
+    let read = reader
+        .seek(SeekFrom::Start(record))
+        .and_then(|_| reader.read_exact(&mut zip64));
+    reader.seek(SeekFrom::Start(0))?;
+    if read.is_err() || &zip64[..4] != b"PK\x06\x06" {
+        return Ok(None);
+    }
+    Ok(Some(u64::from_le_bytes(
+        zip64[32..40].try_into().unwrap_or_default(),
+    )))
+}
+
 /// Central directory file headers (`PK\x01\x02`, APPNOTE 4.3.12) one
 /// after the other from `start`, counted up to `cap`.
 fn count_central_headers<R: Read + Seek>(
@@ -174,6 +218,17 @@ pub fn check_zip<R: Read + Seek>(mut reader: R) -> Result<ZipSummary, ZipError> 
     if records > MAX_END_RECORDS {
         return Err(ZipError::OverBudget(format!(
             "more than {MAX_END_RECORDS} end-of-central-directory records"
+        )));
+    }
+    // The zip crate reads every entry its end record declares into memory
+    // before the budget can be checked: a 92 MB zip of 1M entries took
+    // 605 MB. The last end record's count is looked at first.
+    if let Some(declared) =
+        declared_entries(&mut reader).map_err(|e| ZipError::Unreadable(e.to_string()))?
+        && declared > MAX_ENTRIES as u64
+    {
+        return Err(ZipError::OverBudget(format!(
+            "the central directory declares {declared} entries (at most {MAX_ENTRIES})"
         )));
     }
     let open =
@@ -320,6 +375,46 @@ mod tests {
         }
         let outer = w.finish().unwrap().into_inner();
         assert_eq!(check_zip(Cursor::new(outer)).unwrap().entries, 3);
+    }
+
+    /// More entries than the budget are refused on the end record's count,
+    /// before the central directory is read into memory; ZIP64 counts too.
+    #[test]
+    fn a_declared_entry_count_over_the_budget_is_refused_before_reading() {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for i in 0..=MAX_ENTRIES {
+            w.start_file(format!("{i}"), zip::write::SimpleFileOptions::default())
+                .unwrap();
+        }
+        let zip = w.finish().unwrap().into_inner();
+        let over = |got: &Result<ZipSummary, ZipError>| matches!(got, Err(ZipError::OverBudget(why)) if why.contains("declares 10001 entries"));
+        let got = check_zip(Cursor::new(zip.clone()));
+        assert!(over(&got), "{got:?}");
+        // The same count through a ZIP64 end record (0xFFFF in the plain one).
+        let at = memchr::memmem::rfind(&zip, b"PK\x05\x06").unwrap();
+        let le32 =
+            |from: usize| u64::from(u32::from_le_bytes(zip[from..from + 4].try_into().unwrap()));
+        let (cd_size, cd_offset) = (le32(at + 12), le32(at + 16));
+        let count = (MAX_ENTRIES + 1) as u64;
+        let mut z64 = zip[..at].to_vec();
+        let record = z64.len() as u64;
+        z64.extend_from_slice(b"PK\x06\x06");
+        z64.extend_from_slice(&44u64.to_le_bytes());
+        z64.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        for v in [count, count, cd_size, cd_offset] {
+            z64.extend_from_slice(&v.to_le_bytes());
+        }
+        z64.extend_from_slice(b"PK\x06\x07");
+        z64.extend_from_slice(&0u32.to_le_bytes());
+        z64.extend_from_slice(&record.to_le_bytes());
+        z64.extend_from_slice(&1u32.to_le_bytes());
+        let mut end = zip[at..].to_vec();
+        end[8..12].copy_from_slice(&[0xFF; 4]);
+        z64.extend_from_slice(&end);
+        let got = check_zip(Cursor::new(z64));
+        assert!(over(&got), "{got:?}");
+        // A small archive passes the look.
+        assert!(check_zip(Cursor::new(zip_bytes(&[("a", b"a")]))).is_ok());
     }
 
     /// A zero-padded image deflates about 1,000:1 and is a good package.
