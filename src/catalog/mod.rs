@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::package::name::{extension, name_problems};
-use crate::package::zip::{ZipSummary, check_zip};
+use crate::package::zip::{EndRecords, ZipSummary, check_zip_counted};
 use crate::profile::Profile;
 use validate::{Advertised, ProfileVerdict};
 
@@ -165,6 +165,7 @@ impl Package {
     ) -> io::Result<Self> {
         let _timer = ValidationTimer::start();
         let mut hasher = Sha256::new();
+        let mut end_records = EndRecords::default();
         let mut size = 0u64;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -173,6 +174,7 @@ impl Package {
                 break;
             }
             hasher.update(&buf[..n]);
+            end_records.feed(&buf[..n]);
             size += n as u64;
         }
         let mut problems = name_problems(key);
@@ -180,7 +182,8 @@ impl Package {
             Some("bin") => None,
             _ => {
                 content.rewind()?;
-                let result = check_zip(&mut content).map_err(|e| e.to_string());
+                let result =
+                    check_zip_counted(&mut content, end_records.count()).map_err(|e| e.to_string());
                 if let Err(e) = &result {
                     problems.push(e.clone());
                 }

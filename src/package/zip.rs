@@ -104,31 +104,61 @@ fn check_layout<R: Read + Seek>(archive: &mut zip::ZipArchive<R>) -> Result<(), 
     Ok(())
 }
 
-/// End-of-central-directory signatures in the whole of `reader`, counted
-/// up to `cap` (the scan stops there).
-fn count_end_records<R: Read + Seek>(reader: &mut R, cap: usize) -> std::io::Result<usize> {
+/// Counts end-of-central-directory signatures (`PK\x05\x06`) in data
+/// read in chunks of any size, a signature across two chunks included: fed
+/// by whoever reads the whole file anyway (the catalog's SHA-256 pass), so
+/// [`check_zip_counted`] needs no read of its own.
+#[derive(Debug, Default, Clone)]
+pub struct EndRecords {
+    count: usize,
+    /// The last bytes seen (up to 3), which may start a signature.
+    tail: Vec<u8>,
+}
+
+impl EndRecords {
     const SIGNATURE: &[u8] = b"PK\x05\x06";
+
+    /// Counts the signatures in `chunk` and those that `chunk` completes.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let keep = Self::SIGNATURE.len() - 1;
+        let mut joint = std::mem::take(&mut self.tail);
+        joint.extend_from_slice(&chunk[..chunk.len().min(keep)]);
+        // Only a signature starting in the old tail: one wholly inside
+        // `chunk` is counted below.
+        self.count += memchr::memmem::find_iter(&joint, Self::SIGNATURE)
+            .filter(|&at| at < joint.len() - chunk.len().min(keep))
+            .count();
+        self.count += memchr::memmem::find_iter(chunk, Self::SIGNATURE).count();
+        // What may start a signature the next chunk completes.
+        if chunk.len() >= keep {
+            joint.clear();
+            joint.extend_from_slice(&chunk[chunk.len() - keep..]);
+        } else {
+            joint.drain(..joint.len().saturating_sub(keep));
+        }
+        self.tail = joint;
+    }
+
+    /// Signatures counted so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
+/// End-of-central-directory signatures in the whole of `reader`.
+fn count_end_records<R: Read + Seek>(reader: &mut R) -> std::io::Result<usize> {
     reader.seek(std::io::SeekFrom::Start(0))?;
-    let finder = memchr::memmem::Finder::new(SIGNATURE);
+    let mut records = EndRecords::default();
     let mut buf = vec![0u8; 1 << 20];
-    // Bytes kept from the previous chunk: a signature may straddle two.
-    let mut kept = 0;
-    let mut count = 0;
     loop {
-        let n = reader.read(&mut buf[kept..])?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        let filled = kept + n;
-        count += finder.find_iter(&buf[..filled]).count();
-        if count >= cap {
-            break;
-        }
-        kept = (SIGNATURE.len() - 1).min(filled);
-        buf.copy_within(filled - kept..filled, 0);
+        records.feed(&buf[..n]);
     }
     reader.seek(std::io::SeekFrom::Start(0))?;
-    Ok(count.min(cap))
+    Ok(records.count())
 }
 
 /// The entry count the archive's last end-of-central-directory record
@@ -208,14 +238,27 @@ fn count_central_headers<R: Read + Seek>(
 /// # Errors
 /// [`ZipError`] naming the first entry that fails.
 pub fn check_zip<R: Read + Seek>(mut reader: R) -> Result<ZipSummary, ZipError> {
+    let records =
+        count_end_records(&mut reader).map_err(|e| ZipError::Unreadable(e.to_string()))?;
+    check_zip_counted(reader, records)
+}
+
+/// [`check_zip`] for a reader whose end-of-central-directory signatures
+/// were already counted (`end_records`, [`EndRecords`]) while it was read
+/// for another purpose.
+///
+/// # Errors
+/// [`ZipError`] naming the first entry that fails.
+pub fn check_zip_counted<R: Read + Seek>(
+    mut reader: R,
+    end_records: usize,
+) -> Result<ZipSummary, ZipError> {
     // An empty file is said so, not as a missing end record.
     if reader.seek(std::io::SeekFrom::End(0)).ok() == Some(0) {
         return Err(ZipError::Unreadable("the file is empty (0 bytes)".into()));
     }
     let _ = reader.seek(std::io::SeekFrom::Start(0));
-    let records = count_end_records(&mut reader, MAX_END_RECORDS + 1)
-        .map_err(|e| ZipError::Unreadable(e.to_string()))?;
-    if records > MAX_END_RECORDS {
+    if end_records > MAX_END_RECORDS {
         return Err(ZipError::OverBudget(format!(
             "more than {MAX_END_RECORDS} end-of-central-directory records"
         )));
@@ -415,6 +458,17 @@ mod tests {
         assert!(over(&got), "{got:?}");
         // A small archive passes the look.
         assert!(check_zip(Cursor::new(zip_bytes(&[("a", b"a")]))).is_ok());
+    }
+
+    /// Signatures are counted wherever chunks split them.
+    #[test]
+    fn end_records_are_counted_across_any_chunking() {
+        let data = b"xPK\x05\x06PK\x05\x06yyPK\x05\x06PK";
+        for size in 1..=data.len() {
+            let mut records = EndRecords::default();
+            data.chunks(size).for_each(|c| records.feed(c));
+            assert_eq!(records.count(), 3, "chunks of {size}");
+        }
     }
 
     /// A zero-padded image deflates about 1,000:1 and is a good package.
