@@ -994,34 +994,23 @@ async fn a_download_over_an_inactive_fota_context_fails_with_the_network_code() 
     let modem = tcp_modem(module("ec200", &[]), |b| b.model("EC200T")).await;
     let mut host = Host::connect(&modem).await;
     host.at("ATE0", "ATE0\r\r\nOK\r\n").await;
+    let fotadl = format!("AT+QFOTADL=\"{}\"", fx.http_url(PKG));
     // Context 2 exists but is not activated: FOTA over it has no network
     // (ec200: 707 over HTTP, seed 001 table 3).
     host.at("AT+QFOTA=\"fota/cid\",2", "\r\nOK\r\n").await;
-    host.at(
-        &format!("AT+QFOTADL=\"{}\"", fx.http_url(PKG)),
-        "\r\nOK\r\n",
-    )
-    .await;
+    host.at(&fotadl, "\r\nOK\r\n").await;
     host.expect(q("\"HTTPSTART\"") + &q("\"HTTPEND\",707"))
         .await;
     // Detached from the packet domain, not even the default bearer is.
     host.at("AT+QFOTA=\"fota/cid\",1", "\r\nOK\r\n").await;
     host.at("AT+CGATT=0", "\r\nOK\r\n").await;
-    host.at(
-        &format!("AT+QFOTADL=\"{}\"", fx.http_url(PKG)),
-        "\r\nOK\r\n",
-    )
-    .await;
+    host.at(&fotadl, "\r\nOK\r\n").await;
     host.expect(q("\"HTTPSTART\"") + &q("\"HTTPEND\",707"))
         .await;
     // Attached again, on the default bearer, the same download goes
     // through.
     host.at("AT+CGATT=1", "\r\nOK\r\n").await;
-    host.at(
-        &format!("AT+QFOTADL=\"{}\"", fx.http_url(PKG)),
-        "\r\nOK\r\n",
-    )
-    .await;
+    host.at(&fotadl, "\r\nOK\r\n").await;
     host.expect(q("\"HTTPSTART\"") + &q("\"HTTPEND\",0")).await;
     stop(modem).await;
 }

@@ -801,6 +801,17 @@ fn number_in(
     }
 }
 
+/// [`number_in`] for an argument that may be left out (`None`).
+fn optional_number(
+    arg: Option<&Arg>,
+    range: std::ops::RangeInclusive<u32>,
+    command: &'static str,
+    name: &str,
+) -> Result<Option<u8>, ParseError> {
+    arg.map(|arg| number_in(Some(arg), range, command, name))
+        .transpose()
+}
+
 fn text(arg: Option<&Arg>, command: &'static str, name: &str) -> Result<String, ParseError> {
     match arg {
         Some(Arg::Text(t)) if t.len() <= MAX_CONTEXT_TEXT => Ok(t.clone()),
@@ -934,18 +945,13 @@ fn parse_cops(args: &str) -> Result<Command, ParseError> {
         return Err(bad(C, "too many arguments"));
     }
     let mode = number_in(args.first(), 0..=4, C, "mode")?;
-    let format = match args.get(1) {
-        None => None,
-        format => Some(number_in(format, 0..=2, C, "format")?),
-    };
+    let format = optional_number(args.get(1), 0..=2, C, "format")?;
     let operator = match args.get(2) {
         None => None,
         Some(Arg::Text(name)) => Some(name.clone()),
         Some(Arg::Number(n)) => Some(n.to_string()),
     };
-    if let Some(act) = args.get(3) {
-        number_in(Some(act), 0..=7, C, "AcT")?;
-    }
+    optional_number(args.get(3), 0..=7, C, "AcT")?;
     if matches!(mode, 1 | 4) && operator.is_none() {
         return Err(bad(C, "manual selection needs <format>,\"<oper>\""));
     }
@@ -974,10 +980,7 @@ fn parse_icf(args: &str) -> Result<Command, ParseError> {
         return Err(bad(C, "too many arguments"));
     }
     let format = number_in(args.first(), 1..=6, C, "format")?;
-    let parity = match args.get(1) {
-        None => 3,
-        parity => number_in(parity, 0..=3, C, "parity")?,
-    };
+    let parity = optional_number(args.get(1), 0..=3, C, "parity")?.unwrap_or(3);
     Ok(Command::Framing(format, parity))
 }
 
